@@ -1,0 +1,65 @@
+"""The tiny fixture is what every other test stands on: prove its three layouts agree."""
+
+from __future__ import annotations
+
+import torch
+
+from zthumb_trainer.tiny_model import TOKENIZER_MAX_LENGTH, build_pipeline
+
+
+def _components(pipe):
+    return {name: getattr(pipe, name) for name in ("unet", "vae", "text_encoder", "text_encoder_2")}
+
+
+def test_build_is_deterministic_for_a_seed():
+    first, second = build_pipeline(seed=3), build_pipeline(seed=3)
+    for name, module in _components(first).items():
+        other = _components(second)[name].state_dict()
+        assert all(torch.equal(value, other[key]) for key, value in module.state_dict().items()), name
+
+
+def test_architecture_is_sdxl(tiny_model):
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_model.diffusers_dir)
+    assert pipe.unet.config.addition_embed_type == "text_time"
+    assert type(pipe.text_encoder_2).__name__ == "CLIPTextModelWithProjection"
+    assert pipe.tokenizer.model_max_length == TOKENIZER_MAX_LENGTH
+    assert type(pipe.scheduler).__name__ == "EulerDiscreteScheduler"
+    size = sum(p.stat().st_size for p in tiny_model.diffusers_dir.rglob("*.safetensors"))
+    assert size < 10_000_000
+
+
+def test_single_file_checkpoint_uses_the_original_key_layout_and_loads_identically(tiny_model):
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors import safe_open
+
+    with safe_open(str(tiny_model.single_file), "pt") as checkpoint:
+        keys = set(checkpoint.keys())
+    assert "model.diffusion_model.input_blocks.0.0.weight" in keys
+    assert "conditioner.embedders.1.model.positional_embedding" in keys
+    assert "first_stage_model.decoder.conv_out.weight" in keys
+
+    reference = StableDiffusionXLPipeline.from_pretrained(tiny_model.diffusers_dir)
+    single = StableDiffusionXLPipeline.from_single_file(
+        str(tiny_model.single_file), config=str(tiny_model.diffusers_dir), local_files_only=True
+    )
+    for name, module in _components(reference).items():
+        loaded = _components(single)[name].state_dict()
+        for key, value in module.state_dict().items():
+            assert torch.equal(value, loaded[key].reshape(value.shape)), f"{name}.{key}"
+
+
+def test_turbo_copy_uses_trailing_euler_ancestral(tiny_model):
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_model.turbo_dir)
+    assert type(pipe.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
+    assert pipe.scheduler.config.timestep_spacing == "trailing"
+
+
+def test_synthetic_dataset_has_a_caption_per_image(synthetic_dataset):
+    images = sorted(synthetic_dataset.glob("*.png"))
+    assert len(images) == 8
+    for image in images:
+        assert image.with_suffix(".txt").read_text().startswith("a ")
