@@ -364,10 +364,9 @@ def to_single_file_state_dict(pipe: StableDiffusionXLPipeline) -> dict[str, torc
         state["model.diffusion_model." + unet_key_to_ldm(key, unet_config)] = value
     for key, value in pipe.vae.state_dict().items():
         ldm = vae_key_to_ldm(key, vae_config)
-        if ".mid.attn_1." in ldm and value.ndim == 2:
-            # The original VAE attention uses 1x1 convolutions where diffusers uses Linear.
-            value = value[:, :, None, None]
-        state["first_stage_model." + ldm] = value
+        # The original VAE attention uses 1x1 convolutions where diffusers uses Linear.
+        is_attention_linear = ".mid.attn_1." in ldm and value.ndim == 2
+        state["first_stage_model." + ldm] = value[:, :, None, None] if is_attention_linear else value
     for key, value in pipe.text_encoder.state_dict().items():
         # transformers >= 5.6 flattened CLIPTextModel; the checkpoint keeps the old nesting.
         nested = key if key.startswith("text_model.") else "text_model." + key

@@ -1,0 +1,125 @@
+"""The LoRAFinetune spec as Python values.
+
+The CRD in ``crds/`` is the source of truth for the API; this model mirrors its
+shape and defaults so that the operator, the local runner and the trainer read a
+spec the same way (a unit test keeps the two in step). Field names are the CRD's
+camelCase names, exposed in snake_case.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+SDXL_BASE_URL = (
+    "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors"
+)
+SDXL_BASE_SHA256 = "31e35c80fc4829d14f90153f4c74cd59c90b779f6afe05a74cd6120b893f7e5b"
+SDXL_BASE_PATH = "models/sd_xl_base_1.0.safetensors"
+# The small JSON/tokenizer files of the same repository: the single-file checkpoint
+# holds weights only, and loading it offline needs the diffusers configs beside it.
+SDXL_CONFIG_URL = "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/"
+SDXL_CONFIG_PATH = "models/sd_xl_base_1.0-config"
+
+DEFAULT_EVAL_PROMPTS = ["a photo of {trigger}", "a watercolor painting of {trigger} in a garden"]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class SecretKeyRef(_Spec):
+    name: str
+    key: str = "token"
+
+
+class BaseModelSpec(_Spec):
+    url: str = SDXL_BASE_URL
+    sha256: str = Field(SDXL_BASE_SHA256, pattern=r"^[0-9a-f]{64}$")
+    path: str = SDXL_BASE_PATH
+    config_url: str = SDXL_CONFIG_URL
+    config_path: str = SDXL_CONFIG_PATH
+    token_secret_ref: SecretKeyRef | None = None
+
+
+class DatasetSpec(_Spec):
+    path: str = "datasets/default"
+    caption_format: Literal["txt", "jsonl"] = "txt"
+    missing_caption: Literal["fail", "trigger"] = "fail"
+    trigger_word: str = "zthumb"
+    resolution: int = Field(1024, ge=256, le=2048, multiple_of=64)
+    bucketing: bool = True
+
+
+class TrainingSpec(_Spec):
+    rank: int = Field(16, ge=1, le=256)
+    alpha: float = Field(16, gt=0)
+    learning_rate: float = Field(1e-4, gt=0, le=1)
+    max_train_steps: int = Field(1000, ge=1)
+    batch_size: int = Field(1, ge=1, le=64)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "bf16"
+    gradient_checkpointing: bool = True
+    seed: int = Field(42, ge=0)
+    checkpointing_steps: int = Field(250, ge=1)
+    checkpoints_total_limit: int = Field(3, ge=1)
+    train_text_encoder: bool = False
+    snr_gamma: float | None = Field(5.0, ge=0)
+    noise_offset: float = Field(0.0, ge=0, le=1)
+
+
+class ResourcesSpec(_Spec):
+    gpus: int = Field(1, ge=0, le=16)
+    gpu_resource_name: str = "nvidia.com/gpu"
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, object]] = Field(default_factory=list)
+    cpu: str = "4"
+    memory: str = "32Gi"
+
+
+class StorageSpec(_Spec):
+    claim_name: str = "zthumb-data"
+    mount_path: str = "/data"
+
+
+class DeploySpec(_Spec):
+    enabled: bool = True
+    deployment: str = "zthumb"
+    container: str = "zthumb"
+    lora_scale: float = Field(0.8, ge=0, le=2)
+    rollout_timeout_seconds: int = Field(600, ge=10)
+    service_url: str | None = None
+
+
+class EvalSpec(_Spec):
+    enabled: bool = True
+    prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_EVAL_PROMPTS))
+    seeds: list[int] = Field(default_factory=lambda: [0, 1])
+    scales: list[float] = Field(default_factory=lambda: [0.0, 0.8])
+    steps: int = Field(30, ge=1, le=150)
+    width: int | None = Field(None, ge=64, le=2048, multiple_of=8)
+    height: int | None = Field(None, ge=64, le=2048, multiple_of=8)
+
+
+class ImagesSpec(_Spec):
+    trainer: str = "ghcr.io/zthumb/trainer:0.1.0"
+    pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+
+
+class LoRAFinetuneSpec(_Spec):
+    base_model: BaseModelSpec = Field(default_factory=BaseModelSpec)
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+    deploy: DeploySpec = Field(default_factory=DeploySpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    queue_name: str | None = None
+    images: ImagesSpec = Field(default_factory=ImagesSpec)
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, object]) -> LoRAFinetuneSpec:
+        """Parse the ``spec`` of a LoRAFinetune object (a dict as kubectl or kopf gives it)."""
+        return cls.model_validate(manifest.get("spec") or {})
