@@ -52,11 +52,12 @@ UNET_CONFIG: dict[str, Any] = {
 }
 
 VAE_CONFIG: dict[str, Any] = {
-    "block_out_channels": [16, 32],
+    # Four levels, like SDXL's VAE: images are 8x the latent size (64 px -> 8x8 latents).
+    "block_out_channels": [8, 16, 16, 16],
     "in_channels": 3,
     "out_channels": 3,
-    "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
-    "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
     "latent_channels": 4,
     "layers_per_block": 1,
     "norm_num_groups": 8,
