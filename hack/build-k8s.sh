@@ -23,6 +23,15 @@ CACHE_DIR="${ZTHUMB_CACHE:-$HOME/.cache/zthumb}/k8s-${K8S_VERSION}"
 BIN_DIR="${CACHE_DIR}/bin"
 mkdir -p "${BIN_DIR}"
 
+# Serialize concurrent runs (CI and a developer, or two worktrees sharing the
+# cache) so no two `go build`s write the same binary. Bounded: a cold build
+# takes minutes, not an hour.
+exec 9>"${CACHE_DIR}/.build.lock"
+if ! flock -w 3600 9; then
+  echo "[build-k8s] another build-k8s.sh held ${CACHE_DIR}/.build.lock for an hour; giving up" >&2
+  exit 1
+fi
+
 # Never let `go` fetch a different toolchain behind our back; build with the
 # one that is installed.
 export GOTOOLCHAIN=local

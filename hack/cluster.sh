@@ -108,16 +108,17 @@ is_up() { pid_of kube-apiserver >/dev/null && [[ -f "${PKI_DIR}/admin.crt" ]] &&
 
 # ---------------------------------------------------------------------------
 # PKI: one CA signs the apiserver serving cert and every client cert; the
-# ServiceAccount token signing key pair is separate (as in kubeadm).
+# front-proxy CA and the ServiceAccount signing key pair are separate (as in
+# kubeadm).
 # ---------------------------------------------------------------------------
-# sign_cert NAME SUBJECT EXTENSIONS: key + cert signed by our CA.
+# sign_cert NAME SUBJECT EXTENSIONS [CA]: key + cert signed by CA (default "ca").
 sign_cert() {
-  local name="$1" subj="$2" ext="$3"
+  local name="$1" subj="$2" ext="$3" ca="${4:-ca}"
   openssl req -new -nodes -newkey rsa:2048 -keyout "${PKI_DIR}/${name}.key" \
     -subj "${subj}" -out "${PKI_DIR}/${name}.csr" 2>/dev/null
   printf '%s\n' "${ext}" >"${PKI_DIR}/${name}.ext"
-  openssl x509 -req -in "${PKI_DIR}/${name}.csr" -CA "${PKI_DIR}/ca.crt" \
-    -CAkey "${PKI_DIR}/ca.key" -CAcreateserial -days 365 -sha256 \
+  openssl x509 -req -in "${PKI_DIR}/${name}.csr" -CA "${PKI_DIR}/${ca}.crt" \
+    -CAkey "${PKI_DIR}/${ca}.key" -CAcreateserial -days 365 -sha256 \
     -extfile "${PKI_DIR}/${name}.ext" -out "${PKI_DIR}/${name}.crt" 2>/dev/null
   rm -f "${PKI_DIR}/${name}.csr" "${PKI_DIR}/${name}.ext"
 }
@@ -139,6 +140,12 @@ subjectAltName=IP:${HOST},IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernet
   sign_cert controller-manager "/CN=system:kube-controller-manager" "${client}"
   sign_cert scheduler "/CN=system:kube-scheduler" "${client}"
   sign_cert kwok "/O=system:masters/CN=kwok-controller" "${client}"
+  # Front-proxy (requestheader) CA: without it kube-controller-manager and
+  # kube-scheduler log "missing content for CA bundle" forever, and aggregated
+  # APIs (metrics-server and the like) could not be registered.
+  openssl req -x509 -new -nodes -newkey rsa:2048 -keyout "${PKI_DIR}/front-proxy-ca.key" \
+    -out "${PKI_DIR}/front-proxy-ca.crt" -days 3650 -sha256 -subj "/CN=zthumb-front-proxy-ca" 2>/dev/null
+  sign_cert front-proxy-client "/CN=front-proxy-client" "${client}" front-proxy-ca
   openssl genrsa -out "${PKI_DIR}/sa.key" 2048 2>/dev/null
   openssl rsa -in "${PKI_DIR}/sa.key" -pubout -out "${PKI_DIR}/sa.pub" 2>/dev/null
   chmod 600 "${PKI_DIR}"/*.key
@@ -303,6 +310,13 @@ cmd_up() {
     --tls-cert-file "${PKI_DIR}/apiserver.crt" \
     --tls-private-key-file "${PKI_DIR}/apiserver.key" \
     --client-ca-file "${PKI_DIR}/ca.crt" \
+    --requestheader-client-ca-file "${PKI_DIR}/front-proxy-ca.crt" \
+    --requestheader-allowed-names front-proxy-client \
+    --requestheader-username-headers X-Remote-User \
+    --requestheader-group-headers X-Remote-Group \
+    --requestheader-extra-headers-prefix X-Remote-Extra- \
+    --proxy-client-cert-file "${PKI_DIR}/front-proxy-client.crt" \
+    --proxy-client-key-file "${PKI_DIR}/front-proxy-client.key" \
     --authorization-mode Node,RBAC \
     --enable-admission-plugins NodeRestriction \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
@@ -314,6 +328,8 @@ cmd_up() {
     --profiling=false
   wait_until "${UP_TIMEOUT}" "kube-apiserver /readyz" apiserver_ready
 
+  # --flex-volume-plugin-dir: the default makes it mkdir
+  # /usr/libexec/kubernetes/... on the host; keep everything in STATE_DIR.
   start_component kube-controller-manager \
     --kubeconfig "${STATE_DIR}/controller-manager.kubeconfig" \
     --authentication-kubeconfig "${STATE_DIR}/controller-manager.kubeconfig" \
@@ -327,6 +343,7 @@ cmd_up() {
     --cluster-signing-cert-file "${PKI_DIR}/ca.crt" \
     --cluster-signing-key-file "${PKI_DIR}/ca.key" \
     --service-cluster-ip-range 10.96.0.0/16 \
+    --flex-volume-plugin-dir "${STATE_DIR}/flexvolume" \
     --leader-elect=false
 
   start_component kube-scheduler \
