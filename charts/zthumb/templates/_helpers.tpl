@@ -1,0 +1,208 @@
+{{/*
+Chart name, truncated to 63 characters (DNS label).
+*/}}
+{{- define "zthumb.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Fully qualified app name: the Deployment and Service name the operator targets.
+`helm install zthumb charts/zthumb` gives `zthumb` (the release name contains the
+chart name); `helm install prod charts/zthumb` gives `prod-zthumb`.
+*/}}
+{{- define "zthumb.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Chart name and version for the helm.sh/chart label.
+*/}}
+{{- define "zthumb.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Selector labels: immutable on the Deployment, so only name and instance.
+The operator finds the Deployment and Service with exactly these.
+*/}}
+{{- define "zthumb.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "zthumb.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Common labels.
+*/}}
+{{- define "zthumb.labels" -}}
+helm.sh/chart: {{ include "zthumb.chart" . }}
+{{ include "zthumb.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: zthumb
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Common annotations (metadata.annotations of every resource), or nothing.
+*/}}
+{{- define "zthumb.annotations" -}}
+{{- with .Values.commonAnnotations }}
+{{- toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+ServiceAccount name.
+*/}}
+{{- define "zthumb.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "zthumb.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Image reference: registry/repository:tag or @digest. Usage:
+  include "zthumb.image" (dict "image" .Values.image "default" .Chart.AppVersion)
+*/}}
+{{- define "zthumb.image" -}}
+{{- $repo := .image.repository }}
+{{- if .image.registry }}
+{{- $repo = printf "%s/%s" .image.registry .image.repository }}
+{{- end }}
+{{- if .image.digest }}
+{{- printf "%s@%s" $repo .image.digest }}
+{{- else }}
+{{- printf "%s:%s" $repo (toString (.image.tag | default .default)) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Resolve a path against a base directory: absolute paths are kept, relative ones
+are joined. Usage: include "zthumb.path" (list BASE PATH)
+*/}}
+{{- define "zthumb.path" -}}
+{{- $base := index . 0 }}
+{{- $p := index . 1 }}
+{{- if hasPrefix "/" $p }}
+{{- clean $p }}
+{{- else }}
+{{- clean (printf "%s/%s" $base $p) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The LoRA root as the server sees it.
+*/}}
+{{- define "zthumb.loraRoot" -}}
+{{- include "zthumb.path" (list .Values.persistence.mountPath .Values.lora.root) }}
+{{- end }}
+
+{{/*
+Device and dtype after defaulting.
+*/}}
+{{- define "zthumb.device" -}}
+{{- .Values.server.device | default (ternary "cuda" "cpu" .Values.gpu.enabled) }}
+{{- end }}
+
+{{- define "zthumb.dtype" -}}
+{{- .Values.server.dtype | default (ternary "float16" "float32" (eq (include "zthumb.device" .) "cuda")) }}
+{{- end }}
+
+{{/*
+Name of the PVC mounted at persistence.mountPath.
+*/}}
+{{- define "zthumb.claimName" -}}
+{{- .Values.persistence.existingClaim | default (printf "%s-data" (include "zthumb.fullname" .)) }}
+{{- end }}
+
+{{/*
+Name of the Secret holding the API key, or nothing when there is no key.
+*/}}
+{{- define "zthumb.apiKeySecretName" -}}
+{{- if .Values.auth.existingSecret }}
+{{- .Values.auth.existingSecret }}
+{{- else if .Values.auth.apiKey }}
+{{- printf "%s-api-key" (include "zthumb.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Contradictory values: fail with one message that names every value involved.
+The schema checks types and ranges; this checks combinations.
+*/}}
+{{- define "zthumb.validateValues" -}}
+{{- $errors := list }}
+{{- $device := .Values.server.device }}
+{{- if and .Values.gpu.enabled (eq $device "cpu") }}
+{{- $errors = append $errors "gpu.enabled=true requests GPUs but server.device=cpu would never use them: set gpu.enabled=false for CPU mode, or server.device=cuda (or empty)" }}
+{{- end }}
+{{- if and (not .Values.gpu.enabled) (eq $device "cuda") }}
+{{- $errors = append $errors "server.device=cuda needs a GPU but gpu.enabled=false: set gpu.enabled=true, or server.device=cpu (or empty)" }}
+{{- end }}
+{{- if and (not .Values.gpu.enabled) (hasKey (.Values.resources.limits | default dict) .Values.gpu.resourceName) }}
+{{- $errors = append $errors (printf "resources.limits sets %s but gpu.enabled=false: remove it, or set gpu.enabled=true and gpu.count" .Values.gpu.resourceName) }}
+{{- end }}
+{{- if and .Values.gpu.enabled (hasKey (.Values.resources.limits | default dict) .Values.gpu.resourceName) }}
+{{- $errors = append $errors (printf "resources.limits sets %s directly: use gpu.count instead" .Values.gpu.resourceName) }}
+{{- end }}
+{{- if and (eq (include "zthumb.dtype" .) "float16") (eq (include "zthumb.device" .) "cpu") }}
+{{- $errors = append $errors "server.dtype=float16 on a CPU device is unsupported for SDXL: use float32 or bfloat16, or leave server.dtype empty" }}
+{{- end }}
+{{- if and .Values.persistence.existingClaim .Values.persistence.create }}
+{{- $errors = append $errors (printf "persistence.existingClaim=%s and persistence.create=true contradict: set persistence.create=false to mount the existing claim, or clear persistence.existingClaim" .Values.persistence.existingClaim) }}
+{{- end }}
+{{- if and .Values.persistence.enabled (not .Values.persistence.create) (not .Values.persistence.existingClaim) }}
+{{- $errors = append $errors "persistence.enabled=true with persistence.create=false needs persistence.existingClaim (the PVC the trainer Jobs write to)" }}
+{{- end }}
+{{- if and (not .Values.persistence.enabled) .Values.persistence.existingClaim }}
+{{- $errors = append $errors "persistence.existingClaim is set but persistence.enabled=false: set persistence.enabled=true to mount it" }}
+{{- end }}
+{{- if and .Values.auth.apiKey .Values.auth.existingSecret }}
+{{- $errors = append $errors "auth.apiKey and auth.existingSecret are both set: keep only auth.existingSecret (preferred) or auth.apiKey" }}
+{{- end }}
+{{- if eq .Values.updateStrategy.type "Recreate" }}
+{{- if gt (int .Values.replicaCount) 1 }}
+{{- $errors = append $errors (printf "updateStrategy.type=Recreate with replicaCount=%d takes every replica down at once on each adapter rollout: use RollingUpdate (e.g. maxSurge=0, maxUnavailable=1 when GPUs are full), or replicaCount=1" (int .Values.replicaCount)) }}
+{{- end }}
+{{- else }}
+{{- $ru := .Values.updateStrategy.rollingUpdate }}
+{{- if and (eq (toString $ru.maxUnavailable) "0") (eq (toString $ru.maxSurge) "0") }}
+{{- $errors = append $errors "updateStrategy.rollingUpdate.maxUnavailable and maxSurge are both 0: a rollout could never make progress; set maxSurge=1 (default) or use updateStrategy.type=Recreate" }}
+{{- end }}
+{{- end }}
+{{- if and (ne (toString .Values.pdb.minAvailable) "") (ne (toString .Values.pdb.maxUnavailable) "") }}
+{{- $errors = append $errors "pdb.minAvailable and pdb.maxUnavailable are both set: a PodDisruptionBudget takes only one" }}
+{{- end }}
+{{- if and .Values.pdb.create (eq (toString .Values.pdb.minAvailable) (toString .Values.replicaCount)) }}
+{{- $errors = append $errors (printf "pdb.minAvailable=%v equals replicaCount: no node could ever be drained; lower it or use pdb.maxUnavailable" .Values.pdb.minAvailable) }}
+{{- end }}
+{{- $enabled := .Values.server.enabledBackends }}
+{{- if and $enabled (not (has .Values.server.backend $enabled)) }}
+{{- $errors = append $errors (printf "server.backend=%s is not in server.enabledBackends=%s" .Values.server.backend (join "," $enabled)) }}
+{{- end }}
+{{- if and (or (eq .Values.server.backend "gguf") (has "gguf" $enabled)) (not .Values.model.ggufUnetPath) }}
+{{- $errors = append $errors "the gguf backend is enabled but model.ggufUnetPath is empty: point it at the quantized UNet (.gguf)" }}
+{{- end }}
+{{- if and (or (eq .Values.server.backend "turbo") (has "turbo" $enabled)) (not .Values.model.turboPath) }}
+{{- $errors = append $errors "the turbo backend is enabled but model.turboPath is empty: point it at the SDXL-Turbo model" }}
+{{- end }}
+{{- if and .Values.metrics.serviceMonitor.enabled (not (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1")) }}
+{{- $errors = append $errors "metrics.serviceMonitor.enabled=true but the cluster has no monitoring.coreos.com/v1 API (Prometheus Operator CRDs); install them, or pass --api-versions monitoring.coreos.com/v1 to helm template" }}
+{{- end }}
+{{- if $errors }}
+{{- fail (printf "\n\nVALUES VALIDATION:\n  - %s\n" (join "\n  - " $errors)) }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,422 @@
+#!/usr/bin/env python3
+"""GPU proof: full-size SDXL serving and training numbers, with no weights and no network.
+
+Builds SDXL base 1.0 components with random weights from the published configs
+(hack/sdxl_configs.py) in bf16 on CUDA and measures, with CUDA events after warm-up,
+the median of repeats:
+
+1. inference through the server's ``full`` backend at 1024², 30 steps, CFG on — with
+   SDPA, with an unfused rank-16 LoRA, with it fused, and with ``torch.compile`` of
+   the UNet when it compiles inside the time budget;
+2. turbo settings (512², 1 step, guidance 0) through the ``turbo`` backend;
+3. adapter switching: per-request alternation among 4 cached rank-16 adapters (the
+   server's adapter cache) against the naive load + unload per request;
+4. training with the trainer's own loop at 1024², batch 1, rank 16, bf16, with and
+   without gradient checkpointing, from cached latents and text embeddings.
+
+``--tiny`` runs the same code on the tiny fixture on the CPU (the test suite does),
+so the script is known to work before a GPU is lent. Writes ``gpu_bench.json`` and
+``gpu_bench.md`` to ``--out`` (default ``$OUT`` or ./outputs/gpu_bench) and prints
+the table last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+for package_root in ("images/zthumb", "images/trainer", "hack"):
+    sys.path.insert(0, str(REPO / package_root))
+
+
+@dataclass
+class Profile:
+    """Sizes and repeat counts: full SDXL on a GPU, or the tiny fixture on a CPU."""
+
+    tiny: bool
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    turbo_size: int
+    switch_steps: int
+    repeats: int
+    switch_requests: int
+    train_resolution: int
+    train_steps: int
+    train_warmup: int
+    lora_rank: int = 16
+    adapters: int = 4
+
+    @classmethod
+    def for_mode(cls, tiny: bool) -> Profile:
+        if tiny:
+            return cls(tiny, 64, 64, 4, 6.0, 64, 2, 2, 4, 64, 3, 1)
+        return cls(tiny, 1024, 1024, 30, 6.0, 512, 4, 3, 8, 1024, 12, 3)
+
+
+@dataclass
+class Results:
+    device: dict[str, Any] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, section: str, variant: str, **numbers: Any) -> None:
+        row = {"section": section, "variant": variant, **numbers}
+        self.rows.append(row)
+        print(json.dumps(row), flush=True)
+
+
+class Timer:
+    """Median wall time of a callable: CUDA events on a GPU, perf_counter on a CPU."""
+
+    def __init__(self, cuda: bool):
+        self.cuda = cuda
+
+    def measure(self, run: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
+        import torch
+
+        for _ in range(warmup):
+            run()
+        seconds = []
+        for _ in range(repeats):
+            if self.cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                run()
+                end.record()
+                torch.cuda.synchronize()
+                seconds.append(start.elapsed_time(end) / 1000)
+            else:
+                began = time.perf_counter()
+                run()
+                seconds.append(time.perf_counter() - began)
+        return seconds
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+# --- model -----------------------------------------------------------------------------------
+
+
+def build_model_dir(profile: Profile, root: Path, device: Any) -> Path:
+    """A diffusers directory the backends and the trainer load, exactly as they would a real one."""
+    if profile.tiny:
+        from zthumb_trainer.tiny_model import build_tiny_model
+
+        return build_tiny_model(root / "tiny").diffusers_dir
+
+    import sdxl_configs
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from zthumb_trainer.tiny_model import write_tokenizer
+
+    torch.manual_seed(0)
+    # Random init straight on the GPU: building 2.6 B parameters on the CPU takes minutes.
+    with torch.device(device):
+        unet = UNet2DConditionModel(**sdxl_configs.UNET).to(torch.bfloat16)
+        vae = AutoencoderKL(**sdxl_configs.VAE).to(torch.bfloat16)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**sdxl_configs.TEXT_ENCODER)).to(torch.bfloat16)
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**sdxl_configs.TEXT_ENCODER_2)).to(
+            torch.bfloat16
+        )
+    # The weights are random, so any CLIP-style tokenizer of the right length will do.
+    write_tokenizer(root / "tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(**sdxl_configs.SCHEDULER),
+    )
+    parameters = sum(p.numel() for p in unet.parameters())
+    print(f"built SDXL-size UNet with {parameters / 1e9:.3f} B parameters", flush=True)
+    target = root / "sdxl"
+    pipe.save_pretrained(target, safe_serialization=True)
+    del pipe, unet, vae, text_encoder, text_encoder_2
+    torch.cuda.empty_cache()
+    return target
+
+
+def write_random_adapters(model_dir: Path, lora_root: Path, count: int, rank: int) -> list[str]:
+    """``count`` rank-``rank`` LoRAs in the diffusers layout the trainer exports."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", torch_dtype=torch.float32)
+    names = []
+    for index in range(count):
+        name = f"bench-{index}"
+        torch.manual_seed(100 + index)
+        unet.add_adapter(
+            LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                       target_modules=["to_k", "to_q", "to_v", "to_out.0"]),
+            adapter_name=name,
+        )  # fmt: skip
+        with torch.no_grad():
+            for module_name, param in unet.named_parameters():
+                if f"lora_B.{name}" in module_name:
+                    param.normal_(std=0.02)
+        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=name))
+        StableDiffusionXLPipeline.save_lora_weights(lora_root / name, unet_lora_layers=layers)
+        unet.delete_adapters(name)
+        names.append(name)
+    del unet
+    return names
+
+
+# --- sections --------------------------------------------------------------------------------
+
+
+def bench_inference(profile: Profile, model_dir: Path, lora_root: Path, adapters: list[str],
+                    timer: Timer, results: Results, deadline: float, compile_unet: bool) -> None:  # fmt: skip
+    """Section 1 (full backend, 30 steps, CFG) and section 3 (adapter switching)."""
+    import torch
+    from zthumb.backends.base import GenerationParams
+    from zthumb.backends.full import FullBackend
+    from zthumb.lora import AdapterFiles
+    from zthumb.settings import Settings
+
+    settings = Settings(model_path=model_dir, backend="full", lora_root=lora_root, lora_cache_size=8)
+    device = torch.device("cuda" if timer.cuda else "cpu")
+    dtype = torch.bfloat16 if timer.cuda else torch.float32
+    backend = FullBackend(settings, device, dtype)
+    results.add("load", "full backend", seconds=round(backend.load_seconds, 2))
+    files = AdapterFiles(lora_root)
+    params = GenerationParams("a photo of zthumb, studio light", "blurry", profile.width, profile.height,
+                              profile.steps, profile.guidance, seed=0, num_images=1)  # fmt: skip
+
+    def image_row(variant: str, seconds: list[float], **extra: Any) -> None:
+        results.add("1 inference", variant, s_per_image=round(median(seconds), 4),
+                    s_per_step=round(median(seconds) / profile.steps, 5),
+                    size=f"{profile.width}x{profile.height}", steps=profile.steps, **extra)  # fmt: skip
+
+    base = timer.measure(lambda: backend.generate(params), profile.repeats)
+    image_row("SDPA (default)", base)
+
+    # Section 3 first, while no adapter is resident: the naive way loads and unloads
+    # the adapter around every request, as the original server did.
+    switch_params = GenerationParams("a photo of zthumb", None, profile.width, profile.height,
+                                     profile.switch_steps, profile.guidance, seed=0, num_images=1)  # fmt: skip
+    adapter_files = [lora_root / name / "pytorch_lora_weights.safetensors" for name in adapters]
+    naive_swap: list[float] = []
+    naive_total: list[float] = []
+    for index in range(profile.switch_requests):
+        began = time.perf_counter()
+        backend.pipe.load_lora_weights(str(adapter_files[index % len(adapter_files)]), adapter_name="naive")
+        backend.pipe.set_adapters(["naive"], [0.8])
+        loaded = time.perf_counter()
+        backend.generate(switch_params)
+        generated = time.perf_counter()
+        backend.pipe.unload_lora_weights()
+        if timer.cuda:
+            torch.cuda.synchronize()
+        done = time.perf_counter()
+        naive_swap.append((loaded - began) + (done - generated))
+        naive_total.append(done - began)
+
+    def cached_requests(names: list[str]) -> tuple[list[float], list[float]]:
+        for name in names:  # warm the cache: the first load of each is not a switch
+            backend.apply_adapter(files.ref(name), 0.8)
+        swap, total = [], []
+        for index in range(profile.switch_requests):
+            began = time.perf_counter()
+            backend.apply_adapter(files.ref(names[index % len(names)]), 0.8)
+            switched = time.perf_counter()
+            backend.generate(switch_params)
+            if timer.cuda:
+                torch.cuda.synchronize()
+            swap.append(switched - began)
+            total.append(time.perf_counter() - began)
+        return swap, total
+
+    one_swap, one_total = cached_requests(adapters[:1])
+    alt_swap, alt_total = cached_requests(adapters)
+    for variant, swap, total in (
+        ("one default adapter (b)", one_swap, one_total),
+        (f"alternating {len(adapters)} cached (c)", alt_swap, alt_total),
+        ("naive load+unload per request (d)", naive_swap, naive_total),
+    ):
+        results.add("3 adapter switching", variant, switch_s=round(median(swap), 5),
+                    request_p50_s=round(median(total), 4), request_p95_s=round(percentile(total, 0.95), 4),
+                    steps=profile.switch_steps)  # fmt: skip
+    results.add("3 adapter switching", "ratios",
+                c_over_b=round(median(alt_total) / median(one_total), 3),
+                cached_switch_over_naive_swap=round(median(alt_swap) / median(naive_swap), 4))  # fmt: skip
+
+    # Section 1 with one rank-16 adapter: unfused (PEFT layers) and fused into the weights.
+    backend.apply_adapter(files.ref(adapters[0]), 0.8)
+    image_row(f"+ LoRA r{profile.lora_rank} unfused", timer.measure(lambda: backend.generate(params), profile.repeats))
+    backend.pipe.fuse_lora(lora_scale=0.8)
+    image_row(f"+ LoRA r{profile.lora_rank} fused", timer.measure(lambda: backend.generate(params), profile.repeats))
+    backend.pipe.unfuse_lora()
+    backend.apply_adapter(None, 0)
+
+    if not compile_unet:
+        results.notes.append("torch.compile skipped (--no-compile)")
+    elif time.monotonic() > deadline:
+        results.notes.append("torch.compile skipped: the time budget was spent before it")
+    else:
+        backend.pipe.unet = torch.compile(backend.pipe.unet)
+        began = time.perf_counter()
+        backend.generate(params)  # compiles
+        compile_seconds = time.perf_counter() - began
+        compiled = timer.measure(lambda: backend.generate(params), profile.repeats, warmup=1)
+        image_row("+ torch.compile (UNet)", compiled, first_call_s=round(compile_seconds, 1))
+    del backend
+    if timer.cuda:
+        torch.cuda.empty_cache()
+
+
+def bench_turbo(profile: Profile, model_dir: Path, timer: Timer, results: Results) -> None:
+    """Section 2: the turbo backend's settings (trailing Euler ancestral, 1 step, no CFG)."""
+    import torch
+    from zthumb.backends.base import GenerationParams
+    from zthumb.backends.turbo import TurboBackend
+    from zthumb.settings import Settings
+
+    settings = Settings(turbo_model_path=model_dir, backend="turbo", lora_root=model_dir)
+    device = torch.device("cuda" if timer.cuda else "cpu")
+    backend = TurboBackend(settings, device, torch.bfloat16 if timer.cuda else torch.float32)
+    size = profile.turbo_size
+    params = GenerationParams("a photo of zthumb", None, size, size, 1, 0.0, seed=0, num_images=1)
+    seconds = timer.measure(lambda: backend.generate(params), profile.repeats * 3)
+    results.add("2 turbo", "1 step, guidance 0", s_per_image=round(median(seconds), 4), size=f"{size}x{size}")
+    del backend
+    if timer.cuda:
+        torch.cuda.empty_cache()
+
+
+def bench_training(profile: Profile, model_dir: Path, work: Path, results: Results, cuda: bool) -> None:
+    """Section 4: the trainer's own loop from cached latents and text embeddings."""
+    import torch
+    from zthumb_trainer.dataset import prepare_dataset
+    from zthumb_trainer.synthetic_dataset import write_synthetic_dataset
+    from zthumb_trainer.train import TrainConfig, run_training
+
+    resolution = profile.train_resolution
+    source = work / "dataset"
+    write_synthetic_dataset(source, count=4, size=(resolution, resolution))
+    for checkpointing in (True, False):
+        run_dir = work / f"train-gc-{checkpointing}"
+        prepare_dataset(source, run_dir, resolution=resolution, trigger_word="zthumb")
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        summary = run_training(
+            TrainConfig(
+                run_dir=run_dir,
+                base_model=model_dir,
+                rank=profile.lora_rank,
+                alpha=profile.lora_rank,
+                max_train_steps=profile.train_steps,
+                mixed_precision="bf16" if cuda else "no",
+                gradient_checkpointing=checkpointing,
+                checkpointing_steps=10**6,
+                progress_bar=False,
+            )
+        )
+        times = [json.loads(line)["time"] for line in (run_dir / "progress.jsonl").read_text().splitlines()]
+        steady = times[profile.train_warmup :]
+        steady_rate = (len(steady) - 1) / (steady[-1] - steady[0]) if len(steady) > 1 else float("nan")
+        results.add("4 training", f"gradient checkpointing {'on' if checkpointing else 'off'}",
+                    it_per_s=round(steady_rate, 3), it_per_s_incl_warmup=summary.get("steps_per_second"),
+                    peak_gpu_gb=summary.get("peak_gpu_memory_gb"), resolution=resolution, batch=1,
+                    rank=profile.lora_rank, steps=profile.train_steps)  # fmt: skip
+        if cuda:
+            torch.cuda.empty_cache()
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def markdown_table(results: Results) -> str:
+    keys = ["section", "variant"]
+    for row in results.rows:
+        keys += [key for key in row if key not in keys]
+    lines = [
+        f"GPU benchmark on {results.device.get('name', '?')} ({results.device.get('torch', '?')})",
+        "",
+        "| " + " | ".join(keys) + " |",
+        "| " + " | ".join("---" for _ in keys) + " |",
+    ]
+    for row in results.rows:
+        lines.append("| " + " | ".join(str(row.get(key, "")) for key in keys) + " |")
+    lines += [""] + [f"- {note}" for note in results.notes]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="the tiny fixture on the CPU (CI)")
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "outputs/gpu_bench")))
+    parser.add_argument("--budget-s", type=float, default=300.0,
+                        help="skip torch.compile once this many seconds have passed")  # fmt: skip
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--skip", action="append", default=[], choices=["inference", "turbo", "training"])
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    import torch
+
+    cuda = torch.cuda.is_available() and not args.tiny
+    if not args.tiny and not cuda:
+        parser.error("no CUDA device: run with --tiny on a CPU")
+    profile = Profile.for_mode(args.tiny)
+    started = time.monotonic()
+    results = Results(
+        device={
+            "name": torch.cuda.get_device_name() if cuda else f"CPU ({platform.processor() or 'cpu'})",
+            "torch": torch.__version__,
+            "tiny": args.tiny,
+        }
+    )
+    timer = Timer(cuda)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="zthumb-gpu-bench-") as tmp:
+        work = Path(tmp)
+        model_dir = build_model_dir(profile, work, "cuda" if cuda else "cpu")
+        results.add("setup", "model built and saved", seconds=round(time.monotonic() - started, 1))
+        lora_root = work / "lora"
+        adapters = write_random_adapters(model_dir, lora_root, profile.adapters, profile.lora_rank)
+        if "inference" not in args.skip:
+            bench_inference(profile, model_dir, lora_root, adapters, timer, results,
+                            started + args.budget_s, compile_unet=not args.no_compile and cuda)  # fmt: skip
+        if "turbo" not in args.skip:
+            bench_turbo(profile, model_dir, timer, results)
+        if "training" not in args.skip:
+            bench_training(profile, model_dir, work, results, cuda)
+    results.add("total", "wall", seconds=round(time.monotonic() - started, 1))
+    (args.out / "gpu_bench.json").write_text(json.dumps(results.__dict__, indent=2))
+    table = markdown_table(results)
+    (args.out / "gpu_bench.md").write_text(table + "\n")
+    print("\n" + table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

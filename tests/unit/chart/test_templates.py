@@ -1,0 +1,642 @@
+"""Template tests of charts/zthumb: lint, render variants, schema, validateValues.
+
+They run the real `helm` binary (built from Go modules by hack/build-k8s.sh;
+CI puts its bin dir on PATH). Without helm on PATH they are skipped locally,
+but with CI set they fail: CI must not go green by testing nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[3]
+CHART = REPO / "charts" / "zthumb"
+VALUES = CHART / "values.yaml"
+SCHEMA = CHART / "values.schema.json"
+HELM = shutil.which("helm")
+IN_CI = bool(os.environ.get("CI"))
+
+RESTRICTED_CONTAINER = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+needs_helm = pytest.mark.skipif(
+    HELM is None and not IN_CI,
+    reason="helm is not on PATH (build it with hack/build-k8s.sh and put "
+    "~/.cache/zthumb/k8s-v1.36.3/bin on PATH); with CI set this is a failure instead",
+)
+
+
+@pytest.fixture(scope="session")
+def helm_bin() -> list[str]:
+    """The helm command; outside CI a missing helm skips (needs_helm), in CI it fails."""
+    if HELM is None:
+        pytest.fail("CI is set but `helm` is not on PATH", pytrace=False)
+    return [HELM]
+
+
+@pytest.fixture(scope="session")
+def helm_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    # Isolated helm home: tests neither read nor write the user's helm config.
+    home = tmp_path_factory.mktemp("helm-home")
+    return {
+        **os.environ,
+        "HELM_CACHE_HOME": str(home / "cache"),
+        "HELM_CONFIG_HOME": str(home / "config"),
+        "HELM_DATA_HOME": str(home / "data"),
+    }
+
+
+def helm(helm_env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    assert HELM is not None
+    proc = subprocess.run(
+        [HELM, *args], capture_output=True, text=True, env=helm_env, timeout=120, check=False
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"helm {' '.join(args)} failed rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc
+
+
+def set_args(values: dict[str, str] | None) -> list[str]:
+    out: list[str] = []
+    for key, value in (values or {}).items():
+        out += ["--set", f"{key}={value}"]
+    return out
+
+
+class Rendered:
+    """Parsed `helm template` output, indexed by (kind, name)."""
+
+    def __init__(self, text: str) -> None:
+        self.docs = [d for d in yaml.safe_load_all(text) if d]
+        self.text = text
+
+    def kinds(self) -> list[str]:
+        return sorted(d["kind"] for d in self.docs)
+
+    def get(self, kind: str, name: str | None = None) -> dict[str, Any]:
+        found = [
+            d for d in self.docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
+        ]
+        assert len(found) == 1, f"expected one {kind}/{name}, got {[d['metadata']['name'] for d in found]}"
+        return found[0]
+
+    def has(self, kind: str) -> bool:
+        return any(d["kind"] == kind for d in self.docs)
+
+    @property
+    def deployment(self) -> dict[str, Any]:
+        return self.get("Deployment")
+
+    @property
+    def pod(self) -> dict[str, Any]:
+        return self.deployment["spec"]["template"]["spec"]
+
+    @property
+    def server(self) -> dict[str, Any]:
+        (container,) = [c for c in self.pod["containers"] if c["name"] == "zthumb"]
+        return container
+
+    @property
+    def env(self) -> dict[str, Any]:
+        return {e["name"]: e.get("value", e.get("valueFrom")) for e in self.server["env"]}
+
+
+def render(
+    helm_env: dict[str, str],
+    values: dict[str, str] | None = None,
+    *extra: str,
+    release: str = "zthumb",
+    namespace: str = "ml",
+) -> Rendered:
+    proc = helm(
+        helm_env,
+        "template",
+        release,
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--kube-version",
+        "1.36.3",
+        *set_args(values),
+        *extra,
+    )
+    return Rendered(proc.stdout)
+
+
+def render_fails(helm_env: dict[str, str], values: dict[str, str], *extra: str) -> str:
+    proc = helm(
+        helm_env,
+        "template",
+        "zthumb",
+        str(CHART),
+        "--kube-version",
+        "1.36.3",
+        *set_args(values),
+        *extra,
+        check=False,
+    )
+    assert proc.returncode != 0, f"expected helm template to fail for {values}, it rendered:\n{proc.stdout}"
+    return proc.stderr
+
+
+# ---------------------------------------------------------------- values <-> schema (no helm needed)
+
+
+def param_keys() -> list[str]:
+    return re.findall(r"^\s*## @param (\S+)", VALUES.read_text(), flags=re.MULTILINE)
+
+
+def schema_paths(node: dict[str, Any], prefix: str = "") -> Iterator[str]:
+    for key, sub in node.get("properties", {}).items():
+        path = f"{prefix}{key}"
+        yield path
+        yield from schema_paths(sub, f"{path}.")
+
+
+def value_leaves(node: Any, params: set[str], prefix: str = "") -> Iterator[str]:
+    """Keys of values.yaml that need a @param: documented keys end the walk."""
+    for key, sub in node.items():
+        path = f"{prefix}{key}"
+        if path in params or not (isinstance(sub, dict) and sub):
+            yield path
+        else:
+            yield from value_leaves(sub, params, f"{path}.")
+
+
+def test_every_value_has_a_param_line() -> None:
+    params = param_keys()
+    assert len(params) == len(set(params)), "duplicate @param lines"
+    values = yaml.safe_load(VALUES.read_text())
+    leaves = set(value_leaves(values, set(params)))
+    assert leaves - set(params) == set(), "values without a `## @param` line"
+    assert set(params) - leaves == set(), "@param lines for keys that are not in values.yaml"
+
+
+def test_params_and_schema_are_in_sync() -> None:
+    params = set(param_keys())
+    schema = json.loads(SCHEMA.read_text())
+    paths = set(schema_paths(schema))
+    assert params - paths == set(), "@param keys missing from values.schema.json"
+    # Every schema property is a @param, a group above one, or structure below one.
+    orphans = {
+        p
+        for p in paths
+        if p not in params
+        and not any(q.startswith(p + ".") for q in params)
+        and not any(p.startswith(q + ".") for q in params)
+        and p != "global"
+    }
+    assert orphans == set(), "schema properties with no `## @param` in values.yaml"
+    # Groups are closed, so a typo (`gpu.enable`) is refused instead of ignored.
+    groups = {p for p in paths if any(q.startswith(p + ".") for q in params)}
+    for group in groups:
+        node = schema
+        for part in group.split("."):
+            node = node["properties"][part]
+        assert node.get("additionalProperties") is False, f"{group} must set additionalProperties: false"
+    assert schema.get("additionalProperties") is False
+
+
+def test_defaults_validate_against_schema() -> None:
+    schema = json.loads(SCHEMA.read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    jsonschema.validate(yaml.safe_load(VALUES.read_text()), schema)
+
+
+@pytest.mark.parametrize(
+    ("path", "bad", "field"),
+    [
+        (("server", "backend"), "sdxl", "backend"),
+        (("gpu", "count"), 0, "count"),
+        (("gpu", "enable"), True, "enable"),
+        (("updateStrategy", "type"), "BlueGreen", "type"),
+        (("persistence", "accessModes"), ["ReadWriteSometimes"], "accessModes"),
+        (("service", "port"), 70000, "port"),
+        (("lora", "scale"), "high", "scale"),
+        (("image", "digest"), "md5:abc", "digest"),
+        (("pdb", "maxUnavailable"), "lots", "maxUnavailable"),
+    ],
+)
+def test_schema_refuses_bad_values_python(path: tuple[str, ...], bad: Any, field: str) -> None:
+    schema = json.loads(SCHEMA.read_text())
+    values = yaml.safe_load(VALUES.read_text())
+    node = values
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = bad
+    with pytest.raises(jsonschema.ValidationError) as err:
+        jsonschema.validate(values, schema)
+    assert field in str(err.value.message) + "".join(str(p) for p in err.value.absolute_path)
+
+
+# ---------------------------------------------------------------- helm lint / template
+
+
+@needs_helm
+def test_helm_lint_strict(helm_bin: list[str], helm_env: dict[str, str]) -> None:
+    out = helm(helm_env, "lint", "--strict", str(CHART))
+    assert "1 chart(s) linted, 0 chart(s) failed" in out.stdout
+
+
+@needs_helm
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"gpu.enabled": "false"},
+        {"persistence.create": "false", "persistence.existingClaim": "zthumb-data"},
+        {"networkPolicy.enabled": "true", "auth.apiKey": "s3cret", "tests.generate.enabled": "true"},
+        {"updateStrategy.type": "Recreate"},
+    ],
+)
+def test_helm_lint_strict_variants(
+    helm_bin: list[str], helm_env: dict[str, str], values: dict[str, str]
+) -> None:
+    helm(helm_env, "lint", "--strict", str(CHART), *set_args(values))
+
+
+@needs_helm
+def test_default_render(helm_bin: list[str], helm_env: dict[str, str]) -> None:
+    r = render(helm_env)
+    assert r.kinds() == sorted(
+        ["Deployment", "Service", "ServiceAccount", "PersistentVolumeClaim", "PodDisruptionBudget", "Pod"]
+    )
+    selector = {"app.kubernetes.io/name": "zthumb", "app.kubernetes.io/instance": "zthumb"}
+
+    dep = r.deployment
+    assert dep["metadata"]["name"] == "zthumb"
+    assert dep["metadata"]["namespace"] == "ml"
+    assert selector.items() <= dep["metadata"]["labels"].items()
+    assert dep["spec"]["selector"]["matchLabels"] == selector
+    assert selector.items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    assert dep["spec"]["replicas"] == 1
+    assert dep["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+
+    svc = r.get("Service", "zthumb")
+    assert svc["spec"]["type"] == "ClusterIP"
+    assert svc["spec"]["selector"] == selector
+    assert svc["spec"]["ports"] == [{"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}]
+
+    assert r.server["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    env = r.env
+    assert env["ZTHUMB_BACKEND"] == "full"
+    assert env["ZTHUMB_MODEL_PATH"] == "/data/models/sd_xl_base_1.0.safetensors"
+    assert env["ZTHUMB_LORA_ROOT"] == "/data/models/lora"
+    assert env["ZTHUMB_PORT"] == "8080"
+    assert env["ZTHUMB_DEVICE"] == "cuda"
+    assert env["ZTHUMB_DTYPE"] == "float16"
+    # The operator owns the adapter: nothing rendered, so `helm upgrade` cannot reset it.
+    assert "Z_LORA_PATH" not in env
+    assert "Z_LORA_SCALE" not in env
+    assert "ZTHUMB_API_KEY" not in env
+    assert not r.has("Secret")
+
+    annotations = dep["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == "8080"
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+    # Probes sized for model loading.
+    startup = r.server["startupProbe"]
+    assert startup["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert startup["failureThreshold"] * startup["periodSeconds"] >= 600
+    assert r.server["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert r.server["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+    # Pod Security "restricted".
+    pod = r.pod
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert RESTRICTED_CONTAINER.items() <= r.server["securityContext"].items()
+    assert r.server["securityContext"]["readOnlyRootFilesystem"] is True
+    assert r.server["securityContext"]["runAsUser"] == 10001
+    mounts = {m["name"]: m["mountPath"] for m in r.server["volumeMounts"]}
+    assert mounts == {"data": "/data", "tmp": "/tmp", "cache": "/cache"}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["data"]["persistentVolumeClaim"] == {"claimName": "zthumb-data"}
+    assert "emptyDir" in volumes["tmp"]
+    assert "emptyDir" in volumes["cache"]
+    assert env["HF_HOME"].startswith("/cache/")
+    assert pod["serviceAccountName"] == "zthumb"
+    assert pod["automountServiceAccountToken"] is False
+    assert r.get("ServiceAccount", "zthumb")["automountServiceAccountToken"] is False
+
+    pvc = r.get("PersistentVolumeClaim", "zthumb-data")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "100Gi"
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert "storageClassName" not in pvc["spec"]
+
+    pdb = r.get("PodDisruptionBudget", "zthumb")
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": selector}}
+
+
+@needs_helm
+def test_gpu_render(helm_bin: list[str], helm_env: dict[str, str]) -> None:
+    r = render(
+        helm_env,
+        {
+            "gpu.count": "2",
+            "gpu.resourceName": "amd.com/gpu",
+            "nodeSelector.zthumb\\.io/pool": "gpu",
+            "priorityClassName": "inference-high",
+            "tolerations[0].key": "dedicated",
+            "tolerations[0].operator": "Equal",
+            "tolerations[0].value": "ml",
+            "tolerations[0].effect": "NoSchedule",
+        },
+    )
+    assert r.server["resources"]["limits"] == {"memory": "32Gi", "amd.com/gpu": 2}
+    assert r.server["resources"]["requests"] == {"cpu": "2", "memory": "16Gi"}
+    assert r.pod["nodeSelector"] == {"zthumb.io/pool": "gpu"}
+    assert r.pod["priorityClassName"] == "inference-high"
+    assert r.pod["tolerations"] == [
+        {"key": "amd.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"},
+    ]
+    assert r.env["ZTHUMB_DEVICE"] == "cuda"
+
+
+@needs_helm
+def test_default_gpu_resources_and_toleration(helm_bin: list[str], helm_env: dict[str, str]) -> None:
+    r = render(helm_env)
+    assert r.server["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert r.pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+@needs_helm
+def test_cpu_render(helm_bin: list[str], helm_env: dict[str, str]) -> None:
+    r = render(helm_env, {"gpu.enabled": "false"})
+    assert "nvidia.com/gpu" not in r.server["resources"].get("limits", {})
+    assert "nvidia.com/gpu" not in r.server["resources"].get("requests", {})
+    assert "tolerations" not in r.pod
+    assert r.env["ZTHUMB_DEVICE"] == "cpu"
+    assert r.env["ZTHUMB_DTYPE"] == "float32"
+    assert "nvidia.com/gpu" not in r.text
+
+
+@needs_helm
+def test_existing_claim_render(helm_bin: list[str], helm_env: dict[str, str]) -> None:
+    r = render(
+        helm_env,
+        {
+            "persistence.create": "false",
+            "persistence.existingClaim": "shared-data",
+            "persistence.mountPath": "/mnt/zthumb",
+        },
+    )
+    assert not r.has("PersistentVolumeClaim")
+    volumes = {v["name"]: v for v in r.pod["volumes"]}
+    assert volumes["data"]["persistentVolumeClaim"] == {"claimName": "shared-data"}
+    mounts = {m["name"]: m["mountPath"] for m in r.server["volumeMounts"]}
+    assert mounts["data"] == "/mnt/zthumb"
+    assert r.env["ZTHUMB_MODEL_PATH"] == "/mnt/zthumb/models/sd_xl_base_1.0.safetensors"
+    assert r.env["ZTHUMB_LORA_ROOT"] == "/mnt/zthumb/models/lora"
+
+
+@needs_helm
+def test_release_name_without_chart_name(helm_bin: list[str], helm_env: dict[str, str]) -> None:
+    r = render(helm_env, release="prod")
+    assert r.deployment["metadata"]["name"] == "prod-zthumb"
+    assert r.get("Service")["metadata"]["name"] == "prod-zthumb"
+    assert r.deployment["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "zthumb",
+        "app.kubernetes.io/instance": "prod",
+    }
+    r = render(helm_env, {"fullnameOverride": "sdxl"}, release="prod")
+    assert r.deployment["metadata"]["name"] == "sdxl"
+
+
+@needs_helm
+def test_recreate_strategy(helm_bin: list[str], helm_env: dict[str, str]) -> None:
+    r = render(helm_env, {"updateStrategy.type": "Recreate"})
+    # The API server refuses a Recreate strategy that carries rollingUpdate.
+    assert r.deployment["spec"]["strategy"] == {"type": "Recreate"}
+
+
+@needs_helm
+def test_lora_path_and_backends_render(helm_bin: list[str], helm_env: dict[str, str]) -> None:
+    r = render(
+        helm_env,
+        {
+            "lora.path": "z-style",
+            "lora.scale": "0.6",
+            "server.backend": "turbo",
+            "server.enabledBackends": "{turbo,full}",
+            "model.turboPath": "models/sdxl-turbo",
+            "lora.cacheSize": "3",
+        },
+    )
+    env = r.env
+    assert env["Z_LORA_PATH"] == "/data/models/lora/z-style"
+    assert env["Z_LORA_SCALE"] == "0.6"
+    assert env["ZTHUMB_BACKEND"] == "turbo"
+    assert env["ZTHUMB_ENABLED_BACKENDS"] == "turbo,full"
+    assert env["ZTHUMB_TURBO_MODEL_PATH"] == "/data/models/sdxl-turbo"
+    assert env["ZTHUMB_LORA_CACHE_SIZE"] == "3"
+    r = render(helm_env, {"lora.path": "/data/models/lora/abs"})
+    assert r.env["Z_LORA_PATH"] == "/data/models/lora/abs"
+
+
+@needs_helm
+def test_api_key_created_secret(helm_bin: list[str], helm_env: dict[str, str]) -> None:
+    r = render(helm_env, {"auth.apiKey": "s3cret", "tests.generate.enabled": "true"})
+    secret = r.get("Secret", "zthumb-api-key")
+    assert secret["data"] == {"api-key": "czNjcmV0"}
+    ref = {"secretKeyRef": {"name": "zthumb-api-key", "key": "api-key"}}
+    assert r.env["ZTHUMB_API_KEY"] == ref
+    assert "checksum/api-key" in r.deployment["spec"]["template"]["metadata"]["annotations"]
+    test_env = {
+        e["name"]: e.get("value", e.get("valueFrom")) for e in r.get("Pod")["spec"]["containers"][0]["env"]
+    }
+    assert test_env["ZTHUMB_API_KEY"] == ref
+    assert test_env["TEST_GENERATE"] == "true"
+    assert json.loads(test_env["TEST_BODY"])["prompt"]
+    assert "s3cret" not in json.dumps(r.deployment)
+
+
+@needs_helm
+def test_api_key_existing_secret(helm_bin: list[str], helm_env: dict[str, str]) -> None:
+    r = render(helm_env, {"auth.existingSecret": "zthumb-key", "auth.existingSecretKey": "token"})
+    assert not r.has("Secret")
+    assert r.env["ZTHUMB_API_KEY"] == {"secretKeyRef": {"name": "zthumb-key", "key": "token"}}
+
+
+@needs_helm
+def test_optional_resources(helm_bin: list[str], helm_env: dict[str, str]) -> None:
+    r = render(
+        helm_env,
+        {
+            "metrics.serviceMonitor.enabled": "true",
+            "metrics.serviceMonitor.labels.release": "prom",
+            "networkPolicy.enabled": "true",
+            "pdb.create": "false",
+        },
+        "--api-versions",
+        "monitoring.coreos.com/v1",
+    )
+    sm = r.get("ServiceMonitor", "zthumb")
+    assert sm["metadata"]["labels"]["release"] == "prom"
+    assert sm["spec"]["endpoints"][0]["port"] == "http"
+    assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
+    np = r.get("NetworkPolicy", "zthumb")
+    assert np["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "zthumb"
+    assert np["spec"]["ingress"][0]["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert not r.has("PodDisruptionBudget")
+
+
+@needs_helm
+def test_helm_test_pod(helm_bin: list[str], helm_env: dict[str, str]) -> None:
+    r = render(helm_env)
+    pod = r.get("Pod", "zthumb-test-connection")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    # The Service selects name+instance: the test pod must not carry the name label.
+    assert "app.kubernetes.io/name" not in pod["metadata"]["labels"]
+    (container,) = pod["spec"]["containers"]
+    assert re.fullmatch(r"docker\.io/curlimages/curl:\d+\.\d+\.\d+", container["image"])
+    assert RESTRICTED_CONTAINER.items() <= container["securityContext"].items()
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert pod["spec"]["restartPolicy"] == "Never"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["ZTHUMB_HOST"] == "zthumb.ml.svc"
+    assert env["ZTHUMB_PORT"] == "8080"
+    assert env["TEST_GENERATE"] == "false"
+    assert "/readyz" in container["args"][0]
+    r = render(helm_env, {"tests.image.repository": "mirror/curl", "tests.image.tag": "1.2.3"})
+    assert r.get("Pod")["spec"]["containers"][0]["image"] == "docker.io/mirror/curl:1.2.3"
+
+
+NOTES_PROBE = """apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: notes
+data:
+  notes: {{ tpl (.Files.Get "notes-probe.txt") . | quote }}
+"""
+
+
+def render_notes(helm_env: dict[str, str], tmp_path: Path, values: dict[str, str] | None = None) -> str:
+    """NOTES.txt as `helm install` prints it.
+
+    `helm template` skips NOTES.txt and `helm install --dry-run` needs a
+    cluster, so a copy of the chart renders it through `tpl` into a ConfigMap.
+    """
+    chart = tmp_path / "zthumb"
+    if not chart.exists():
+        shutil.copytree(CHART, chart)
+        shutil.copy(CHART / "templates" / "NOTES.txt", chart / "notes-probe.txt")
+        (chart / "templates" / "notes-probe.yaml").write_text(NOTES_PROBE)
+    proc = helm(
+        helm_env,
+        "template",
+        "zthumb",
+        str(chart),
+        "-n",
+        "ml",
+        "--kube-version",
+        "1.36.3",
+        "--show-only",
+        "templates/notes-probe.yaml",
+        *set_args(values),
+    )
+    return yaml.safe_load(proc.stdout)["data"]["notes"]
+
+
+@needs_helm
+def test_notes_print_in_cluster_curl(helm_bin: list[str], helm_env: dict[str, str], tmp_path: Path) -> None:
+    notes = render_notes(helm_env, tmp_path)
+    assert "curl -s http://zthumb.ml.svc:8080/generate" in notes
+    assert "kubectl -n ml rollout status deployment/zthumb" in notes
+    assert "helm upgrade` keeps whatever adapter the operator deployed" in notes
+    assert "Authorization" not in notes
+    notes = render_notes(helm_env, tmp_path, {"auth.apiKey": "k", "lora.path": "z"})
+    assert "Authorization: Bearer $ZTHUMB_API_KEY" in notes
+    assert "resets it" in notes
+
+
+@needs_helm
+def test_kube_version_constraint(helm_bin: list[str], helm_env: dict[str, str]) -> None:
+    proc = helm(helm_env, "template", "zthumb", str(CHART), "--kube-version", "1.27.0", check=False)
+    assert proc.returncode != 0
+    helm(helm_env, "template", "zthumb", str(CHART), "--kube-version", "1.28.0")
+    assert "kubeVersion" in proc.stderr or ">=1.28.0-0" in proc.stderr
+
+
+@needs_helm
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"server.backend": "sdxl"}, "server.backend"),
+        ({"gpu.count": "0"}, "gpu.count"),
+        ({"gpu.enable": "true"}, "enable"),
+        ({"updateStrategy.type": "BlueGreen"}, "updateStrategy.type"),
+        ({"service.port": "70000"}, "service.port"),
+        ({"persistence.accessModes": "{ReadWriteSometimes}"}, "persistence.accessModes"),
+        ({"replicaCount": "two"}, "replicaCount"),
+    ],
+)
+def test_schema_refuses_bad_values_helm(
+    helm_bin: list[str], helm_env: dict[str, str], values: dict[str, str], named: str
+) -> None:
+    stderr = render_fails(helm_env, values)
+    assert "schema" in stderr.lower(), stderr
+    # Helm reports the value path with / or . separators depending on the version.
+    leaf = named.rsplit(".", maxsplit=1)[-1]
+    assert leaf in stderr, stderr
+
+
+@needs_helm
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"server.device": "cpu"}, "gpu.enabled=true requests GPUs but server.device=cpu"),
+        ({"gpu.enabled": "false", "server.device": "cuda"}, "server.device=cuda needs a GPU"),
+        ({"gpu.enabled": "false", "resources.limits.nvidia\\.com/gpu": "1"}, "gpu.enabled=false"),
+        ({"persistence.existingClaim": "data"}, "persistence.existingClaim=data and persistence.create=true"),
+        ({"persistence.create": "false"}, "needs persistence.existingClaim"),
+        ({"auth.apiKey": "k", "auth.existingSecret": "s"}, "auth.apiKey and auth.existingSecret"),
+        (
+            {"updateStrategy.type": "Recreate", "replicaCount": "2"},
+            "updateStrategy.type=Recreate with replicaCount=2",
+        ),
+        (
+            {
+                "updateStrategy.rollingUpdate.maxUnavailable": "0",
+                "updateStrategy.rollingUpdate.maxSurge": "0",
+            },
+            "maxUnavailable and maxSurge are both 0",
+        ),
+        ({"pdb.minAvailable": "1", "pdb.maxUnavailable": "1"}, "pdb.minAvailable and pdb.maxUnavailable"),
+        ({"pdb.minAvailable": "1"}, "equals replicaCount"),
+        ({"server.enabledBackends": "{turbo}", "model.turboPath": "t"}, "server.backend=full is not in"),
+        ({"server.backend": "gguf"}, "model.ggufUnetPath is empty"),
+        ({"gpu.enabled": "false", "server.dtype": "float16"}, "float16 on a CPU"),
+        ({"metrics.serviceMonitor.enabled": "true"}, "monitoring.coreos.com/v1"),
+    ],
+)
+def test_validate_values_fails(
+    helm_bin: list[str], helm_env: dict[str, str], values: dict[str, str], message: str
+) -> None:
+    stderr = render_fails(helm_env, values)
+    assert "VALUES VALIDATION" in stderr, stderr
+    assert message in stderr, stderr
