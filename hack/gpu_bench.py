@@ -160,7 +160,7 @@ def build_model_dir(profile: Profile, root: Path, device: Any) -> Path:
     return target
 
 
-def write_random_adapters(model_dir: Path, lora_root: Path, count: int, rank: int) -> list[str]:
+def write_random_adapters(model_dir: Path, lora_root: Path, count: int, rank: int, device: str) -> list[str]:
     """``count`` rank-``rank`` LoRAs in the diffusers layout the trainer exports."""
     import torch
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
@@ -168,7 +168,7 @@ def write_random_adapters(model_dir: Path, lora_root: Path, count: int, rank: in
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", torch_dtype=torch.float32)
+    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", torch_dtype=torch.float32).to(device)
     names = []
     for index in range(count):
         name = f"bench-{index}"
@@ -182,11 +182,18 @@ def write_random_adapters(model_dir: Path, lora_root: Path, count: int, rank: in
             for module_name, param in unet.named_parameters():
                 if f"lora_B.{name}" in module_name:
                     param.normal_(std=0.02)
-        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=name))
+        layers = {
+            key: value.to("cpu", torch.bfloat16 if device == "cuda" else torch.float32)
+            for key, value in convert_state_dict_to_diffusers(
+                get_peft_model_state_dict(unet, adapter_name=name)
+            ).items()
+        }
         StableDiffusionXLPipeline.save_lora_weights(lora_root / name, unet_lora_layers=layers)
         unet.delete_adapters(name)
         names.append(name)
     del unet
+    if device == "cuda":
+        torch.cuda.empty_cache()
     return names
 
 
@@ -374,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="the tiny fixture on the CPU (CI)")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "outputs/gpu_bench")))
-    parser.add_argument("--budget-s", type=float, default=300.0,
+    parser.add_argument("--budget-s", type=float, default=180.0,
                         help="skip torch.compile once this many seconds have passed")  # fmt: skip
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--skip", action="append", default=[], choices=["inference", "turbo", "training"])
@@ -402,7 +409,9 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = build_model_dir(profile, work, "cuda" if cuda else "cpu")
         results.add("setup", "model built and saved", seconds=round(time.monotonic() - started, 1))
         lora_root = work / "lora"
-        adapters = write_random_adapters(model_dir, lora_root, profile.adapters, profile.lora_rank)
+        adapters = write_random_adapters(
+            model_dir, lora_root, profile.adapters, profile.lora_rank, "cuda" if cuda else "cpu"
+        )
         if "inference" not in args.skip:
             bench_inference(profile, model_dir, lora_root, adapters, timer, results,
                             started + args.budget_s, compile_unet=not args.no_compile and cuda)  # fmt: skip
