@@ -126,7 +126,12 @@ def build_model_dir(profile: Profile, root: Path, device: Any) -> Path:
 
     import sdxl_configs
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
     from zthumb_trainer.tiny_model import write_tokenizer
 
@@ -168,16 +173,22 @@ def write_random_adapters(model_dir: Path, lora_root: Path, count: int, rank: in
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", torch_dtype=torch.float32).to(device)
+    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", torch_dtype=torch.float32).to(
+        device
+    )
     names = []
     for index in range(count):
         name = f"bench-{index}"
         torch.manual_seed(100 + index)
         unet.add_adapter(
-            LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
-                       target_modules=["to_k", "to_q", "to_v", "to_out.0"]),
+            LoraConfig(
+                r=rank,
+                lora_alpha=rank,
+                init_lora_weights="gaussian",
+                target_modules=["to_k", "to_q", "to_v", "to_out.0"],
+            ),
             adapter_name=name,
-        )  # fmt: skip
+        )
         with torch.no_grad():
             for module_name, param in unet.named_parameters():
                 if f"lora_B.{name}" in module_name:
@@ -200,36 +211,88 @@ def write_random_adapters(model_dir: Path, lora_root: Path, count: int, rank: in
 # --- sections --------------------------------------------------------------------------------
 
 
-def bench_inference(profile: Profile, model_dir: Path, lora_root: Path, adapters: list[str],
-                    timer: Timer, results: Results, deadline: float, compile_unet: bool) -> None:  # fmt: skip
+@dataclass
+class Bench:
+    """What every section needs: sizes, the saved model, adapters, the timer and the results."""
+
+    profile: Profile
+    model_dir: Path
+    lora_root: Path
+    adapters: list[str]
+    timer: Timer
+    results: Results
+    work: Path
+
+
+def release_gpu_memory(cuda: bool) -> None:
+    """Return a finished section's pipeline memory, so the next section measures alone."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+
+
+def bench_inference(bench: Bench, deadline: float, compile_unet: bool) -> None:
     """Section 1 (full backend, 30 steps, CFG) and section 3 (adapter switching)."""
+    profile, timer, results, lora_root, adapters = (
+        bench.profile,
+        bench.timer,
+        bench.results,
+        bench.lora_root,
+        bench.adapters,
+    )
     import torch
     from zthumb.backends.base import GenerationParams
     from zthumb.backends.full import FullBackend
     from zthumb.lora import AdapterFiles
     from zthumb.settings import Settings
 
-    settings = Settings(model_path=model_dir, backend="full", lora_root=lora_root, lora_cache_size=8)
+    settings = Settings(model_path=bench.model_dir, backend="full", lora_root=lora_root, lora_cache_size=8)
     device = torch.device("cuda" if timer.cuda else "cpu")
     dtype = torch.bfloat16 if timer.cuda else torch.float32
     backend = FullBackend(settings, device, dtype)
     results.add("load", "full backend", seconds=round(backend.load_seconds, 2))
     files = AdapterFiles(lora_root)
-    params = GenerationParams("a photo of zthumb, studio light", "blurry", profile.width, profile.height,
-                              profile.steps, profile.guidance, seed=0, num_images=1)  # fmt: skip
+    params = GenerationParams(
+        "a photo of zthumb, studio light",
+        "blurry",
+        profile.width,
+        profile.height,
+        profile.steps,
+        profile.guidance,
+        seed=0,
+        num_images=1,
+    )
 
     def image_row(variant: str, seconds: list[float], **extra: Any) -> None:
-        results.add("1 inference", variant, s_per_image=round(median(seconds), 4),
-                    s_per_step=round(median(seconds) / profile.steps, 5),
-                    size=f"{profile.width}x{profile.height}", steps=profile.steps, **extra)  # fmt: skip
+        results.add(
+            "1 inference",
+            variant,
+            s_per_image=round(median(seconds), 4),
+            s_per_step=round(median(seconds) / profile.steps, 5),
+            size=f"{profile.width}x{profile.height}",
+            steps=profile.steps,
+            **extra,
+        )
 
     base = timer.measure(lambda: backend.generate(params), profile.repeats)
     image_row("SDPA (default)", base)
 
     # Section 3 first, while no adapter is resident: the naive way loads and unloads
     # the adapter around every request, as the original server did.
-    switch_params = GenerationParams("a photo of zthumb", None, profile.width, profile.height,
-                                     profile.switch_steps, profile.guidance, seed=0, num_images=1)  # fmt: skip
+    switch_params = GenerationParams(
+        "a photo of zthumb",
+        None,
+        profile.width,
+        profile.height,
+        profile.switch_steps,
+        profile.guidance,
+        seed=0,
+        num_images=1,
+    )
     adapter_files = [lora_root / name / "pytorch_lora_weights.safetensors" for name in adapters]
     naive_swap: list[float] = []
     naive_total: list[float] = []
@@ -269,18 +332,28 @@ def bench_inference(profile: Profile, model_dir: Path, lora_root: Path, adapters
         (f"alternating {len(adapters)} cached (c)", alt_swap, alt_total),
         ("naive load+unload per request (d)", naive_swap, naive_total),
     ):
-        results.add("3 adapter switching", variant, switch_s=round(median(swap), 5),
-                    request_p50_s=round(median(total), 4), request_p95_s=round(percentile(total, 0.95), 4),
-                    steps=profile.switch_steps)  # fmt: skip
-    results.add("3 adapter switching", "ratios",
-                c_over_b=round(median(alt_total) / median(one_total), 3),
-                cached_switch_over_naive_swap=round(median(alt_swap) / median(naive_swap), 4))  # fmt: skip
+        results.add(
+            "3 adapter switching",
+            variant,
+            switch_s=round(median(swap), 5),
+            request_p50_s=round(median(total), 4),
+            request_p95_s=round(percentile(total, 0.95), 4),
+            steps=profile.switch_steps,
+        )
+    results.add(
+        "3 adapter switching",
+        "ratios",
+        c_over_b=round(median(alt_total) / median(one_total), 3),
+        cached_switch_over_naive_swap=round(median(alt_swap) / median(naive_swap), 4),
+    )
 
     # Section 1 with one rank-16 adapter: unfused (PEFT layers) and fused into the weights.
     backend.apply_adapter(files.ref(adapters[0]), 0.8)
-    image_row(f"+ LoRA r{profile.lora_rank} unfused", timer.measure(lambda: backend.generate(params), profile.repeats))
+    unfused = timer.measure(lambda: backend.generate(params), profile.repeats)
+    image_row(f"+ LoRA r{profile.lora_rank} unfused", unfused)
     backend.pipe.fuse_lora(lora_scale=0.8)
-    image_row(f"+ LoRA r{profile.lora_rank} fused", timer.measure(lambda: backend.generate(params), profile.repeats))
+    fused = timer.measure(lambda: backend.generate(params), profile.repeats)
+    image_row(f"+ LoRA r{profile.lora_rank} fused", fused)
     backend.pipe.unfuse_lora()
     backend.apply_adapter(None, 0)
 
@@ -295,17 +368,16 @@ def bench_inference(profile: Profile, model_dir: Path, lora_root: Path, adapters
         compile_seconds = time.perf_counter() - began
         compiled = timer.measure(lambda: backend.generate(params), profile.repeats, warmup=1)
         image_row("+ torch.compile (UNet)", compiled, first_call_s=round(compile_seconds, 1))
-    del backend
-    if timer.cuda:
-        torch.cuda.empty_cache()
 
 
-def bench_turbo(profile: Profile, model_dir: Path, timer: Timer, results: Results) -> None:
+def bench_turbo(bench: Bench) -> None:
     """Section 2: the turbo backend's settings (trailing Euler ancestral, 1 step, no CFG)."""
     import torch
     from zthumb.backends.base import GenerationParams
     from zthumb.backends.turbo import TurboBackend
     from zthumb.settings import Settings
+
+    profile, timer, model_dir = bench.profile, bench.timer, bench.model_dir
 
     settings = Settings(turbo_model_path=model_dir, backend="turbo", lora_root=model_dir)
     device = torch.device("cuda" if timer.cuda else "cpu")
@@ -313,18 +385,19 @@ def bench_turbo(profile: Profile, model_dir: Path, timer: Timer, results: Result
     size = profile.turbo_size
     params = GenerationParams("a photo of zthumb", None, size, size, 1, 0.0, seed=0, num_images=1)
     seconds = timer.measure(lambda: backend.generate(params), profile.repeats * 3)
-    results.add("2 turbo", "1 step, guidance 0", s_per_image=round(median(seconds), 4), size=f"{size}x{size}")
-    del backend
-    if timer.cuda:
-        torch.cuda.empty_cache()
+    bench.results.add(
+        "2 turbo", "1 step, guidance 0", s_per_image=round(median(seconds), 4), size=f"{size}x{size}"
+    )
 
 
-def bench_training(profile: Profile, model_dir: Path, work: Path, results: Results, cuda: bool) -> None:
+def bench_training(bench: Bench) -> None:
     """Section 4: the trainer's own loop from cached latents and text embeddings."""
     import torch
     from zthumb_trainer.dataset import prepare_dataset
     from zthumb_trainer.synthetic_dataset import write_synthetic_dataset
     from zthumb_trainer.train import TrainConfig, run_training
+
+    profile, work, results, cuda = bench.profile, bench.work, bench.results, bench.timer.cuda
 
     resolution = profile.train_resolution
     source = work / "dataset"
@@ -337,7 +410,7 @@ def bench_training(profile: Profile, model_dir: Path, work: Path, results: Resul
         summary = run_training(
             TrainConfig(
                 run_dir=run_dir,
-                base_model=model_dir,
+                base_model=bench.model_dir,
                 rank=profile.lora_rank,
                 alpha=profile.lora_rank,
                 max_train_steps=profile.train_steps,
@@ -350,10 +423,17 @@ def bench_training(profile: Profile, model_dir: Path, work: Path, results: Resul
         times = [json.loads(line)["time"] for line in (run_dir / "progress.jsonl").read_text().splitlines()]
         steady = times[profile.train_warmup :]
         steady_rate = (len(steady) - 1) / (steady[-1] - steady[0]) if len(steady) > 1 else float("nan")
-        results.add("4 training", f"gradient checkpointing {'on' if checkpointing else 'off'}",
-                    it_per_s=round(steady_rate, 3), it_per_s_incl_warmup=summary.get("steps_per_second"),
-                    peak_gpu_gb=summary.get("peak_gpu_memory_gb"), resolution=resolution, batch=1,
-                    rank=profile.lora_rank, steps=profile.train_steps)  # fmt: skip
+        results.add(
+            "4 training",
+            f"gradient checkpointing {'on' if checkpointing else 'off'}",
+            it_per_s=round(steady_rate, 3),
+            it_per_s_incl_warmup=summary.get("steps_per_second"),
+            peak_gpu_gb=summary.get("peak_gpu_memory_gb"),
+            resolution=resolution,
+            batch=1,
+            rank=profile.lora_rank,
+            steps=profile.train_steps,
+        )
         if cuda:
             torch.cuda.empty_cache()
 
@@ -378,11 +458,14 @@ def markdown_table(results: Results) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tiny", action="store_true", help="the tiny fixture on the CPU (CI)")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "outputs/gpu_bench")))
-    parser.add_argument("--budget-s", type=float, default=180.0,
-                        help="skip torch.compile once this many seconds have passed")  # fmt: skip
+    parser.add_argument(
+        "--budget-s", type=float, default=180.0, help="skip torch.compile once this many seconds have passed"
+    )
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--skip", action="append", default=[], choices=["inference", "turbo", "training"])
     args = parser.parse_args(argv)
@@ -412,13 +495,15 @@ def main(argv: list[str] | None = None) -> int:
         adapters = write_random_adapters(
             model_dir, lora_root, profile.adapters, profile.lora_rank, "cuda" if cuda else "cpu"
         )
+        bench = Bench(profile, model_dir, lora_root, adapters, timer, results, work)
         if "inference" not in args.skip:
-            bench_inference(profile, model_dir, lora_root, adapters, timer, results,
-                            started + args.budget_s, compile_unet=not args.no_compile and cuda)  # fmt: skip
+            bench_inference(bench, started + args.budget_s, compile_unet=not args.no_compile and cuda)
+            release_gpu_memory(cuda)
         if "turbo" not in args.skip:
-            bench_turbo(profile, model_dir, timer, results)
+            bench_turbo(bench)
+            release_gpu_memory(cuda)
         if "training" not in args.skip:
-            bench_training(profile, model_dir, work, results, cuda)
+            bench_training(bench)
     results.add("total", "wall", seconds=round(time.monotonic() - started, 1))
     (args.out / "gpu_bench.json").write_text(json.dumps(results.__dict__, indent=2))
     table = markdown_table(results)
