@@ -1,0 +1,242 @@
+#!/usr/bin/env python3
+"""Benchmark per-request LoRA switching in the ZThumb server core (not a test).
+
+Runs the server's own Engine (the code behind POST /generate, minus HTTP) and reports
+p50/p95 latency for:
+
+  (a)  no adapter                      (lora_scale 0: LoRA layers disabled)
+  (b)  the env-default adapter         (Z_LORA_PATH, pinned in the cache)
+  (c2) per-request alternation among 2 cached adapters
+  (c8) per-request alternation among 8 cached adapters
+  (d)  the naive way: load_lora_weights + unload_lora_weights around every request
+
+then the ratios (c)/(b) (target <= 1.05) and (cached switch added cost) / (naive
+load+unload of the same adapter) (target <= 5%), and the UNet weight bytes per backend
+(GGUF: quantized Linear weights must take <= 30% of their fp32 bytes).
+
+Default: the tiny SDXL pipeline on the CPU, 64x64, 2 steps. On a GPU:
+  hack/bench_server.py --model /models/sd_xl_base_1.0.safetensors --config /models/sdxl-config \
+      --size 1024 --steps 20 --device cuda
+(adapters: --adapters DIR with *.safetensors / diffusers dirs; else random rank-16 ones are made.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def make_adapters(unet_dir: Path, root: Path, count: int, rank: int) -> list[str]:
+    from zthumb.testing import random_lora_state_dicts, write_diffusers_lora
+
+    names = []
+    states = random_lora_state_dicts(unet_dir, [100 + index for index in range(count)], rank=rank)
+    for index, state in enumerate(states):
+        name = f"bench_{index}"
+        write_diffusers_lora(state, root / name)
+        names.append(name)
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", type=Path, help="diffusers dir or single-file SDXL (default: tiny model)")
+    parser.add_argument("--config", type=Path, help="diffusers config dir for a single-file model")
+    parser.add_argument("--adapters", type=Path, help="a LoRA root with at least 8 adapters")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--size", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--requests", type=int, default=24, help="timed requests per scenario (about)")
+    parser.add_argument("--rank", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=16, help="untimed requests per row first (>= 8)")
+    parser.add_argument("--skip-gguf", action="store_true")
+    parser.add_argument(
+        "--clock",
+        choices=["auto", "wall", "cpu"],
+        default="auto",
+        help="auto: process CPU time on CPU (robust to other load on a shared machine), wall on CUDA",
+    )
+    args = parser.parse_args(argv)
+
+    from zthumb.backends import FullBackend
+    from zthumb.backends.base import resolve_device, resolve_dtype
+    from zthumb.engine import Engine
+    from zthumb.protocol import GenerateRequest
+    from zthumb.settings import Settings
+
+    work = Path(tempfile.mkdtemp(prefix="zthumb-bench-"))
+    if args.model is None:
+        from zthumb_trainer.tiny_model import build_tiny_model
+
+        tiny = build_tiny_model(Path.home() / ".cache" / "zthumb" / "test-models" / "tiny-sdxl")
+        model, config = tiny.diffusers_dir, tiny.diffusers_dir
+        size, steps, rank = args.size or 64, args.steps or 2, args.rank or 4
+        label = "tiny SDXL (random weights)"
+    else:
+        model, config = args.model, args.config or (args.model if args.model.is_dir() else None)
+        size, steps, rank = args.size or 1024, args.steps or 20, args.rank or 16
+        label = str(args.model)
+    if args.adapters:
+        lora_root = args.adapters
+        names = sorted(p.name for p in lora_root.iterdir() if p.is_dir() or p.suffix == ".safetensors")[:8]
+    else:
+        if config is None:
+            parser.error("--config is needed to make random adapters for a single-file model")
+        lora_root = work / "lora"
+        names = make_adapters(Path(config) / "unet", lora_root, 8, rank)
+    if len(names) < 8:
+        parser.error("need 8 adapters")
+
+    settings = Settings(
+        model_path=model,
+        model_config_dir=config,
+        lora_root=lora_root,
+        lora_path=names[0],
+        lora_scale=0.8,
+        lora_cache_size=8,
+        device=args.device,
+        dtype=args.dtype,
+        default_width=size,
+        default_height=size,
+        default_steps=steps,
+        min_size=8,
+        max_size=4096,
+    )
+    engine = Engine(settings)
+    engine.load_all()
+    if not engine.ready:
+        print("engine not ready:", engine.readiness().error, file=sys.stderr)
+        return 1
+    backend = engine.backends["full"]
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+
+    use_cpu_clock = args.clock == "cpu" or (args.clock == "auto" and device.type != "cuda")
+    clock = time.process_time if use_cpu_clock else time.perf_counter
+
+    def sync() -> None:
+        if device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+
+    def run(**fields: Any) -> tuple[float, float]:
+        """One request through prepare + execute; returns (total, adapter step) seconds."""
+        request = GenerateRequest(prompt="a photo of z", seed=1, **fields)
+        started = clock()
+        plan = engine.prepare(request)
+        adapter_started = clock()
+        backend.apply_adapter(plan.adapter, plan.scale, pin=plan.pin)  # what execute does first
+        sync()
+        adapter_seconds = clock() - adapter_started
+        engine.execute(plan)  # applies again (a no-op now) and generates
+        sync()
+        return clock() - started, adapter_seconds
+
+    # (d) naive: a separate pipeline, the adapter loaded and unloaded around every request.
+    from zthumb.backends import GenerationParams
+
+    naive = FullBackend(settings, device, dtype)
+    params = GenerationParams("a photo of z", None, size, size, steps, 6.0, 1, 1)
+    file = engine.files.ref(names[1]).file
+
+    def run_naive() -> tuple[float, float]:
+        started = clock()
+        naive.pipe.load_lora_weights(str(file), adapter_name="naive")
+        naive.pipe.set_adapters(["naive"], [0.8])
+        sync()
+        loaded = clock()
+        naive.generate(params)
+        sync()
+        generated = clock()
+        naive.pipe.unload_lora_weights()
+        sync()
+        done = clock()
+        return done - started, (loaded - started) + (done - generated)
+
+    rows: dict[str, Any] = {
+        "(a) no adapter": lambda i: run(lora_scale=0),
+        "(b) env-default adapter": lambda i: run(),
+        "(c2) alternate 2 cached": lambda i: run(lora_path=names[i % 2], lora_scale=0.8),
+        "(c8) alternate 8 cached": lambda i: run(lora_path=names[i % 8], lora_scale=0.8),
+        "(d) naive load+unload": lambda i: run_naive(),
+    }
+    for i in range(args.warmup):  # warm-up; loads all 8 adapters into the cache
+        for row in rows.values():
+            row(i)
+    # Interleaved blocks, so background load on a shared machine hits every row alike; the
+    # first request of a block (the transition from the previous row) is not recorded.
+    totals: dict[str, list[float]] = {name: [] for name in rows}
+    adapter_steps: dict[str, list[float]] = {name: [] for name in rows}
+    block = 5
+    for round_index in range(max(1, -(-args.requests // (block - 1)))):
+        for name, row in rows.items():
+            for j in range(block):
+                total, adapter_step = row(round_index * block + j)
+                if j:
+                    totals[name].append(total)
+                    adapter_steps[name].append(adapter_step)
+
+    clock_name = "process CPU time" if use_cpu_clock else "wall clock"
+    print(f"\nmodel: {label}; device {device}, dtype {str(dtype).removeprefix('torch.')}; ")
+    print(f"{size}x{size}, {steps} steps; {args.requests} timed requests per row; {clock_name}\n")
+    print(f"| {'scenario':<26} | {'p50 ms':>8} | {'p95 ms':>8} | {'adapter step p50 ms':>19} |")
+    print(f"|{'-' * 28}|{'-' * 10}|{'-' * 10}|{'-' * 21}|")
+    p50: dict[str, float] = {}
+    step50: dict[str, float] = {}
+    for name in rows:
+        p50[name] = statistics.median(totals[name])
+        step50[name] = statistics.median(adapter_steps[name])
+        p95 = percentile(totals[name], 95)
+        print(f"| {name:<26} | {p50[name] * 1000:8.1f} | {p95 * 1000:8.1f} | {step50[name] * 1000:19.2f} |")
+    naive_cost = step50["(d) naive load+unload"]
+    b = p50["(b) env-default adapter"]
+    print("\n(d)'s adapter step is its load + set_adapters + unload_lora_weights.")
+    for key in ("(c2) alternate 2 cached", "(c8) alternate 8 cached"):
+        added = max(0.0, step50[key] - step50["(b) env-default adapter"])
+        print(
+            f"{key}: (c)/(b) = {p50[key] / b:.3f} (target <= 1.05); cached switch adds "
+            f"{added * 1000:.2f} ms = {added / naive_cost:.1%} of naive load+unload (target <= 5%)"
+        )
+
+    # UNet weight bytes per backend.
+    print("\n| backend | UNet weight bytes | quantized Linear bytes | their fp32 bytes | ratio |")
+    print("|---|---|---|---|---|")
+    full_bytes = backend.unet_weight_bytes
+    print(f"| full ({str(dtype).removeprefix('torch.')}) | {full_bytes['unet']:,} | - | - | - |")
+    if not args.skip_gguf:
+        from zthumb.backends import GGUFBackend
+        from zthumb.gguf_convert import convert
+
+        gguf_file = work / "unet.gguf"
+        convert(model if Path(model).is_dir() else Path(model), gguf_file, config=config)
+        gguf_settings = settings.model_copy(update={"backend": "gguf", "gguf_unet_path": gguf_file})
+        del naive
+        gguf = GGUFBackend(gguf_settings, device, dtype).unet_weight_bytes
+        ratio = gguf["quantized"] / gguf["quantized_fp32"]
+        print(
+            f"| gguf (Q8_0) | {gguf['unet']:,} | {gguf['quantized']:,} | {gguf['quantized_fp32']:,} | "
+            f"{ratio:.1%} (target <= 30%) |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,376 @@
+"""The serving core, independent of HTTP: loads backends, validates requests, generates.
+
+``prepare`` runs in a thread pool (cheap checks, adapter path resolution and fingerprinting:
+errors come back before the request ever queues); ``execute`` runs on the device worker.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from zthumb.backends import BACKENDS, AdapterApplied, Backend, GenerationParams
+from zthumb.errors import BadRequestError, InvalidRequestError, NotReadyError, ZThumbError
+from zthumb.lora import AdapterFiles, AdapterRef
+from zthumb.metrics import Metrics
+from zthumb.protocol import (
+    AdapterUsed,
+    BackendInfo,
+    CachedAdapter,
+    GenerateRequest,
+    ImageOut,
+    ModelsResponse,
+    ReadyResponse,
+)
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from zthumb.settings import Settings
+
+log = logging.getLogger("zthumb.engine")
+
+MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+class BackendUnavailableError(ZThumbError):
+    status = 503
+    code = "backend_unavailable"
+
+
+@dataclass(frozen=True)
+class Plan:
+    backend: str
+    params: GenerationParams
+    adapter: AdapterRef | None
+    scale: float
+    adapter_source: str | None
+    pin: bool
+    output_format: str
+    response_format: str
+
+
+@dataclass(frozen=True)
+class Result:
+    plan: Plan
+    images: list[Image]
+    applied: AdapterApplied
+    adapter_seconds: float
+    generate_seconds: float
+
+
+class Engine:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        backends: dict[str, type[Backend]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.registry = backends or BACKENDS
+        self.files = AdapterFiles(settings.lora_root)
+        self.backends: dict[str, Backend] = {}
+        self.backend_errors: dict[str, str] = {}
+        self.default_adapter: AdapterRef | None = None
+        self.default_adapter_error: str | None = None
+        self.ready = False
+        self.loading_done = threading.Event()
+
+    # --- startup ---------------------------------------------------------------------------
+    def load_all(self, _cancel: threading.Event | None = None) -> None:
+        """Load the default backend, its env-default adapter, then the other backends."""
+        from zthumb.backends.base import resolve_device, resolve_dtype
+
+        try:
+            device = resolve_device(self.settings.device)
+            dtype = resolve_dtype(self.settings.dtype, device)
+            for name in self.settings.backends:
+                self._load_backend(name, device, dtype)
+                if name == self.settings.backend:
+                    self._load_default_adapter()
+                    self._update_ready()
+        finally:
+            self.loading_done.set()
+
+    def _load_backend(self, name: str, device: Any, dtype: Any) -> None:
+        try:
+            self.backends[name] = self.registry[name](self.settings, device, dtype)
+            self.metrics.backend_loaded.labels(backend=name).set(1)
+        except Exception as exc:
+            message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            self.backend_errors[name] = message
+            log.exception("BACKEND %s FAILED TO LOAD: %s", name, message)
+
+    def _load_default_adapter(self) -> None:
+        path = self.settings.lora_path
+        backend = self.backends.get(self.settings.backend)
+        if not path or backend is None:
+            return
+        try:
+            ref = self.files.ref(path)
+            applied = backend.apply_adapter(ref, self.settings.lora_scale or 1.0, pin=True)
+            backend.apply_adapter(None, 0.0)
+            self.default_adapter = applied.adapter or ref
+            self.metrics.adapter_loads.labels(backend=backend.name).inc()
+            log.info(
+                "env-default adapter loaded",
+                extra={"lora_path": path, "lora_scale": self.settings.lora_scale, "sha256": ref.sha256},
+            )
+        except Exception as exc:
+            message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            self.default_adapter_error = message
+            log.error(
+                "ENV-DEFAULT ADAPTER Z_LORA_PATH=%s FAILED TO LOAD; THE SERVER STAYS NOT READY: %s",
+                path,
+                message,
+            )
+
+    def _update_ready(self) -> None:
+        backend_ok = self.settings.backend in self.backends
+        adapter_ok = not self.settings.lora_path or self.default_adapter is not None
+        self.ready = backend_ok and adapter_ok
+        self.metrics.ready.set(1 if self.ready else 0)
+        if self.ready:
+            log.info("ready", extra={"backend": self.settings.backend, "lora_path": self.settings.lora_path})
+
+    def readiness(self) -> ReadyResponse:
+        backend_ok = self.settings.backend in self.backends
+        error = self.backend_errors.get(self.settings.backend) or self.default_adapter_error
+        if self.ready:
+            status = "ready"
+        elif error:
+            status = "failed"
+        else:
+            status = "loading"
+        return ReadyResponse(
+            ready=self.ready,
+            status=status,
+            default_backend=self.settings.backend,
+            backend_loaded=backend_ok,
+            lora_path=self.settings.lora_path,
+            lora_loaded=self.default_adapter is not None,
+            error=error,
+        )
+
+    # --- requests --------------------------------------------------------------------------
+    def backend_for(self, requested: str | None) -> Backend:
+        name = requested or self.settings.backend
+        if name not in self.settings.backends:
+            known = name in self.registry
+            raise BadRequestError(
+                f"backend {name!r} is {'not enabled' if known else 'unknown'}; "
+                f"enabled: {', '.join(self.settings.backends)}",
+                field="backend",
+                code="backend_not_enabled" if known else "unknown_backend",
+            )
+        backend = self.backends.get(name)
+        if backend is None:
+            if name in self.backend_errors:
+                raise BackendUnavailableError(f"backend {name!r} failed to load: {self.backend_errors[name]}")
+            raise BackendUnavailableError(
+                f"backend {name!r} is still loading", code="backend_loading", headers={"Retry-After": "10"}
+            )
+        return backend
+
+    def prepare(self, request: GenerateRequest) -> Plan:
+        """Validate a request against limits and backend rules; resolve its adapter."""
+        s = self.settings
+        if not self.ready:
+            raise NotReadyError(
+                self.readiness().error or "the model is still loading", headers={"Retry-After": "10"}
+            )
+        backend = self.backend_for(request.backend)
+        defaults = backend.defaults()
+
+        for name in ("prompt", "negative_prompt"):
+            text = getattr(request, name)
+            if text is not None and len(text) > s.max_prompt_chars:
+                raise InvalidRequestError(
+                    f"{name} has {len(text)} characters; the limit is {s.max_prompt_chars}", field=name
+                )
+        width = request.width or int(defaults["width"])
+        height = request.height or int(defaults["height"])
+        for name, value in (("width", width), ("height", height)):
+            if not s.min_size <= value <= s.max_size or value % 8:
+                raise InvalidRequestError(
+                    f"{name} must be a multiple of 8 between {s.min_size} and {s.max_size}, got {value}",
+                    field=name,
+                )
+        steps = request.steps or int(defaults["steps"])
+        max_steps = min(s.max_steps, backend.max_steps or s.max_steps)
+        if steps > max_steps:
+            raise InvalidRequestError(
+                f"steps must be at most {max_steps} for backend {backend.name!r}, got {steps}", field="steps"
+            )
+        guidance = request.guidance_scale
+        if backend.fixed_guidance_scale is not None:
+            if guidance is not None and guidance != backend.fixed_guidance_scale:
+                raise InvalidRequestError(
+                    f"backend {backend.name!r} runs without classifier-free guidance; "
+                    f"guidance_scale must be {backend.fixed_guidance_scale:g} or omitted",
+                    field="guidance_scale",
+                )
+            guidance = backend.fixed_guidance_scale
+        if guidance is None:
+            guidance = float(defaults["guidance_scale"])
+        if request.num_images > s.max_num_images:
+            raise InvalidRequestError(
+                f"num_images must be at most {s.max_num_images}, got {request.num_images}", field="num_images"
+            )
+        if request.response_format == "bytes" and request.num_images != 1:
+            raise InvalidRequestError(
+                "response_format 'bytes' returns one image; use num_images 1 or response_format 'json'",
+                field="response_format",
+            )
+        seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
+
+        adapter: AdapterRef | None = None
+        source: str | None = None
+        pin = False
+        if request.lora_path:
+            adapter = self.files.ref(request.lora_path)
+            scale = request.lora_scale if request.lora_scale is not None else 1.0
+            source = "request"
+            pin = self.default_adapter is not None and adapter.file == self.default_adapter.file
+        elif s.lora_path:
+            adapter = self.files.ref(s.lora_path)
+            scale = request.lora_scale if request.lora_scale is not None else s.lora_scale
+            source = "default"
+            pin = True
+        else:
+            scale = request.lora_scale or 0.0
+            if scale > 0:
+                raise BadRequestError(
+                    "lora_scale needs an adapter: give lora_path (no env-default adapter is configured)",
+                    field="lora_scale",
+                    code="no_adapter",
+                )
+        if adapter is not None and scale > 0 and not backend.supports_lora:
+            raise BadRequestError(
+                f"backend {backend.name!r} does not support LoRA adapters",
+                field="lora_path",
+                code="lora_unsupported",
+            )
+        return Plan(
+            backend=backend.name,
+            params=GenerationParams(
+                prompt=request.prompt,
+                negative_prompt=request.negative_prompt,
+                width=width,
+                height=height,
+                steps=steps,
+                guidance_scale=guidance,
+                seed=seed,
+                num_images=request.num_images,
+            ),
+            adapter=adapter,
+            scale=scale,
+            adapter_source=source,
+            pin=pin,
+            output_format=request.output_format,
+            response_format=request.response_format,
+        )
+
+    def execute(self, plan: Plan, cancel: threading.Event | None = None) -> Result:
+        """On the device worker: activate the adapter (the one injection point), then generate."""
+        backend = self.backends[plan.backend]
+        started = time.perf_counter()
+        applied = backend.apply_adapter(plan.adapter, plan.scale, pin=plan.pin)
+        adapter_seconds = time.perf_counter() - started
+        if applied.hit is True:
+            self.metrics.adapter_hits.labels(backend=backend.name).inc()
+        elif applied.hit is False:
+            self.metrics.adapter_misses.labels(backend=backend.name).inc()
+            self.metrics.adapter_loads.labels(backend=backend.name).inc()
+            self.metrics.adapter_load_seconds.labels(backend=backend.name).observe(applied.load_seconds)
+        if applied.evicted:
+            self.metrics.adapter_evictions.labels(backend=backend.name).inc(applied.evicted)
+        if plan.pin and applied.adapter is not None and plan.adapter_source == "default":
+            self.default_adapter = applied.adapter
+        started = time.perf_counter()
+        images = backend.generate(plan.params, cancel)
+        generate_seconds = time.perf_counter() - started
+        self.metrics.generation_seconds.labels(backend=backend.name).observe(generate_seconds)
+        return Result(plan, images, applied, adapter_seconds, generate_seconds)
+
+    # --- responses -------------------------------------------------------------------------
+    @staticmethod
+    def encode(images: list[Image], fmt: str) -> list[bytes]:
+        out = []
+        for image in images:
+            buffer = io.BytesIO()
+            if fmt == "jpeg":
+                image.convert("RGB").save(buffer, format="JPEG", quality=95)
+            elif fmt == "webp":
+                image.save(buffer, format="WEBP", quality=95)
+            else:
+                image.save(buffer, format="PNG")
+            out.append(buffer.getvalue())
+        return out
+
+    @staticmethod
+    def images_out(encoded: list[bytes], fmt: str) -> list[ImageOut]:
+        return [
+            ImageOut(index=i, mime_type=MIME_TYPES[fmt], data=base64.b64encode(data).decode("ascii"))
+            for i, data in enumerate(encoded)
+        ]
+
+    @staticmethod
+    def adapter_used(result: Result) -> AdapterUsed | None:
+        applied = result.applied
+        plan = result.plan
+        ref = applied.adapter or plan.adapter
+        if ref is None or plan.adapter_source is None:
+            return None
+        return AdapterUsed(
+            path=ref.display_path,
+            scale=plan.scale,
+            sha256=ref.sha256,
+            source="default" if plan.adapter_source == "default" else "request",
+        )
+
+    def models(self) -> ModelsResponse:
+        infos = []
+        for name in self.settings.backends:
+            backend = self.backends.get(name)
+            cls = self.registry[name]
+            info = BackendInfo(
+                name=name,
+                model=None,
+                loaded=backend is not None,
+                default=name == self.settings.backend,
+                device=None,
+                dtype=None,
+                error=self.backend_errors.get(name),
+                supports_lora=cls.supports_lora,
+            )
+            if backend is not None:
+                weights = backend.unet_weight_bytes
+                info.model = backend.model_description
+                info.device = str(backend.device)
+                info.dtype = str(backend.dtype).removeprefix("torch.")
+                info.unet_weight_bytes = weights["unet"]
+                info.quantized_weight_bytes = weights["quantized"] or None
+                info.quantized_weight_fp32_bytes = weights["quantized_fp32"] or None
+                info.defaults = backend.defaults()
+            infos.append(info)
+        cached = [CachedAdapter(**entry) for b in self.backends.values() for entry in b.cached_adapters()]
+        return ModelsResponse(
+            backends=infos,
+            default_backend=self.settings.backend,
+            lora_loaded=self.default_adapter is not None,
+            lora_path=self.settings.lora_path,
+            lora_scale=self.settings.lora_scale,
+            lora_sha256=self.default_adapter.sha256 if self.default_adapter else None,
+            lora_error=self.default_adapter_error,
+            lora_root=str(self.settings.lora_root),
+            lora_cache_size=self.settings.lora_cache_size,
+            cached_adapters=cached,
+        )

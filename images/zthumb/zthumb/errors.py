@@ -1,0 +1,152 @@
+"""Exceptions of the server and the one place that turns them into HTTP answers.
+
+Every error body has the same shape::
+
+    {"error": "<stable_code>", "message": "<for humans>", "field": "<request field or null>"}
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("zthumb.errors")
+
+
+class ZThumbError(Exception):
+    """Base class: a stable ``code``, an HTTP ``status`` and optionally the offending ``field``."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+
+class InvalidRequestError(ZThumbError):
+    status = 422
+    code = "invalid_request"
+
+
+class BadRequestError(ZThumbError):
+    status = 400
+    code = "bad_request"
+
+
+class AdapterNotFoundError(ZThumbError):
+    status = 404
+    code = "lora_not_found"
+
+
+class AdapterRefusedError(ZThumbError):
+    """A path outside the LoRA root, an escaping symlink or a non-safetensors file."""
+
+    status = 400
+    code = "lora_path_refused"
+
+
+class AdapterLoadError(ZThumbError):
+    """The file is inside the root and is safetensors, but it is not a loadable LoRA."""
+
+    status = 422
+    code = "lora_invalid"
+
+
+class UnauthorizedError(ZThumbError):
+    status = 401
+    code = "unauthorized"
+
+
+class NotReadyError(ZThumbError):
+    status = 503
+    code = "not_ready"
+
+
+class QueueFullError(ZThumbError):
+    status = 429
+    code = "queue_full"
+
+
+class GenerationTimeoutError(ZThumbError):
+    status = 504
+    code = "timeout"
+
+
+class GenerationCancelledError(ZThumbError):
+    """The client went away or the deadline passed; the generation was stopped or never ran."""
+
+    status = 499
+    code = "cancelled"
+
+
+def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
+    return {"error": code, "message": message, "field": field}
+
+
+def _field_from_loc(loc: tuple[Any, ...] | list[Any]) -> str | None:
+    parts = [str(part) for part in loc if part not in ("body", "query", "path", "header")]
+    return ".".join(parts) or None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the one mapping from exceptions to HTTP error bodies."""
+
+    @app.exception_handler(ZThumbError)
+    async def _zthumb_error(_: Request, exc: ZThumbError) -> JSONResponse:
+        if exc.status >= 500 and exc.status not in (503, 504):
+            log.error("request failed: %s", exc.message)
+        return JSONResponse(
+            error_body(exc.code, exc.message, exc.field), status_code=exc.status, headers=exc.headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        field = _field_from_loc(first.get("loc", ()))
+        if first.get("type") == "extra_forbidden":
+            message = f"unknown field {field!r}"
+        elif first.get("type") in ("json_invalid", "model_attributes_type") or field is None:
+            message = f"request body is not a valid JSON object: {first.get('msg', 'invalid')}"
+        else:
+            message = f"{field}: {first.get('msg', 'invalid value')}"
+        body = error_body("invalid_request", message, field)
+        body["details"] = [
+            {"field": _field_from_loc(e.get("loc", ())), "message": e.get("msg"), "type": e.get("type")}
+            for e in errors
+        ]
+        return JSONResponse(body, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        code = codes.get(exc.status_code, f"http_{exc.status_code}")
+        return JSONResponse(
+            error_body(code, str(exc.detail)),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error: %s", type(exc).__name__)
+        return JSONResponse(
+            error_body("internal_error", "internal error; see the server log"), status_code=500
+        )

@@ -1,0 +1,194 @@
+"""LoRA adapter files: confinement to the LoRA root, formats, and content fingerprints.
+
+Where an adapter may come from
+    Only from inside ``ZTHUMB_LORA_ROOT``. A request names it relative to the root or by an
+    absolute path inside it. ``..`` components, absolute paths outside the root and symlinks
+    whose target resolves outside the root are refused; only ``.safetensors`` is ever read
+    (pickle formats such as ``.bin``/``.pt``/``.ckpt`` are refused before any byte is read).
+    A directory means its ``pytorch_lora_weights.safetensors`` (what ``save_lora_weights``
+    and the trainer's export write).
+
+Which formats load
+    diffusers/PEFT files (``unet.…lora_A/lora_B`` or ``…lora.down/up``) and kohya/A1111 files
+    (``lora_unet_…lora_down/lora_up`` + ``alpha``): ``load_lora_weights`` converts them.
+
+How a replaced file is noticed without reading it
+    Each adapter is identified by (resolved path, sha256 of the file). Hashing a file on every
+    request would read it from disk, so the sha256 is cached per path together with a cheap
+    *stat fingerprint* ``(st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns)``. A request only
+    ``stat``s the file (metadata, no content read): while the fingerprint is unchanged the
+    cached sha256 is used and, if the adapter is resident, nothing is read. Any replacement —
+    an atomic rename (new inode), an in-place rewrite (new mtime/ctime/size) — changes the
+    fingerprint, so the file is hashed again and, its sha256 being new, loaded again. When an
+    adapter is loaded, the bytes that are hashed are the bytes that are loaded (one read), so
+    the sha256 reported is always the sha256 of the weights in use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from zthumb.errors import AdapterLoadError, AdapterNotFoundError, AdapterRefusedError
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger("zthumb.lora")
+
+ADAPTER_FILE = "pytorch_lora_weights.safetensors"
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}
+
+Fingerprint = tuple[int, int, int, int, int]
+
+
+def _fingerprint(path: Path) -> Fingerprint:
+    st = path.stat()
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    """One adapter file as it is now: where it lives and the sha256 of its content."""
+
+    display_path: str  # relative to the LoRA root, as reported to clients
+    file: Path  # resolved .safetensors file inside the root
+    sha256: str
+    files: AdapterFiles = field(compare=False, repr=False)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (str(self.file), self.sha256)
+
+    def read(self) -> tuple[dict[str, torch.Tensor], str]:
+        """Read the weights once; returns them with the sha256 of exactly those bytes."""
+        return self.files.read(self.file)
+
+
+class AdapterFiles:
+    """Resolves adapter paths inside the LoRA root and remembers their sha256 by fingerprint."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._hashes: dict[Path, tuple[Fingerprint, str]] = {}
+        self._lock = threading.Lock()
+        self.hash_reads = 0  # how many times a file's content was read (for tests and metrics)
+
+    # --- confinement -------------------------------------------------------------------
+    def resolve(self, requested: str) -> tuple[Path, str]:
+        """Map a requested path to (resolved .safetensors file, display path); refuse escapes."""
+        field_name = "lora_path"
+        if not requested or "\x00" in requested:
+            raise AdapterRefusedError("lora_path is empty or malformed", field=field_name)
+        candidate = Path(requested)
+        if ".." in candidate.parts:
+            raise AdapterRefusedError(
+                "lora_path must not contain '..' components", field=field_name, code="lora_path_traversal"
+            )
+        try:
+            root = self.root.resolve(strict=True)
+        except FileNotFoundError as exc:
+            raise AdapterNotFoundError(f"the LoRA root {self.root} does not exist", field=field_name) from exc
+        if candidate.is_absolute():
+            if not (candidate.is_relative_to(self.root) or candidate.is_relative_to(root)):
+                raise AdapterRefusedError(
+                    f"lora_path {requested!r} is outside the LoRA root {self.root}",
+                    field=field_name,
+                    code="lora_path_outside_root",
+                )
+            lexical = candidate
+        else:
+            lexical = root / candidate
+        try:
+            target = lexical.resolve(strict=True)
+        except FileNotFoundError as exc:
+            raise AdapterNotFoundError(
+                f"no adapter at {requested!r} under the LoRA root", field=field_name
+            ) from exc
+        except (OSError, RuntimeError) as exc:  # symlink loops, permission problems
+            raise AdapterRefusedError(
+                f"lora_path {requested!r} cannot be resolved: {exc}", field=field_name
+            ) from exc
+        self._check_inside(target, root, requested)
+        display = str(target.relative_to(root))
+
+        if target.is_dir():
+            file = target / ADAPTER_FILE
+            if not file.exists():
+                pickles = sorted(p.name for p in target.iterdir() if p.suffix in PICKLE_SUFFIXES)
+                if pickles:
+                    raise AdapterRefusedError(
+                        f"{requested!r} holds only pickle weights ({', '.join(pickles)}); "
+                        "only .safetensors adapters are loaded",
+                        field=field_name,
+                        code="lora_format_refused",
+                    )
+                raise AdapterNotFoundError(f"directory {requested!r} has no {ADAPTER_FILE}", field=field_name)
+            target = file.resolve(strict=True)
+            self._check_inside(target, root, requested)
+        if target.suffix != ".safetensors":
+            kind = "pickle" if target.suffix in PICKLE_SUFFIXES else f"{target.suffix or 'extensionless'}"
+            raise AdapterRefusedError(
+                f"{requested!r} is a {kind} file; only .safetensors adapters are loaded (never pickle)",
+                field=field_name,
+                code="lora_format_refused",
+            )
+        if not target.is_file():
+            raise AdapterNotFoundError(f"{requested!r} is not a regular file", field=field_name)
+        return target, display
+
+    @staticmethod
+    def _check_inside(target: Path, root: Path, requested: str) -> None:
+        if not target.is_relative_to(root):
+            raise AdapterRefusedError(
+                f"lora_path {requested!r} resolves outside the LoRA root (symlink escape)",
+                field="lora_path",
+                code="lora_path_symlink_escape",
+            )
+
+    # --- fingerprints ------------------------------------------------------------------------
+    def ref(self, requested: str) -> AdapterRef:
+        """Resolve and identify an adapter; reads the file only if it is new or changed."""
+        file, display = self.resolve(requested)
+        fingerprint = _fingerprint(file)
+        with self._lock:
+            known = self._hashes.get(file)
+        if known is not None and known[0] == fingerprint:
+            return AdapterRef(display, file, known[1], self)
+        digest = self._hash_file(file)
+        with self._lock:
+            self._hashes[file] = (fingerprint, digest)
+        return AdapterRef(display, file, digest, self)
+
+    def _hash_file(self, file: Path) -> str:
+        digest = hashlib.sha256()
+        with file.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        self.hash_reads += 1
+        return digest.hexdigest()
+
+    def read(self, file: Path) -> tuple[dict[str, torch.Tensor], str]:
+        """Read and parse the file in one go; the sha256 is of the bytes parsed."""
+        from safetensors.torch import load as load_safetensors
+
+        before = _fingerprint(file)
+        data = file.read_bytes()
+        self.hash_reads += 1
+        digest = hashlib.sha256(data).hexdigest()
+        if _fingerprint(file) == before:
+            with self._lock:
+                self._hashes[file] = (before, digest)
+        try:
+            state_dict = load_safetensors(data)
+        except Exception as exc:
+            raise AdapterLoadError(
+                f"{file.name} is not a valid safetensors file: {exc}", field="lora_path"
+            ) from exc
+        if not state_dict:
+            raise AdapterLoadError(f"{file.name} holds no tensors", field="lora_path")
+        return state_dict, digest

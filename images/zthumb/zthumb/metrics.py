@@ -1,0 +1,65 @@
+"""Prometheus metrics, on a registry per app so several apps can live in one process (tests)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300, 600)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "zthumb_requests_total",
+            "Generate requests by backend and HTTP status.",
+            ["backend", "status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "zthumb_request_seconds",
+            "Generate request latency (queue + generation + encoding).",
+            ["backend", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.generation_seconds = Histogram(
+            "zthumb_generation_seconds",
+            "Time the device spent on one generation.",
+            ["backend"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge("zthumb_queue_depth", "Requests waiting for the device.", registry=r)
+        self.inflight = Gauge("zthumb_inflight", "Jobs running on the device (0 or 1).", registry=r)
+        self.queue_rejected = Counter(
+            "zthumb_queue_rejected_total", "Requests refused with 429 because the queue was full.", registry=r
+        )
+        self.cancelled = Counter(
+            "zthumb_cancelled_total", "Jobs cancelled before or during generation.", ["reason"], registry=r
+        )
+        self.adapter_hits = Counter(
+            "zthumb_adapter_cache_hits_total", "Adapter requests served from memory.", ["backend"], registry=r
+        )
+        self.adapter_misses = Counter(
+            "zthumb_adapter_cache_misses_total",
+            "Adapter requests that needed a load.",
+            ["backend"],
+            registry=r,
+        )
+        self.adapter_loads = Counter(
+            "zthumb_adapter_loads_total", "Adapters loaded from disk.", ["backend"], registry=r
+        )
+        self.adapter_evictions = Counter(
+            "zthumb_adapter_evictions_total", "Adapters evicted from the cache.", ["backend"], registry=r
+        )
+        self.adapter_load_seconds = Histogram(
+            "zthumb_adapter_load_seconds",
+            "Time to read and inject one adapter.",
+            ["backend"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+            registry=r,
+        )
+        self.ready = Gauge("zthumb_ready", "1 once the default backend and adapter are loaded.", registry=r)
+        self.backend_loaded = Gauge("zthumb_backend_loaded", "1 per loaded backend.", ["backend"], registry=r)

@@ -1,0 +1,121 @@
+"""Server configuration: every knob is an environment variable (prefix ``ZTHUMB_``).
+
+The env-default adapter is read from ``Z_LORA_PATH`` / ``Z_LORA_SCALE`` (what the operator
+patches into the Deployment) with the aliases ``ZTHUMB_LORA_PATH`` / ``ZTHUMB_LORA_SCALE``;
+when both spellings are set the ``Z_`` names win.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+BackendName = Literal["full", "turbo", "gguf"]
+BACKEND_NAMES: tuple[str, ...] = ("full", "turbo", "gguf")
+
+
+class Settings(BaseSettings):
+    """All runtime settings of the inference server."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ZTHUMB_",
+        populate_by_name=True,
+        protected_namespaces=(),
+        extra="ignore",
+    )
+
+    # --- backends and models -------------------------------------------------------------
+    backend: BackendName = Field(default="full", description="Default backend for requests that name none.")
+    enabled_backends: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma list of backends to load; empty means just the default backend.",
+    )
+    model_path: Path | None = Field(
+        default=None, description="full/gguf: diffusers directory or single-file .safetensors checkpoint."
+    )
+    model_config_dir: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("ZTHUMB_MODEL_CONFIG", "model_config_dir"),
+        description="Diffusers config directory used to load single-file checkpoints offline.",
+    )
+    turbo_model_path: Path | None = Field(default=None, description="turbo: diffusers dir or single file.")
+    turbo_model_config_dir: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("ZTHUMB_TURBO_MODEL_CONFIG", "turbo_model_config_dir"),
+        description="Config directory for a single-file turbo checkpoint.",
+    )
+    gguf_unet_path: Path | None = Field(default=None, description="gguf: the UNet as a .gguf file.")
+    device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+
+    # --- LoRA --------------------------------------------------------------------------------
+    lora_path: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("Z_LORA_PATH", "ZTHUMB_LORA_PATH", "lora_path"),
+        description="Env-default adapter (relative to the LoRA root, or absolute inside it).",
+    )
+    lora_scale: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=2.0,
+        validation_alias=AliasChoices("Z_LORA_SCALE", "ZTHUMB_LORA_SCALE", "lora_scale"),
+    )
+    lora_root: Path = Path("/models/lora")
+    lora_cache_size: int = Field(default=8, ge=1, description="Per-request adapters kept loaded (LRU).")
+
+    # --- HTTP ----------------------------------------------------------------------------------
+    api_key: SecretStr | None = None
+    host: str = "0.0.0.0"  # a container listens on all interfaces
+    port: int = 8080
+    max_queue: int = Field(default=8, ge=0, description="Requests allowed to wait behind the running one.")
+    request_timeout_s: float = Field(default=600.0, gt=0)
+    log_json: bool = False
+    log_level: str = "INFO"
+
+    # --- request limits and defaults ----------------------------------------------------------
+    min_size: int = Field(default=64, ge=8)
+    max_size: int = Field(default=2048, ge=8)
+    max_steps: int = Field(default=100, ge=1)
+    max_num_images: int = Field(default=4, ge=1)
+    max_prompt_chars: int = Field(default=2000, ge=1)
+    default_width: int | None = Field(default=None, description="Overrides the backend's default width.")
+    default_height: int | None = None
+    default_steps: int | None = None
+    default_guidance_scale: float | None = None
+
+    @field_validator("enabled_backends", mode="before")
+    @classmethod
+    def _split_backends(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("lora_path", mode="before")
+    @classmethod
+    def _empty_path_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _check_backends(self) -> Settings:
+        unknown = [name for name in self.enabled_backends if name not in BACKEND_NAMES]
+        if unknown:
+            raise ValueError(
+                f"ZTHUMB_ENABLED_BACKENDS: unknown backend(s) {unknown}; choose from {list(BACKEND_NAMES)}"
+            )
+        if self.min_size > self.max_size:
+            raise ValueError("ZTHUMB_MIN_SIZE must not exceed ZTHUMB_MAX_SIZE")
+        return self
+
+    @property
+    def backends(self) -> list[str]:
+        """Enabled backends, the default first."""
+        names = [self.backend, *self.enabled_backends]
+        return list(dict.fromkeys(names))

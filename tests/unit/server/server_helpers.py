@@ -1,0 +1,67 @@
+"""Helpers shared by the server tests (imported by name: this folder is on sys.path)."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SIZE = 64
+
+
+def server_settings(tiny_model, lora_root: Path, **overrides: Any):
+    from zthumb.settings import Settings
+
+    values: dict[str, Any] = {
+        "backend": "full",
+        "model_path": tiny_model.diffusers_dir,
+        "model_config_dir": tiny_model.diffusers_dir,
+        "turbo_model_path": tiny_model.turbo_dir,
+        "lora_root": lora_root,
+        "device": "cpu",
+        "default_width": SIZE,
+        "default_height": SIZE,
+        "default_steps": 2,
+        "min_size": 16,
+        "max_size": 256,
+        "max_steps": 8,
+        "max_num_images": 2,
+        "lora_cache_size": 4,
+        "request_timeout_s": 120,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def wait_ready(client, timeout: float = 120.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = client.get("/readyz")
+        body = response.json()
+        if response.status_code == 200 or body.get("status") == "failed":
+            return body
+        time.sleep(0.05)
+    raise AssertionError("server did not become ready")
+
+
+def wait_loaded(client, timeout: float = 120.0) -> None:
+    engine = client.app.state.engine
+    assert engine.loading_done.wait(timeout), "loading did not finish"
+
+
+def decode(body: dict[str, Any], index: int = 0) -> np.ndarray:
+    import base64
+
+    from PIL import Image
+
+    data = base64.b64decode(body["images"][index]["data"])
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def sha256_of(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
