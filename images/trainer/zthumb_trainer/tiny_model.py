@@ -278,7 +278,7 @@ def unet_key_to_ldm(key: str, config: dict[str, Any]) -> str:
 def _unet_fixed_map() -> dict[str, str]:
     from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
 
-    mapping = DIFFUSERS_TO_LDM_MAPPING["unet"]
+    mapping: Any = DIFFUSERS_TO_LDM_MAPPING["unet"]
     return {**mapping["layers"], **mapping["addition_embed_type"]}
 
 
@@ -286,7 +286,7 @@ def vae_key_to_ldm(key: str, config: dict[str, Any]) -> str:
     """Map one diffusers VAE key to its name in the original checkpoint."""
     from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
 
-    fixed = DIFFUSERS_TO_LDM_MAPPING["vae"]
+    fixed: Any = DIFFUSERS_TO_LDM_MAPPING["vae"]
     if key in fixed:
         return fixed[key]
     parts = key.split(".")
@@ -356,7 +356,7 @@ DIFFUSERS_OPENCLIP_LAYERS = {
 }
 
 
-def to_single_file_state_dict(pipe: StableDiffusionXLPipeline) -> dict[str, torch.Tensor]:
+def to_single_file_state_dict(pipe: Any) -> dict[str, torch.Tensor]:
     """The whole pipeline as one state dict in the original SDXL (SGM) key layout."""
     unet_config = dict(pipe.unet.config)
     vae_config = dict(pipe.vae.config)
@@ -416,10 +416,10 @@ def build_tiny_model(root: Path, seed: int = 0, force: bool = False) -> TinyMode
     staging = root.with_name(root.name + ".building")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    pipe = build_pipeline(seed)
+    pipe: Any = build_pipeline(seed)
     pipe.save_pretrained(staging / "diffusers", safe_serialization=True)
     save_file(to_single_file_state_dict(pipe), str(staging / SINGLE_FILE_NAME))
-    turbo = build_pipeline(seed, turbo=True)
+    turbo: Any = build_pipeline(seed, turbo=True)
     turbo.save_pretrained(staging / "turbo", safe_serialization=True)
     (staging / ".complete").write_text(stamp)
 

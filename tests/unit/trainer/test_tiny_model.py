@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-
 from zthumb_trainer.tiny_model import TOKENIZER_MAX_LENGTH, build_pipeline
 
 

@@ -1,0 +1,337 @@
+"""``zthumb-train``: one CLI whose subcommands are the entrypoints of the pipeline's Jobs.
+
+The arguments are exactly those ``zthumb_trainer.steps`` builds, so a Job and a local
+run execute the same command line. Heavy imports (torch, diffusers) happen inside the
+subcommands that need them, so fetch-model and prepare-dataset start quickly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="ZThumb trainer: fetch the base model, prepare a dataset, train + export a LoRA, evaluate it.",
+)
+
+STOP_AFTER_STEP_ENV = "ZTHUMB_TRAIN_STOP_AFTER_STEP"
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@app.callback()
+def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise in a Job log
+    # Weights are never fetched by diffusers/transformers themselves: fetch-model does that.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@app.command("fetch-model")
+def fetch_model(  # noqa: PLR0917 - one option per flag
+    url: Annotated[str, typer.Option(help="Where to download the checkpoint from.")],
+    sha256: Annotated[str, typer.Option(help="Expected SHA256 of the checkpoint.")],
+    output: Annotated[Path, typer.Option(help="Destination path of the checkpoint.")],
+    config_url: Annotated[
+        str | None, typer.Option(help="Base URL of the diffusers config files (model_index.json, …).")
+    ] = None,
+    config_dir: Annotated[Path | None, typer.Option(help="Where to put the config files.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Download the base model (resumable, SHA256-verified) and its config files."""
+    import httpx
+
+    from zthumb_trainer.fetch import FetchError, download, fetch_config, token_from_env
+
+    token = token_from_env()
+    try:
+        result = download(url, sha256, output, token=token, progress=progress)
+        if config_url and config_dir:
+            fetch_config(config_url, config_dir, token=token)
+    except FetchError as error:
+        raise _fail(str(error)) from error
+    except (OSError, httpx.HTTPError) as error:
+        raise _fail(f"download of {url} failed: {error}") from error
+    state = "present" if result.skipped else f"downloaded {result.downloaded_bytes} bytes"
+    typer.echo(f"{output}: {state}, sha256 {result.sha256}")
+
+
+@app.command("prepare-dataset")
+def prepare_dataset(  # noqa: PLR0917 - one option per flag
+    dataset: Annotated[Path, typer.Option(help="Directory with images and captions (see DATASETS.md).")],
+    output: Annotated[Path, typer.Option(help="The run directory; the dataset goes to <output>/dataset.")],
+    resolution: Annotated[int, typer.Option(help="Target resolution (pixels per side at 1:1).")] = 1024,
+    trigger_word: Annotated[str, typer.Option(help="Put in front of every caption that lacks it.")] = "",
+    caption_format: Annotated[
+        str, typer.Option(help="txt (same-name .txt files) or jsonl (metadata.jsonl).")
+    ] = "txt",
+    missing_caption: Annotated[
+        str, typer.Option(help="fail, or trigger (caption = the trigger word).")
+    ] = "fail",
+    bucketing: Annotated[bool, typer.Option(help="Aspect-ratio buckets; off: square centre crops.")] = True,
+) -> None:
+    """Validate, normalise and bucket the dataset; write the manifest and stats."""
+    from zthumb_trainer.dataset import DatasetError
+    from zthumb_trainer.dataset import prepare_dataset as prepare
+
+    if caption_format not in ("txt", "jsonl"):
+        raise _fail(f"--caption-format must be txt or jsonl, not {caption_format!r}", 2)
+    if missing_caption not in ("fail", "trigger"):
+        raise _fail(f"--missing-caption must be fail or trigger, not {missing_caption!r}", 2)
+    try:
+        prepared = prepare(
+            dataset,
+            output,
+            resolution,
+            trigger_word=trigger_word,
+            caption_format=caption_format,
+            missing_caption=missing_caption,
+            bucketing=bucketing,
+        )
+    except DatasetError as error:
+        raise _fail(str(error)) from error
+    typer.echo(
+        f"{len(prepared.entries)} images ready in {prepared.directory} "
+        f"({len(prepared.flagged)} flagged), dataset hash {prepared.dataset_hash[:12]}"
+    )
+
+
+@app.command()
+def train(  # noqa: PLR0917 - one option per flag
+    run_name: Annotated[str, typer.Option(help="The run (LoRAFinetune) name.")],
+    base_model: Annotated[Path, typer.Option(help="Single-file checkpoint or diffusers directory.")],
+    run_dir: Annotated[Path, typer.Option(help="Checkpoints, cache, logs: outputs/lora/<run>.")],
+    model_config: Annotated[Path | None, typer.Option(help="Diffusers config dir for a single file.")] = None,
+    export_dir: Annotated[Path | None, typer.Option(help="Export the adapter here when done.")] = None,
+    base_model_sha256: Annotated[str, typer.Option(help="Recorded in adapter.json.")] = "",
+    trigger_word: Annotated[str, typer.Option()] = "",
+    rank: Annotated[int, typer.Option(min=1)] = 16,
+    alpha: Annotated[float, typer.Option(min=0.0)] = 16.0,
+    learning_rate: Annotated[float, typer.Option()] = 1e-4,
+    max_train_steps: Annotated[int, typer.Option(min=1)] = 1000,
+    batch_size: Annotated[int, typer.Option(min=1)] = 1,
+    gradient_accumulation_steps: Annotated[int, typer.Option(min=1)] = 1,
+    mixed_precision: Annotated[str, typer.Option(help="no, fp16 or bf16.")] = "bf16",
+    gradient_checkpointing: Annotated[bool, typer.Option()] = True,
+    seed: Annotated[int, typer.Option()] = 42,
+    checkpointing_steps: Annotated[int, typer.Option(min=1)] = 250,
+    checkpoints_total_limit: Annotated[int, typer.Option(min=1)] = 3,
+    train_text_encoder: Annotated[bool, typer.Option()] = False,
+    snr_gamma: Annotated[float | None, typer.Option(help="Min-SNR gamma; 0 or unset: plain MSE.")] = None,
+    noise_offset: Annotated[float, typer.Option()] = 0.0,
+    gpus: Annotated[int, typer.Option(help="Data-parallel processes (one per GPU).")] = 1,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train the LoRA (resuming from the newest checkpoint), then export it."""
+    if mixed_precision not in ("no", "fp16", "bf16"):
+        raise _fail(f"--mixed-precision must be no, fp16 or bf16, not {mixed_precision!r}", 2)
+    if gpus > 1 and "LOCAL_RANK" not in os.environ:
+        _relaunch_distributed(gpus)
+    import json
+
+    from zthumb_trainer.dataset import DatasetError
+    from zthumb_trainer.train import TrainConfig, TrainingInterrupted, run_training
+
+    stop_after = os.environ.get(STOP_AFTER_STEP_ENV)
+    config = TrainConfig(
+        run_dir=run_dir,
+        base_model=base_model,
+        model_config=model_config,
+        export_dir=export_dir,
+        run_name=run_name,
+        base_model_sha256=base_model_sha256,
+        trigger_word=trigger_word,
+        rank=rank,
+        alpha=alpha,
+        learning_rate=learning_rate,
+        max_train_steps=max_train_steps,
+        batch_size=batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        mixed_precision=mixed_precision,
+        gradient_checkpointing=gradient_checkpointing,
+        seed=seed,
+        checkpointing_steps=checkpointing_steps,
+        checkpoints_total_limit=checkpoints_total_limit,
+        train_text_encoder=train_text_encoder,
+        snr_gamma=snr_gamma,
+        noise_offset=noise_offset,
+        stop_after_step=int(stop_after) if stop_after else None,
+        progress_bar=progress,
+    )
+    try:
+        summary = run_training(config)
+    except (DatasetError, FileNotFoundError) as error:
+        raise _fail(str(error)) from error
+    except TrainingInterrupted as error:
+        raise _fail(str(error), 3) from error
+    typer.echo(json.dumps({k: v for k, v in summary.items() if k != "pairs"}))
+
+
+def _relaunch_distributed(gpus: int) -> None:
+    """Re-run this very command under torch.distributed (one process per GPU) and exit with it."""
+    import subprocess
+
+    import torch
+
+    available = torch.cuda.device_count()
+    if available < gpus:
+        typer.echo(f"warning: --gpus {gpus} but {available} CUDA device(s) visible; one process", err=True)
+        return
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={gpus}",
+        "-m",
+        "zthumb_trainer.cli",
+        *sys.argv[1:],
+    ]
+    raise typer.Exit(subprocess.call(command))
+
+
+@app.command()
+def export(  # noqa: PLR0917 - one option per flag
+    run_dir: Annotated[Path, typer.Option(help="The run directory holding checkpoints/.")],
+    export_dir: Annotated[Path, typer.Option(help="Where to publish the adapter.")],
+    run_name: Annotated[str, typer.Option()] = "lora",
+    base_model_sha256: Annotated[str, typer.Option()] = "",
+    trigger_word: Annotated[str, typer.Option()] = "",
+    checkpoint: Annotated[Path | None, typer.Option(help="A checkpoint dir; default the newest.")] = None,
+) -> None:
+    """Export a checkpoint (default: the newest) as a servable adapter, without the base model."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from zthumb_trainer.export import AdapterInfo, export_adapter
+    from zthumb_trainer.train import list_checkpoints
+
+    if checkpoint is None:
+        found = list_checkpoints(run_dir / "checkpoints")
+        if not found:
+            raise _fail(f"no complete checkpoint under {run_dir / 'checkpoints'}")
+        checkpoint = found[-1][1]
+    state = json.loads((checkpoint / "state.json").read_text())
+    configs = json.loads((checkpoint / "lora_config.json").read_text())
+    unet_config = configs["unet"]
+    export_adapter(
+        export_dir,
+        load_file(str(checkpoint / "adapter.safetensors")),
+        configs,
+        AdapterInfo(
+            run_name=run_name,
+            base_model_sha256=base_model_sha256,
+            rank=int(unet_config["r"]),
+            alpha=float(unet_config["lora_alpha"]),
+            trigger_word=trigger_word,
+            steps=int(state["step"]),
+            dataset_hash=str(state.get("dataset_hash", "")),
+        ),
+    )
+    typer.echo(f"exported {checkpoint} to {export_dir}")
+
+
+@app.command("eval")
+def evaluate(  # noqa: PLR0917 - one option per flag
+    server_url: Annotated[str, typer.Option(help="Base URL of the ZThumb server.")],
+    output: Annotated[Path, typer.Option(help="Report directory: outputs/lora_eval/<run>.")],
+    lora_path: Annotated[str, typer.Option(help="Adapter path relative to the server's LoRA root.")],
+    run_name: Annotated[str, typer.Option()] = "lora",
+    trigger_word: Annotated[str, typer.Option()] = "",
+    prompt: Annotated[list[str] | None, typer.Option(help="Repeatable; {trigger} is replaced.")] = None,
+    seed: Annotated[list[int] | None, typer.Option(help="Repeatable.")] = None,
+    scale: Annotated[list[float] | None, typer.Option(help="Repeatable; default 0 and 0.8.")] = None,
+    steps: Annotated[int, typer.Option(min=1)] = 30,
+    width: Annotated[int | None, typer.Option()] = None,
+    height: Annotated[int | None, typer.Option()] = None,
+    ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for /readyz.")] = 600.0,
+) -> None:
+    """Generate with and without the adapter on the same seeds; write report.md + summary.json."""
+    from zthumb_trainer.evaluate import EvalConfig, EvalError, run_eval
+    from zthumb_trainer.spec import DEFAULT_EVAL_PROMPTS
+
+    config = EvalConfig(
+        server_url=server_url,
+        output=output,
+        run_name=run_name,
+        lora_path=lora_path,
+        prompts=prompt or list(DEFAULT_EVAL_PROMPTS),
+        seeds=seed or [0, 1],
+        scales=scale or [0.0, 0.8],
+        trigger_word=trigger_word,
+        steps=steps,
+        width=width,
+        height=height,
+        ready_timeout=float(os.environ.get("ZTHUMB_EVAL_READY_TIMEOUT", ready_timeout)),
+        api_key=os.environ.get("ZTHUMB_API_KEY") or None,
+    )
+    try:
+        summary = run_eval(config)
+    except EvalError as error:
+        raise _fail(str(error)) from error
+    typer.echo(
+        f"report: {output / 'report.md'} (mean pixel difference {summary['mean_pixel_difference']}, "
+        f"{summary['requests']} requests)"
+    )
+
+
+@app.command("tiny-model")
+def tiny_model(
+    output: Annotated[Path, typer.Argument(help="Directory to write the tiny model into.")],
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Write the tiny random-weight SDXL (diffusers dir, single file, turbo copy) for demos and tests."""
+    from zthumb_trainer.tiny_model import build_tiny_model
+
+    model = build_tiny_model(output, seed=seed)
+    typer.echo(
+        f"diffusers: {model.diffusers_dir}\nsingle file: {model.single_file}\nturbo: {model.turbo_dir}"
+    )
+
+
+@app.command()
+def run(
+    finetune: Annotated[
+        Path | None, typer.Argument(help="A LoRAFinetune YAML; default: the embedded tiny demo.")
+    ] = None,
+    local: Annotated[bool, typer.Option("--local", help="Run every step as a local process.")] = False,
+    workdir: Annotated[Path, typer.Option(help="Plays the shared volume.")] = Path(".zthumb-local"),
+    tiny: Annotated[
+        bool | None,
+        typer.Option(help="Swap the base model for the tiny one (default: on without a YAML)."),
+    ] = None,
+) -> None:
+    """Run the whole pipeline (fetch, prepare, train, deploy, eval) on this machine."""
+    from zthumb_trainer.local_run import LocalRunError, run_local
+
+    if not local:
+        raise _fail("only --local is supported here; in a cluster, `kubectl apply -f` the LoRAFinetune", 2)
+    try:
+        result = run_local(finetune, workdir, tiny=finetune is None if tiny is None else tiny)
+    except LocalRunError as error:
+        raise _fail(str(error)) from error
+    typer.echo(f"\nadapter: {result.adapter_dir}\nreport:  {result.report}\ntook {result.seconds:.0f}s")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

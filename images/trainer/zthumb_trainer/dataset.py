@@ -1,0 +1,297 @@
+"""prepare-dataset: validate, normalise and bucket an image-caption dataset (see DATASETS.md).
+
+Output under the run directory (``outputs/lora/<run>/dataset/``):
+
+* ``images/<index>.png``: each source image EXIF-transposed, converted to RGB, resized to
+  cover its aspect-ratio bucket and centre-cropped to it;
+* ``manifest.json``: one entry per image with caption, bucket and the SDXL
+  micro-conditioning numbers (original size, crop top-left, target size), plus a
+  dataset hash that ties an exported adapter to the exact data it saw;
+* ``stats.json``: counts, bucket histogram and every flagged file.
+
+The directory is written to a temporary sibling and renamed, so ``train`` never reads
+half a dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+MANIFEST_VERSION = 1
+# The aspect ratios SDXL was trained on (width, height at 1024^2), from the SDXL paper.
+SDXL_BUCKETS_1024 = (
+    (1024, 1024),
+    (1152, 896),
+    (896, 1152),
+    (1216, 832),
+    (832, 1216),
+    (1344, 768),
+    (768, 1344),
+    (1536, 640),
+    (640, 1536),
+)
+
+
+class DatasetError(Exception):
+    """The dataset cannot be used; the message names the files."""
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    image: str  # relative to the manifest's directory
+    source: str
+    caption: str
+    width: int  # the bucket: the size the image was cropped to
+    height: int
+    original_width: int
+    original_height: int
+    crop_top: int
+    crop_left: int
+
+
+@dataclass
+class PreparedDataset:
+    directory: Path
+    entries: list[ManifestEntry]
+    dataset_hash: str
+    resolution: int
+    trigger_word: str
+    flagged: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / "manifest.json"
+
+
+def dataset_dir(run_dir: Path) -> Path:
+    return run_dir / "dataset"
+
+
+def buckets_for(resolution: int) -> list[tuple[int, int]]:
+    """SDXL's aspect-ratio buckets scaled to ``resolution``² pixels, sides multiples of 32/64."""
+    step = 64 if resolution >= 512 else 32
+    buckets: list[tuple[int, int]] = []
+    scale = resolution / 1024
+    for width, height in SDXL_BUCKETS_1024:
+        w = max(step, round(width * scale / step) * step)
+        h = max(step, round(height * scale / step) * step)
+        if (w, h) not in buckets:
+            buckets.append((w, h))
+    return buckets
+
+
+def nearest_bucket(width: int, height: int, buckets: list[tuple[int, int]]) -> tuple[int, int]:
+    ratio = math.log(width / height)
+    return min(buckets, key=lambda bucket: abs(math.log(bucket[0] / bucket[1]) - ratio))
+
+
+def with_trigger(caption: str, trigger_word: str) -> str:
+    """Put the trigger word first unless the caption already has it (as a whole word)."""
+    caption = " ".join(caption.split())
+    if not trigger_word:
+        return caption
+    if trigger_word.lower() in caption.lower().replace(",", " ").split():
+        return caption
+    return f"{trigger_word}, {caption}" if caption else trigger_word
+
+
+def _read_captions_txt(images: list[Path]) -> dict[Path, str | None]:
+    captions: dict[Path, str | None] = {}
+    for image in images:
+        caption_file = image.with_suffix(".txt")
+        captions[image] = caption_file.read_text(encoding="utf-8").strip() if caption_file.exists() else None
+    return captions
+
+
+def _read_captions_jsonl(directory: Path, images: list[Path]) -> dict[Path, str | None]:
+    metadata = directory / "metadata.jsonl"
+    if not metadata.exists():
+        raise DatasetError(f"{metadata}: not found (captionFormat is jsonl)")
+    by_name: dict[str, str] = {}
+    for number, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            by_name[str(record["file_name"])] = str(record.get("text") or record.get("caption") or "")
+        except (ValueError, KeyError, TypeError) as error:
+            raise DatasetError(
+                f"{metadata}:{number}: expected a JSON object with file_name and text ({error})"
+            ) from error
+    return {image: by_name.get(image.relative_to(directory).as_posix()) for image in images}
+
+
+def _find_images(directory: Path) -> list[Path]:
+    return sorted(
+        path
+        for path in directory.rglob("*")
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    )
+
+
+def _short(paths: list[str], limit: int = 20) -> str:
+    more = f"\n  ... and {len(paths) - limit} more" if len(paths) > limit else ""
+    return "\n  " + "\n  ".join(paths[:limit]) + more
+
+
+def prepare_dataset(
+    source: Path,
+    run_dir: Path,
+    resolution: int,
+    *,
+    trigger_word: str = "",
+    caption_format: str = "txt",
+    missing_caption: str = "fail",
+    bucketing: bool = True,
+    min_side: int | None = None,
+) -> PreparedDataset:
+    """Validate and normalise ``source`` into ``<run_dir>/dataset``; raise DatasetError naming files."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not source.is_dir():
+        raise DatasetError(f"{source}: dataset directory not found")
+    images = _find_images(source)
+    if not images:
+        raise DatasetError(f"{source}: no images found (expected {', '.join(IMAGE_SUFFIXES)} files)")
+    captions = (
+        _read_captions_jsonl(source, images) if caption_format == "jsonl" else _read_captions_txt(images)
+    )
+    missing = [str(image) for image, caption in captions.items() if caption is None]
+    if missing and missing_caption == "fail":
+        raise DatasetError(
+            f"{len(missing)} image(s) have no caption (missingCaption: fail; set it to 'trigger' to "
+            f"caption them with the trigger word):{_short(missing)}"
+        )
+    if missing and not trigger_word:
+        raise DatasetError(f"images without captions and no trigger word to use instead:{_short(missing)}")
+
+    min_side = min_side if min_side is not None else max(64, resolution // 4)
+    buckets = buckets_for(resolution) if bucketing else [(resolution, resolution)]
+    target = dataset_dir(run_dir)
+    staging = target.with_name(target.name + ".part")
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "images").mkdir(parents=True)
+
+    entries: list[ManifestEntry] = []
+    unreadable: list[str] = []
+    flagged: list[dict[str, str]] = []
+    digest = hashlib.sha256()
+    for image_path in images:
+        try:
+            with Image.open(image_path) as opened:
+                opened.load()
+                image = ImageOps.exif_transpose(opened).convert("RGB")
+        except (UnidentifiedImageError, OSError, ValueError) as error:
+            unreadable.append(f"{image_path}: {error}")
+            continue
+        width, height = image.size
+        if min(width, height) < min_side:
+            flagged.append(
+                {"file": str(image_path), "reason": f"too small ({width}x{height}; minimum side {min_side})"}
+            )
+            continue
+        if max(width, height) < resolution:
+            flagged.append({"file": str(image_path), "reason": f"upscaled ({width}x{height} < {resolution})"})
+        caption = captions[image_path]
+        caption = with_trigger(caption if caption is not None else "", trigger_word)
+        bucket_w, bucket_h = nearest_bucket(width, height, buckets)
+        scale = max(bucket_w / width, bucket_h / height)
+        resized_w, resized_h = max(bucket_w, round(width * scale)), max(bucket_h, round(height * scale))
+        resized = image.resize((resized_w, resized_h), Image.Resampling.LANCZOS)
+        left, top = (resized_w - bucket_w) // 2, (resized_h - bucket_h) // 2
+        cropped = resized.crop((left, top, left + bucket_w, top + bucket_h))
+        name = f"images/{len(entries):06d}.png"
+        cropped.save(staging / name)
+        entries.append(
+            ManifestEntry(
+                image=name,
+                source=str(image_path.relative_to(source)),
+                caption=caption,
+                width=bucket_w,
+                height=bucket_h,
+                original_width=width,
+                original_height=height,
+                crop_top=top,
+                crop_left=left,
+            )
+        )
+        digest.update(hashlib.sha256(image_path.read_bytes()).digest())
+        digest.update(caption.encode())
+
+    if unreadable:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise DatasetError(f"{len(unreadable)} image(s) could not be read:{_short(unreadable)}")
+    if not entries:
+        shutil.rmtree(staging, ignore_errors=True)
+        reasons = [f"{item['file']}: {item['reason']}" for item in flagged]
+        raise DatasetError(f"no usable images in {source}:{_short(reasons)}")
+
+    digest.update(f"{resolution}:{bucketing}".encode())
+    prepared = PreparedDataset(
+        directory=target,
+        entries=entries,
+        dataset_hash=digest.hexdigest(),
+        resolution=resolution,
+        trigger_word=trigger_word,
+        flagged=flagged,
+    )
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "source": str(source),
+        "resolution": resolution,
+        "bucketing": bucketing,
+        "trigger_word": trigger_word,
+        "dataset_hash": prepared.dataset_hash,
+        "entries": [asdict(entry) for entry in entries],
+    }
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    (staging / "stats.json").write_text(json.dumps(dataset_stats(prepared, len(images)), indent=1))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
+    for item in flagged:
+        print(f"warning: {item['file']}: {item['reason']}", file=sys.stderr)
+    return prepared
+
+
+def dataset_stats(prepared: PreparedDataset, found: int) -> dict[str, Any]:
+    histogram: dict[str, int] = {}
+    for entry in prepared.entries:
+        key = f"{entry.width}x{entry.height}"
+        histogram[key] = histogram.get(key, 0) + 1
+    words = [len(entry.caption.split()) for entry in prepared.entries]
+    return {
+        "images_found": found,
+        "images_used": len(prepared.entries),
+        "flagged": prepared.flagged,
+        "buckets": histogram,
+        "caption_words": {"min": min(words), "max": max(words), "mean": sum(words) / len(words)},
+        "dataset_hash": prepared.dataset_hash,
+    }
+
+
+def load_manifest(run_dir: Path) -> PreparedDataset:
+    """Read what ``prepare_dataset`` wrote (train calls this)."""
+    directory = dataset_dir(run_dir)
+    path = directory / "manifest.json"
+    if not path.exists():
+        raise DatasetError(f"{path}: not found; run prepare-dataset first")
+    manifest = json.loads(path.read_text())
+    stats_path = directory / "stats.json"
+    stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+    return PreparedDataset(
+        directory=directory,
+        entries=[ManifestEntry(**entry) for entry in manifest["entries"]],
+        dataset_hash=manifest["dataset_hash"],
+        resolution=manifest["resolution"],
+        trigger_word=manifest.get("trigger_word", ""),
+        flagged=stats.get("flagged", []),
+    )

@@ -1,0 +1,308 @@
+"""eval: ask a running ZThumb server for the same seeds with and without the adapter, and report.
+
+For every prompt × seed it requests one image per LoRA scale (default 0 and 0.8), then
+writes ``<output>/`` (published atomically, like the adapter):
+
+* ``pairs/p<i>-s<seed>.png``: the images side by side, each labelled with its scale;
+* ``report.md``: the pairs, the mean absolute pixel difference against scale 0 for
+  each, the latency of each request, and adapter + base model info;
+* ``summary.json``: the same numbers for machines; a compact copy goes to the
+  termination message for the operator.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from zthumb_trainer.reporting import write_termination_message
+
+
+class EvalError(Exception):
+    """The evaluation could not run; the message says why."""
+
+
+@dataclass
+class EvalConfig:
+    server_url: str
+    output: Path
+    run_name: str
+    lora_path: str
+    prompts: list[str]
+    seeds: list[int]
+    scales: list[float]
+    trigger_word: str = ""
+    steps: int = 30
+    width: int | None = None
+    height: int | None = None
+    guidance_scale: float | None = None
+    negative_prompt: str | None = None
+    ready_timeout: float = 600.0
+    request_timeout: float = 600.0
+    api_key: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Sample:
+    prompt_index: int
+    prompt: str
+    seed: int
+    scale: float
+    image: Any  # PIL.Image.Image
+    latency_s: float
+    response: dict[str, Any]
+
+
+def expand_prompt(prompt: str, trigger_word: str) -> str:
+    """Prompts may say ``{trigger}``; a prompt without it gets the trigger word in front."""
+    if "{trigger}" in prompt:
+        return prompt.replace("{trigger}", trigger_word)
+    if trigger_word and trigger_word.lower() not in prompt.lower().split():
+        return f"{trigger_word}, {prompt}"
+    return prompt
+
+
+def wait_until_ready(
+    client: httpx.Client, timeout: float, first_delay: float = 0.5, max_delay: float = 10.0
+) -> None:
+    """Poll ``GET /readyz`` with exponential backoff until 200 or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    delay = first_delay
+    last = "no answer"
+    while True:
+        try:
+            response = client.get("/readyz", timeout=10.0)
+            if response.status_code == 200:
+                return
+            last = f"HTTP {response.status_code}: {response.text[:200]}"
+        except httpx.HTTPError as error:
+            last = f"{type(error).__name__}: {error}"
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise EvalError(f"server {client.base_url} not ready after {timeout:.0f}s (last: {last})")
+        time.sleep(min(delay, remaining))
+        delay = min(delay * 2, max_delay)
+
+
+def _decode_image(payload: dict[str, Any]) -> Any:
+    from PIL import Image
+
+    images = payload.get("images") or []
+    if not images:
+        raise EvalError("the server answered without images")
+    first = images[0]
+    data = first["data"] if isinstance(first, dict) else first
+    return Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
+
+
+def generate(
+    client: httpx.Client, config: EvalConfig, prompt: str, seed: int, scale: float
+) -> tuple[Any, float, dict[str, Any]]:
+    body: dict[str, Any] = {
+        "prompt": prompt,
+        "seed": seed,
+        "steps": config.steps,
+        "num_images": 1,
+        "lora_path": config.lora_path,
+        "lora_scale": scale,
+        "response_format": "json",
+        "output_format": "png",
+    }
+    optional = {
+        "width": config.width,
+        "height": config.height,
+        "guidance_scale": config.guidance_scale,
+        "negative_prompt": config.negative_prompt,
+    }
+    body.update({key: value for key, value in optional.items() if value is not None})
+    started = time.monotonic()
+    response = client.post("/generate", json=body, timeout=config.request_timeout)
+    latency = time.monotonic() - started
+    if response.status_code != 200:
+        raise EvalError(f"POST /generate failed with HTTP {response.status_code}: {response.text[:500]}")
+    payload = response.json()
+    return _decode_image(payload), latency, payload
+
+
+def mean_pixel_difference(first: Any, second: Any) -> float:
+    """Mean absolute difference over all pixels and channels, 0–255."""
+    import numpy as np
+
+    a = np.asarray(first.convert("RGB"), dtype=np.float32)
+    b = np.asarray(second.convert("RGB").resize(first.size), dtype=np.float32)
+    return float(np.abs(a - b).mean())
+
+
+def side_by_side(images: list[Any], labels: list[str]) -> Any:
+    """The images in a row, each with its label in a band above it."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    band = 18
+    width = sum(image.width for image in images)
+    height = max(image.height for image in images) + band
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    x = 0
+    for image, label in zip(images, labels, strict=True):
+        canvas.paste(image, (x, band))
+        draw.text((x + 3, 3), label, fill="black", font=font)
+        x += image.width
+    return canvas
+
+
+def run_eval(config: EvalConfig) -> dict[str, Any]:
+    if not config.prompts or not config.seeds or not config.scales:
+        raise EvalError("eval needs at least one prompt, one seed and one scale")
+    headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+    started = time.monotonic()
+    with httpx.Client(base_url=config.server_url.rstrip("/"), headers=headers) as client:
+        print(f"waiting for {config.server_url}/readyz (up to {config.ready_timeout:.0f}s)", file=sys.stderr)
+        wait_until_ready(client, config.ready_timeout)
+        models = _get_json(client, "/models")
+        samples: list[Sample] = []
+        for prompt_index, raw_prompt in enumerate(config.prompts):
+            prompt = expand_prompt(raw_prompt, config.trigger_word)
+            for seed in config.seeds:
+                for scale in config.scales:
+                    image, latency, payload = generate(client, config, prompt, seed, scale)
+                    print(f"prompt {prompt_index} seed {seed} scale {scale}: {latency:.2f}s", file=sys.stderr)
+                    payload.pop("images", None)
+                    samples.append(Sample(prompt_index, prompt, seed, scale, image, latency, payload))
+    summary = write_report(config, samples, models, time.monotonic() - started)
+    write_termination_message(compact_summary(summary))
+    return summary
+
+
+def _get_json(client: httpx.Client, path: str) -> dict[str, Any]:
+    try:
+        response = client.get(path, timeout=30.0)
+        return response.json() if response.status_code == 200 else {}
+    except (httpx.HTTPError, ValueError):
+        return {}
+
+
+def write_report(
+    config: EvalConfig, samples: list[Sample], models: dict[str, Any], seconds: float
+) -> dict[str, Any]:
+    staging = config.output.with_name(f".{config.output.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "pairs").mkdir(parents=True)
+    reference_scale = config.scales[0]
+    pairs: list[dict[str, Any]] = []
+    adapter: dict[str, Any] | None = None
+    for prompt_index, prompt in enumerate(dict.fromkeys(s.prompt for s in samples)):
+        for seed in config.seeds:
+            group = [s for s in samples if s.prompt == prompt and s.seed == seed]
+            base = group[0]
+            name = f"pairs/p{prompt_index}-s{seed}.png"
+            side_by_side([s.image for s in group], [f"scale {s.scale:g}" for s in group]).save(staging / name)
+            differences = {
+                f"{s.scale:g}": round(mean_pixel_difference(base.image, s.image), 3) for s in group[1:]
+            }
+            pairs.append(
+                {
+                    "prompt": prompt,
+                    "seed": seed,
+                    "image": name,
+                    "mean_pixel_difference": differences,
+                    "latency_s": {f"{s.scale:g}": round(s.latency_s, 3) for s in group},
+                }
+            )
+            for sample in group:
+                adapter = adapter or (sample.response.get("adapter") if sample.scale else None)
+    latencies = [s.latency_s for s in samples]
+    all_diffs = [value for pair in pairs for value in pair["mean_pixel_difference"].values()]
+    first_response = samples[0].response if samples else {}
+    summary: dict[str, Any] = {
+        "run_name": config.run_name,
+        "server_url": config.server_url,
+        "lora_path": config.lora_path,
+        "reference_scale": reference_scale,
+        "scales": config.scales,
+        "requests": len(samples),
+        "mean_pixel_difference": round(sum(all_diffs) / len(all_diffs), 3) if all_diffs else None,
+        "min_pixel_difference": round(min(all_diffs), 3) if all_diffs else None,
+        "mean_latency_s": round(sum(latencies) / len(latencies), 3) if latencies else None,
+        "seconds": round(seconds, 2),
+        "adapter": adapter,
+        "backend": first_response.get("backend"),
+        "image_size": [first_response.get("width"), first_response.get("height")],
+        "steps": first_response.get("steps", config.steps),
+        "base_model": _base_model_info(models, first_response.get("backend")),
+        "pairs": pairs,
+    }
+    (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (staging / "report.md").write_text(render_markdown(summary))
+    if config.output.exists():
+        retired = config.output.with_name(f".{config.output.name}.old-{os.getpid()}")
+        os.replace(config.output, retired)
+        os.replace(staging, config.output)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        config.output.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, config.output)
+    return summary
+
+
+def _base_model_info(models: dict[str, Any], backend: str | None) -> dict[str, Any] | None:
+    for info in models.get("backends", []):
+        if info.get("name") == backend:
+            return {key: info.get(key) for key in ("name", "model", "device", "dtype")}
+    return None
+
+
+def render_markdown(summary: dict[str, Any]) -> str:
+    adapter = summary.get("adapter") or {}
+    base = summary.get("base_model") or {}
+    scales = " | ".join(f"{scale:g}" for scale in summary["scales"])
+    lines = [
+        f"# LoRA evaluation: {summary['run_name']}",
+        "",
+        f"- Server: `{summary['server_url']}`, backend `{summary.get('backend')}`"
+        f" ({base.get('device')}, {base.get('dtype')}), model `{base.get('model')}`",
+        f"- Adapter: `{adapter.get('path', summary['lora_path'])}` sha256 `{adapter.get('sha256', '?')}`",
+        f"- Scales compared: {scales}; image size {summary['image_size'][0]}x{summary['image_size'][1]}, "
+        f"{summary['steps']} steps",
+        f"- Mean pixel difference vs scale {summary['reference_scale']:g}: {summary['mean_pixel_difference']}"
+        f" (0–255; 0 means the adapter changed nothing)",
+        f"- Mean latency per request: {summary['mean_latency_s']} s over {summary['requests']} requests",
+        "",
+    ]
+    for pair in summary["pairs"]:
+        differences = ", ".join(f"scale {k}: {v}" for k, v in pair["mean_pixel_difference"].items())
+        latencies = ", ".join(f"scale {k}: {v} s" for k, v in pair["latency_s"].items())
+        lines += [
+            f"## {pair['prompt']} — seed {pair['seed']}",
+            "",
+            f"![{pair['prompt']} seed {pair['seed']}]({pair['image']})",
+            "",
+            f"Mean pixel difference: {differences}. Latency: {latencies}.",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def compact_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """What the operator copies into the LoRAFinetune status (the termination message)."""
+    adapter = summary.get("adapter") or {}
+    return {
+        "report": "report.md",
+        "requests": summary["requests"],
+        "meanPixelDifference": summary["mean_pixel_difference"],
+        "minPixelDifference": summary["min_pixel_difference"],
+        "meanLatencySeconds": summary["mean_latency_s"],
+        "adapterSha256": adapter.get("sha256"),
+        "seconds": summary["seconds"],
+    }

@@ -1,0 +1,251 @@
+"""``zthumb-train run --local``: the whole pipeline on one machine, with the operator's step definitions.
+
+Each step runs as a process with exactly the argv and env ``steps.build_steps`` gives
+the operator's Jobs (the data root is the work directory instead of the volume's
+mount path). What the cluster provides is played locally:
+
+* the base model is served over HTTP from 127.0.0.1, so fetch-model really downloads
+  and verifies it (the tiny model, unless a YAML without ``--tiny`` names a real one);
+* "deploy" starts ``zthumb serve`` on 127.0.0.1 with ``steps.deploy_env`` (what the
+  operator patches into the Deployment) and waits for it to become ready;
+* eval then calls that server, as the eval Job calls the in-cluster Service.
+
+Without a YAML it runs the embedded default: the tiny model, a synthetic dataset, a
+few dozen steps at 256 px, and a 64 px evaluation, in a couple of minutes on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from zthumb_trainer.spec import LoRAFinetuneSpec
+from zthumb_trainer.steps import RunPaths, StepDefinition, build_steps, deploy_env
+
+DEFAULT_RUN_NAME = "demo"
+TINY_MAX_RESOLUTION = 256
+TINY_MAX_EVAL_SIZE = 128
+TINY_MAX_EVAL_STEPS = 8
+SERVER_READY_TIMEOUT = 180.0
+
+# The embedded default: small enough for a 2-core CPU, big enough that the LoRA visibly
+# changes the tiny model's output.
+EMBEDDED_DEFAULT: dict[str, Any] = {
+    "dataset": {"path": "datasets/demo", "triggerWord": "zthumb", "resolution": 256},
+    "training": {
+        "rank": 8,
+        "alpha": 8,
+        "learningRate": 1e-3,
+        "maxTrainSteps": 30,
+        "mixedPrecision": "no",
+        "gradientCheckpointing": False,
+        "checkpointingSteps": 10,
+        "checkpointsTotalLimit": 2,
+    },
+    "resources": {"gpus": 0},
+    "eval": {"prompts": ["a photo of {trigger}"], "seeds": [0, 1], "steps": 4, "width": 64, "height": 64},
+}
+
+
+class LocalRunError(Exception):
+    """A step failed; the message names it and where its output is."""
+
+
+@dataclass
+class LocalRunResult:
+    run_name: str
+    adapter_dir: Path
+    report: Path
+    seconds: float
+    step_seconds: dict[str, float]
+
+
+def load_finetune(path: Path | None) -> tuple[str, LoRAFinetuneSpec]:
+    if path is None:
+        return DEFAULT_RUN_NAME, LoRAFinetuneSpec.model_validate(EMBEDDED_DEFAULT)
+    import yaml
+
+    manifest = yaml.safe_load(path.read_text())
+    if not isinstance(manifest, dict) or manifest.get("kind") != "LoRAFinetune":
+        raise LocalRunError(f"{path}: not a LoRAFinetune manifest")
+    name = str((manifest.get("metadata") or {}).get("name") or DEFAULT_RUN_NAME)
+    return name, LoRAFinetuneSpec.from_manifest(manifest)
+
+
+def with_tiny_model(spec: LoRAFinetuneSpec, model_url: str, sha256: str) -> LoRAFinetuneSpec:
+    """The spec with the tiny base model and sizes a CPU can train in minutes."""
+    data = spec.model_dump(by_alias=True)
+    data["baseModel"] = {
+        "url": f"{model_url}/tiny_sdxl.safetensors",
+        "sha256": sha256,
+        "path": "models/tiny_sdxl.safetensors",
+        "configUrl": f"{model_url}/diffusers/",
+        "configPath": "models/tiny_sdxl-config",
+    }
+    data["dataset"]["resolution"] = min(data["dataset"]["resolution"], TINY_MAX_RESOLUTION)
+    data["training"]["mixedPrecision"] = "no"
+    data["resources"]["gpus"] = 0
+    evaluation = data["eval"]
+    evaluation["steps"] = min(evaluation["steps"], TINY_MAX_EVAL_STEPS)
+    for side in ("width", "height"):
+        evaluation[side] = min(evaluation[side] or TINY_MAX_EVAL_SIZE, TINY_MAX_EVAL_SIZE)
+    return LoRAFinetuneSpec.model_validate(data)
+
+
+def trainer_executable(command: tuple[str, ...]) -> list[str]:
+    """The step's command resolved to the installed console script next to this interpreter."""
+    name, *rest = command
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if not found:
+        raise LocalRunError(f"{name} not found next to {sys.executable} or on PATH (pip install -e .)")
+    return [found, *rest]
+
+
+def step_env(step: StepDefinition, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(step.env)
+    env.update(extra or {})
+    for name in step.secret_env:
+        # In a cluster these come from a Secret; locally from this shell, if set.
+        if name not in env:
+            print(f"note: {name} is not set; gated downloads will be refused", file=sys.stderr)
+    return env
+
+
+def run_step(step: StepDefinition, env: dict[str, str], log_dir: Path) -> float:
+    argv = trainer_executable(step.command) + list(step.args)
+    print(f"\n==> {step.name}: {' '.join(step.argv)}", file=sys.stderr, flush=True)
+    started = time.monotonic()
+    completed = subprocess.run(argv, env=env, check=False)
+    seconds = time.monotonic() - started
+    if completed.returncode != 0:
+        raise LocalRunError(f"step {step.name} failed with exit code {completed.returncode}")
+    print(f"<== {step.name} done in {seconds:.1f}s", file=sys.stderr, flush=True)
+    return seconds
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def server_env(paths: RunPaths, port: int) -> dict[str, str]:
+    """ZThumb server settings for this run: the base model, the LoRA root, deploy_env's adapter."""
+    env = {
+        "ZTHUMB_BACKEND": "full",
+        "ZTHUMB_MODEL_PATH": paths.base_model,
+        "ZTHUMB_MODEL_CONFIG": paths.base_model_config,
+        "ZTHUMB_LORA_ROOT": paths.lora_root,
+        "ZTHUMB_HOST": "127.0.0.1",
+        "ZTHUMB_PORT": str(port),
+        "ZTHUMB_DEVICE": "cpu",
+        "ZTHUMB_DTYPE": "float32",
+        "HF_HUB_OFFLINE": "1",
+    }
+    env.update(deploy_env(paths))
+    return env
+
+
+class LocalServer:
+    """``zthumb serve`` as a child process, stopped (by its pid) when the run ends."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env, self.log_path = env, log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = trainer_executable(("zthumb", "serve"))
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("wb")
+        print(f"\n==> deploy: {' '.join(command)} (log: {self.log_path})", file=sys.stderr, flush=True)
+        self.process = subprocess.Popen(command, env={**os.environ, **self.env}, stdout=log, stderr=log)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def wait_ready(self, url: str, timeout: float) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process and self.process.poll() is not None:
+                tail = self.log_path.read_text(errors="replace")[-2000:]
+                raise LocalRunError(f"the ZThumb server exited with {self.process.returncode}:\n{tail}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise LocalRunError(f"the ZThumb server was not ready after {timeout:.0f}s (log: {self.log_path})")
+
+
+def run_local(finetune: Path | None, workdir: Path, tiny: bool = True) -> LocalRunResult:
+    from zthumb_trainer.fetch import sha256_of
+    from zthumb_trainer.http_serve import StaticServer
+    from zthumb_trainer.synthetic_dataset import write_synthetic_dataset
+    from zthumb_trainer.tiny_model import build_tiny_model
+
+    started = time.monotonic()
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    run_name, spec = load_finetune(finetune)
+    timings: dict[str, float] = {}
+
+    tiny_root = workdir / "tiny-model"
+    model = build_tiny_model(tiny_root) if tiny else None
+    with StaticServer(tiny_root if model else workdir) as model_server:
+        if model:
+            spec = with_tiny_model(spec, model_server.url, sha256_of(model.single_file))
+        paths = RunPaths(data_root=str(workdir), run_name=run_name, spec=spec)
+        dataset = Path(paths.dataset)
+        if not dataset.exists():
+            if not tiny:
+                raise LocalRunError(f"dataset {dataset} not found (spec.dataset.path under {workdir})")
+            write_synthetic_dataset(dataset, count=8, size=(spec.dataset.resolution,) * 2)
+
+        port = free_port()
+        server_url = f"http://127.0.0.1:{port}"
+        steps = build_steps(run_name, spec, str(workdir), server_url)
+        log_dir = workdir / "logs"
+        for step in steps:
+            if step.name == "eval":
+                break
+            timings[step.name] = run_step(step, step_env(step), log_dir)
+
+    report = Path(paths.report)
+    eval_steps = [step for step in steps if step.name == "eval"]
+    if eval_steps:
+        server = LocalServer(server_env(paths, port), log_dir / "zthumb-server.log")
+        deploy_started = time.monotonic()
+        try:
+            server.start()
+            server.wait_ready(server_url, SERVER_READY_TIMEOUT)
+            timings["deploy"] = time.monotonic() - deploy_started
+            print(f"<== deploy: server ready in {timings['deploy']:.1f}s", file=sys.stderr)
+            timings["eval"] = run_step(eval_steps[0], step_env(eval_steps[0]), log_dir)
+        finally:
+            server.stop()
+    return LocalRunResult(
+        run_name=run_name,
+        adapter_dir=Path(paths.adapter_dir),
+        report=report,
+        seconds=time.monotonic() - started,
+        step_seconds=timings,
+    )

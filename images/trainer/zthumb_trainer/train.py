@@ -1,0 +1,686 @@
+"""train: SDXL LoRA fine-tuning with PEFT, as a library function (``run_training``) the CLI wraps.
+
+Follows diffusers' ``examples/text_to_image/train_text_to_image_lora_sdxl.py`` (the same loss,
+micro-conditioning, min-SNR weighting and noise offset) and adds what a Job on a shared
+volume needs:
+
+* VAE latent distributions and text embeddings are computed once into
+  ``<run-dir>/cache/`` and reused across epochs and restarts;
+* checkpoints every N optimizer steps (adapter, optimizer, LR scheduler, RNG, step),
+  written to a temporary name and renamed, the last K kept; a restarted pod resumes
+  from the newest and never repeats a finished step;
+* the data order is a pure function of (seed, step), so a resumed run sees exactly
+  the batches the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from zthumb_trainer.dataset import ManifestEntry, PreparedDataset, load_manifest
+from zthumb_trainer.reporting import ProgressLog, StatusReporter, write_termination_message
+
+log = logging.getLogger(__name__)
+
+UNET_TARGET_MODULES = ["to_k", "to_q", "to_v", "to_out.0"]
+TEXT_ENCODER_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj"]
+CHECKPOINT_PREFIX = "step-"
+CACHE_VERSION = 1
+
+
+@dataclass
+class TrainConfig:
+    run_dir: Path
+    base_model: Path
+    model_config: Path | None = None
+    export_dir: Path | None = None
+    run_name: str = "lora"
+    base_model_sha256: str = ""
+    trigger_word: str = ""
+    rank: int = 16
+    alpha: float = 16.0
+    learning_rate: float = 1e-4
+    max_train_steps: int = 1000
+    batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str = "bf16"
+    gradient_checkpointing: bool = True
+    seed: int = 42
+    checkpointing_steps: int = 250
+    checkpoints_total_limit: int = 3
+    train_text_encoder: bool = False
+    snr_gamma: float | None = 5.0
+    noise_offset: float = 0.0
+    # Not step arguments: knobs for tests and the benchmark.
+    cache_latents: bool = True
+    stop_after_step: int | None = None  # simulate a killed pod right after this step
+    progress_bar: bool = True
+    report_interval_seconds: float = 10.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+
+class TrainingInterrupted(Exception):  # noqa: N818 - an outcome, not an error
+    """Raised by the ``stop_after_step`` test hook, after that step's checkpoint (if any)."""
+
+
+# --- model loading ----------------------------------------------------------------------------
+
+
+@dataclass
+class Components:
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    text_encoder_2: Any
+    tokenizer: Any
+    tokenizer_2: Any
+    noise_scheduler: Any
+
+
+def load_components(base_model: Path, model_config: Path | None) -> Components:
+    """Load SDXL from a single-file checkpoint (+ offline configs) or a diffusers directory."""
+    from diffusers import DDPMScheduler, StableDiffusionXLPipeline
+
+    if base_model.is_dir():
+        pipe = StableDiffusionXLPipeline.from_pretrained(str(base_model), local_files_only=True)
+    else:
+        if model_config is None or not model_config.is_dir():
+            raise FileNotFoundError(
+                f"{base_model} is a single-file checkpoint; its diffusers config directory "
+                f"({model_config}) is missing: run fetch-model with --config-dir first"
+            )
+        pipe = StableDiffusionXLPipeline.from_single_file(
+            str(base_model), config=str(model_config), local_files_only=True
+        )
+    return Components(
+        unet=pipe.unet,
+        vae=pipe.vae,
+        text_encoder=pipe.text_encoder,
+        text_encoder_2=pipe.text_encoder_2,
+        tokenizer=pipe.tokenizer,
+        tokenizer_2=pipe.tokenizer_2,
+        # Training samples noise with the DDPM schedule the base model was trained on.
+        noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config),
+    )
+
+
+def tokenize(components: Components, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def ids(tokenizer: Any) -> torch.Tensor:
+        return tokenizer(
+            captions,
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+
+    return ids(components.tokenizer), ids(components.tokenizer_2)
+
+
+def encode_text(
+    components: Components, ids_1: torch.Tensor, ids_2: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL conditioning: penultimate hidden states of both encoders, pooled output of the second."""
+    embeds = []
+    pooled = None
+    for encoder, ids in ((components.text_encoder, ids_1), (components.text_encoder_2, ids_2)):
+        output = encoder(ids.to(encoder.device), output_hidden_states=True, return_dict=True)
+        if encoder is components.text_encoder_2:
+            pooled = output.text_embeds if hasattr(output, "text_embeds") else output[0]
+        embeds.append(output.hidden_states[-2])
+    assert pooled is not None
+    return torch.cat(embeds, dim=-1), pooled
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+def load_pixels(dataset: PreparedDataset, entry: ManifestEntry) -> torch.Tensor:
+    """One prepared image as a [-1, 1] CHW tensor."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(dataset.directory / entry.image) as image:
+        array = np.asarray(image.convert("RGB"), dtype=np.float32)
+    return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
+
+
+def time_ids(entry: ManifestEntry) -> list[int]:
+    """(original size, crop top-left, target size), each as (height, width)/(top, left)."""
+    return [
+        entry.original_height,
+        entry.original_width,
+        entry.crop_top,
+        entry.crop_left,
+        entry.height,
+        entry.width,
+    ]
+
+
+def epoch_batches(dataset: PreparedDataset, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The batches of one epoch: same-bucket indices, shuffled by (seed, epoch) only."""
+    generator = random.Random(seed * 1_000_003 + epoch)
+    by_bucket: dict[tuple[int, int], list[int]] = {}
+    for index, entry in enumerate(dataset.entries):
+        by_bucket.setdefault((entry.width, entry.height), []).append(index)
+    batches: list[list[int]] = []
+    for bucket in sorted(by_bucket):
+        indices = by_bucket[bucket]
+        generator.shuffle(indices)
+        batches += [indices[start : start + batch_size] for start in range(0, len(indices), batch_size)]
+    generator.shuffle(batches)
+    return batches
+
+
+class BatchSchedule:
+    """Micro-batch ``n`` of the whole run, for any ``n``: resuming needs no data-loader state."""
+
+    def __init__(
+        self, dataset: PreparedDataset, batch_size: int, seed: int, world_size: int, rank: int
+    ) -> None:
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.world_size, self.rank = world_size, rank
+        self._epochs: dict[int, list[list[int]]] = {}
+
+    def batch(self, micro_step: int) -> list[int]:
+        global_index = micro_step * self.world_size + self.rank
+        per_epoch = len(self._epoch(0))
+        epoch, position = divmod(global_index, per_epoch)
+        return self._epoch(epoch)[position]
+
+    def _epoch(self, epoch: int) -> list[list[int]]:
+        if epoch not in self._epochs:
+            self._epochs = {epoch: epoch_batches(self.dataset, self.batch_size, self.seed, epoch)}
+        return self._epochs[epoch]
+
+
+# --- latent + text-embedding cache -----------------------------------------------------------
+
+
+def cache_key(dataset: PreparedDataset, config: TrainConfig) -> str:
+    base = config.base_model_sha256 or _file_identity(config.base_model)
+    material = json.dumps(
+        [CACHE_VERSION, dataset.dataset_hash, base, config.train_text_encoder], sort_keys=True
+    )
+    return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+def _file_identity(path: Path) -> str:
+    stat = path.stat()
+    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+@torch.no_grad()
+def build_cache(
+    components: Components, dataset: PreparedDataset, include_text: bool, device: Any
+) -> dict[str, torch.Tensor]:
+    """Latent distribution parameters (mean, logvar) per image, and text embeddings if frozen."""
+    vae = components.vae
+    cache: dict[str, torch.Tensor] = {}
+    for index, entry in enumerate(dataset.entries):
+        pixels = load_pixels(dataset, entry).unsqueeze(0).to(device, vae.dtype)
+        # SDXL's VAE overflows in fp16; encoding happens once, so always in the VAE's own dtype (fp32).
+        cache[f"latent_dist.{index}"] = vae.encode(pixels).latent_dist.parameters[0].float().cpu()
+        if include_text:
+            ids_1, ids_2 = tokenize(components, [entry.caption])
+            embeds, pooled = encode_text(components, ids_1, ids_2)
+            cache[f"prompt_embeds.{index}"] = embeds[0].float().cpu()
+            cache[f"pooled.{index}"] = pooled[0].float().cpu()
+    return cache
+
+
+def load_or_build_cache(
+    components: Components, dataset: PreparedDataset, config: TrainConfig, device: Any, is_main: bool
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """The cache for this dataset + base model; ``True`` when it was read from the volume."""
+    from safetensors.torch import load_file, save_file
+
+    path = config.run_dir / "cache" / f"latents-{cache_key(dataset, config)}.safetensors"
+    if path.exists():
+        return load_file(str(path)), True
+    cache = build_cache(components, dataset, include_text=not config.train_text_encoder, device=device)
+    if is_main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(path.name + f".tmp-{os.getpid()}")
+        save_file(cache, str(temporary))
+        os.replace(temporary, path)
+    return cache, False
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+
+def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints, oldest first. Temporary names never match, so half-written ones lose."""
+    found = []
+    if directory.is_dir():
+        for path in directory.iterdir():
+            match = re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", path.name)
+            if match and (path / "state.json").exists():
+                found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def adapter_state(models: dict[str, Any]) -> dict[str, torch.Tensor]:
+    from peft.utils import get_peft_model_state_dict
+
+    state: dict[str, torch.Tensor] = {}
+    for component, model in models.items():
+        for key, value in get_peft_model_state_dict(model).items():
+            state[f"{component}.{key}"] = value.detach().to("cpu", torch.float32).contiguous()
+    return state
+
+
+def lora_configs(models: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {component: model.peft_config["default"].to_dict() for component, model in models.items()}
+
+
+def save_checkpoint(
+    directory: Path,
+    step: int,
+    *,
+    models: dict[str, Any],
+    optimizer: Any,
+    lr_scheduler: Any,
+    noise_generator: torch.Generator,
+    state: dict[str, Any],
+    keep: int,
+) -> Path:
+    from safetensors.torch import save_file
+
+    from zthumb_trainer.export import _json_safe
+
+    target = directory / f"{CHECKPOINT_PREFIX}{step}"
+    staging = directory / f".tmp-{CHECKPOINT_PREFIX}{step}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    save_file(adapter_state(models), str(staging / "adapter.safetensors"))
+    (staging / "lora_config.json").write_text(
+        json.dumps({name: _json_safe(config) for name, config in lora_configs(models).items()})
+    )
+    torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+    torch.save(lr_scheduler.state_dict(), staging / "scheduler.pt")
+    rng = {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "noise": noise_generator.get_state(),
+    }
+    torch.save(rng, staging / "rng.pt")
+    # state.json last: its presence is what makes a checkpoint complete.
+    (staging / "state.json").write_text(json.dumps({"step": step, **state}))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
+    for _, old in list_checkpoints(directory)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def restore_checkpoint(
+    path: Path, models: dict[str, Any], optimizer: Any, lr_scheduler: Any, noise_generator: torch.Generator
+) -> dict[str, Any]:
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from zthumb_trainer.export import split_components
+
+    parts = split_components(load_file(str(path / "adapter.safetensors")))
+    for component, model in models.items():
+        result = set_peft_model_state_dict(model, parts.get(component, {}))
+        unexpected = getattr(result, "unexpected_keys", None)
+        if unexpected:
+            raise RuntimeError(f"{path}: unexpected LoRA keys for {component}: {unexpected[:5]}")
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    rng = torch.load(path / "rng.pt", weights_only=False)
+    random.setstate(rng["python"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    noise_generator.set_state(rng["noise"])
+    state: dict[str, Any] = json.loads((path / "state.json").read_text())
+    return state
+
+
+# --- the loop ---------------------------------------------------------------------------------
+
+
+def _effective_precision(requested: str) -> str:
+    if requested == "fp16" and not torch.cuda.is_available():
+        log.warning("fp16 mixed precision needs a GPU; training in fp32 on this CPU")
+        return "no"
+    return requested
+
+
+def _make_optimizer(params: list[torch.nn.Parameter], learning_rate: float) -> Any:
+    """AdamW; 8-bit from bitsandbytes when it is installed and a GPU is there (a quarter of the state)."""
+    if torch.cuda.is_available():
+        try:
+            import bitsandbytes as bnb
+
+            return bnb.optim.AdamW8bit(
+                params, lr=learning_rate, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8
+            )
+        except ImportError:
+            pass
+    return torch.optim.AdamW(params, lr=learning_rate, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+
+
+def _add_lora(components: Components, config: TrainConfig) -> dict[str, Any]:
+    from peft import LoraConfig, inject_adapter_in_model
+
+    components.unet.add_adapter(
+        LoraConfig(
+            r=config.rank,
+            lora_alpha=config.alpha,  # type: ignore[arg-type]  # PEFT scales by alpha / r; a float is fine
+            init_lora_weights="gaussian",
+            target_modules=UNET_TARGET_MODULES,
+        )
+    )
+    models = {"unet": components.unet}
+    if config.train_text_encoder:
+        for name in ("text_encoder", "text_encoder_2"):
+            encoder = getattr(components, name)
+            # transformers' own add_adapter wants peft >= 0.22; PEFT's injector works with the pinned 0.21
+            # and leaves the same ``peft_config`` attribute behind for get_peft_model_state_dict.
+            inject_adapter_in_model(
+                LoraConfig(
+                    r=config.rank,
+                    lora_alpha=config.alpha,  # type: ignore[arg-type]  # PEFT scales by alpha / r; a float is fine
+                    init_lora_weights="gaussian",
+                    target_modules=TEXT_ENCODER_TARGET_MODULES,
+                ),
+                encoder,
+            )
+            models[name] = encoder
+    return models
+
+
+def min_snr_weights(noise_scheduler: Any, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-γ loss weights (Hang et al. 2023), as in the diffusers example."""
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(noise_scheduler, timesteps)
+    weights = torch.stack([snr, gamma * torch.ones_like(timesteps)], dim=1).min(dim=1)[0]
+    if noise_scheduler.config.prediction_type == "epsilon":
+        return weights / snr
+    return weights / (snr + 1)
+
+
+def run_training(config: TrainConfig) -> dict[str, Any]:
+    """Train (resuming if a checkpoint exists), export, and return the summary."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import cast_training_params
+    from tqdm import tqdm
+
+    started = time.monotonic()
+    dataset = load_manifest(config.run_dir)
+    # accelerate keeps its settings in process-wide singletons; forget an earlier run's (tests, the
+    # benchmark) but keep the process group (PartialState) a distributed launch set up.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    accelerator = Accelerator(
+        mixed_precision=_effective_precision(config.mixed_precision),
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+    )
+    device = accelerator.device
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+
+    components = load_components(config.base_model, config.model_config)
+    for module in (components.unet, components.vae, components.text_encoder, components.text_encoder_2):
+        module.requires_grad_(False)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+        accelerator.mixed_precision, torch.float32
+    )
+    # The VAE stays fp32: it runs once per image (cache) and SDXL's overflows in fp16.
+    components.vae.to(device, dtype=torch.float32)
+    frozen_text_dtype = torch.float32 if config.train_text_encoder else weight_dtype
+    components.text_encoder.to(device, dtype=frozen_text_dtype)
+    components.text_encoder_2.to(device, dtype=frozen_text_dtype)
+
+    with accelerator.main_process_first():
+        cache, cache_hit = (
+            load_or_build_cache(components, dataset, config, device, accelerator.is_main_process)
+            if config.cache_latents
+            else ({}, False)
+        )
+    log.info("latent cache %s (%d images)", "reused" if cache_hit else "built", len(dataset.entries))
+
+    components.unet.to(device, dtype=weight_dtype)
+    models = _add_lora(components, config)
+    if weight_dtype != torch.float32:
+        # Trainable LoRA parameters stay fp32 for stable updates; the frozen base runs in half precision.
+        cast_training_params(list(models.values()), dtype=torch.float32)
+    if config.gradient_checkpointing:
+        components.unet.enable_gradient_checkpointing()
+        if config.train_text_encoder:
+            components.text_encoder.gradient_checkpointing_enable()
+            components.text_encoder_2.gradient_checkpointing_enable()
+
+    params = [p for model in models.values() for p in model.parameters() if p.requires_grad]
+    optimizer = _make_optimizer(params, config.learning_rate)
+    lr_scheduler = get_scheduler(
+        "constant", optimizer=optimizer, num_training_steps=config.max_train_steps * accelerator.num_processes
+    )
+    prepared = accelerator.prepare(*models.values(), optimizer, lr_scheduler)
+    models = dict(zip(models, prepared[: len(models)], strict=True))
+    optimizer, lr_scheduler = prepared[len(models)], prepared[len(models) + 1]
+    unet = models["unet"]
+    unwrapped = {name: accelerator.unwrap_model(model) for name, model in models.items()}
+
+    noise_generator = torch.Generator(device=device).manual_seed(config.seed + accelerator.process_index)
+    first_step = 0
+    checkpoints = list_checkpoints(config.checkpoints_dir)
+    if checkpoints:
+        step, path = checkpoints[-1]
+        restore_checkpoint(path, unwrapped, optimizer, lr_scheduler, noise_generator)
+        first_step = step
+        log.info("resumed from %s", path)
+    resumed_from = first_step
+
+    schedule = BatchSchedule(
+        dataset, config.batch_size, config.seed, accelerator.num_processes, accelerator.process_index
+    )
+    noise_scheduler = components.noise_scheduler
+    is_main = accelerator.is_main_process
+    progress_log = ProgressLog(config.run_dir / "progress.jsonl") if is_main else None
+    reporter = StatusReporter.from_env(config.report_interval_seconds) if is_main else None
+    bar = tqdm(
+        total=config.max_train_steps,
+        initial=first_step,
+        desc="train",
+        disable=not (config.progress_bar and is_main),
+        file=sys.stderr,
+        mininterval=1.0,
+    )
+
+    def conditioning(indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        entries = [dataset.entries[i] for i in indices]
+        if config.cache_latents:
+            dist = torch.stack([cache[f"latent_dist.{i}"] for i in indices]).to(device)
+        else:
+            with torch.no_grad():
+                pixels = torch.stack([load_pixels(dataset, e) for e in entries]).to(device)
+                dist = components.vae.encode(pixels).latent_dist.parameters.float()
+        mean, logvar = torch.chunk(dist, 2, dim=1)
+        std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+        latents = mean + std * torch.randn(mean.shape, generator=noise_generator, device=device)
+        latents = latents * components.vae.config.scaling_factor
+        if config.cache_latents and not config.train_text_encoder:
+            embeds = torch.stack([cache[f"prompt_embeds.{i}"] for i in indices]).to(device)
+            pooled = torch.stack([cache[f"pooled.{i}"] for i in indices]).to(device)
+        else:
+            ids_1, ids_2 = tokenize(components, [e.caption for e in entries])
+            with torch.set_grad_enabled(config.train_text_encoder):
+                embeds, pooled = encode_text(components, ids_1, ids_2)
+        add_time_ids = torch.tensor([time_ids(e) for e in entries], device=device)
+        return latents, embeds, pooled, add_time_ids
+
+    losses: list[float] = []
+    loss_value: float | None = None
+    session_steps = 0
+    session_started = time.monotonic()
+    step = first_step
+    try:
+        for step in range(first_step + 1, config.max_train_steps + 1):
+            step_loss = 0.0
+            for micro in range(config.gradient_accumulation_steps):
+                indices = schedule.batch((step - 1) * config.gradient_accumulation_steps + micro)
+                with accelerator.accumulate(unet):
+                    latents, embeds, pooled, add_time_ids = conditioning(indices)
+                    noise = torch.randn(latents.shape, generator=noise_generator, device=device)
+                    if config.noise_offset:
+                        offset = torch.randn(
+                            (latents.shape[0], latents.shape[1], 1, 1),
+                            generator=noise_generator,
+                            device=device,
+                        )
+                        noise = noise + config.noise_offset * offset
+                    timesteps = torch.randint(
+                        0,
+                        noise_scheduler.config.num_train_timesteps,
+                        (latents.shape[0],),
+                        generator=noise_generator,
+                        device=device,
+                    ).long()
+                    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+                    prediction = unet(
+                        noisy.to(weight_dtype),
+                        timesteps,
+                        embeds.to(weight_dtype),
+                        added_cond_kwargs={"text_embeds": pooled.to(weight_dtype), "time_ids": add_time_ids},
+                        return_dict=False,
+                    )[0]
+                    if noise_scheduler.config.prediction_type == "v_prediction":
+                        target = noise_scheduler.get_velocity(latents, noise, timesteps)
+                    else:
+                        target = noise
+                    if config.snr_gamma is None or config.snr_gamma == 0:
+                        loss = F.mse_loss(prediction.float(), target.float(), reduction="mean")
+                    else:
+                        per_item = F.mse_loss(prediction.float(), target.float(), reduction="none")
+                        per_item = per_item.mean(dim=list(range(1, per_item.ndim)))
+                        loss = (
+                            per_item * min_snr_weights(noise_scheduler, timesteps, config.snr_gamma)
+                        ).mean()
+                    step_loss += (
+                        accelerator.gather(loss.detach().reshape(1)).mean().item()
+                        / config.gradient_accumulation_steps
+                    )
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(params, 1.0)
+                    optimizer.step()
+                    lr_scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+
+            loss_value = step_loss
+            losses.append(step_loss)
+            session_steps += 1
+            per_step = (time.monotonic() - session_started) / session_steps
+            eta = per_step * (config.max_train_steps - step)
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}")
+            if progress_log:
+                progress_log.append(
+                    {
+                        "step": step,
+                        "total_steps": config.max_train_steps,
+                        "loss": step_loss,
+                        "lr": lr_scheduler.get_last_lr()[0],
+                        "eta_seconds": round(eta, 1),
+                        "time": time.time(),
+                    }
+                )
+            if reporter:
+                reporter.report(
+                    step, config.max_train_steps, step_loss, eta, force=step == config.max_train_steps
+                )
+            at_checkpoint = step % config.checkpointing_steps == 0 or step == config.max_train_steps
+            if at_checkpoint and is_main:
+                save_checkpoint(
+                    config.checkpoints_dir,
+                    step,
+                    models=unwrapped,
+                    optimizer=optimizer,
+                    lr_scheduler=lr_scheduler,
+                    noise_generator=noise_generator,
+                    state={"loss": step_loss, "dataset_hash": dataset.dataset_hash},
+                    keep=config.checkpoints_total_limit,
+                )
+            if config.stop_after_step is not None and step >= config.stop_after_step:
+                accelerator.wait_for_everyone()
+                raise TrainingInterrupted(f"stopped after step {step} (test hook)")
+    finally:
+        bar.close()
+
+    accelerator.wait_for_everyone()
+    train_seconds = time.monotonic() - session_started
+    if loss_value is None and checkpoints:
+        loss_value = json.loads((checkpoints[-1][1] / "state.json").read_text()).get("loss")
+    summary: dict[str, Any] = {
+        "run_name": config.run_name,
+        "steps": config.max_train_steps,
+        "resumed_from_step": resumed_from,
+        "steps_this_run": session_steps,
+        "final_loss": loss_value,
+        "mean_loss": sum(losses) / len(losses) if losses else None,
+        "seconds": round(time.monotonic() - started, 2),
+        "train_seconds": round(train_seconds, 2),
+        "steps_per_second": round(session_steps / train_seconds, 4)
+        if train_seconds > 0 and session_steps
+        else None,
+        "latent_cache": "reused" if cache_hit else ("built" if config.cache_latents else "off"),
+        "dataset_hash": dataset.dataset_hash,
+        "images": len(dataset.entries),
+        "mixed_precision": accelerator.mixed_precision,
+        "device": str(device),
+        "gpus": accelerator.num_processes if device.type == "cuda" else 0,
+    }
+    if torch.cuda.is_available():
+        summary["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    if is_main:
+        if config.export_dir is not None:
+            from zthumb_trainer.export import AdapterInfo, export_adapter
+
+            export_adapter(
+                config.export_dir,
+                adapter_state(unwrapped),
+                lora_configs(unwrapped),
+                AdapterInfo(
+                    run_name=config.run_name,
+                    base_model_sha256=config.base_model_sha256,
+                    rank=config.rank,
+                    alpha=config.alpha,
+                    trigger_word=config.trigger_word,
+                    steps=config.max_train_steps,
+                    dataset_hash=dataset.dataset_hash,
+                ),
+            )
+            summary["adapter_dir"] = str(config.export_dir)
+        (config.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_termination_message(summary)
+    if reporter and loss_value is not None:
+        reporter.report(config.max_train_steps, config.max_train_steps, loss_value, 0, force=True)
+    return summary

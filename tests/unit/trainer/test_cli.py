@@ -1,0 +1,59 @@
+"""The CLI accepts exactly the argv the shared step definitions build (the operator's Job commands)."""
+
+from __future__ import annotations
+
+import pytest
+import typer
+from typer.testing import CliRunner
+from zthumb_trainer.cli import app
+from zthumb_trainer.spec import LoRAFinetuneSpec
+from zthumb_trainer.steps import build_steps
+
+SPECS = {
+    "defaults": {},
+    "everything": {
+        "baseModel": {"tokenSecretRef": {"name": "hf", "key": "token"}},
+        "dataset": {"captionFormat": "jsonl", "missingCaption": "trigger", "bucketing": False},
+        "training": {"snrGamma": None, "trainTextEncoder": True, "gradientCheckpointing": False,
+                     "mixedPrecision": "fp16", "noiseOffset": 0.1},
+        "eval": {"prompts": ["a", "b {trigger}"], "seeds": [1, 2, 3], "scales": [0, 0.5, 1],
+                 "width": 512, "height": 768},
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_every_step_argv_parses(name):
+    spec = LoRAFinetuneSpec.model_validate(SPECS[name])
+    command = typer.main.get_command(app)
+    steps = build_steps("style", spec, "/data", "http://zthumb.ml.svc:8080")
+    assert [step.name for step in steps] == ["fetch-model", "prepare-dataset", "train", "eval"]
+    for step in steps:
+        assert step.argv[0] == "zthumb-train"
+        subcommand = command.commands[step.args[0]]  # type: ignore[attr-defined]
+        context = subcommand.make_context(step.args[0], list(step.args[1:]))
+        assert context.params, step.name
+        if step.name == "eval":
+            assert list(context.params["prompt"]) == spec.eval.prompts
+            assert list(context.params["scale"]) == spec.eval.scales
+        if step.name == "train":
+            assert context.params["snr_gamma"] == spec.training.snr_gamma
+            assert context.params["train_text_encoder"] == spec.training.train_text_encoder
+
+
+def test_help_lists_every_subcommand():
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for name in ("fetch-model", "prepare-dataset", "train", "export", "eval", "run", "tiny-model"):
+        assert name in result.output
+
+
+def test_bad_enum_values_are_refused():
+    result = CliRunner().invoke(app, ["prepare-dataset", "--dataset", "/x", "--output", "/y",
+                                      "--caption-format", "csv"])  # fmt: skip
+    assert result.exit_code == 2 and "caption-format" in result.output
+
+
+def test_run_needs_local():
+    result = CliRunner().invoke(app, ["run"])
+    assert result.exit_code == 2 and "--local" in result.output

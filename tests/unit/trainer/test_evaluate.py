@@ -1,0 +1,112 @@
+"""eval against a small fake ZThumb server (the real one runs in the integration test)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from http.server import BaseHTTPRequestHandler
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+from zthumb_trainer.cli import app
+from zthumb_trainer.evaluate import EvalConfig, EvalError, expand_prompt, run_eval
+from zthumb_trainer.http_serve import StaticServer
+
+
+def _fake_server(not_ready_for: int = 0, requests: list | None = None):
+    state = {"readyz": 0}
+
+    class Fake(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _json(self, status, body):
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            if self.path == "/readyz":
+                state["readyz"] += 1
+                ready = state["readyz"] > not_ready_for
+                self._json(200 if ready else 503, {"ready": ready})
+            elif self.path == "/models":
+                self._json(200, {"backends": [{"name": "full", "model": "/m/base.safetensors",
+                                                "device": "cpu", "dtype": "float32"}]})  # fmt: skip
+            else:
+                self._json(404, {})
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if requests is not None:
+                requests.append(body)
+            shade = int(body["lora_scale"] * 100) + body["seed"]
+            image = Image.new("RGB", (body.get("width", 64), body.get("height", 64)), (shade, 50, 50))
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            adapter = {"path": body["lora_path"], "scale": body["lora_scale"], "sha256": "ee" * 32,
+                       "source": "request"}  # fmt: skip
+            self._json(200, {"images": [{"index": 0, "mime_type": "image/png",
+                                         "data": base64.b64encode(buffer.getvalue()).decode()}],
+                             "format": "png", "seed": body["seed"], "backend": "full", "width": 64,
+                             "height": 64, "steps": body["steps"], "guidance_scale": 5.0,
+                             "adapter": adapter, "timings": {"total_s": 0.01}})  # fmt: skip
+
+    return Fake
+
+
+def test_expand_prompt():
+    assert expand_prompt("a photo of {trigger}", "zt") == "a photo of zt"
+    assert expand_prompt("a cat", "zt") == "zt, a cat"
+
+
+def test_report_pairs_differences_and_summary(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZTHUMB_TERMINATION_LOG", str(tmp_path / "termination-log"))
+    (tmp_path / "termination-log").write_text("")
+    seen: list = []
+    with StaticServer(tmp_path, handler=_fake_server(not_ready_for=2, requests=seen)) as server:
+        output = tmp_path / "outputs" / "lora_eval" / "style"
+        summary = run_eval(
+            EvalConfig(server_url=server.url, output=output, run_name="style", lora_path="style",
+                       prompts=["a photo of {trigger}", "a tree"], seeds=[0, 1], scales=[0.0, 0.8],
+                       trigger_word="zt", steps=4, width=64, height=64)
+        )  # fmt: skip
+    assert len(seen) == 8
+    assert {(r["lora_scale"], r["lora_path"], r["output_format"]) for r in seen} == {
+        (0.0, "style", "png"), (0.8, "style", "png")}  # fmt: skip
+    assert seen[0]["prompt"] == "a photo of zt" and seen[-1]["prompt"] == "zt, a tree"
+    assert summary["requests"] == 8
+    assert summary["mean_pixel_difference"] == pytest.approx(80 / 3, abs=0.01)
+    report = (output / "report.md").read_text()
+    assert "![a photo of zt seed 0](pairs/p0-s0.png)" in report
+    assert "sha256 `" + "ee" * 32 in report
+    with Image.open(output / "pairs" / "p1-s1.png") as pair:
+        assert pair.width == 128 and pair.height > 64
+    assert json.loads((output / "summary.json").read_text())["pairs"][0]["latency_s"]
+    assert json.loads((tmp_path / "termination-log").read_text())["requests"] == 8
+    assert not [p for p in output.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_never_ready_exits_non_zero_saying_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZTHUMB_EVAL_READY_TIMEOUT", "1.5")
+    with StaticServer(tmp_path, handler=_fake_server(not_ready_for=10**6)) as server:
+        result = CliRunner().invoke(
+            app,
+            ["eval", "--server-url", server.url, "--run-name", "s", "--output", str(tmp_path / "out"),
+             "--lora-path", "s", "--trigger-word", "zt", "--steps", "2", "--prompt", "x", "--seed", "0"],
+        )  # fmt: skip
+    assert result.exit_code == 1
+    assert "not ready after" in result.output and "HTTP 503" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreachable_server_is_an_eval_error(tmp_path):
+    with pytest.raises(EvalError, match="ConnectError"):
+        run_eval(EvalConfig(server_url="http://127.0.0.1:9", output=tmp_path / "o", run_name="s",
+                            lora_path="s", prompts=["x"], seeds=[0], scales=[0.0, 0.8],
+                            ready_timeout=0.5))  # fmt: skip

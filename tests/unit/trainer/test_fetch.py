@@ -1,0 +1,203 @@
+"""fetch-model against a real HTTP server on loopback serving the tiny single-file checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+from zthumb_trainer.cli import app
+from zthumb_trainer.fetch import FetchError, download, fetch_config
+from zthumb_trainer.http_serve import RangeRequestHandler, StaticServer
+
+
+@pytest.fixture(scope="module")
+def model_file(tiny_model):
+    return tiny_model.single_file
+
+
+@pytest.fixture(scope="module")
+def model_sha(model_file):
+    return hashlib.sha256(model_file.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def served(tiny_model):
+    with StaticServer(tiny_model.root) as server:
+        yield server
+
+
+def _handler_class(status: int, seen: list[dict[str, str]] | None = None):
+    class Fixed(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            if seen is not None:
+                seen.append(dict(self.headers))
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    return Fixed
+
+
+def test_download_verifies_and_then_skips(served, model_file, model_sha, tmp_path):
+    target = tmp_path / "models" / "base.safetensors"
+    first = download(f"{served.url}/{model_file.name}", model_sha, target, progress=False)
+    assert not first.skipped
+    assert first.downloaded_bytes == model_file.stat().st_size
+    assert target.read_bytes() == model_file.read_bytes()
+    assert not target.with_name(target.name + ".part").exists()
+    second = download(f"{served.url}/{model_file.name}", model_sha, target, progress=False)
+    assert second.skipped and second.downloaded_bytes == 0
+
+
+def test_interrupted_transfer_resumes_with_a_range_request(tiny_model, model_file, model_sha, tmp_path):
+    ranges: list[str | None] = []
+    cut = {"remaining": 1}
+
+    class Flaky(RangeRequestHandler):
+        def send_head(self):
+            ranges.append(self.headers.get("Range"))
+            return super().send_head()
+
+        def copyfile(self, source, outputfile):
+            if cut["remaining"]:
+                # Send half the body, then drop the connection, as a killed pod or network blip would.
+                cut["remaining"] -= 1
+                outputfile.write(source.read(model_file.stat().st_size // 2))
+                return
+            super().copyfile(source, outputfile)
+
+    target = tmp_path / "base.safetensors"
+    with StaticServer(tiny_model.root, handler=Flaky) as server:
+        url = f"{server.url}/{model_file.name}"
+        with pytest.raises(Exception):  # noqa: B017 - httpx's protocol error
+            download(url, model_sha, target, progress=False)
+        partial = target.with_name(target.name + ".part")
+        half = model_file.stat().st_size // 2
+        assert partial.stat().st_size == half
+        result = download(url, model_sha, target, progress=False)
+    assert ranges == [None, f"bytes={half}-"]
+    assert result.downloaded_bytes == model_file.stat().st_size - half
+    assert target.read_bytes() == model_file.read_bytes()
+
+
+def test_wrong_hash_removes_the_temp_file_and_exits_non_zero(served, model_file, model_sha, tmp_path):
+    target = tmp_path / "base.safetensors"
+    wrong = "0" * 64
+    result = CliRunner().invoke(
+        app,
+        ["fetch-model", "--url", f"{served.url}/{model_file.name}", "--sha256", wrong,
+         "--output", str(target), "--no-progress"],
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert f"expected: {wrong}" in result.output
+    assert f"actual:   {model_sha}" in result.output
+    assert not target.exists()
+    assert not target.with_name(target.name + ".part").exists()
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_denied_download_hints_at_gated_models(status, tmp_path):
+    with StaticServer(tmp_path, handler=_handler_class(status)) as server, pytest.raises(FetchError) as error:
+        download(f"{server.url}/model.safetensors", "0" * 64, tmp_path / "x", progress=False)
+    message = str(error.value)
+    assert f"HTTP {status}" in message
+    assert "gated" in message and "licence" in message and "HF_TOKEN" in message
+
+
+def test_not_found_is_reported_clearly(served, tmp_path):
+    result = CliRunner().invoke(
+        app,
+        ["fetch-model", "--url", f"{served.url}/missing.safetensors", "--sha256", "0" * 64,
+         "--output", str(tmp_path / "x"), "--no-progress"],
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "HTTP 404" in result.output and "not found" in result.output
+
+
+def test_present_file_with_the_wrong_hash_is_refused(served, model_file, tmp_path):
+    target = tmp_path / "base.safetensors"
+    target.write_bytes(b"not a model")
+    with pytest.raises(FetchError, match="does not match"):
+        download(f"{served.url}/{model_file.name}", "0" * 64, target, progress=False)
+
+
+def test_token_goes_only_to_the_original_host(tiny_model, model_file, model_sha, tmp_path, monkeypatch):
+    """The Hub redirects to a CDN; the token must not follow (a different host: 127.0.0.2)."""
+    cdn_seen: list[dict[str, str]] = []
+    origin_seen: list[dict[str, str]] = []
+
+    class Cdn(RangeRequestHandler):
+        def send_head(self):
+            cdn_seen.append(dict(self.headers))
+            return super().send_head()
+
+    cdn = StaticServer(tiny_model.root, handler=Cdn)
+    cdn.httpd.server_close()
+    from http.server import ThreadingHTTPServer
+
+    cdn.httpd = ThreadingHTTPServer(
+        ("127.0.0.2", 0), lambda *a, **k: Cdn(*a, directory=str(tiny_model.root), **k)
+    )
+    cdn.thread = threading.Thread(target=cdn.httpd.serve_forever, daemon=True)
+
+    class Origin(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            origin_seen.append(dict(self.headers))
+            self.send_response(302)
+            self.send_header("Location", f"{cdn.url}/{model_file.name}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    monkeypatch.setenv("HF_TOKEN", "secret-token")
+    with cdn, StaticServer(tmp_path, handler=Origin) as origin:
+        runner = CliRunner()
+        result = runner.invoke(
+            app,
+            ["fetch-model", "--url", f"{origin.url}/model", "--sha256", model_sha,
+             "--output", str(tmp_path / "out.safetensors"), "--no-progress"],
+        )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert origin_seen[0].get("Authorization") == "Bearer secret-token"
+    assert cdn_seen and all("Authorization" not in headers for headers in cdn_seen)
+
+
+def test_config_files_are_fetched_once_and_load_the_single_file(served, tiny_model, model_file, tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+
+    config_dir = tmp_path / "config"
+    assert fetch_config(f"{served.url}/diffusers/", config_dir) is True
+    assert (config_dir / "unet" / "config.json").exists()
+    assert (config_dir / "tokenizer_2" / "tokenizer_config.json").exists()
+    assert not list(config_dir.rglob("*.safetensors"))
+    assert fetch_config(f"{served.url}/diffusers/", config_dir) is False
+    pipe = StableDiffusionXLPipeline.from_single_file(
+        str(model_file), config=str(config_dir), local_files_only=True
+    )
+    assert pipe.unet.config.addition_embed_type == "text_time"
+
+
+def test_missing_config_file_names_it(served, tmp_path):
+    with pytest.raises(FetchError, match=r"model_index\.json"):
+        fetch_config(f"{served.url}/nowhere/", tmp_path / "config")
+    assert not (tmp_path / "config").exists()
+
+
+def test_cli_fetches_model_and_config(served, model_file, model_sha, tmp_path):
+    result = CliRunner().invoke(
+        app,
+        ["fetch-model", "--url", f"{served.url}/{model_file.name}", "--sha256", model_sha,
+         "--output", str(tmp_path / "m.safetensors"), "--config-url", f"{served.url}/diffusers/",
+         "--config-dir", str(tmp_path / "cfg"), "--no-progress"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert Path(tmp_path / "cfg" / "model_index.json").exists()

@@ -1,0 +1,63 @@
+"""The local runner's pieces (the whole run is tests/integration/test_local_run.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from zthumb_trainer.local_run import (
+    EMBEDDED_DEFAULT,
+    LocalRunError,
+    load_finetune,
+    server_env,
+    trainer_executable,
+    with_tiny_model,
+)
+from zthumb_trainer.steps import RunPaths, build_steps
+
+
+def test_embedded_default_is_a_valid_small_spec():
+    name, spec = load_finetune(None)
+    assert name == "demo"
+    assert spec.dataset.resolution == EMBEDDED_DEFAULT["dataset"]["resolution"] == 256
+    assert spec.training.max_train_steps <= 50
+    assert spec.eval.width == 64
+
+
+def test_yaml_manifest_and_tiny_overrides(tmp_path):
+    manifest = tmp_path / "finetune.yaml"
+    manifest.write_text(
+        "apiVersion: zthumb.io/v1alpha1\nkind: LoRAFinetune\nmetadata:\n  name: z-style\n"
+        "spec:\n  dataset:\n    resolution: 1024\n  training:\n    maxTrainSteps: 20\n"
+    )
+    name, spec = load_finetune(manifest)
+    assert name == "z-style" and spec.dataset.resolution == 1024
+    tiny = with_tiny_model(spec, "http://127.0.0.1:1", "ab" * 32)
+    assert tiny.base_model.url == "http://127.0.0.1:1/tiny_sdxl.safetensors"
+    assert tiny.base_model.sha256 == "ab" * 32
+    assert tiny.dataset.resolution == 256 and tiny.training.max_train_steps == 20
+    assert tiny.eval.width == 128 and tiny.training.mixed_precision == "no"
+
+
+def test_not_a_finetune_is_refused(tmp_path):
+    other = tmp_path / "x.yaml"
+    other.write_text("kind: Deployment\n")
+    with pytest.raises(LocalRunError, match="not a LoRAFinetune"):
+        load_finetune(other)
+
+
+def test_steps_resolve_to_the_installed_console_script():
+    argv = trainer_executable(("zthumb-train",))
+    assert Path(argv[0]).name == "zthumb-train"
+    assert Path(argv[0]).parent == Path(sys.executable).parent
+
+
+def test_server_env_is_the_deploy_env_plus_the_model(tmp_path):
+    _, spec = load_finetune(None)
+    paths = RunPaths(data_root=str(tmp_path), run_name="demo", spec=spec)
+    env = server_env(paths, 1234)
+    assert env["Z_LORA_PATH"] == paths.adapter_dir and env["Z_LORA_SCALE"] == "0.8"
+    assert env["ZTHUMB_LORA_ROOT"] == paths.lora_root and env["ZTHUMB_PORT"] == "1234"
+    eval_step = build_steps("demo", spec, str(tmp_path), "http://127.0.0.1:1234")[-1]
+    assert "--lora-path" in eval_step.args
