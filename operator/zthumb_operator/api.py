@@ -1,0 +1,157 @@
+"""The Kubernetes calls the reconciler makes, as coroutines over the official client.
+
+The sync client runs in a bounded thread pool so that kopf's event loop never
+blocks. Errors come back as ``ConflictError``/``NotFoundError`` or the client's ``ApiException``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from zthumb_operator import builders, metrics
+
+T = TypeVar("T")
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+
+
+class ConflictError(Exception):
+    """409: the object exists already, or a precondition (resourceVersion) failed."""
+
+
+class NotFoundError(Exception):
+    """404."""
+
+
+def load_client_config(workers: int) -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG)."""
+    configuration = client.Configuration()
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config(client_configuration=configuration)
+    else:
+        config.load_kube_config(client_configuration=configuration)
+    configuration.connection_pool_maxsize = workers
+    return client.ApiClient(configuration)
+
+
+class KubeApi:
+    """Async facade: every method is one API request (counted in metrics)."""
+
+    def __init__(self, api_client: client.ApiClient, workers: int = 16) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube-api")
+        self._batch = client.BatchV1Api(api_client)
+        self._core = client.CoreV1Api(api_client)
+        self._apps = client.AppsV1Api(api_client)
+        self._custom = client.CustomObjectsApi(api_client)
+        self._sanitize = api_client.sanitize_for_serialization
+        self._instance = socket.gethostname()
+
+    async def _call(self, verb: str, resource: str, fn: Callable[[], T]) -> T:
+        metrics.API_REQUESTS.labels(verb=verb, resource=resource).inc()
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, fn)
+        except ApiException as exc:
+            if exc.status == 409:
+                raise ConflictError(exc.reason) from exc
+            if exc.status == 404:
+                raise NotFoundError(exc.reason) from exc
+            raise
+
+    def _dict(self, obj: Any) -> dict[str, Any]:
+        return obj if isinstance(obj, dict) else self._sanitize(obj)
+
+    async def create_job(self, namespace: str, body: Any) -> dict[str, Any]:
+        res = await self._call("create", "jobs", lambda: self._batch.create_namespaced_job(namespace, body))
+        return self._dict(res)
+
+    async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            res = await self._call("get", "jobs", lambda: self._batch.read_namespaced_job(name, namespace))
+        except NotFoundError:
+            return None
+        return self._dict(res)
+
+    async def delete_job(self, namespace: str, name: str) -> None:
+        body = client.V1DeleteOptions(propagation_policy="Background")
+        with contextlib.suppress(NotFoundError):
+            await self._call(
+                "delete", "jobs", lambda: self._batch.delete_namespaced_job(name, namespace, body=body)
+            )
+
+    async def list_job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        res = await self._call(
+            "list",
+            "pods",
+            lambda: self._core.list_namespaced_pod(namespace, label_selector=f"{JOB_NAME_LABEL}={job}"),
+        )
+        return list(self._dict(res).get("items") or [])
+
+    async def patch_run_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        def call() -> Any:
+            return self._custom.patch_namespaced_custom_object_status(
+                builders.GROUP,
+                builders.VERSION,
+                namespace,
+                builders.PLURAL,
+                name,
+                {"status": status},
+                _content_type="application/merge-patch+json",
+            )
+
+        return self._dict(await self._call("patch", "lorafinetunes/status", call))
+
+    async def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            res = await self._call(
+                "get", "deployments", lambda: self._apps.read_namespaced_deployment(name, namespace)
+            )
+        except NotFoundError:
+            return None
+        return self._dict(res)
+
+    async def patch_deployment(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        def call() -> Any:
+            return self._apps.patch_namespaced_deployment(
+                name, namespace, patch, _content_type="application/strategic-merge-patch+json"
+            )
+
+        return self._dict(await self._call("patch", "deployments", call))
+
+    async def post_event(self, run: dict[str, Any], type_: str, reason: str, message: str, now: str) -> None:
+        meta = run["metadata"]
+        body: Any = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name'][:200]}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": builders.API_VERSION,
+                "kind": builders.KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": builders.MANAGED_BY},
+            "reportingComponent": "zthumb.io/operator",
+            "reportingInstance": self._instance,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        await self._call(
+            "create", "events", lambda: self._core.create_namespaced_event(meta["namespace"], body)
+        )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,539 @@
+"""Pure builders: plain values in, Kubernetes-shaped dicts out (no I/O, no clock, no kopf).
+
+Everything the operator sends to the API server is built here, so the unit tests
+can check it without a cluster: step Jobs from the shared ``StepDefinition``s,
+the Deployment patch of the deploy step, rollout and Job state readers, and the
+condition transitions of the status.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from zthumb_trainer.spec import LoRAFinetuneSpec
+from zthumb_trainer.steps import NAMESPACE_ENV, RUN_NAME_ENV, StepDefinition
+
+GROUP = "zthumb.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "LoRAFinetune"
+PLURAL = "lorafinetunes"
+
+MANAGED_BY = "zthumb-operator"
+LABEL_RUN = "zthumb.io/run"
+LABEL_STEP = "zthumb.io/step"
+ANNOTATION_RUN = "zthumb.io/run"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# The rollout lock on a target Deployment: "<run name>" of the run whose rollout is in flight.
+ROLLOUT_OWNER_ANNOTATION = "zthumb.io/rollout-owner"
+LORA_ENV = ("Z_LORA_PATH", "Z_LORA_SCALE")
+
+MAX_NAME = 63  # Job names end up as the pods' job-name label value
+
+# Phases of a run and the step each phase stands for.
+PENDING, SUCCEEDED, FAILED = "Pending", "Succeeded", "Failed"
+TERMINAL_PHASES = frozenset({SUCCEEDED, FAILED})
+STEP_PHASE = {
+    "fetch-model": "Downloading",
+    "prepare-dataset": "PreparingDataset",
+    "train": "Training",
+    "deploy": "Deploying",
+    "eval": "Evaluating",
+}
+# One condition per step (positive polarity: True once the step is done).
+STEP_CONDITION = {
+    "fetch-model": "ModelFetched",
+    "prepare-dataset": "DatasetPrepared",
+    "train": "Trained",
+    "deploy": "Deployed",
+    "eval": "Evaluated",
+}
+READY = "Ready"
+SCHEDULED = "Scheduled"
+
+# Small fixed requests for the CPU steps; the train step takes spec.resources.
+CPU_STEP_RESOURCES = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "4Gi"}}
+
+RESTRICTED_CONTAINER_SECURITY: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def short_hash(text: str, length: int = 8) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def bounded_name(base: str, suffix: str, limit: int = MAX_NAME) -> str:
+    """``<base>-<suffix>``; when that exceeds ``limit``, ``<base cut>-<hash>-<suffix>``.
+
+    The hash is of the full base, so two long run names that share a prefix still
+    get different names, and the same inputs always give the same name.
+    """
+    name = f"{base}-{suffix}"
+    if len(name) <= limit:
+        return name
+    keep = limit - len(suffix) - 10  # "-" + 8 hex + "-"
+    head = base[:keep].rstrip("-.")
+    return f"{head}-{short_hash(base)}-{suffix}"
+
+
+def job_name(run_name: str, step: str) -> str:
+    return bounded_name(run_name, step)
+
+
+def label_value(value: str) -> str:
+    """A label-safe (≤ 63 characters) stand-in for ``value``: itself, or a hashed cut."""
+    if len(value) <= MAX_NAME:
+        return value
+    return f"{value[: MAX_NAME - 9].rstrip('-.')}-{short_hash(value)}"
+
+
+def run_labels(run_name: str, step: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "zthumb-trainer",
+        "app.kubernetes.io/instance": label_value(run_name),
+        "app.kubernetes.io/component": step,
+        "app.kubernetes.io/part-of": "zthumb",
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_RUN: label_value(run_name),
+        LABEL_STEP: step,
+    }
+
+
+def owner_reference(run: Mapping[str, Any]) -> dict[str, Any]:
+    """Controller owner reference to the LoRAFinetune (the garbage collector cascades deletes)."""
+    meta = run["metadata"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+    }
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """The operator-wide part of a Job (from the operator's config)."""
+
+    image: str
+    service_account: str = "zthumb-trainer"
+    run_as_user: int = 10001
+    fs_group: int = 10001
+    backoff_limit: int = 2
+    active_deadline_seconds: int = 172800
+    ttl_seconds_after_finished: int = 86400
+
+
+def _env(step: StepDefinition) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    env += [{"name": k, "value": v} for k, v in step.env.items()]
+    for name, ref in step.secret_env.items():
+        env.append({"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    if step.reports_progress:
+        env += [
+            {
+                "name": RUN_NAME_ENV,
+                "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{ANNOTATION_RUN}']"}},
+            },
+            {"name": NAMESPACE_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        ]
+    return env
+
+
+def _resources(step: StepDefinition, spec: LoRAFinetuneSpec) -> dict[str, Any]:
+    if not step.gpu:
+        return json.loads(json.dumps(CPU_STEP_RESOURCES))
+    res = spec.resources
+    requests: dict[str, str] = {"cpu": res.cpu, "memory": res.memory}
+    limits: dict[str, str] = {"memory": res.memory}
+    if res.gpus > 0:
+        requests[res.gpu_resource_name] = str(res.gpus)
+        limits[res.gpu_resource_name] = str(res.gpus)
+    return {"requests": requests, "limits": limits}
+
+
+def _tolerations(step: StepDefinition, spec: LoRAFinetuneSpec) -> list[dict[str, Any]]:
+    if not step.gpu:
+        return []
+    tolerations: list[dict[str, Any]] = [dict(t) for t in spec.resources.tolerations]
+    if spec.resources.gpus > 0:
+        gpu: dict[str, Any] = {"key": spec.resources.gpu_resource_name, "operator": "Exists", "effect": "NoSchedule"}
+        if gpu not in tolerations:
+            tolerations.append(gpu)
+    return tolerations
+
+
+def build_job(
+    step: StepDefinition,
+    *,
+    run: Mapping[str, Any],
+    spec: LoRAFinetuneSpec,
+    settings: JobSettings,
+) -> dict[str, Any]:
+    """The Job that runs one step of ``run`` (a LoRAFinetune object as a dict)."""
+    run_name = run["metadata"]["name"]
+    namespace = run["metadata"]["namespace"]
+    labels = run_labels(run_name, step.name)
+    job_labels = dict(labels)
+    if spec.queue_name:
+        job_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
+    annotations = {ANNOTATION_RUN: run_name}
+    mount = spec.storage.mount_path
+    volume_mounts = [
+        {"name": "data", "mountPath": mount},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "data", "persistentVolumeClaim": {"claimName": spec.storage.claim_name}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    if step.gpu:
+        # DataLoader workers share tensors through /dev/shm; the runtime's 64 MiB is too small.
+        volume_mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+    container = {
+        "name": step.name,
+        "image": settings.image,
+        "imagePullPolicy": spec.images.pull_policy,
+        "command": list(step.command),
+        "args": list(step.args),
+        "env": _env(step),
+        "resources": _resources(step, spec),
+        "securityContext": dict(RESTRICTED_CONTAINER_SECURITY),
+        "volumeMounts": volume_mounts,
+        # The eval summary (and a failure's last log lines) come back through this.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "serviceAccountName": settings.service_account,
+        # Only the train pod talks to the API server (progress into the status).
+        "automountServiceAccountToken": step.reports_progress,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": settings.run_as_user,
+            "runAsGroup": settings.run_as_user,
+            "fsGroup": settings.fs_group,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if step.gpu and spec.resources.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.resources.node_selector)
+    tolerations = _tolerations(step, spec)
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    job_spec: dict[str, Any] = {
+        "backoffLimit": settings.backoff_limit,
+        "activeDeadlineSeconds": settings.active_deadline_seconds,
+        "ttlSecondsAfterFinished": settings.ttl_seconds_after_finished,
+        "completions": 1,
+        "parallelism": 1,
+        "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec},
+    }
+    if spec.queue_name:
+        job_spec["suspend"] = True  # Kueue admits (unsuspends) it
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(run_name, step.name),
+            "namespace": namespace,
+            "labels": job_labels,
+            "annotations": annotations,
+            "ownerReferences": [owner_reference(run)],
+        },
+        "spec": job_spec,
+    }
+
+
+# --------------------------------------------------------------------------- Job state
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What a step's Job amounts to for the run."""
+
+    state: str  # "running", "suspended", "unschedulable", "succeeded", "failed"
+    reason: str = ""
+    message: str = ""
+    since: str | None = None  # unschedulable: when the pod was found unschedulable
+
+
+def _job_condition(job: Mapping[str, Any], ctype: str) -> Mapping[str, Any] | None:
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == ctype and cond.get("status") == "True":
+            return cond
+    return None
+
+
+def terminated_messages(pods: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Termination messages of the pods' terminated containers, newest pod last."""
+    out = []
+    ordered = sorted(pods, key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or "")
+    for pod in ordered:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            term = (cs.get("state") or {}).get("terminated") or {}
+            msg = (term.get("message") or "").strip()
+            if msg:
+                out.append(msg)
+    return out
+
+
+def job_state(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]] = ()) -> JobState:
+    """Read a Job (and its pods) into a ``JobState``."""
+    if _job_condition(job, "Complete") or _job_condition(job, "SuccessCriteriaMet"):
+        return JobState("succeeded")
+    failed = _job_condition(job, "Failed") or _job_condition(job, "FailureTarget")
+    if failed:
+        reason = failed.get("reason") or "Failed"
+        message = failed.get("message") or "the Job failed"
+        logs = terminated_messages(pods)
+        if logs:
+            message = f"{message}; last container message: {logs[-1][-1000:]}"
+        return JobState("failed", reason, message)
+    if (job.get("spec") or {}).get("suspend"):
+        return JobState("suspended", "Queued", "the Job is suspended until its queue admits it")
+    for pod in pods:
+        status = pod.get("status") or {}
+        if status.get("phase") not in (None, "Pending"):
+            continue
+        for cond in status.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                return JobState(
+                    "unschedulable",
+                    cond.get("reason") or "Unschedulable",
+                    cond.get("message") or "the pod cannot be scheduled",
+                    cond.get("lastTransitionTime"),
+                )
+    return JobState("running")
+
+
+def step_duration_seconds(job: Mapping[str, Any]) -> float | None:
+    """Seconds from the Job's start to its completion, when both are known."""
+    status = job.get("status") or {}
+    start, end = status.get("startTime"), status.get("completionTime")
+    if not start or not end:
+        return None
+    return max(0.0, parse_time(end) - parse_time(start))
+
+
+def eval_summary(pods: Sequence[Mapping[str, Any]]) -> dict[str, float] | None:
+    """The numbers of the eval pod's termination message (a JSON object), if there is one."""
+    for message in reversed(terminated_messages(pods)):
+        try:
+            data = json.loads(message)
+        except ValueError:
+            continue
+        if isinstance(data, dict):
+            return {
+                str(k): float(v)
+                for k, v in data.items()
+                if isinstance(v, int | float) and not isinstance(v, bool)
+            }
+    return None
+
+
+# --------------------------------------------------------------------------- Deployment
+
+
+def container_env(deployment: Mapping[str, Any], container: str) -> dict[str, str] | None:
+    """Plain ``value`` env of ``container`` in the Deployment's pod template (None: no such container)."""
+    for c in deployment.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or []:
+        if c.get("name") == container:
+            return {e["name"]: e.get("value", "") for e in c.get("env") or [] if "valueFrom" not in e}
+    return None
+
+
+def lora_env_values(deployment: Mapping[str, Any], container: str) -> dict[str, str]:
+    """Current Z_LORA_PATH / Z_LORA_SCALE of the container (absent ones left out)."""
+    env = container_env(deployment, container) or {}
+    return {k: env[k] for k in LORA_ENV if k in env}
+
+
+def deployment_env_patch(
+    container: str,
+    env: Mapping[str, str | None],
+    *,
+    lock_owner: str | bool | None = False,
+    resource_version: str | None = None,
+) -> dict[str, Any]:
+    """Strategic-merge patch setting (value) or removing (None) env vars of one container.
+
+    ``lock_owner``: a run name sets the rollout lock annotation, None removes it,
+    False leaves it alone. ``resource_version`` makes the patch conditional (409 on change).
+    """
+    entries: list[dict[str, Any]] = []
+    for name, value in env.items():
+        if value is None:
+            entries.append({"name": name, "$patch": "delete"})
+        else:
+            entries.append({"name": name, "value": value})
+    patch: dict[str, Any] = {}
+    if env:
+        patch["spec"] = {"template": {"spec": {"containers": [{"name": container, "env": entries}]}}}
+    meta: dict[str, Any] = {}
+    if lock_owner is not False:
+        meta["annotations"] = {ROLLOUT_OWNER_ANNOTATION: lock_owner}
+    if resource_version:
+        meta["resourceVersion"] = resource_version
+    if meta:
+        patch["metadata"] = meta
+    return patch
+
+
+def rollout_owner(deployment: Mapping[str, Any]) -> str | None:
+    return ((deployment.get("metadata") or {}).get("annotations") or {}).get(ROLLOUT_OWNER_ANNOTATION)
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    done: bool
+    failed: bool = False
+    message: str = ""
+
+
+def rollout_state(deployment: Mapping[str, Any], patched_generation: int) -> RolloutState:
+    """Like ``kubectl rollout status``: has the Deployment rolled out ``patched_generation``?"""
+    spec = deployment.get("spec") or {}
+    status = deployment.get("status") or {}
+    want = int(spec.get("replicas", 1))
+    observed = int(status.get("observedGeneration") or 0)
+    if observed < patched_generation:
+        return RolloutState(False, message="waiting for the Deployment controller to observe the change")
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
+            return RolloutState(False, True, cond.get("message") or "progress deadline exceeded")
+    updated = int(status.get("updatedReplicas") or 0)
+    total = int(status.get("replicas") or 0)
+    available = int(status.get("availableReplicas") or 0)
+    if updated < want:
+        return RolloutState(False, message=f"{updated} of {want} new replicas updated")
+    if total > updated:
+        return RolloutState(False, message=f"{total - updated} old replicas pending termination")
+    if available < updated:
+        return RolloutState(False, message=f"{available} of {updated} updated replicas available")
+    return RolloutState(True, message=f"{available} of {want} replicas available with the new adapter")
+
+
+# --------------------------------------------------------------------------- conditions/status
+
+
+def parse_time(value: str) -> float:
+    """RFC 3339 (as Kubernetes writes it) to epoch seconds."""
+    from datetime import datetime
+
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def format_time(epoch: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(
+    conditions: Sequence[Mapping[str, Any]],
+    ctype: str,
+    status: str,
+    reason: str,
+    message: str,
+    *,
+    generation: int | None,
+    now: str,
+) -> list[dict[str, Any]]:
+    """Conditions with ``ctype`` set; lastTransitionTime moves only when the status changes."""
+    out: list[dict[str, Any]] = []
+    found = False
+    for cond in conditions:
+        if cond.get("type") != ctype:
+            out.append(dict(cond))
+            continue
+        found = True
+        new: dict[str, Any] = {"type": ctype, "status": status, "reason": reason, "message": message}
+        new["lastTransitionTime"] = (
+            cond.get("lastTransitionTime") or now if cond.get("status") == status else now
+        )
+        if generation is not None:
+            new["observedGeneration"] = generation
+        out.append(new)
+    if not found:
+        new = {
+            "type": ctype,
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": now,
+        }
+        if generation is not None:
+            new["observedGeneration"] = generation
+        out.append(new)
+    return out
+
+
+def get_condition(conditions: Sequence[Mapping[str, Any]] | None, ctype: str) -> Mapping[str, Any] | None:
+    for cond in conditions or []:
+        if cond.get("type") == ctype:
+            return cond
+    return None
+
+
+def condition_true(conditions: Sequence[Mapping[str, Any]] | None, ctype: str) -> bool:
+    cond = get_condition(conditions, ctype)
+    return bool(cond and cond.get("status") == "True")
+
+
+def transition(
+    status: Mapping[str, Any],
+    *,
+    phase: str,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: str,
+    step_conditions: Mapping[str, tuple[str, str, str]] | None = None,
+) -> dict[str, Any]:
+    """The status fields to write for a move to ``phase`` (a patch, not the whole status).
+
+    ``Ready`` follows the phase: True on Succeeded, False otherwise (reason = the
+    phase's reason). ``step_conditions`` maps condition type to (status, reason, message).
+    """
+    conditions: list[dict[str, Any]] = [dict(c) for c in status.get("conditions") or []]
+    for ctype, (cstatus, creason, cmessage) in (step_conditions or {}).items():
+        conditions = set_condition(
+            conditions, ctype, cstatus, creason, cmessage, generation=generation, now=now
+        )
+    ready = "True" if phase == SUCCEEDED else "False"
+    conditions = set_condition(conditions, READY, ready, reason, message, generation=generation, now=now)
+    patch: dict[str, Any] = {
+        "phase": phase,
+        "reason": reason,
+        "message": message,
+        "conditions": conditions,
+        "observedGeneration": generation,
+    }
+    if not status.get("startTime"):
+        patch["startTime"] = now
+    if phase in TERMINAL_PHASES and not status.get("completionTime"):
+        patch["completionTime"] = now
+    return patch
+
+
+def server_lora_path(server_data_root: str, run_name: str) -> str:
+    """Z_LORA_PATH as the inference server mounts the volume (models/lora/<run>)."""
+    return f"{server_data_root.rstrip('/')}/models/lora/{run_name}"

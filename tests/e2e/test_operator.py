@@ -1,0 +1,471 @@
+"""The LoRAFinetune operator end to end on the local control plane (SPEC §4-5, issue 5).
+
+Each test gets a fresh namespace enforcing Pod Security ``restricted`` and its own
+operator process, namespace-scoped and authenticated as its own ServiceAccount
+(a kubeconfig holding only a TokenRequest token), bound by the namespaced Role of
+manifests/operator/namespaced/: every request the operator makes goes through RBAC.
+kwok runs the step pods (Job pods complete at once, other pods become Ready); the
+eval summary comes from the operator's test hook ZTHUMB_OPERATOR_SIMULATED_EVAL_SUMMARY.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD = ROOT / "crds" / "lorafinetunes.zthumb.io.yaml"
+EXAMPLE = ROOT / "manifests" / "examples" / "finetune.yaml"
+OPERATOR_RBAC = [
+    ROOT / "manifests/operator/namespaced/role.yaml",
+    ROOT / "manifests/operator/namespaced/rolebinding.yaml",
+]
+TRAINER_RBAC = ROOT / "manifests" / "operator" / "trainer-rbac.yaml"
+RUN = "z-style"
+PHASE_TIMEOUT = 90
+
+Kubectl = Callable[..., subprocess.CompletedProcess[str]]
+
+# The inference server as the chart renders it, reduced to what the operator touches
+# (Deployment `zthumb` with container `zthumb`, Service `zthumb` :8080 `http`, PVC at /data).
+SERVER = """
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: NS-data, labels: {zthumb.io/e2e: "true"}}
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteMany]
+  storageClassName: ""
+  persistentVolumeReclaimPolicy: Delete
+  hostPath: {path: /tmp/zthumb-e2e/NS}
+  claimRef: {namespace: NS, name: zthumb-data}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: zthumb-data, namespace: NS}
+spec:
+  accessModes: [ReadWriteMany]
+  storageClassName: ""
+  volumeName: NS-data
+  resources: {requests: {storage: 1Gi}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: zthumb, namespace: NS}
+spec:
+  selector: {app.kubernetes.io/name: zthumb, app.kubernetes.io/instance: zthumb}
+  ports: [{name: http, port: 8080, targetPort: http}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: zthumb
+  namespace: NS
+  labels: {app.kubernetes.io/name: zthumb, app.kubernetes.io/instance: zthumb}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app.kubernetes.io/name: zthumb, app.kubernetes.io/instance: zthumb}}
+  template:
+    metadata: {labels: {app.kubernetes.io/name: zthumb, app.kubernetes.io/instance: zthumb}}
+    spec:
+      securityContext: {runAsNonRoot: true, runAsUser: 65532, seccompProfile: {type: RuntimeDefault}}
+      containers:
+      - name: zthumb
+        image: registry.invalid/zthumb/server:test
+        ports: [{name: http, containerPort: 8080}]
+        env:
+        - {name: ZTHUMB_BACKEND, value: full}
+        - {name: Z_LORA_PATH, value: /data/models/lora/previous}
+        securityContext:
+          allowPrivilegeEscalation: false
+          capabilities: {drop: [ALL]}
+          seccompProfile: {type: RuntimeDefault}
+        volumeMounts: [{name: data, mountPath: /data}]
+      volumes:
+      - {name: data, persistentVolumeClaim: {claimName: zthumb-data}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def in_namespace(text: str, ns: str) -> str:
+    return text.replace("namespace: ml", f"namespace: {ns}")
+
+
+def example(ns: str, **spec_overrides: Any) -> str:
+    doc = yaml.safe_load(in_namespace(EXAMPLE.read_text(), ns))
+    for path, value in spec_overrides.items():
+        node = doc["spec"]
+        keys = path.split("__")
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+    return json.dumps(doc)
+
+
+def lft(kubectl: Kubectl, ns: str, name: str = RUN) -> dict[str, Any]:
+    return json.loads(kubectl("get", "lft", name, "-n", ns, "-o", "json").stdout)
+
+
+def jobs(kubectl: Kubectl, ns: str) -> list[dict[str, Any]]:
+    out = kubectl("get", "jobs", "-n", ns, "-l", "app.kubernetes.io/managed-by=zthumb-operator", "-o", "json")
+    return json.loads(out.stdout)["items"]
+
+
+def condition(obj: dict[str, Any], ctype: str) -> dict[str, Any] | None:
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond["type"] == ctype:
+            return cond
+    return None
+
+
+class Operator:
+    """The operator as a local process, authenticated as ServiceAccount ``zthumb-operator``."""
+
+    def __init__(self, ns: str, kubeconfig: Path, log: Path, env: dict[str, str]) -> None:
+        self.ns, self.kubeconfig, self.log_path, self.extra = ns, kubeconfig, log, env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Operator:
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("ZTHUMB_OPERATOR_")},
+            "KUBECONFIG": str(self.kubeconfig),
+            "ZTHUMB_OPERATOR_NAMESPACES": self.ns,
+            "ZTHUMB_OPERATOR_METRICS_PORT": str(free_port()),
+            "ZTHUMB_OPERATOR_LIVENESS_ENDPOINT": f"http://127.0.0.1:{free_port()}/healthz",
+            "ZTHUMB_OPERATOR_SIMULATED_EVAL_SUMMARY": '{"images": 8, "meanAbsDiff": 0.12}',
+            "ZTHUMB_OPERATOR_ROLLOUT_POLL_SECONDS": "0.5",
+            **self.extra,
+        }
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "zthumb_operator.cli"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        return self
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+
+@pytest.fixture(scope="session")
+def crd(cluster: Any) -> None:
+    run = cluster.kubectl
+    run("apply", "-f", str(CRD))
+    run("wait", "--for=condition=Established", "crd/lorafinetunes.zthumb.io", "--timeout=60s", timeout=90)
+    deadline = time.monotonic() + 30
+    while run("get", "lft", "-A", check=False).returncode != 0:  # discovery catches up
+        assert time.monotonic() < deadline, "lorafinetunes never became servable"
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def setup(
+    crd: None, cluster: Any, namespace: str, kubectl: Kubectl, tmp_path: Path
+) -> Iterator[Callable[..., Operator]]:
+    """Server + RBAC in ``namespace``; yields ``start(**env) -> Operator``."""
+    ns = namespace
+    for path in OPERATOR_RBAC:
+        text = in_namespace(path.read_text(), ns).replace("namespace: zthumb-system", f"namespace: {ns}")
+        kubectl("apply", "-f", "-", input=text)
+    kubectl("create", "serviceaccount", "zthumb-operator", "-n", ns)
+    kubectl("apply", "-f", "-", input=in_namespace(TRAINER_RBAC.read_text(), ns))
+    kubectl("apply", "-f", "-", input=SERVER.replace("NS", ns))
+    kubectl("rollout", "status", "deployment/zthumb", "-n", ns, "--timeout=60s", timeout=90)
+
+    token = kubectl("create", "token", "zthumb-operator", "-n", ns, "--duration=1h").stdout.strip()
+    ca = kubectl(
+        "config",
+        "view",
+        "--raw",
+        "--minify",
+        "-o",
+        "jsonpath={.clusters[0].cluster.certificate-authority-data}",
+    ).stdout
+    kubeconfig = tmp_path / "operator.kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {"name": "c", "cluster": {"server": cluster.server, "certificate-authority-data": ca}}
+                ],
+                "users": [{"name": "zthumb-operator", "user": {"token": token}}],
+                "contexts": [
+                    {"name": "c", "context": {"cluster": "c", "user": "zthumb-operator", "namespace": ns}}
+                ],
+                "current-context": "c",
+            }
+        )
+    )
+    base64.b64decode(ca)  # a real CA, not an empty string
+    operators: list[Operator] = []
+
+    def start(**env: str) -> Operator:
+        op = Operator(ns, kubeconfig, tmp_path / "operator.log", env).start()
+        operators.append(op)
+        return op
+
+    yield start
+    for op in operators:
+        op.stop()
+    kubectl("delete", "pv", f"{ns}-data", "--wait=false", "--ignore-not-found", check=False)
+
+
+def wait_phase(
+    kubectl: Kubectl,
+    wait_for: Callable[..., Any],
+    ns: str,
+    phase: str,
+    op: Operator,
+    *,
+    timeout: float = PHASE_TIMEOUT,
+) -> dict[str, Any]:
+    def reached() -> dict[str, Any] | None:
+        obj = lft(kubectl, ns)
+        return obj if (obj.get("status") or {}).get("phase") == phase else None
+
+    try:
+        return wait_for(reached, timeout=timeout, interval=0.5, description=f"phase {phase}")
+    except AssertionError as exc:
+        status = lft(kubectl, ns).get("status") or {}
+        raise AssertionError(
+            f"{exc}\nstatus: {json.dumps(status, indent=1)}\noperator log:\n{op.log()}"
+        ) from None
+
+
+@pytest.mark.parametrize("namespace", ["restricted"], indirect=True)
+def test_pipeline_succeeds_deploys_and_cascades(
+    setup: Callable[..., Operator], namespace: str, kubectl: Kubectl, wait_for: Callable[..., Any]
+) -> None:
+    ns = namespace
+    op = setup()
+    old_rs = {
+        rs["metadata"]["name"]
+        for rs in json.loads(kubectl("get", "rs", "-n", ns, "-o", "json").stdout)["items"]
+    }
+    kubectl("apply", "-f", "-", input=in_namespace(EXAMPLE.read_text(), ns))
+    obj = wait_phase(kubectl, wait_for, ns, "Succeeded", op)
+    status = obj["status"]
+    assert condition(obj, "Ready")["status"] == "True"
+    for ctype in ("ModelFetched", "DatasetPrepared", "Trained", "Deployed", "Evaluated"):
+        assert condition(obj, ctype)["status"] == "True", ctype
+    assert status["adapterPath"] == "/data/models/lora/z-style"
+    assert status["reportPath"] == "/data/outputs/lora_eval/z-style/report.md"
+    assert status["evalSummary"] == {"images": 8, "meanAbsDiff": 0.12}
+    assert status["deploy"]["previousEnv"] == {"Z_LORA_PATH": "/data/models/lora/previous"}
+    assert status["observedGeneration"] == 1
+    assert status["startTime"] and status["completionTime"]
+    assert status["progress"]["percent"] == 100
+
+    # one Job per step, each owned by the run
+    by_step = {j["metadata"]["labels"]["zthumb.io/step"]: j for j in jobs(kubectl, ns)}
+    assert sorted(by_step) == ["eval", "fetch-model", "prepare-dataset", "train"]
+    for job in by_step.values():
+        assert job["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+    train_pod = by_step["train"]["spec"]["template"]["spec"]
+    assert train_pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    eval_args = by_step["eval"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert f"http://zthumb.{ns}.svc:8080" in eval_args
+
+    # the Deployment carries the adapter, a new ReplicaSet rolled out, the lock is released
+    dep = json.loads(kubectl("get", "deployment", "zthumb", "-n", ns, "-o", "json").stdout)
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["Z_LORA_PATH"] == "/data/models/lora/z-style"
+    assert env["Z_LORA_SCALE"] == "0.8"
+    assert "zthumb.io/rollout-owner" not in (dep["metadata"].get("annotations") or {})
+    rs_list = json.loads(kubectl("get", "rs", "-n", ns, "-o", "json").stdout)["items"]
+    new = [rs for rs in rs_list if rs["metadata"]["name"] not in old_rs]
+    assert len(new) == 1 and new[0]["status"].get("availableReplicas") == 1
+    assert dep["status"]["updatedReplicas"] == dep["status"]["availableReplicas"] == 1
+
+    # kubectl get shows the columns; describe tells the story
+    table = kubectl("get", "lft", "-n", ns).stdout.splitlines()
+    assert table[0].split() == ["NAME", "PHASE", "PROGRESS", "AGE"]
+    assert table[1].split()[:3] == [RUN, "Succeeded", "100"]
+    wide = kubectl("get", "lft", "-n", ns, "-o", "wide").stdout.splitlines()[0].split()
+    assert wide[:6] == ["NAME", "PHASE", "PROGRESS", "AGE", "REPORT", "MESSAGE"]
+    described = kubectl("describe", "lft", RUN, "-n", ns).stdout
+    for reason in (
+        "Accepted",
+        "JobCreated",
+        "TrainCompleted",
+        "RolloutStarted",
+        "DeployCompleted",
+        "Succeeded",
+    ):
+        assert reason in described, reason
+
+    # deleting the run removes its Jobs (owner references + garbage collector)
+    kubectl("delete", "lft", RUN, "-n", ns)
+    wait_for(lambda: not jobs(kubectl, ns), timeout=60, description="Jobs garbage-collected")
+    assert op.proc is not None and op.proc.poll() is None, op.log()
+    assert "Forbidden" not in op.log() and "forbidden" not in op.log(), op.log()
+
+
+def test_bad_spec_is_refused_at_apply(crd: None, namespace: str, kubectl: Kubectl) -> None:
+    bad = kubectl("apply", "-f", "-", input=example(namespace, training__rank=999), check=False)
+    assert bad.returncode != 0
+    assert "spec.training.rank" in bad.stderr, bad.stderr
+    res = kubectl("apply", "-f", "-", input=example(namespace, dataset__resolution=1000), check=False)
+    assert res.returncode != 0 and "spec.dataset.resolution" in res.stderr, res.stderr
+    # the spec is immutable once created
+    kubectl("apply", "-f", "-", input=example(namespace))
+    changed = kubectl("apply", "-f", "-", input=example(namespace, training__rank=8), check=False)
+    assert changed.returncode != 0 and "immutable" in changed.stderr, changed.stderr
+
+
+@pytest.mark.parametrize("namespace", ["restricted"], indirect=True)
+def test_no_gpu_capacity_is_unschedulable_and_pending(
+    setup: Callable[..., Operator], namespace: str, kubectl: Kubectl, wait_for: Callable[..., Any]
+) -> None:
+    op = setup()
+    kubectl("apply", "-f", "-", input=example(namespace, resources__gpus=16))
+    obj = wait_phase(kubectl, wait_for, namespace, "Pending", op)
+    wait_for(
+        lambda: condition(lft(kubectl, namespace), "Scheduled"), timeout=30, description="Scheduled condition"
+    )
+    obj = lft(kubectl, namespace)
+    cond = condition(obj, "Scheduled")
+    assert cond["status"] == "False" and cond["reason"] == "Unschedulable"
+    assert "nvidia.com/gpu" in cond["message"]
+    assert obj["status"]["reason"] == "Unschedulable"
+    assert obj["status"]["jobs"]["train"] == "z-style-train"
+
+
+@pytest.mark.parametrize("namespace", ["restricted"], indirect=True)
+def test_failing_train_job_fails_the_run_with_a_reason(
+    setup: Callable[..., Operator], namespace: str, kubectl: Kubectl, wait_for: Callable[..., Any]
+) -> None:
+    # The train pod can never run (no 16-GPU node) and the Jobs' activeDeadlineSeconds is
+    # short, so the Job controller fails the train Job (DeadlineExceeded).
+    op = setup(
+        ZTHUMB_OPERATOR_ACTIVE_DEADLINE_SECONDS="5", ZTHUMB_OPERATOR_UNSCHEDULABLE_DEADLINE_SECONDS="600"
+    )
+    kubectl("apply", "-f", "-", input=example(namespace, resources__gpus=16))
+    obj = wait_phase(kubectl, wait_for, namespace, "Failed", op)
+    assert obj["status"]["reason"] == "TrainFailed"
+    assert "DeadlineExceeded" in obj["status"]["message"]
+    assert condition(obj, "Ready")["status"] == "False"
+    assert condition(obj, "Trained")["status"] == "False"
+    assert "TrainFailed" in kubectl("describe", "lft", RUN, "-n", namespace).stdout
+
+
+@pytest.mark.parametrize("namespace", ["restricted"], indirect=True)
+def test_rollout_that_never_becomes_available_is_rolled_back(
+    setup: Callable[..., Operator], namespace: str, kubectl: Kubectl, wait_for: Callable[..., Any]
+) -> None:
+    ns = namespace
+    op = setup()
+    # New server pods can never be scheduled (the old one keeps serving).
+    kubectl(
+        "patch", "deployment", "zthumb", "-n", ns, "--type=merge",
+        "-p", '{"spec":{"template":{"spec":{"nodeSelector":{"zthumb.io/pool":"nowhere"}}}}}',
+    )  # fmt: skip
+    kubectl("apply", "-f", "-", input=example(ns, deploy__rolloutTimeoutSeconds=10))
+    obj = wait_phase(kubectl, wait_for, ns, "Failed", op, timeout=PHASE_TIMEOUT + 20)
+    assert obj["status"]["reason"] == "RolloutFailed"
+    assert obj["status"]["deploy"]["rolledBack"] is True
+    dep = json.loads(kubectl("get", "deployment", "zthumb", "-n", ns, "-o", "json").stdout)
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["Z_LORA_PATH"] == "/data/models/lora/previous"
+    assert "Z_LORA_SCALE" not in env
+    assert "zthumb.io/rollout-owner" not in (dep["metadata"].get("annotations") or {})
+    assert dep["status"].get("availableReplicas") == 1  # the old pod still serves
+    assert "RolledBack" in kubectl("describe", "lft", RUN, "-n", ns).stdout
+
+
+@pytest.mark.parametrize("namespace", ["restricted"], indirect=True)
+def test_operator_killed_mid_run_resumes_without_duplicate_jobs(
+    setup: Callable[..., Operator], namespace: str, kubectl: Kubectl, wait_for: Callable[..., Any]
+) -> None:
+    ns = namespace
+    op = setup()
+    # gpus: 16 holds the run at the train step (no node fits) while the operator dies.
+    node_label = f"zthumb.io/e2e-{ns}"
+    kubectl(
+        "apply", "-f", "-", input=example(ns, resources__gpus=16, resources__nodeSelector={node_label: "big"})
+    )
+    wait_for(
+        lambda: condition(lft(kubectl, ns), "Scheduled"),
+        timeout=PHASE_TIMEOUT,
+        description="train Job waiting",
+    )
+    (train,) = [j for j in jobs(kubectl, ns) if j["metadata"]["labels"]["zthumb.io/step"] == "train"]
+    op.kill()
+
+    op2 = setup()  # restarted: must adopt the existing Jobs
+    time.sleep(3)
+    # capacity appears: a 16-GPU kwok node only this run selects
+    node = f"zthumb-e2e-{ns}"[:63]
+    capacity = {"cpu": "32", "memory": "256Gi", "pods": "110", "nvidia.com/gpu": "16"}
+    big_node = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": node,
+            "annotations": {"kwok.x-k8s.io/node": "fake"},
+            "labels": {node_label: "big", "type": "kwok", "kubernetes.io/os": "linux"},
+        },
+        "spec": {"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]},
+        "status": {"capacity": capacity, "allocatable": capacity},
+    }
+    kubectl("apply", "-f", "-", input=json.dumps(big_node))
+    try:
+        wait_phase(kubectl, wait_for, ns, "Succeeded", op2, timeout=PHASE_TIMEOUT + 30)
+    finally:
+        kubectl("delete", "node", node, "--wait=false", check=False)
+    all_jobs = jobs(kubectl, ns)
+    steps = sorted(j["metadata"]["labels"]["zthumb.io/step"] for j in all_jobs)
+    assert steps == ["eval", "fetch-model", "prepare-dataset", "train"]
+    (train_after,) = [j for j in all_jobs if j["metadata"]["labels"]["zthumb.io/step"] == "train"]
+    assert train_after["metadata"]["uid"] == train["metadata"]["uid"]  # adopted, not recreated
+
+
+@pytest.mark.parametrize("namespace", ["restricted"], indirect=True)
+def test_kueue_queue_name_creates_suspended_jobs_shown_as_queued(
+    setup: Callable[..., Operator], namespace: str, kubectl: Kubectl, wait_for: Callable[..., Any]
+) -> None:
+    op = setup()
+    kubectl("apply", "-f", "-", input=example(namespace, queueName="team-a"))
+
+    def queued() -> dict[str, Any] | None:
+        obj = lft(kubectl, namespace)
+        return obj if (obj.get("status") or {}).get("reason") == "Queued" else None
+
+    obj = wait_for(queued, timeout=PHASE_TIMEOUT, description="reason Queued")
+    assert obj["status"]["phase"] == "Pending", op.log()
+    (job,) = jobs(kubectl, namespace)
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"

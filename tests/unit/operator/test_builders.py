@@ -1,0 +1,342 @@
+"""Pure builders: Jobs from the shared step definitions, Deployment patches, states, conditions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lft_helpers import make_run
+from zthumb_operator import builders as b
+from zthumb_trainer.spec import LoRAFinetuneSpec, SecretKeyRef
+from zthumb_trainer.steps import build_steps
+
+SETTINGS = b.JobSettings(image="registry.example/trainer:1")
+
+
+def jobs_for(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    spec = LoRAFinetuneSpec.from_manifest(run)
+    steps = build_steps(run["metadata"]["name"], spec, spec.storage.mount_path, "http://zthumb.ml.svc:8080")
+    return {s.name: b.build_job(s, run=run, spec=spec, settings=SETTINGS) for s in steps}
+
+
+def container(job: dict[str, Any]) -> dict[str, Any]:
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def test_one_job_per_step_with_the_shared_command_and_args(run: dict[str, Any]) -> None:
+    spec = LoRAFinetuneSpec.from_manifest(run)
+    steps = build_steps("z-style", spec, "/data", "http://zthumb.ml.svc:8080")
+    jobs = jobs_for(run)
+    assert list(jobs) == ["fetch-model", "prepare-dataset", "train", "eval"]
+    for step in steps:
+        c = container(jobs[step.name])
+        assert c["command"] == list(step.command)
+        assert c["args"] == list(step.args)
+        assert [*c["command"], *c["args"]] == step.argv
+        assert jobs[step.name]["metadata"]["name"] == f"z-style-{step.name}"
+
+
+def test_gpu_only_on_train(run: dict[str, Any]) -> None:
+    jobs = jobs_for(run)
+    for name, job in jobs.items():
+        res = container(job)["resources"]
+        has_gpu = "nvidia.com/gpu" in res.get("limits", {})
+        assert has_gpu == (name == "train"), name
+    train = container(jobs["train"])["resources"]
+    assert train["requests"]["nvidia.com/gpu"] == "1" == train["limits"]["nvidia.com/gpu"]
+    pod = jobs["train"]["spec"]["template"]["spec"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert "tolerations" not in jobs["fetch-model"]["spec"]["template"]["spec"]
+
+
+def test_gpu_count_resource_name_node_selector_and_tolerations() -> None:
+    run = make_run(
+        {
+            "resources": {
+                "gpus": 4,
+                "gpuResourceName": "amd.com/gpu",
+                "nodeSelector": {"zthumb.io/pool": "gpu"},
+                "tolerations": [
+                    {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}
+                ],
+            }
+        }
+    )
+    jobs = jobs_for(run)
+    pod = jobs["train"]["spec"]["template"]["spec"]
+    assert container(jobs["train"])["resources"]["limits"]["amd.com/gpu"] == "4"
+    assert pod["nodeSelector"] == {"zthumb.io/pool": "gpu"}
+    keys = [t["key"] for t in pod["tolerations"]]
+    assert keys == ["dedicated", "amd.com/gpu"]
+    # CPU steps run anywhere
+    assert "nodeSelector" not in jobs["prepare-dataset"]["spec"]["template"]["spec"]
+
+
+def test_secret_env_is_a_secret_key_ref_never_a_value() -> None:
+    run = make_run({"baseModel": {"tokenSecretRef": {"name": "hf", "key": "tok"}}})
+    env = container(jobs_for(run)["fetch-model"])["env"]
+    (hf,) = [e for e in env if e["name"] == "HF_TOKEN"]
+    assert hf == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "tok"}}}
+    assert SecretKeyRef(name="hf").key == "token"
+
+
+def test_labels_owner_reference_and_volume(run: dict[str, Any]) -> None:
+    job = jobs_for(run)["train"]
+    meta = job["metadata"]
+    assert meta["labels"]["zthumb.io/run"] == "z-style"
+    assert meta["labels"]["zthumb.io/step"] == "train"
+    assert meta["labels"]["app.kubernetes.io/managed-by"] == "zthumb-operator"
+    assert meta["labels"]["app.kubernetes.io/instance"] == "z-style"
+    assert meta["ownerReferences"] == [
+        {
+            "apiVersion": "zthumb.io/v1alpha1",
+            "kind": "LoRAFinetune",
+            "name": "z-style",
+            "uid": "uid-1",
+            "controller": True,
+        }
+    ]
+    pod = job["spec"]["template"]["spec"]
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "zthumb-data"}} in pod["volumes"]
+    assert {"name": "data", "mountPath": "/data"} in container(job)["volumeMounts"]
+    assert job["spec"]["template"]["metadata"]["labels"]["zthumb.io/step"] == "train"
+    assert job["spec"]["backoffLimit"] == SETTINGS.backoff_limit
+    assert job["spec"]["activeDeadlineSeconds"] == SETTINGS.active_deadline_seconds
+    assert job["spec"]["ttlSecondsAfterFinished"] == SETTINGS.ttl_seconds_after_finished
+    assert "suspend" not in job["spec"]
+
+
+def test_progress_env_from_the_downward_api_only_on_train(run: dict[str, Any]) -> None:
+    jobs = jobs_for(run)
+    env = {e["name"]: e for e in container(jobs["train"])["env"]}
+    assert (
+        env["ZTHUMB_RUN_NAME"]["valueFrom"]["fieldRef"]["fieldPath"]
+        == "metadata.annotations['zthumb.io/run']"
+    )
+    assert env["ZTHUMB_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert jobs["train"]["spec"]["template"]["metadata"]["annotations"]["zthumb.io/run"] == "z-style"
+    assert jobs["train"]["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+    for name in ("fetch-model", "prepare-dataset", "eval"):
+        names = {e["name"] for e in container(jobs[name])["env"]}
+        assert "ZTHUMB_RUN_NAME" not in names
+        assert jobs[name]["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+
+
+def test_restricted_security_context(run: dict[str, Any]) -> None:
+    for job in jobs_for(run).values():
+        pod = job["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        sc = container(job)["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert sc["runAsNonRoot"] is True
+        assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["restartPolicy"] == "Never"
+        for vol in pod["volumes"]:
+            assert set(vol) - {"name"} <= {"persistentVolumeClaim", "emptyDir"}  # no hostPath
+
+
+def test_kueue_queue_label_and_suspend() -> None:
+    job = jobs_for(make_run({"queueName": "team-a"}))["fetch-model"]
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert job["spec"]["suspend"] is True
+
+
+def test_long_names_are_hashed_deterministically_and_bounded() -> None:
+    long_a = "a" * 60 + "-x"
+    long_b = "a" * 60 + "-y"
+    name_a = b.job_name(long_a, "prepare-dataset")
+    assert len(name_a) <= 63
+    assert name_a.endswith("-prepare-dataset")
+    assert name_a == b.job_name(long_a, "prepare-dataset")
+    assert name_a != b.job_name(long_b, "prepare-dataset")
+    assert b.job_name("z-style", "train") == "z-style-train"
+    assert len(b.label_value("r" * 200)) <= 63
+    job = jobs_for(make_run(name="r" * 200))["train"]
+    assert len(job["metadata"]["name"]) <= 63
+    assert all(len(v) <= 63 for v in job["metadata"]["labels"].values())
+    assert job["metadata"]["annotations"]["zthumb.io/run"] == "r" * 200
+
+
+def test_eval_job_calls_the_service_url() -> None:
+    run = make_run({"deploy": {"serviceUrl": "http://other:9000"}})
+    spec = LoRAFinetuneSpec.from_manifest(run)
+    steps = {s.name: s for s in build_steps("z-style", spec, "/data", spec.deploy.service_url or "")}
+    assert "http://other:9000" in steps["eval"].args
+
+
+# --------------------------------------------------------------------------- states
+
+
+def test_job_state_reads_conditions_suspension_and_scheduling() -> None:
+    assert (
+        b.job_state({"status": {"conditions": [{"type": "Complete", "status": "True"}]}}).state == "succeeded"
+    )
+    failed = b.job_state(
+        {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}},
+        [{"status": {"containerStatuses": [{"state": {"terminated": {"message": "CUDA out of memory"}}}]}}],
+    )
+    assert (failed.state, failed.reason) == ("failed", "BackoffLimitExceeded")
+    assert "CUDA out of memory" in failed.message
+    assert b.job_state({"spec": {"suspend": True}}).state == "suspended"
+    pod = {
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z",
+                }
+            ],
+        }
+    }
+    unsched = b.job_state({"spec": {}}, [pod])
+    assert unsched.state == "unschedulable"
+    assert "Insufficient nvidia.com/gpu" in unsched.message
+    assert unsched.since == "2026-01-01T00:00:00Z"
+    assert b.job_state({"spec": {}}, []).state == "running"
+
+
+def test_eval_summary_from_the_termination_message() -> None:
+    pods = [
+        {
+            "status": {
+                "containerStatuses": [
+                    {"state": {"terminated": {"message": '{"images": 8, "x": "s", "d": 0.5}'}}}
+                ]
+            }
+        }
+    ]
+    assert b.eval_summary(pods) == {"images": 8.0, "d": 0.5}
+    assert b.eval_summary([{"status": {}}]) is None
+
+
+# --------------------------------------------------------------------------- Deployment
+
+
+DEPLOYMENT: dict[str, Any] = {
+    "metadata": {"name": "zthumb", "generation": 3, "resourceVersion": "10", "annotations": {}},
+    "spec": {
+        "replicas": 2,
+        "template": {
+            "spec": {
+                "containers": [
+                    {
+                        "name": "zthumb",
+                        "env": [
+                            {"name": "ZTHUMB_BACKEND", "value": "full"},
+                            {"name": "Z_LORA_PATH", "value": "/data/models/lora/old"},
+                        ],
+                    },
+                    {"name": "sidecar", "env": [{"name": "Z_LORA_PATH", "value": "nope"}]},
+                ]
+            }
+        },
+    },
+}
+
+
+def test_env_values_of_the_target_container_only() -> None:
+    assert b.lora_env_values(DEPLOYMENT, "zthumb") == {"Z_LORA_PATH": "/data/models/lora/old"}
+    assert b.container_env(DEPLOYMENT, "missing") is None
+
+
+def test_deployment_patch_sets_and_deletes_env_by_name() -> None:
+    patch = b.deployment_env_patch("zthumb", {"Z_LORA_PATH": "/data/models/lora/z", "Z_LORA_SCALE": None})
+    assert patch == {
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "zthumb",
+                            "env": [
+                                {"name": "Z_LORA_PATH", "value": "/data/models/lora/z"},
+                                {"name": "Z_LORA_SCALE", "$patch": "delete"},
+                            ],
+                        }
+                    ]
+                }
+            }
+        }
+    }
+
+
+def test_lock_patch_is_conditional() -> None:
+    patch = b.deployment_env_patch("zthumb", {}, lock_owner="run-a", resource_version="10")
+    assert patch == {
+        "metadata": {"annotations": {b.ROLLOUT_OWNER_ANNOTATION: "run-a"}, "resourceVersion": "10"}
+    }
+    release = b.deployment_env_patch("zthumb", {}, lock_owner=None)
+    assert release == {"metadata": {"annotations": {b.ROLLOUT_OWNER_ANNOTATION: None}}}
+
+
+def rollout(**status: Any) -> dict[str, Any]:
+    return {"spec": {"replicas": 2}, "status": status}
+
+
+def test_rollout_state_like_kubectl_rollout_status() -> None:
+    assert not b.rollout_state(rollout(observedGeneration=3), 4).done
+    assert not b.rollout_state(rollout(observedGeneration=4, updatedReplicas=1, replicas=2), 4).done
+    assert not b.rollout_state(
+        rollout(observedGeneration=4, updatedReplicas=2, replicas=3, availableReplicas=2), 4
+    ).done
+    assert not b.rollout_state(
+        rollout(observedGeneration=4, updatedReplicas=2, replicas=2, availableReplicas=1), 4
+    ).done
+    assert b.rollout_state(
+        rollout(observedGeneration=4, updatedReplicas=2, replicas=2, availableReplicas=2), 4
+    ).done
+    stuck = rollout(
+        observedGeneration=4,
+        conditions=[
+            {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "x"}
+        ],
+    )
+    assert b.rollout_state(stuck, 4).failed
+
+
+# --------------------------------------------------------------------------- conditions
+
+
+def test_set_condition_keeps_transition_time_when_status_is_unchanged() -> None:
+    conds = b.set_condition([], "Ready", "False", "Running", "m1", generation=1, now="T1")
+    conds = b.set_condition(conds, "Ready", "False", "Other", "m2", generation=1, now="T2")
+    assert conds == [
+        {
+            "type": "Ready",
+            "status": "False",
+            "reason": "Other",
+            "message": "m2",
+            "lastTransitionTime": "T1",
+            "observedGeneration": 1,
+        }
+    ]
+    conds = b.set_condition(conds, "Ready", "True", "Succeeded", "m3", generation=2, now="T3")
+    assert conds[0]["lastTransitionTime"] == "T3"
+    assert conds[0]["observedGeneration"] == 2
+
+
+def test_transition_sets_ready_times_and_generation() -> None:
+    first = b.transition({}, phase="Downloading", reason="Running", message="m", generation=1, now="T1")
+    assert first["startTime"] == "T1"
+    assert "completionTime" not in first
+    assert b.get_condition(first["conditions"], "Ready")["status"] == "False"
+    done = b.transition(
+        first,
+        phase="Succeeded",
+        reason="Succeeded",
+        message="ok",
+        generation=1,
+        now="T2",
+        step_conditions={"Evaluated": ("True", "Completed", "ok")},
+    )
+    assert done["completionTime"] == "T2"
+    assert "startTime" not in done
+    assert b.condition_true(done["conditions"], "Ready")
+    assert b.condition_true(done["conditions"], "Evaluated")
+    assert done["observedGeneration"] == 1

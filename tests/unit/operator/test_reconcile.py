@@ -1,0 +1,456 @@
+"""The state machine against an in-memory fake of the API (no cluster)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from typing import Any
+
+import pytest
+from lft_helpers import make_run
+from zthumb_operator import builders as b
+from zthumb_operator.api import ConflictError
+from zthumb_operator.config import OperatorConfig
+from zthumb_operator.reconcile import Controller
+
+KEY = ("ml", "z-style")
+
+
+def merge(target: dict[str, Any], patch: dict[str, Any]) -> None:
+    for k, v in patch.items():
+        if v is None:
+            target.pop(k, None)
+        elif isinstance(v, dict) and isinstance(target.get(k), dict):
+            merge(target[k], v)
+        else:
+            target[k] = copy.deepcopy(v)
+
+
+class FakeApi:
+    def __init__(self) -> None:
+        self.rv = 100
+        self.runs: dict[tuple[str, str], dict[str, Any]] = {}
+        self.jobs: dict[tuple[str, str], dict[str, Any]] = {}
+        self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
+        self.events: list[tuple[str, str, str]] = []
+        self.creates: list[str] = []
+        self.deleted: list[str] = []
+        self.pods: dict[str, list[dict[str, Any]]] = {}
+
+    def bump(self, obj: dict[str, Any]) -> None:
+        self.rv += 1
+        obj["metadata"]["resourceVersion"] = str(self.rv)
+
+    async def create_job(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        key = (namespace, body["metadata"]["name"])
+        if key in self.jobs:
+            raise ConflictError("AlreadyExists")
+        job = copy.deepcopy(body)
+        job["status"] = {}
+        self.bump(job)
+        self.jobs[key] = job
+        self.creates.append(key[1])
+        return copy.deepcopy(job)
+
+    async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        job = self.jobs.get((namespace, name))
+        return copy.deepcopy(job) if job else None
+
+    async def delete_job(self, namespace: str, name: str) -> None:
+        self.jobs.pop((namespace, name), None)
+        self.deleted.append(name)
+
+    async def list_job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        return self.pods.get(job, [])
+
+    async def patch_run_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        run = self.runs[(namespace, name)]
+        run.setdefault("status", {})
+        merge(run["status"], status)
+        self.bump(run)
+        return copy.deepcopy(run)
+
+    async def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        d = self.deployments.get((namespace, name))
+        return copy.deepcopy(d) if d else None
+
+    async def patch_deployment(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        d = self.deployments[(namespace, name)]
+        meta = patch.get("metadata") or {}
+        if meta.get("resourceVersion") and meta["resourceVersion"] != d["metadata"]["resourceVersion"]:
+            raise ConflictError("the object has been modified")
+        annotations = d["metadata"].setdefault("annotations", {})
+        for k, v in (meta.get("annotations") or {}).items():
+            if v is None:
+                annotations.pop(k, None)
+            else:
+                annotations[k] = v
+        before = copy.deepcopy(d["spec"])
+        for c_patch in patch.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+            (c,) = [c for c in d["spec"]["template"]["spec"]["containers"] if c["name"] == c_patch["name"]]
+            env = c.setdefault("env", [])
+            for e in c_patch.get("env", []):
+                env[:] = [x for x in env if x["name"] != e["name"]]
+                if e.get("$patch") != "delete":
+                    env.append(e)
+        if d["spec"] != before:
+            d["metadata"]["generation"] += 1
+        self.bump(d)
+        return copy.deepcopy(d)
+
+    async def post_event(self, run: dict[str, Any], type_: str, reason: str, message: str, now: str) -> None:
+        self.events.append((type_, reason, message))
+
+
+def deployment(env: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": "zthumb",
+            "namespace": "ml",
+            "generation": 1,
+            "resourceVersion": "5",
+            "annotations": {},
+        },
+        "spec": {
+            "replicas": 1,
+            "template": {
+                "spec": {
+                    "containers": [
+                        {"name": "zthumb", "env": env or [{"name": "ZTHUMB_BACKEND", "value": "full"}]}
+                    ]
+                }
+            },
+        },
+        "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1},
+    }
+
+
+class Harness:
+    def __init__(self, spec: dict[str, Any] | None = None, **config: Any) -> None:
+        self.api = FakeApi()
+        self.now = 1_800_000_000.0
+        cfg = {"simulated_eval_summary": {"images": 8}, **config}
+        self.controller = Controller(OperatorConfig(**cfg), self.api, clock=lambda: self.now)
+        self.api.deployments[("ml", "zthumb")] = deployment(
+            [{"name": "Z_LORA_PATH", "value": "/data/models/lora/old"}]
+        )
+        self.add_run(make_run(spec or {"dataset": {"triggerWord": "z"}}))
+
+    def add_run(self, run: dict[str, Any]) -> None:
+        key = (run["metadata"]["namespace"], run["metadata"]["name"])
+        self.api.runs[key] = run
+        self.controller.runs[key] = copy.deepcopy(run)
+
+    def reconcile(self, key: tuple[str, str] = KEY) -> float | None:
+        async def go() -> float | None:
+            # jobs reach the cache through watch events in the real operator
+            for jkey, job in self.api.jobs.items():
+                self.controller.jobs[jkey] = copy.deepcopy(job)
+            for jkey in list(self.controller.jobs):
+                if jkey not in self.api.jobs:
+                    self.controller.jobs.pop(jkey)
+            return await self.controller.reconcile(key)
+
+        return asyncio.run(go())
+
+    def status(self, key: tuple[str, str] = KEY) -> dict[str, Any]:
+        return self.api.runs[key].get("status") or {}
+
+    def complete(self, step: str, run: str = "z-style") -> None:
+        job = self.api.jobs[("ml", b.job_name(run, step))]
+        job["status"] = {
+            "conditions": [{"type": "Complete", "status": "True"}],
+            "startTime": "2026-01-01T00:00:00Z",
+            "completionTime": "2026-01-01T00:00:05Z",
+        }
+        self.api.bump(job)
+
+    def rollout_done(self) -> None:
+        d = self.api.deployments[("ml", "zthumb")]
+        d["status"] = {
+            "observedGeneration": d["metadata"]["generation"],
+            "replicas": 1,
+            "updatedReplicas": 1,
+            "availableReplicas": 1,
+        }
+
+
+def test_happy_path_through_every_phase() -> None:
+    h = Harness()
+    h.reconcile()
+    assert h.api.creates == ["z-style-fetch-model"]
+    assert h.status()["phase"] == "Downloading"
+    assert h.status()["jobs"] == {"fetch-model": "z-style-fetch-model"}
+    h.complete("fetch-model")
+    h.reconcile()
+    assert h.status()["phase"] == "PreparingDataset"
+    h.complete("prepare-dataset")
+    h.reconcile()
+    assert h.status()["phase"] == "Training"
+    assert h.status()["progress"] == {"step": 0, "totalSteps": 1000, "percent": 0}
+    h.complete("train")
+    h.reconcile()  # deploy: lock, previous values, patch
+    st = h.status()
+    assert st["phase"] == "Deploying"
+    assert st["deploy"]["previousEnv"] == {"Z_LORA_PATH": "/data/models/lora/old"}
+    assert st["progress"]["percent"] == 100
+    d = h.api.deployments[("ml", "zthumb")]
+    assert d["metadata"]["annotations"][b.ROLLOUT_OWNER_ANNOTATION] == "z-style"
+    env = {e["name"]: e["value"] for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["Z_LORA_PATH"] == "/data/models/lora/z-style"
+    assert env["Z_LORA_SCALE"] == "0.8"
+    assert st["adapterPath"] == "/data/models/lora/z-style"
+    h.rollout_done()
+    h.reconcile()
+    assert b.ROLLOUT_OWNER_ANNOTATION not in d["metadata"]["annotations"]  # lock released
+    assert h.status()["phase"] == "Evaluating"
+    assert (
+        "http://zthumb.ml.svc:8080"
+        in h.api.jobs[("ml", "z-style-eval")]["spec"]["template"]["spec"]["containers"][0]["args"]
+    )
+    h.complete("eval")
+    h.reconcile()
+    st = h.status()
+    assert st["phase"] == "Succeeded"
+    assert st["evalSummary"] == {"images": 8}
+    assert st["reportPath"] == "/data/outputs/lora_eval/z-style/report.md"
+    assert st["completionTime"]
+    for ctype in ("Ready", "ModelFetched", "DatasetPrepared", "Trained", "Deployed", "Evaluated"):
+        assert b.condition_true(st["conditions"], ctype), ctype
+    assert h.api.creates == [
+        "z-style-fetch-model",
+        "z-style-prepare-dataset",
+        "z-style-train",
+        "z-style-eval",
+    ]
+    reasons = [r for _, r, _ in h.api.events]
+    for reason in (
+        "Accepted",
+        "JobCreated",
+        "TrainCompleted",
+        "RolloutStarted",
+        "DeployCompleted",
+        "Succeeded",
+    ):
+        assert reason in reasons
+    # terminal: nothing more happens
+    assert h.reconcile() is None
+
+
+def test_completed_steps_are_never_rerun_even_when_their_job_is_gone() -> None:
+    h = Harness()
+    h.reconcile()
+    h.complete("fetch-model")
+    h.reconcile()
+    del h.api.jobs[("ml", "z-style-fetch-model")]  # TTL after finished
+    h.reconcile()
+    assert h.api.creates.count("z-style-fetch-model") == 1
+
+
+def test_existing_job_is_adopted_never_duplicated() -> None:
+    h = Harness()
+    # A Job from before a restart that the (cold) cache does not know about yet.
+    asyncio.run(
+        h.api.create_job(
+            "ml", {"metadata": {"name": "z-style-fetch-model", "ownerReferences": [{"uid": "uid-1"}]}}
+        )
+    )
+    h.api.creates.clear()
+
+    async def cold() -> None:
+        await h.controller.reconcile(KEY)
+
+    asyncio.run(cold())
+    assert h.api.creates == []
+    assert h.status()["jobs"] == {"fetch-model": "z-style-fetch-model"}
+    assert h.status()["phase"] == "Downloading"
+
+
+def test_job_of_an_earlier_run_with_the_same_name_is_waited_for() -> None:
+    import kopf
+
+    h = Harness()
+    asyncio.run(
+        h.api.create_job(
+            "ml", {"metadata": {"name": "z-style-fetch-model", "ownerReferences": [{"uid": "old"}]}}
+        )
+    )
+    with pytest.raises(kopf.TemporaryError):
+        h.reconcile()
+
+
+def unschedulable(h: Harness, step: str, since: str) -> None:
+    h.controller.pods[("ml", b.job_name("z-style", step))] = {
+        "p": {
+            "status": {
+                "phase": "Pending",
+                "conditions": [
+                    {
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "Unschedulable",
+                        "message": "0/3 nodes are available: 2 Insufficient nvidia.com/gpu.",
+                        "lastTransitionTime": since,
+                    }
+                ],
+            }
+        }
+    }
+
+
+def to_training(h: Harness) -> None:
+    h.reconcile()
+    h.complete("fetch-model")
+    h.reconcile()
+    h.complete("prepare-dataset")
+    h.reconcile()
+
+
+def test_unschedulable_stays_pending_with_the_scheduler_message_then_fails_at_the_deadline() -> None:
+    h = Harness({"resources": {"gpus": 16}}, unschedulable_deadline_seconds=600)
+    to_training(h)
+    unschedulable(h, "train", b.format_time(h.now))
+    delay = h.reconcile()
+    st = h.status()
+    assert st["phase"] == "Pending"
+    assert st["reason"] == "Unschedulable"
+    cond = b.get_condition(st["conditions"], "Scheduled")
+    assert cond["status"] == "False" and "Insufficient nvidia.com/gpu" in cond["message"]
+    assert delay == pytest.approx(600)
+    h.now += 601
+    h.reconcile()
+    st = h.status()
+    assert st["phase"] == "Failed"
+    assert st["reason"] == "Unschedulable"
+    assert "z-style-train" in h.api.deleted
+
+
+def test_failed_train_job_fails_the_run_with_a_reason() -> None:
+    h = Harness()
+    to_training(h)
+    job = h.api.jobs[("ml", "z-style-train")]
+    job["status"] = {
+        "conditions": [
+            {
+                "type": "Failed",
+                "status": "True",
+                "reason": "BackoffLimitExceeded",
+                "message": "Job has reached the specified backoff limit",
+            }
+        ]
+    }
+    h.reconcile()
+    st = h.status()
+    assert (st["phase"], st["reason"]) == ("Failed", "TrainFailed")
+    assert "BackoffLimitExceeded" in st["message"]
+    assert b.get_condition(st["conditions"], "Trained")["status"] == "False"
+    assert b.get_condition(st["conditions"], "Ready")["reason"] == "TrainFailed"
+    assert ("Warning", "TrainFailed") in [(t, r) for t, r, _ in h.api.events]
+
+
+def test_kueue_suspended_job_is_pending_queued() -> None:
+    h = Harness({"queueName": "team-a"})
+    h.reconcile()
+    st = h.status()
+    assert (st["phase"], st["reason"]) == ("Pending", "Queued")
+    assert h.api.jobs[("ml", "z-style-fetch-model")]["spec"]["suspend"] is True
+
+
+def test_rollout_timeout_restores_the_previous_adapter() -> None:
+    h = Harness({"deploy": {"rolloutTimeoutSeconds": 30}})
+    to_training(h)
+    h.complete("train")
+    h.reconcile()
+    d = h.api.deployments[("ml", "zthumb")]
+    d["status"] = {
+        "observedGeneration": d["metadata"]["generation"],
+        "replicas": 2,
+        "updatedReplicas": 1,
+        "availableReplicas": 1,
+    }
+    h.now += 10
+    h.reconcile()
+    assert h.status()["phase"] == "Deploying"
+    h.now += 31
+    h.reconcile()
+    st = h.status()
+    assert (st["phase"], st["reason"]) == ("Failed", "RolloutFailed")
+    assert st["deploy"]["rolledBack"] is True
+    env = {e["name"]: e["value"] for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["Z_LORA_PATH"] == "/data/models/lora/old"
+    assert "Z_LORA_SCALE" not in env  # was not set before: removed again
+    assert b.ROLLOUT_OWNER_ANNOTATION not in d["metadata"]["annotations"]
+
+
+def test_rollouts_of_one_deployment_are_serialized() -> None:
+    h = Harness()
+    other = make_run({"dataset": {"triggerWord": "q"}}, name="other")
+    other["metadata"]["uid"] = "uid-2"
+    other["status"] = {"phase": "Deploying"}
+    h.add_run(other)
+    h.api.deployments[("ml", "zthumb")]["metadata"]["annotations"][b.ROLLOUT_OWNER_ANNOTATION] = "other"
+    to_training(h)
+    h.complete("train")
+    h.reconcile()
+    st = h.status()
+    assert (st["phase"], st["reason"]) == ("Deploying", "WaitingForRollout")
+    assert "other" in st["message"]
+    # the owner finishes: its lock is stale and is taken over
+    h.controller.runs[("ml", "other")]["status"] = {"phase": "Succeeded"}
+    h.reconcile()
+    d = h.api.deployments[("ml", "zthumb")]
+    assert d["metadata"]["annotations"][b.ROLLOUT_OWNER_ANNOTATION] == "z-style"
+    assert h.status()["deploy"]["patchedGeneration"] == 2
+
+
+def test_invalid_spec_fails_without_crash_looping() -> None:
+    h = Harness()
+    h.controller.runs[KEY]["spec"]["training"]["rank"] = 0  # bypassing the API server's validation
+    assert h.reconcile() is None
+    st = h.status()
+    assert (st["phase"], st["reason"]) == ("Failed", "InvalidSpec")
+    assert "spec.training.rank" in st["message"]
+
+
+def test_deploy_disabled_ends_after_training() -> None:
+    h = Harness({"deploy": {"enabled": False}, "eval": {"enabled": False}})
+    to_training(h)
+    h.complete("train")
+    h.reconcile()
+    assert h.status()["phase"] == "Succeeded"
+    assert "z-style-eval" not in h.api.creates
+
+
+def test_events_coalesce_into_one_reconcile_per_run() -> None:
+    h = Harness()
+    calls: list[tuple[str, str]] = []
+
+    async def go() -> None:
+        async def fake(key: tuple[str, str]) -> None:
+            calls.append(key)
+            await asyncio.sleep(0)
+
+        h.controller.reconcile = fake  # type: ignore[assignment,method-assign]
+        run = copy.deepcopy(h.api.runs[KEY])
+        for _ in range(5):
+            h.controller.on_run_event("MODIFIED", run)
+        await h.controller.idle()
+
+    asyncio.run(go())
+    assert calls == [KEY]
+
+
+def test_progress_percent_is_derived_from_the_train_pods_reports() -> None:
+    h = Harness()
+    to_training(h)
+    # the train pod merge-patches step/totalSteps/loss/etaSeconds
+    h.api.runs[KEY]["status"]["progress"] = {"step": 250, "totalSteps": 1000, "loss": 0.1, "etaSeconds": 60}
+    h.controller.runs[KEY] = copy.deepcopy(h.api.runs[KEY])
+    h.reconcile()
+    assert h.status()["progress"] == {
+        "step": 250,
+        "totalSteps": 1000,
+        "loss": 0.1,
+        "etaSeconds": 60,
+        "percent": 25,
+    }
