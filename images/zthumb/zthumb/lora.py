@@ -10,7 +10,12 @@ Where an adapter may come from
 
 Which formats load
     diffusers/PEFT files (``unet.…lora_A/lora_B`` or ``…lora.down/up``) and kohya/A1111 files
-    (``lora_unet_…lora_down/lora_up`` + ``alpha``): ``load_lora_weights`` converts them.
+    (``lora_unet_…lora_down/lora_up`` + ``alpha``): diffusers' ``lora_state_dict`` converts them.
+    diffusers files may carry their PEFT ``LoraConfig`` (``lora_alpha``, ``r``, … per component)
+    as JSON under ``lora_adapter_metadata`` in the safetensors header (``save_lora_weights(…,
+    unet_lora_adapter_metadata=…)``, the trainer's export); it is parsed out of the same bytes
+    and honoured, so an adapter trained with alpha ≠ rank keeps its alpha/rank scaling. kohya
+    files carry their alphas as tensors instead.
 
 How a replaced file is noticed without reading it
     Each adapter is identified by (resolved path, sha256 of the file). Hashing a file on every
@@ -27,11 +32,13 @@ How a replaced file is noticed without reading it
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import struct
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from zthumb.errors import AdapterLoadError, AdapterNotFoundError, AdapterRefusedError
 
@@ -44,6 +51,37 @@ ADAPTER_FILE = "pytorch_lora_weights.safetensors"
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}
 
 Fingerprint = tuple[int, int, int, int, int]
+
+
+class AdapterWeights(NamedTuple):
+    """An adapter file as read: its tensors, diffusers' adapter metadata, and the sha256 of the bytes."""
+
+    state_dict: dict[str, torch.Tensor]
+    metadata: dict[str, Any] | None  # the file's ``lora_adapter_metadata`` (None when it has none)
+    sha256: str
+
+
+def lora_adapter_metadata(data: bytes) -> dict[str, Any] | None:
+    """diffusers' LoRA adapter metadata from the header of safetensors ``data`` (None if absent).
+
+    What ``diffusers.utils.state_dict_utils._load_sft_state_dict_metadata`` reads from a file
+    (which it can only open by path): the header's ``__metadata__`` minus ``format``, then the
+    JSON string under ``lora_adapter_metadata``, if any. The header is an 8-byte little-endian
+    length followed by that many bytes of JSON.
+    """
+    from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
+
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    metadata = dict(header.get("__metadata__") or {})
+    metadata.pop("format", None)
+    raw = metadata.get(LORA_ADAPTER_METADATA_KEY)
+    if not raw:
+        return None
+    parsed = json.loads(raw)
+    if parsed is not None and not isinstance(parsed, dict):
+        raise ValueError(f"{LORA_ADAPTER_METADATA_KEY} is not a JSON object")
+    return parsed
 
 
 def _fingerprint(path: Path) -> Fingerprint:
@@ -64,8 +102,8 @@ class AdapterRef:
     def key(self) -> tuple[str, str]:
         return (str(self.file), self.sha256)
 
-    def read(self) -> tuple[dict[str, torch.Tensor], str]:
-        """Read the weights once; returns them with the sha256 of exactly those bytes."""
+    def read(self) -> AdapterWeights:
+        """Read the weights once; returns them, their metadata and the sha256 of exactly those bytes."""
         return self.files.read(self.file)
 
 
@@ -172,8 +210,8 @@ class AdapterFiles:
         self.hash_reads += 1
         return digest.hexdigest()
 
-    def read(self, file: Path) -> tuple[dict[str, torch.Tensor], str]:
-        """Read and parse the file in one go; the sha256 is of the bytes parsed."""
+    def read(self, file: Path) -> AdapterWeights:
+        """Read and parse the file in one go; the sha256 is of the bytes parsed (tensors and header)."""
         from safetensors.torch import load as load_safetensors
 
         before = _fingerprint(file)
@@ -191,4 +229,10 @@ class AdapterFiles:
             ) from exc
         if not state_dict:
             raise AdapterLoadError(f"{file.name} holds no tensors", field="lora_path")
-        return state_dict, digest
+        try:
+            metadata = lora_adapter_metadata(data)
+        except (ValueError, struct.error) as exc:  # json.JSONDecodeError is a ValueError
+            raise AdapterLoadError(
+                f"{file.name} has unreadable LoRA adapter metadata: {exc}", field="lora_path"
+            ) from exc
+        return AdapterWeights(state_dict, metadata, digest)

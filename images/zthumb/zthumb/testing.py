@@ -2,27 +2,53 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
-def random_lora_state_dicts(unet_dir: Path, seeds: list[int], rank: int = 4) -> list[dict[str, Any]]:
+def lora_config(rank: int = 4, alpha: int | None = None) -> Any:
+    """The PEFT ``LoraConfig`` of the test adapters (``alpha`` defaults to ``rank``: scale 1)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=rank,
+        lora_alpha=rank if alpha is None else alpha,
+        target_modules=TARGET_MODULES,
+        init_lora_weights=False,
+    )
+
+
+def adapter_metadata(config: Any) -> dict[str, Any]:
+    """A ``LoraConfig`` as the plain-JSON adapter metadata ``save_lora_weights`` writes to the header.
+
+    PEFT config dicts hold sets and enums; like the trainer's export, sets become sorted lists.
+    """
+    return json.loads(
+        json.dumps(
+            config.to_dict(), default=lambda value: sorted(value) if isinstance(value, set) else str(value)
+        )
+    )
+
+
+def random_lora_state_dicts(
+    unet_dir: Path, seeds: list[int], rank: int = 4, alpha: int | None = None
+) -> list[dict[str, Any]]:
     """PEFT-made LoRAs on the UNet in ``unet_dir`` with random (non-zero) weights, diffusers keys.
 
-    The UNet is loaded once; each seed re-draws the adapter's weights.
+    The UNet is loaded once; each seed re-draws the adapter's weights. The state dict does not
+    hold ``alpha``: a file written from it needs ``adapter_metadata(lora_config(rank, alpha))``
+    for an alpha other than the rank to apply.
     """
     import torch
     from diffusers import UNet2DConditionModel
     from diffusers.utils import convert_state_dict_to_diffusers
-    from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
     unet = UNet2DConditionModel.from_pretrained(str(unet_dir), local_files_only=True)
-    unet.add_adapter(
-        LoraConfig(r=rank, lora_alpha=rank, target_modules=TARGET_MODULES, init_lora_weights=False)
-    )
+    unet.add_adapter(lora_config(rank, alpha))
     states = []
     for seed in seeds:
         generator = torch.Generator().manual_seed(seed)
@@ -37,17 +63,27 @@ def random_lora_state_dicts(unet_dir: Path, seeds: list[int], rank: int = 4) -> 
     return states
 
 
-def random_lora_state_dict(unet_dir: Path, seed: int, rank: int = 4) -> dict[str, Any]:
+def random_lora_state_dict(
+    unet_dir: Path, seed: int, rank: int = 4, alpha: int | None = None
+) -> dict[str, Any]:
     """One random LoRA (see ``random_lora_state_dicts``)."""
-    return random_lora_state_dicts(unet_dir, [seed], rank)[0]
+    return random_lora_state_dicts(unet_dir, [seed], rank, alpha)[0]
 
 
-def write_diffusers_lora(state: dict[str, Any], directory: Path) -> Path:
-    """A diffusers LoRA directory (``pytorch_lora_weights.safetensors``), like the trainer's export."""
+def write_diffusers_lora(
+    state: dict[str, Any], directory: Path, metadata: dict[str, Any] | None = None
+) -> Path:
+    """A diffusers LoRA directory (``pytorch_lora_weights.safetensors``), like the trainer's export.
+
+    ``metadata`` (see ``adapter_metadata``) goes into the safetensors header as the UNet's
+    ``lora_adapter_metadata``.
+    """
     from diffusers import StableDiffusionXLPipeline
 
     directory.mkdir(parents=True, exist_ok=True)
-    StableDiffusionXLPipeline.save_lora_weights(str(directory), unet_lora_layers=state)
+    StableDiffusionXLPipeline.save_lora_weights(
+        str(directory), unet_lora_layers=state, unet_lora_adapter_metadata=metadata
+    )
     return directory
 
 

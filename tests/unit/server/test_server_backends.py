@@ -123,3 +123,56 @@ def test_fast_adapter_switch_matches_set_adapters(full_backend, lora_root):
     full_backend.pipe.set_adapters([name_b], [0.6])
     full_backend._active = (name_b, 0.6)
     assert np.array_equal(_image(full_backend), fast)
+
+
+@pytest.mark.filterwarnings("ignore:Already found a `peft_config` attribute")
+def test_adapter_metadata_alpha_not_equal_to_rank_matches_diffusers(tiny_model, full_backend, tmp_path):
+    """r=4, lora_alpha=16 in the safetensors header: the server applies alpha/r = 4 like diffusers.
+
+    The reference is diffusers' own ``load_lora_weights(<directory>)`` on a plain pipeline, run
+    through the same generation code (compel + pipeline call) at the same scale and seed; a load
+    of the bare state dict (the metadata ignored, so alpha = rank) gives another image.
+    """
+    from types import SimpleNamespace
+
+    from compel import CompelForSDXL
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors.torch import load_file
+    from zthumb.backends import Backend, GenerationParams
+    from zthumb.lora import ADAPTER_FILE, AdapterFiles
+    from zthumb.testing import adapter_metadata, lora_config, random_lora_state_dict, write_diffusers_lora
+
+    rank, alpha, scale = 4, 16, 0.7
+    unet_dir = tiny_model.diffusers_dir / "unet"
+    state = random_lora_state_dict(unet_dir, seed=3, rank=rank, alpha=alpha)
+    root = tmp_path / "lora"
+    directory = write_diffusers_lora(state, root / "alpha16", adapter_metadata(lora_config(rank, alpha)))
+
+    files = AdapterFiles(root)
+    ref = files.ref("alpha16")
+    weights = ref.read()
+    assert weights.sha256 == ref.sha256
+    assert (weights.metadata["unet.r"], weights.metadata["unet.lora_alpha"]) == (rank, alpha)
+
+    applied = full_backend.apply_adapter(ref, scale)
+    assert applied.active and applied.hit is False
+    try:
+        served = _image(full_backend)
+    finally:
+        full_backend.apply_adapter(None, 0.0)
+
+    plain = StableDiffusionXLPipeline.from_pretrained(
+        str(tiny_model.diffusers_dir), dtype=torch.float32, local_files_only=True, use_safetensors=True
+    )
+    plain.set_progress_bar_config(disable=True)
+    plain.load_lora_weights(str(directory), adapter_name="from_file")
+    plain.load_lora_weights(load_file(str(directory / ADAPTER_FILE)), adapter_name="no_metadata")
+    stand_in = SimpleNamespace(pipe=plain, compel=CompelForSDXL(plain, device="cpu"))
+    params = GenerationParams(**PARAMS, steps=2, guidance_scale=6.0, num_images=1)
+
+    def plain_image(name: str) -> np.ndarray:
+        plain.set_adapters([name], [scale])
+        return np.asarray(Backend.generate(stand_in, params)[0].convert("RGB"))
+
+    assert np.array_equal(served, plain_image("from_file"))
+    assert np.abs(served.astype(int) - plain_image("no_metadata").astype(int)).mean() > 1.0

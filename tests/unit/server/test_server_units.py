@@ -69,8 +69,36 @@ def test_adapter_fingerprint_avoids_rehashing(lora_root, tmp_path):
     shutil.copy(lora_root / "kohya_a.safetensors", root / "x.safetensors")  # in-place rewrite
     second = files.ref("x.safetensors")
     assert second.sha256 != first.sha256 and files.hash_reads == 2
-    state, sha = second.read()
-    assert sha == second.sha256 and state
+    state, metadata, sha = second.read()
+    assert sha == second.sha256 and state and metadata is None  # kohya: alphas are tensors
+
+
+def test_adapter_metadata_is_parsed_from_the_bytes_like_diffusers(lora_root, lora_states, tmp_path):
+    import torch
+    from diffusers.utils.state_dict_utils import _load_sft_state_dict_metadata
+    from safetensors.torch import save_file
+    from zthumb.errors import AdapterLoadError
+    from zthumb.lora import AdapterFiles, lora_adapter_metadata
+    from zthumb.testing import adapter_metadata, lora_config, write_diffusers_lora
+
+    write_diffusers_lora(lora_states["a"], tmp_path / "alpha", adapter_metadata(lora_config(4, 16)))
+    files = [
+        tmp_path / "alpha" / "pytorch_lora_weights.safetensors",
+        lora_root / "b.safetensors",
+        lora_root / "kohya_a.safetensors",
+    ]
+    for file in files:
+        assert lora_adapter_metadata(file.read_bytes()) == _load_sft_state_dict_metadata(str(file))
+    weights = AdapterFiles(tmp_path).ref("alpha").read()
+    assert (weights.metadata["unet.r"], weights.metadata["unet.lora_alpha"]) == (4, 16)
+
+    save_file(
+        {"unet.x.lora_A.weight": torch.zeros(2, 2)},
+        str(tmp_path / "broken.safetensors"),
+        metadata={"lora_adapter_metadata": "{not json"},
+    )
+    with pytest.raises(AdapterLoadError, match="adapter metadata"):
+        AdapterFiles(tmp_path).ref("broken.safetensors").read()
 
 
 def test_adapter_confinement_unit(lora_root, tmp_path):

@@ -86,7 +86,8 @@ def test_report_pairs_differences_and_summary(tmp_path, monkeypatch):
     assert "![a photo of zt seed 0](pairs/p0-s0.png)" in report
     assert "sha256 `" + "ee" * 32 in report
     with Image.open(output / "pairs" / "p1-s1.png") as pair:
-        assert pair.width == 128 and pair.height > 64
+        # Two 64 px images, enlarged 4x to be seen, side by side under a label band.
+        assert pair.width == 2 * 256 + 6 and pair.height > 256
     assert json.loads((output / "summary.json").read_text())["pairs"][0]["latency_s"]
     assert json.loads((tmp_path / "termination-log").read_text())["requests"] == 8
     assert not [p for p in output.parent.iterdir() if p.name.startswith(".")]

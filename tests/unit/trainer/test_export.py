@@ -110,12 +110,6 @@ def test_export_replaces_an_older_adapter_without_leftovers(trained, tiny_model)
     assert sorted(p.name for p in directory.parent.iterdir()) == ["style"]
 
 
-@pytest.mark.xfail(
-    reason="zthumb.backends.base._load_adapter passes an in-memory state dict to load_lora_weights, which "
-    "drops the safetensors adapter metadata, so alpha != rank is applied as alpha == rank "
-    "(reported to the lead)",
-    strict=False,
-)
 def test_the_servers_loader_loads_the_export_with_the_same_effect(tiny_model, trained):
     """The ZThumb server's own adapter path (confinement, cache, load_lora_weights) on our export."""
     pytest.importorskip("zthumb.backends.full")

@@ -1,6 +1,7 @@
 """The backend base class: loads a pipeline in ``__init__``, generates in ``generate``.
 
-``Backend.apply_adapter`` is the one and only place where LoRA weights enter a pipeline.
+``Backend.apply_adapter`` is the one and only place where LoRA weights enter a pipeline (through
+``_load_adapter`` → ``_inject_lora``).
 """
 
 from __future__ import annotations
@@ -261,16 +262,16 @@ class Backend:
             layer.set_scale(name, scale)
 
     def _load_adapter(self, adapter: AdapterRef) -> tuple[str, AdapterRef]:
-        state_dict, sha256 = adapter.read()
-        if sha256 != adapter.sha256:  # replaced between the stat and the read: trust the bytes
-            adapter = replace(adapter, sha256=sha256)
+        weights = adapter.read()
+        if weights.sha256 != adapter.sha256:  # replaced between the stat and the read: trust the bytes
+            adapter = replace(adapter, sha256=weights.sha256)
         self._counter += 1
         name = f"zthumb_{self._counter}"
         try:
             with warnings.catch_warnings():
                 # PEFT warns that a model holding adapters gets another one: that is the cache.
                 warnings.filterwarnings("ignore", message=".*peft_config.*multiple adapters.*")
-                self.pipe.load_lora_weights(state_dict, adapter_name=name)
+                self._inject_lora(weights.state_dict, weights.metadata, name)
         except Exception as exc:
             self._drop_partial(name)
             raise AdapterLoadError(
@@ -280,7 +281,7 @@ class Backend:
         self._layers = None
         self._adapters[adapter.key] = name
         self._display[adapter.key] = adapter.display_path
-        self._active = None  # load_lora_weights activates the new adapter
+        self._active = None  # loading activates the new adapter
         # The same path with an older sha256 is stale: drop it now.
         for stale in [k for k in self._adapters if k[0] == adapter.key[0] and k != adapter.key]:
             if stale not in self._pinned:
@@ -290,6 +291,46 @@ class Backend:
             extra={"backend": self.name, "lora_path": adapter.display_path, "sha256": adapter.sha256},
         )
         return name, adapter
+
+    def _inject_lora(
+        self, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any] | None, name: str
+    ) -> None:
+        """``pipe.load_lora_weights(<the file>, adapter_name=name)`` from weights already read.
+
+        Given a dict, ``load_lora_weights`` has no safetensors header to take diffusers' adapter
+        metadata (the PEFT ``LoraConfig``: ``lora_alpha``, ``r``, … per component) from, and
+        derives the config from the tensors alone: alpha = rank, so an adapter trained with
+        alpha ≠ rank would be applied at the wrong strength. This is the body of
+        ``StableDiffusionXLLoraLoaderMixin.load_lora_weights`` (diffusers 0.42) with the metadata
+        parsed from the very bytes that were hashed (``AdapterFiles.read``) in place of the one
+        ``lora_state_dict`` would read from a file. ``lora_state_dict`` still does the format
+        work (kohya/A1111 conversion with their alphas as ``network_alphas``, DoRA filtering).
+        """
+        from diffusers.loaders.lora_pipeline import _LOW_CPU_MEM_USAGE_DEFAULT_LORA
+
+        pipe = self.pipe
+        # A dict is copied, never modified in place (as load_lora_weights does).
+        state_dict, network_alphas = pipe.lora_state_dict(dict(state_dict), unet_config=pipe.unet.config)
+        if not all("lora" in key for key in state_dict):
+            raise ValueError(
+                "Invalid LoRA checkpoint. Make sure all LoRA param names contain `'lora'` substring."
+            )
+        common: dict[str, Any] = {
+            "network_alphas": network_alphas,
+            "adapter_name": name,
+            "metadata": metadata,
+            "_pipeline": pipe,
+            "low_cpu_mem_usage": _LOW_CPU_MEM_USAGE_DEFAULT_LORA,
+            "hotswap": False,
+        }
+        pipe.load_lora_into_unet(state_dict, unet=pipe.unet, **common)
+        for text_encoder, prefix in (
+            (pipe.text_encoder, pipe.text_encoder_name),
+            (pipe.text_encoder_2, f"{pipe.text_encoder_name}_2"),
+        ):
+            pipe.load_lora_into_text_encoder(
+                state_dict, text_encoder=text_encoder, prefix=prefix, lora_scale=pipe.lora_scale, **common
+            )
 
     def _drop_partial(self, name: str) -> None:
         try:
