@@ -170,7 +170,11 @@ def _tolerations(step: StepDefinition, spec: LoRAFinetuneSpec) -> list[dict[str,
         return []
     tolerations: list[dict[str, Any]] = [dict(t) for t in spec.resources.tolerations]
     if spec.resources.gpus > 0:
-        gpu: dict[str, Any] = {"key": spec.resources.gpu_resource_name, "operator": "Exists", "effect": "NoSchedule"}
+        gpu: dict[str, Any] = {
+            "key": spec.resources.gpu_resource_name,
+            "operator": "Exists",
+            "effect": "NoSchedule",
+        }
         if gpu not in tolerations:
             tolerations.append(gpu)
     return tolerations

@@ -155,7 +155,8 @@ def side_by_side(images: list[Any], labels: list[str]) -> Any:
     from PIL import Image, ImageDraw, ImageFont
 
     factor = max(1, -(-MIN_TILE_SIDE // min(min(image.size) for image in images)))
-    tiles = [image.resize((image.width * factor, image.height * factor), Image.NEAREST) for image in images]
+    nearest = Image.Resampling.NEAREST
+    tiles = [image.resize((image.width * factor, image.height * factor), nearest) for image in images]
     band = 18
     width = sum(tile.width for tile in tiles) + TILE_GAP * (len(tiles) - 1)
     height = max(tile.height for tile in tiles) + band

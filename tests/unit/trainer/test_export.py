@@ -96,8 +96,11 @@ def test_adapter_json_records_provenance(trained):
     assert set(info["files"]) == {DIFFUSERS_WEIGHTS, "style.kohya.safetensors"}
 
 
-def test_export_replaces_an_older_adapter_without_leftovers(trained, tiny_model):
-    directory, _, _ = trained
+def test_export_replaces_an_older_adapter_without_leftovers(trained, tiny_model, tmp_path):
+    import shutil
+
+    directory = tmp_path / "lora" / "style"  # a copy: the module's export stays as trained
+    shutil.copytree(trained[0], directory)
     before = (directory / DIFFUSERS_WEIGHTS).read_bytes()
     pipe = _pipe(tiny_model)
     from peft import LoraConfig
@@ -119,7 +122,7 @@ def test_the_servers_loader_loads_the_export_with_the_same_effect(tiny_model, tr
 
     directory, base_output, reference = trained
     settings = Settings(
-        model_path=tiny_model.single_file, model_config_dir=tiny_model.diffusers_dir,
+        model_path=tiny_model.diffusers_dir, model_config_dir=tiny_model.diffusers_dir,
         lora_root=directory.parent, device="cpu", dtype="float32",
     )  # fmt: skip
     backend = FullBackend(settings, torch.device("cpu"), torch.float32)
