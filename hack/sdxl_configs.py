@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from zthumb_trainer.tiny_model import SCHEDULER_CONFIG
+
 UNET: dict[str, Any] = {
     "act_fn": "silu",
     "addition_embed_type": "text_time",
@@ -79,14 +81,5 @@ TEXT_ENCODER_2: dict[str, Any] = {  # OpenCLIP ViT-bigG/14
     "pad_token_id": 1,
 }
 
-SCHEDULER: dict[str, Any] = {
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-    "steps_offset": 1,
-    "timestep_spacing": "leading",
-    "interpolation_type": "linear",
-    "use_karras_sigmas": False,
-}
+# The tiny fixture already uses SDXL base's scheduler configuration verbatim.
+SCHEDULER: dict[str, Any] = dict(SCHEDULER_CONFIG)
