@@ -35,14 +35,14 @@ lint: $(STAMP) k8s-bin
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/hadolint images/zthumb/Dockerfile images/trainer/Dockerfile images/trainer/Dockerfile.cpu operator/Dockerfile
-	eval "$$(hack/cluster.sh env)"; helm lint --strict charts/zthumb
+	PATH="$$(hack/cluster.sh bindir):$$PATH" helm lint --strict charts/zthumb
 
 # The chart's template tests need helm: it is built with the control plane.
 k8s-bin:
 	hack/build-k8s.sh
 
 unit: $(STAMP) k8s-bin
-	eval "$$(hack/cluster.sh env)"; $(BIN)/pytest -m "not e2e" -p no:cacheprovider
+	PATH="$$(hack/cluster.sh bindir):$$PATH" $(BIN)/pytest -m "not e2e" -p no:cacheprovider
 
 e2e: $(STAMP) k8s-bin
 	hack/cluster.sh up

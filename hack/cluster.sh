@@ -7,6 +7,7 @@
 #   hack/cluster.sh down     stop what `up` started (by pid file), remove state
 #   hack/cluster.sh env      print `export KUBECONFIG=... PATH=...` for eval
 #   hack/cluster.sh status   print whether it is up; exit 1 when it is not
+#   hack/cluster.sh bindir   print the directory of the cached binaries
 #
 # We launch the processes ourselves instead of using `kwokctl --runtime
 # binary`: every flag is visible here, nothing can be downloaded behind our
@@ -424,6 +425,10 @@ cmd_env() {
   printf 'export PATH=%q:"${PATH}"\n' "${BIN_DIR}"
 }
 
+# The cached binaries' directory (kubectl, helm, ...), cluster up or not: lint and the
+# chart's template tests need helm without a running control plane.
+cmd_bindir() { printf '%s\n' "${BIN_DIR}"; }
+
 cmd_status() {
   local name pid rc=0
   if is_up; then
@@ -445,11 +450,12 @@ cmd_status() {
 
 case "${1:-}" in
   up) cmd_up ;;
+  bindir) cmd_bindir ;;
   down) cmd_down ;;
   env) cmd_env ;;
   status) cmd_status ;;
   *)
-    echo "usage: $0 up|down|env|status" >&2
+    echo "usage: $0 up|down|env|status|bindir" >&2
     exit 2
     ;;
 esac
