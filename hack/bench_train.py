@@ -11,6 +11,17 @@ GPU, real SDXL:
   1024², batch 1, bf16, with and without gradient checkpointing: it/s and peak GPU memory.
 
 Each configuration runs in its own process, so peak RSS / GPU memory belong to it alone.
+
+CPU, tiny model, against diffusers' ``train_text_to_image_lora_sdxl.py`` example (issue 4's target):
+    .venv/bin/python hack/bench_train.py \
+        --diffusers-example /tmp/diffusers-example/train_text_to_image_lora_sdxl.py \
+        --example-pythonpath /tmp/example-site [--steps 40] [--repeats 2]
+  64 and 128 px, batch 1, rank 4, fp32, no gradient checkpointing, no validation, one checkpoint at
+  the end, same LR / seed / min-SNR: steady-state steps/s (steps after the first --skip-steps, from
+  per-step timestamps) of the example, ours with cached latents and ours re-encoding every step,
+  interleaved, median of --repeats runs, with the ratios ours / example. The example runs unmodified
+  from its own file (its progress bar is timed from outside); --example-pythonpath holds the packages
+  it needs that the trainer does not (datasets, torchvision). See hack/README-bench-train.md.
 """
 
 from __future__ import annotations
@@ -20,9 +31,11 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +55,8 @@ def _one(args: argparse.Namespace) -> None:
             run_dir=run_dir,
             base_model=Path(args.model),
             model_config=Path(args.config) if args.config else None,
-            rank=16,
-            alpha=16,
+            rank=args.rank,
+            alpha=args.rank,
             learning_rate=1e-4,
             max_train_steps=args.steps,
             mixed_precision=args.mixed_precision,
@@ -54,10 +67,13 @@ def _one(args: argparse.Namespace) -> None:
             progress_bar=False,
         )
         summary = run_training(config)
+        progress = (run_dir / "progress.jsonl").read_text().splitlines()
+        step_times = [json.loads(line)["time"] for line in progress]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result: dict[str, Any] = {
         "steps_per_second": summary["steps_per_second"],
+        "steady_steps_per_second": _steady(step_times, args.skip_steps),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     if "peak_gpu_memory_gb" in summary:
@@ -65,8 +81,18 @@ def _one(args: argparse.Namespace) -> None:
     print("BENCH " + json.dumps(result))
 
 
+def _steady(step_times: list[float], skip: int) -> float | None:
+    """Steps/s over the steps after the first ``skip``: times are taken as each step ends."""
+    if len(step_times) <= skip + 1:
+        return None
+    start = step_times[skip - 1] if skip > 0 else step_times[0]
+    steps = len(step_times) - (skip if skip > 0 else 1)
+    return round(steps / (step_times[-1] - start), 4)
+
+
 def _spawn(args: argparse.Namespace, **overrides: Any) -> dict[str, Any]:
     argv = [sys.executable, __file__, "--one", "--model", args.model, "--steps", str(args.steps)]
+    argv += ["--rank", str(args.rank), "--skip-steps", str(args.skip_steps)]
     if args.config:
         argv += ["--config", args.config]
     settings = {
@@ -96,6 +122,140 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# --- comparison with diffusers' train_text_to_image_lora_sdxl.py -------------------------------
+
+
+def _one_example(args: argparse.Namespace) -> None:
+    """Run the diffusers example in this process, timing its progress bar; print BENCH JSON.
+
+    The script is loaded as a module (its ``main`` is not run on import) and its ``tqdm`` name is
+    swapped for a subclass that records when each optimisation step ends; nothing else changes.
+    """
+    import importlib.util
+
+    from tqdm.auto import tqdm
+    from zthumb_trainer.synthetic_dataset import write_synthetic_dataset
+
+    step_times: list[float] = []
+
+    class TimedTqdm(tqdm):  # type: ignore[misc, valid-type]
+        def update(self, n: float | None = 1) -> bool | None:
+            step_times.append(time.time())
+            return super().update(n)
+
+    work = Path(tempfile.mkdtemp(prefix="zthumb-bench-example-"))
+    try:
+        data = work / "data"
+        write_synthetic_dataset(data, count=8, size=(args.resolution, args.resolution))
+        # The example reads an imagefolder: images plus metadata.jsonl (file_name, text).
+        with (data / "metadata.jsonl").open("w", encoding="utf-8") as handle:
+            for image in sorted(data.glob("*.png")):
+                caption = image.with_suffix(".txt").read_text().strip()
+                handle.write(json.dumps({"file_name": image.name, "text": f"zt, {caption}"}) + "\n")
+        for caption_file in data.glob("*.txt"):
+            caption_file.unlink()
+        spec = importlib.util.spec_from_file_location("diffusers_example", args.diffusers_example)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        module.tqdm = TimedTqdm
+        example_args = module.parse_args(
+            [
+                "--pretrained_model_name_or_path", args.model,
+                "--train_data_dir", str(data),
+                "--cache_dir", str(work / "hf-cache"),
+                "--output_dir", str(work / "out"),
+                "--resolution", str(args.resolution),
+                "--train_batch_size", "1",
+                "--rank", str(args.rank),
+                "--mixed_precision", args.mixed_precision,
+                "--learning_rate", "1e-4",
+                "--lr_scheduler", "constant",
+                "--max_train_steps", str(args.steps),
+                "--dataloader_num_workers", "0",
+                "--seed", "42",
+                "--snr_gamma", "5.0",
+                "--checkpointing_steps", str(10**9),
+                "--report_to", "all",  # no tracker is installed: accelerate warns and logs nowhere
+            ]
+        )  # fmt: skip
+        module.main(example_args)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result = {
+        "steps_per_second": _steady(step_times, 0),
+        "steady_steps_per_second": _steady(step_times, args.skip_steps),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    print("BENCH " + json.dumps(result))
+
+
+def _spawn_compare(args: argparse.Namespace, tool: str, resolution: int) -> dict[str, Any]:
+    argv = [sys.executable, __file__, "--model", args.model, "--steps", str(args.steps)]
+    argv += ["--rank", str(args.rank), "--skip-steps", str(args.skip_steps), "--resolution", str(resolution)]
+    argv += ["--mixed-precision", args.mixed_precision]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    if tool == "example":
+        argv += ["--one-example", "--diffusers-example", args.diffusers_example]
+        if args.example_pythonpath:
+            # Only the example's process sees the extra packages; the trainer runs on the venv alone.
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (args.example_pythonpath, env.get("PYTHONPATH")) if p
+            )
+    else:
+        argv += ["--one", "--cache" if tool == "ours-cached" else "--no-cache", "--no-gradient-checkpointing"]
+    started = time.monotonic()
+    completed = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
+    wall = round(time.monotonic() - started, 2)
+    line = next((ln for ln in completed.stdout.splitlines() if ln.startswith("BENCH ")), None)
+    if line is None:
+        raise SystemExit(f"{tool} at {resolution} px failed:\n{completed.stderr[-3000:]}")
+    row = {"tool": tool, "resolution": resolution, "wall_seconds": wall} | json.loads(
+        line.removeprefix("BENCH ")
+    )
+    print("run " + json.dumps(row), file=sys.stderr, flush=True)
+    return row
+
+
+def _compare(args: argparse.Namespace) -> None:
+    tools = ("example", "ours-cached", "ours-reencode")
+    runs: list[dict[str, Any]] = []
+    for repeat in range(args.repeats):
+        for resolution in (64, 128):
+            # Rotate the order each repeat so that no tool always runs first after a change of size.
+            order = tools[repeat % 3 :] + tools[: repeat % 3]
+            runs += [_spawn_compare(args, tool, resolution) for tool in order]
+
+    def median(tool: str, resolution: int, key: str) -> float:
+        return statistics.median(r[key] for r in runs if r["tool"] == tool and r["resolution"] == resolution)
+
+    print(
+        f"steady-state steps/s (steps {args.skip_steps + 1}..{args.steps}), median of {args.repeats} runs; "
+        f"rank {args.rank}, batch 1, mixed precision {args.mixed_precision}, no gradient checkpointing, "
+        f"torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}"
+    )
+    lines = [
+        "| resolution | example | ours, cached latents | ratio | ours, re-encoding | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for resolution in (64, 128):
+        example = median("example", resolution, "steady_steps_per_second")
+        cached = median("ours-cached", resolution, "steady_steps_per_second")
+        reencode = median("ours-reencode", resolution, "steady_steps_per_second")
+        lines.append(
+            f"| {resolution} | {example:.3f} | {cached:.3f} | {cached / example:.2f}x "
+            f"| {reencode:.3f} | {reencode / example:.2f}x |"
+        )
+    print("\n".join(lines))
+    print("\nper run (steady steps/s; process wall s incl. start-up, caching and the final save):")
+    for tool in tools:
+        for resolution in (64, 128):
+            values = [r for r in runs if r["tool"] == tool and r["resolution"] == resolution]
+            steady = ", ".join(f"{r['steady_steps_per_second']:.3f}" for r in values)
+            walls = ", ".join(f"{r['wall_seconds']:.1f}" for r in values)
+            print(f"  {tool:14} {resolution:4} px: {steady}  (wall {walls})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -107,20 +267,42 @@ def main() -> None:
     parser.add_argument("--mixed-precision", default=None)
     parser.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument(
+        "--rank", type=int, default=None, help="LoRA rank (default 16; 4 with --diffusers-example)"
+    )
+    parser.add_argument("--skip-steps", type=int, default=5, help="steps left out of the steady-state rate")
+    parser.add_argument(
+        "--diffusers-example", help="path to diffusers' train_text_to_image_lora_sdxl.py: compare with it"
+    )
+    parser.add_argument(
+        "--example-pythonpath", help="extra PYTHONPATH for the example (datasets, torchvision)"
+    )
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each configuration (comparison)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--one-example", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    gpu_mode = args.model is not None
+    compare = args.diffusers_example is not None
+    gpu_mode = args.model is not None and not compare
     if args.model is None:
         from zthumb_trainer.tiny_model import build_tiny_model
 
         tiny = build_tiny_model(Path.home() / ".cache" / "zthumb" / "test-models" / "tiny-sdxl")
-        args.model, args.config = str(tiny.single_file), str(tiny.diffusers_dir)
-    args.steps = args.steps or (30 if gpu_mode else 20)
+        # The example loads a diffusers directory; the comparison gives ours the same one.
+        args.model = str(tiny.diffusers_dir) if compare else str(tiny.single_file)
+        args.config = None if compare else str(tiny.diffusers_dir)
+    args.steps = args.steps or (40 if compare else 30 if gpu_mode else 20)
+    args.rank = args.rank or (4 if compare else 16)
     args.mixed_precision = args.mixed_precision or ("bf16" if gpu_mode else "no")
     if args.one:
         _one(args)
+        return
+    if args.one_example:
+        _one_example(args)
+        return
+    if compare:
+        _compare(args)
         return
 
     if gpu_mode:
