@@ -45,6 +45,8 @@ STEP_PHASE = {
     "deploy": "Deploying",
     "eval": "Evaluating",
 }
+# Every phase, in pipeline order (the CRD's enum, the metrics' labels).
+PHASES = (PENDING, *STEP_PHASE.values(), SUCCEEDED, FAILED)
 # One condition per step (positive polarity: True once the step is done).
 STEP_CONDITION = {
     "fetch-model": "ModelFetched",

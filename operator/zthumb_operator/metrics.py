@@ -7,16 +7,7 @@ from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-PHASES = (
-    "Pending",
-    "Downloading",
-    "PreparingDataset",
-    "Training",
-    "Deploying",
-    "Evaluating",
-    "Succeeded",
-    "Failed",
-)
+from zthumb_operator.builders import PHASES
 
 RUNS = Gauge("zthumb_operator_runs", "LoRAFinetunes known to the operator, by phase", ["phase"])
 STEP_DURATION = Histogram(

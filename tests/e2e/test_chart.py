@@ -71,11 +71,12 @@ def data_volume(kubectl: Run, namespace: str) -> Iterator[dict[str, str]]:
     kubectl("delete", "pv", name, "--wait=false", "--ignore-not-found", check=False)
 
 
-def install(
-    helm: Run, namespace: str, values: dict[str, str], *extra: str
+def release(
+    helm: Run, verb: str, namespace: str, values: dict[str, str], *extra: str
 ) -> subprocess.CompletedProcess[str]:
+    """``helm install|upgrade`` of the chart, waiting (bounded) for the rollout."""
     return helm(
-        "install",
+        verb,
         RELEASE,
         str(CHART),
         "--namespace",
@@ -89,19 +90,14 @@ def install(
     )
 
 
+def install(
+    helm: Run, namespace: str, values: dict[str, str], *extra: str
+) -> subprocess.CompletedProcess[str]:
+    return release(helm, "install", namespace, values, *extra)
+
+
 def upgrade(helm: Run, namespace: str, values: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return helm(
-        "upgrade",
-        RELEASE,
-        str(CHART),
-        "--namespace",
-        namespace,
-        *set_args(values),
-        "--wait",
-        "--timeout",
-        "120s",
-        timeout=180,
-    )
+    return release(helm, "upgrade", namespace, values)
 
 
 def server_pods(kubectl: Run, namespace: str) -> list[dict[str, Any]]:

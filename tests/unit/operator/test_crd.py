@@ -9,6 +9,7 @@ import pytest
 import yaml
 from lft_helpers import EXAMPLE_PATH, apply_defaults, crd_schema, load_crd
 from pydantic import BaseModel
+from zthumb_operator.builders import PHASES
 from zthumb_trainer.spec import LoRAFinetuneSpec
 
 # Fields whose CRD default deliberately differs from spec.py: images.trainer has no CRD
@@ -93,6 +94,7 @@ def test_status_shape() -> None:
         "Succeeded",
         "Failed",
     ]
+    assert list(PHASES) == status["phase"]["enum"]  # the operator's own list, metrics labels included
     conds = status["conditions"]
     assert conds["x-kubernetes-list-type"] == "map"
     assert conds["x-kubernetes-list-map-keys"] == ["type"]

@@ -300,8 +300,8 @@ class Backend:
         Given a dict, ``load_lora_weights`` has no safetensors header to take diffusers' adapter
         metadata (the PEFT ``LoraConfig``: ``lora_alpha``, ``r``, … per component) from, and
         derives the config from the tensors alone: alpha = rank, so an adapter trained with
-        alpha ≠ rank would be applied at the wrong strength. This is the body of
-        ``StableDiffusionXLLoraLoaderMixin.load_lora_weights`` (diffusers 0.42) with the metadata
+        alpha ≠ rank would be applied at the wrong strength. This makes the same public calls as
+        ``StableDiffusionXLLoraLoaderMixin.load_lora_weights`` (diffusers 0.42), with the metadata
         parsed from the very bytes that were hashed (``AdapterFiles.read``) in place of the one
         ``lora_state_dict`` would read from a file. ``lora_state_dict`` still does the format
         work (kohya/A1111 conversion with their alphas as ``network_alphas``, DoRA filtering).
