@@ -122,6 +122,20 @@ Device and dtype after defaulting.
 {{- end }}
 
 {{/*
+The diffusers config directory of the base model as the server sees it (empty: none).
+`model.config` when set; else, when the fetch init container brings the config files, the
+trainer's convention `<model.path without .safetensors>-config`.
+*/}}
+{{- define "zthumb.modelConfig" -}}
+{{- $mount := .Values.persistence.mountPath }}
+{{- if .Values.model.config }}
+{{- include "zthumb.path" (list $mount .Values.model.config) }}
+{{- else if and .Values.model.fetch.enabled .Values.model.fetch.configUrl }}
+{{- include "zthumb.path" (list $mount (printf "%s-config" (trimSuffix ".safetensors" .Values.model.path))) }}
+{{- end }}
+{{- end }}
+
+{{/*
 Name of the PVC mounted at persistence.mountPath.
 */}}
 {{- define "zthumb.claimName" -}}
@@ -201,6 +215,9 @@ The schema checks types and ranges; this checks combinations.
 {{- end }}
 {{- if and .Values.metrics.serviceMonitor.enabled (not (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1")) }}
 {{- $errors = append $errors "metrics.serviceMonitor.enabled=true but the cluster has no monitoring.coreos.com/v1 API (Prometheus Operator CRDs); install them, or pass --api-versions monitoring.coreos.com/v1 to helm template" }}
+{{- end }}
+{{- if and .Values.model.fetch.enabled (not (hasSuffix ".safetensors" .Values.model.path)) }}
+{{- $errors = append $errors (printf "model.fetch.enabled=true downloads one single-file checkpoint, but model.path=%s is not a .safetensors file: point model.path at the file, or set model.fetch.enabled=false for a diffusers directory provisioned another way" .Values.model.path) }}
 {{- end }}
 {{- if $errors }}
 {{- fail (printf "\n\nVALUES VALIDATION:\n  - %s\n" (join "\n  - " $errors)) }}

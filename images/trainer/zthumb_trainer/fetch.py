@@ -12,6 +12,7 @@ answers with a redirect to a CDN whose signed URL must not receive it.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -75,6 +76,37 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _stamp_path(output: Path) -> Path:
+    return output.with_name(output.name + ".verified")
+
+
+def _file_identity(path: Path) -> dict[str, int]:
+    stat = path.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _write_stamp(output: Path, sha256: str) -> None:
+    """Record that ``output`` (as it is now: size and mtime) hashed to ``sha256``."""
+    stamp = _stamp_path(output)
+    temporary = stamp.with_name(stamp.name + ".tmp")
+    temporary.write_text(json.dumps({"sha256": sha256, **_file_identity(output)}))
+    os.replace(temporary, stamp)
+
+
+def _stamp_matches(output: Path, sha256: str) -> bool:
+    """True when a stamp says this very file (same size and mtime) was verified as ``sha256``.
+
+    Hashing SDXL's 6.9 GB takes tens of seconds; every server restart and every run's
+    fetch-model step would pay it again without the stamp. Any change to the file (a
+    rewrite, a truncation, a copy over it) changes its mtime and invalidates the stamp.
+    """
+    try:
+        recorded = json.loads(_stamp_path(output).read_text())
+        return bool(recorded == {"sha256": sha256, **_file_identity(output)})
+    except (OSError, ValueError):
+        return False
+
+
 def _status_error(url: str, status: int) -> FetchError:
     if status in (401, 403):
         return FetchError(
@@ -122,9 +154,13 @@ def download(
 
     expected = sha256.lower()
     if output.exists():
+        if _stamp_matches(output, expected):
+            print(f"{output} present and verified earlier (sha256 {expected}); skipping", file=sys.stderr)
+            return FetchResult(output, expected, 0, skipped=True)
         actual = sha256_of(output)
         if actual == expected:
             print(f"{output} present with the expected sha256; skipping download", file=sys.stderr)
+            _write_stamp(output, actual)
             return FetchResult(output, actual, 0, skipped=True)
         raise FetchError(
             f"{output} exists but its sha256 does not match.\n  expected: {expected}\n  actual:   {actual}\n"
@@ -175,6 +211,7 @@ def download(
             "The partial download was removed. Check baseModel.sha256 and baseModel.url."
         )
     os.replace(partial, output)
+    _write_stamp(output, actual)
     return FetchResult(output, actual, downloaded, skipped=False)
 
 

@@ -640,3 +640,76 @@ def test_validate_values_fails(
     stderr = render_fails(helm_env, values)
     assert "VALUES VALIDATION" in stderr, stderr
     assert message in stderr, stderr
+
+
+@needs_helm
+def test_fetch_model_init_container_provisions_the_base_model(
+    helm_bin: list[str], helm_env: dict[str, str]
+) -> None:
+    r = render(helm_env, {"model.fetch.tokenSecret.name": "hf"})
+    (init,) = r.pod["initContainers"]
+    assert init["name"] == "fetch-model"
+    assert init["image"] == "ghcr.io/zthumb/trainer:0.1.0"
+    args = init["args"]
+    assert args[0] == "fetch-model"
+    flags = dict(zip(args[1::2], args[2::2], strict=True))
+    assert flags == {
+        "--url": "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/"
+        "sd_xl_base_1.0.safetensors",
+        "--sha256": "31e35c80fc4829d14f90153f4c74cd59c90b779f6afe05a74cd6120b893f7e5b",
+        "--output": "/data/models/sd_xl_base_1.0.safetensors",
+        "--config-url": "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/",
+        "--config-dir": "/data/models/sd_xl_base_1.0-config",
+    }
+    # The server reads the config files the init container wrote, offline.
+    assert r.env["ZTHUMB_MODEL_CONFIG"] == "/data/models/sd_xl_base_1.0-config"
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in init["env"]}
+    assert env["HF_TOKEN"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
+    assert RESTRICTED_CONTAINER.items() <= init["securityContext"].items()
+    mounts = {m["name"]: m["mountPath"] for m in init["volumeMounts"]}
+    assert mounts == {"data": "/data", "tmp": "/tmp"}
+    assert "readOnly" not in init["volumeMounts"][0]
+
+
+@needs_helm
+def test_fetch_model_follows_model_values_and_can_be_disabled(
+    helm_bin: list[str], helm_env: dict[str, str]
+) -> None:
+    r = render(
+        helm_env,
+        {
+            "model.path": "/models/tiny.safetensors",
+            "model.config": "models/tiny-config",
+            "model.fetch.url": "http://models.ns.svc:8000/tiny.safetensors",
+            "model.fetch.sha256": "a" * 64,
+            "model.fetch.configUrl": "",
+            "model.fetch.image.tag": "dev",
+        },
+    )
+    (init,) = r.pod["initContainers"]
+    assert init["image"] == "ghcr.io/zthumb/trainer:dev"
+    assert "--config-url" not in init["args"]
+    assert init["args"][init["args"].index("--output") + 1] == "/models/tiny.safetensors"
+    assert r.env["ZTHUMB_MODEL_CONFIG"] == "/data/models/tiny-config"
+    assert "HF_TOKEN" not in {e["name"] for e in init["env"]}
+
+    r = render(helm_env, {"model.fetch.enabled": "false"})
+    assert "initContainers" not in r.pod
+    assert "ZTHUMB_MODEL_CONFIG" not in r.env  # no config dir unless one is set or fetched
+
+
+@needs_helm
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"model.path": "models/sdxl-dir"}, "is not a .safetensors file"),
+        ({"model.fetch.sha256": "abc"}, "sha256"),
+        ({"model.fetch.url": "ftp://x/y"}, "url"),
+    ],
+)
+def test_fetch_model_bad_values_are_refused(
+    helm_bin: list[str], helm_env: dict[str, str], values: dict[str, str], message: str
+) -> None:
+    proc = helm(helm_env, "template", "zthumb", str(CHART), *set_args(values), check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr

@@ -201,3 +201,29 @@ def test_cli_fetches_model_and_config(served, model_file, model_sha, tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert Path(tmp_path / "cfg" / "model_index.json").exists()
+
+
+def test_verified_file_is_not_hashed_again_until_it_changes(served, model_file, model_sha, tmp_path, monkeypatch):
+    import os
+
+    import zthumb_trainer.fetch as fetch
+
+    target = tmp_path / "base.safetensors"
+    download(f"{served.url}/{model_file.name}", model_sha, target, progress=False)
+    hashed: list[Path] = []
+    real_sha256_of = fetch.sha256_of
+    monkeypatch.setattr(fetch, "sha256_of", lambda path: hashed.append(path) or real_sha256_of(path))
+
+    again = download(f"{served.url}/{model_file.name}", model_sha, target, progress=False)
+    assert again.skipped and hashed == []  # the stamp written after the download vouches for it
+
+    # Same size, new mtime (a rewrite): the stamp no longer vouches, the file is hashed again.
+    stat = target.stat()
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    with target.open("r+b") as handle:
+        handle.seek(0)
+        handle.write(b"\x00")
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
+    with pytest.raises(FetchError, match="does not match"):
+        download(f"{served.url}/{model_file.name}", model_sha, target, progress=False)
+    assert hashed == [target]
