@@ -12,7 +12,11 @@ the median of repeats:
 3. adapter switching: per-request alternation among 4 cached rank-16 adapters (the
    server's adapter cache) against the naive load + unload per request;
 4. training with the trainer's own loop at 1024², batch 1, rank 16, bf16, with and
-   without gradient checkpointing, from cached latents and text embeddings.
+   without gradient checkpointing, from cached latents and text embeddings;
+5. the server's compiled path (``ZTHUMB_COMPILE``, hack/gpu_bench_compiled.py): eager vs
+   compiled base vs compiled + hot-swapped rank-16 LoRA, 4 adapters alternating (recompiles
+   must stay 0), the switch cost, and first vs second start (warm inductor cache). It runs
+   first and stops starting steps when ``--deadline-s`` comes near.
 
 ``--tiny`` runs the same code on the tiny fixture on the CPU (the test suite does),
 so the script is known to work before a GPU is lent. Writes ``gpu_bench.json`` and
@@ -467,7 +471,21 @@ def main(argv: list[str] | None = None) -> int:
         "--budget-s", type=float, default=180.0, help="skip torch.compile once this many seconds have passed"
     )
     parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--skip", action="append", default=[], choices=["inference", "turbo", "training"])
+    parser.add_argument(
+        "--skip", action="append", default=[], choices=["compiled", "inference", "turbo", "training"]
+    )
+    parser.add_argument(
+        "--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"]
+    )
+    parser.add_argument("--slot-rank", type=int, default=64, help="ZTHUMB_COMPILE_MAX_RANK of section 5")
+    parser.add_argument(
+        "--deadline-s", type=float, default=450.0, help="section 5 starts no step that would end after this"
+    )
+    parser.add_argument(
+        "--compile-cache",
+        type=Path,
+        help="one inductor cache for all of section 5 (default: fresh, cold ones)",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -496,6 +514,13 @@ def main(argv: list[str] | None = None) -> int:
             model_dir, lora_root, profile.adapters, profile.lora_rank, "cuda" if cuda else "cpu"
         )
         bench = Bench(profile, model_dir, lora_root, adapters, timer, results, work)
+        if "compiled" not in args.skip:
+            from gpu_bench_compiled import bench_compiled
+
+            bench_compiled(
+                bench, started + args.deadline_s, args.compile_mode, args.slot_rank, args.compile_cache
+            )
+            release_gpu_memory(cuda)
         if "inference" not in args.skip:
             bench_inference(bench, started + args.budget_s, compile_unet=not args.no_compile and cuda)
             release_gpu_memory(cuda)

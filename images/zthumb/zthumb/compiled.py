@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     import torch
@@ -81,8 +81,13 @@ def configure_inductor_cache(cache_dir: Path | None) -> str | None:
     import torch._functorch.config
     import torch._inductor.config
 
-    torch._inductor.config.fx_graph_cache = True
-    torch._functorch.config.enable_autograd_cache = True
+    # On by default in current torch; set in case an environment variable turned them off.
+    for config, name in (
+        (torch._inductor.config, "fx_graph_cache"),
+        (torch._functorch.config, "enable_autograd_cache"),
+    ):
+        if hasattr(config, name):
+            setattr(config, name, True)
     if cache_dir is not None:
         try:
             cache_dir.mkdir(parents=True, exist_ok=True)
@@ -94,8 +99,10 @@ def configure_inductor_cache(cache_dir: Path | None) -> str | None:
             )
         else:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir)
-    from torch._inductor.runtime.cache_dir_utils import cache_dir as inductor_cache_dir
-
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir as inductor_cache_dir
+    except ImportError:  # older torch
+        return os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     return inductor_cache_dir()
 
 
@@ -176,7 +183,8 @@ class CompiledUNet:
             scaling = layer.scaling[SLOT]
             if not isinstance(scaling, torch.Tensor):  # prepare_model_for_compiled_hotswap did not run
                 raise RuntimeError("the LoRA slot's scalings are not tensors; hotswap was not enabled")
-            a, b = layer.lora_A[SLOT].weight, layer.lora_B[SLOT].weight
+            a = cast("torch.Tensor", layer.lora_A[SLOT].weight)
+            b = cast("torch.Tensor", layer.lora_B[SLOT].weight)
             self._a_b.append((a, b))
             self.params += [a, b]
             self.scalings.append(scaling)

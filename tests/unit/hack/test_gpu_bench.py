@@ -12,16 +12,21 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[3] / "hack" / "gpu_bench.py"
 
 
-@pytest.mark.slow
-def test_tiny_run_measures_every_section(tmp_path, monkeypatch):
+def _load(monkeypatch):
     spec = importlib.util.spec_from_file_location("gpu_bench", SCRIPT)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     # dataclasses look their module up in sys.modules while the class is created.
     monkeypatch.setitem(sys.modules, "gpu_bench", module)
     spec.loader.exec_module(module)
+    return module
 
-    assert module.main(["--tiny", "--out", str(tmp_path)]) == 0
+
+@pytest.mark.slow
+def test_tiny_run_measures_every_section(tmp_path, monkeypatch):
+    module = _load(monkeypatch)
+
+    assert module.main(["--tiny", "--out", str(tmp_path), "--skip", "compiled"]) == 0
 
     report = json.loads((tmp_path / "gpu_bench.json").read_text())
     sections = {row["section"] for row in report["rows"]}
@@ -34,3 +39,31 @@ def test_tiny_run_measures_every_section(tmp_path, monkeypatch):
         if row["section"] == "1 inference":
             assert row["s_per_image"] > 0
     assert "| 4 training |" in (tmp_path / "gpu_bench.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)  # three compilations on a 2-core CPU when the inductor cache is cold
+def test_tiny_run_of_the_compiled_section(tmp_path, monkeypatch):
+    """Section 5 on the CPU: every step runs, alternating adapters recompiles nothing."""
+    module = _load(monkeypatch)
+    # The server tests' inductor cache and slot rank: each warms the cache for the other.
+    cache = Path.home() / ".cache" / "zthumb" / "test-models" / "torchinductor"
+    args = ["--tiny", "--out", str(tmp_path), "--compile-cache", str(cache), "--slot-rank", "16"]
+    assert module.main([*args, "--skip", "inference", "--skip", "turbo", "--skip", "training"]) == 0
+
+    report = json.loads((tmp_path / "gpu_bench.json").read_text())
+    rows = {row["variant"]: row for row in report["rows"] if row["section"] == "5 compiled"}
+    assert report["notes"] == []
+    assert {
+        "eager base",
+        "first start (cold inductor cache)",
+        "compiled + slot, no adapter",
+        "compiled + hot-swapped LoRA r16",
+        "compiled base (no LoRA layers)",
+        "ratios",
+        "second start (warm inductor cache, new process)",
+    } <= set(rows)
+    alternating = next(row for name, row in rows.items() if name.startswith("alternating 4 adapters"))
+    assert alternating["recompiles"] == 0 and alternating["switch_ms_p50"] > 0
+    assert rows["second start (warm inductor cache, new process)"]["recompiles"] == 0
+    assert rows["ratios"]["lora_over_compiled_base"] > 0

@@ -2,7 +2,7 @@
 
 One compiled server per module (compiling is the slow part; inductor's cache lives beside the
 tiny model, so a second run of the suite reuses it). Adapters: rank 4 (three of them, one with
-alpha ≠ rank, one kohya file), rank 16 (above the slot rank 8) and one on the feed-forward
+alpha ≠ rank), rank 32 (above the slot rank 16) and one on the feed-forward
 layers (outside the slot's target modules).
 """
 
@@ -17,7 +17,7 @@ from server_helpers import SIZE, decode, server_settings, wait_ready
 
 pytestmark = pytest.mark.slow
 
-SLOT_RANK = 8
+SLOT_RANK = 16
 CACHE_DIR = Path.home() / ".cache" / "zthumb" / "test-models" / "torchinductor"
 
 
@@ -32,8 +32,8 @@ def compiled_root(tmp_path_factory, tiny_model) -> Path:
     write_diffusers_lora(a, root / "a")
     write_diffusers_lora(b, root / "b")
     write_diffusers_lora(c, root / "c_alpha8", metadata=adapter_metadata(lora_config(4, 8)))
-    (big,) = random_lora_state_dicts(unet, [14], rank=16)
-    write_diffusers_lora(big, root / "rank16")
+    (big,) = random_lora_state_dicts(unet, [14], rank=32)
+    write_diffusers_lora(big, root / "rank32")
     (ff,) = random_lora_state_dicts(unet, [15], target_modules=["ff.net.2"])
     write_diffusers_lora(ff, root / "feed_forward")
     return root
@@ -141,11 +141,11 @@ def test_adapters_the_slot_cannot_hold_are_refused_without_recompiling(compiled)
     client, _ = compiled
     reference = _image(client, "a", 1.0)
 
-    response = client.post("/generate", json=_request("rank16", 1.0))
+    response = client.post("/generate", json=_request("rank32", 1.0))
     assert response.status_code == 422, response.text
     body = response.json()
     assert body["error"] == "lora_rank_exceeds_slot" and body["field"] == "lora_path"
-    assert "rank is 16" in body["message"] and "ZTHUMB_COMPILE_MAX_RANK" in body["message"]
+    assert "rank is 32" in body["message"] and "ZTHUMB_COMPILE_MAX_RANK" in body["message"]
 
     response = client.post("/generate", json=_request("feed_forward", 1.0))
     assert response.status_code == 422, response.text
@@ -157,7 +157,7 @@ def test_adapters_the_slot_cannot_hold_are_refused_without_recompiling(compiled)
     assert np.array_equal(_image(client, "a", 1.0), reference)
     assert _metric(client, "zthumb_compile_recompiles_total") == 0
     cached = {entry["path"] for entry in client.get("/models").json()["cached_adapters"]}
-    assert not any(path.startswith(("rank16", "feed_forward")) for path in cached)
+    assert not any(path.startswith(("rank32", "feed_forward")) for path in cached)
 
 
 def test_compile_settings_from_the_environment(monkeypatch, tmp_path):
