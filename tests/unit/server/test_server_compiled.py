@@ -15,8 +15,6 @@ import numpy as np
 import pytest
 from server_helpers import SIZE, decode, server_settings, wait_ready
 
-pytestmark = pytest.mark.slow
-
 SLOT_RANK = 16
 CACHE_DIR = Path.home() / ".cache" / "zthumb" / "test-models" / "torchinductor"
 
@@ -85,6 +83,7 @@ def _metric(client, name: str) -> float:
     raise AssertionError(f"{name} not exported")
 
 
+@pytest.mark.slow  # compiles the tiny UNet once per module (about 2 min with a cold cache)
 def test_switching_adapters_and_scales_never_recompiles(compiled, make_client, compiled_root):
     client, _ = compiled
     backend = client.app.state.engine.backends["full"]
@@ -121,6 +120,7 @@ def test_switching_adapters_and_scales_never_recompiles(compiled, make_client, c
         assert difference.max() <= 2 and difference.mean() < 0.05, (key, difference.max(), difference.mean())
 
 
+@pytest.mark.slow  # compiles the tiny UNet once per module (about 2 min with a cold cache)
 def test_scale_zero_is_bit_identical_to_the_zero_slot(compiled, make_client):
     client, fresh = compiled
     for path, scale in [("a", 1.0), ("a", 0.0), (None, None), ("b", 0.0), ("c_alpha8", 0.0)]:
@@ -137,6 +137,7 @@ def test_scale_zero_is_bit_identical_to_the_zero_slot(compiled, make_client):
     assert difference.max() <= 2 and difference.mean() < 0.05, (difference.max(), difference.mean())
 
 
+@pytest.mark.slow  # compiles the tiny UNet once per module (about 2 min with a cold cache)
 def test_adapters_the_slot_cannot_hold_are_refused_without_recompiling(compiled):
     client, _ = compiled
     reference = _image(client, "a", 1.0)
@@ -178,3 +179,31 @@ def test_compile_settings_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("ZTHUMB_COMPILE", "fast")
     with pytest.raises(ValidationError, match="compile"):
         Settings()
+
+
+def test_adapter_rank_reads_every_key_layout():
+    import torch
+    from zthumb.compiled import adapter_rank
+
+    assert (
+        adapter_rank(
+            {"unet.x.to_q.lora_A.weight": torch.zeros(8, 32), "unet.x.to_q.lora_B.weight": torch.zeros(32, 8)}
+        )
+        == 8
+    )
+    assert (
+        adapter_rank(
+            {
+                "unet.x.to_q.lora.down.weight": torch.zeros(4, 32),
+                "unet.x.to_q.lora.up.weight": torch.zeros(32, 4),
+            }
+        )
+        == 4
+    )
+    kohya = {
+        "lora_unet_x_to_q.lora_down.weight": torch.zeros(16, 32, 1, 1),
+        "lora_unet_x_to_q.lora_up.weight": torch.zeros(32, 16, 1, 1),
+        "lora_unet_x_to_q.alpha": torch.tensor(8.0),
+    }
+    assert adapter_rank(kohya) == 16
+    assert adapter_rank({"unet.x.to_q.lora_B.weight": torch.zeros(32, 12)}) == 12
