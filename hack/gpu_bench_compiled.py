@@ -118,6 +118,7 @@ def bench_compiled(
 
     slot_dir = shared_cache or bench.work / "inductor-slot"
     second_start_ok = False
+    fullgraph = True  # the compiled base compiles as the slot did (one graph, or with breaks)
     if left() < needs["slot"]:
         results.notes.append(f"compiled slot skipped: {left():.0f} s left before the deadline")
     else:
@@ -198,6 +199,7 @@ def bench_compiled(
             )
             print(f"RECOMPILES after warm-up while alternating adapters: {recompiles}", flush=True)
             second_start_ok = True
+            fullgraph = compiled.fullgraph
             del backend, compiled
         except Exception as exc:  # report and go on: the other numbers still count
             results.notes.append(f"compiled slot failed: {type(exc).__name__}: {exc}")
@@ -210,7 +212,7 @@ def bench_compiled(
     else:
         try:
             configure_inductor_cache(slot_dir)  # kernels the slot graph shares are not compiled twice
-            options: dict[str, Any] = {"fullgraph": True} | ({} if mode == "default" else {"mode": mode})
+            options: dict[str, Any] = {"fullgraph": fullgraph} | ({} if mode == "default" else {"mode": mode})
             eager.pipe.unet.compile(**options)
             began = time.perf_counter()
             eager.generate(params)
