@@ -207,7 +207,12 @@ def epoch_batches(dataset: PreparedDataset, batch_size: int, seed: int, epoch: i
 
 
 class BatchSchedule:
-    """Micro-batch ``n`` of the whole run, for any ``n``: resuming needs no data-loader state."""
+    """Micro-batch ``n`` of the whole run, for any ``n``: resuming needs no data-loader state.
+
+    Batches are drawn at the global size (``batch_size × world_size``, one bucket each) and rank
+    ``r`` takes its rows of each, so ``world_size`` processes see together exactly the batches one
+    process with the global batch size sees. With one process this is the plain schedule.
+    """
 
     def __init__(
         self, dataset: PreparedDataset, batch_size: int, seed: int, world_size: int, rank: int
@@ -216,16 +221,36 @@ class BatchSchedule:
         self.world_size, self.rank = world_size, rank
         self._epochs: dict[int, list[list[int]]] = {}
 
-    def batch(self, micro_step: int) -> list[int]:
-        global_index = micro_step * self.world_size + self.rank
+    def global_batch(self, micro_step: int) -> list[int]:
         per_epoch = len(self._epoch(0))
-        epoch, position = divmod(global_index, per_epoch)
+        epoch, position = divmod(micro_step, per_epoch)
         return self._epoch(epoch)[position]
+
+    def rows(self, micro_step: int) -> tuple[list[int], int]:
+        """This rank's positions in the global batch, and the global batch's size."""
+        size = len(self.global_batch(micro_step))
+        return rank_rows(size, self.world_size, self.rank), size
+
+    def batch(self, micro_step: int) -> list[int]:
+        indices = self.global_batch(micro_step)
+        return [indices[row] for row in self.rows(micro_step)[0]]
 
     def _epoch(self, epoch: int) -> list[list[int]]:
         if epoch not in self._epochs:
-            self._epochs = {epoch: epoch_batches(self.dataset, self.batch_size, self.seed, epoch)}
+            self._epochs = {
+                epoch: epoch_batches(self.dataset, self.batch_size * self.world_size, self.seed, epoch)
+            }
         return self._epochs[epoch]
+
+
+def rank_rows(size: int, world_size: int, rank: int) -> list[int]:
+    """Contiguous, near-equal shares of a global batch of ``size``; every rank gets at least one row
+    (a bucket's last, short batch smaller than the world repeats rows, so no rank sits idle)."""
+    if size < world_size:
+        return [rank % size]
+    base, extra = divmod(size, world_size)
+    start = rank * base + min(rank, extra)
+    return list(range(start, start + base + (1 if rank < extra else 0)))
 
 
 # --- latent + text-embedding cache -----------------------------------------------------------
@@ -482,6 +507,8 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
         # docstring), so accelerate adds no autocast; fp16 keeps autocast and its gradient scaler.
         mixed_precision="no" if precision == "bf16" else precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
+        # Without a GPU, a torchrun launch (WORLD_SIZE > 1) is a gloo process group only with cpu=True.
+        cpu=not torch.cuda.is_available(),
     )
     device = accelerator.device
     if device.type == "cuda":
@@ -539,7 +566,9 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
     unet = models["unet"]
     unwrapped = {name: accelerator.unwrap_model(model) for name, model in models.items()}
 
-    noise_generator = torch.Generator(device=device).manual_seed(config.seed + accelerator.process_index)
+    # One generator state on every rank: each draws the global batch's noise and keeps its rows, so
+    # N processes draw what one process with the global batch draws (and any rank's state resumes all).
+    noise_generator = torch.Generator(device=device).manual_seed(config.seed)
     first_step = 0
     checkpoints = list_checkpoints(config.checkpoints_dir)
     if checkpoints:
@@ -565,7 +594,20 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
         mininterval=1.0,
     )
 
-    def conditioning(indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    distributed = accelerator.num_processes > 1
+
+    def draw(shape: tuple[int, ...], rows: list[int], size: int, integers: int | None = None) -> torch.Tensor:
+        """Noise for this rank's rows of a global batch of ``size`` (shape: this rank's)."""
+        full = (size, *shape[1:]) if distributed else shape
+        if integers is None:
+            values = torch.randn(full, generator=noise_generator, device=device)
+        else:
+            values = torch.randint(0, integers, full, generator=noise_generator, device=device)
+        return values[rows] if distributed else values
+
+    def conditioning(
+        indices: list[int], rows: list[int], size: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         entries = [dataset.entries[i] for i in indices]
         if config.cache_latents:
             dist = _to_device(torch.stack([cache[f"latent_dist.{i}"] for i in indices]), device)
@@ -575,7 +617,7 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
                 dist = components.vae.encode(pixels).latent_dist.parameters.float()
         mean, logvar = torch.chunk(dist, 2, dim=1)
         std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-        latents = mean + std * torch.randn(mean.shape, generator=noise_generator, device=device)
+        latents = mean + std * draw(tuple(mean.shape), rows, size)
         latents = latents * components.vae.config.scaling_factor
         if config.cache_latents and not config.train_text_encoder:
             embeds = _to_device(torch.stack([cache[f"prompt_embeds.{i}"] for i in indices]), device)
@@ -634,23 +676,17 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
         for step in range(first_step + 1, config.max_train_steps + 1):
             step_loss = torch.zeros((), device=device)
             for micro in range(config.gradient_accumulation_steps):
-                indices = schedule.batch((step - 1) * config.gradient_accumulation_steps + micro)
+                micro_step = (step - 1) * config.gradient_accumulation_steps + micro
+                indices = schedule.batch(micro_step)
+                rows, size = schedule.rows(micro_step)
                 with accelerator.accumulate(unet):
-                    latents, embeds, pooled, add_time_ids = conditioning(indices)
-                    noise = torch.randn(latents.shape, generator=noise_generator, device=device)
+                    latents, embeds, pooled, add_time_ids = conditioning(indices, rows, size)
+                    noise = draw(tuple(latents.shape), rows, size)
                     if config.noise_offset:
-                        offset = torch.randn(
-                            (latents.shape[0], latents.shape[1], 1, 1),
-                            generator=noise_generator,
-                            device=device,
-                        )
+                        offset = draw((latents.shape[0], latents.shape[1], 1, 1), rows, size)
                         noise = noise + config.noise_offset * offset
-                    timesteps = torch.randint(
-                        0,
-                        noise_scheduler.config.num_train_timesteps,
-                        (latents.shape[0],),
-                        generator=noise_generator,
-                        device=device,
+                    timesteps = draw(
+                        (latents.shape[0],), rows, size, integers=noise_scheduler.config.num_train_timesteps
                     ).long()
                     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
                     prediction = unet(
