@@ -33,9 +33,20 @@ def test_tiny_run_measures_every_section(tmp_path, monkeypatch):
     assert {"1 inference", "2 turbo", "3 adapter switching", "4 training"} <= sections
     variants = {row["variant"] for row in report["rows"] if row["section"] == "1 inference"}
     assert variants == {"SDPA (default)", "+ LoRA r16 unfused", "+ LoRA r16 fused"}
+    training = [row for row in report["rows"] if row["section"] == "4 training"]
+    assert {(row["batch"], row["variant"]) for row in training} == {
+        (batch, f"batch {batch}, checkpointing {gc}, compile {compiled}")
+        for batch in (1, 4)
+        for gc in ("off", "on")
+        for compiled in ("off", "on")
+    }
+    for row in training:
+        assert row["it_per_s"] > 0
+        assert row["samples_per_s"] == pytest.approx(row["it_per_s"] * row["batch"], rel=0.01)
+        assert row["gflop_per_step"] > 0 and row["timed_steps"] == 2
+    assert any("FLOPs per training step" in note for note in report["notes"])
+    assert any("target >= 10 samples/s at batch 4" in note for note in report["notes"])
     for row in report["rows"]:
-        if row["section"] == "4 training":
-            assert row["it_per_s"] > 0
         if row["section"] == "1 inference":
             assert row["s_per_image"] > 0
     assert "| 4 training |" in (tmp_path / "gpu_bench.md").read_text()
@@ -67,3 +78,29 @@ def test_tiny_run_of_the_compiled_section(tmp_path, monkeypatch):
     assert alternating["recompiles"] == 0 and alternating["switch_ms_p50"] > 0
     assert rows["second start (warm inductor cache, new process)"]["recompiles"] == 0
     assert rows["ratios"]["lora_over_compiled_base"] > 0
+
+
+def _load_training_module(monkeypatch):
+    path = SCRIPT.parent / "gpu_bench_training.py"
+    spec = importlib.util.spec_from_file_location("gpu_bench_training", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_bench_training", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_training_section_names_the_peak_it_divides_by(monkeypatch):
+    module = _load_training_module(monkeypatch)
+    assert module.peak_tflops("NVIDIA H100 80GB HBM3") == (989.0, "H100 SXM dense bf16 peak 989 TFLOP/s")
+    assert module.peak_tflops("NVIDIA H100 PCIe")[0] == 756.0
+    assert module.peak_tflops("NVIDIA H200")[0] == 989.0
+    peak, label = module.peak_tflops("Some GPU")
+    assert peak is None and "MFU not computed" in label
+
+
+def test_training_step_flops_scale_with_the_batch(monkeypatch, tiny_model):
+    module = _load_training_module(monkeypatch)
+    one = module.training_step_flops(tiny_model.diffusers_dir, 1, 64, 4)
+    two = module.training_step_flops(tiny_model.diffusers_dir, 2, 64, 4)
+    assert one > 0 and two == 2 * one
