@@ -2,24 +2,27 @@
 """Training throughput benchmark (not a test): steps/s and peak memory of ``run_training``.
 
 CPU, tiny model (default):
-    .venv/bin/python hack/bench_train.py [--steps 20]
-  64 and 128 px, latents cached vs re-encoded every step: steps/s and peak RSS.
+    .venv/bin/python hack/bench_train.py [--steps 20] [--batch-sizes 1,4]
+  64 and 128 px, batch 1 and 4, latents cached vs re-encoded every step: steps/s, samples/s and
+  peak RSS.
 
 GPU, real SDXL:
     python hack/bench_train.py --model /data/models/sd_xl_base_1.0.safetensors \
         --config /data/models/sd_xl_base_1.0-config [--steps 30]
-  1024², batch 1, bf16, with and without gradient checkpointing: it/s and peak GPU memory.
+  1024², batch 1 and 4, bf16, with and without gradient checkpointing: it/s, samples/s and peak
+  GPU memory. (hack/gpu_bench.py section 4 adds compile and the model FLOP utilisation.)
 
 Each configuration runs in its own process, so peak RSS / GPU memory belong to it alone.
 
 CPU, tiny model, against diffusers' ``train_text_to_image_lora_sdxl.py`` example (issue 4's target):
     .venv/bin/python hack/bench_train.py \
         --diffusers-example /tmp/diffusers-example/train_text_to_image_lora_sdxl.py \
-        --example-pythonpath /tmp/example-site [--steps 40] [--repeats 2]
-  64 and 128 px, batch 1, rank 4, fp32, no gradient checkpointing, no validation, one checkpoint at
+        --example-pythonpath /tmp/example-site [--steps 40] [--repeats 2] [--batch-sizes 1,4]
+  64 and 128 px, batch 1 and 4, rank 4, fp32, no gradient checkpointing, no validation, one checkpoint at
   the end, same LR / seed / min-SNR: steady-state steps/s (steps after the first --skip-steps, from
   per-step timestamps) of the example, ours with cached latents and ours re-encoding every step,
-  interleaved, median of --repeats runs, with the ratios ours / example. The example runs unmodified
+  interleaved, median of --repeats runs, with the ratios ours / example, samples/s (steps/s ×
+  batch) and each configuration's peak RSS. The example runs unmodified
   from its own file (its progress bar is timed from outside); --example-pythonpath holds the packages
   it needs that the trainer does not (datasets, torchvision). See hack/README-bench-train.md.
 """
@@ -60,6 +63,7 @@ def _one(args: argparse.Namespace) -> None:
             alpha=args.rank,
             learning_rate=1e-4,
             max_train_steps=args.steps,
+            batch_size=args.batch_size,
             mixed_precision=args.mixed_precision,
             gradient_checkpointing=args.gradient_checkpointing,
             checkpointing_steps=10**9,  # only the final checkpoint, as a real run's last step
@@ -105,11 +109,13 @@ def _spawn(args: argparse.Namespace, **overrides: Any) -> dict[str, Any]:
         argv += ["--config", args.config]
     settings = {
         "resolution": args.resolution,
+        "batch": 1,
         "cache": True,
         "gradient_checkpointing": False,
         "mixed_precision": args.mixed_precision,
     } | overrides
     argv += ["--resolution", str(settings["resolution"]), "--mixed-precision", settings["mixed_precision"]]
+    argv += ["--batch-size", str(settings["batch"])]
     argv += ["--cache" if settings["cache"] else "--no-cache"]
     argv += [
         "--gradient-checkpointing" if settings["gradient_checkpointing"] else "--no-gradient-checkpointing"
@@ -118,12 +124,16 @@ def _spawn(args: argparse.Namespace, **overrides: Any) -> dict[str, Any]:
     line = next((ln for ln in completed.stdout.splitlines() if ln.startswith("BENCH ")), None)
     if line is None:
         raise SystemExit(f"benchmark run failed:\n{completed.stderr[-3000:]}")
-    return settings | json.loads(line.removeprefix("BENCH "))
+    row = settings | json.loads(line.removeprefix("BENCH "))
+    rate = row.get("steady_steps_per_second") or row["steps_per_second"]
+    row["samples_per_second"] = round(rate * row["batch"], 3) if rate else None
+    print("run " + json.dumps(row), file=sys.stderr, flush=True)
+    return row
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    names = ("resolution", "cache", "gradient_checkpointing", "mixed_precision")
-    names += ("steps_per_second", "peak_rss_mb", "peak_gpu_memory_gb")
+    names = ("resolution", "batch", "cache", "gradient_checkpointing", "mixed_precision")
+    names += ("steady_steps_per_second", "samples_per_second", "peak_rss_mb", "peak_gpu_memory_gb")
     columns = [c for c in names if c in rows[0]]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(row.get(c)) for c in columns) + " |" for row in rows]
@@ -174,7 +184,7 @@ def _one_example(args: argparse.Namespace) -> None:
                 "--cache_dir", str(work / "hf-cache"),
                 "--output_dir", str(work / "out"),
                 "--resolution", str(args.resolution),
-                "--train_batch_size", "1",
+                "--train_batch_size", str(args.batch_size),
                 "--rank", str(args.rank),
                 "--mixed_precision", args.mixed_precision,
                 "--learning_rate", "1e-4",
@@ -199,9 +209,10 @@ def _one_example(args: argparse.Namespace) -> None:
     print("BENCH " + json.dumps(result))
 
 
-def _spawn_compare(args: argparse.Namespace, tool: str, resolution: int) -> dict[str, Any]:
+def _spawn_compare(args: argparse.Namespace, tool: str, resolution: int, batch: int) -> dict[str, Any]:
     argv = [sys.executable, __file__, "--model", args.model, "--steps", str(args.steps)]
     argv += ["--rank", str(args.rank), "--skip-steps", str(args.skip_steps), "--resolution", str(resolution)]
+    argv += ["--batch-size", str(batch)]
     argv += ["--mixed-precision", args.mixed_precision]
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     if tool == "example":
@@ -218,8 +229,8 @@ def _spawn_compare(args: argparse.Namespace, tool: str, resolution: int) -> dict
     wall = round(time.monotonic() - started, 2)
     line = next((ln for ln in completed.stdout.splitlines() if ln.startswith("BENCH ")), None)
     if line is None:
-        raise SystemExit(f"{tool} at {resolution} px failed:\n{completed.stderr[-3000:]}")
-    row = {"tool": tool, "resolution": resolution, "wall_seconds": wall} | json.loads(
+        raise SystemExit(f"{tool} at {resolution} px, batch {batch} failed:\n{completed.stderr[-3000:]}")
+    row = {"tool": tool, "resolution": resolution, "batch": batch, "wall_seconds": wall} | json.loads(
         line.removeprefix("BENCH ")
     )
     print("run " + json.dumps(row), file=sys.stderr, flush=True)
@@ -228,43 +239,68 @@ def _spawn_compare(args: argparse.Namespace, tool: str, resolution: int) -> dict
 
 def _compare(args: argparse.Namespace) -> None:
     tools = ("example", "ours-cached", "ours-reencode")
+    configurations = [(resolution, batch) for batch in args.batch_sizes for resolution in (64, 128)]
     runs: list[dict[str, Any]] = []
     for repeat in range(args.repeats):
-        for resolution in (64, 128):
+        for resolution, batch in configurations:
             # Rotate the order each repeat so that no tool always runs first after a change of size.
             order = tools[repeat % 3 :] + tools[: repeat % 3]
-            runs += [_spawn_compare(args, tool, resolution) for tool in order]
+            runs += [_spawn_compare(args, tool, resolution, batch) for tool in order]
 
-    def median(tool: str, resolution: int, key: str) -> float:
-        return statistics.median(r[key] for r in runs if r["tool"] == tool and r["resolution"] == resolution)
+    def median(tool: str, resolution: int, batch: int, key: str) -> float:
+        return statistics.median(
+            r[key]
+            for r in runs
+            if r["tool"] == tool and r["resolution"] == resolution and r["batch"] == batch
+        )
 
     print(
         f"steady-state steps/s (steps {args.skip_steps + 1}..{args.steps}), median of {args.repeats} runs; "
-        f"rank {args.rank}, batch 1, mixed precision {args.mixed_precision}, no gradient checkpointing, "
+        f"rank {args.rank}, mixed precision {args.mixed_precision}, no gradient checkpointing, "
         f"torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}"
     )
     lines = [
-        "| measure | resolution | example | ours, cached latents | ratio | ours, re-encoding | ratio |",
-        "|---|---|---|---|---|---|---|",
+        "| measure | resolution | batch | example | ours, cached latents | ratio "
+        "| ours, re-encoding | ratio |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     measures = {"steady_steps_per_second": "steps / time", "median_step_steps_per_second": "1 / median step"}
     for key, label in measures.items():
-        for resolution in (64, 128):
-            example = median("example", resolution, key)
-            cached = median("ours-cached", resolution, key)
-            reencode = median("ours-reencode", resolution, key)
+        for resolution, batch in configurations:
+            example = median("example", resolution, batch, key)
+            cached = median("ours-cached", resolution, batch, key)
+            reencode = median("ours-reencode", resolution, batch, key)
             lines.append(
-                f"| {label} | {resolution} | {example:.1f} | {cached:.1f} | {cached / example:.2f}x "
-                f"| {reencode:.1f} | {reencode / example:.2f}x |"
+                f"| {label} | {resolution} | {batch} | {example:.1f} | {cached:.1f} "
+                f"| {cached / example:.2f}x | {reencode:.1f} | {reencode / example:.2f}x |"
             )
+    print("\n".join(lines))
+    print("\nsamples/s (steady steps/s × batch) and peak RSS (MB), medians:")
+    lines = [
+        "| resolution | batch | example samples/s | ours cached samples/s | ours re-encoding samples/s "
+        "| example RSS | ours cached RSS | ours re-encoding RSS |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for resolution, batch in configurations:
+        rates = [median(tool, resolution, batch, "steady_steps_per_second") * batch for tool in tools]
+        rss = [median(tool, resolution, batch, "peak_rss_mb") for tool in tools]
+        lines.append(
+            f"| {resolution} | {batch} | "
+            + " | ".join(f"{rate:.1f}" for rate in rates)
+            + " | "
+            + " | ".join(f"{value:.0f}" for value in rss)
+            + " |"
+        )
     print("\n".join(lines))
     print("\nper run (steady steps/s; process wall s incl. start-up, caching and the final save):")
     for tool in tools:
-        for resolution in (64, 128):
-            values = [r for r in runs if r["tool"] == tool and r["resolution"] == resolution]
+        for resolution, batch in configurations:
+            values = [
+                r for r in runs if r["tool"] == tool and r["resolution"] == resolution and r["batch"] == batch
+            ]
             steady = ", ".join(f"{r['steady_steps_per_second']:.3f}" for r in values)
             walls = ", ".join(f"{r['wall_seconds']:.1f}" for r in values)
-            print(f"  {tool:14} {resolution:4} px: {steady}  (wall {walls})")
+            print(f"  {tool:14} {resolution:4} px batch {batch}: {steady}  (wall {walls})")
 
 
 def main() -> None:
@@ -289,6 +325,13 @@ def main() -> None:
         "--example-pythonpath", help="extra PYTHONPATH for the example (datasets, torchvision)"
     )
     parser.add_argument("--repeats", type=int, default=2, help="runs of each configuration (comparison)")
+    parser.add_argument("--batch-size", type=int, default=1, help=argparse.SUPPRESS)  # one run's
+    parser.add_argument(
+        "--batch-sizes",
+        type=lambda text: [int(part) for part in text.split(",")],
+        default=[1, 4],
+        help="batch sizes to measure, comma-separated (default 1,4)",
+    )
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--one-example", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -317,9 +360,18 @@ def main() -> None:
         return
 
     if gpu_mode:
-        rows = [_spawn(args, resolution=1024, gradient_checkpointing=gc) for gc in (False, True)]
+        rows = [
+            _spawn(args, resolution=1024, batch=batch, gradient_checkpointing=gc)
+            for batch in args.batch_sizes
+            for gc in (False, True)
+        ]
     else:
-        rows = [_spawn(args, resolution=res, cache=cache) for res in (64, 128) for cache in (True, False)]
+        rows = [
+            _spawn(args, resolution=res, batch=batch, cache=cache)
+            for batch in args.batch_sizes
+            for res in (64, 128)
+            for cache in (True, False)
+        ]
     print(_table(rows))
 
 

@@ -11,8 +11,13 @@ the median of repeats:
 2. turbo settings (512², 1 step, guidance 0) through the ``turbo`` backend;
 3. adapter switching: per-request alternation among 4 cached rank-16 adapters (the
    server's adapter cache) against the naive load + unload per request;
-4. training with the trainer's own loop at 1024², batch 1, rank 16, bf16, with and
-   without gradient checkpointing, from cached latents and text embeddings.
+4. training with the trainer's own loop at 1024², rank 16, bf16, from cached latents and text
+   embeddings: batch 1 and 4, gradient checkpointing and ``compile`` off and on, with it/s,
+   samples/s, peak memory and model FLOP utilisation (hack/gpu_bench_training.py);
+5. the server's compiled path (``ZTHUMB_COMPILE``, hack/gpu_bench_compiled.py): eager vs
+   compiled base vs compiled + hot-swapped rank-16 LoRA, 4 adapters alternating (recompiles
+   must stay 0), the switch cost, and first vs second start (warm inductor cache). It runs
+   first and stops starting steps when ``--deadline-s`` comes near.
 
 ``--tiny`` runs the same code on the tiny fixture on the CPU (the test suite does),
 so the script is known to work before a GPU is lent. Writes ``gpu_bench.json`` and
@@ -390,52 +395,11 @@ def bench_turbo(bench: Bench) -> None:
     )
 
 
-def bench_training(bench: Bench) -> None:
-    """Section 4: the trainer's own loop from cached latents and text embeddings."""
-    import torch
-    from zthumb_trainer.dataset import prepare_dataset
-    from zthumb_trainer.synthetic_dataset import write_synthetic_dataset
-    from zthumb_trainer.train import TrainConfig, run_training
+def bench_training(bench: Bench, budget_s: float) -> None:
+    """Section 4: the trainer's own loop, batch 1 and 4, checkpointing and compile on/off (its own module)."""
+    import gpu_bench_training
 
-    profile, work, results, cuda = bench.profile, bench.work, bench.results, bench.timer.cuda
-
-    resolution = profile.train_resolution
-    source = work / "dataset"
-    write_synthetic_dataset(source, count=4, size=(resolution, resolution))
-    for checkpointing in (True, False):
-        run_dir = work / f"train-gc-{checkpointing}"
-        prepare_dataset(source, run_dir, resolution=resolution, trigger_word="zthumb")
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        summary = run_training(
-            TrainConfig(
-                run_dir=run_dir,
-                base_model=bench.model_dir,
-                rank=profile.lora_rank,
-                alpha=profile.lora_rank,
-                max_train_steps=profile.train_steps,
-                mixed_precision="bf16" if cuda else "no",
-                gradient_checkpointing=checkpointing,
-                checkpointing_steps=10**6,
-                progress_bar=False,
-            )
-        )
-        times = [json.loads(line)["time"] for line in (run_dir / "progress.jsonl").read_text().splitlines()]
-        steady = times[profile.train_warmup :]
-        steady_rate = (len(steady) - 1) / (steady[-1] - steady[0]) if len(steady) > 1 else float("nan")
-        results.add(
-            "4 training",
-            f"gradient checkpointing {'on' if checkpointing else 'off'}",
-            it_per_s=round(steady_rate, 3),
-            it_per_s_incl_warmup=summary.get("steps_per_second"),
-            peak_gpu_gb=summary.get("peak_gpu_memory_gb"),
-            resolution=resolution,
-            batch=1,
-            rank=profile.lora_rank,
-            steps=profile.train_steps,
-        )
-        if cuda:
-            torch.cuda.empty_cache()
+    gpu_bench_training.bench_training(bench, budget_s)
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -467,7 +431,24 @@ def main(argv: list[str] | None = None) -> int:
         "--budget-s", type=float, default=180.0, help="skip torch.compile once this many seconds have passed"
     )
     parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--skip", action="append", default=[], choices=["inference", "turbo", "training"])
+    parser.add_argument(
+        "--skip", action="append", default=[], choices=["compiled", "inference", "turbo", "training"]
+    )
+    parser.add_argument(
+        "--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"]
+    )
+    parser.add_argument("--slot-rank", type=int, default=64, help="ZTHUMB_COMPILE_MAX_RANK of section 5")
+    parser.add_argument(
+        "--deadline-s", type=float, default=450.0, help="section 5 starts no step that would end after this"
+    )
+    parser.add_argument(
+        "--compile-cache",
+        type=Path,
+        help="one inductor cache for all of section 5 (default: fresh, cold ones)",
+    )
+    parser.add_argument(
+        "--training-budget-s", type=float, default=240.0, help="section 4 skips variants past this many s"
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -492,10 +473,21 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = build_model_dir(profile, work, "cuda" if cuda else "cpu")
         results.add("setup", "model built and saved", seconds=round(time.monotonic() - started, 1))
         lora_root = work / "lora"
-        adapters = write_random_adapters(
-            model_dir, lora_root, profile.adapters, profile.lora_rank, "cuda" if cuda else "cpu"
+        adapters = (  # only the serving sections (1/3 and 5) need adapters
+            write_random_adapters(
+                model_dir, lora_root, profile.adapters, profile.lora_rank, "cuda" if cuda else "cpu"
+            )
+            if not {"inference", "compiled"} <= set(args.skip)
+            else []
         )
         bench = Bench(profile, model_dir, lora_root, adapters, timer, results, work)
+        if "compiled" not in args.skip:
+            from gpu_bench_compiled import bench_compiled
+
+            bench_compiled(
+                bench, started + args.deadline_s, args.compile_mode, args.slot_rank, args.compile_cache
+            )
+            release_gpu_memory(cuda)
         if "inference" not in args.skip:
             bench_inference(bench, started + args.budget_s, compile_unet=not args.no_compile and cuda)
             release_gpu_memory(cuda)
@@ -503,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
             bench_turbo(bench)
             release_gpu_memory(cuda)
         if "training" not in args.skip:
-            bench_training(bench)
+            bench_training(bench, args.training_budget_s)
     results.add("total", "wall", seconds=round(time.monotonic() - started, 1))
     (args.out / "gpu_bench.json").write_text(json.dumps(results.__dict__, indent=2))
     table = markdown_table(results)

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The GPU benchmark as one call of the device tool:
 #   run(command="bash hack/gpu_bench.sh", carry=[".whl"], timeout_s=540)
+# Only section 5 (the compiled path), inside 8 minutes:
+#   run(command="bash hack/gpu_bench.sh --skip inference --skip turbo --skip training", carry=[".whl"], timeout_s=540)
 # The lent machine has torch, transformers, accelerate, peft, safetensors and pillow
 # but not diffusers, compel or the server's web stack: those travel as wheels in .whl/
 # (see hack/README-gpu.md for the download command) and are installed here first.
@@ -12,4 +14,4 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-timeout 480 python3 hack/gpu_bench.py --out "${OUT:-outputs/gpu_bench}" "$@"
+timeout "${GPU_BENCH_TIMEOUT_S:-480}" python3 hack/gpu_bench.py --out "${OUT:-outputs/gpu_bench}" "$@"

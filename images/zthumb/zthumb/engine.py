@@ -101,8 +101,10 @@ class Engine:
 
     def _load_backend(self, name: str, device: Any, dtype: Any) -> None:
         try:
-            self.backends[name] = self.registry[name](self.settings, device, dtype)
+            backend = self.backends[name] = self.registry[name](self.settings, device, dtype)
             self.metrics.backend_loaded.labels(backend=name).set(1)
+            if backend.compiled is not None:
+                self.metrics.compile_seconds.labels(backend=name).set(backend.compiled.compile_seconds)
         except Exception as exc:
             message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
             self.backend_errors[name] = message
@@ -295,7 +297,14 @@ class Engine:
         if plan.pin and applied.adapter is not None and plan.adapter_source == "default":
             self.default_adapter = applied.adapter
         started = time.perf_counter()
-        images = backend.generate(plan.params, cancel)
+        try:
+            images = backend.generate(plan.params, cancel)
+        finally:
+            if backend.compiled is not None:
+                from zthumb.compiled import take_new_graphs
+
+                self.metrics.compiled_requests.labels(backend=backend.name).inc()
+                self.metrics.compile_recompiles.labels(backend=backend.name).inc(take_new_graphs())
         generate_seconds = time.perf_counter() - started
         self.metrics.generation_seconds.labels(backend=backend.name).observe(generate_seconds)
         return Result(plan, images, applied, adapter_seconds, generate_seconds)

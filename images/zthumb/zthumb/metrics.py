@@ -61,5 +61,21 @@ class Metrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
             registry=r,
         )
+        self.compile_recompiles = Counter(
+            "zthumb_compile_recompiles_total",
+            "torch.compile graphs compiled after warm-up on the compiled path; adapter and scale "
+            "switches cause none, a new image size or batch does.",
+            ["backend"],
+            registry=r,
+        )
+        self.compiled_requests = Counter(
+            "zthumb_compiled_requests_total", "Generations run on the compiled UNet.", ["backend"], registry=r
+        )
+        self.compile_seconds = Gauge(
+            "zthumb_compile_seconds",
+            "Startup time of the compiled UNet: compile plus first generation (smaller with a warm cache).",
+            ["backend"],
+            registry=r,
+        )
         self.ready = Gauge("zthumb_ready", "1 once the default backend and adapter are loaded.", registry=r)
         self.backend_loaded = Gauge("zthumb_backend_loaded", "1 per loaded backend.", ["backend"], registry=r)

@@ -66,6 +66,25 @@ class Settings(BaseSettings):
     lora_root: Path = Path("/models/lora")
     lora_cache_size: int = Field(default=8, ge=1, description="Per-request adapters kept loaded (LRU).")
 
+    # --- compiled path (zthumb.compiled) ----------------------------------------------------
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = Field(
+        default="off",
+        description="torch.compile the UNet at startup (a torch.compile mode); adapters are then "
+        "hot-swapped into one fixed-rank LoRA slot without recompiling.",
+    )
+    compile_max_rank: int = Field(
+        default=64, ge=1, le=1024, description="Rank of the compiled LoRA slot: larger adapters get a 422."
+    )
+    compile_target_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],
+        description="Comma list of UNet modules the slot covers (the trainer's targets by default).",
+    )
+    compile_cache_dir: Path | None = Field(
+        default=Path("/models/.cache/torchinductor"),
+        description="TORCHINDUCTOR_CACHE_DIR for compiled artifacts, on the volume so restarts reuse "
+        "them; empty keeps torch's default.",
+    )
+
     # --- HTTP ----------------------------------------------------------------------------------
     api_key: SecretStr | None = None
     host: str = "0.0.0.0"  # a container listens on all interfaces
@@ -92,6 +111,18 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("compile_target_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("compile_cache_dir", mode="before")
+    @classmethod
+    def _empty_cache_dir_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("api_key", mode="before")
     @classmethod

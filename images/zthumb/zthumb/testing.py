@@ -9,14 +9,14 @@ from typing import Any
 TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
-def lora_config(rank: int = 4, alpha: int | None = None) -> Any:
+def lora_config(rank: int = 4, alpha: int | None = None, target_modules: list[str] | None = None) -> Any:
     """The PEFT ``LoraConfig`` of the test adapters (``alpha`` defaults to ``rank``: scale 1)."""
     from peft import LoraConfig
 
     return LoraConfig(
         r=rank,
         lora_alpha=rank if alpha is None else alpha,
-        target_modules=TARGET_MODULES,
+        target_modules=target_modules or TARGET_MODULES,
         init_lora_weights=False,
     )
 
@@ -34,7 +34,11 @@ def adapter_metadata(config: Any) -> dict[str, Any]:
 
 
 def random_lora_state_dicts(
-    unet_dir: Path, seeds: list[int], rank: int = 4, alpha: int | None = None
+    unet_dir: Path,
+    seeds: list[int],
+    rank: int = 4,
+    alpha: int | None = None,
+    target_modules: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """PEFT-made LoRAs on the UNet in ``unet_dir`` with random (non-zero) weights, diffusers keys.
 
@@ -48,7 +52,7 @@ def random_lora_state_dicts(
     from peft.utils import get_peft_model_state_dict
 
     unet = UNet2DConditionModel.from_pretrained(str(unet_dir), local_files_only=True)
-    unet.add_adapter(lora_config(rank, alpha))
+    unet.add_adapter(lora_config(rank, alpha, target_modules))
     states = []
     for seed in seeds:
         generator = torch.Generator().manual_seed(seed)

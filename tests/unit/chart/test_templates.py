@@ -459,6 +459,16 @@ def test_lora_path_and_backends_render(helm_bin: list[str], helm_env: dict[str, 
 
 
 @needs_helm
+def test_compile_render(helm_bin: list[str], helm_env: dict[str, str]) -> None:
+    assert render(helm_env).env["ZTHUMB_COMPILE"] == "off"
+    assert "ZTHUMB_COMPILE_CACHE_DIR" not in render(helm_env).env
+    env = render(helm_env, {"compile.mode": "reduce-overhead", "compile.maxRank": "32"}).env
+    assert env["ZTHUMB_COMPILE"] == "reduce-overhead"
+    assert env["ZTHUMB_COMPILE_MAX_RANK"] == "32"
+    assert env["ZTHUMB_COMPILE_CACHE_DIR"] == "/data/models/.cache/torchinductor"
+
+
+@needs_helm
 def test_api_key_created_secret(helm_bin: list[str], helm_env: dict[str, str]) -> None:
     r = render(helm_env, {"auth.apiKey": "s3cret", "tests.generate.enabled": "true"})
     secret = r.get("Secret", "zthumb-api-key")
@@ -593,6 +603,7 @@ def test_kube_version_constraint(helm_bin: list[str], helm_env: dict[str, str]) 
         ({"service.port": "70000"}, "service.port"),
         ({"persistence.accessModes": "{ReadWriteSometimes}"}, "persistence.accessModes"),
         ({"replicaCount": "two"}, "replicaCount"),
+        ({"compile.mode": "fast"}, "compile.mode"),
     ],
 )
 def test_schema_refuses_bad_values_helm(

@@ -233,3 +233,29 @@ def test_status_reporter_only_when_the_operator_sets_the_env(monkeypatch):
     monkeypatch.setenv("ZTHUMB_RUN_NAME", "style")
     monkeypatch.setenv("ZTHUMB_NAMESPACE", "ml")
     assert StatusReporter.from_env() is not None
+
+
+def test_batch_4_with_aspect_buckets_trains_one_bucket_per_batch(tmp_path, tiny_model):
+    from zthumb_trainer.dataset import load_manifest
+    from zthumb_trainer.synthetic_dataset import write_synthetic_dataset
+    from zthumb_trainer.train import epoch_batches
+
+    source = tmp_path / "mixed"
+    source.mkdir()
+    for name, size, seed in (("wide", (128, 64), 1), ("tall", (64, 128), 2)):
+        for image in write_synthetic_dataset(tmp_path / name, count=6, size=size, seed=seed):
+            for path in (image, image.with_suffix(".txt")):
+                path.rename(source / f"{name}-{path.name}")
+    run_dir = tmp_path / "outputs" / "lora" / "run"
+    prepare_dataset(source, run_dir, resolution=64, trigger_word="zt")
+    dataset = load_manifest(run_dir)
+    buckets = {(entry.width, entry.height) for entry in dataset.entries}
+    assert len(buckets) == 2
+    batches = epoch_batches(dataset, 4, seed=42, epoch=0)
+    assert sorted(len(batch) for batch in batches) == [2, 2, 4, 4]
+    for batch in batches:
+        assert len({(dataset.entries[i].width, dataset.entries[i].height) for i in batch}) == 1
+
+    summary = run_training(_config(run_dir, tiny_model, batch_size=4, max_train_steps=4, export_dir=None))
+    assert summary["steps_this_run"] == 4 and summary["final_loss"] > 0
+    assert _steps(run_dir) == [1, 2, 3, 4]

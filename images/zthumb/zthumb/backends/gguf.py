@@ -23,6 +23,7 @@ class GGUFBackend(Backend):
     default_height = 1024
     default_steps = 30
     default_guidance_scale = 6.0
+    supports_compile = False  # GGUF-quantized layers dequantize in Python: the UNet runs eagerly
 
     def load_unet(self) -> UNet2DConditionModel:
         from diffusers import GGUFQuantizationConfig, UNet2DConditionModel
