@@ -26,6 +26,11 @@ T = TypeVar("T")
 POLL_S = 0.05
 
 
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class Job:
     def __init__(self, fn: Callable[[threading.Event], Any], name: str) -> None:
         self.fn = fn
@@ -127,6 +132,9 @@ class Worker:
         """Run ``fn`` on the worker; returns (result, seconds waited in the queue)."""
         job = self.enqueue(fn, name)
         wrapped = asyncio.wrap_future(job.future)
+        # A job abandoned while running still ends (it stops at its next step); its outcome is
+        # nobody's then: retrieve it, or asyncio logs "Future exception was never retrieved".
+        wrapped.add_done_callback(_retrieve)
         deadline = job.enqueued_at + timeout
         try:
             while True:
