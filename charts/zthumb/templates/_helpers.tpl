@@ -154,6 +154,33 @@ Name of the Secret holding the API key, or nothing when there is no key.
 {{- end }}
 
 {{/*
+"true" when an autoscaler (HPA or KEDA) owns the Deployment's replicas, else empty.
+*/}}
+{{- define "zthumb.autoscaled" -}}
+{{- if or .Values.autoscaling.enabled .Values.autoscaling.keda.enabled }}true{{ end }}
+{{- end }}
+
+{{/*
+The queue-depth target as a Kubernetes quantity / KEDA threshold string.
+*/}}
+{{- define "zthumb.targetQueueDepth" -}}
+{{- toString .Values.autoscaling.targetQueueDepth }}
+{{- end }}
+
+{{/*
+The server's queue bound: ZTHUMB_MAX_QUEUE from server.extraEnv, else the server default 8.
+*/}}
+{{- define "zthumb.maxQueue" -}}
+{{- $max := "8" }}
+{{- range .Values.server.extraEnv }}
+{{- if and (eq (toString .name) "ZTHUMB_MAX_QUEUE") (hasKey . "value") }}
+{{- $max = toString .value }}
+{{- end }}
+{{- end }}
+{{- $max }}
+{{- end }}
+
+{{/*
 Contradictory values: fail with one message that names every value involved.
 The schema checks types and ranges; this checks combinations.
 */}}
@@ -200,8 +227,9 @@ The schema checks types and ranges; this checks combinations.
 {{- if and (ne (toString .Values.pdb.minAvailable) "") (ne (toString .Values.pdb.maxUnavailable) "") }}
 {{- $errors = append $errors "pdb.minAvailable and pdb.maxUnavailable are both set: a PodDisruptionBudget takes only one" }}
 {{- end }}
-{{- if and .Values.pdb.create (eq (toString .Values.pdb.minAvailable) (toString .Values.replicaCount)) }}
-{{- $errors = append $errors (printf "pdb.minAvailable=%v equals replicaCount: no node could ever be drained; lower it or use pdb.maxUnavailable" .Values.pdb.minAvailable) }}
+{{- $fewest := ternary .Values.autoscaling.minReplicas .Values.replicaCount (eq (include "zthumb.autoscaled" .) "true") }}
+{{- if and .Values.pdb.create (eq (toString .Values.pdb.minAvailable) (toString $fewest)) }}
+{{- $errors = append $errors (printf "pdb.minAvailable=%v equals %s: no node could ever be drained; lower it or use pdb.maxUnavailable" .Values.pdb.minAvailable (ternary "autoscaling.minReplicas" "replicaCount" (eq (include "zthumb.autoscaled" .) "true"))) }}
 {{- end }}
 {{- $enabled := .Values.server.enabledBackends }}
 {{- if and $enabled (not (has .Values.server.backend $enabled)) }}
@@ -218,6 +246,33 @@ The schema checks types and ranges; this checks combinations.
 {{- end }}
 {{- if and .Values.model.fetch.enabled (not (hasSuffix ".safetensors" .Values.model.path)) }}
 {{- $errors = append $errors (printf "model.fetch.enabled=true downloads one single-file checkpoint, but model.path=%s is not a .safetensors file: point model.path at the file, or set model.fetch.enabled=false for a diffusers directory provisioned another way" .Values.model.path) }}
+{{- end }}
+{{- $as := .Values.autoscaling }}
+{{- if and $as.enabled $as.keda.enabled }}
+{{- $errors = append $errors "autoscaling.enabled and autoscaling.keda.enabled are both true: two autoscalers would fight over the replicas (KEDA creates its own HPA); keep one" }}
+{{- end }}
+{{- if include "zthumb.autoscaled" . }}
+{{- if gt (int $as.minReplicas) (int $as.maxReplicas) }}
+{{- $errors = append $errors (printf "autoscaling.minReplicas=%d is above autoscaling.maxReplicas=%d" (int $as.minReplicas) (int $as.maxReplicas)) }}
+{{- end }}
+{{- if ne (int .Values.replicaCount) 1 }}
+{{- $errors = append $errors (printf "replicaCount=%d is ignored while autoscaling is on (the Deployment renders no replicas: the autoscaler owns them); set autoscaling.minReplicas instead and leave replicaCount at 1" (int .Values.replicaCount)) }}
+{{- end }}
+{{- $maxQueue := include "zthumb.maxQueue" . }}
+{{- if and (regexMatch "^[0-9]+$" $maxQueue) (ge (float64 $as.targetQueueDepth) (float64 $maxQueue)) }}
+{{- $errors = append $errors (printf "autoscaling.targetQueueDepth=%v is not below the server's queue bound ZTHUMB_MAX_QUEUE=%s: requests would get 429 before the autoscaler ever saw its target; lower the target or raise ZTHUMB_MAX_QUEUE in server.extraEnv" $as.targetQueueDepth $maxQueue) }}
+{{- end }}
+{{- if and (eq .Values.updateStrategy.type "Recreate") (gt (int $as.maxReplicas) 1) }}
+{{- $errors = append $errors (printf "updateStrategy.type=Recreate with autoscaling.maxReplicas=%d takes every replica down at once on each adapter rollout: use RollingUpdate, or autoscaling.maxReplicas=1" (int $as.maxReplicas)) }}
+{{- end }}
+{{- end }}
+{{- if $as.keda.enabled }}
+{{- if not $as.keda.serverAddress }}
+{{- $errors = append $errors "autoscaling.keda.enabled=true needs autoscaling.keda.serverAddress: the Prometheus URL KEDA queries for zthumb_queue_depth" }}
+{{- end }}
+{{- if not (.Capabilities.APIVersions.Has "keda.sh/v1alpha1") }}
+{{- $errors = append $errors "autoscaling.keda.enabled=true but the cluster has no keda.sh/v1alpha1 API (KEDA is not installed); install KEDA, use autoscaling.enabled (a plain HPA) instead, or pass --api-versions keda.sh/v1alpha1 to helm template" }}
+{{- end }}
 {{- end }}
 {{- if $errors }}
 {{- fail (printf "\n\nVALUES VALIDATION:\n  - %s\n" (join "\n  - " $errors)) }}

@@ -2,8 +2,8 @@
 
 Jobs wait in FIFO order. ``enqueue`` refuses with ``QueueFullError`` when ``max_queue`` jobs are
 already waiting. A job whose client disconnects, or whose deadline passes, while it waits is
-cancelled and never runs; one that is already running gets its cancel event set, which the
-backend checks after every denoising step.
+cancelled, never runs and frees its queue slot at once; one that is already running gets its
+cancel event set, which the backend checks after every denoising step.
 """
 
 from __future__ import annotations
@@ -26,6 +26,11 @@ T = TypeVar("T")
 POLL_S = 0.05
 
 
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class Job:
     def __init__(self, fn: Callable[[threading.Event], Any], name: str) -> None:
         self.fn = fn
@@ -34,6 +39,7 @@ class Job:
         self.cancel_event = threading.Event()
         self.enqueued_at = time.perf_counter()
         self.started_at: float | None = None
+        self.counted = True  # holds a slot of the bounded queue (and of zthumb_queue_depth)
 
     def cancel(self) -> bool:
         """Cancel; True if the job had not started (it will never run)."""
@@ -86,17 +92,20 @@ class Worker:
         if self.metrics:
             self.metrics.queue_depth.set(self._waiting)
 
-    def _dequeued(self) -> None:
+    def _release_slot(self, job: Job) -> None:
+        """The job no longer waits: dequeued by the worker, or cancelled while queued (once)."""
         with self._lock:
-            self._waiting -= 1
-            self._set_depth()
+            if job.counted:
+                job.counted = False
+                self._waiting -= 1
+                self._set_depth()
 
     def _run(self) -> None:
         while True:
             job = self._queue.get()
             if job is None:
                 return
-            self._dequeued()
+            self._release_slot(job)
             if not job.future.set_running_or_notify_cancel():
                 log.info("skipped a job cancelled while queued", extra={"job": job.name})
                 continue
@@ -127,6 +136,9 @@ class Worker:
         """Run ``fn`` on the worker; returns (result, seconds waited in the queue)."""
         job = self.enqueue(fn, name)
         wrapped = asyncio.wrap_future(job.future)
+        # A job abandoned while running still ends (it stops at its next step); its outcome is
+        # nobody's then: retrieve it, or asyncio logs "Future exception was never retrieved".
+        wrapped.add_done_callback(_retrieve)
         deadline = job.enqueued_at + timeout
         try:
             while True:
@@ -149,6 +161,8 @@ class Worker:
 
     def _cancel(self, job: Job, reason: str) -> None:
         never_ran = job.cancel()
+        if never_ran:  # free its slot now, not when the worker reaches it
+            self._release_slot(job)
         if self.metrics:
             self.metrics.cancelled.labels(reason=reason).inc()
         log.info("job cancelled", extra={"reason": reason, "while": "queued" if never_ran else "running"})
