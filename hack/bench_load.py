@@ -33,6 +33,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import statistics
@@ -357,6 +358,11 @@ def evaluate(
     def delta(name: str, **labels: str) -> int:
         return round(metric_sum(after, name, **labels) - metric_sum(before, name, **labels))
 
+    def mean_of(histogram: str) -> float:
+        count = metric_sum(after, f"{histogram}_count") - metric_sum(before, f"{histogram}_count")
+        total = metric_sum(after, f"{histogram}_sum") - metric_sum(before, f"{histogram}_sum")
+        return round(total / count, 4) if count else float("nan")
+
     generations = delta("zthumb_generation_seconds_count")
     server_200 = round(status_sum(after, "200") - status_sum(before, "200"))
     server_5xx = round(status_sum(after, "5") - status_sum(before, "5"))
@@ -382,6 +388,8 @@ def evaluate(
         "adapter_loads": delta("zthumb_adapter_loads_total"),
         "adapter_evictions": delta("zthumb_adapter_evictions_total"),
         "adapter_hits": delta("zthumb_adapter_cache_hits_total"),
+        "generation_s_mean": mean_of("zthumb_generation_seconds"),
+        "adapter_load_s_mean": mean_of("zthumb_adapter_load_seconds"),
         "queue_depth_after": metric_sum(after, "zthumb_queue_depth"),
         "cpu_s": round(cpu_seconds, 1),
         "cpu_s_per_generation": round(cpu_seconds / generations, 3) if generations else float("nan"),
@@ -481,6 +489,10 @@ def render_table(report: Report) -> str:
             ", ".join(f"{k}: {v}" for k, v in report.server_statuses.items()),
         ),
         ("server CPU during run / per generation", f"{srv['cpu_s']} s / {srv['cpu_s_per_generation']} s"),
+        (
+            "server: mean generation / adapter load",
+            f"{srv['generation_s_mean'] * 1000:.0f} ms / {srv['adapter_load_s_mean'] * 1000:.0f} ms (wall)",
+        ),
     ]
     width = max(len(k) for k, _ in rows)
     lines = [f"| {'measure':<{width}} | value |", f"|{'-' * (width + 2)}|-------|"]
@@ -635,6 +647,7 @@ def main(argv: list[str] | None = None) -> int:
         cpu_seconds = server.cpu_seconds() - cpu_before
     finally:
         server.stop()
+        shutil.rmtree(work, ignore_errors=True)
     records = server.log_records(start=log_mark)  # the load phase (and the shutdown)
     evaluate(
         report,
