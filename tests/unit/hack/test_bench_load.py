@@ -1,0 +1,34 @@
+"""The load benchmark's --tiny mode: the real server on loopback, a few cancelled requests."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[3] / "hack" / "bench_load.py"
+
+
+@pytest.mark.slow
+def test_tiny_run_passes_every_check(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("bench_load", SCRIPT)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    # dataclasses look their module up in sys.modules while the class is created.
+    monkeypatch.setitem(sys.modules, "bench_load", module)
+    spec.loader.exec_module(module)
+
+    rc = module.main(["--tiny", "--out", str(tmp_path)])
+
+    report = json.loads((tmp_path / "bench_load.json").read_text())
+    assert report["checks"] and all(report["checks"].values()), (report["checks"], report["errors"])
+    assert rc == 0
+    outcomes = report["outcomes"]
+    assert outcomes["requests"] == 12
+    assert outcomes["200"] >= 1 and outcomes["5xx"] == 0
+    assert report["server"]["generations"] == report["server"]["responses_200"]
+    assert report["config"]["zthumb"] == str(Path(sys.modules["zthumb"].__file__).parent)
+    assert "| 200 " in (tmp_path / "bench_load.md").read_text()
