@@ -203,10 +203,12 @@ def test_cli_fetches_model_and_config(served, model_file, model_sha, tmp_path):
     assert Path(tmp_path / "cfg" / "model_index.json").exists()
 
 
-def test_verified_file_is_not_hashed_again_until_it_changes(served, model_file, model_sha, tmp_path, monkeypatch):
+def test_verified_file_is_not_hashed_again_until_it_changes(
+    served, model_file, model_sha, tmp_path, monkeypatch
+):
     import os
 
-    import zthumb_trainer.fetch as fetch
+    from zthumb_trainer import fetch
 
     target = tmp_path / "base.safetensors"
     download(f"{served.url}/{model_file.name}", model_sha, target, progress=False)

@@ -115,9 +115,7 @@ def test_resume_continues_after_the_checkpoint_and_matches_an_uninterrupted_run(
         assert torch.allclose(a[key], b[key], atol=1e-6), key
 
 
-def test_sigterm_checkpoints_the_current_step_and_the_next_pod_repeats_none(
-    run_dir, tiny_model, monkeypatch
-):
+def test_sigterm_checkpoints_the_current_step_and_the_next_pod_repeats_none(run_dir, tiny_model, monkeypatch):
     """A deleted pod's trainer (PID 1) gets SIGTERM: it finishes the step, checkpoints it, stops."""
     import os
     import signal
