@@ -224,7 +224,8 @@ class _FakeStatusApi:
     def __init__(self, fail=False):
         self.calls, self.fail = [], fail
 
-    def patch_namespaced_custom_object_status(self, group, version, namespace, plural, name, body):  # noqa: PLR0917
+    def patch_namespaced_custom_object_status(self, group, version, namespace, plural, name, body, **kwargs):  # noqa: PLR0917
+        assert kwargs == {"field_manager": "zthumb-trainer"}
         if self.fail:
             raise RuntimeError("forbidden")
         self.calls.append((group, version, namespace, plural, name, body))
