@@ -18,7 +18,7 @@ SERVER_IMAGE = f"ghcr.io/zthumb/zthumb:{VERSION}"
 TRAINER_IMAGE = f"ghcr.io/zthumb/trainer:{VERSION}"
 OPERATOR_IMAGE = f"ghcr.io/zthumb/operator:{VERSION}"
 # The chart's helm test pod needs curl + sh; hack/build-images.sh builds it locally.
-HELM_TEST_IMAGE = os.environ.get("ZTHUMB_HELM_TEST_IMAGE", f"localhost/zthumb/helm-test:{VERSION}")
+HELM_TEST_IMAGE = os.environ.get("ZTHUMB_HELM_TEST_IMAGE", f"ghcr.io/zthumb/helm-test:{VERSION}")
 IMAGES = (SERVER_IMAGE, TRAINER_IMAGE, OPERATOR_IMAGE, HELM_TEST_IMAGE)
 GPU_TAINT = "nvidia.com/gpu"
 OPERATOR_NS = "zthumb-system"
