@@ -190,7 +190,7 @@ buildah_private() {
 build_scratch_image() {
   local name="$1" archive="$2" rootfs="$3" entrypoint="$4" cmd="$5" ctr
   ctr="$(buildah_private from --pull=never scratch)"
-  buildah_private add "${ctr}" "${rootfs}" /
+  buildah_private add --quiet "${ctr}" "${rootfs}" / >/dev/null
   buildah_private config --entrypoint "${entrypoint}" --cmd "${cmd}" \
     --label org.opencontainers.image.source=zthumb-hack-build-node "${ctr}"
   buildah_private commit -q "${ctr}" "${name}" >/dev/null

@@ -475,6 +475,10 @@ node_up() {
     done
   fi
 
+  # Taints: nvidia.com/gpu like kwok's GPU nodes, plus a soft one so that
+  # pods which do not ask for this node (nodeSelector zthumb.io/node=real)
+  # keep going to kwok's nodes: the scheduler avoids the real node for them
+  # whenever another node fits, and nothing they run needs a real image.
   start_component kubelet \
     --config "${NODE_DIR}/kubelet.yaml" \
     --kubeconfig "${NODE_DIR}/kubelet.kubeconfig" \
@@ -483,7 +487,7 @@ node_up() {
     --hostname-override "${NODE_NAME}" \
     --node-ip "${NODE_IP}" \
     --node-labels "zthumb.io/pool=gpu,zthumb.io/node=real,nvidia.com/gpu.present=true,nvidia.com/gpu.count=${NODE_GPUS},node.kubernetes.io/instance-type=zthumb-real" \
-    --register-with-taints "nvidia.com/gpu=present:NoSchedule"
+    --register-with-taints "nvidia.com/gpu=present:NoSchedule,zthumb.io/node=real:PreferNoSchedule"
   start_component kube-proxy --config "${NODE_DIR}/kube-proxy.yaml"
   node_cluster_objects | kubectl_admin apply -f - >/dev/null
   start_component coredns -conf "${NODE_DIR}/Corefile"
