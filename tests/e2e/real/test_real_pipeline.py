@@ -274,7 +274,15 @@ def test_operator_runs_as_a_real_pod_with_its_own_service_account(shared: Shared
     (container,) = pod["spec"]["containers"]
     assert container["image"] == "ghcr.io/zthumb/operator:0.1.0"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    out = kubectl("logs", "-n", OPERATOR_NS, pod["metadata"]["name"]).stdout
+    out = wait_until(
+        lambda: (
+            (text := kubectl("logs", "-n", OPERATOR_NS, pod["metadata"]["name"]).stdout)
+            and "Initial authentication has finished" in text
+            and text
+        ),
+        60,
+        "the operator to log in",
+    )
     assert "starting (cluster-wide)" in out, out[-3000:]
     assert "orbidden" not in out, out[-3000:]
 
