@@ -58,8 +58,8 @@ SERVER_SELECTOR = f"app.kubernetes.io/name=zthumb,app.kubernetes.io/instance={RE
 DATASET = "datasets/real"
 RUN = "real-style"
 BAD_RUN = "real-bad"
-STEPS = 600
-CHECKPOINT_EVERY = 100
+STEPS = 240
+CHECKPOINT_EVERY = 40
 MODEL_PATH = "models/tiny_sdxl.safetensors"
 MODEL_CONFIG = "models/tiny_sdxl-config"
 
@@ -168,13 +168,15 @@ def phase_of(kubectl: Kubectl, ns: str, run: str) -> str:
     return (lft(kubectl, ns, run).get("status") or {}).get("phase") or ""
 
 
-def wait_phase(kubectl: Kubectl, ns: str, run: str, phases: set[str], timeout: float) -> dict[str, Any]:
+def wait_phase(
+    kubectl: Kubectl, ns: str, run: str, phases: set[str], timeout: float, interval: float = 1.0
+) -> dict[str, Any]:
     def reached() -> dict[str, Any] | None:
         obj = lft(kubectl, ns, run)
         return obj if (obj.get("status") or {}).get("phase") in phases else None
 
     try:
-        return wait_until(reached, timeout, f"{run} in phase {phases}", 1)
+        return wait_until(reached, timeout, f"{run} in phase {phases}", interval)
     except AssertionError as exc:
         status = (lft(kubectl, ns, run).get("status")) or {}
         op_log = "".join(
@@ -525,16 +527,16 @@ def test_finetune_runs_in_real_pods_through_train_pod_and_operator_deletion(
     server_log = kubectl("logs", "-n", ns, pod["metadata"]["name"], "-c", "zthumb").stdout
     assert server_log.count("/generate") >= 2, server_log[-3000:]
 
-    # The report and its images are on the volume.
-    files = volume(kubectl, ns, "ls", f"/data/outputs/lora_eval/{RUN}").split()
-    pngs = [f for f in files if f.endswith(".png")]
-    assert "report.md" in files and len(pngs) >= 2, files
-    report = volume(kubectl, ns, "cat", f"/data/outputs/lora_eval/{RUN}/report.md")
-    assert any(png in report for png in pngs), report[:2000]
-    head = volume(
-        kubectl, ns, "python3", "-c", f"print(open('/data/outputs/lora_eval/{RUN}/{pngs[0]}','rb').read(8))"
-    )
-    assert "PNG" in head
+    # The report and its images (one side-by-side pair per prompt and seed) are on the volume.
+    eval_dir = f"/data/outputs/lora_eval/{RUN}"
+    pngs = volume(kubectl, ns, "find", eval_dir, "-name", "*.png").split()
+    assert pngs, volume(kubectl, ns, "find", eval_dir)
+    report = volume(kubectl, ns, "cat", f"{eval_dir}/report.md")
+    for png in pngs:
+        assert png.removeprefix(f"{eval_dir}/") in report, report[:2000]
+        head = volume(kubectl, ns, "python3", "-c", f"print(open({png!r}, 'rb').read(8))")
+        assert "PNG" in head, head
+    assert f"http://{RELEASE}.{ns}.svc:8080" in report, report[:2000]  # eval called the Service by name
     described = kubectl("describe", "lft", RUN, "-n", ns).stdout
     for reason in ("JobCreated", "TrainCompleted", "RolloutStarted", "DeployCompleted", "Succeeded"):
         assert reason in described, reason
@@ -589,7 +591,8 @@ def test_adapter_that_fails_readiness_is_rolled_back_and_old_pod_keeps_serving(
         deploy={"rolloutTimeoutSeconds": 60},
     )
     kubectl("apply", "-f", "-", input=json.dumps(manifest))
-    wait_phase(kubectl, ns, BAD_RUN, {"Deploying", "Failed", "Succeeded"}, 600)
+    phase = wait_phase(kubectl, ns, BAD_RUN, {"Deploying", "Failed", "Succeeded"}, 600, interval=0.2)
+    assert phase["status"]["phase"] == "Deploying", phase["status"]
     # The adapter goes bad the moment its rollout starts: a new server pod needs many seconds
     # (init container, torch import, model load) before it reads the adapter.
     adapter = f"/data/models/lora/{BAD_RUN}/pytorch_lora_weights.safetensors"
