@@ -169,7 +169,7 @@ def phase_of(kubectl: Kubectl, ns: str, run: str) -> str:
 
 
 def wait_phase(
-    kubectl: Kubectl, ns: str, run: str, phases: set[str], timeout: float, interval: float = 1.0
+    kubectl: Kubectl, ns: str, run: str, phases: set[str], timeout: float, *, interval: float = 1.0
 ) -> dict[str, Any]:
     def reached() -> dict[str, Any] | None:
         obj = lft(kubectl, ns, run)
