@@ -456,12 +456,15 @@ def test_finetune_runs_in_real_pods_through_train_pod_and_operator_deletion(
     assert status["evalSummary"], status  # from the eval pod's real termination message
 
     # The train pod wrote status.progress itself, with its own ServiceAccount token.
+    managed = json.loads(kubectl("get", "lft", RUN, "-n", ns, "-o", "json", "--show-managed-fields").stdout)[
+        "metadata"
+    ]["managedFields"]
     writers = {
         m["manager"]
-        for m in obj["metadata"]["managedFields"]
+        for m in managed
         if m.get("subresource") == "status" and '"f:loss"' in json.dumps(m.get("fieldsV1"))
     }
-    assert writers == {"zthumb-trainer"}, obj["metadata"]["managedFields"]
+    assert writers == {"zthumb-trainer"}, managed
 
     # One Job per step, the ones that existed before the operator died adopted, not recreated.
     jobs = run_jobs(kubectl, ns, RUN)
