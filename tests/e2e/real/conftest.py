@@ -44,6 +44,7 @@ from realnode import (
     assert_ran_on_real_node,
     get_json,
     log,
+    operator_pods,
     pod_manifest,
     pod_ready,
     wait_until,
@@ -177,6 +178,8 @@ def operator(real_ns: str, cluster: Any) -> Iterator[str]:
         if os.environ.get("ZTHUMB_REAL_KEEP") != "1":
             for path in reversed(OPERATOR_MANIFESTS[1:]):
                 kubectl("delete", "-f", str(path), "--ignore-not-found", "--wait=false", check=False)
+            # A cluster-wide operator still shutting down must not act on the kwok tests' runs.
+            wait_until(lambda: not operator_pods(kubectl), 120, "the operator pods to be gone", 1)
 
 
 # --------------------------------------------------------------------------- the tiny model over HTTP

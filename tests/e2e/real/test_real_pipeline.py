@@ -390,7 +390,7 @@ def test_finetune_runs_in_real_pods_through_train_pod_and_operator_deletion(
         return running[0] if running and _last_step(kubectl, ns) > CHECKPOINT_EVERY else None
 
     first = wait_until(training, 600, f"the train pod past step {CHECKPOINT_EVERY}", 0.5)
-    shared.timings["apply to step 100"] = time.monotonic() - started
+    shared.timings[f"apply to step {CHECKPOINT_EVERY}"] = time.monotonic() - started
     first_name = first["metadata"]["name"]
     checkpoints = volume(kubectl, ns, "ls", f"/data/outputs/lora/{RUN}/checkpoints").split()
     assert f"step-{CHECKPOINT_EVERY}" in checkpoints, checkpoints
