@@ -127,6 +127,11 @@ start_component() {
 }
 
 apiserver_ready() {
+  # With the real node the apiserver is on the bridge address: never dial it
+  # when the bridge is not there (the packets would take the default route).
+  if [[ "${API_HOST}" != "${HOST}" ]] && ! ip -4 -o addr show dev "${NODE_BRIDGE}" 2>/dev/null | grep -qF " ${API_HOST}/"; then
+    return 1
+  fi
   curl -fsS --max-time 2 --cacert "${PKI_DIR}/ca.crt" \
     --cert "${PKI_DIR}/admin.crt" --key "${PKI_DIR}/admin.key" \
     "${APISERVER_URL}/readyz" >/dev/null
@@ -308,13 +313,15 @@ cmd_up() {
     fi
   done
 
+  if [[ "${REAL_NODE}" == 1 ]]; then node_preflight; fi
+
   mkdir -p "${STATE_DIR}" "${PID_DIR}" "${LOG_DIR}"
   touch "${MARKER}"
   trap on_up_failure ERR
   set -E  # the trap also fires inside functions (node_up, ...)
   if [[ "${REAL_NODE}" == 1 ]]; then
     touch "${STATE_DIR}/.real-node"
-    node_prepare_host
+    node_bridge_up
   fi
   generate_pki
   write_kubeconfig "${KUBECONFIG_FILE}" zthumb-admin admin
@@ -464,13 +471,18 @@ cmd_down() {
     return 0
   fi
   [[ -f "${MARKER}" ]] || die "${STATE_DIR} exists but has no ${MARKER##*/} marker; refusing to touch it"
+  local real_node=0
   if [[ -f "${STATE_DIR}/.real-node" ]] ||
     [[ -f "${NODE_OWNER_FILE}" && "$(<"${NODE_OWNER_FILE}")" == "${STATE_DIR}" ]]; then
-    node_down
+    real_node=1
   fi
+  if ((real_node)); then node_stop; fi
   for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
     stop_component "${COMPONENTS[i]}"
   done
+  # Bridge, nftables, mounts, shims, host paths: only once nothing of ours
+  # can dial the bridge address any more.
+  if ((real_node)); then node_host_cleanup; fi
   rm -rf "${STATE_DIR}"
   log "down; removed ${STATE_DIR}"
 }

@@ -85,9 +85,10 @@ node_owner_alive() {
   return 1
 }
 
-# node_prepare_host: refuse when another live cluster owns the node, clean a
-# crashed run's leftovers, then put up the bridge.
-node_prepare_host() {
+# node_preflight: build what is missing, refuse when another live cluster owns
+# the node, clean a crashed run's leftovers. Runs before `up` arms its
+# failure trap (the cleanup is best effort and may fail harmlessly).
+node_preflight() {
   local owner missing
   ((EUID == 0)) || die "the real node needs root (or run with ZTHUMB_REAL_NODE=0)"
   mapfile -t missing < <(node_missing_parts)
@@ -112,10 +113,21 @@ node_prepare_host() {
     log "leftovers of an earlier real node found; cleaning them first"
     node_host_cleanup
   fi
+}
+
+# node_bridge_up: the bridge zt0 with the node's address, and the guards.
+node_bridge_up() {
   echo "${STATE_DIR}" >"${NODE_OWNER_FILE}"
   ip link add "${NODE_BRIDGE}" type bridge
   ip addr add "${NODE_IP}/16" dev "${NODE_BRIDGE}"
   ip link set "${NODE_BRIDGE}" up
+  # Host traffic to a ClusterIP leaves through the bridge (kube-proxy DNATs it
+  # there). Safety net: if the bridge ever goes away while something still
+  # dials the pod or Service range, these blackholes (higher metric, so
+  # unused while zt0 is up) keep the packets on this machine.
+  ip route add "${SERVICE_CIDR}" dev "${NODE_BRIDGE}" src "${NODE_IP}"
+  ip route add blackhole "${POD_CIDR}" metric 4000
+  ip route add blackhole "${SERVICE_CIDR}" metric 4000
   # Forwarding on the bridge only (ClusterIP traffic from pod to pod needs it);
   # the host-wide net.ipv4.ip_forward is left alone.
   sysctl -qw "net.ipv4.conf.${NODE_BRIDGE}.forwarding=1"
@@ -152,35 +164,54 @@ node_kill_shims() {
   local sig="$1" pid cmd
   for pid in /proc/[0-9]*; do
     pid="${pid#/proc/}"
-    cmd="$(tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null)" || continue
+    cmd="$(tr '\0' ' ' 2>/dev/null <"/proc/${pid}/cmdline")" || continue
     [[ "${cmd}" == *containerd-shim-runc-v2* && "${cmd}" == *"${CONTAINERD_SOCK}"* ]] || continue
     kill "-${sig}" "${pid}" 2>/dev/null || true
   done
 }
 
-node_runc() { runc --root "${RUNC_ROOT}" "$@"; }
+# The shim runs runc with --root <Root>/<containerd namespace>.
+node_runc() { runc --root "${RUNC_ROOT}/k8s.io" "$@"; }
+
+# node_kill_pod_processes: every process in the pods' cgroups (kubelet's
+# cgroupfs layout puts them all under kubepods), whatever runc still knows.
+node_kill_pod_processes() {
+  local i pids
+  for ((i = 0; i < 3; i++)); do
+    pids="$(find /sys/fs/cgroup/pids/kubepods /sys/fs/cgroup/memory/kubepods -name cgroup.procs \
+      -exec cat {} + 2>/dev/null | sort -u | tr '\n' ' ')"
+    [[ -n "${pids// /}" ]] || return 0
+    # shellcheck disable=SC2086
+    kill -KILL ${pids} 2>/dev/null
+    sleep 0.5
+  done
+}
 
 # node_host_cleanup: everything the node leaves on the host, idempotent. Safe
 # to run when nothing is there.
 node_host_cleanup() {
-  local id i t chain ipt
+  # Best effort all the way through: one failing step must not skip the rest.
+  local - id i t chain ipt
+  set +e +o pipefail
   # Containers first (kubelet is stopped by now, so nothing restarts them).
-  if [[ -d "${RUNC_ROOT}" ]]; then
+  if [[ -d "${RUNC_ROOT}/k8s.io" ]]; then
     for id in $(node_runc list -q 2>/dev/null); do
       node_runc kill --all "${id}" KILL 2>/dev/null || true
     done
   fi
+  node_kill_pod_processes
   node_kill_shims TERM
   for ((i = 0; i < 20; i++)); do
     pgrep -f -- "containerd-shim-runc-v2.*${CONTAINERD_SOCK}" >/dev/null || break
     sleep 0.25
   done
   node_kill_shims KILL
-  if [[ -d "${RUNC_ROOT}" ]]; then
+  if [[ -d "${RUNC_ROOT}/k8s.io" ]]; then
     for id in $(node_runc list -q 2>/dev/null); do
       node_runc delete --force "${id}" 2>/dev/null || true
     done
   fi
+  node_kill_pod_processes
   node_unmount_under "${NODE_DIR}"
   # Pod veths die with their network namespaces; drop any that did not.
   if ip link show "${NODE_BRIDGE}" >/dev/null 2>&1; then
@@ -217,7 +248,8 @@ node_host_cleanup() {
   rmdir /var/lib/kubelet 2>/dev/null || true
   rm -rf /run/containerd/s /run/containerd/fifo
   rmdir /run/containerd 2>/dev/null || true
-  rm -rf /var/lib/cni/results/zthumb-* /var/lib/cni/networks/zthumb
+  # libcni's result cache (our network "zthumb" and containerd's loopback).
+  rm -rf /var/lib/cni/results/zthumb-* /var/lib/cni/results/cni-loopback-* /var/lib/cni/networks/zthumb
   rmdir /var/lib/cni/results /var/lib/cni/networks /var/lib/cni 2>/dev/null || true
   if [[ -d /var/log/containers ]]; then
     find /var/log/containers -maxdepth 1 -type l -lname "${NODE_DIR}/*" -delete 2>/dev/null || true
@@ -227,6 +259,9 @@ node_host_cleanup() {
   for t in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/unified/kubepods; do
     [[ -d "${t}" ]] && find "${t}" -depth -type d -exec rmdir {} \; 2>/dev/null
   done
+  # Last: the safety-net routes (nothing of ours runs any more).
+  ip route del blackhole "${POD_CIDR}" metric 4000 2>/dev/null
+  ip route del blackhole "${SERVICE_CIDR}" metric 4000 2>/dev/null
   rm -f "${NODE_OWNER_FILE}"
   return 0
 }
@@ -506,17 +541,20 @@ node_up() {
   log "real node ${NODE_NAME} Ready in $((SECONDS - start))s"
 }
 
-node_down() {
+# node_stop: the node's processes and containers. The bridge stays until
+# node_host_cleanup, after the control plane is stopped too: a process still
+# dialling 10.88.0.1 must find a local address, never the default route.
+node_stop() {
   local name
   for name in zthumb-hostpath-provisioner coredns kube-proxy kubelet; do
     stop_component "${name}"
   done
-  # Containers and shims while containerd still runs, then containerd.
-  if [[ -d "${RUNC_ROOT}" ]]; then
+  # Containers while containerd still runs, then containerd; shims and
+  # leftovers go in node_host_cleanup.
+  if [[ -d "${RUNC_ROOT}/k8s.io" ]]; then
     for name in $(node_runc list -q 2>/dev/null); do
       node_runc kill --all "${name}" KILL 2>/dev/null || true
     done
   fi
   stop_component containerd
-  node_host_cleanup
 }
