@@ -96,6 +96,14 @@ node_preflight() {
     log "real node parts missing (${missing[*]}); running hack/build-k8s.sh"
     "${HACK_DIR}/build-k8s.sh"
   fi
+  # Pod -> Service -> pod on the same bridge needs bridged packets to pass
+  # netfilter (conntrack undoes the DNAT on the reply).
+  if [[ ! -e /proc/sys/net/bridge/bridge-nf-call-iptables ]]; then
+    modprobe br_netfilter 2>/dev/null ||
+      log "WARNING: no br_netfilter; pod-to-Service traffic between pods will fail"
+  elif [[ "$(</proc/sys/net/bridge/bridge-nf-call-iptables)" != 1 ]]; then
+    log "WARNING: net.bridge.bridge-nf-call-iptables=0; pod-to-Service traffic between pods will fail"
+  fi
   if [[ -f "${NODE_OWNER_FILE}" ]]; then
     owner="$(<"${NODE_OWNER_FILE}")"
     if [[ "${owner}" != "${STATE_DIR}" ]]; then
