@@ -122,7 +122,8 @@ pid_of() {
 start_component() {
   local name="$1"
   shift
-  setsid "${BIN_DIR}/${name}" "$@" </dev/null >"${LOG_DIR}/${name}.log" 2>&1 &
+  # 7>&-: the real node's host-wide lock must not outlive this script.
+  setsid "${BIN_DIR}/${name}" "$@" </dev/null >"${LOG_DIR}/${name}.log" 2>&1 7>&- &
   echo "$!" >"${PID_DIR}/${name}.pid"
 }
 
@@ -300,6 +301,8 @@ cmd_up() {
     log "already up at ${APISERVER_URL} (state ${STATE_DIR})"
     return 0
   fi
+  set_mode
+  if [[ "${REAL_NODE}" == 1 ]] && ((EUID == 0)); then node_lock; fi
   # Leftovers of a crashed or half-started run: clear them first.
   if [[ -e "${STATE_DIR}" ]]; then
     log "stale state in ${STATE_DIR}; cleaning up first"
@@ -464,6 +467,7 @@ cmd_down() {
     # A real node whose state dir is gone (deleted by hand) still leaves
     # host state behind; clean it when it is ours.
     if [[ -f "${NODE_OWNER_FILE}" && "$(<"${NODE_OWNER_FILE}")" == "${STATE_DIR}" ]]; then
+      node_lock
       node_host_cleanup
       log "cleaned the real node's host leftovers"
     fi
@@ -476,13 +480,24 @@ cmd_down() {
     [[ -f "${NODE_OWNER_FILE}" && "$(<"${NODE_OWNER_FILE}")" == "${STATE_DIR}" ]]; then
     real_node=1
   fi
-  if ((real_node)); then node_stop; fi
+  if ((real_node)); then
+    node_lock
+    node_stop
+  fi
   for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
     stop_component "${COMPONENTS[i]}"
   done
   # Bridge, nftables, mounts, shims, host paths: only once nothing of ours
   # can dial the bridge address any more.
-  if ((real_node)); then node_host_cleanup; fi
+  # Never another live cluster's: the host state is its now.
+  if ((real_node)); then
+    if node_owns_host; then
+      node_host_cleanup
+    else
+      log "the real node's host state belongs to $(<"${NODE_OWNER_FILE}") now; leaving it alone"
+      node_unmount_under "${NODE_DIR}"
+    fi
+  fi
   rm -rf "${STATE_DIR}"
   log "down; removed ${STATE_DIR}"
 }

@@ -25,6 +25,11 @@ RUNC_ROOT="${NODE_RUN}/runc"
 IMAGE_DIR="${CACHE_DIR}/images"
 # Extra OCI archives in this directory are imported at every `up`.
 NODE_IMAGES_DIR="${ZTHUMB_NODE_IMAGES:-${CACHE_ROOT}/node-images}"
+# containerd's root (content store, snapshots, metadata) outlives the cluster,
+# so imported images survive `down` and `up` (importing a 3 GB image takes
+# minutes here). Like a node reboot: the state dir is fresh each time, and
+# `down` removes the pods' containers and sandboxes from it.
+NODE_CONTAINERD_ROOT="${ZTHUMB_NODE_CONTAINERD_ROOT:-${CACHE_ROOT}/node-containerd}"
 PAUSE_IMAGE="localhost/zthumb/pause:3.10"
 STORAGE_CLASS="zthumb-local"
 KUBELET_HEALTHZ_PORT="${ZTHUMB_KUBELET_HEALTHZ_PORT:-10248}"
@@ -34,6 +39,9 @@ COREDNS_HEALTH_PORT="${ZTHUMB_COREDNS_HEALTH_PORT:-16054}"
 COREDNS_READY_PORT="${ZTHUMB_COREDNS_READY_PORT:-16181}"
 # Host-wide marker: which state dir owns the bridge and the host leftovers.
 NODE_OWNER_FILE="/run/zthumb-real-node.owner"
+# Host-wide lock held by `up` and `down` of any cluster with a real node, so
+# two of them (other worktrees, CI) never set up or tear down at once.
+NODE_LOCK_FILE="/run/zthumb-real-node.lock"
 NODE_NFT_TABLE="zthumb-node"
 NODE_COMPONENTS=(containerd kubelet kube-proxy coredns zthumb-hostpath-provisioner)
 NODE_BINARIES=(kubelet kube-proxy containerd containerd-shim-runc-v2 ctr coredns zthumb-hostpath-provisioner)
@@ -83,6 +91,23 @@ node_owner_alive() {
     tr '\0' ' ' <"/proc/${pid}/cmdline" | grep -qF -- "${owner}" && return 0
   done
   return 1
+}
+
+# node_lock: take the host-wide lock (fd 7; start_component keeps it from the
+# components). Held until this script exits. Children that run cluster.sh
+# again get NODE_LOCK_HELD=1 and share it.
+node_lock() {
+  [[ -z "${NODE_LOCK_HELD:-}" ]] || return 0
+  exec 7>"${NODE_LOCK_FILE}"
+  if ! flock -w 900 7; then
+    die "another hack/cluster.sh held ${NODE_LOCK_FILE} for 15 minutes; giving up"
+  fi
+  export NODE_LOCK_HELD=1
+}
+
+# node_owns_host: true when no cluster or this one owns the node's host state.
+node_owns_host() {
+  [[ ! -f "${NODE_OWNER_FILE}" || "$(<"${NODE_OWNER_FILE}")" == "${STATE_DIR}" ]]
 }
 
 # node_preflight: build what is missing, refuse when another live cluster owns
@@ -221,6 +246,7 @@ node_host_cleanup() {
   fi
   node_kill_pod_processes
   node_unmount_under "${NODE_DIR}"
+  node_unmount_under "${NODE_CONTAINERD_ROOT}"
   # Pod veths die with their network namespaces; drop any that did not.
   if ip link show "${NODE_BRIDGE}" >/dev/null 2>&1; then
     for id in $(ip -o link show master "${NODE_BRIDGE}" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
@@ -278,7 +304,7 @@ node_host_cleanup() {
 # Configuration files
 # ---------------------------------------------------------------------------
 node_write_configs() {
-  mkdir -p "${NODE_DIR}"/{cni/net.d,cni/ipam,run,containerd-root,containerd-state,kubelet/pki,pod-logs,volumes,certs.d/_default}
+  mkdir -p "${NODE_DIR}"/{cni/net.d,cni/ipam,run,containerd-state,kubelet/pki,pod-logs,volumes,certs.d/_default}
   write_kubeconfig "${NODE_DIR}/kubelet.kubeconfig" "system:node:${NODE_NAME}" kubelet
   write_kubeconfig "${NODE_DIR}/kube-proxy.kubeconfig" system:kube-proxy kube-proxy
 
@@ -292,7 +318,7 @@ EOF
 
   cat >"${NODE_DIR}/containerd.toml" <<EOF
 version = 3
-root = "${NODE_DIR}/containerd-root"
+root = "${NODE_CONTAINERD_ROOT}"
 state = "${NODE_DIR}/containerd-state"
 # opt writes /opt/containerd, nri listens on /var/run/nri: neither is needed.
 disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.nri.v1.nri"]
@@ -509,6 +535,7 @@ node_gpu_ok() {
 node_up() {
   local start="${SECONDS}" f
   node_write_configs
+  mkdir -p "${NODE_CONTAINERD_ROOT}"
   PATH="${BIN_DIR}:${PATH}" start_component containerd --config "${NODE_DIR}/containerd.toml"
   wait_until "${UP_TIMEOUT}" "containerd" ctr_node version
   node_import "${IMAGE_DIR}/pause.tar" "${IMAGE_DIR}/busybox.tar"
@@ -564,5 +591,22 @@ node_stop() {
       node_runc kill --all "${name}" KILL 2>/dev/null || true
     done
   fi
+  if pid_of containerd >/dev/null; then node_purge_pods; fi
   stop_component containerd
+}
+
+# node_purge_pods: drop the pods' sandboxes and containers from containerd's
+# (persistent) metadata, so the next `up` starts clean; the images stay. After
+# a crash the next kubelet removes such leftovers itself, as after a reboot.
+node_purge_pods() {
+  local id
+  for id in $(timeout 10 "${BIN_DIR}/ctr" --address "${CONTAINERD_SOCK}" --namespace k8s.io sandboxes ls -q 2>/dev/null); do
+    timeout 10 "${BIN_DIR}/ctr" --address "${CONTAINERD_SOCK}" --namespace k8s.io sandboxes rm --force "${id}" >/dev/null 2>&1 || true
+  done
+  for id in $(timeout 10 "${BIN_DIR}/ctr" --address "${CONTAINERD_SOCK}" --namespace k8s.io tasks ls -q 2>/dev/null); do
+    timeout 10 "${BIN_DIR}/ctr" --address "${CONTAINERD_SOCK}" --namespace k8s.io tasks rm --force "${id}" >/dev/null 2>&1 || true
+  done
+  for id in $(timeout 10 "${BIN_DIR}/ctr" --address "${CONTAINERD_SOCK}" --namespace k8s.io containers ls -q 2>/dev/null); do
+    timeout 10 "${BIN_DIR}/ctr" --address "${CONTAINERD_SOCK}" --namespace k8s.io containers rm "${id}" >/dev/null 2>&1 || true
+  done
 }
