@@ -36,8 +36,9 @@
 #   ZTHUMB_CTR [ctr on PATH, else $ZTHUMB_CACHE/*/bin/ctr]   the containerd client
 #   ZTHUMB_CTR_NAMESPACE [k8s.io]
 #   ZTHUMB_IMAGE_REGISTRY [ghcr.io/zthumb]   ZTHUMB_IMAGE_TAG [the version in pyproject.toml]
-#   ZTHUMB_IMAGE_COMPRESSION [none]  none | gzip | zstd for the archives' layers; none is the
-#       fastest (the torch layer is GBs) and keeps layer digests identical across archives
+#   ZTHUMB_IMAGE_COMPRESSION [gzip]  gzip | zstd for the archives' layers (buildah 1.28 always
+#       compresses OCI archives; its --disable-compression has no effect there). gzip output is
+#       deterministic: the shared torch layer has the same digest in both archives (checked).
 #   ZTHUMB_BUILDAH_DRIVER [overlay; vfs when the storage was made with vfs]
 #   ZTHUMB_WHEELHOUSE [$ZTHUMB_IMAGES_DIR/wheels]  every pinned wheel, `pip download`ed once
 #       on the host; the builds install from it offline (mounted, never committed)
@@ -56,7 +57,7 @@ CLUSTER_DIR="${ZTHUMB_CLUSTER_DIR:-${CACHE_ROOT}/cluster}"
 CONTAINERD_SOCK="${ZTHUMB_CONTAINERD_SOCK:-${CLUSTER_DIR}/node/run/containerd.sock}"
 CTR_NAMESPACE="${ZTHUMB_CTR_NAMESPACE:-k8s.io}"
 REGISTRY="${ZTHUMB_IMAGE_REGISTRY:-ghcr.io/zthumb}"
-COMPRESSION="${ZTHUMB_IMAGE_COMPRESSION:-none}"
+COMPRESSION="${ZTHUMB_IMAGE_COMPRESSION:-gzip}"
 DEBIAN_MIRROR="${ZTHUMB_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 DEBIAN_SECURITY_MIRROR="${ZTHUMB_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
 TRAINER_EXTRA_PIP="${ZTHUMB_TRAINER_EXTRA_PIP:-}"
@@ -430,9 +431,8 @@ export_image() {
   fi
   local flags=()
   case "${COMPRESSION}" in
-    none) flags=(--disable-compression) ;;
     gzip | zstd) flags=(--compression-format "${COMPRESSION}") ;;
-    *) die "ZTHUMB_IMAGE_COMPRESSION must be none, gzip or zstd, not ${COMPRESSION}" ;;
+    *) die "ZTHUMB_IMAGE_COMPRESSION must be gzip or zstd, not ${COMPRESSION}" ;;
   esac
   local t0=$SECONDS
   rm -f "${file}.tmp" "${file}.id"
