@@ -36,11 +36,12 @@
 #   ZTHUMB_CTR [ctr on PATH, else $ZTHUMB_CACHE/*/bin/ctr]   the containerd client
 #   ZTHUMB_CTR_NAMESPACE [k8s.io]
 #   ZTHUMB_IMAGE_REGISTRY [ghcr.io/zthumb]   ZTHUMB_IMAGE_TAG [the version in pyproject.toml]
-#   ZTHUMB_IMAGE_COMPRESSION [none]  none | gzip | zstd for the archives' layers; none is the
-#       fastest (the torch layer is GBs) and keeps layer digests identical across archives
+#   ZTHUMB_IMAGE_COMPRESSION [gzip]  gzip | zstd for the archives' layers (buildah 1.28 always
+#       compresses OCI archives; its --disable-compression has no effect there). gzip output is
+#       deterministic: the shared torch layer has the same digest in both archives (checked).
 #   ZTHUMB_BUILDAH_DRIVER [overlay; vfs when the storage was made with vfs]
-#   ZTHUMB_PIP_CACHE [~/.cache/pip]  mounted at /root/.cache/pip during the build, never
-#       committed into an image
+#   ZTHUMB_WHEELHOUSE [$ZTHUMB_IMAGES_DIR/wheels]  every pinned wheel, `pip download`ed once
+#       on the host; the builds install from it offline (mounted, never committed)
 #   ZTHUMB_DEBIAN_MIRROR [http://deb.debian.org/debian]
 #   ZTHUMB_DEBIAN_SECURITY_MIRROR [http://deb.debian.org/debian-security]
 #   ZTHUMB_TRAINER_EXTRA_PIP [""]  e.g. "bitsandbytes==<version>" (build arg EXTRA_PIP)
@@ -56,12 +57,12 @@ CLUSTER_DIR="${ZTHUMB_CLUSTER_DIR:-${CACHE_ROOT}/cluster}"
 CONTAINERD_SOCK="${ZTHUMB_CONTAINERD_SOCK:-${CLUSTER_DIR}/node/run/containerd.sock}"
 CTR_NAMESPACE="${ZTHUMB_CTR_NAMESPACE:-k8s.io}"
 REGISTRY="${ZTHUMB_IMAGE_REGISTRY:-ghcr.io/zthumb}"
-COMPRESSION="${ZTHUMB_IMAGE_COMPRESSION:-none}"
-PIP_CACHE="${ZTHUMB_PIP_CACHE:-$HOME/.cache/pip}"
+COMPRESSION="${ZTHUMB_IMAGE_COMPRESSION:-gzip}"
 DEBIAN_MIRROR="${ZTHUMB_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 DEBIAN_SECURITY_MIRROR="${ZTHUMB_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
 TRAINER_EXTRA_PIP="${ZTHUMB_TRAINER_EXTRA_PIP:-}"
 BUILD_CA_BUNDLE="${ZTHUMB_BUILD_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
+WHEELHOUSE="${ZTHUMB_WHEELHOUSE:-${IMAGES_DIR}/wheels}"
 STORAGE_DIR="${IMAGES_DIR}/storage"
 RUN_DIR="${IMAGES_DIR}/run"
 # Bump when a change here alters what an image contains (build flags, base recipe).
@@ -244,7 +245,8 @@ for rel in sorted(files):
 PY
 }
 
-# inputs_hash NAME BASE_ID BUILD_ARG...
+# inputs_hash NAME BASE_ID BUILD_ARG... : prints the hash; the listing it hashes is left in
+# ${IMAGES_DIR}/NAME.inputs.new (kept as NAME.inputs after a build, to show why a build ran).
 inputs_hash() {
   local name=$1 base_id=$2
   shift 2
@@ -260,7 +262,50 @@ inputs_hash() {
     else
       context_inputs "${DOCKERFILE[${name}]}"
     fi
-  } | sha256sum | cut -c1-64
+  } >"${IMAGES_DIR}/${name}.inputs.new"
+  sha256sum <"${IMAGES_DIR}/${name}.inputs.new" | cut -c1-64
+}
+
+# --- wheelhouse ------------------------------------------------------------------------------
+
+# Every pinned requirement of every image (and the build backend), downloaded once on the host
+# with `pip download`: the builds install from it without the network. pip's own HTTP cache is
+# no help here (the proxy's responses are not cacheable), so the wheelhouse is the cache.
+# Needs a host Python of the images' minor version (3.11, Debian bookworm's), else the builds
+# fall back to the index.
+ensure_wheelhouse() {
+  WHEELHOUSE_READY=""
+  local reqs key
+  if [[ "$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')" != 3.11 ]]; then
+    log "wheelhouse: host python3 is not 3.11; the builds download from the index"
+    return 0
+  fi
+  reqs="${WHEELHOUSE}/requirements.txt"
+  mkdir -p "${WHEELHOUSE}"
+  {
+    python3 "${ROOT}/hack/extra_requirements.py" "${ROOT}/pyproject.toml" --core \
+      ml server trainer operator
+    python3 -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["build-system"]["requires"]))' \
+      "${ROOT}/pyproject.toml"
+    [[ -z "${TRAINER_EXTRA_PIP}" ]] || printf '%s\n' ${TRAINER_EXTRA_PIP}
+  } >"${reqs}.new"
+  key=$(sha256sum <"${reqs}.new" | cut -c1-64)
+  if [[ "$(cat "${WHEELHOUSE}/.complete" 2>/dev/null)" != "${key}" ]]; then
+    local t0=$SECONDS
+    log "wheelhouse: pip download -> ${WHEELHOUSE}"
+    mv "${reqs}.new" "${reqs}"
+    python3 -m pip download --quiet --disable-pip-version-check --dest "${WHEELHOUSE}" \
+      -r "${reqs}" >"${IMAGES_DIR}/wheelhouse.log" 2>&1 || {
+      tail -n 20 "${IMAGES_DIR}/wheelhouse.log" >&2
+      die "pip download failed, see ${IMAGES_DIR}/wheelhouse.log"
+    }
+    echo "${key}" >"${WHEELHOUSE}/.complete"
+    log "wheelhouse: $(du -sh "${WHEELHOUSE}" | cut -f1) in $((SECONDS - t0))s"
+    echo "wheelhouse $((SECONDS - t0))s" >>"${TIMES}"
+  else
+    rm -f "${reqs}.new"
+  fi
+  WHEELHOUSE_READY=1
 }
 
 # --- build, verify, export --------------------------------------------------------------------
@@ -277,17 +322,23 @@ build() {
     log "${name}: up to date (${ref}, inputs ${hash:0:12})"
     return 0
   fi
+  if [[ -f "${IMAGES_DIR}/${name}.inputs" ]]; then
+    log "${name}: inputs changed:"
+    diff "${IMAGES_DIR}/${name}.inputs" "${IMAGES_DIR}/${name}.inputs.new" | grep '^[<>]' | head -n 10 >&2 || true
+  fi
   for a in "$@"; do args+=(--build-arg "$a"); done
-  mkdir -p "${PIP_CACHE}"
-  # pip in the build uses the host's pip cache: a volume that a build-time pip.conf names as
-  # its cache-dir (the Dockerfiles' own `--mount=type=cache` stays unused here: buildah would
-  # put it under /var/tmp). Behind a TLS-intercepting proxy pip also needs the host's CA
-  # bundle. All of these are build-time mounts, never committed (they sit under /root, which
-  # the images' user cannot read anyway).
+  # pip in the build installs from the wheelhouse only (--no-index --find-links: a read-only
+  # volume), or from the index when there is none. Behind a TLS-intercepting proxy it also
+  # needs the host's CA bundle. These are build-time mounts, never committed (under /root,
+  # which the images' user cannot read anyway); the Dockerfiles' own
+  # `--mount=type=cache,target=/root/.cache/pip` stays unused here.
   local pipconf="${IMAGES_DIR}/build-pip.conf"
-  local volumes=(--volume "${PIP_CACHE}:/root/.cache/zthumb-host-pip"
-    --volume "${pipconf}:/root/.config/pip/pip.conf:ro")
-  printf '[global]\ncache-dir = /root/.cache/zthumb-host-pip\n' >"${pipconf}"
+  local volumes=(--volume "${pipconf}:/root/.config/pip/pip.conf:ro")
+  printf '[global]\n' >"${pipconf}"
+  if [[ -n "${WHEELHOUSE_READY}" ]]; then
+    printf 'no-index = true\nfind-links = /root/.cache/zthumb-wheels\n' >>"${pipconf}"
+    volumes+=(--volume "${WHEELHOUSE}:/root/.cache/zthumb-wheels:ro")
+  fi
   if [[ -s "${BUILD_CA_BUNDLE}" ]]; then
     printf 'cert = /etc/ssl/certs/ca-certificates.crt\n' >>"${pipconf}"
     volumes+=(--volume "${BUILD_CA_BUNDLE}:/etc/ssl/certs/ca-certificates.crt:ro")
@@ -295,7 +346,7 @@ build() {
   log "${name}: building ${ref} from ${DOCKERFILE[${name}]} on ${base_ref}"
   local t0=$SECONDS
   # --layers=false: one new layer per image on top of its base (the shared torch layer stays
-  # the base's own). The host pip cache is a volume: used by pip, never committed.
+  # the base's own).
   (cd "${ROOT}" && bh bud --pull=never --isolation=chroot --layers=false \
     --file "${DOCKERFILE[${name}]}" --tag "${ref}" \
     --label "${INPUTS_LABEL}=${hash}" \
@@ -304,6 +355,7 @@ build() {
     tail -n 40 "${IMAGES_DIR}/build-${name}.log" >&2
     die "${name}: build failed, full log: ${IMAGES_DIR}/build-${name}.log"
   }
+  mv "${IMAGES_DIR}/${name}.inputs.new" "${IMAGES_DIR}/${name}.inputs"
   log "${name}: built in $((SECONDS - t0))s"
   echo "${name} build $((SECONDS - t0))s" >>"${TIMES}"
   BUILT+=("${name}")
@@ -379,9 +431,8 @@ export_image() {
   fi
   local flags=()
   case "${COMPRESSION}" in
-    none) flags=(--disable-compression) ;;
     gzip | zstd) flags=(--compression-format "${COMPRESSION}") ;;
-    *) die "ZTHUMB_IMAGE_COMPRESSION must be none, gzip or zstd, not ${COMPRESSION}" ;;
+    *) die "ZTHUMB_IMAGE_COMPRESSION must be gzip or zstd, not ${COMPRESSION}" ;;
   esac
   local t0=$SECONDS
   rm -f "${file}.tmp" "${file}.id"
@@ -557,6 +608,7 @@ BUILT=()
 T0=$SECONDS
 log "storage ${STORAGE_DIR} (${DRIVER}), archives in ${IMAGES_DIR}, tag ${TAG}"
 DEBIAN_BASE=$(ensure_debian_base)
+ensure_wheelhouse
 
 want() { [[ " ${WANT[*]} " == *" $1 "* ]]; }
 # The bookworm base has python3 + python3-venv already: nothing to apt-get install.
@@ -573,11 +625,16 @@ if want helm-test; then build helm-test "${DEBIAN_BASE}" "BASE_IMAGE=${DEBIAN_BA
 if ((${#BUILT[@]})); then
   # Old images whose tag moved to a rebuild: drop them (and layers nothing else uses).
   bh rmi --prune >/dev/null 2>&1 || true
-  if [[ "${VERIFY}" == 1 ]]; then
-    for name in "${BUILT[@]}"; do
-      [[ "${name}" == torch-base ]] || verify "${name}"
-    done
-  fi
+fi
+if [[ "${VERIFY}" == 1 ]]; then
+  for name in "${WANT[@]}"; do
+    # Once per image id: a stamp records the id that passed.
+    id=$(image_id "${REF[${name}]}")
+    if [[ "$(cat "${IMAGES_DIR}/${name}.verified" 2>/dev/null)" != "${id}" ]]; then
+      verify "${name}"
+      echo "${id}" >"${IMAGES_DIR}/${name}.verified"
+    fi
+  done
 fi
 for name in "${WANT[@]}"; do export_image "${name}"; done
 if want zthumb && want trainer; then layers_report >"${IMAGES_DIR}/layers.txt" || {

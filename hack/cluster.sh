@@ -122,11 +122,17 @@ pid_of() {
 start_component() {
   local name="$1"
   shift
-  setsid "${BIN_DIR}/${name}" "$@" </dev/null >"${LOG_DIR}/${name}.log" 2>&1 &
+  # 7>&-: the real node's host-wide lock must not outlive this script.
+  setsid "${BIN_DIR}/${name}" "$@" </dev/null >"${LOG_DIR}/${name}.log" 2>&1 7>&- &
   echo "$!" >"${PID_DIR}/${name}.pid"
 }
 
 apiserver_ready() {
+  # With the real node the apiserver is on the bridge address: never dial it
+  # when the bridge is not there (the packets would take the default route).
+  if [[ "${API_HOST}" != "${HOST}" ]] && ! ip -4 -o addr show dev "${NODE_BRIDGE}" 2>/dev/null | grep -qF " ${API_HOST}/"; then
+    return 1
+  fi
   curl -fsS --max-time 2 --cacert "${PKI_DIR}/ca.crt" \
     --cert "${PKI_DIR}/admin.crt" --key "${PKI_DIR}/admin.key" \
     "${APISERVER_URL}/readyz" >/dev/null
@@ -295,6 +301,8 @@ cmd_up() {
     log "already up at ${APISERVER_URL} (state ${STATE_DIR})"
     return 0
   fi
+  set_mode
+  if [[ "${REAL_NODE}" == 1 ]] && ((EUID == 0)); then node_lock; fi
   # Leftovers of a crashed or half-started run: clear them first.
   if [[ -e "${STATE_DIR}" ]]; then
     log "stale state in ${STATE_DIR}; cleaning up first"
@@ -308,13 +316,15 @@ cmd_up() {
     fi
   done
 
+  if [[ "${REAL_NODE}" == 1 ]]; then node_preflight; fi
+
   mkdir -p "${STATE_DIR}" "${PID_DIR}" "${LOG_DIR}"
   touch "${MARKER}"
   trap on_up_failure ERR
   set -E  # the trap also fires inside functions (node_up, ...)
   if [[ "${REAL_NODE}" == 1 ]]; then
     touch "${STATE_DIR}/.real-node"
-    node_prepare_host
+    node_bridge_up
   fi
   generate_pki
   write_kubeconfig "${KUBECONFIG_FILE}" zthumb-admin admin
@@ -457,6 +467,7 @@ cmd_down() {
     # A real node whose state dir is gone (deleted by hand) still leaves
     # host state behind; clean it when it is ours.
     if [[ -f "${NODE_OWNER_FILE}" && "$(<"${NODE_OWNER_FILE}")" == "${STATE_DIR}" ]]; then
+      node_lock
       node_host_cleanup
       log "cleaned the real node's host leftovers"
     fi
@@ -464,13 +475,29 @@ cmd_down() {
     return 0
   fi
   [[ -f "${MARKER}" ]] || die "${STATE_DIR} exists but has no ${MARKER##*/} marker; refusing to touch it"
+  local real_node=0
   if [[ -f "${STATE_DIR}/.real-node" ]] ||
     [[ -f "${NODE_OWNER_FILE}" && "$(<"${NODE_OWNER_FILE}")" == "${STATE_DIR}" ]]; then
-    node_down
+    real_node=1
+  fi
+  if ((real_node)); then
+    node_lock
+    node_stop
   fi
   for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
     stop_component "${COMPONENTS[i]}"
   done
+  # Bridge, nftables, mounts, shims, host paths: only once nothing of ours
+  # can dial the bridge address any more.
+  # Never another live cluster's: the host state is its now.
+  if ((real_node)); then
+    if node_owns_host; then
+      node_host_cleanup
+    else
+      log "the real node's host state belongs to $(<"${NODE_OWNER_FILE}") now; leaving it alone"
+      node_unmount_under "${NODE_DIR}"
+    fi
+  fi
   rm -rf "${STATE_DIR}"
   log "down; removed ${STATE_DIR}"
 }

@@ -25,6 +25,11 @@ RUNC_ROOT="${NODE_RUN}/runc"
 IMAGE_DIR="${CACHE_DIR}/images"
 # Extra OCI archives in this directory are imported at every `up`.
 NODE_IMAGES_DIR="${ZTHUMB_NODE_IMAGES:-${CACHE_ROOT}/node-images}"
+# containerd's root (content store, snapshots, metadata) outlives the cluster,
+# so imported images survive `down` and `up` (importing a 3 GB image takes
+# minutes here). Like a node reboot: the state dir is fresh each time, and
+# `down` removes the pods' containers and sandboxes from it.
+NODE_CONTAINERD_ROOT="${ZTHUMB_NODE_CONTAINERD_ROOT:-${CACHE_ROOT}/node-containerd}"
 PAUSE_IMAGE="localhost/zthumb/pause:3.10"
 STORAGE_CLASS="zthumb-local"
 KUBELET_HEALTHZ_PORT="${ZTHUMB_KUBELET_HEALTHZ_PORT:-10248}"
@@ -34,6 +39,9 @@ COREDNS_HEALTH_PORT="${ZTHUMB_COREDNS_HEALTH_PORT:-16054}"
 COREDNS_READY_PORT="${ZTHUMB_COREDNS_READY_PORT:-16181}"
 # Host-wide marker: which state dir owns the bridge and the host leftovers.
 NODE_OWNER_FILE="/run/zthumb-real-node.owner"
+# Host-wide lock held by `up` and `down` of any cluster with a real node, so
+# two of them (other worktrees, CI) never set up or tear down at once.
+NODE_LOCK_FILE="/run/zthumb-real-node.lock"
 NODE_NFT_TABLE="zthumb-node"
 NODE_COMPONENTS=(containerd kubelet kube-proxy coredns zthumb-hostpath-provisioner)
 NODE_BINARIES=(kubelet kube-proxy containerd containerd-shim-runc-v2 ctr coredns zthumb-hostpath-provisioner)
@@ -85,15 +93,41 @@ node_owner_alive() {
   return 1
 }
 
-# node_prepare_host: refuse when another live cluster owns the node, clean a
-# crashed run's leftovers, then put up the bridge.
-node_prepare_host() {
+# node_lock: take the host-wide lock (fd 7; start_component keeps it from the
+# components). Held until this script exits. Children that run cluster.sh
+# again get NODE_LOCK_HELD=1 and share it.
+node_lock() {
+  [[ -z "${NODE_LOCK_HELD:-}" ]] || return 0
+  exec 7>"${NODE_LOCK_FILE}"
+  if ! flock -w 900 7; then
+    die "another hack/cluster.sh held ${NODE_LOCK_FILE} for 15 minutes; giving up"
+  fi
+  export NODE_LOCK_HELD=1
+}
+
+# node_owns_host: true when no cluster or this one owns the node's host state.
+node_owns_host() {
+  [[ ! -f "${NODE_OWNER_FILE}" || "$(<"${NODE_OWNER_FILE}")" == "${STATE_DIR}" ]]
+}
+
+# node_preflight: build what is missing, refuse when another live cluster owns
+# the node, clean a crashed run's leftovers. Runs before `up` arms its
+# failure trap (the cleanup is best effort and may fail harmlessly).
+node_preflight() {
   local owner missing
   ((EUID == 0)) || die "the real node needs root (or run with ZTHUMB_REAL_NODE=0)"
   mapfile -t missing < <(node_missing_parts)
   if ((${#missing[@]})); then
     log "real node parts missing (${missing[*]}); running hack/build-k8s.sh"
     "${HACK_DIR}/build-k8s.sh"
+  fi
+  # Pod -> Service -> pod on the same bridge needs bridged packets to pass
+  # netfilter (conntrack undoes the DNAT on the reply).
+  if [[ ! -e /proc/sys/net/bridge/bridge-nf-call-iptables ]]; then
+    modprobe br_netfilter 2>/dev/null ||
+      log "WARNING: no br_netfilter; pod-to-Service traffic between pods will fail"
+  elif [[ "$(</proc/sys/net/bridge/bridge-nf-call-iptables)" != 1 ]]; then
+    log "WARNING: net.bridge.bridge-nf-call-iptables=0; pod-to-Service traffic between pods will fail"
   fi
   if [[ -f "${NODE_OWNER_FILE}" ]]; then
     owner="$(<"${NODE_OWNER_FILE}")"
@@ -112,10 +146,21 @@ node_prepare_host() {
     log "leftovers of an earlier real node found; cleaning them first"
     node_host_cleanup
   fi
+}
+
+# node_bridge_up: the bridge zt0 with the node's address, and the guards.
+node_bridge_up() {
   echo "${STATE_DIR}" >"${NODE_OWNER_FILE}"
   ip link add "${NODE_BRIDGE}" type bridge
   ip addr add "${NODE_IP}/16" dev "${NODE_BRIDGE}"
   ip link set "${NODE_BRIDGE}" up
+  # Host traffic to a ClusterIP leaves through the bridge (kube-proxy DNATs it
+  # there). Safety net: if the bridge ever goes away while something still
+  # dials the pod or Service range, these blackholes (higher metric, so
+  # unused while zt0 is up) keep the packets on this machine.
+  ip route add "${SERVICE_CIDR}" dev "${NODE_BRIDGE}" src "${NODE_IP}"
+  ip route add blackhole "${POD_CIDR}" metric 4000
+  ip route add blackhole "${SERVICE_CIDR}" metric 4000
   # Forwarding on the bridge only (ClusterIP traffic from pod to pod needs it);
   # the host-wide net.ipv4.ip_forward is left alone.
   sysctl -qw "net.ipv4.conf.${NODE_BRIDGE}.forwarding=1"
@@ -152,36 +197,56 @@ node_kill_shims() {
   local sig="$1" pid cmd
   for pid in /proc/[0-9]*; do
     pid="${pid#/proc/}"
-    cmd="$(tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null)" || continue
+    cmd="$(tr '\0' ' ' 2>/dev/null <"/proc/${pid}/cmdline")" || continue
     [[ "${cmd}" == *containerd-shim-runc-v2* && "${cmd}" == *"${CONTAINERD_SOCK}"* ]] || continue
     kill "-${sig}" "${pid}" 2>/dev/null || true
   done
 }
 
-node_runc() { runc --root "${RUNC_ROOT}" "$@"; }
+# The shim runs runc with --root <Root>/<containerd namespace>.
+node_runc() { runc --root "${RUNC_ROOT}/k8s.io" "$@"; }
+
+# node_kill_pod_processes: every process in the pods' cgroups (kubelet's
+# cgroupfs layout puts them all under kubepods), whatever runc still knows.
+node_kill_pod_processes() {
+  local i pids
+  for ((i = 0; i < 3; i++)); do
+    pids="$(find /sys/fs/cgroup/pids/kubepods /sys/fs/cgroup/memory/kubepods -name cgroup.procs \
+      -exec cat {} + 2>/dev/null | sort -u | tr '\n' ' ')"
+    [[ -n "${pids// /}" ]] || return 0
+    # shellcheck disable=SC2086
+    kill -KILL ${pids} 2>/dev/null
+    sleep 0.5
+  done
+}
 
 # node_host_cleanup: everything the node leaves on the host, idempotent. Safe
 # to run when nothing is there.
 node_host_cleanup() {
-  local id i t chain ipt
+  # Best effort all the way through: one failing step must not skip the rest.
+  local - id i t chain ipt
+  set +e +o pipefail
   # Containers first (kubelet is stopped by now, so nothing restarts them).
-  if [[ -d "${RUNC_ROOT}" ]]; then
+  if [[ -d "${RUNC_ROOT}/k8s.io" ]]; then
     for id in $(node_runc list -q 2>/dev/null); do
       node_runc kill --all "${id}" KILL 2>/dev/null || true
     done
   fi
+  node_kill_pod_processes
   node_kill_shims TERM
   for ((i = 0; i < 20; i++)); do
     pgrep -f -- "containerd-shim-runc-v2.*${CONTAINERD_SOCK}" >/dev/null || break
     sleep 0.25
   done
   node_kill_shims KILL
-  if [[ -d "${RUNC_ROOT}" ]]; then
+  if [[ -d "${RUNC_ROOT}/k8s.io" ]]; then
     for id in $(node_runc list -q 2>/dev/null); do
       node_runc delete --force "${id}" 2>/dev/null || true
     done
   fi
+  node_kill_pod_processes
   node_unmount_under "${NODE_DIR}"
+  node_unmount_under "${NODE_CONTAINERD_ROOT}"
   # Pod veths die with their network namespaces; drop any that did not.
   if ip link show "${NODE_BRIDGE}" >/dev/null 2>&1; then
     for id in $(ip -o link show master "${NODE_BRIDGE}" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
@@ -217,7 +282,8 @@ node_host_cleanup() {
   rmdir /var/lib/kubelet 2>/dev/null || true
   rm -rf /run/containerd/s /run/containerd/fifo
   rmdir /run/containerd 2>/dev/null || true
-  rm -rf /var/lib/cni/results/zthumb-* /var/lib/cni/networks/zthumb
+  # libcni's result cache (our network "zthumb" and containerd's loopback).
+  rm -rf /var/lib/cni/results/zthumb-* /var/lib/cni/results/cni-loopback-* /var/lib/cni/networks/zthumb
   rmdir /var/lib/cni/results /var/lib/cni/networks /var/lib/cni 2>/dev/null || true
   if [[ -d /var/log/containers ]]; then
     find /var/log/containers -maxdepth 1 -type l -lname "${NODE_DIR}/*" -delete 2>/dev/null || true
@@ -227,6 +293,9 @@ node_host_cleanup() {
   for t in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/unified/kubepods; do
     [[ -d "${t}" ]] && find "${t}" -depth -type d -exec rmdir {} \; 2>/dev/null
   done
+  # Last: the safety-net routes (nothing of ours runs any more).
+  ip route del blackhole "${POD_CIDR}" metric 4000 2>/dev/null
+  ip route del blackhole "${SERVICE_CIDR}" metric 4000 2>/dev/null
   rm -f "${NODE_OWNER_FILE}"
   return 0
 }
@@ -235,7 +304,7 @@ node_host_cleanup() {
 # Configuration files
 # ---------------------------------------------------------------------------
 node_write_configs() {
-  mkdir -p "${NODE_DIR}"/{cni/net.d,cni/ipam,run,containerd-root,containerd-state,kubelet/pki,pod-logs,volumes,certs.d/_default}
+  mkdir -p "${NODE_DIR}"/{cni/net.d,cni/ipam,run,containerd-state,kubelet/pki,pod-logs,volumes,certs.d/_default}
   write_kubeconfig "${NODE_DIR}/kubelet.kubeconfig" "system:node:${NODE_NAME}" kubelet
   write_kubeconfig "${NODE_DIR}/kube-proxy.kubeconfig" system:kube-proxy kube-proxy
 
@@ -249,7 +318,7 @@ EOF
 
   cat >"${NODE_DIR}/containerd.toml" <<EOF
 version = 3
-root = "${NODE_DIR}/containerd-root"
+root = "${NODE_CONTAINERD_ROOT}"
 state = "${NODE_DIR}/containerd-state"
 # opt writes /opt/containerd, nri listens on /var/run/nri: neither is needed.
 disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.nri.v1.nri"]
@@ -466,6 +535,7 @@ node_gpu_ok() {
 node_up() {
   local start="${SECONDS}" f
   node_write_configs
+  mkdir -p "${NODE_CONTAINERD_ROOT}"
   PATH="${BIN_DIR}:${PATH}" start_component containerd --config "${NODE_DIR}/containerd.toml"
   wait_until "${UP_TIMEOUT}" "containerd" ctr_node version
   node_import "${IMAGE_DIR}/pause.tar" "${IMAGE_DIR}/busybox.tar"
@@ -506,17 +576,37 @@ node_up() {
   log "real node ${NODE_NAME} Ready in $((SECONDS - start))s"
 }
 
-node_down() {
+# node_stop: the node's processes and containers. The bridge stays until
+# node_host_cleanup, after the control plane is stopped too: a process still
+# dialling 10.88.0.1 must find a local address, never the default route.
+node_stop() {
   local name
   for name in zthumb-hostpath-provisioner coredns kube-proxy kubelet; do
     stop_component "${name}"
   done
-  # Containers and shims while containerd still runs, then containerd.
-  if [[ -d "${RUNC_ROOT}" ]]; then
+  # Containers while containerd still runs, then containerd; shims and
+  # leftovers go in node_host_cleanup.
+  if [[ -d "${RUNC_ROOT}/k8s.io" ]]; then
     for name in $(node_runc list -q 2>/dev/null); do
       node_runc kill --all "${name}" KILL 2>/dev/null || true
     done
   fi
+  if pid_of containerd >/dev/null; then node_purge_pods; fi
   stop_component containerd
-  node_host_cleanup
+}
+
+# node_purge_pods: drop the pods' sandboxes and containers from containerd's
+# (persistent) metadata, so the next `up` starts clean; the images stay. After
+# a crash the next kubelet removes such leftovers itself, as after a reboot.
+node_purge_pods() {
+  local id
+  for id in $(timeout 10 "${BIN_DIR}/ctr" --address "${CONTAINERD_SOCK}" --namespace k8s.io sandboxes ls -q 2>/dev/null); do
+    timeout 10 "${BIN_DIR}/ctr" --address "${CONTAINERD_SOCK}" --namespace k8s.io sandboxes rm --force "${id}" >/dev/null 2>&1 || true
+  done
+  for id in $(timeout 10 "${BIN_DIR}/ctr" --address "${CONTAINERD_SOCK}" --namespace k8s.io tasks ls -q 2>/dev/null); do
+    timeout 10 "${BIN_DIR}/ctr" --address "${CONTAINERD_SOCK}" --namespace k8s.io tasks rm --force "${id}" >/dev/null 2>&1 || true
+  done
+  for id in $(timeout 10 "${BIN_DIR}/ctr" --address "${CONTAINERD_SOCK}" --namespace k8s.io containers ls -q 2>/dev/null); do
+    timeout 10 "${BIN_DIR}/ctr" --address "${CONTAINERD_SOCK}" --namespace k8s.io containers rm "${id}" >/dev/null 2>&1 || true
+  done
 }
