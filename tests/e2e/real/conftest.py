@@ -3,7 +3,7 @@
 Everything here runs in real containers on the local cluster's real node
 ``zthumb-real-0`` (kubelet + containerd + runc, see hack/README-cluster.md), from the
 images hack/build-images.sh builds from our Dockerfiles and imports into its
-containerd. For the duration of this package:
+containerd. For the duration of the module:
 
 * the kwok nodes are cordoned and the real node's ``nvidia.com/gpu`` taint is
   lifted, so the real node is the whole cluster: its GPU pool (the train Job selects
@@ -14,9 +14,11 @@ containerd. For the duration of this package:
   ServiceAccount), the tiny SDXL model is served over HTTP by a pod of the trainer
   image, and one namespace enforcing Pod Security ``restricted`` holds the rest.
 
-The helpers are plain functions (this package's tests import nothing from conftest);
-each fixture is package-scoped, so the slow parts (images starting, the model being
-built and fetched) happen once.
+The helpers live in realnode.py (the tests import nothing from conftest). Every fixture
+is module-scoped: one test module holds the real tests, so the slow parts (images
+starting, the model being built and fetched) happen once, and the nodes are restored
+before the kwok tests run ("package" scope on a directory without __init__.py lasted
+the whole session: the kwok tests then ran with their nodes cordoned).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def _node_images(node: dict[str, Any]) -> set[str]:
     }
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def real_node(cluster: Any) -> Iterator[RealNode]:
     """The real node, Ready, with our images; kwok nodes cordoned and the GPU taint lifted meanwhile."""
     kubectl: Kubectl = cluster.kubectl
@@ -125,7 +127,7 @@ def real_node(cluster: Any) -> Iterator[RealNode]:
 # --------------------------------------------------------------------------- namespace + operator
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def real_ns(real_node: RealNode, cluster: Any) -> Iterator[str]:
     """One namespace enforcing Pod Security ``restricted`` for the whole package."""
     kubectl: Kubectl = cluster.kubectl
@@ -149,7 +151,7 @@ def real_ns(real_node: RealNode, cluster: Any) -> Iterator[str]:
             kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def operator(real_ns: str, cluster: Any) -> Iterator[str]:
     """The operator from manifests/operator (cluster-wide), running as a real pod; yields its namespace.
 
@@ -185,7 +187,7 @@ def operator(real_ns: str, cluster: Any) -> Iterator[str]:
 # --------------------------------------------------------------------------- the tiny model over HTTP
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def tiny_model_server(real_ns: str, real_node: RealNode, cluster: Any) -> ModelServer:
     """A pod of the trainer image builds the tiny SDXL (``zthumb-train tiny-model``) and serves it.
 
