@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install k8s-bin demo test lint unit e2e bench clean
+.PHONY: help install k8s-bin demo test lint unit e2e images bench clean
 
 help:
 	@echo "make demo   - the whole pipeline on the tiny model, locally (no cluster, no GPU)"
@@ -18,6 +18,8 @@ help:
 	@echo "make lint   - ruff, mypy, hadolint, helm lint"
 	@echo "make unit   - tests that need no cluster"
 	@echo "make e2e    - tests against the local control plane (started and stopped here)"
+	@echo "make images - build the container images with buildah (no Docker) and import them"
+	@echo "              into the real node's containerd when it is up (hack/README-images.md)"
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +36,8 @@ lint: $(STAMP) k8s-bin
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/hadolint images/zthumb/Dockerfile images/trainer/Dockerfile images/trainer/Dockerfile.cpu operator/Dockerfile
+	$(BIN)/hadolint images/base/Dockerfile images/zthumb/Dockerfile images/trainer/Dockerfile \
+	  images/trainer/Dockerfile.cpu images/helm-test/Dockerfile operator/Dockerfile
 	PATH="$$(hack/cluster.sh bindir):$$PATH" helm lint --strict charts/zthumb
 
 # The chart's template tests need helm: it is built with the control plane.
@@ -44,12 +47,21 @@ k8s-bin:
 unit: $(STAMP) k8s-bin
 	PATH="$$(hack/cluster.sh bindir):$$PATH" $(BIN)/pytest -m "not e2e" -p no:cacheprovider
 
+# The real-node tests (tests/e2e/real) run our images in the node's containerd: they are built
+# (or reused, by inputs hash) before the cluster starts and imported once it is up.
+# ZTHUMB_REAL_NODE=0 (a cluster without the real node) skips both and those tests say so.
 e2e: $(STAMP) k8s-bin
+	if [ "$${ZTHUMB_REAL_NODE:-1}" != 0 ]; then hack/build-images.sh --no-import; fi
 	hack/cluster.sh up
 	trap 'hack/cluster.sh down' EXIT; eval "$$(hack/cluster.sh env)"; \
+	  if [ "$${ZTHUMB_REAL_NODE:-1}" != 0 ]; then hack/build-images.sh import; fi; \
 	  ZTHUMB_E2E=1 $(BIN)/pytest -m e2e -p no:cacheprovider
 
 test: lint unit e2e
+
+# Builds (or reuses) every image and imports it when the node's containerd is up.
+images:
+	hack/build-images.sh
 
 bench: $(STAMP)
 	$(BIN)/python hack/bench_server.py

@@ -4,7 +4,10 @@
 #
 # Output: ${ZTHUMB_CACHE:-$HOME/.cache/zthumb}/k8s-v1.36.3/bin
 #   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl,
-#   kwok, kwokctl, helm   (+ versions.txt one level up)
+#   kubelet, kube-proxy, kwok, kwokctl, helm   (+ versions.txt one level up)
+# and then runs hack/build-node.sh for the rest of the real node (containerd,
+# CoreDNS, the storage provisioner, the pause and busybox images, Debian
+# packages), so this one script builds everything `make test` needs.
 #
 # Idempotent: a binary that already exists is not rebuilt. Delete it (or the
 # whole cache dir) to force a rebuild.
@@ -245,7 +248,7 @@ main() {
   copy_kwok_stages
 
   missing=()
-  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
     have "${b}" || missing+=("${b}")
   done
   if ((${#missing[@]})); then
@@ -275,6 +278,11 @@ main() {
   } >"${CACHE_DIR}/versions.txt"
   log "done; versions:"
   sed 's/^/  /' "${CACHE_DIR}/versions.txt" >&2
+
+  # The real node's other parts. Skipped with ZTHUMB_REAL_NODE=0.
+  if [[ "${ZTHUMB_REAL_NODE:-1}" != 0 ]]; then
+    "$(dirname "${BASH_SOURCE[0]}")/build-node.sh"
+  fi
 }
 
 main "$@"

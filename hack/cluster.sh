@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Local Kubernetes control plane for e2e tests (SPEC §8): real etcd,
-# kube-apiserver, kube-controller-manager and kube-scheduler on loopback, with
-# kwok simulating two 8-GPU nodes and one CPU node plus pod lifecycles.
+# kube-apiserver, kube-controller-manager and kube-scheduler, with kwok
+# simulating two 8-GPU nodes and one CPU node plus pod lifecycles, and (as
+# root, by default) one REAL node, zthumb-real-0: kubelet, containerd, runc,
+# CNI bridge zt0, kube-proxy, CoreDNS and a storage provisioner (see
+# hack/node/real-node.sh and hack/README-cluster.md).
 #
 #   hack/cluster.sh up       start (no-op when already up)
 #   hack/cluster.sh down     stop what `up` started (by pid file), remove state
 #   hack/cluster.sh env      print `export KUBECONFIG=... PATH=...` for eval
 #   hack/cluster.sh status   print whether it is up; exit 1 when it is not
 #   hack/cluster.sh bindir   print the directory of the cached binaries
+#   hack/cluster.sh import ARCHIVE...   import OCI/docker image archives into
+#                            the real node's containerd (also hack/node-import.sh)
 #
 # We launch the processes ourselves instead of using `kwokctl --runtime
 # binary`: every flag is visible here, nothing can be downloaded behind our
@@ -19,6 +24,7 @@
 #   ZTHUMB_APISERVER_PORT [16443]  ZTHUMB_KCM_PORT [16257]
 #   ZTHUMB_SCHEDULER_PORT [16259]  ZTHUMB_KWOK_PORT [16080]
 #   ZTHUMB_UP_TIMEOUT [60]  seconds each wait in `up` may take
+#   ZTHUMB_REAL_NODE [1 as root, else 0]  start the real node with `up`
 set -euo pipefail
 
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -43,11 +49,32 @@ KCM_PORT="${ZTHUMB_KCM_PORT:-16257}"
 SCHEDULER_PORT="${ZTHUMB_SCHEDULER_PORT:-16259}"
 KWOK_PORT="${ZTHUMB_KWOK_PORT:-16080}"
 UP_TIMEOUT="${ZTHUMB_UP_TIMEOUT:-60}"
-APISERVER_URL="https://${HOST}:${APISERVER_PORT}"
+
+# With the real node the apiserver binds to the node's bridge address instead
+# of loopback: pods reach it through the `kubernetes` Service (10.96.0.1:443
+# -> 10.88.0.1:<port>), and the host reaches it at that local address too.
+# A running cluster keeps the mode it was started with (marker file).
+set_mode() {
+  if [[ -f "${STATE_DIR}/.real-node" ]]; then
+    REAL_NODE=1
+  elif [[ -f "${MARKER}" ]]; then
+    REAL_NODE=0
+  elif ((EUID == 0)); then
+    REAL_NODE="${ZTHUMB_REAL_NODE:-1}"
+  else
+    REAL_NODE="${ZTHUMB_REAL_NODE:-0}"
+  fi
+  if [[ "${REAL_NODE}" == 1 ]]; then API_HOST="10.88.0.1"; else API_HOST="${HOST}"; fi
+  APISERVER_URL="https://${API_HOST}:${APISERVER_PORT}"
+}
 
 # Start order; `down` stops them in reverse.
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwokctl helm)
+
+# shellcheck source=hack/node/real-node.sh
+source "${HACK_DIR}/node/real-node.sh"
+set_mode
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
 die() {
@@ -95,11 +122,17 @@ pid_of() {
 start_component() {
   local name="$1"
   shift
-  setsid "${BIN_DIR}/${name}" "$@" </dev/null >"${LOG_DIR}/${name}.log" 2>&1 &
+  # 7>&-: the real node's host-wide lock must not outlive this script.
+  setsid "${BIN_DIR}/${name}" "$@" </dev/null >"${LOG_DIR}/${name}.log" 2>&1 7>&- &
   echo "$!" >"${PID_DIR}/${name}.pid"
 }
 
 apiserver_ready() {
+  # With the real node the apiserver is on the bridge address: never dial it
+  # when the bridge is not there (the packets would take the default route).
+  if [[ "${API_HOST}" != "${HOST}" ]] && ! ip -4 -o addr show dev "${NODE_BRIDGE}" 2>/dev/null | grep -qF " ${API_HOST}/"; then
+    return 1
+  fi
   curl -fsS --max-time 2 --cacert "${PKI_DIR}/ca.crt" \
     --cert "${PKI_DIR}/admin.crt" --key "${PKI_DIR}/admin.key" \
     "${APISERVER_URL}/readyz" >/dev/null
@@ -135,7 +168,7 @@ extendedKeyUsage=clientAuth"
   sign_cert apiserver "/CN=kube-apiserver" "basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
-subjectAltName=IP:${HOST},IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+subjectAltName=IP:${HOST},IP:10.96.0.1,IP:10.88.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
   sign_cert admin "/O=system:masters/CN=zthumb-admin" "${client}"
   # Dedicated identities so RBAC's bootstrap roles for these components apply.
   sign_cert controller-manager "/CN=system:kube-controller-manager" "${client}"
@@ -149,6 +182,7 @@ subjectAltName=IP:${HOST},IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernet
   sign_cert front-proxy-client "/CN=front-proxy-client" "${client}" front-proxy-ca
   openssl genrsa -out "${PKI_DIR}/sa.key" 2048 2>/dev/null
   openssl rsa -in "${PKI_DIR}/sa.key" -pubout -out "${PKI_DIR}/sa.pub" 2>/dev/null
+  if [[ "${REAL_NODE}" == 1 ]]; then node_generate_pki; fi
   chmod 600 "${PKI_DIR}"/*.key
 }
 
@@ -246,7 +280,7 @@ ensure_binaries() {
 on_up_failure() {
   local name
   log "up failed; last log lines follow, then cleaning up"
-  for name in "${COMPONENTS[@]}"; do
+  for name in "${COMPONENTS[@]}" "${NODE_COMPONENTS[@]}"; do
     if [[ -f "${LOG_DIR}/${name}.log" ]]; then
       log "---- ${name}.log"
       tail -n 15 "${LOG_DIR}/${name}.log" >&2 || true
@@ -267,11 +301,14 @@ cmd_up() {
     log "already up at ${APISERVER_URL} (state ${STATE_DIR})"
     return 0
   fi
+  set_mode
+  if [[ "${REAL_NODE}" == 1 ]] && ((EUID == 0)); then node_lock; fi
   # Leftovers of a crashed or half-started run: clear them first.
   if [[ -e "${STATE_DIR}" ]]; then
     log "stale state in ${STATE_DIR}; cleaning up first"
     cmd_down
   fi
+  set_mode
   ensure_binaries
   for port in "${ETCD_PORT}" "${ETCD_PEER_PORT}" "${APISERVER_PORT}" "${KCM_PORT}" "${SCHEDULER_PORT}" "${KWOK_PORT}"; do
     if port_in_use "${port}"; then
@@ -279,9 +316,16 @@ cmd_up() {
     fi
   done
 
+  if [[ "${REAL_NODE}" == 1 ]]; then node_preflight; fi
+
   mkdir -p "${STATE_DIR}" "${PID_DIR}" "${LOG_DIR}"
   touch "${MARKER}"
   trap on_up_failure ERR
+  set -E  # the trap also fires inside functions (node_up, ...)
+  if [[ "${REAL_NODE}" == 1 ]]; then
+    touch "${STATE_DIR}/.real-node"
+    node_bridge_up
+  fi
   generate_pki
   write_kubeconfig "${KUBECONFIG_FILE}" zthumb-admin admin
   write_kubeconfig "${STATE_DIR}/controller-manager.kubeconfig" system:kube-controller-manager controller-manager
@@ -300,11 +344,24 @@ cmd_up() {
   wait_until "${UP_TIMEOUT}" "etcd health" \
     curl -fsS --max-time 2 "http://${HOST}:${ETCD_PORT}/health"
 
-  # --endpoint-reconciler-type=none: a loopback advertise address is not a
-  # valid Endpoints IP, and nothing runs in-cluster to need it.
+  # Without the real node: --endpoint-reconciler-type=none, since a loopback
+  # advertise address is not a valid Endpoints IP and nothing runs in-cluster.
+  # With it: bound to and advertised on the bridge address, the `kubernetes`
+  # Service gets that endpoint, and the apiserver reaches the kubelet by its
+  # InternalIP with its own client certificate, verifying the kubelet's.
   # PodSecurity and ServiceAccount admission are on by default.
+  local apiserver_mode_flags=(--endpoint-reconciler-type none)
+  if [[ "${REAL_NODE}" == 1 ]]; then
+    apiserver_mode_flags=(
+      --endpoint-reconciler-type lease
+      --kubelet-client-certificate "${PKI_DIR}/apiserver-kubelet-client.crt"
+      --kubelet-client-key "${PKI_DIR}/apiserver-kubelet-client.key"
+      --kubelet-certificate-authority "${PKI_DIR}/ca.crt"
+      --kubelet-preferred-address-types InternalIP,Hostname
+    )
+  fi
   start_component kube-apiserver \
-    --bind-address "${HOST}" --advertise-address "${HOST}" \
+    --bind-address "${API_HOST}" --advertise-address "${API_HOST}" \
     --secure-port "${APISERVER_PORT}" \
     --etcd-servers "http://${HOST}:${ETCD_PORT}" \
     --cert-dir "${STATE_DIR}/apiserver-certs" \
@@ -324,7 +381,7 @@ cmd_up() {
     --service-account-key-file "${PKI_DIR}/sa.pub" \
     --service-account-signing-key-file "${PKI_DIR}/sa.key" \
     --service-cluster-ip-range 10.96.0.0/16 \
-    --endpoint-reconciler-type none \
+    "${apiserver_mode_flags[@]}" \
     --allow-privileged=true \
     --profiling=false
   wait_until "${UP_TIMEOUT}" "kube-apiserver /readyz" apiserver_ready
@@ -378,6 +435,7 @@ cmd_up() {
     kubectl_admin get serviceaccount default -n default
   wait_until "${UP_TIMEOUT}" "kube-root-ca.crt ConfigMap" \
     kubectl_admin get configmap kube-root-ca.crt -n default
+  if [[ "${REAL_NODE}" == 1 ]]; then node_up; fi
   trap - ERR
 
   log "up in $((SECONDS - start))s: ${APISERVER_URL}, kubeconfig ${KUBECONFIG_FILE}"
@@ -406,13 +464,40 @@ cmd_down() {
   local i
   trap - ERR
   if [[ ! -e "${STATE_DIR}" ]]; then
+    # A real node whose state dir is gone (deleted by hand) still leaves
+    # host state behind; clean it when it is ours.
+    if [[ -f "${NODE_OWNER_FILE}" && "$(<"${NODE_OWNER_FILE}")" == "${STATE_DIR}" ]]; then
+      node_lock
+      node_host_cleanup
+      log "cleaned the real node's host leftovers"
+    fi
     log "not running (no ${STATE_DIR})"
     return 0
   fi
   [[ -f "${MARKER}" ]] || die "${STATE_DIR} exists but has no ${MARKER##*/} marker; refusing to touch it"
+  local real_node=0
+  if [[ -f "${STATE_DIR}/.real-node" ]] ||
+    [[ -f "${NODE_OWNER_FILE}" && "$(<"${NODE_OWNER_FILE}")" == "${STATE_DIR}" ]]; then
+    real_node=1
+  fi
+  if ((real_node)); then
+    node_lock
+    node_stop
+  fi
   for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
     stop_component "${COMPONENTS[i]}"
   done
+  # Bridge, nftables, mounts, shims, host paths: only once nothing of ours
+  # can dial the bridge address any more.
+  # Never another live cluster's: the host state is its now.
+  if ((real_node)); then
+    if node_owns_host; then
+      node_host_cleanup
+    else
+      log "the real node's host state belongs to $(<"${NODE_OWNER_FILE}") now; leaving it alone"
+      node_unmount_under "${NODE_DIR}"
+    fi
+  fi
   rm -rf "${STATE_DIR}"
   log "down; removed ${STATE_DIR}"
 }
@@ -437,7 +522,7 @@ cmd_status() {
     echo "down"
     rc=1
   fi
-  for name in "${COMPONENTS[@]}"; do
+  for name in "${COMPONENTS[@]}" "${NODE_COMPONENTS[@]}"; do
     if pid="$(pid_of "${name}")"; then
       echo "  ${name}: running (pid ${pid})"
     elif [[ -f "${PID_DIR}/${name}.pid" ]]; then
@@ -445,17 +530,33 @@ cmd_status() {
       rc=1
     fi
   done
+  if ((rc == 0)); then
+    kubectl_admin get nodes -o wide 2>&1 | sed 's/^/  /'
+  fi
   return "${rc}"
+}
+
+# Import image archives into the real node's containerd (k8s.io namespace),
+# so pods can use them with imagePullPolicy Never/IfNotPresent.
+cmd_import() {
+  (($# > 0)) || die "usage: $0 import ARCHIVE..."
+  [[ "${REAL_NODE}" == 1 ]] && pid_of containerd >/dev/null ||
+    die "the real node is not running (hack/cluster.sh up as root)"
+  node_import "$@"
 }
 
 case "${1:-}" in
   up) cmd_up ;;
+  import)
+    shift
+    cmd_import "$@"
+    ;;
   bindir) cmd_bindir ;;
   down) cmd_down ;;
   env) cmd_env ;;
   status) cmd_status ;;
   *)
-    echo "usage: $0 up|down|env|status|bindir" >&2
+    echo "usage: $0 up|down|env|status|bindir|import ARCHIVE..." >&2
     exit 2
     ;;
 esac

@@ -21,6 +21,8 @@ from zthumb_operator import builders, metrics
 
 T = TypeVar("T")
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+# Named in managedFields of everything the operator writes (the train pod writes as "zthumb-trainer").
+FIELD_MANAGER = "zthumb-operator"
 
 
 class ConflictError(Exception):
@@ -70,7 +72,11 @@ class KubeApi:
         return obj if isinstance(obj, dict) else self._sanitize(obj)
 
     async def create_job(self, namespace: str, body: Any) -> dict[str, Any]:
-        res = await self._call("create", "jobs", lambda: self._batch.create_namespaced_job(namespace, body))
+        res = await self._call(
+            "create",
+            "jobs",
+            lambda: self._batch.create_namespaced_job(namespace, body, field_manager=FIELD_MANAGER),
+        )
         return self._dict(res)
 
     async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -104,6 +110,7 @@ class KubeApi:
                 builders.PLURAL,
                 name,
                 {"status": status},
+                field_manager=FIELD_MANAGER,
                 _content_type="application/merge-patch+json",
             )
 
@@ -121,7 +128,11 @@ class KubeApi:
     async def patch_deployment(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         def call() -> Any:
             return self._apps.patch_namespaced_deployment(
-                name, namespace, patch, _content_type="application/strategic-merge-patch+json"
+                name,
+                namespace,
+                patch,
+                field_manager=FIELD_MANAGER,
+                _content_type="application/strategic-merge-patch+json",
             )
 
         return self._dict(await self._call("patch", "deployments", call))

@@ -250,6 +250,10 @@ def build_job(
         "ttlSecondsAfterFinished": settings.ttl_seconds_after_finished,
         "completions": 1,
         "parallelism": 1,
+        # A replacement pod starts only once the old one has terminated: a deleted train pod
+        # writes its SIGTERM checkpoint first, so two trainers never share the run directory
+        # (the default, TerminatingOrFailed, starts the new pod while the old one still runs).
+        "podReplacementPolicy": "Failed",
         "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec},
     }
     if spec.queue_name:

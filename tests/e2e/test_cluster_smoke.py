@@ -74,7 +74,9 @@ def test_server_version_is_semver(cluster: Any) -> None:
 
 
 def test_fake_gpu_nodes_are_ready(kubectl: Callable[..., Any]) -> None:
-    nodes = json.loads(kubectl("get", "nodes", "-l", "zthumb.io/pool=gpu", "-o", "json").stdout)["items"]
+    # type=kwok: the real node (zthumb-real-0) is in the gpu pool too.
+    out = kubectl("get", "nodes", "-l", "zthumb.io/pool=gpu,type=kwok", "-o", "json").stdout
+    nodes = json.loads(out)["items"]
     assert len(nodes) == 2
     for node in nodes:
         assert node["status"]["allocatable"][GPU_RESOURCE] == "8"

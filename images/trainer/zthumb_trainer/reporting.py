@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 CRD_GROUP = "zthumb.io"
 CRD_VERSION = "v1alpha1"
 CRD_PLURAL = "lorafinetunes"
+# The writer of status.progress in the LoRAFinetune's managedFields (the operator: "zthumb-operator").
+FIELD_MANAGER = "zthumb-trainer"
 TERMINATION_LOG_ENV = "ZTHUMB_TERMINATION_LOG"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 # Kubernetes keeps at most 4096 bytes of a termination message.
@@ -94,6 +96,7 @@ class StatusReporter:
                 CRD_PLURAL,
                 self.name,
                 {"status": {"progress": progress}},
+                field_manager=FIELD_MANAGER,
             )
         except Exception as error:  # any failure (RBAC, network, no config) is only worth a log line
             log.warning("could not report progress to %s/%s: %s", self.namespace, self.name, error)

@@ -9,6 +9,11 @@ volume needs:
 * checkpoints every N optimizer steps (adapter, optimizer, LR scheduler, RNG, step),
   written to a temporary name and renamed, the last K kept; a restarted pod resumes
   from the newest and never repeats a finished step;
+* SIGTERM (a deleted, evicted or preempted pod) finishes the current step, writes a
+  checkpoint of it and exits, so the Job's next pod loses nothing. The trainer is PID 1
+  in its container, and PID 1 ignores SIGTERM unless it handles it: without this the
+  pod trained on for its whole grace period, was SIGKILLed, and every step since the
+  last checkpoint was trained again;
 * the data order is a pure function of (seed, step), so a resumed run sees exactly
   the batches the uninterrupted run would have.
 
@@ -31,7 +36,9 @@ import os
 import random
 import re
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +101,32 @@ class TrainConfig:
 
 
 class TrainingInterrupted(Exception):  # noqa: N818 - an outcome, not an error
-    """Raised by the ``stop_after_step`` test hook, after that step's checkpoint (if any)."""
+    """Raised after a checkpoint of the last finished step: ``stop_after_step`` or SIGTERM."""
+
+
+class StopSignal:
+    """Remembers a SIGTERM/SIGINT while installed (main thread only); the loop stops at a step boundary."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.received = signal.Signals(signum).name
+        log.warning("%s received: stopping after the current step with a checkpoint", self.received)
+
+    def install(self) -> StopSignal:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
 
 
 # --- model loading ----------------------------------------------------------------------------
@@ -672,6 +704,27 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
         return float(values[-1])
 
     step = first_step
+
+    def checkpoint(at_step: int, at_loss: float) -> None:
+        save_checkpoint(
+            config.checkpoints_dir,
+            at_step,
+            models=unwrapped,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            noise_generator=noise_generator,
+            state={"loss": at_loss, "dataset_hash": dataset.dataset_hash},
+            keep=config.checkpoints_total_limit,
+        )
+
+    def stop_requested() -> bool:
+        stop = stop_signal.received is not None
+        if accelerator.num_processes > 1:  # every rank stops at the same step, or a collective hangs
+            flag = torch.tensor([1.0 if stop else 0.0], device=device)
+            stop = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+        return stop
+
+    stop_signal = StopSignal().install()
     try:
         for step in range(first_step + 1, config.max_train_steps + 1):
             step_loss = torch.zeros((), device=device)
@@ -726,20 +779,24 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
                 loss_value = flush()
             if at_checkpoint and is_main:
                 assert loss_value is not None
-                save_checkpoint(
-                    config.checkpoints_dir,
-                    step,
-                    models=unwrapped,
-                    optimizer=optimizer,
-                    lr_scheduler=lr_scheduler,
-                    noise_generator=noise_generator,
-                    state={"loss": loss_value, "dataset_hash": dataset.dataset_hash},
-                    keep=config.checkpoints_total_limit,
+                checkpoint(step, loss_value)
+            if step < config.max_train_steps and stop_requested():
+                if pending:  # a collective on every rank: stop_requested() agreed on the step
+                    loss_value = flush()
+                if not at_checkpoint and is_main:
+                    assert loss_value is not None
+                    checkpoint(step, loss_value)
+                accelerator.wait_for_everyone()
+                raise TrainingInterrupted(
+                    f"stopped after step {step} on {stop_signal.received or 'a signal to another rank'}; "
+                    f"checkpoint {config.checkpoints_dir / f'{CHECKPOINT_PREFIX}{step}'} written, "
+                    "the next pod resumes from it"
                 )
             if stopping:
                 accelerator.wait_for_everyone()
                 raise TrainingInterrupted(f"stopped after step {step} (test hook)")
     finally:
+        stop_signal.restore()
         bar.close()
 
     accelerator.wait_for_everyone()

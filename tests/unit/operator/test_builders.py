@@ -103,6 +103,7 @@ def test_labels_owner_reference_and_volume(run: dict[str, Any]) -> None:
     assert job["spec"]["backoffLimit"] == SETTINGS.backoff_limit
     assert job["spec"]["activeDeadlineSeconds"] == SETTINGS.active_deadline_seconds
     assert job["spec"]["ttlSecondsAfterFinished"] == SETTINGS.ttl_seconds_after_finished
+    assert job["spec"]["podReplacementPolicy"] == "Failed"
     assert "suspend" not in job["spec"]
 
 

@@ -115,6 +115,34 @@ def test_resume_continues_after_the_checkpoint_and_matches_an_uninterrupted_run(
         assert torch.allclose(a[key], b[key], atol=1e-6), key
 
 
+def test_sigterm_checkpoints_the_current_step_and_the_next_pod_repeats_none(run_dir, tiny_model, monkeypatch):
+    """A deleted pod's trainer (PID 1) gets SIGTERM: it finishes the step, checkpoints it, stops."""
+    import os
+    import signal
+
+    from zthumb_trainer import reporting
+
+    append = reporting.ProgressLog.append
+
+    def append_then_sigterm_at_step_3(self, record):
+        append(self, record)
+        if record["step"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(reporting.ProgressLog, "append", append_then_sigterm_at_step_3)
+    config = _config(run_dir, tiny_model)
+    with pytest.raises(TrainingInterrupted, match="stopped after step 3 on SIGTERM"):
+        run_training(config)
+    # step 3 is not a checkpointing step (every 2), it was checkpointed because of the signal
+    assert [step for step, _ in list_checkpoints(config.checkpoints_dir)] == [2, 3]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again
+    monkeypatch.setattr(reporting.ProgressLog, "append", append)
+
+    resumed = run_training(_config(run_dir, tiny_model))
+    assert resumed["resumed_from_step"] == 3 and resumed["steps_this_run"] == 3
+    assert _steps(run_dir) == [1, 2, 3, 4, 5, 6]
+
+
 def test_second_run_reuses_the_latent_cache(run_dir, tiny_model, monkeypatch):
     import zthumb_trainer.train as train_module
 
@@ -196,7 +224,8 @@ class _FakeStatusApi:
     def __init__(self, fail=False):
         self.calls, self.fail = [], fail
 
-    def patch_namespaced_custom_object_status(self, group, version, namespace, plural, name, body):  # noqa: PLR0917
+    def patch_namespaced_custom_object_status(self, group, version, namespace, plural, name, body, **kwargs):  # noqa: PLR0917
+        assert kwargs == {"field_manager": "zthumb-trainer"}
         if self.fail:
             raise RuntimeError("forbidden")
         self.calls.append((group, version, namespace, plural, name, body))

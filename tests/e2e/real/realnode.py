@@ -1,0 +1,163 @@
+"""Helpers of the real-node e2e tests (see conftest.py); a plain module the tests import."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[3]
+NODE = "zthumb-real-0"
+VERSION = "0.1.0"
+SERVER_IMAGE = f"ghcr.io/zthumb/zthumb:{VERSION}"
+TRAINER_IMAGE = f"ghcr.io/zthumb/trainer:{VERSION}"
+OPERATOR_IMAGE = f"ghcr.io/zthumb/operator:{VERSION}"
+# The chart's helm test pod needs curl + sh; hack/build-images.sh builds it locally.
+HELM_TEST_IMAGE = os.environ.get("ZTHUMB_HELM_TEST_IMAGE", f"ghcr.io/zthumb/helm-test:{VERSION}")
+IMAGES = (SERVER_IMAGE, TRAINER_IMAGE, OPERATOR_IMAGE, HELM_TEST_IMAGE)
+GPU_TAINT = "nvidia.com/gpu"
+OPERATOR_NS = "zthumb-system"
+OPERATOR_MANIFESTS = [
+    ROOT / "manifests/operator/00-namespace.yaml",
+    ROOT / "manifests/operator/serviceaccount.yaml",
+    ROOT / "manifests/operator/clusterrole.yaml",
+    ROOT / "manifests/operator/clusterrolebinding.yaml",
+    ROOT / "manifests/operator/deployment.yaml",
+]
+TRAINER_RBAC = ROOT / "manifests/operator/trainer-rbac.yaml"
+CRD = ROOT / "crds/lorafinetunes.zthumb.io.yaml"
+# Restricted-compliant security settings for the pods the tests create themselves.
+POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": 10001,
+    "runAsGroup": 10001,
+    "fsGroup": 10001,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+COMMAND_TIMEOUT_S = 120
+
+Kubectl = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def log(message: str) -> None:
+    """Progress lines (shown with -s, and in the captured output of a failing test)."""
+    print(f"[real {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def get_json(kubectl: Kubectl, *args: str) -> Any:
+    return json.loads(kubectl("get", *args, "-o", "json").stdout)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, description: str, interval: float = 1.0) -> Any:
+    """Poll (bounded) until ``predicate`` returns something truthy; exceptions count as "not yet"."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+            last = value
+        except (AssertionError, subprocess.SubprocessError, ValueError, KeyError) as exc:
+            last = exc
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {description}; last: {last!r}")
+        time.sleep(interval)
+
+
+def pod_ready(pod: dict[str, Any]) -> bool:
+    status = pod.get("status") or {}
+    conditions = {c["type"]: c["status"] for c in status.get("conditions") or []}
+    return status.get("phase") == "Running" and conditions.get("Ready") == "True"
+
+
+def assert_ran_on_real_node(pod: dict[str, Any], *, completed: bool = False) -> None:
+    """The pod was scheduled to the real node and its containers really ran in containerd.
+
+    ``completed``: a finished Job pod, so every container (and init container) exited 0.
+    """
+    name = pod["metadata"]["name"]
+    assert pod["spec"].get("nodeName") == NODE, f"{name} ran on {pod['spec'].get('nodeName')!r}, not {NODE}"
+    status = pod.get("status") or {}
+    statuses = (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or [])
+    assert statuses, f"{name} has no container statuses"
+    for cs in statuses:
+        assert (cs.get("containerID") or "").startswith("containerd://"), (
+            f"{name}/{cs['name']}: container ID {cs.get('containerID')!r} is not containerd's"
+        )
+        assert cs.get("imageID") or "", f"{name}/{cs['name']} has no imageID"
+        if completed or cs in (status.get("initContainerStatuses") or []):
+            terminated = (cs.get("state") or {}).get("terminated") or {}
+            assert terminated.get("exitCode") == 0, f"{name}/{cs['name']} did not exit 0: {cs.get('state')}"
+    if completed:
+        assert status.get("phase") == "Succeeded", f"{name} is {status.get('phase')}"
+
+
+def pod_manifest(
+    name: str,
+    *,
+    image: str,
+    command: list[str],
+    labels: dict[str, str] | None = None,
+    env: dict[str, str] | None = None,
+    volumes: list[dict[str, Any]] | None = None,
+    mounts: list[dict[str, Any]] | None = None,
+    restart: str = "Never",
+    ports: list[dict[str, Any]] | None = None,
+    readiness: dict[str, Any] | None = None,
+    memory: str = "2Gi",
+) -> dict[str, Any]:
+    """A pod that passes Pod Security ``restricted`` (read-only root, /tmp an emptyDir)."""
+    container: dict[str, Any] = {
+        "name": "main",
+        "image": image,
+        "imagePullPolicy": "Never",
+        "command": command,
+        "env": [{"name": k, "value": v} for k, v in {"HOME": "/tmp", **(env or {})}.items()],
+        "securityContext": CONTAINER_SECURITY,
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": memory}},
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *(mounts or [])],
+    }
+    if ports:
+        container["ports"] = ports
+    if readiness:
+        container["readinessProbe"] = readiness
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels or {}},
+        "spec": {
+            "restartPolicy": restart,
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "terminationGracePeriodSeconds": 2,
+            "securityContext": POD_SECURITY,
+            "containers": [container],
+            "volumes": [{"name": "tmp", "emptyDir": {}}, *(volumes or [])],
+        },
+    }
+
+
+def operator_pods(kubectl: Kubectl) -> list[dict[str, Any]]:
+    return get_json(kubectl, "pods", "-n", OPERATOR_NS, "-l", "app.kubernetes.io/name=zthumb-operator")[
+        "items"
+    ]
+
+
+@dataclass
+class ModelServer:
+    url: str  # http://tiny-model.<ns>.svc
+    sha256: str
+    pod: str
