@@ -29,6 +29,9 @@ def test_tiny_run_passes_every_check(tmp_path, monkeypatch):
     outcomes = report["outcomes"]
     assert outcomes["requests"] == 12
     assert outcomes["200"] >= 1 and outcomes["5xx"] == 0
-    assert report["server"]["generations"] == report["server"]["responses_200"]
+    # A cancel that lands after the last denoising step still completes its generation
+    # (answered 499), so generations may exceed the 200s by at most those cancels.
+    generated_beyond_200s = report["server"]["generations"] - report["server"]["responses_200"]
+    assert 0 <= generated_beyond_200s <= report["cancels"]["server_cancelled_while_running"]
     assert report["config"]["zthumb"] == str(Path(sys.modules["zthumb"].__file__).parent)
     assert "| 200 " in (tmp_path / "bench_load.md").read_text()
