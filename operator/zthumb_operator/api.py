@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from zthumb_contract import crd
 
 from zthumb_operator import builders, metrics
 
@@ -98,10 +99,10 @@ class KubeApi:
     async def patch_run_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
         def call() -> Any:
             return self._custom.patch_namespaced_custom_object_status(
-                builders.GROUP,
-                builders.VERSION,
+                crd.GROUP,
+                crd.VERSION,
                 namespace,
-                builders.PLURAL,
+                crd.PLURAL,
                 name,
                 {"status": status},
                 _content_type="application/merge-patch+json",
@@ -133,8 +134,8 @@ class KubeApi:
             "kind": "Event",
             "metadata": {"generateName": f"{meta['name'][:200]}.", "namespace": meta["namespace"]},
             "involvedObject": {
-                "apiVersion": builders.API_VERSION,
-                "kind": builders.KIND,
+                "apiVersion": crd.API_VERSION,
+                "kind": crd.KIND,
                 "name": meta["name"],
                 "namespace": meta["namespace"],
                 "uid": meta["uid"],

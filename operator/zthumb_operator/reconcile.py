@@ -30,8 +30,22 @@ from typing import Any, Protocol
 
 import kopf
 from pydantic import ValidationError
-from zthumb_trainer.spec import LoRAFinetuneSpec
-from zthumb_trainer.steps import RunPaths, StepDefinition, build_steps, deploy_env
+from zthumb_contract import crd
+from zthumb_contract import env as contract_env
+from zthumb_contract.spec import LoRAFinetuneSpec
+from zthumb_contract.stages import (
+    FAILED,
+    PENDING,
+    STAGE,
+    SUCCEEDED,
+    TERMINAL_PHASES,
+    Runner,
+    Stage,
+    Success,
+    active_stages,
+    build_steps,
+)
+from zthumb_contract.steps import RunPaths, StepDefinition, deploy_env
 
 from zthumb_operator import builders as b
 from zthumb_operator import metrics
@@ -82,7 +96,7 @@ class Pass:
 
     @property
     def stamp(self) -> str:
-        return b.format_time(self.now)
+        return crd.format_time(self.now)
 
     @property
     def generation(self) -> int | None:
@@ -164,13 +178,13 @@ class Controller:
         if same and cached is not None and _rv(obj) < _rv(cached):
             return  # an older event than what our own write returned
         self.runs[key] = obj
-        if (obj.get("status") or {}).get("phase") not in b.TERMINAL_PHASES:
+        if (obj.get("status") or {}).get("phase") not in TERMINAL_PHASES:
             self.request(key)
 
     def _owner_run(self, obj: Mapping[str, Any]) -> Key | None:
         meta = obj.get("metadata") or {}
         for ref in meta.get("ownerReferences") or []:
-            if ref.get("kind") == b.KIND and ref.get("apiVersion", "").startswith(b.GROUP + "/"):
+            if ref.get("kind") == crd.KIND and ref.get("apiVersion", "").startswith(crd.GROUP + "/"):
                 return (meta["namespace"], ref["name"])
         return None
 
@@ -239,7 +253,7 @@ class Controller:
         """Safety net: reconcile every run that is not finished."""
         metrics.set_run_phases((r.get("status") or {}).get("phase") for r in self.runs.values())
         for key, run in list(self.runs.items()):
-            if (run.get("status") or {}).get("phase") not in b.TERMINAL_PHASES:
+            if (run.get("status") or {}).get("phase") not in TERMINAL_PHASES:
                 self.request(key)
 
     async def idle(self) -> None:
@@ -280,13 +294,13 @@ class Controller:
         run = self.runs.get(key)
         if run is None or run["metadata"].get("deletionTimestamp"):
             return None
-        if (run.get("status") or {}).get("phase") in b.TERMINAL_PHASES:
+        if (run.get("status") or {}).get("phase") in TERMINAL_PHASES:
             return None
         p = Pass(run=run, now=self.clock())
         try:
             return await self._advance(p)
         except kopf.PermanentError as exc:
-            p.phase(b.FAILED, "InvalidSpec", str(exc), event="Warning")
+            p.phase(FAILED, "InvalidSpec", str(exc), event="Warning")
             return None
         finally:
             await self._flush(p)
@@ -340,23 +354,19 @@ class Controller:
         steps = {
             s.name: s for s in build_steps(name, spec, spec.storage.mount_path, self.server_url(p.run, spec))
         }
-        order = ["fetch-model", "prepare-dataset", "train"]
-        if spec.deploy.enabled:
-            order.append("deploy")
-        if "eval" in steps:
-            order.append("eval")
+        stages = active_stages(spec)
         if not p.status.get("phase"):
-            p.event("Normal", "Accepted", f"run {name}: steps {', '.join(order)}")
-        for stage in order:
-            if b.condition_true(p.status.get("conditions"), b.STEP_CONDITION[stage]):
+            p.event("Normal", "Accepted", f"run {name}: steps {', '.join(s.name for s in stages)}")
+        for stage in stages:
+            if b.condition_true(p.status.get("conditions"), stage.condition):
                 continue
-            if stage == "deploy":
+            if stage.runner is Runner.DEPLOY:
                 delay = await self._deploy(p, spec)
             else:
-                delay = await self._job_step(p, spec, steps[stage])
+                delay = await self._job_step(p, spec, stage, steps[stage.name])
             if delay is not False:
                 return delay if isinstance(delay, float | int) else None
-            if p.status.get("phase") == b.FAILED:
+            if p.status.get("phase") == FAILED:
                 return None
         self._succeed(p, spec)
         return None
@@ -371,11 +381,11 @@ class Controller:
             parts.append("adapter exported (deploy disabled)")
         if p.status.get("reportPath"):
             parts.append(f"report {p.status['reportPath']}")
-        p.phase(b.SUCCEEDED, "Succeeded", "; ".join(parts))
+        p.phase(SUCCEEDED, "Succeeded", "; ".join(parts))
 
     def _fail(self, p: Pass, stage: str, reason: str, message: str) -> None:
-        p.condition(b.STEP_CONDITION[stage], "False", reason, message)
-        p.phase(b.FAILED, reason, message, event="Warning")
+        p.condition(STAGE[stage].condition, "False", reason, message)
+        p.phase(FAILED, reason, message, event="Warning")
 
     # ------------------------------------------------------------------ Job steps
 
@@ -410,21 +420,23 @@ class Controller:
         if created:
             suffix = f" (suspended for Kueue queue {spec.queue_name})" if spec.queue_name else ""
             p.event("Normal", "JobCreated", f"created Job {jname} for step {step.name}{suffix}")
-            if step.name == "train":
+            if step.reports_progress:
                 total = spec.training.max_train_steps
                 p.set("progress", {"step": 0, "totalSteps": total, "percent": 0})
         return job
 
-    async def _job_step(self, p: Pass, spec: LoRAFinetuneSpec, step: StepDefinition) -> float | bool | None:
+    async def _job_step(
+        self, p: Pass, spec: LoRAFinetuneSpec, stage: Stage, step: StepDefinition
+    ) -> float | bool | None:
         """Drive one Job step. False: the step is done (go on); otherwise the requeue delay."""
         job = await self._ensure_job(p, spec, step)
         ns = p.run["metadata"]["namespace"]
         jname = job["metadata"]["name"]
         pods = list(self.pods.get((ns, jname), {}).values())
         state = b.job_state(job, pods)
-        cond = b.STEP_CONDITION[step.name]
+        cond = stage.condition
         if state.state == "succeeded":
-            await self._step_succeeded(p, spec, step, job, pods)
+            await self._step_succeeded(p, spec, stage, job, pods)
             return False
         if state.state == "failed":
             reason = f"{_camel(step.name)}Failed"
@@ -438,13 +450,13 @@ class Controller:
         if state.state == "suspended":
             p.condition(cond, "False", "Queued", f"Job {jname} is suspended")
             p.phase(
-                b.PENDING,
+                PENDING,
                 "Queued",
                 f"step {step.name}: Job {jname} waits for Kueue queue {spec.queue_name} to admit it",
             )
             return None
         if state.state == "unschedulable":
-            since = b.parse_time(state.since) if state.since else p.now
+            since = crd.parse_time(state.since) if state.since else p.now
             deadline = self.config.unschedulable_deadline_seconds
             waited = p.now - since
             scheduler = f"{state.reason}: {state.message}"
@@ -463,7 +475,7 @@ class Controller:
             p.condition(b.SCHEDULED, "False", "Unschedulable", scheduler)
             p.condition(cond, "False", "Unschedulable", f"Job {jname} cannot be scheduled")
             p.phase(
-                b.PENDING,
+                PENDING,
                 "Unschedulable",
                 f"step {step.name}: Job {jname} cannot be scheduled yet ({scheduler}); "
                 f"failing after {deadline}s",
@@ -475,7 +487,7 @@ class Controller:
         if b.get_condition(p.status.get("conditions"), b.SCHEDULED):
             p.condition(b.SCHEDULED, "True", "Scheduled", f"Job {jname} has been scheduled")
         p.condition(cond, "False", "Running", f"Job {jname} is running")
-        p.phase(b.STEP_PHASE[step.name], "Running", f"step {step.name}: Job {jname} is running")
+        p.phase(stage.phase, "Running", f"step {step.name}: Job {jname} is running")
         return None
 
     @staticmethod
@@ -497,7 +509,7 @@ class Controller:
         self,
         p: Pass,
         spec: LoRAFinetuneSpec,
-        step: StepDefinition,
+        stage: Stage,
         job: Mapping[str, Any],
         pods: list[dict[str, Any]],
     ) -> None:
@@ -505,10 +517,10 @@ class Controller:
         ns = p.run["metadata"]["namespace"]
         duration = b.step_duration_seconds(job)
         if duration is not None:
-            metrics.STEP_DURATION.labels(step=step.name).observe(duration)
+            metrics.STEP_DURATION.labels(step=stage.name).observe(duration)
         paths = RunPaths(data_root=spec.storage.mount_path, run_name=name, spec=spec)
         message = f"Job {job['metadata']['name']} completed"
-        if step.name == "train":
+        if stage.success is Success.ADAPTER:
             total = spec.training.max_train_steps
             progress = dict(p.status.get("progress") or {})
             progress.update({"step": total, "totalSteps": total, "percent": 100})
@@ -517,7 +529,7 @@ class Controller:
                 "adapterPath", deploy_env(RunPaths(self.config.server_data_root, name, spec))["Z_LORA_PATH"]
             )
             message += f"; adapter exported to {paths.adapter_dir}"
-        if step.name == "eval":
+        if stage.success is Success.REPORT:
             summary = b.eval_summary(pods)
             if summary is None and not b.terminated_messages(pods):
                 fresh = await self.api.list_job_pods(ns, job["metadata"]["name"])
@@ -532,8 +544,8 @@ class Controller:
                 p.set("evalSummary", summary)
             p.set("reportPath", paths.report)
             message += f"; report {paths.report}"
-        p.condition(b.STEP_CONDITION[step.name], "True", "Completed", message)
-        p.event("Normal", f"{_camel(step.name)}Completed", message)
+        p.condition(stage.condition, "True", "Completed", message)
+        p.event("Normal", f"{_camel(stage.name)}Completed", message)
 
     # ------------------------------------------------------------------ deploy
 
@@ -547,7 +559,7 @@ class Controller:
             state["waitingSince"] = p.stamp
             p.set("deploy", state)
         deployment = await self.api.get_deployment(ns, d.deployment)
-        started = b.parse_time(state.get("startedAt") or state["waitingSince"])
+        started = crd.parse_time(state.get("startedAt") or state["waitingSince"])
         timeout = d.rollout_timeout_seconds
         if deployment is None:
             if p.now - started >= timeout:
@@ -661,7 +673,7 @@ class Controller:
         if run is None:
             return False
         status = run.get("status") or {}
-        return status.get("phase") not in b.TERMINAL_PHASES and not b.condition_true(
+        return status.get("phase") not in TERMINAL_PHASES and not b.condition_true(
             status.get("conditions"), "Deployed"
         )
 
@@ -682,7 +694,7 @@ class Controller:
 
     async def _rollback(self, p: Pass, deployment: str, container: str, state: dict[str, Any]) -> None:
         previous: dict[str, str] = dict(state.get("previousEnv") or {})
-        env: dict[str, str | None] = {k: previous.get(k) for k in b.LORA_ENV}
+        env: dict[str, str | None] = {k: previous.get(k) for k in contract_env.LORA_ENV}
         ns = p.run["metadata"]["namespace"]
         patch = b.deployment_env_patch(container, env, lock_owner=None)
         await self.api.patch_deployment(ns, deployment, patch)

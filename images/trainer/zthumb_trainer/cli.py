@@ -1,6 +1,6 @@
 """``zthumb-train``: one CLI whose subcommands are the entrypoints of the pipeline's Jobs.
 
-The arguments are exactly those ``zthumb_trainer.steps`` builds, so a Job and a local
+The arguments are exactly those ``zthumb_contract.steps`` builds, so a Job and a local
 run execute the same command line. Heavy imports (torch, diffusers) happen inside the
 subcommands that need them, so fetch-model and prepare-dataset start quickly.
 """
@@ -263,8 +263,9 @@ def evaluate(  # noqa: PLR0917 - one option per flag
     ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for /readyz.")] = 600.0,
 ) -> None:
     """Generate with and without the adapter on the same seeds; write report.md + summary.json."""
+    from zthumb_contract.spec import DEFAULT_EVAL_PROMPTS
+
     from zthumb_trainer.evaluate import EvalConfig, EvalError, run_eval
-    from zthumb_trainer.spec import DEFAULT_EVAL_PROMPTS
 
     config = EvalConfig(
         server_url=server_url,

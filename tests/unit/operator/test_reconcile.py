@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from lft_helpers import make_run
+from zthumb_contract.crd import format_time
 from zthumb_operator import builders as b
 from zthumb_operator.api import ConflictError
 from zthumb_operator.config import OperatorConfig
@@ -309,7 +310,7 @@ def to_training(h: Harness) -> None:
 def test_unschedulable_stays_pending_with_the_scheduler_message_then_fails_at_the_deadline() -> None:
     h = Harness({"resources": {"gpus": 16}}, unschedulable_deadline_seconds=600)
     to_training(h)
-    unschedulable(h, "train", b.format_time(h.now))
+    unschedulable(h, "train", format_time(h.now))
     delay = h.reconcile()
     st = h.status()
     assert st["phase"] == "Pending"

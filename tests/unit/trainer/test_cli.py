@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import typer
 from typer.testing import CliRunner
+from zthumb_contract.spec import LoRAFinetuneSpec
+from zthumb_contract.stages import build_steps
 from zthumb_trainer.cli import app
-from zthumb_trainer.spec import LoRAFinetuneSpec
-from zthumb_trainer.steps import build_steps
 
 SPECS = {
     "defaults": {},

@@ -11,14 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from zthumb_trainer.spec import LoRAFinetuneSpec, SecretKeyRef
+from zthumb_contract import env
+from zthumb_contract.spec import LoRAFinetuneSpec, SecretKeyRef
 
 TRAINER_COMMAND = ("zthumb-train",)
-STEP_NAMES = ("fetch-model", "prepare-dataset", "train", "eval")
-# Env the operator fills from the downward API so the trainer can report progress
-# into the LoRAFinetune's status; the local runner leaves them unset.
-RUN_NAME_ENV = "ZTHUMB_RUN_NAME"
-NAMESPACE_ENV = "ZTHUMB_NAMESPACE"
 
 
 @dataclass(frozen=True)
@@ -179,15 +175,4 @@ def eval_step(paths: RunPaths, server_url: str) -> StepDefinition:
 
 def deploy_env(paths: RunPaths) -> dict[str, str]:
     """The server env that points it at this run's adapter (the deploy step's whole effect)."""
-    return {"Z_LORA_PATH": paths.adapter_dir, "Z_LORA_SCALE": str(paths.spec.deploy.lora_scale)}
-
-
-def build_steps(
-    run_name: str, spec: LoRAFinetuneSpec, data_root: str, server_url: str
-) -> list[StepDefinition]:
-    """The Job-running steps of one run, in order (deploy sits between train and eval)."""
-    paths = RunPaths(data_root=data_root, run_name=run_name, spec=spec)
-    steps = [fetch_model_step(paths), prepare_dataset_step(paths), train_step(paths)]
-    if spec.eval.enabled and spec.deploy.enabled:
-        steps.append(eval_step(paths, server_url))
-    return steps
+    return {env.LORA_PATH: paths.adapter_dir, env.LORA_SCALE: str(paths.spec.deploy.lora_scale)}
