@@ -12,7 +12,7 @@ import os
 import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -22,6 +22,21 @@ from zthumb_operator import builders, metrics
 
 T = TypeVar("T")
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+
+
+class Api(Protocol):
+    """What the controller needs from the API server (``KubeApi``; an in-memory fake in the tests)."""
+
+    async def create_job(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]: ...
+    async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    async def delete_job(self, namespace: str, name: str) -> None: ...
+    async def list_job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]: ...
+    async def patch_run_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]: ...
+    async def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    async def patch_deployment(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]: ...
+    async def post_event(
+        self, run: dict[str, Any], type_: str, reason: str, message: str, now: str
+    ) -> None: ...
 
 
 class ConflictError(Exception):
