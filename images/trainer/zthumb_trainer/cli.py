@@ -17,6 +17,7 @@ import typer
 from zthumb_contract.spec import DatasetSpec, EvalSpec, TrainingSpec
 
 from zthumb_trainer.options import spec_options
+from zthumb_trainer.settings import TrainerSettings
 
 app = typer.Typer(
     add_completion=False,
@@ -24,8 +25,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="ZThumb trainer: fetch the base model, prepare a dataset, train + export a LoRA, evaluate it.",
 )
-
-STOP_AFTER_STEP_ENV = "ZTHUMB_TRAIN_STOP_AFTER_STEP"
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -131,7 +130,6 @@ def train(  # noqa: PLR0917 - one option per flag
     from zthumb_trainer.dataset import DatasetError
     from zthumb_trainer.train import TrainConfig, TrainingInterrupted, run_training
 
-    stop_after = os.environ.get(STOP_AFTER_STEP_ENV)
     config = TrainConfig(
         **training.model_dump(),
         run_dir=run_dir,
@@ -141,7 +139,7 @@ def train(  # noqa: PLR0917 - one option per flag
         run_name=run_name,
         base_model_sha256=base_model_sha256,
         trigger_word=trigger_word,
-        stop_after_step=int(stop_after) if stop_after else None,
+        stop_after_step=TrainerSettings().train_stop_after_step,
         progress_bar=progress,
     )
     try:
@@ -236,6 +234,7 @@ def evaluate(  # noqa: PLR0917 - one option per flag
     """
     from zthumb_trainer.evaluate import EvalConfig, EvalError, run_eval
 
+    settings = TrainerSettings()
     config = EvalConfig(
         **evaluation.model_dump(),
         server_url=server_url,
@@ -243,8 +242,8 @@ def evaluate(  # noqa: PLR0917 - one option per flag
         run_name=run_name,
         lora_path=lora_path,
         trigger_word=trigger_word,
-        ready_timeout=float(os.environ.get("ZTHUMB_EVAL_READY_TIMEOUT", ready_timeout)),
-        api_key=os.environ.get("ZTHUMB_API_KEY") or None,
+        ready_timeout=ready_timeout if settings.eval_ready_timeout is None else settings.eval_ready_timeout,
+        api_key=settings.api_key,
     )
     try:
         summary = run_eval(config)

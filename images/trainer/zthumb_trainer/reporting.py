@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from zthumb_contract import crd
-from zthumb_contract import env as contract_env
+
+from zthumb_trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
 
-TERMINATION_LOG_ENV = "ZTHUMB_TERMINATION_LOG"
-DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 # Kubernetes keeps at most 4096 bytes of a termination message.
 TERMINATION_MESSAGE_LIMIT = 4096
 
@@ -52,7 +50,8 @@ class StatusReporter:
     @classmethod
     def from_env(cls, min_interval: float = 10.0) -> StatusReporter | None:
         """A reporter when the operator set the run name and namespace, else None (local runs)."""
-        name, namespace = os.environ.get(contract_env.RUN_NAME), os.environ.get(contract_env.NAMESPACE)
+        settings = TrainerSettings()
+        name, namespace = settings.run_name, settings.namespace
         if not name or not namespace:
             return None
         return cls(name, namespace, min_interval=min_interval)
@@ -96,7 +95,7 @@ class StatusReporter:
 
 
 def termination_log_path() -> Path:
-    return Path(os.environ.get(TERMINATION_LOG_ENV, DEFAULT_TERMINATION_LOG))
+    return TrainerSettings().termination_log
 
 
 def write_termination_message(summary: dict[str, Any]) -> bool:

@@ -201,3 +201,18 @@ def test_cli_fetches_model_and_config(served, model_file, model_sha, tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert Path(tmp_path / "cfg" / "model_index.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("hf_token", "hub_token", "expected"),
+    [("a", "b", "a"), ("", "b", "b"), ("  ", "b", "b"), (" a ", None, "a"), (None, None, None)],
+)
+def test_token_is_the_first_non_blank_of_the_token_envs(monkeypatch, hf_token, hub_token, expected):
+    from zthumb_trainer.fetch import token_from_env
+
+    for name, value in (("HF_TOKEN", hf_token), ("HUGGINGFACE_HUB_TOKEN", hub_token)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    assert token_from_env() == expected
