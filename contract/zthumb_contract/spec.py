@@ -104,7 +104,8 @@ class EvalSpec(_Spec):
 
 
 class ImagesSpec(_Spec):
-    trainer: str = "ghcr.io/zthumb/trainer:0.1.0"
+    # Unset: the operator's ZTHUMB_OPERATOR_TRAINER_IMAGE.
+    trainer: str | None = None
     pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
 
 

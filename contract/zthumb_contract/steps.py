@@ -24,7 +24,7 @@ TRAINER_COMMAND = ("zthumb-train",)
 
 @dataclass(frozen=True)
 class RunPaths:
-    """Where one run reads and writes, below the data root (SPEC §2 output conventions)."""
+    """Where one run reads and writes, below the data root (docs/ARCHITECTURE.md, "Paths")."""
 
     data_root: str
     run_name: str

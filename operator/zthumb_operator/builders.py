@@ -501,8 +501,3 @@ def transition(
     if phase in TERMINAL_PHASES and not status.get("completionTime"):
         patch["completionTime"] = now
     return patch
-
-
-def server_lora_path(server_data_root: str, run_name: str) -> str:
-    """Z_LORA_PATH as the inference server mounts the volume (models/lora/<run>)."""
-    return f"{server_data_root.rstrip('/')}/models/lora/{run_name}"

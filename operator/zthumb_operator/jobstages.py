@@ -31,10 +31,9 @@ class JobStages:
         self.api = api
         self.cache = cache
 
-    def job_settings(self, run: Mapping[str, Any]) -> b.JobSettings:
-        raw_images = ((run.get("spec") or {}).get("images")) or {}
+    def job_settings(self, spec: LoRAFinetuneSpec) -> b.JobSettings:
         return b.JobSettings(
-            image=raw_images.get("trainer") or self.config.trainer_image,
+            image=spec.images.trainer or self.config.trainer_image,
             service_account=self.config.trainer_service_account,
             run_as_user=self.config.run_as_user,
             fs_group=self.config.fs_group,
@@ -50,7 +49,7 @@ class JobStages:
         job = self.cache.jobs.get((ns, jname))
         created = False
         if job is None:
-            body = b.build_job(step, run=p.run, spec=spec, settings=self.job_settings(p.run))
+            body = b.build_job(step, run=p.run, spec=spec, settings=self.job_settings(spec))
             try:
                 job = await self.api.create_job(ns, body)
                 created = True

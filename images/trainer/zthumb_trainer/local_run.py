@@ -111,10 +111,9 @@ def trainer_executable(command: tuple[str, ...]) -> list[str]:
     return [found, *rest]
 
 
-def step_env(step: StepDefinition, extra: dict[str, str] | None = None) -> dict[str, str]:
+def step_env(step: StepDefinition) -> dict[str, str]:
     env = dict(os.environ)
     env.update(step.env)
-    env.update(extra or {})
     for name in step.secret_env:
         # In a cluster these come from a Secret; locally from this shell, if set.
         if name not in env:
@@ -122,7 +121,7 @@ def step_env(step: StepDefinition, extra: dict[str, str] | None = None) -> dict[
     return env
 
 
-def run_step(step: StepDefinition, env: dict[str, str], log_dir: Path) -> float:
+def run_step(step: StepDefinition, env: dict[str, str]) -> float:
     argv = trainer_executable(step.command) + list(step.args)
     print(f"\n==> {step.name}: {' '.join(step.argv)}", file=sys.stderr, flush=True)
     started = time.monotonic()
@@ -247,7 +246,7 @@ def run_local(finetune: Path | None, workdir: Path, tiny: bool = True) -> LocalR
                         timings[stage.name] = start_server(server, server_url)
                     continue
                 step = steps[stage.name]
-                timings[stage.name] = run_step(step, step_env(step), log_dir)
+                timings[stage.name] = run_step(step, step_env(step))
         finally:
             if server is not None:
                 server.stop()

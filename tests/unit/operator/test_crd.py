@@ -13,9 +13,9 @@ from zthumb_contract import crd
 from zthumb_contract.spec import LoRAFinetuneSpec
 from zthumb_contract.stages import PHASES
 
-# Fields whose CRD default deliberately differs from spec.py: images.trainer has no CRD
-# default so that the operator's ZTHUMB_OPERATOR_TRAINER_IMAGE applies when it is unset.
-DEFAULT_EXCEPTIONS = {("images", "trainer")}
+# Fields whose CRD default deliberately differs from spec.py (none at present: images.trainer
+# has no default in either, so that the operator's ZTHUMB_OPERATOR_TRAINER_IMAGE applies).
+DEFAULT_EXCEPTIONS: set[tuple[str, ...]] = set()
 
 
 def walk(schema: dict[str, Any], path: tuple[str, ...] = ()):

@@ -455,3 +455,17 @@ def test_progress_percent_is_derived_from_the_train_pods_reports() -> None:
         "etaSeconds": 60,
         "percent": 25,
     }
+
+
+@pytest.mark.parametrize(
+    ("images", "expected"),
+    [
+        ({}, "ghcr.io/zthumb/trainer:0.1.0"),
+        ({"trainer": "registry.example/trainer:2"}, "registry.example/trainer:2"),
+    ],
+)
+def test_job_image_is_the_specs_or_else_the_operators(images: dict[str, str], expected: str) -> None:
+    h = Harness({"images": images} if images else None)
+    h.reconcile()
+    job = h.api.jobs[("ml", "z-style-fetch-model")]
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == expected
