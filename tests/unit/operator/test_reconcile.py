@@ -469,3 +469,14 @@ def test_job_image_is_the_specs_or_else_the_operators(images: dict[str, str], ex
     h.reconcile()
     job = h.api.jobs[("ml", "z-style-fetch-model")]
     assert job["spec"]["template"]["spec"]["containers"][0]["image"] == expected
+
+
+def test_rollout_lock_of_a_deleted_run_is_taken_over() -> None:
+    h = Harness()
+    h.api.deployments[("ml", "zthumb")]["metadata"]["annotations"][b.ROLLOUT_OWNER_ANNOTATION] = "gone"
+    to_training(h)
+    h.complete("train")
+    h.reconcile()
+    d = h.api.deployments[("ml", "zthumb")]
+    assert d["metadata"]["annotations"][b.ROLLOUT_OWNER_ANNOTATION] == "z-style"
+    assert ("Normal", "RolloutLockTakenOver", "took over the stale rollout lock of run gone") in h.api.events
