@@ -58,7 +58,7 @@ def _one(args: argparse.Namespace) -> None:
         config = TrainConfig(
             run_dir=run_dir,
             base_model=Path(args.model),
-            model_config=Path(args.config) if args.config else None,
+            model_config_dir=Path(args.config) if args.config else None,
             rank=args.rank,
             alpha=args.rank,
             learning_rate=1e-4,

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-for package_root in ("images/zthumb", "images/trainer", "hack"):
+for package_root in ("contract", "images/zthumb", "images/trainer", "hack"):
     sys.path.insert(0, str(REPO / package_root))
 
 

@@ -12,10 +12,11 @@ import os
 import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from zthumb_contract import crd
 
 from zthumb_operator import builders, metrics
 
@@ -23,6 +24,21 @@ T = TypeVar("T")
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 # Named in managedFields of everything the operator writes (the train pod writes as "zthumb-trainer").
 FIELD_MANAGER = "zthumb-operator"
+
+
+class Api(Protocol):
+    """What the controller needs from the API server (``KubeApi``; an in-memory fake in the tests)."""
+
+    async def create_job(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]: ...
+    async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    async def delete_job(self, namespace: str, name: str) -> None: ...
+    async def list_job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]: ...
+    async def patch_run_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]: ...
+    async def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    async def patch_deployment(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]: ...
+    async def post_event(
+        self, run: dict[str, Any], type_: str, reason: str, message: str, now: str
+    ) -> None: ...
 
 
 class ConflictError(Exception):
@@ -104,10 +120,10 @@ class KubeApi:
     async def patch_run_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
         def call() -> Any:
             return self._custom.patch_namespaced_custom_object_status(
-                builders.GROUP,
-                builders.VERSION,
+                crd.GROUP,
+                crd.VERSION,
                 namespace,
-                builders.PLURAL,
+                crd.PLURAL,
                 name,
                 {"status": status},
                 field_manager=FIELD_MANAGER,
@@ -144,8 +160,8 @@ class KubeApi:
             "kind": "Event",
             "metadata": {"generateName": f"{meta['name'][:200]}.", "namespace": meta["namespace"]},
             "involvedObject": {
-                "apiVersion": builders.API_VERSION,
-                "kind": builders.KIND,
+                "apiVersion": crd.API_VERSION,
+                "kind": crd.KIND,
                 "name": meta["name"],
                 "namespace": meta["namespace"],
                 "uid": meta["uid"],

@@ -14,14 +14,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from zthumb_trainer.spec import LoRAFinetuneSpec
-from zthumb_trainer.steps import NAMESPACE_ENV, RUN_NAME_ENV, StepDefinition
-
-GROUP = "zthumb.io"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "LoRAFinetune"
-PLURAL = "lorafinetunes"
+from zthumb_contract import env as contract_env
+from zthumb_contract.crd import API_VERSION, KIND, parse_time
+from zthumb_contract.spec import LoRAFinetuneSpec
+from zthumb_contract.stages import SUCCEEDED, TERMINAL_PHASES
+from zthumb_contract.steps import StepDefinition
 
 MANAGED_BY = "zthumb-operator"
 LABEL_RUN = "zthumb.io/run"
@@ -31,30 +28,9 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 # The rollout lock on a target Deployment: "<run name>" of the run whose rollout is in flight.
 ROLLOUT_OWNER_ANNOTATION = "zthumb.io/rollout-owner"
-LORA_ENV = ("Z_LORA_PATH", "Z_LORA_SCALE")
 
 MAX_NAME = 63  # Job names end up as the pods' job-name label value
 
-# Phases of a run and the step each phase stands for.
-PENDING, SUCCEEDED, FAILED = "Pending", "Succeeded", "Failed"
-TERMINAL_PHASES = frozenset({SUCCEEDED, FAILED})
-STEP_PHASE = {
-    "fetch-model": "Downloading",
-    "prepare-dataset": "PreparingDataset",
-    "train": "Training",
-    "deploy": "Deploying",
-    "eval": "Evaluating",
-}
-# Every phase, in pipeline order (the CRD's enum, the metrics' labels).
-PHASES = (PENDING, *STEP_PHASE.values(), SUCCEEDED, FAILED)
-# One condition per step (positive polarity: True once the step is done).
-STEP_CONDITION = {
-    "fetch-model": "ModelFetched",
-    "prepare-dataset": "DatasetPrepared",
-    "train": "Trained",
-    "deploy": "Deployed",
-    "eval": "Evaluated",
-}
 READY = "Ready"
 SCHEDULED = "Scheduled"
 
@@ -147,10 +123,10 @@ def _env(step: StepDefinition) -> list[dict[str, Any]]:
     if step.reports_progress:
         env += [
             {
-                "name": RUN_NAME_ENV,
+                "name": contract_env.RUN_NAME,
                 "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{ANNOTATION_RUN}']"}},
             },
-            {"name": NAMESPACE_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": contract_env.NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         ]
     return env
 
@@ -373,7 +349,7 @@ def container_env(deployment: Mapping[str, Any], container: str) -> dict[str, st
 def lora_env_values(deployment: Mapping[str, Any], container: str) -> dict[str, str]:
     """Current Z_LORA_PATH / Z_LORA_SCALE of the container (absent ones left out)."""
     env = container_env(deployment, container) or {}
-    return {k: env[k] for k in LORA_ENV if k in env}
+    return {k: env[k] for k in contract_env.LORA_ENV if k in env}
 
 
 def deployment_env_patch(
@@ -442,19 +418,6 @@ def rollout_state(deployment: Mapping[str, Any], patched_generation: int) -> Rol
 
 
 # --------------------------------------------------------------------------- conditions/status
-
-
-def parse_time(value: str) -> float:
-    """RFC 3339 (as Kubernetes writes it) to epoch seconds."""
-    from datetime import datetime
-
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-
-
-def format_time(epoch: float) -> str:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def set_condition(
@@ -542,8 +505,3 @@ def transition(
     if phase in TERMINAL_PHASES and not status.get("completionTime"):
         patch["completionTime"] = now
     return patch
-
-
-def server_lora_path(server_data_root: str, run_name: str) -> str:
-    """Z_LORA_PATH as the inference server mounts the volume (models/lora/<run>)."""
-    return f"{server_data_root.rstrip('/')}/models/lora/{run_name}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import kopf
+from zthumb_contract.crd import GROUP, PLURAL, VERSION
 
 from zthumb_operator import builders as b
 from zthumb_operator import runtime
@@ -30,7 +31,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     runtime.stop(memo)
 
 
-@kopf.on.event(b.GROUP, b.VERSION, b.PLURAL)
+@kopf.on.event(GROUP, VERSION, PLURAL)
 async def run_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     """A LoRAFinetune changed: cache it and reconcile it."""
     memo.controller.on_run_event(event["type"], dict(event["object"]))

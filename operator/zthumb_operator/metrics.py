@@ -6,8 +6,7 @@ from collections import Counter as _Tally
 from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
-
-from zthumb_operator.builders import PHASES
+from zthumb_contract.stages import PHASES
 
 RUNS = Gauge("zthumb_operator_runs", "LoRAFinetunes known to the operator, by phase", ["phase"])
 STEP_DURATION = Histogram(

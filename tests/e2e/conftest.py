@@ -1,4 +1,4 @@
-"""Fixtures for end-to-end tests against the local control plane (SPEC §8).
+"""Fixtures for end-to-end tests against the local control plane (hack/README-cluster.md).
 
 The cluster is started outside pytest::
 

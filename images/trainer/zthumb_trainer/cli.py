@@ -1,6 +1,6 @@
 """``zthumb-train``: one CLI whose subcommands are the entrypoints of the pipeline's Jobs.
 
-The arguments are exactly those ``zthumb_trainer.steps`` builds, so a Job and a local
+The arguments are exactly those ``zthumb_contract.steps`` builds, so a Job and a local
 run execute the same command line. Heavy imports (torch, diffusers) happen inside the
 subcommands that need them, so fetch-model and prepare-dataset start quickly.
 """
@@ -14,6 +14,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from zthumb_contract.spec import DatasetSpec, EvalSpec, TrainingSpec
+
+from zthumb_trainer.options import spec_options
+from zthumb_trainer.settings import TrainerSettings
 
 app = typer.Typer(
     add_completion=False,
@@ -21,8 +25,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="ZThumb trainer: fetch the base model, prepare a dataset, train + export a LoRA, evaluate it.",
 )
-
-STOP_AFTER_STEP_ENV = "ZTHUMB_TRAIN_STOP_AFTER_STEP"
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -72,36 +74,27 @@ def fetch_model(  # noqa: PLR0917 - one option per flag
 
 
 @app.command("prepare-dataset")
-def prepare_dataset(  # noqa: PLR0917 - one option per flag
+@spec_options(DatasetSpec, "spec", exclude={"path", "trigger_word"})
+def prepare_dataset(
     dataset: Annotated[Path, typer.Option(help="Directory with images and captions (see DATASETS.md).")],
     output: Annotated[Path, typer.Option(help="The run directory; the dataset goes to <output>/dataset.")],
-    resolution: Annotated[int, typer.Option(help="Target resolution (pixels per side at 1:1).")] = 1024,
     trigger_word: Annotated[str, typer.Option(help="Put in front of every caption that lacks it.")] = "",
-    caption_format: Annotated[
-        str, typer.Option(help="txt (same-name .txt files) or jsonl (metadata.jsonl).")
-    ] = "txt",
-    missing_caption: Annotated[
-        str, typer.Option(help="fail, or trigger (caption = the trigger word).")
-    ] = "fail",
-    bucketing: Annotated[bool, typer.Option(help="Aspect-ratio buckets; off: square centre crops.")] = True,
+    *,
+    spec: DatasetSpec,
 ) -> None:
     """Validate, normalise and bucket the dataset; write the manifest and stats."""
     from zthumb_trainer.dataset import DatasetError
     from zthumb_trainer.dataset import prepare_dataset as prepare
 
-    if caption_format not in ("txt", "jsonl"):
-        raise _fail(f"--caption-format must be txt or jsonl, not {caption_format!r}", 2)
-    if missing_caption not in ("fail", "trigger"):
-        raise _fail(f"--missing-caption must be fail or trigger, not {missing_caption!r}", 2)
     try:
         prepared = prepare(
             dataset,
             output,
-            resolution,
+            spec.resolution,
             trigger_word=trigger_word,
-            caption_format=caption_format,
-            missing_caption=missing_caption,
-            bucketing=bucketing,
+            caption_format=spec.caption_format,
+            missing_caption=spec.missing_caption,
+            bucketing=spec.bucketing,
         )
     except DatasetError as error:
         raise _fail(str(error)) from error
@@ -112,6 +105,7 @@ def prepare_dataset(  # noqa: PLR0917 - one option per flag
 
 
 @app.command()
+@spec_options(TrainingSpec, "training")
 def train(  # noqa: PLR0917 - one option per flag
     run_name: Annotated[str, typer.Option(help="The run (LoRAFinetune) name.")],
     base_model: Annotated[Path, typer.Option(help="Single-file checkpoint or diffusers directory.")],
@@ -120,29 +114,15 @@ def train(  # noqa: PLR0917 - one option per flag
     export_dir: Annotated[Path | None, typer.Option(help="Export the adapter here when done.")] = None,
     base_model_sha256: Annotated[str, typer.Option(help="Recorded in adapter.json.")] = "",
     trigger_word: Annotated[str, typer.Option()] = "",
-    rank: Annotated[int, typer.Option(min=1)] = 16,
-    alpha: Annotated[float, typer.Option(min=0.0)] = 16.0,
-    learning_rate: Annotated[float, typer.Option()] = 1e-4,
-    max_train_steps: Annotated[int, typer.Option(min=1)] = 1000,
-    batch_size: Annotated[int, typer.Option(min=1)] = 1,
-    gradient_accumulation_steps: Annotated[int, typer.Option(min=1)] = 1,
-    mixed_precision: Annotated[str, typer.Option(help="no, fp16 or bf16.")] = "bf16",
-    gradient_checkpointing: Annotated[bool, typer.Option()] = True,
-    seed: Annotated[int, typer.Option()] = 42,
-    checkpointing_steps: Annotated[int, typer.Option(min=1)] = 250,
-    checkpoints_total_limit: Annotated[int, typer.Option(min=1)] = 3,
-    train_text_encoder: Annotated[bool, typer.Option()] = False,
-    snr_gamma: Annotated[float | None, typer.Option(help="Min-SNR gamma; 0 or unset: plain MSE.")] = None,
-    noise_offset: Annotated[float, typer.Option()] = 0.0,
     gpus: Annotated[int, typer.Option(help="Data-parallel processes (one per GPU).")] = 1,
-    compile: Annotated[
-        bool, typer.Option(help="torch.compile the UNet's transformer blocks (slower start, faster steps).")
-    ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    *,
+    training: TrainingSpec,
 ) -> None:
-    """Train the LoRA (resuming from the newest checkpoint), then export it."""
-    if mixed_precision not in ("no", "fp16", "bf16"):
-        raise _fail(f"--mixed-precision must be no, fp16 or bf16, not {mixed_precision!r}", 2)
+    """Train the LoRA (resuming from the newest checkpoint), then export it.
+
+    The training options are the fields of the LoRAFinetune's spec.training.
+    """
     if gpus > 1 and "LOCAL_RANK" not in os.environ:
         _relaunch_distributed(gpus)
     import json
@@ -150,31 +130,16 @@ def train(  # noqa: PLR0917 - one option per flag
     from zthumb_trainer.dataset import DatasetError
     from zthumb_trainer.train import TrainConfig, TrainingInterrupted, run_training
 
-    stop_after = os.environ.get(STOP_AFTER_STEP_ENV)
     config = TrainConfig(
+        **training.model_dump(),
         run_dir=run_dir,
         base_model=base_model,
-        model_config=model_config,
+        model_config_dir=model_config,
         export_dir=export_dir,
         run_name=run_name,
         base_model_sha256=base_model_sha256,
         trigger_word=trigger_word,
-        rank=rank,
-        alpha=alpha,
-        learning_rate=learning_rate,
-        max_train_steps=max_train_steps,
-        batch_size=batch_size,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        mixed_precision=mixed_precision,
-        gradient_checkpointing=gradient_checkpointing,
-        seed=seed,
-        checkpointing_steps=checkpointing_steps,
-        checkpoints_total_limit=checkpoints_total_limit,
-        train_text_encoder=train_text_encoder,
-        snr_gamma=snr_gamma,
-        noise_offset=noise_offset,
-        compile=compile,
-        stop_after_step=int(stop_after) if stop_after else None,
+        stop_after_step=TrainerSettings().train_stop_after_step,
         progress_bar=progress,
     )
     try:
@@ -252,38 +217,33 @@ def export(  # noqa: PLR0917 - one option per flag
 
 
 @app.command("eval")
+@spec_options(EvalSpec, "evaluation", exclude={"enabled"})
 def evaluate(  # noqa: PLR0917 - one option per flag
     server_url: Annotated[str, typer.Option(help="Base URL of the ZThumb server.")],
     output: Annotated[Path, typer.Option(help="Report directory: outputs/lora_eval/<run>.")],
     lora_path: Annotated[str, typer.Option(help="Adapter path relative to the server's LoRA root.")],
     run_name: Annotated[str, typer.Option()] = "lora",
     trigger_word: Annotated[str, typer.Option()] = "",
-    prompt: Annotated[list[str] | None, typer.Option(help="Repeatable; {trigger} is replaced.")] = None,
-    seed: Annotated[list[int] | None, typer.Option(help="Repeatable.")] = None,
-    scale: Annotated[list[float] | None, typer.Option(help="Repeatable; default 0 and 0.8.")] = None,
-    steps: Annotated[int, typer.Option(min=1)] = 30,
-    width: Annotated[int | None, typer.Option()] = None,
-    height: Annotated[int | None, typer.Option()] = None,
     ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for /readyz.")] = 600.0,
+    *,
+    evaluation: EvalSpec,
 ) -> None:
-    """Generate with and without the adapter on the same seeds; write report.md + summary.json."""
-    from zthumb_trainer.evaluate import EvalConfig, EvalError, run_eval
-    from zthumb_trainer.spec import DEFAULT_EVAL_PROMPTS
+    """Generate with and without the adapter on the same seeds; write report.md + summary.json.
 
+    The prompts, seeds, scales, steps and size are the fields of the LoRAFinetune's spec.eval.
+    """
+    from zthumb_trainer.evaluate import EvalConfig, EvalError, run_eval
+
+    settings = TrainerSettings()
     config = EvalConfig(
+        **evaluation.model_dump(),
         server_url=server_url,
         output=output,
         run_name=run_name,
         lora_path=lora_path,
-        prompts=prompt or list(DEFAULT_EVAL_PROMPTS),
-        seeds=seed or [0, 1],
-        scales=scale or [0.0, 0.8],
         trigger_word=trigger_word,
-        steps=steps,
-        width=width,
-        height=height,
-        ready_timeout=float(os.environ.get("ZTHUMB_EVAL_READY_TIMEOUT", ready_timeout)),
-        api_key=os.environ.get("ZTHUMB_API_KEY") or None,
+        ready_timeout=ready_timeout if settings.eval_ready_timeout is None else settings.eval_ready_timeout,
+        api_key=settings.api_key,
     )
     try:
         summary = run_eval(config)

@@ -19,11 +19,12 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+from zthumb_contract.spec import EvalSpec
 
 from zthumb_trainer.reporting import write_termination_message
 
@@ -32,25 +33,20 @@ class EvalError(Exception):
     """The evaluation could not run; the message says why."""
 
 
-@dataclass
-class EvalConfig:
+class EvalConfig(EvalSpec):
+    """One evaluation: the options of the LoRAFinetune's ``spec.eval`` (declared once, in
+    ``zthumb_contract.spec``), plus the server to ask and where to write."""
+
     server_url: str
     output: Path
     run_name: str
     lora_path: str
-    prompts: list[str]
-    seeds: list[int]
-    scales: list[float]
     trigger_word: str = ""
-    steps: int = 30
-    width: int | None = None
-    height: int | None = None
     guidance_scale: float | None = None
     negative_prompt: str | None = None
     ready_timeout: float = 600.0
     request_timeout: float = 600.0
     api_key: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

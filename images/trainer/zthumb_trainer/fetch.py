@@ -23,7 +23,8 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-TOKEN_ENVS = ("HF_TOKEN", "HUGGINGFACE_HUB_TOKEN")
+from zthumb_trainer.settings import TrainerSettings
+
 MAX_REDIRECTS = 10
 HASH_BLOCK = 1 << 22
 
@@ -61,11 +62,7 @@ class FetchResult:
 
 
 def token_from_env() -> str | None:
-    for name in TOKEN_ENVS:
-        value = os.environ.get(name, "").strip()
-        if value:
-            return value
-    return None
+    return TrainerSettings().hf_token
 
 
 def sha256_of(path: Path) -> str:

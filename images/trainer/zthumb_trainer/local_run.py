@@ -1,8 +1,9 @@
 """``zthumb-train run --local``: the whole pipeline on one machine, with the operator's step definitions.
 
-Each step runs as a process with exactly the argv and env ``steps.build_steps`` gives
-the operator's Jobs (the data root is the work directory instead of the volume's
-mount path). What the cluster provides is played locally:
+The stages of ``zthumb_contract.stages`` run in order; each Job stage runs as a process
+with exactly the argv and env ``build_steps`` gives the operator's Jobs (the data root is
+the work directory instead of the volume's mount path). What the cluster provides is
+played locally:
 
 * the base model is served over HTTP from 127.0.0.1, so fetch-model really downloads
   and verifies it (the tiny model, unless a YAML without ``--tiny`` names a real one);
@@ -26,8 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zthumb_trainer.spec import LoRAFinetuneSpec
-from zthumb_trainer.steps import RunPaths, StepDefinition, build_steps, deploy_env
+from zthumb_contract.spec import LoRAFinetuneSpec
+from zthumb_contract.stages import Runner, active_stages, build_steps
+from zthumb_contract.steps import RunPaths, StepDefinition, deploy_env
 
 DEFAULT_RUN_NAME = "demo"
 TINY_MAX_RESOLUTION = 256
@@ -109,10 +111,9 @@ def trainer_executable(command: tuple[str, ...]) -> list[str]:
     return [found, *rest]
 
 
-def step_env(step: StepDefinition, extra: dict[str, str] | None = None) -> dict[str, str]:
+def step_env(step: StepDefinition) -> dict[str, str]:
     env = dict(os.environ)
     env.update(step.env)
-    env.update(extra or {})
     for name in step.secret_env:
         # In a cluster these come from a Secret; locally from this shell, if set.
         if name not in env:
@@ -120,7 +121,7 @@ def step_env(step: StepDefinition, extra: dict[str, str] | None = None) -> dict[
     return env
 
 
-def run_step(step: StepDefinition, env: dict[str, str], log_dir: Path) -> float:
+def run_step(step: StepDefinition, env: dict[str, str]) -> float:
     argv = trainer_executable(step.command) + list(step.args)
     print(f"\n==> {step.name}: {' '.join(step.argv)}", file=sys.stderr, flush=True)
     started = time.monotonic()
@@ -196,6 +197,16 @@ class LocalServer:
         raise LocalRunError(f"the ZThumb server was not ready after {timeout:.0f}s (log: {self.log_path})")
 
 
+def start_server(server: LocalServer, url: str) -> float:
+    """The local deploy stage: start the server with the deploy env and wait until it is ready."""
+    started = time.monotonic()
+    server.start()
+    server.wait_ready(url, SERVER_READY_TIMEOUT)
+    seconds = time.monotonic() - started
+    print(f"<== deploy: server ready in {seconds:.1f}s", file=sys.stderr)
+    return seconds
+
+
 def run_local(finetune: Path | None, workdir: Path, tiny: bool = True) -> LocalRunResult:
     from zthumb_trainer.fetch import sha256_of
     from zthumb_trainer.http_serve import StaticServer
@@ -222,30 +233,28 @@ def run_local(finetune: Path | None, workdir: Path, tiny: bool = True) -> LocalR
 
         port = free_port()
         server_url = f"http://127.0.0.1:{port}"
-        steps = build_steps(run_name, spec, str(workdir), server_url)
+        steps = {step.name: step for step in build_steps(run_name, spec, str(workdir), server_url)}
+        stages = active_stages(spec)
         log_dir = workdir / "logs"
-        for step in steps:
-            if step.name == "eval":
-                break
-            timings[step.name] = run_step(step, step_env(step), log_dir)
-
-    report = Path(paths.report)
-    eval_steps = [step for step in steps if step.name == "eval"]
-    if eval_steps:
-        server = LocalServer(server_env(paths, port), log_dir / "zthumb-server.log")
-        deploy_started = time.monotonic()
+        server: LocalServer | None = None
         try:
-            server.start()
-            server.wait_ready(server_url, SERVER_READY_TIMEOUT)
-            timings["deploy"] = time.monotonic() - deploy_started
-            print(f"<== deploy: server ready in {timings['deploy']:.1f}s", file=sys.stderr)
-            timings["eval"] = run_step(eval_steps[0], step_env(eval_steps[0]), log_dir)
+            for index, stage in enumerate(stages):
+                if stage.runner is Runner.DEPLOY:
+                    # Only the stages after deploy (eval) need the server.
+                    if index + 1 < len(stages):
+                        server = LocalServer(server_env(paths, port), log_dir / "zthumb-server.log")
+                        timings[stage.name] = start_server(server, server_url)
+                    continue
+                step = steps[stage.name]
+                timings[stage.name] = run_step(step, step_env(step))
         finally:
-            server.stop()
+            if server is not None:
+                server.stop()
+
     return LocalRunResult(
         run_name=run_name,
         adapter_dir=Path(paths.adapter_dir),
-        report=report,
+        report=Path(paths.report),
         seconds=time.monotonic() - started,
         step_seconds=timings,
     )

@@ -12,29 +12,20 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from zthumb_trainer.steps import NAMESPACE_ENV, RUN_NAME_ENV
+from zthumb_contract import crd
+
+from zthumb_trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
 
-CRD_GROUP = "zthumb.io"
-CRD_VERSION = "v1alpha1"
-CRD_PLURAL = "lorafinetunes"
 # The writer of status.progress in the LoRAFinetune's managedFields (the operator: "zthumb-operator").
 FIELD_MANAGER = "zthumb-trainer"
-TERMINATION_LOG_ENV = "ZTHUMB_TERMINATION_LOG"
-DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 # Kubernetes keeps at most 4096 bytes of a termination message.
 TERMINATION_MESSAGE_LIMIT = 4096
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class ProgressLog:
@@ -61,7 +52,8 @@ class StatusReporter:
     @classmethod
     def from_env(cls, min_interval: float = 10.0) -> StatusReporter | None:
         """A reporter when the operator set the run name and namespace, else None (local runs)."""
-        name, namespace = os.environ.get(RUN_NAME_ENV), os.environ.get(NAMESPACE_ENV)
+        settings = TrainerSettings()
+        name, namespace = settings.run_name, settings.namespace
         if not name or not namespace:
             return None
         return cls(name, namespace, min_interval=min_interval)
@@ -86,14 +78,14 @@ class StatusReporter:
             "totalSteps": total,
             "loss": None if loss is None else round(float(loss), 6),
             "etaSeconds": None if eta_seconds is None else round(eta_seconds),
-            "updatedAt": utc_now(),
+            "updatedAt": crd.utc_now(),
         }
         try:
             self._client().patch_namespaced_custom_object_status(
-                CRD_GROUP,
-                CRD_VERSION,
+                crd.GROUP,
+                crd.VERSION,
                 self.namespace,
-                CRD_PLURAL,
+                crd.PLURAL,
                 self.name,
                 {"status": {"progress": progress}},
                 field_manager=FIELD_MANAGER,
@@ -106,7 +98,7 @@ class StatusReporter:
 
 
 def termination_log_path() -> Path:
-    return Path(os.environ.get(TERMINATION_LOG_ENV, DEFAULT_TERMINATION_LOG))
+    return TrainerSettings().termination_log
 
 
 def write_termination_message(summary: dict[str, Any]) -> bool:

@@ -40,12 +40,13 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
+from zthumb_contract.spec import TrainingSpec
 
 from zthumb_trainer.dataset import ManifestEntry, PreparedDataset, load_manifest
 from zthumb_trainer.reporting import ProgressLog, StatusReporter, write_termination_message
@@ -58,32 +59,17 @@ CHECKPOINT_PREFIX = "step-"
 CACHE_VERSION = 1
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(TrainingSpec):
+    """One training run: the options of the LoRAFinetune's ``spec.training`` (declared once, in
+    ``zthumb_contract.spec``), plus where to read and write."""
+
     run_dir: Path
     base_model: Path
-    model_config: Path | None = None
+    model_config_dir: Path | None = None  # diffusers configs beside a single-file checkpoint
     export_dir: Path | None = None
     run_name: str = "lora"
     base_model_sha256: str = ""
     trigger_word: str = ""
-    rank: int = 16
-    alpha: float = 16.0
-    learning_rate: float = 1e-4
-    max_train_steps: int = 1000
-    batch_size: int = 1
-    gradient_accumulation_steps: int = 1
-    mixed_precision: str = "bf16"
-    gradient_checkpointing: bool = True
-    seed: int = 42
-    checkpointing_steps: int = 250
-    checkpoints_total_limit: int = 3
-    train_text_encoder: bool = False
-    snr_gamma: float | None = 5.0
-    noise_offset: float = 0.0
-    # torch.compile of the UNet's transformer blocks (regional compilation): opt-in, it costs a
-    # compilation of about a minute per new shape on a GPU before the first steps.
-    compile: bool = False
     # Not step arguments: knobs for tests and the benchmark.
     cache_latents: bool = True
     stop_after_step: int | None = None  # simulate a killed pod right after this step
@@ -93,7 +79,6 @@ class TrainConfig:
     # checkpoint and at the end; None: every step on a CPU (it costs nothing there), 10 on a GPU.
     log_every_steps: int | None = None
     compile_backend: str = "inductor"  # "aot_eager" exercises the compile path quickly on a CPU
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -549,7 +534,7 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     random.seed(config.seed)
 
-    components = load_components(config.base_model, config.model_config)
+    components = load_components(config.base_model, config.model_config_dir)
     for module in (components.unet, components.vae, components.text_encoder, components.text_encoder_2):
         module.requires_grad_(False)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)

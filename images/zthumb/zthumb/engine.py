@@ -6,8 +6,6 @@ errors come back before the request ever queues); ``execute`` runs on the device
 
 from __future__ import annotations
 
-import base64
-import io
 import logging
 import secrets
 import threading
@@ -20,11 +18,9 @@ from zthumb.errors import BadRequestError, InvalidRequestError, NotReadyError, Z
 from zthumb.lora import AdapterFiles, AdapterRef
 from zthumb.metrics import Metrics
 from zthumb.protocol import (
-    AdapterUsed,
     BackendInfo,
     CachedAdapter,
     GenerateRequest,
-    ImageOut,
     ModelsResponse,
     ReadyResponse,
 )
@@ -35,8 +31,6 @@ if TYPE_CHECKING:
     from zthumb.settings import Settings
 
 log = logging.getLogger("zthumb.engine")
-
-MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
 class BackendUnavailableError(ZThumbError):
@@ -308,42 +302,6 @@ class Engine:
         generate_seconds = time.perf_counter() - started
         self.metrics.generation_seconds.labels(backend=backend.name).observe(generate_seconds)
         return Result(plan, images, applied, adapter_seconds, generate_seconds)
-
-    # --- responses -------------------------------------------------------------------------
-    @staticmethod
-    def encode(images: list[Image], fmt: str) -> list[bytes]:
-        out = []
-        for image in images:
-            buffer = io.BytesIO()
-            if fmt == "jpeg":
-                image.convert("RGB").save(buffer, format="JPEG", quality=95)
-            elif fmt == "webp":
-                image.save(buffer, format="WEBP", quality=95)
-            else:
-                image.save(buffer, format="PNG")
-            out.append(buffer.getvalue())
-        return out
-
-    @staticmethod
-    def images_out(encoded: list[bytes], fmt: str) -> list[ImageOut]:
-        return [
-            ImageOut(index=i, mime_type=MIME_TYPES[fmt], data=base64.b64encode(data).decode("ascii"))
-            for i, data in enumerate(encoded)
-        ]
-
-    @staticmethod
-    def adapter_used(result: Result) -> AdapterUsed | None:
-        applied = result.applied
-        plan = result.plan
-        ref = applied.adapter or plan.adapter
-        if ref is None or plan.adapter_source is None:
-            return None
-        return AdapterUsed(
-            path=ref.display_path,
-            scale=plan.scale,
-            sha256=ref.sha256,
-            source="default" if plan.adapter_source == "default" else "request",
-        )
 
     def models(self) -> ModelsResponse:
         infos = []

@@ -1,4 +1,4 @@
-"""Request and response models of the HTTP API (SPEC §6)."""
+"""Request and response models of the HTTP API (documented in images/zthumb/README.md)."""
 
 from __future__ import annotations
 

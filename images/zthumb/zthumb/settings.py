@@ -8,13 +8,15 @@ when both spellings are set the ``Z_`` names win.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+# The backends, declared once: the registry (zthumb.backends) and the chart's values.schema.json
+# are kept in step with this by a unit test.
 BackendName = Literal["full", "turbo", "gguf"]
-BACKEND_NAMES: tuple[str, ...] = ("full", "turbo", "gguf")
+BACKEND_NAMES: tuple[str, ...] = get_args(BackendName)
 
 
 class Settings(BaseSettings):

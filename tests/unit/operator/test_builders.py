@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from lft_helpers import make_run
+from zthumb_contract.spec import LoRAFinetuneSpec, SecretKeyRef
+from zthumb_contract.stages import build_steps
 from zthumb_operator import builders as b
-from zthumb_trainer.spec import LoRAFinetuneSpec, SecretKeyRef
-from zthumb_trainer.steps import build_steps
 
 SETTINGS = b.JobSettings(image="registry.example/trainer:1")
 

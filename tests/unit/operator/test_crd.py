@@ -1,4 +1,4 @@
-"""The CRD is structurally sound, documented, and in step with zthumb_trainer.spec."""
+"""The CRD is structurally sound, documented, and in step with zthumb_contract.spec."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import pytest
 import yaml
 from lft_helpers import EXAMPLE_PATH, apply_defaults, crd_schema, load_crd
 from pydantic import BaseModel
-from zthumb_operator.builders import PHASES
-from zthumb_trainer.spec import LoRAFinetuneSpec
+from zthumb_contract import crd
+from zthumb_contract.spec import LoRAFinetuneSpec
+from zthumb_contract.stages import PHASES
 
-# Fields whose CRD default deliberately differs from spec.py: images.trainer has no CRD
-# default so that the operator's ZTHUMB_OPERATOR_TRAINER_IMAGE applies when it is unset.
-DEFAULT_EXCEPTIONS = {("images", "trainer")}
+# Fields whose CRD default deliberately differs from spec.py (none at present: images.trainer
+# has no default in either, so that the operator's ZTHUMB_OPERATOR_TRAINER_IMAGE applies).
+DEFAULT_EXCEPTIONS: set[tuple[str, ...]] = set()
 
 
 def walk(schema: dict[str, Any], path: tuple[str, ...] = ()):
@@ -257,3 +258,12 @@ def test_schema_refuses_bad_values(path: tuple[str, ...], value: Any) -> None:
     crd_spec = crd_schema()["properties"]["spec"]
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft4Validator(crd_spec).validate(spec)
+
+
+def test_contract_identity_is_the_crds() -> None:
+    names = load_crd()["spec"]["names"]
+    assert load_crd()["metadata"]["name"] == crd.CRD_NAME
+    assert load_crd()["spec"]["group"] == crd.GROUP
+    assert load_crd()["spec"]["versions"][0]["name"] == crd.VERSION
+    assert (names["kind"], names["plural"], names["shortNames"]) == (crd.KIND, crd.PLURAL, [crd.SHORT_NAME])
+    assert crd.CATEGORY in names["categories"]

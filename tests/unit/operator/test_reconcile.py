@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from lft_helpers import make_run
+from zthumb_contract.crd import format_time
 from zthumb_operator import builders as b
 from zthumb_operator.api import ConflictError
 from zthumb_operator.config import OperatorConfig
@@ -309,7 +310,7 @@ def to_training(h: Harness) -> None:
 def test_unschedulable_stays_pending_with_the_scheduler_message_then_fails_at_the_deadline() -> None:
     h = Harness({"resources": {"gpus": 16}}, unschedulable_deadline_seconds=600)
     to_training(h)
-    unschedulable(h, "train", b.format_time(h.now))
+    unschedulable(h, "train", format_time(h.now))
     delay = h.reconcile()
     st = h.status()
     assert st["phase"] == "Pending"
@@ -454,3 +455,28 @@ def test_progress_percent_is_derived_from_the_train_pods_reports() -> None:
         "etaSeconds": 60,
         "percent": 25,
     }
+
+
+@pytest.mark.parametrize(
+    ("images", "expected"),
+    [
+        ({}, "ghcr.io/zthumb/trainer:0.1.0"),
+        ({"trainer": "registry.example/trainer:2"}, "registry.example/trainer:2"),
+    ],
+)
+def test_job_image_is_the_specs_or_else_the_operators(images: dict[str, str], expected: str) -> None:
+    h = Harness({"images": images} if images else None)
+    h.reconcile()
+    job = h.api.jobs[("ml", "z-style-fetch-model")]
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == expected
+
+
+def test_rollout_lock_of_a_deleted_run_is_taken_over() -> None:
+    h = Harness()
+    h.api.deployments[("ml", "zthumb")]["metadata"]["annotations"][b.ROLLOUT_OWNER_ANNOTATION] = "gone"
+    to_training(h)
+    h.complete("train")
+    h.reconcile()
+    d = h.api.deployments[("ml", "zthumb")]
+    assert d["metadata"]["annotations"][b.ROLLOUT_OWNER_ANNOTATION] == "z-style"
+    assert ("Normal", "RolloutLockTakenOver", "took over the stale rollout lock of run gone") in h.api.events

@@ -242,3 +242,17 @@ def test_cli_convert_gguf(tiny_model, tmp_path):
         load_unet_state_dict(tiny_model.single_file)
     help_result = CliRunner().invoke(app, ["--help"])
     assert "serve" in help_result.output and "convert-gguf" in help_result.output
+
+
+def test_backend_names_are_declared_once():
+    """settings.BackendName is the list: the registry and the chart's schema follow it."""
+    from pathlib import Path
+
+    from zthumb.backends import BACKENDS
+    from zthumb.settings import BACKEND_NAMES
+
+    schema = json.loads((Path(__file__).parents[3] / "charts/zthumb/values.schema.json").read_text())
+    server = schema["properties"]["server"]["properties"]
+    assert list(BACKENDS) == list(BACKEND_NAMES)
+    assert server["backend"]["enum"] == list(BACKEND_NAMES)
+    assert server["enabledBackends"]["items"]["enum"] == list(BACKEND_NAMES)

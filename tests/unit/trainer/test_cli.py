@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import typer
 from typer.testing import CliRunner
+from zthumb_contract.spec import LoRAFinetuneSpec
+from zthumb_contract.stages import build_steps
 from zthumb_trainer.cli import app
-from zthumb_trainer.spec import LoRAFinetuneSpec
-from zthumb_trainer.steps import build_steps
 
 SPECS = {
     "defaults": {},
@@ -57,3 +57,26 @@ def test_bad_enum_values_are_refused():
 def test_run_needs_local():
     result = CliRunner().invoke(app, ["run"])
     assert result.exit_code == 2 and "--local" in result.output
+
+
+def test_spec_options_round_trip_through_the_step_argv():
+    """Every spec.training / spec.eval field is a CLI option, and the argv carries its value."""
+    from zthumb_contract.spec import EvalSpec, TrainingSpec
+    from zthumb_contract.steps import option_name
+
+    spec = LoRAFinetuneSpec.model_validate(
+        {"training": {"rank": 7, "alpha": 3.5, "snrGamma": None, "gradientCheckpointing": False,
+                      "mixedPrecision": "fp16", "checkpointsTotalLimit": 9},
+         "eval": {"prompts": ["x"], "seeds": [4], "scales": [0.3], "steps": 3, "width": 64}}
+    )  # fmt: skip
+    command = typer.main.get_command(app)
+    steps = {step.name: step for step in build_steps("style", spec, "/data", "http://s")}
+    for name, model, section in (("train", TrainingSpec, spec.training), ("eval", EvalSpec, spec.eval)):
+        args = steps[name].args
+        params = command.commands[args[0]].make_context(args[0], list(args[1:])).params  # type: ignore[attr-defined]
+        values = {
+            field: params[option_name(field, info)]
+            for field, info in model.model_fields.items()
+            if field != "enabled"
+        }
+        assert model.model_validate(values) == section

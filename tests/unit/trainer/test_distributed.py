@@ -53,7 +53,7 @@ export.export_adapter = recorded("export", export.export_adapter)
 reporting.ProgressLog.append = recorded("progress", reporting.ProgressLog.append)
 
 values = json.loads(sys.argv[1])
-for key in ("run_dir", "base_model", "model_config", "export_dir"):
+for key in ("run_dir", "base_model", "model_config_dir", "export_dir"):
     values[key] = Path(values[key])
 try:
     summary = train.run_training(train.TrainConfig(**values))
@@ -69,7 +69,7 @@ def _config_values(run_dir: Path, tiny_model, **overrides) -> dict:
     values = {
         "run_dir": str(run_dir),
         "base_model": str(tiny_model.single_file),
-        "model_config": str(tiny_model.diffusers_dir),
+        "model_config_dir": str(tiny_model.diffusers_dir),
         "export_dir": str(run_dir / "export"),
         "run_name": "run",
         "rank": 4,
@@ -122,7 +122,7 @@ def test_two_gloo_processes_train_like_one_with_the_global_batch_and_resume(tmp_
     # One process, batch 2.
     single_dir = fresh("single")
     single = _config_values(single_dir, tiny_model, batch_size=2)
-    for key in ("run_dir", "base_model", "model_config", "export_dir"):
+    for key in ("run_dir", "base_model", "model_config_dir", "export_dir"):
         single[key] = Path(single[key])
     run_training(TrainConfig(**single))
 

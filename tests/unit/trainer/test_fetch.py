@@ -229,3 +229,18 @@ def test_verified_file_is_not_hashed_again_until_it_changes(
     with pytest.raises(FetchError, match="does not match"):
         download(f"{served.url}/{model_file.name}", model_sha, target, progress=False)
     assert hashed == [target]
+
+
+@pytest.mark.parametrize(
+    ("hf_token", "hub_token", "expected"),
+    [("a", "b", "a"), ("", "b", "b"), ("  ", "b", "b"), (" a ", None, "a"), (None, None, None)],
+)
+def test_token_is_the_first_non_blank_of_the_token_envs(monkeypatch, hf_token, hub_token, expected):
+    from zthumb_trainer.fetch import token_from_env
+
+    for name, value in (("HF_TOKEN", hf_token), ("HUGGINGFACE_HUB_TOKEN", hub_token)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    assert token_from_env() == expected

@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from zthumb_contract.stages import build_steps
+from zthumb_contract.steps import RunPaths
 from zthumb_trainer.local_run import (
     EMBEDDED_DEFAULT,
     LocalRunError,
@@ -14,7 +16,6 @@ from zthumb_trainer.local_run import (
     trainer_executable,
     with_tiny_model,
 )
-from zthumb_trainer.steps import RunPaths, build_steps
 
 
 def test_embedded_default_is_a_valid_small_spec():

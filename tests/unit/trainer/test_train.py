@@ -34,7 +34,7 @@ def _config(run_dir, tiny_model, **overrides):
     values = {
         "run_dir": run_dir,
         "base_model": tiny_model.single_file,
-        "model_config": tiny_model.diffusers_dir,
+        "model_config_dir": tiny_model.diffusers_dir,
         "export_dir": run_dir.parent.parent.parent / "models" / "lora" / "run",
         "run_name": "run",
         "trigger_word": "zt",

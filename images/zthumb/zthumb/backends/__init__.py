@@ -1,4 +1,4 @@
-"""Backend registry: ``name -> class``."""
+"""Backend registry: ``name -> class``, by each class's ``name`` (one per ``settings.BackendName``)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,7 @@ from zthumb.backends.full import FullBackend
 from zthumb.backends.gguf import GGUFBackend
 from zthumb.backends.turbo import TurboBackend
 
-BACKENDS: dict[str, type[Backend]] = {
-    "full": FullBackend,
-    "turbo": TurboBackend,
-    "gguf": GGUFBackend,
-}
+BACKENDS: dict[str, type[Backend]] = {cls.name: cls for cls in (FullBackend, TurboBackend, GGUFBackend)}
 
 __all__ = [
     "BACKENDS",

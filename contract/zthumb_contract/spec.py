@@ -68,6 +68,9 @@ class TrainingSpec(_Spec):
     train_text_encoder: bool = False
     snr_gamma: float | None = Field(5.0, ge=0)
     noise_offset: float = Field(0.0, ge=0, le=1)
+    # Regional torch.compile of the UNet's transformer blocks: opt-in, it costs about a minute
+    # of compilation per new shape on a GPU before the first steps are faster.
+    compile: bool = False
 
 
 class ResourcesSpec(_Spec):
@@ -104,7 +107,8 @@ class EvalSpec(_Spec):
 
 
 class ImagesSpec(_Spec):
-    trainer: str = "ghcr.io/zthumb/trainer:0.1.0"
+    # Unset: the operator's ZTHUMB_OPERATOR_TRAINER_IMAGE.
+    trainer: str | None = None
     pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
 
 

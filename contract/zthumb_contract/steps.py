@@ -8,22 +8,23 @@ a laptop); nothing imports torch or kubernetes.
 
 from __future__ import annotations
 
+import typing
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from zthumb_trainer.spec import LoRAFinetuneSpec, SecretKeyRef
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+from zthumb_contract import env
+from zthumb_contract.spec import LoRAFinetuneSpec, SecretKeyRef
 
 TRAINER_COMMAND = ("zthumb-train",)
-STEP_NAMES = ("fetch-model", "prepare-dataset", "train", "eval")
-# Env the operator fills from the downward API so the trainer can report progress
-# into the LoRAFinetune's status; the local runner leaves them unset.
-RUN_NAME_ENV = "ZTHUMB_RUN_NAME"
-NAMESPACE_ENV = "ZTHUMB_NAMESPACE"
 
 
 @dataclass(frozen=True)
 class RunPaths:
-    """Where one run reads and writes, below the data root (SPEC §2 output conventions)."""
+    """Where one run reads and writes, below the data root (docs/ARCHITECTURE.md, "Paths")."""
 
     data_root: str
     run_name: str
@@ -87,6 +88,33 @@ def _flag(name: str, enabled: bool) -> str:
     return f"--{name}" if enabled else f"--no-{name}"
 
 
+def option_name(name: str, info: FieldInfo) -> str:
+    """The CLI option of a spec field: its name, singular for a list (repeated, one value each)."""
+    if typing.get_origin(info.annotation) is list and name.endswith("s"):
+        return name[:-1]
+    return name
+
+
+def spec_args(model: BaseModel, exclude: Collection[str] = ()) -> list[str]:
+    """The options of a spec section as command-line flags, one per field (the trainer CLI's
+    options are generated from the same fields): ``--rank 16``, ``--bucketing``/``--no-bucketing``,
+    ``--seed 0 --seed 1`` for a list; a field that is None is left out."""
+    args: list[str] = []
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        if name in exclude or value is None:
+            continue
+        flag = option_name(name, info).replace("_", "-")
+        if isinstance(value, bool):
+            args.append(_flag(flag, value))
+        elif isinstance(value, list):
+            for item in value:
+                args += [f"--{flag}", str(item)]
+        else:
+            args += [f"--{flag}", str(value)]
+    return args
+
+
 def fetch_model_step(paths: RunPaths) -> StepDefinition:
     base = paths.spec.base_model
     secret_env = {"HF_TOKEN": base.token_secret_ref} if base.token_secret_ref else {}
@@ -105,25 +133,19 @@ def fetch_model_step(paths: RunPaths) -> StepDefinition:
 
 
 def prepare_dataset_step(paths: RunPaths) -> StepDefinition:
-    dataset = paths.spec.dataset
     return StepDefinition(
         name="prepare-dataset",
         args=(
             "prepare-dataset",
             "--dataset", paths.dataset,
             "--output", paths.run_dir,
-            "--resolution", str(dataset.resolution),
-            "--trigger-word", dataset.trigger_word,
-            "--caption-format", dataset.caption_format,
-            "--missing-caption", dataset.missing_caption,
-            _flag("bucketing", dataset.bucketing),
+            *spec_args(paths.spec.dataset, exclude={"path"}),
         ),
     )  # fmt: skip
 
 
 def train_step(paths: RunPaths) -> StepDefinition:
-    training = paths.spec.training
-    args = [
+    args = (
         "train",
         "--run-name", paths.run_name,
         "--base-model", paths.base_model,
@@ -132,29 +154,14 @@ def train_step(paths: RunPaths) -> StepDefinition:
         "--export-dir", paths.adapter_dir,
         "--base-model-sha256", paths.spec.base_model.sha256,
         "--trigger-word", paths.spec.dataset.trigger_word,
-        "--rank", str(training.rank),
-        "--alpha", str(training.alpha),
-        "--learning-rate", str(training.learning_rate),
-        "--max-train-steps", str(training.max_train_steps),
-        "--batch-size", str(training.batch_size),
-        "--gradient-accumulation-steps", str(training.gradient_accumulation_steps),
-        "--mixed-precision", training.mixed_precision,
-        _flag("gradient-checkpointing", training.gradient_checkpointing),
-        "--seed", str(training.seed),
-        "--checkpointing-steps", str(training.checkpointing_steps),
-        "--checkpoints-total-limit", str(training.checkpoints_total_limit),
-        _flag("train-text-encoder", training.train_text_encoder),
-        "--noise-offset", str(training.noise_offset),
         "--gpus", str(paths.spec.resources.gpus),
-    ]  # fmt: skip
-    if training.snr_gamma is not None:
-        args += ["--snr-gamma", str(training.snr_gamma)]
-    return StepDefinition(name="train", args=tuple(args), gpu=True, reports_progress=True)
+        *spec_args(paths.spec.training),
+    )  # fmt: skip
+    return StepDefinition(name="train", args=args, gpu=True, reports_progress=True)
 
 
 def eval_step(paths: RunPaths, server_url: str) -> StepDefinition:
-    evaluation = paths.spec.eval
-    args = [
+    args = (
         "eval",
         "--server-url", server_url,
         "--run-name", paths.run_name,
@@ -162,32 +169,11 @@ def eval_step(paths: RunPaths, server_url: str) -> StepDefinition:
         # Relative to the server's LoRA root, which is where train exported it.
         "--lora-path", paths.run_name,
         "--trigger-word", paths.spec.dataset.trigger_word,
-        "--steps", str(evaluation.steps),
-    ]  # fmt: skip
-    for prompt in evaluation.prompts:
-        args += ["--prompt", prompt]
-    for seed in evaluation.seeds:
-        args += ["--seed", str(seed)]
-    for scale in evaluation.scales:
-        args += ["--scale", str(scale)]
-    if evaluation.width:
-        args += ["--width", str(evaluation.width)]
-    if evaluation.height:
-        args += ["--height", str(evaluation.height)]
-    return StepDefinition(name="eval", args=tuple(args))
+        *spec_args(paths.spec.eval, exclude={"enabled"}),
+    )  # fmt: skip
+    return StepDefinition(name="eval", args=args)
 
 
 def deploy_env(paths: RunPaths) -> dict[str, str]:
     """The server env that points it at this run's adapter (the deploy step's whole effect)."""
-    return {"Z_LORA_PATH": paths.adapter_dir, "Z_LORA_SCALE": str(paths.spec.deploy.lora_scale)}
-
-
-def build_steps(
-    run_name: str, spec: LoRAFinetuneSpec, data_root: str, server_url: str
-) -> list[StepDefinition]:
-    """The Job-running steps of one run, in order (deploy sits between train and eval)."""
-    paths = RunPaths(data_root=data_root, run_name=run_name, spec=spec)
-    steps = [fetch_model_step(paths), prepare_dataset_step(paths), train_step(paths)]
-    if spec.eval.enabled and spec.deploy.enabled:
-        steps.append(eval_step(paths, server_url))
-    return steps
+    return {env.LORA_PATH: paths.adapter_dir, env.LORA_SCALE: str(paths.spec.deploy.lora_scale)}

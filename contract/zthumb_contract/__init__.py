@@ -1,0 +1,11 @@
+"""The contract between ZThumb's parts: what the operator, the trainer and the server agree on.
+
+* ``spec``: the LoRAFinetune spec as a pydantic model (the CRD in ``crds/`` mirrors it);
+* ``steps``: each pipeline step as a command line with env and paths;
+* ``stages``: the one table of the pipeline's stages, in order;
+* ``crd``: the CRD's identity (group, version, plural, kind) and the time format of its status;
+* ``env``: the environment variable names the parts pass to each other.
+
+Pure pydantic and the standard library: the operator installs it without torch,
+diffusers or the server.
+"""

@@ -1,0 +1,85 @@
+"""The HTTP routes: thin, over the ``Engine`` and the ``Serving`` layer that ``build_app`` puts in
+``app.state`` when the app starts."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from zthumb.engine import Engine
+from zthumb.errors import UnauthorizedError
+from zthumb.protocol import GenerateRequest, GenerateResponse, HealthResponse, ModelsResponse, ReadyResponse
+from zthumb.serving import MIME_TYPES, Serving
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def get_engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def get_serving(request: Request) -> Serving:
+    serving: Serving = request.app.state.serving
+    return serving
+
+
+async def require_api_key(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    api_key = request.app.state.settings.api_key
+    if api_key is None:
+        return
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise UnauthorizedError("missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+    if not secrets.compare_digest(credentials.credentials.encode(), api_key.get_secret_value().encode()):
+        raise UnauthorizedError("invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+ServingDep = Annotated[Serving, Depends(get_serving)]
+
+router = APIRouter()
+protected = APIRouter(dependencies=[Depends(require_api_key)])
+
+
+@router.get("/healthz", response_model=HealthResponse, tags=["health"])
+async def healthz() -> HealthResponse:
+    return HealthResponse(status="ok")
+
+
+@router.get("/readyz", response_model=ReadyResponse, tags=["health"])
+async def readyz(engine: EngineDep) -> Any:
+    readiness = engine.readiness()
+    if readiness.ready:
+        return readiness
+    return JSONResponse(readiness.model_dump(), status_code=503)
+
+
+@router.get("/metrics", tags=["health"])
+async def metrics_endpoint(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@protected.get("/models", response_model=ModelsResponse)
+async def models(engine: EngineDep) -> ModelsResponse:
+    return await run_in_threadpool(engine.models)
+
+
+@protected.post(
+    "/generate",
+    response_model=GenerateResponse,
+    responses={200: {"content": {m: {} for m in MIME_TYPES.values()}}},
+)
+async def generate(body: GenerateRequest, request: Request, serving: ServingDep) -> Any:
+    return await serving.generate(body, request)
+
+
+router.include_router(protected)

@@ -1,0 +1,197 @@
+"""The Job stages: create (or adopt) a stage's Job, read its state into the run's status.
+
+A Job has a deterministic name; creating one that exists (409) adopts it, so a
+restarted operator never creates a duplicate. What a stage's success adds to the
+status comes from its entry in the stage table (``Success``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from zthumb_contract import crd
+from zthumb_contract import env as contract_env
+from zthumb_contract.spec import LoRAFinetuneSpec
+from zthumb_contract.stages import PENDING, Stage, Success
+from zthumb_contract.steps import RunPaths, StepDefinition, deploy_env
+
+from zthumb_operator import builders as b
+from zthumb_operator import metrics
+from zthumb_operator.api import Api, ConflictError
+from zthumb_operator.cache import Cache
+from zthumb_operator.config import OperatorConfig
+from zthumb_operator.status import DONE, WAIT, Outcome, Pass, again_in, camel
+
+
+class JobStages:
+    def __init__(self, config: OperatorConfig, api: Api, cache: Cache) -> None:
+        self.config = config
+        self.api = api
+        self.cache = cache
+
+    def job_settings(self, spec: LoRAFinetuneSpec) -> b.JobSettings:
+        return b.JobSettings(
+            image=spec.images.trainer or self.config.trainer_image,
+            service_account=self.config.trainer_service_account,
+            run_as_user=self.config.run_as_user,
+            fs_group=self.config.fs_group,
+            backoff_limit=self.config.backoff_limit,
+            active_deadline_seconds=self.config.active_deadline_seconds,
+            ttl_seconds_after_finished=self.config.job_ttl_seconds,
+        )
+
+    async def ensure_job(self, p: Pass, spec: LoRAFinetuneSpec, step: StepDefinition) -> dict[str, Any]:
+        meta = p.run["metadata"]
+        ns = meta["namespace"]
+        jname = b.job_name(meta["name"], step.name)
+        job = self.cache.jobs.get((ns, jname))
+        created = False
+        if job is None:
+            body = b.build_job(step, run=p.run, spec=spec, settings=self.job_settings(spec))
+            try:
+                job = await self.api.create_job(ns, body)
+                created = True
+            except ConflictError:
+                job = await self.api.get_job(ns, jname)  # adopt: never a second Job for a step
+                if job is None:
+                    raise kopf.TemporaryError(f"Job {jname} vanished while being adopted", delay=1) from None
+            self.cache.store_job((ns, jname), job)
+        owner_uids = {r.get("uid") for r in job["metadata"].get("ownerReferences") or []}
+        if meta["uid"] not in owner_uids:
+            raise kopf.TemporaryError(
+                f"Job {jname} belongs to an earlier LoRAFinetune of the same name and is still being "
+                "deleted; waiting for the garbage collector",
+                delay=5,
+            )
+        jobs = dict(p.status.get("jobs") or {})
+        if jobs.get(step.name) != jname:
+            jobs[step.name] = jname
+            p.set("jobs", jobs)
+        if created:
+            suffix = f" (suspended for Kueue queue {spec.queue_name})" if spec.queue_name else ""
+            p.event("Normal", "JobCreated", f"created Job {jname} for step {step.name}{suffix}")
+            if step.reports_progress:
+                total = spec.training.max_train_steps
+                p.set("progress", {"step": 0, "totalSteps": total, "percent": 0})
+        return job
+
+    async def drive(self, p: Pass, spec: LoRAFinetuneSpec, stage: Stage, step: StepDefinition) -> Outcome:
+        """Drive one Job stage as far as it goes now."""
+        job = await self.ensure_job(p, spec, step)
+        ns = p.run["metadata"]["namespace"]
+        jname = job["metadata"]["name"]
+        pods = list(self.cache.pods.get((ns, jname), {}).values())
+        state = b.job_state(job, pods)
+        cond = stage.condition
+        if state.state == "succeeded":
+            await self.succeeded(p, spec, stage, job, pods)
+            return DONE
+        if state.state == "failed":
+            reason = f"{camel(step.name)}Failed"
+            p.fail(
+                stage.condition,
+                reason,
+                f"step {step.name}: Job {jname} failed ({state.reason}): {state.message}",
+            )
+            return WAIT
+        if state.state == "suspended":
+            p.condition(cond, "False", "Queued", f"Job {jname} is suspended")
+            p.phase(
+                PENDING,
+                "Queued",
+                f"step {step.name}: Job {jname} waits for Kueue queue {spec.queue_name} to admit it",
+            )
+            return WAIT
+        if state.state == "unschedulable":
+            since = crd.parse_time(state.since) if state.since else p.now
+            deadline = self.config.unschedulable_deadline_seconds
+            waited = p.now - since
+            scheduler = f"{state.reason}: {state.message}"
+            if waited >= deadline:
+                await self.api.delete_job(ns, jname)
+                p.condition(b.SCHEDULED, "False", "Unschedulable", scheduler)
+                p.fail(
+                    stage.condition,
+                    "Unschedulable",
+                    f"step {step.name}: no node could run Job {jname} for {int(waited)}s "
+                    f"(deadline {deadline}s); the scheduler said: {scheduler}. Lower resources.gpus, "
+                    "fix resources.nodeSelector/tolerations, or add capacity.",
+                )
+                return WAIT
+            p.condition(b.SCHEDULED, "False", "Unschedulable", scheduler)
+            p.condition(cond, "False", "Unschedulable", f"Job {jname} cannot be scheduled")
+            p.phase(
+                PENDING,
+                "Unschedulable",
+                f"step {step.name}: Job {jname} cannot be scheduled yet ({scheduler}); "
+                f"failing after {deadline}s",
+            )
+            return again_in(max(1.0, deadline - waited))
+        # running
+        if step.reports_progress:
+            self.progress_percent(p)
+        if b.get_condition(p.status.get("conditions"), b.SCHEDULED):
+            p.condition(b.SCHEDULED, "True", "Scheduled", f"Job {jname} has been scheduled")
+        p.condition(cond, "False", "Running", f"Job {jname} is running")
+        p.phase(stage.phase, "Running", f"step {step.name}: Job {jname} is running")
+        return WAIT
+
+    @staticmethod
+    def progress_percent(p: Pass) -> None:
+        """Fill progress.percent (the PROGRESS column) from the step/totalSteps the train pod reports."""
+        progress = p.status.get("progress") or {}
+        step, total = progress.get("step"), progress.get("totalSteps")
+        if not isinstance(step, int) or not isinstance(total, int) or total <= 0:
+            return
+        percent = max(0, min(100, step * 100 // total))
+        if progress.get("percent") != percent:
+            p.status["progress"] = {**progress, "percent": percent}
+            p.patch["progress"] = {
+                **(p.patch.get("progress") or {}),
+                "percent": percent,
+            }  # merge: only percent
+
+    async def succeeded(
+        self,
+        p: Pass,
+        spec: LoRAFinetuneSpec,
+        stage: Stage,
+        job: Mapping[str, Any],
+        pods: list[dict[str, Any]],
+    ) -> None:
+        name = p.run["metadata"]["name"]
+        ns = p.run["metadata"]["namespace"]
+        duration = b.step_duration_seconds(job)
+        if duration is not None:
+            metrics.STEP_DURATION.labels(step=stage.name).observe(duration)
+        paths = RunPaths(data_root=spec.storage.mount_path, run_name=name, spec=spec)
+        message = f"Job {job['metadata']['name']} completed"
+        if stage.success is Success.ADAPTER:
+            total = spec.training.max_train_steps
+            progress = dict(p.status.get("progress") or {})
+            progress.update({"step": total, "totalSteps": total, "percent": 100})
+            p.set("progress", progress)
+            p.set(
+                "adapterPath",
+                deploy_env(RunPaths(self.config.server_data_root, name, spec))[contract_env.LORA_PATH],
+            )
+            message += f"; adapter exported to {paths.adapter_dir}"
+        if stage.success is Success.REPORT:
+            summary = b.eval_summary(pods)
+            if summary is None and not b.terminated_messages(pods):
+                fresh = await self.api.list_job_pods(ns, job["metadata"]["name"])
+                summary = b.eval_summary(fresh)
+                if (
+                    summary is None
+                    and not b.terminated_messages(fresh)
+                    and self.config.simulated_eval_summary
+                ):
+                    summary = dict(self.config.simulated_eval_summary)  # test hook: simulated pods
+            if summary is not None:
+                p.set("evalSummary", summary)
+            p.set("reportPath", paths.report)
+            message += f"; report {paths.report}"
+        p.condition(stage.condition, "True", "Completed", message)
+        p.event("Normal", f"{camel(stage.name)}Completed", message)

@@ -1,0 +1,118 @@
+"""One reconcile pass of one run: the working status, the patch to write, the events to post;
+and ``Outcome``, what driving one stage came to."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from zthumb_contract.crd import format_time
+from zthumb_contract.stages import FAILED
+
+from zthumb_operator import builders as b
+from zthumb_operator import metrics
+
+Key = tuple[str, str]  # (namespace, name)
+
+
+def resource_version(obj: Mapping[str, Any]) -> int:
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+def camel(step: str) -> str:
+    return "".join(part.capitalize() for part in step.split("-"))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What driving one stage came to."""
+
+    done: bool = False  # the stage is complete: the run goes on to the next one
+    # Not done: look again after this many seconds; None: when an event (Job, pod, run) comes.
+    requeue_after: float | None = None
+
+
+DONE = Outcome(done=True)
+WAIT = Outcome()
+
+
+def again_in(seconds: float) -> Outcome:
+    return Outcome(requeue_after=seconds)
+
+
+@dataclass
+class Pass:
+    """One reconcile of one run: the working status, the patch to write, the events to post."""
+
+    run: dict[str, Any]
+    now: float
+    status: dict[str, Any] = field(default_factory=dict)
+    patch: dict[str, Any] = field(default_factory=dict)
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.status = dict(self.run.get("status") or {})
+
+    @property
+    def stamp(self) -> str:
+        return format_time(self.now)
+
+    @property
+    def generation(self) -> int | None:
+        return self.run["metadata"].get("generation")
+
+    def set(self, key: str, value: Any) -> None:
+        if self.status.get(key) != value:
+            self.status[key] = value
+            self.patch[key] = value
+
+    def condition(self, ctype: str, status: str, reason: str, message: str) -> None:
+        current = b.get_condition(self.status.get("conditions"), ctype)
+        if current and (current.get("status"), current.get("reason"), current.get("message")) == (
+            status,
+            reason,
+            message,
+        ):
+            return
+        conds = b.set_condition(
+            self.status.get("conditions") or [],
+            ctype,
+            status,
+            reason,
+            message,
+            generation=self.generation,
+            now=self.stamp,
+        )
+        self.set("conditions", conds)
+
+    def phase(self, phase: str, reason: str, message: str, *, event: str | None = "Normal") -> None:
+        old = (self.status.get("phase"), self.status.get("reason"))
+        if old == (phase, reason) and self.status.get("message") == message:
+            return
+        fields = b.transition(
+            self.status,
+            phase=phase,
+            reason=reason,
+            message=message,
+            generation=self.generation,
+            now=self.stamp,
+        )
+        for key, value in fields.items():
+            self.set(key, value)
+        if old != (phase, reason):
+            metrics.TRANSITIONS.labels(phase=phase).inc()
+            # "<step> is running" is already told by the JobCreated event of that step.
+            if event and reason != "Running":
+                self.events.append((event, reason, f"{phase}: {message}"))
+
+    def event(self, type_: str, reason: str, message: str) -> None:
+        self.events.append((type_, reason, message))
+
+    def fail(self, condition: str, reason: str, message: str) -> None:
+        """The stage whose condition is ``condition`` failed: so does the run."""
+        self.condition(condition, "False", reason, message)
+        self.phase(FAILED, reason, message, event="Warning")
