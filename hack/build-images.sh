@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the project's container images for real, from its own Dockerfiles, without Docker or a
-# registry (SPEC §8, ../shared/REAL-NODE.md "Images without a registry"):
+# registry (hack/README-images.md, ../shared/REAL-NODE.md "Images without a registry"):
 #
 #   1. a Debian bookworm base made by `mmdebstrap --variant=minbase` (+ python3, python3-venv,
 #      ca-certificates), cached as a tarball and turned into a local image;

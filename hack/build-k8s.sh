@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the local Kubernetes control plane used by the e2e tests from Go
-# modules (SPEC §8: never downloaded as release binaries).
+# modules (never downloaded as release binaries: hack/README-cluster.md).
 #
 # Output: ${ZTHUMB_CACHE:-$HOME/.cache/zthumb}/k8s-v1.36.3/bin
 #   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl,

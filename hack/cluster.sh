@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Local Kubernetes control plane for e2e tests (SPEC §8): real etcd,
+# Local Kubernetes control plane for e2e tests (hack/README-cluster.md): real etcd,
 # kube-apiserver, kube-controller-manager and kube-scheduler, with kwok
 # simulating two 8-GPU nodes and one CPU node plus pod lifecycles, and (as
 # root, by default) one REAL node, zthumb-real-0: kubelet, containerd, runc,
