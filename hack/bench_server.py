@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         started = clock()
         plan = engine.prepare(request)
         adapter_started = clock()
-        backend.apply_adapter(plan.adapter, plan.scale, pin=plan.pin)  # what execute does first
+        backend.apply_adapters(plan.adapters)  # what execute does first
         sync()
         adapter_seconds = clock() - adapter_started
         engine.execute(plan)  # applies again (a no-op now) and generates

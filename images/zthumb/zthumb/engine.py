@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from zthumb.backends import BACKENDS, AdapterApplied, Backend, GenerationParams
+from zthumb.backends import BACKENDS, AdapterApplied, AdapterUse, Backend, GenerationParams
 from zthumb.errors import BadRequestError, InvalidRequestError, NotReadyError, ZThumbError
 from zthumb.lora import AdapterFiles, AdapterRef
 from zthumb.metrics import Metrics
@@ -21,6 +21,7 @@ from zthumb.protocol import (
     BackendInfo,
     CachedAdapter,
     GenerateRequest,
+    LoraSpec,
     ModelsResponse,
     ReadyResponse,
 )
@@ -42,12 +43,28 @@ class BackendUnavailableError(ZThumbError):
 class Plan:
     backend: str
     params: GenerationParams
-    adapter: AdapterRef | None
-    scale: float
+    adapters: tuple[AdapterUse, ...]  # in request order, scale-0 entries included (reported)
     adapter_source: str | None
-    pin: bool
     output_format: str
     response_format: str
+
+    @property
+    def adapter(self) -> AdapterRef | None:
+        """The first adapter (the single-adapter API: ``lora_path``)."""
+        return self.adapters[0].ref if self.adapters else None
+
+    @property
+    def scale(self) -> float:
+        return self.adapters[0].scale if self.adapters else 0.0
+
+
+@dataclass(frozen=True)
+class AdapterOutcome:
+    """One adapter of a finished generation: the file as loaded, its scale and its rank."""
+
+    ref: AdapterRef
+    scale: float
+    rank: int | None
 
 
 @dataclass(frozen=True)
@@ -57,6 +74,7 @@ class Result:
     applied: AdapterApplied
     adapter_seconds: float
     generate_seconds: float
+    adapters: tuple[AdapterOutcome, ...] = ()
 
 
 class Engine:
@@ -227,33 +245,7 @@ class Engine:
             )
         seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
 
-        adapter: AdapterRef | None = None
-        source: str | None = None
-        pin = False
-        if request.lora_path:
-            adapter = self.files.ref(request.lora_path)
-            scale = request.lora_scale if request.lora_scale is not None else 1.0
-            source = "request"
-            pin = self.default_adapter is not None and adapter.file == self.default_adapter.file
-        elif s.lora_path:
-            adapter = self.files.ref(s.lora_path)
-            scale = request.lora_scale if request.lora_scale is not None else s.lora_scale
-            source = "default"
-            pin = True
-        else:
-            scale = request.lora_scale or 0.0
-            if scale > 0:
-                raise BadRequestError(
-                    "lora_scale needs an adapter: give lora_path (no env-default adapter is configured)",
-                    field="lora_scale",
-                    code="no_adapter",
-                )
-        if adapter is not None and scale > 0 and not backend.supports_lora:
-            raise BadRequestError(
-                f"backend {backend.name!r} does not support LoRA adapters",
-                field="lora_path",
-                code="lora_unsupported",
-            )
+        uses, source = self._adapters_for(request, backend)
         return Plan(
             backend=backend.name,
             params=GenerationParams(
@@ -266,30 +258,110 @@ class Engine:
                 seed=seed,
                 num_images=request.num_images,
             ),
-            adapter=adapter,
-            scale=scale,
+            adapters=uses,
             adapter_source=source,
-            pin=pin,
             output_format=request.output_format,
             response_format=request.response_format,
         )
+
+    def _adapters_for(
+        self, request: GenerateRequest, backend: Backend
+    ) -> tuple[tuple[AdapterUse, ...], str | None]:
+        """The request's adapters (``lora_path`` or ``loras``, else the env default), resolved."""
+        s = self.settings
+        default = self.default_adapter
+        uses: tuple[AdapterUse, ...]
+        if request.loras is not None:
+            if request.lora_path is not None or request.lora_scale is not None:
+                raise InvalidRequestError(
+                    "give either lora_path/lora_scale or loras, not both",
+                    field="loras",
+                    code="loras_conflict",
+                )
+            uses = self._loras(request.loras)
+            source = "request" if uses else None
+            if backend.compiled is not None and len(uses) > 1:
+                raise InvalidRequestError(
+                    f"backend {backend.name!r} runs compiled (ZTHUMB_COMPILE={s.compile}), which holds one "
+                    "adapter at a time: loras may have one entry here (run eagerly to combine adapters)",
+                    field="loras",
+                    code="loras_unsupported_compiled",
+                )
+        elif request.lora_path:
+            ref = self.files.ref(request.lora_path)
+            scale = request.lora_scale if request.lora_scale is not None else 1.0
+            pin = default is not None and ref.file == default.file
+            uses, source = (AdapterUse(ref, scale, pin),), "request"
+        elif s.lora_path:
+            scale = request.lora_scale if request.lora_scale is not None else s.lora_scale
+            uses, source = (AdapterUse(self.files.ref(s.lora_path), scale, True),), "default"
+        else:
+            if (request.lora_scale or 0.0) > 0:
+                raise BadRequestError(
+                    "lora_scale needs an adapter: give lora_path (no env-default adapter is configured)",
+                    field="lora_scale",
+                    code="no_adapter",
+                )
+            uses, source = (), None
+        if any(use.scale > 0 for use in uses) and not backend.supports_lora:
+            raise BadRequestError(
+                f"backend {backend.name!r} does not support LoRA adapters",
+                field="loras" if request.loras is not None else "lora_path",
+                code="lora_unsupported",
+            )
+        return uses, source
+
+    def _loras(self, specs: list[LoraSpec]) -> tuple[AdapterUse, ...]:
+        limit = self.settings.max_loras_per_request
+        if len(specs) > limit:
+            raise InvalidRequestError(
+                f"loras has {len(specs)} adapters; the limit is {limit} (ZTHUMB_MAX_LORAS_PER_REQUEST)",
+                field="loras",
+                code="too_many_loras",
+            )
+        default = self.default_adapter
+        uses: list[AdapterUse] = []
+        for index, spec in enumerate(specs):
+            field = f"loras[{index}].path"
+            ref = self.files.ref(spec.path, field)
+            for earlier, use in enumerate(uses):
+                if use.ref.file == ref.file:  # the same file under two spellings counts too
+                    raise InvalidRequestError(
+                        f"loras[{index}] names the same adapter as loras[{earlier}] ({ref.display_path}); "
+                        "give each adapter once with its combined scale",
+                        field=field,
+                        code="duplicate_lora",
+                    )
+            pin = default is not None and ref.file == default.file
+            uses.append(AdapterUse(ref, spec.scale, pin))
+        return tuple(uses)
 
     def execute(self, plan: Plan, cancel: threading.Event | None = None) -> Result:
         """On the device worker: activate the adapter (the one injection point), then generate."""
         backend = self.backends[plan.backend]
         started = time.perf_counter()
-        applied = backend.apply_adapter(plan.adapter, plan.scale, pin=plan.pin)
+        applied = backend.apply_adapters(plan.adapters)
         adapter_seconds = time.perf_counter() - started
-        if applied.hit is True:
-            self.metrics.adapter_hits.labels(backend=backend.name).inc()
-        elif applied.hit is False:
-            self.metrics.adapter_misses.labels(backend=backend.name).inc()
-            self.metrics.adapter_loads.labels(backend=backend.name).inc()
+        if applied.hits:
+            self.metrics.adapter_hits.labels(backend=backend.name).inc(applied.hits)
+        if applied.misses:
+            self.metrics.adapter_misses.labels(backend=backend.name).inc(applied.misses)
+            self.metrics.adapter_loads.labels(backend=backend.name).inc(applied.misses)
             self.metrics.adapter_load_seconds.labels(backend=backend.name).observe(applied.load_seconds)
         if applied.evicted:
             self.metrics.adapter_evictions.labels(backend=backend.name).inc(applied.evicted)
-        if plan.pin and applied.adapter is not None and plan.adapter_source == "default":
+        if plan.adapter_source == "default" and applied.adapter is not None:
             self.default_adapter = applied.adapter
+        # The sha256 reported is that of the bytes loaded (a file replaced since prepare).
+        loaded = {ref.file: ref for ref in applied.adapters}
+        outcomes = tuple(
+            AdapterOutcome(
+                loaded.get(use.ref.file, use.ref),
+                use.scale,
+                backend.adapter_rank(loaded.get(use.ref.file, use.ref)),
+            )
+            for use in plan.adapters
+        )
         started = time.perf_counter()
         try:
             images = backend.generate(plan.params, cancel)
@@ -301,7 +373,7 @@ class Engine:
                 self.metrics.compile_recompiles.labels(backend=backend.name).inc(take_new_graphs())
         generate_seconds = time.perf_counter() - started
         self.metrics.generation_seconds.labels(backend=backend.name).observe(generate_seconds)
-        return Result(plan, images, applied, adapter_seconds, generate_seconds)
+        return Result(plan, images, applied, adapter_seconds, generate_seconds, outcomes)
 
     def models(self) -> ModelsResponse:
         infos = []
