@@ -232,7 +232,8 @@ def test_cache_hits_count_each_adapter(client):
         ({"loras": loras((A, 0.5), ("style_a/pytorch_lora_weights.safetensors", 0.2))},
          422, "loras[1].path", "duplicate_lora"),
         ({"loras": loras((B, 0.5), ("inner_link.safetensors", 0.2))}, 422, "loras[1].path", "duplicate_lora"),
-        ({"loras": loras((A, 0.5), ("../outside/x.safetensors", 0.5))}, 400, "loras[1].path", "lora_path_traversal"),
+        ({"loras": loras((A, 0.5), ("../outside/x.safetensors", 0.5))}, 400, "loras[1].path",
+         "lora_path_traversal"),
         ({"loras": loras((A, 0.5), ("evil.bin", 0.5))}, 400, "loras[1].path", "lora_format_refused"),
         ({"loras": loras(("missing.safetensors", 0.5))}, 404, "loras[0].path", "lora_not_found"),
         ({"loras": loras((A, 0.5), ("not_a_lora.safetensors", 0.5))}, 422, "loras[1].path", "lora_invalid"),
@@ -304,22 +305,72 @@ def test_injected_layers_are_counted_after_loading(tiny_model, lora_root, monkey
     assert backend.cached_adapters() == []
 
 
-def test_lora_modules_reads_every_key_layout():
+def test_lora_modules_converts_keys_like_diffusers(tiny_model, lora_root):
+    """Module names after diffusers' conversions, i.e. as PEFT looks them up in each component."""
+    from types import SimpleNamespace
+
     from zthumb.backends.adapters import lora_modules
 
+    flat = SimpleNamespace(text_encoder=object(), text_encoder_2=SimpleNamespace(text_model=object()))
     state = {
         "unet.down.attn1.to_q.lora_A.weight": 0,
         "unet.down.attn1.to_q.lora_B.weight": 0,
-        "unet.down.attn1.processor.to_k_lora.down.weight": 0,
         "unet.mid.to_v.lora.up.weight": 0,
-        "text_encoder.text_model.layers.0.q_proj.lora_linear_layer.down.weight": 0,
-        "text_encoder_2.m.fc1.lora_magnitude_vector": 0,
+        # the old diffusers text-encoder spelling (what kohya files convert to)
+        "text_encoder.text_model.encoder.layers.0.self_attn.to_k_lora.down.weight": 0,
+        "text_encoder.text_model.encoder.layers.0.self_attn.to_out_lora.up.weight": 0,
+        "text_encoder_2.text_model.encoder.layers.1.mlp.fc1.lora_linear_layer.down.weight": 0,
         "transformer.blocks.0.to_q.lora_A.weight": 0,
         "no_lora_here.weight": 0,
     }
-    assert lora_modules(state) == {
-        "unet": {"down.attn1.to_q", "down.attn1.to_k", "mid.to_v"},
-        "text_encoder": {"text_model.layers.0.q_proj"},
-        "text_encoder_2": {"m.fc1"},
+    assert lora_modules(flat, state) == {
+        "unet": {"down.attn1.to_q", "mid.to_v"},
+        # CLIPTextModel without `text_model` (flattened): the prefix goes, as diffusers drops it
+        "text_encoder": {"encoder.layers.0.self_attn.k_proj", "encoder.layers.0.self_attn.out_proj"},
+        "text_encoder_2": {"text_model.encoder.layers.1.mlp.fc1"},
         "transformer": {"blocks.0.to_q"},
     }
+
+
+def test_text_encoder_loras_in_both_layouts_pass_the_check(client, tiny_model, lora_root):
+    """diffusers and kohya files with UNet and both text encoders' layers: every layer matches."""
+    from diffusers import StableDiffusionXLPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
+    from peft import inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+    from zthumb.testing import lora_config
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(
+        str(tiny_model.diffusers_dir), dtype=torch.float32, local_files_only=True, use_safetensors=True
+    )
+    pipe.unet.add_adapter(lora_config(4))
+    clip = lora_config(4, target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1"])
+    inject_adapter_in_model(clip, pipe.text_encoder)
+    inject_adapter_in_model(clip, pipe.text_encoder_2)
+    layers = {
+        name: get_peft_model_state_dict(getattr(pipe, name))
+        for name in ("unet", "text_encoder", "text_encoder_2")
+    }
+    StableDiffusionXLPipeline.save_lora_weights(
+        str(lora_root / "with_te"),
+        unet_lora_layers=convert_state_dict_to_diffusers(layers["unet"]),
+        text_encoder_lora_layers=convert_state_dict_to_diffusers(layers["text_encoder"]),
+        text_encoder_2_lora_layers=convert_state_dict_to_diffusers(layers["text_encoder_2"]),
+    )
+    kohya = convert_state_dict_to_kohya(
+        {f"{c}.{k}": v for c, state in layers.items() for k, v in state.items()}
+    )
+    save_file({k: v.contiguous() for k, v in kohya.items()}, str(lora_root / "with_te_kohya.safetensors"))
+
+    without = image(client)
+    for path in ("with_te", "with_te_kohya.safetensors"):
+        body = generate(client, lora_path=path, lora_scale=1.0)
+        assert body["adapter"]["rank"] == 4
+        assert np.abs(decode(body).astype(int) - without.astype(int)).mean() > 0.5
+    backend = client.app.state.engine.backends["full"]
+    ref = client.app.state.engine.files.ref("with_te_kohya.safetensors")
+    name = backend._adapters[ref.key]
+    expected = sum(len(names) for names in layers.values()) // 2  # lora_A and lora_B per layer
+    assert backend._injected_layers(name) == expected

@@ -150,8 +150,8 @@ def test_queue_full_is_a_rate_limit_error_with_retry_after(server):
     assert "zthumb_queue_rejected_total 1.0" in metrics
 
 
-def test_translation_maps_fields_and_keeps_generate_errors_unchanged(server):
-    _, url, http = server
+def test_generate_keeps_its_error_shape_and_v1_paths_use_openais(server):
+    _, _, http = server
     # /generate keeps its own error shape next to the OpenAI one.
     response = http.post("/generate", json={"prompt": PROMPT, "num_images": 3})
     assert response.status_code == 422

@@ -42,9 +42,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("zthumb.backends")
 
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
-# The module a LoRA key belongs to is everything before its first LoRA marker: ``.lora_A.``,
-# ``.lora.down.``, ``.lora_linear_layer.``, ``_lora.down.`` (old attention processors),
-# ``.lora_magnitude_vector`` (DoRA).
+# The module a LoRA key belongs to is everything before its LoRA marker: ``.lora_A.`` (PEFT),
+# ``.lora_magnitude_vector`` (DoRA), or in keys of another prefix, which are not converted,
+# ``.lora.down.``, ``.lora_linear_layer.``, ``.lora_down.`` (kohya), ``_lora.down.``.
 _LORA_MARKER = re.compile(r"[._]lora(?:_A|_B|_down|_up|\.down|\.up|_linear_layer|_magnitude_vector)(?:\.|$)")
 
 
@@ -82,17 +82,42 @@ class AdapterMismatchError(ValueError):
         self.code = code
 
 
-def lora_modules(state_dict: dict[str, Any]) -> dict[str, set[str]]:
-    """Module names per top-level prefix (``unet``, ``text_encoder``, … or a foreign one)."""
+def _module_of(key: str) -> str | None:
+    match = _LORA_MARKER.search(key)
+    return key[: match.start()] if match else None
+
+
+def lora_modules(pipe: Any, state_dict: dict[str, Any]) -> dict[str, set[str]]:
+    """Module names per top-level prefix (``unet``, ``text_encoder``, … or a foreign one).
+
+    The keys go through the conversions diffusers applies when it loads them (diffusers 0.42,
+    ``load_lora_adapter`` and ``_load_lora_into_text_encoder``), so the names are the ones
+    PEFT will look for: UNet keys to PEFT names; text-encoder keys to diffusers then PEFT names
+    (old ``to_k_lora`` spellings become ``k_proj``), without ``text_model.`` when the installed
+    transformers flattens ``CLIPTextModel``. Other prefixes are kept as they are.
+    """
+    from diffusers.utils import (
+        convert_state_dict_to_diffusers,
+        convert_state_dict_to_peft,
+        convert_unet_state_dict_to_peft,
+    )
+
+    groups: dict[str, dict[str, Any]] = {}
+    for key, value in state_dict.items():
+        component, _, rest = key.partition(".")
+        groups.setdefault(component, {})[rest] = value
     modules: dict[str, set[str]] = {}
-    for key in state_dict:
-        match = _LORA_MARKER.search(key)
-        if match is None:
-            continue
-        component, _, module = key[: match.start()].partition(".")
-        # Old attention-processor keys (``attn1.processor.to_q_lora.down``) address ``attn1.to_q``.
-        module = module.replace(".processor.", ".")
-        modules.setdefault(component, set()).add(module)
+    for component, raw in groups.items():
+        group = raw
+        if component == "unet":
+            group = convert_unet_state_dict_to_peft(raw)
+        elif component in COMPONENTS:
+            group = convert_state_dict_to_peft(convert_state_dict_to_diffusers(raw))
+            if not hasattr(getattr(pipe, component, None), "text_model"):
+                group = {key.removeprefix("text_model."): value for key, value in group.items()}
+        names = {name for name in map(_module_of, group) if name}
+        if names:
+            modules[component] = names
     return modules
 
 
@@ -104,7 +129,7 @@ def check_matches(pipe: Any, state_dict: dict[str, Any]) -> int:
     prefix at all, block names the model does not have — is a layer that would be silently
     skipped by diffusers (it only logs "No LoRA keys associated …"). Returns the layer count.
     """
-    wanted = lora_modules(state_dict)
+    wanted = lora_modules(pipe, state_dict)
     total = sum(len(names) for names in wanted.values())
     matched = 0
     for component in COMPONENTS:
