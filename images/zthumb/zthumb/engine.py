@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from zthumb.adapter_requests import requested_adapters
 from zthumb.backends import BACKENDS, AdapterApplied, AdapterUse, Backend, GenerationParams
 from zthumb.errors import BadRequestError, InvalidRequestError, NotReadyError, ZThumbError
 from zthumb.lora import AdapterFiles, AdapterRef
@@ -21,7 +22,6 @@ from zthumb.protocol import (
     BackendInfo,
     CachedAdapter,
     GenerateRequest,
-    LoraSpec,
     ModelsResponse,
     ReadyResponse,
 )
@@ -245,7 +245,7 @@ class Engine:
             )
         seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
 
-        uses, source = self._adapters_for(request, backend)
+        uses, source = requested_adapters(request, backend, self.files, s, self.default_adapter)
         return Plan(
             backend=backend.name,
             params=GenerationParams(
@@ -263,78 +263,6 @@ class Engine:
             output_format=request.output_format,
             response_format=request.response_format,
         )
-
-    def _adapters_for(
-        self, request: GenerateRequest, backend: Backend
-    ) -> tuple[tuple[AdapterUse, ...], str | None]:
-        """The request's adapters (``lora_path`` or ``loras``, else the env default), resolved."""
-        s = self.settings
-        default = self.default_adapter
-        uses: tuple[AdapterUse, ...]
-        if request.loras is not None:
-            if request.lora_path is not None or request.lora_scale is not None:
-                raise InvalidRequestError(
-                    "give either lora_path/lora_scale or loras, not both",
-                    field="loras",
-                    code="loras_conflict",
-                )
-            uses = self._loras(request.loras)
-            source = "request" if uses else None
-            if backend.compiled is not None and len(uses) > 1:
-                raise InvalidRequestError(
-                    f"backend {backend.name!r} runs compiled (ZTHUMB_COMPILE={s.compile}), which holds one "
-                    "adapter at a time: loras may have one entry here (run eagerly to combine adapters)",
-                    field="loras",
-                    code="loras_unsupported_compiled",
-                )
-        elif request.lora_path:
-            ref = self.files.ref(request.lora_path)
-            scale = request.lora_scale if request.lora_scale is not None else 1.0
-            pin = default is not None and ref.file == default.file
-            uses, source = (AdapterUse(ref, scale, pin),), "request"
-        elif s.lora_path:
-            scale = request.lora_scale if request.lora_scale is not None else s.lora_scale
-            uses, source = (AdapterUse(self.files.ref(s.lora_path), scale, True),), "default"
-        else:
-            if (request.lora_scale or 0.0) > 0:
-                raise BadRequestError(
-                    "lora_scale needs an adapter: give lora_path (no env-default adapter is configured)",
-                    field="lora_scale",
-                    code="no_adapter",
-                )
-            uses, source = (), None
-        if any(use.scale > 0 for use in uses) and not backend.supports_lora:
-            raise BadRequestError(
-                f"backend {backend.name!r} does not support LoRA adapters",
-                field="loras" if request.loras is not None else "lora_path",
-                code="lora_unsupported",
-            )
-        return uses, source
-
-    def _loras(self, specs: list[LoraSpec]) -> tuple[AdapterUse, ...]:
-        limit = self.settings.max_loras_per_request
-        if len(specs) > limit:
-            raise InvalidRequestError(
-                f"loras has {len(specs)} adapters; the limit is {limit} (ZTHUMB_MAX_LORAS_PER_REQUEST)",
-                field="loras",
-                code="too_many_loras",
-            )
-        default = self.default_adapter
-        uses: list[AdapterUse] = []
-        for index, spec in enumerate(specs):
-            field = f"loras[{index}].path"
-            ref = self.files.ref(spec.path, field)
-            for earlier, use in enumerate(uses):
-                if use.ref.file == ref.file:  # the same file under two spellings counts too
-                    raise InvalidRequestError(
-                        f"loras[{index}] names the same adapter as loras[{earlier}] ({ref.display_path}); "
-                        "give each adapter once with its combined scale",
-                        field=field,
-                        code="duplicate_lora",
-                    )
-            pin = default is not None and ref.file == default.file
-            uses.append(AdapterUse(ref, spec.scale, pin))
-        return tuple(uses)
 
     def execute(self, plan: Plan, cancel: threading.Event | None = None) -> Result:
         """On the device worker: activate the adapter (the one injection point), then generate."""

@@ -293,12 +293,12 @@ def test_partially_matching_lora_is_refused_with_counts(client, misfit_root):
 def test_injected_layers_are_counted_after_loading(tiny_model, lora_root, monkeypatch):
     """The second check: should the name comparison pass a file whose layers PEFT then skips, the
     count of layers PEFT really injected refuses it (here: the comparison is made to pass)."""
-    from zthumb.backends import FullBackend, adapters
+    from zthumb.backends import FullBackend, lora_load
     from zthumb.errors import AdapterLoadError
     from zthumb.lora import AdapterFiles
 
     backend = FullBackend(server_settings(tiny_model, lora_root), torch.device("cpu"), torch.float32)
-    monkeypatch.setattr(adapters, "check_matches", lambda pipe, state_dict: 5)
+    monkeypatch.setattr(lora_load, "check_matches", lambda pipe, state_dict: 5)
     with pytest.raises(AdapterLoadError) as refused:
         backend.apply_adapter(AdapterFiles(lora_root).ref("sd3_transformer.safetensors"), 1.0)
     assert refused.value.code == "lora_partial_match" and "0 of its 5" in refused.value.message
@@ -309,7 +309,7 @@ def test_lora_modules_converts_keys_like_diffusers(tiny_model, lora_root):
     """Module names after diffusers' conversions, i.e. as PEFT looks them up in each component."""
     from types import SimpleNamespace
 
-    from zthumb.backends.adapters import lora_modules
+    from zthumb.backends.lora_load import lora_modules
 
     flat = SimpleNamespace(text_encoder=object(), text_encoder_2=SimpleNamespace(text_model=object()))
     state = {
