@@ -159,3 +159,34 @@ def test_generate_keeps_its_error_shape_and_v1_paths_use_openais(server):
     # An unknown /v1 path answers in OpenAI's shape too.
     missing = http.get("/v1/models/none")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+def test_translation_onto_generate_request():
+    from zthumb.errors import BadRequestError, InvalidRequestError
+    from zthumb.protocol import LoraSpec, OpenAIImageRequest
+    from zthumb.serving import generate_request_from_openai
+
+    backends = ["full", "turbo"]
+    body = OpenAIImageRequest(
+        prompt="p", n=2, size="96x64", model="turbo", seed=5, steps=3, loras=[LoraSpec(path="a", scale=0.5)]
+    )
+    request = generate_request_from_openai(body, backends)
+    assert (request.width, request.height, request.num_images, request.backend) == (96, 64, 2, "turbo")
+    assert (request.seed, request.steps, request.output_format, request.response_format) == (
+        5,
+        3,
+        "png",
+        "json",
+    )
+    assert request.loras == [LoraSpec(path="a", scale=0.5)]
+    # A model that is no enabled backend (a stock client's default) picks the default backend.
+    assert (
+        generate_request_from_openai(OpenAIImageRequest(prompt="p", model="gguf"), backends).backend is None
+    )
+    assert generate_request_from_openai(OpenAIImageRequest(prompt="p"), backends).width is None
+    with pytest.raises(BadRequestError) as url:
+        generate_request_from_openai(OpenAIImageRequest(prompt="p", response_format="url"), backends)
+    assert url.value.field == "response_format"
+    with pytest.raises(InvalidRequestError) as odd:
+        generate_request_from_openai(OpenAIImageRequest(prompt="p", size="60x64"), backends)
+    assert odd.value.field == "size" and "multiple of 8" in odd.value.message
