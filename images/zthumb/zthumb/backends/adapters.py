@@ -9,7 +9,7 @@ canonical order (by resolved file and sha256), so the order of a request's list 
 the floating-point summation order: two requests listing the same adapters in a different order
 produce bit-identical images.
 
-An adapter file must apply to the loaded model (``adapter_check.py``): one that matches no
+An adapter file must apply to the loaded model (``lora_load.py``): one that matches no
 layer, or only some of its layers, is refused instead of being served as if it applied.
 """
 
