@@ -9,15 +9,25 @@ p50/p95 latency for:
   (c2) per-request alternation among 2 cached adapters
   (c8) per-request alternation among 8 cached adapters
   (d)  the naive way: load_lora_weights + unload_lora_weights around every request
+  (e2) several adapters per request (``loras``): 2 cached adapters combined, a different
+       pair every request
+  (e4) the same with 4 adapters (ZTHUMB_MAX_LORAS_PER_REQUEST's default)
 
-then the ratios (c)/(b) (target <= 1.05) and (cached switch added cost) / (naive
-load+unload of the same adapter) (target <= 5%), and the UNet weight bytes per backend
-(GGUF: quantized Linear weights must take <= 30% of their fp32 bytes).
+then the ratios (c)/(b) (target <= 1.05), (cached switch added cost) / (naive
+load+unload of the same adapter) (target <= 5%), (e)/(b) (what combining adapters costs),
+and the UNet weight bytes per backend (GGUF: quantized Linear weights must take <= 30% of
+their fp32 bytes).
+
+``--compile MODE`` also loads a compiled engine (ZTHUMB_COMPILE=MODE: inductor, the LoRA slot)
+and times rows (a), (b), (c2), (c8) on it in the same interleaved loop, with the ratio
+compiled/eager per row (the compiled path holds one adapter per request: no (e) rows). Its
+inductor cache lives beside the tiny model, so only the first run pays the compile.
 
 Default: the tiny SDXL pipeline on the CPU, 64x64, 2 steps. On a GPU:
   hack/bench_server.py --model /models/sd_xl_base_1.0.safetensors --config /models/sdxl-config \
       --size 1024 --steps 20 --device cuda
 (adapters: --adapters DIR with *.safetensors / diffusers dirs; else random rank-16 ones are made.)
+``--tiny``: small counts and no GGUF conversion, well under a minute on a CPU (for CI).
 """
 
 from __future__ import annotations
@@ -65,8 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--requests", type=int, default=24, help="timed requests per scenario (about)")
     parser.add_argument("--rank", type=int, default=None)
-    parser.add_argument("--warmup", type=int, default=16, help="untimed requests per row first (>= 8)")
+    parser.add_argument("--warmup", type=int, default=16, help="untimed requests per row first")
     parser.add_argument("--skip-gguf", action="store_true")
+    parser.add_argument(
+        "--compile",
+        choices=["default", "reduce-overhead", "max-autotune"],
+        help="also time a compiled engine (ZTHUMB_COMPILE) against the eager one",
+    )
+    parser.add_argument("--tiny", action="store_true", help="small counts, no GGUF: seconds, for CI")
     parser.add_argument(
         "--clock",
         choices=["auto", "wall", "cpu"],
@@ -74,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         help="auto: process CPU time on CPU (robust to other load on a shared machine), wall on CUDA",
     )
     args = parser.parse_args(argv)
+    if args.tiny:
+        args.requests, args.warmup, args.skip_gguf = 4, 2, True
 
     from zthumb.backends import FullBackend
     from zthumb.backends.base import resolve_device, resolve_dtype
@@ -138,17 +156,45 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.synchronize()
 
     def run(**fields: Any) -> tuple[float, float]:
+        return run_on(engine, **fields)
+
+    def run_on(engine: Engine, **fields: Any) -> tuple[float, float]:
         """One request through prepare + execute; returns (total, adapter step) seconds."""
         request = GenerateRequest(prompt="a photo of z", seed=1, **fields)
         started = clock()
         plan = engine.prepare(request)
         adapter_started = clock()
-        backend.apply_adapter(plan.adapter, plan.scale, pin=plan.pin)  # what execute does first
+        engine.backends["full"].apply_adapters(plan.adapters)  # what execute does first
         sync()
         adapter_seconds = clock() - adapter_started
         engine.execute(plan)  # applies again (a no-op now) and generates
         sync()
         return clock() - started, adapter_seconds
+
+    def several(i: int, count: int) -> list[dict[str, Any]]:
+        """``count`` of the 8 cached adapters, a different set every request, scales 0.8..0.5."""
+        return [{"path": names[(i + k) % 8], "scale": 0.8 - 0.1 * k} for k in range(count)]
+
+    compiled: Engine | None = None
+    if args.compile:
+        compiled_settings = settings.model_copy(
+            update={
+                "compile": args.compile,
+                "compile_max_rank": rank,
+                "compile_cache_dir": Path.home()
+                / ".cache"
+                / "zthumb"
+                / "test-models"
+                / "torchinductor-bench",
+            }
+        )
+        started = time.perf_counter()
+        compiled = Engine(compiled_settings)
+        compiled.load_all()
+        if not compiled.ready:
+            print("compiled engine not ready:", compiled.readiness().error, file=sys.stderr)
+            return 1
+        print(f"compiled engine ({args.compile}) loaded in {time.perf_counter() - started:.1f} s")
 
     # (d) naive: a separate pipeline, the adapter loaded and unloaded around every request.
     from zthumb.backends import GenerationParams
@@ -177,8 +223,22 @@ def main(argv: list[str] | None = None) -> int:
         "(c2) alternate 2 cached": lambda i: run(lora_path=names[i % 2], lora_scale=0.8),
         "(c8) alternate 8 cached": lambda i: run(lora_path=names[i % 8], lora_scale=0.8),
         "(d) naive load+unload": lambda i: run_naive(),
+        "(e2) 2 adapters combined": lambda i: run(loras=several(i, 2)),
+        "(e4) 4 adapters combined": lambda i: run(loras=several(i, 4)),
     }
-    for i in range(args.warmup):  # warm-up; loads all 8 adapters into the cache
+    if compiled is not None:
+        on = compiled
+        rows |= {
+            "(a) compiled": lambda i: run_on(on, lora_scale=0),
+            "(b) compiled": lambda i: run_on(on),
+            "(c2) compiled": lambda i: run_on(on, lora_path=names[i % 2], lora_scale=0.8),
+            "(c8) compiled": lambda i: run_on(on, lora_path=names[i % 8], lora_scale=0.8),
+        }
+    # All 8 adapters resident first (in every engine), so (c8)/(e) time cached switches only.
+    for eng in [engine] if compiled is None else [engine, compiled]:
+        for name in names:
+            eng.backends["full"].apply_adapter(eng.files.ref(name), 0.8)
+    for i in range(args.warmup):
         for row in rows.values():
             row(i)
     # Interleaved blocks, so background load on a shared machine hits every row alike; the
@@ -215,6 +275,28 @@ def main(argv: list[str] | None = None) -> int:
             f"{key}: (c)/(b) = {p50[key] / b:.3f} (target <= 1.05); cached switch adds "
             f"{added * 1000:.2f} ms = {added / naive_cost:.1%} of naive load+unload (target <= 5%)"
         )
+    for key in ("(e2) 2 adapters combined", "(e4) 4 adapters combined"):
+        print(
+            f"{key}: (e)/(b) = {p50[key] / b:.3f}; adapter step {step50[key] * 1000:.2f} ms "
+            f"vs {step50['(b) env-default adapter'] * 1000:.2f} ms for one resident adapter"
+        )
+    if compiled is not None:
+        for key in (
+            "(a) no adapter",
+            "(b) env-default adapter",
+            "(c2) alternate 2 cached",
+            "(c8) alternate 8 cached",
+        ):
+            twin = key.split(" ", 1)[0] + " compiled"
+            print(f"{twin}: compiled/eager p50 = {p50[twin] / p50[key]:.3f}")
+        full = compiled.backends["full"]
+        recompiles = (
+            compiled.metrics.registry.get_sample_value("zthumb_compile_recompiles_total", {"backend": "full"})
+            or 0.0
+        )
+        print(f"compiled: {recompiles:.0f} recompiles after warm-up (target 0)")
+        if full.compiled is not None:
+            print(f"compiled: startup compile + first generation {full.compiled.compile_seconds:.1f} s")
 
     # UNet weight bytes per backend.
     print("\n| backend | UNet weight bytes | quantized Linear bytes | their fp32 bytes | ratio |")

@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from zthumb.backends import BACKENDS, AdapterApplied, Backend, GenerationParams
+from zthumb.adapter_requests import requested_adapters
+from zthumb.backends import BACKENDS, AdapterApplied, AdapterUse, Backend, GenerationParams
 from zthumb.errors import BadRequestError, InvalidRequestError, NotReadyError, ZThumbError
 from zthumb.lora import AdapterFiles, AdapterRef
 from zthumb.metrics import Metrics
@@ -42,12 +43,28 @@ class BackendUnavailableError(ZThumbError):
 class Plan:
     backend: str
     params: GenerationParams
-    adapter: AdapterRef | None
-    scale: float
+    adapters: tuple[AdapterUse, ...]  # in request order, scale-0 entries included (reported)
     adapter_source: str | None
-    pin: bool
     output_format: str
     response_format: str
+
+    @property
+    def adapter(self) -> AdapterRef | None:
+        """The first adapter (the single-adapter API: ``lora_path``)."""
+        return self.adapters[0].ref if self.adapters else None
+
+    @property
+    def scale(self) -> float:
+        return self.adapters[0].scale if self.adapters else 0.0
+
+
+@dataclass(frozen=True)
+class AdapterOutcome:
+    """One adapter of a finished generation: the file as loaded, its scale and its rank."""
+
+    ref: AdapterRef
+    scale: float
+    rank: int | None
 
 
 @dataclass(frozen=True)
@@ -57,6 +74,7 @@ class Result:
     applied: AdapterApplied
     adapter_seconds: float
     generate_seconds: float
+    adapters: tuple[AdapterOutcome, ...] = ()
 
 
 class Engine:
@@ -227,33 +245,7 @@ class Engine:
             )
         seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
 
-        adapter: AdapterRef | None = None
-        source: str | None = None
-        pin = False
-        if request.lora_path:
-            adapter = self.files.ref(request.lora_path)
-            scale = request.lora_scale if request.lora_scale is not None else 1.0
-            source = "request"
-            pin = self.default_adapter is not None and adapter.file == self.default_adapter.file
-        elif s.lora_path:
-            adapter = self.files.ref(s.lora_path)
-            scale = request.lora_scale if request.lora_scale is not None else s.lora_scale
-            source = "default"
-            pin = True
-        else:
-            scale = request.lora_scale or 0.0
-            if scale > 0:
-                raise BadRequestError(
-                    "lora_scale needs an adapter: give lora_path (no env-default adapter is configured)",
-                    field="lora_scale",
-                    code="no_adapter",
-                )
-        if adapter is not None and scale > 0 and not backend.supports_lora:
-            raise BadRequestError(
-                f"backend {backend.name!r} does not support LoRA adapters",
-                field="lora_path",
-                code="lora_unsupported",
-            )
+        uses, source = requested_adapters(request, backend, self.files, s, self.default_adapter)
         return Plan(
             backend=backend.name,
             params=GenerationParams(
@@ -266,10 +258,8 @@ class Engine:
                 seed=seed,
                 num_images=request.num_images,
             ),
-            adapter=adapter,
-            scale=scale,
+            adapters=uses,
             adapter_source=source,
-            pin=pin,
             output_format=request.output_format,
             response_format=request.response_format,
         )
@@ -278,18 +268,28 @@ class Engine:
         """On the device worker: activate the adapter (the one injection point), then generate."""
         backend = self.backends[plan.backend]
         started = time.perf_counter()
-        applied = backend.apply_adapter(plan.adapter, plan.scale, pin=plan.pin)
+        applied = backend.apply_adapters(plan.adapters)
         adapter_seconds = time.perf_counter() - started
-        if applied.hit is True:
-            self.metrics.adapter_hits.labels(backend=backend.name).inc()
-        elif applied.hit is False:
-            self.metrics.adapter_misses.labels(backend=backend.name).inc()
-            self.metrics.adapter_loads.labels(backend=backend.name).inc()
+        if applied.hits:
+            self.metrics.adapter_hits.labels(backend=backend.name).inc(applied.hits)
+        if applied.misses:
+            self.metrics.adapter_misses.labels(backend=backend.name).inc(applied.misses)
+            self.metrics.adapter_loads.labels(backend=backend.name).inc(applied.misses)
             self.metrics.adapter_load_seconds.labels(backend=backend.name).observe(applied.load_seconds)
         if applied.evicted:
             self.metrics.adapter_evictions.labels(backend=backend.name).inc(applied.evicted)
-        if plan.pin and applied.adapter is not None and plan.adapter_source == "default":
+        if plan.adapter_source == "default" and applied.adapter is not None:
             self.default_adapter = applied.adapter
+        # The sha256 reported is that of the bytes loaded (a file replaced since prepare).
+        loaded = {ref.file: ref for ref in applied.adapters}
+        outcomes = tuple(
+            AdapterOutcome(
+                loaded.get(use.ref.file, use.ref),
+                use.scale,
+                backend.adapter_rank(loaded.get(use.ref.file, use.ref)),
+            )
+            for use in plan.adapters
+        )
         started = time.perf_counter()
         try:
             images = backend.generate(plan.params, cancel)
@@ -301,7 +301,7 @@ class Engine:
                 self.metrics.compile_recompiles.labels(backend=backend.name).inc(take_new_graphs())
         generate_seconds = time.perf_counter() - started
         self.metrics.generation_seconds.labels(backend=backend.name).observe(generate_seconds)
-        return Result(plan, images, applied, adapter_seconds, generate_seconds)
+        return Result(plan, images, applied, adapter_seconds, generate_seconds, outcomes)
 
     def models(self) -> ModelsResponse:
         infos = []

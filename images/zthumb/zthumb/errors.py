@@ -3,6 +3,13 @@
 Every error body has the same shape::
 
     {"error": "<stable_code>", "message": "<for humans>", "field": "<request field or null>"}
+
+except on OpenAI's paths (``/v1/…``), where clients expect OpenAI's shape::
+
+    {"error": {"message": "<for humans>", "type": "<OpenAI error type>", "param": "<field or null>",
+               "code": "<stable_code>"}}
+
+A field inside a list is named like ``loras[1].path``.
 """
 
 from __future__ import annotations
@@ -96,28 +103,65 @@ class GenerationCancelledError(ZThumbError):
     code = "cancelled"
 
 
+OPENAI_PREFIX = "/v1/"
+
+
 def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
     return {"error": code, "message": message, "field": field}
 
 
+def openai_error_type(status: int) -> str:
+    """OpenAI's ``error.type`` for an HTTP status (what its clients and SDKs look at)."""
+    if status == 401:
+        return "authentication_error"
+    if status == 403:
+        return "permission_error"
+    if status == 429:
+        return "rate_limit_error"
+    if status >= 500:
+        return "server_error"
+    return "invalid_request_error"
+
+
+def _respond(
+    request: Request,
+    status: int,
+    body: dict[str, Any],
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """``body`` is ours; on ``/v1/`` paths it is rewritten into OpenAI's error shape."""
+    if request.url.path.startswith(OPENAI_PREFIX):
+        body = {
+            "error": {
+                "message": body["message"],
+                "type": openai_error_type(status),
+                "param": body["field"],
+                "code": body["error"],
+            }
+        }
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
 def _field_from_loc(loc: tuple[Any, ...] | list[Any]) -> str | None:
-    parts = [str(part) for part in loc if part not in ("body", "query", "path", "header")]
-    return ".".join(parts) or None
+    field = ""
+    for part in loc:
+        if part in ("body", "query", "path", "header"):
+            continue
+        field += f"[{part}]" if isinstance(part, int) else f".{part}" if field else str(part)
+    return field or None
 
 
 def install_error_handlers(app: FastAPI) -> None:
     """Register the one mapping from exceptions to HTTP error bodies."""
 
     @app.exception_handler(ZThumbError)
-    async def _zthumb_error(_: Request, exc: ZThumbError) -> JSONResponse:
+    async def _zthumb_error(request: Request, exc: ZThumbError) -> JSONResponse:
         if exc.status >= 500 and exc.status not in (503, 504):
             log.error("request failed: %s", exc.message)
-        return JSONResponse(
-            error_body(exc.code, exc.message, exc.field), status_code=exc.status, headers=exc.headers
-        )
+        return _respond(request, exc.status, error_body(exc.code, exc.message, exc.field), exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {}
         field = _field_from_loc(first.get("loc", ()))
@@ -132,21 +176,17 @@ def install_error_handlers(app: FastAPI) -> None:
             {"field": _field_from_loc(e.get("loc", ())), "message": e.get("msg"), "type": e.get("type")}
             for e in errors
         ]
-        return JSONResponse(body, status_code=422)
+        return _respond(request, 422, body)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed"}
         code = codes.get(exc.status_code, f"http_{exc.status_code}")
-        return JSONResponse(
-            error_body(code, str(exc.detail)),
-            status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
+        return _respond(
+            request, exc.status_code, error_body(code, str(exc.detail)), getattr(exc, "headers", None)
         )
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error: %s", type(exc).__name__)
-        return JSONResponse(
-            error_body("internal_error", "internal error; see the server log"), status_code=500
-        )
+        return _respond(request, 500, error_body("internal_error", "internal error; see the server log"))

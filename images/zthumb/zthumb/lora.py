@@ -97,6 +97,9 @@ class AdapterRef:
     file: Path  # resolved .safetensors file inside the root
     sha256: str
     files: AdapterFiles = field(compare=False, repr=False)
+    # The request field that named it (``lora_path`` or ``loras[i].path``): errors about this
+    # adapter, including ones found only when it is loaded on the device worker, name it.
+    request_field: str = field(default="lora_path", compare=False)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -104,7 +107,7 @@ class AdapterRef:
 
     def read(self) -> AdapterWeights:
         """Read the weights once; returns them, their metadata and the sha256 of exactly those bytes."""
-        return self.files.read(self.file)
+        return self.files.read(self.file, self.request_field)
 
 
 class AdapterFiles:
@@ -117,15 +120,17 @@ class AdapterFiles:
         self.hash_reads = 0  # how many times a file's content was read (for tests and metrics)
 
     # --- confinement -------------------------------------------------------------------
-    def resolve(self, requested: str) -> tuple[Path, str]:
-        """Map a requested path to (resolved .safetensors file, display path); refuse escapes."""
-        field_name = "lora_path"
+    def resolve(self, requested: str, field_name: str = "lora_path") -> tuple[Path, str]:
+        """Map a requested path to (resolved .safetensors file, display path); refuse escapes.
+
+        ``field_name`` is the request field that named it, for the error messages.
+        """
         if not requested or "\x00" in requested:
-            raise AdapterRefusedError("lora_path is empty or malformed", field=field_name)
+            raise AdapterRefusedError(f"{field_name} is empty or malformed", field=field_name)
         candidate = Path(requested)
         if ".." in candidate.parts:
             raise AdapterRefusedError(
-                "lora_path must not contain '..' components", field=field_name, code="lora_path_traversal"
+                f"{field_name} must not contain '..' components", field=field_name, code="lora_path_traversal"
             )
         try:
             root = self.root.resolve(strict=True)
@@ -134,7 +139,7 @@ class AdapterFiles:
         if candidate.is_absolute():
             if not (candidate.is_relative_to(self.root) or candidate.is_relative_to(root)):
                 raise AdapterRefusedError(
-                    f"lora_path {requested!r} is outside the LoRA root {self.root}",
+                    f"{field_name} {requested!r} is outside the LoRA root {self.root}",
                     field=field_name,
                     code="lora_path_outside_root",
                 )
@@ -149,9 +154,9 @@ class AdapterFiles:
             ) from exc
         except (OSError, RuntimeError) as exc:  # symlink loops, permission problems
             raise AdapterRefusedError(
-                f"lora_path {requested!r} cannot be resolved: {exc}", field=field_name
+                f"{field_name} {requested!r} cannot be resolved: {exc}", field=field_name
             ) from exc
-        self._check_inside(target, root, requested)
+        self._check_inside(target, root, requested, field_name)
         display = str(target.relative_to(root))
 
         if target.is_dir():
@@ -167,7 +172,7 @@ class AdapterFiles:
                     )
                 raise AdapterNotFoundError(f"directory {requested!r} has no {ADAPTER_FILE}", field=field_name)
             target = file.resolve(strict=True)
-            self._check_inside(target, root, requested)
+            self._check_inside(target, root, requested, field_name)
         if target.suffix != ".safetensors":
             kind = "pickle" if target.suffix in PICKLE_SUFFIXES else f"{target.suffix or 'extensionless'}"
             raise AdapterRefusedError(
@@ -180,27 +185,27 @@ class AdapterFiles:
         return target, display
 
     @staticmethod
-    def _check_inside(target: Path, root: Path, requested: str) -> None:
+    def _check_inside(target: Path, root: Path, requested: str, field_name: str) -> None:
         if not target.is_relative_to(root):
             raise AdapterRefusedError(
-                f"lora_path {requested!r} resolves outside the LoRA root (symlink escape)",
-                field="lora_path",
+                f"{field_name} {requested!r} resolves outside the LoRA root (symlink escape)",
+                field=field_name,
                 code="lora_path_symlink_escape",
             )
 
     # --- fingerprints ------------------------------------------------------------------------
-    def ref(self, requested: str) -> AdapterRef:
+    def ref(self, requested: str, field_name: str = "lora_path") -> AdapterRef:
         """Resolve and identify an adapter; reads the file only if it is new or changed."""
-        file, display = self.resolve(requested)
+        file, display = self.resolve(requested, field_name)
         fingerprint = _fingerprint(file)
         with self._lock:
             known = self._hashes.get(file)
         if known is not None and known[0] == fingerprint:
-            return AdapterRef(display, file, known[1], self)
+            return AdapterRef(display, file, known[1], self, field_name)
         digest = self._hash_file(file)
         with self._lock:
             self._hashes[file] = (fingerprint, digest)
-        return AdapterRef(display, file, digest, self)
+        return AdapterRef(display, file, digest, self, field_name)
 
     def _hash_file(self, file: Path) -> str:
         digest = hashlib.sha256()
@@ -210,7 +215,7 @@ class AdapterFiles:
         self.hash_reads += 1
         return digest.hexdigest()
 
-    def read(self, file: Path) -> AdapterWeights:
+    def read(self, file: Path, field_name: str = "lora_path") -> AdapterWeights:
         """Read and parse the file in one go; the sha256 is of the bytes parsed (tensors and header)."""
         from safetensors.torch import load as load_safetensors
 
@@ -225,14 +230,14 @@ class AdapterFiles:
             state_dict = load_safetensors(data)
         except Exception as exc:
             raise AdapterLoadError(
-                f"{file.name} is not a valid safetensors file: {exc}", field="lora_path"
+                f"{file.name} is not a valid safetensors file: {exc}", field=field_name
             ) from exc
         if not state_dict:
-            raise AdapterLoadError(f"{file.name} holds no tensors", field="lora_path")
+            raise AdapterLoadError(f"{file.name} holds no tensors", field=field_name)
         try:
             metadata = lora_adapter_metadata(data)
         except (ValueError, struct.error) as exc:  # json.JSONDecodeError is a ValueError
             raise AdapterLoadError(
-                f"{file.name} has unreadable LoRA adapter metadata: {exc}", field="lora_path"
+                f"{file.name} has unreadable LoRA adapter metadata: {exc}", field=field_name
             ) from exc
         return AdapterWeights(state_dict, metadata, digest)

@@ -10,6 +10,15 @@ ImageFormat = Literal["png", "jpeg", "webp"]
 MAX_SEED = 2**63 - 1
 
 
+class LoraSpec(BaseModel):
+    """One adapter of ``loras``: confined to the LoRA root like ``lora_path``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(min_length=1, description="Adapter relative to the LoRA root (or absolute inside it).")
+    scale: float = Field(default=1.0, ge=0.0, le=2.0, description="Its weight; 0 leaves it out.")
+
+
 class GenerateRequest(BaseModel):
     """``POST /generate``. Unknown fields are refused so a typo never goes unnoticed."""
 
@@ -39,6 +48,12 @@ class GenerateRequest(BaseModel):
     lora_scale: float | None = Field(
         default=None, ge=0.0, le=2.0, description="0 gives the output without adapter."
     )
+    loras: list[LoraSpec] | None = Field(
+        default=None,
+        description="Several adapters at once, combined with their scales (at most "
+        "ZTHUMB_MAX_LORAS_PER_REQUEST, no duplicates); not together with lora_path/lora_scale. "
+        "An empty list means no adapter (not even the env default).",
+    )
     output_format: ImageFormat = Field(
         default="png", validation_alias=AliasChoices("output_format", "format")
     )
@@ -58,6 +73,7 @@ class AdapterUsed(BaseModel):
     scale: float
     sha256: str
     source: Literal["request", "default"]
+    rank: int | None = Field(default=None, description="LoRA rank, once the adapter is resident.")
 
 
 class Timings(BaseModel):
@@ -77,7 +93,10 @@ class GenerateResponse(BaseModel):
     height: int
     steps: int
     guidance_scale: float
-    adapter: AdapterUsed | None
+    adapter: AdapterUsed | None = Field(description="The first of `adapters` (the single-adapter API).")
+    adapters: list[AdapterUsed] = Field(
+        description="Every adapter applied, with its scale, in request order."
+    )
     timings: Timings
 
 
@@ -104,8 +123,10 @@ class CachedAdapter(BaseModel):
     backend: str
     path: str
     sha256: str
+    rank: int | None
     adapter_name: str
     pinned: bool
+    active: bool = Field(description="Applied by the last generation on this backend.")
 
 
 class ModelsResponse(BaseModel):
@@ -133,3 +154,48 @@ class ReadyResponse(BaseModel):
     lora_path: str | None
     lora_loaded: bool
     error: str | None = None
+
+
+# --- OpenAI-compatible images API (``POST /v1/images/generations``) ------------------------------
+
+
+class OpenAIImageRequest(BaseModel):
+    """OpenAI's image generation request plus ZThumb's extensions (seed, steps, …, loras).
+
+    ``quality``, ``style`` and ``user`` are accepted and ignored, so stock clients work.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1)
+    model: str | None = Field(
+        default=None, description="An enabled backend's name selects it; any other value is ignored."
+    )
+    n: int = Field(default=1, ge=1, description="Number of images (at most ZTHUMB_MAX_NUM_IMAGES).")
+    size: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]{1,5}x[0-9]{1,5}$",
+        description="`WIDTHxHEIGHT`; backend default if omitted.",
+    )
+    response_format: Literal["b64_json", "url"] = Field(
+        default="b64_json", description="Only b64_json: the server keeps no images to link to."
+    )
+    quality: str | None = None
+    style: str | None = None
+    user: str | None = None
+    # ZThumb extensions.
+    negative_prompt: str | None = None
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    steps: int | None = Field(default=None, ge=1)
+    guidance_scale: float | None = Field(default=None, ge=0.0, le=30.0)
+    loras: list[LoraSpec] | None = None
+
+
+class OpenAIImage(BaseModel):
+    b64_json: str
+    revised_prompt: str | None = None
+
+
+class OpenAIImagesResponse(BaseModel):
+    created: int
+    data: list[OpenAIImage]

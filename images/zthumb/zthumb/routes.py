@@ -14,7 +14,15 @@ from starlette.concurrency import run_in_threadpool
 
 from zthumb.engine import Engine
 from zthumb.errors import UnauthorizedError
-from zthumb.protocol import GenerateRequest, GenerateResponse, HealthResponse, ModelsResponse, ReadyResponse
+from zthumb.protocol import (
+    GenerateRequest,
+    GenerateResponse,
+    HealthResponse,
+    ModelsResponse,
+    OpenAIImageRequest,
+    OpenAIImagesResponse,
+    ReadyResponse,
+)
 from zthumb.serving import MIME_TYPES, Serving
 
 _bearer = HTTPBearer(auto_error=False)
@@ -80,6 +88,14 @@ async def models(engine: EngineDep) -> ModelsResponse:
 )
 async def generate(body: GenerateRequest, request: Request, serving: ServingDep) -> Any:
     return await serving.generate(body, request)
+
+
+@protected.post("/v1/images/generations", response_model=OpenAIImagesResponse, tags=["openai"])
+async def openai_images(
+    body: OpenAIImageRequest, request: Request, serving: ServingDep
+) -> OpenAIImagesResponse:
+    """OpenAI's images API on the same engine, queue, limits and metrics as /generate."""
+    return await serving.openai_images(body, request)
 
 
 router.include_router(protected)

@@ -1,5 +1,9 @@
 """Response assembly: one ``POST /generate`` from the request body to the bytes or JSON sent back.
 
+``POST /v1/images/generations`` (OpenAI's images API) is a translation into the same
+``GenerateRequest`` (``generate_request_from_openai``) and the same ``_run``: same engine, queue,
+limits, metrics and log line; only the response shape differs.
+
 ``Engine`` plans and runs a generation (on the device ``Worker``); ``Serving`` adds what
 the HTTP answer needs around it: the queue, encoding, timings, the adapter used, the
 log line and the request metrics. The routes (``routes.py``) stay a few lines each.
@@ -11,17 +15,29 @@ import base64
 import io
 import logging
 import time
+from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote
 
 from fastapi import Request
 from fastapi.responses import Response
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from zthumb.engine import Engine, Result
-from zthumb.errors import ZThumbError
+from zthumb.engine import Engine, Plan, Result
+from zthumb.errors import BadRequestError, InvalidRequestError, ZThumbError
 from zthumb.metrics import Metrics
-from zthumb.protocol import AdapterUsed, GenerateRequest, GenerateResponse, ImageOut, Timings
+from zthumb.protocol import (
+    AdapterUsed,
+    GenerateRequest,
+    GenerateResponse,
+    ImageOut,
+    OpenAIImage,
+    OpenAIImageRequest,
+    OpenAIImagesResponse,
+    Timings,
+)
 from zthumb.settings import Settings
 from zthumb.worker import Worker
 
@@ -54,18 +70,85 @@ def images_out(encoded: list[bytes], fmt: str) -> list[ImageOut]:
     ]
 
 
-def adapter_used(result: Result) -> AdapterUsed | None:
-    applied = result.applied
-    plan = result.plan
-    ref = applied.adapter or plan.adapter
-    if ref is None or plan.adapter_source is None:
-        return None
-    return AdapterUsed(
-        path=ref.display_path,
-        scale=plan.scale,
-        sha256=ref.sha256,
-        source="default" if plan.adapter_source == "default" else "request",
+def adapters_used(result: Result) -> list[AdapterUsed]:
+    """Every adapter of the request with its scale (scale-0 ones included), in request order."""
+    if result.plan.adapter_source is None:
+        return []
+    source: Literal["request", "default"] = (
+        "default" if result.plan.adapter_source == "default" else "request"
     )
+    return [
+        AdapterUsed(path=o.ref.display_path, scale=o.scale, sha256=o.ref.sha256, source=source, rank=o.rank)
+        for o in result.adapters
+    ]
+
+
+def adapter_headers(adapters: list[AdapterUsed]) -> dict[str, str]:
+    """``X-ZThumb-Lora-*`` for bytes responses.
+
+    ``X-ZThumb-Lora-Path``/``-Scale``/``-Sha256`` describe the first adapter (as they did when a
+    request had one); ``X-ZThumb-Loras`` lists all as ``path=scale`` separated by commas, the
+    paths percent-encoded (so ``,``, ``=`` and non-ASCII stay unambiguous), and
+    ``X-ZThumb-Lora-Sha256s`` their sha256s in the same order.
+    """
+    if not adapters:
+        return {}
+    first = adapters[0]
+    return {
+        "X-ZThumb-Lora-Path": first.path,  # unchanged from the single-adapter API
+        "X-ZThumb-Lora-Scale": f"{first.scale:g}",
+        "X-ZThumb-Lora-Sha256": first.sha256,
+        "X-ZThumb-Loras": ",".join(f"{quote(a.path, safe='/')}={a.scale:g}" for a in adapters),
+        "X-ZThumb-Lora-Sha256s": ",".join(a.sha256 for a in adapters),
+    }
+
+
+# Request fields of /generate that have another name in OpenAI's request.
+OPENAI_FIELDS = {"width": "size", "height": "size", "num_images": "n", "backend": "model"}
+
+
+def generate_request_from_openai(body: OpenAIImageRequest, backends: list[str]) -> GenerateRequest:
+    """The translation behind ``POST /v1/images/generations``: the same request /generate gets."""
+    if body.response_format != "b64_json":
+        raise BadRequestError(
+            f"response_format {body.response_format!r} is not supported: this server keeps no images to "
+            "link to; use 'b64_json'",
+            field="response_format",
+            code="response_format_unsupported",
+        )
+    width = height = None
+    if body.size is not None:
+        width, height = (int(part) for part in body.size.split("x"))
+    fields: dict[str, Any] = {
+        "prompt": body.prompt,
+        "negative_prompt": body.negative_prompt,
+        "width": width,
+        "height": height,
+        "steps": body.steps,
+        "guidance_scale": body.guidance_scale,
+        "seed": body.seed,
+        "num_images": body.n,
+        "backend": body.model if body.model in backends else None,
+        "loras": body.loras,
+        "output_format": "png",
+        "response_format": "json",
+    }
+    try:
+        return GenerateRequest.model_validate({k: v for k, v in fields.items() if v is not None})
+    except ValidationError as exc:  # e.g. a size that is not a multiple of 8
+        error = exc.errors()[0]
+        name = str(error["loc"][0]) if error["loc"] else None
+        field = OPENAI_FIELDS.get(name or "", name)
+        raise InvalidRequestError(f"{field}: {error['msg']}", field=field) from exc
+
+
+@dataclass(frozen=True)
+class Generated:
+    plan: Plan
+    result: Result
+    encoded: list[bytes]
+    adapters: list[AdapterUsed]
+    timings: Timings
 
 
 class Serving:
@@ -76,6 +159,46 @@ class Serving:
         self.metrics = metrics
 
     async def generate(self, body: GenerateRequest, request: Request) -> Any:
+        """``POST /generate``: JSON with base64 images, or the raw image with ``X-ZThumb-*`` headers."""
+        done = await self._run(body, request)
+        plan, timings, adapters = done.plan, done.timings, done.adapters
+        if plan.response_format == "bytes":
+            headers = {
+                "X-ZThumb-Seed": str(plan.params.seed),
+                "X-ZThumb-Backend": plan.backend,
+                "X-ZThumb-Timings": timings.model_dump_json(),
+                **adapter_headers(adapters),
+            }
+            return Response(done.encoded[0], media_type=MIME_TYPES[plan.output_format], headers=headers)
+        return GenerateResponse(
+            images=images_out(done.encoded, plan.output_format),
+            format=plan.output_format,
+            seed=plan.params.seed,
+            backend=plan.backend,
+            width=plan.params.width,
+            height=plan.params.height,
+            steps=plan.params.steps,
+            guidance_scale=plan.params.guidance_scale,
+            adapter=adapters[0] if adapters else None,
+            adapters=adapters,
+            timings=timings,
+        )
+
+    async def openai_images(self, body: OpenAIImageRequest, request: Request) -> OpenAIImagesResponse:
+        """``POST /v1/images/generations``: translated, then the same path as /generate."""
+        try:
+            translated = generate_request_from_openai(body, self.settings.backends)
+            done = await self._run(translated, request)
+        except ZThumbError as exc:  # name OpenAI's fields, not ours
+            exc.field = OPENAI_FIELDS.get(exc.field or "", exc.field)
+            raise
+        return OpenAIImagesResponse(
+            created=int(time.time()),
+            data=[OpenAIImage(b64_json=base64.b64encode(data).decode("ascii")) for data in done.encoded],
+        )
+
+    async def _run(self, body: GenerateRequest, request: Request) -> Generated:
+        """Plan, queue, generate, encode; log and count the request (both APIs alike)."""
         settings, eng, worker, metrics = self.settings, self.engine, self.worker, self.metrics
         started = time.perf_counter()
         label = body.backend or settings.backend
@@ -92,7 +215,7 @@ class Serving:
             encode_started = time.perf_counter()
             encoded = await run_in_threadpool(encode, result.images, plan.output_format)
             encode_seconds = time.perf_counter() - encode_started
-            adapter = adapter_used(result)
+            adapters = adapters_used(result)
             timings = Timings(
                 queue_s=round(queued, 4),
                 adapter_s=round(result.adapter_seconds, 4),
@@ -104,43 +227,20 @@ class Serving:
                 "generated",
                 extra={
                     "request_id": request.scope.get("state", {}).get("request_id"),
+                    "path": request.url.path,
                     "backend": plan.backend,
                     "prompt_chars": len(body.prompt),
                     "size": f"{plan.params.width}x{plan.params.height}",
                     "steps": plan.params.steps,
                     "num_images": plan.params.num_images,
                     "seed": plan.params.seed,
-                    "lora_path": adapter.path if adapter else None,
-                    "lora_scale": adapter.scale if adapter else None,
+                    "lora_path": ",".join(a.path for a in adapters) or None,
+                    "lora_scale": ",".join(f"{a.scale:g}" for a in adapters) or None,
                     "seconds": timings.total_s,
                 },
             )
             status = "200"
-            if plan.response_format == "bytes":
-                headers = {
-                    "X-ZThumb-Seed": str(plan.params.seed),
-                    "X-ZThumb-Backend": plan.backend,
-                    "X-ZThumb-Timings": timings.model_dump_json(),
-                }
-                if adapter is not None:
-                    headers |= {
-                        "X-ZThumb-Lora-Path": adapter.path,
-                        "X-ZThumb-Lora-Scale": f"{adapter.scale:g}",
-                        "X-ZThumb-Lora-Sha256": adapter.sha256,
-                    }
-                return Response(encoded[0], media_type=MIME_TYPES[plan.output_format], headers=headers)
-            return GenerateResponse(
-                images=images_out(encoded, plan.output_format),
-                format=plan.output_format,
-                seed=plan.params.seed,
-                backend=plan.backend,
-                width=plan.params.width,
-                height=plan.params.height,
-                steps=plan.params.steps,
-                guidance_scale=plan.params.guidance_scale,
-                adapter=adapter,
-                timings=timings,
-            )
+            return Generated(plan, result, encoded, adapters, timings)
         except ZThumbError as exc:
             status = str(exc.status)
             raise

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     )
     lora_root: Path = Path("/models/lora")
     lora_cache_size: int = Field(default=8, ge=1, description="Per-request adapters kept loaded (LRU).")
+    max_loras_per_request: int = Field(
+        default=4, ge=1, le=32, description="Most adapters one request may combine (`loras`)."
+    )
 
     # --- compiled path (zthumb.compiled) ----------------------------------------------------
     compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = Field(

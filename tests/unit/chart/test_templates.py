@@ -230,6 +230,8 @@ def test_defaults_validate_against_schema() -> None:
         (("persistence", "accessModes"), ["ReadWriteSometimes"], "accessModes"),
         (("service", "port"), 70000, "port"),
         (("lora", "scale"), "high", "scale"),
+        (("lora", "maxPerRequest"), 0, "maxPerRequest"),
+        (("lora", "maxPerRequest"), 33, "maxPerRequest"),
         (("image", "digest"), "md5:abc", "digest"),
         (("pdb", "maxUnavailable"), "lots", "maxUnavailable"),
     ],
@@ -445,6 +447,7 @@ def test_lora_path_and_backends_render(helm_bin: list[str], helm_env: dict[str, 
             "server.enabledBackends": "{turbo,full}",
             "model.turboPath": "models/sdxl-turbo",
             "lora.cacheSize": "3",
+            "lora.maxPerRequest": "2",
         },
     )
     env = r.env
@@ -454,8 +457,13 @@ def test_lora_path_and_backends_render(helm_bin: list[str], helm_env: dict[str, 
     assert env["ZTHUMB_ENABLED_BACKENDS"] == "turbo,full"
     assert env["ZTHUMB_TURBO_MODEL_PATH"] == "/data/models/sdxl-turbo"
     assert env["ZTHUMB_LORA_CACHE_SIZE"] == "3"
+    assert env["ZTHUMB_MAX_LORAS_PER_REQUEST"] == "2"
     r = render(helm_env, {"lora.path": "/data/models/lora/abs"})
     assert r.env["Z_LORA_PATH"] == "/data/models/lora/abs"
+    # The chart's default is the server's default.
+    from zthumb.settings import Settings
+
+    assert r.env["ZTHUMB_MAX_LORAS_PER_REQUEST"] == str(Settings().max_loras_per_request)
 
 
 @needs_helm

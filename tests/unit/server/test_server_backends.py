@@ -121,7 +121,7 @@ def test_fast_adapter_switch_matches_set_adapters(full_backend, lora_root):
     name_b = full_backend._adapters[b.key]
     full_backend.apply_adapter(a, 0.3)  # move away, then the diffusers way back to B
     full_backend.pipe.set_adapters([name_b], [0.6])
-    full_backend._active = (name_b, 0.6)
+    full_backend._active = ((name_b, 0.6),)
     assert np.array_equal(_image(full_backend), fast)
 
 

@@ -207,3 +207,43 @@ def test_adapter_rank_reads_every_key_layout():
     }
     assert adapter_rank(kohya) == 16
     assert adapter_rank({"unet.x.to_q.lora_B.weight": torch.zeros(32, 12)}) == 12
+
+
+@pytest.mark.slow  # compiles the tiny UNet once per module (about 2 min with a cold cache)
+def test_loras_on_the_compiled_path_one_entry_only(compiled):
+    """The compiled slot holds one adapter: ``loras`` with one entry is ``lora_path``; more are a
+    422 naming ``loras`` (before anything is queued), and nothing recompiles either way."""
+    client, _ = compiled
+    single = _image(client, "a", 0.6)
+    response = client.post("/generate", json={**_request(), "loras": [{"path": "a", "scale": 0.6}]})
+    assert response.status_code == 200, response.text
+    assert np.array_equal(decode(response.json()), single)
+    assert response.json()["adapters"] == [response.json()["adapter"]]
+
+    two = [{"path": "a", "scale": 0.6}, {"path": "b", "scale": 0.4}]
+    response = client.post("/generate", json={**_request(), "loras": two})
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert (body["error"], body["field"]) == ("loras_unsupported_compiled", "loras")
+    assert "ZTHUMB_COMPILE=default" in body["message"]
+    assert np.array_equal(_image(client, "a", 0.6), single)
+    assert _metric(client, "zthumb_compile_recompiles_total") == 0
+
+
+@pytest.mark.slow  # compiles the tiny UNet once per module (about 2 min with a cold cache)
+def test_misfit_adapter_is_refused_on_the_compiled_path(compiled, compiled_root):
+    import torch
+    from safetensors.torch import save_file
+
+    client, _ = compiled
+    save_file(
+        {
+            "transformer.x.to_q.lora_A.weight": torch.ones(4, 8),
+            "transformer.x.to_q.lora_B.weight": torch.ones(8, 4),
+        },
+        str(compiled_root / "sd3_like.safetensors"),
+    )
+    response = client.post("/generate", json=_request("sd3_like.safetensors", 1.0))
+    assert response.status_code == 422, response.text
+    assert (response.json()["error"], response.json()["field"]) == ("lora_no_match", "lora_path")
+    assert _metric(client, "zthumb_compile_recompiles_total") == 0

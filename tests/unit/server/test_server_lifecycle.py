@@ -109,7 +109,13 @@ def test_env_default_adapter(make_client, lora_root, monkeypatch):
     assert any(c["pinned"] and c["sha256"] == sha for c in models["cached_adapters"])
 
     default = client.post("/generate", json=BODY).json()
-    assert default["adapter"] == {"path": "style_a", "scale": 0.8, "sha256": sha, "source": "default"}
+    assert default["adapter"] == {
+        "path": "style_a",
+        "scale": 0.8,
+        "sha256": sha,
+        "source": "default",
+        "rank": 4,
+    }
     off = client.post("/generate", json={**BODY, "lora_scale": 0}).json()
     explicit = client.post("/generate", json={**BODY, "lora_path": "style_a", "lora_scale": 0.8}).json()
     assert np.array_equal(decode(default), decode(explicit))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from zthumb.backends.base import AdapterApplied, Backend, GenerationParams, ModelConfigError
+from zthumb.backends.adapters import AdapterApplied, AdapterUse
+from zthumb.backends.base import Backend, GenerationParams, ModelConfigError
 from zthumb.backends.full import FullBackend
 from zthumb.backends.gguf import GGUFBackend
 from zthumb.backends.turbo import TurboBackend
@@ -12,6 +13,7 @@ BACKENDS: dict[str, type[Backend]] = {cls.name: cls for cls in (FullBackend, Tur
 __all__ = [
     "BACKENDS",
     "AdapterApplied",
+    "AdapterUse",
     "Backend",
     "FullBackend",
     "GGUFBackend",
