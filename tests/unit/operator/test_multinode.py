@@ -154,7 +154,11 @@ def test_the_status_names_the_node_that_failed_first_and_why() -> None:
     pods = [
         _pod("z-style-train-0-aaaaa", "0", 137, "2026-01-01T00:00:09Z", reason="Error"),
         _pod(
-            "z-style-train-1-bbbbb", "1", 1, "2026-01-01T00:00:05Z", "RuntimeError: CUDA error: out of memory"
+            "z-style-train-1-bbbbb",
+            "1",
+            1,
+            "2026-01-01T00:00:05Z",
+            message="RuntimeError: CUDA error: out of memory",
         ),
         _pod("z-style-train-2-ccccc", "2", 0, "2026-01-01T00:00:04Z"),
     ]
