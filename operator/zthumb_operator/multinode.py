@@ -137,13 +137,18 @@ def _failures(pods: Iterable[Mapping[str, Any]]) -> list[tuple[str, str, str, Ma
             term = (cs.get("state") or {}).get("terminated") or {}
             if term and term.get("exitCode") not in (None, 0):
                 out.append((term.get("finishedAt") or "", index, meta.get("name", "?"), term))
-    return sorted(out, key=lambda failure: failure[0])
+    return out
 
 
-def failed_node(pods: Iterable[Mapping[str, Any]]) -> str | None:
+def failed_node(pods: Iterable[Mapping[str, Any]], job_message: str = "") -> str | None:
     """Which pod (index) of a multi-node Job failed first, and why: its exit code, reason and the
-    tail of its termination message (the others are usually stopped because of it)."""
-    failures = _failures(pods)
+    tail of its termination message (the others usually fail or are stopped because of it).
+
+    First = the pod the Job's failure message names (the Job controller's ``FailJob`` verdict:
+    ``... for pod <ns>/<name> failed with exit code ...``), else the earliest ``finishedAt``: the
+    peers of a dead process often exit within the same second, and timestamps have seconds only.
+    """
+    failures = sorted(_failures(pods), key=lambda f: (f"/{f[2]} " not in job_message, f[0]))
     if not failures:
         return None
     _, index, name, term = failures[0]
@@ -163,5 +168,5 @@ def failure_message(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -
     """A failed multi-node Job's status message: the Job's own reason, then the node that failed
     (instead of ``job_state``'s newest pod, which is usually one the Job controller stopped)."""
     message = b.job_state(job).message  # without pods: the Job's Failed condition only
-    node = failed_node(pods)
+    node = failed_node(pods, message)
     return f"{message}; {node}" if node else message

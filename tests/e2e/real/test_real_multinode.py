@@ -6,6 +6,9 @@ and the CNI bridge all real), torchrun's static rendezvous joins them into one w
 rank 0 exports the adapter.
 
 Before that, the API server itself refuses ``nodes: 2`` with ``gpus: 0``, naming the field.
+Then a second two-node run loses node 1's training process (SIGKILL) mid-training: the Job
+fails as a whole at once, node 0 is stopped instead of waiting for its peer, and the run's
+status names node 1, its pod and its exit code.
 
 Uses the module fixtures of conftest.py (namespace, operator, tiny model server) and a volume of
 its own, so it runs alone (``-k multinode``) as well as after the pipeline module.
@@ -17,7 +20,7 @@ import json
 import re
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -36,6 +39,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.realnode]
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
 RUN = "multi-style"
+BROKEN_RUN = "multi-broken"
 CLAIM = "multi-data"
 DATASET = "datasets/multi"
 STEPS = 6
@@ -83,21 +87,11 @@ def _on_volume(kubectl: Kubectl, ns: str, *command: str) -> str:
     return kubectl("exec", "-n", ns, VOLUME_POD, "--", *command).stdout
 
 
-@pytest.mark.timeout(900)
-def test_two_node_finetune_runs_as_an_indexed_job_of_two_real_pods(
-    real_ns: str, tiny_model_server: ModelServer, operator: str, kubectl: Kubectl
-) -> None:
-    ns, started = real_ns, time.monotonic()
-
-    # --- the API server refuses several nodes without GPUs, naming the field
-    bad = _finetune(ns, tiny_model_server, "multi-bad", {"nodes": 2, "gpus": 0})
-    refused = kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(bad), check=False)
-    assert refused.returncode != 0, refused.stdout
-    assert "spec.resources.nodes" in refused.stderr and "nodes > 1 needs gpus >= 1" in refused.stderr, (
-        refused.stderr
-    )
-
-    # --- a volume both pods mount (the provisioner's claims are ReadWriteMany on the one node)
+@pytest.fixture(scope="module")
+def volume(real_ns: str, cluster: Any) -> Iterator[str]:
+    """A volume both pods mount (the provisioner's claims are ReadWriteMany on the one node), with
+    the dataset on it, and a pod that holds it for looking inside."""
+    ns, kubectl = real_ns, cluster.kubectl
     claim = {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
@@ -130,6 +124,24 @@ def test_two_node_finetune_runs_as_an_indexed_job_of_two_real_pods(
         180,
         "the dataset on the volume",
         2,
+    )
+
+    yield ns
+    kubectl("delete", "pod", VOLUME_POD, "-n", ns, "--wait=false", check=False)
+
+
+@pytest.mark.timeout(900)
+def test_two_node_finetune_runs_as_an_indexed_job_of_two_real_pods(
+    volume: str, tiny_model_server: ModelServer, operator: str, kubectl: Kubectl
+) -> None:
+    ns, started = volume, time.monotonic()
+
+    # --- the API server refuses several nodes without GPUs, naming the field
+    bad = _finetune(ns, tiny_model_server, "multi-bad", {"nodes": 2, "gpus": 0})
+    refused = kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(bad), check=False)
+    assert refused.returncode != 0, refused.stdout
+    assert "spec.resources.nodes" in refused.stderr and "nodes > 1 needs gpus >= 1" in refused.stderr, (
+        refused.stderr
     )
 
     # --- the two-node run
@@ -183,5 +195,64 @@ def test_two_node_finetune_runs_as_an_indexed_job_of_two_real_pods(
     assert "pytorch_lora_weights.safetensors" in weights
     progress = _on_volume(kubectl, ns, "cat", f"/data/outputs/lora/{RUN}/progress.jsonl").splitlines()
     assert [json.loads(line)["step"] for line in progress] == list(range(1, STEPS + 1))
-    log(f"two-node fine-tune: apply to Succeeded {seconds:.0f}s (dataset and volume included)")
-    kubectl("delete", "pod", VOLUME_POD, "-n", ns, "--wait=false", check=False)
+    log(f"two-node fine-tune: apply to Succeeded {seconds:.0f}s")
+
+
+# Kills the training process (torchrun's worker, not torchrun itself) of the container it runs in.
+KILL_WORKER = (
+    "import os, signal\n"
+    "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+    "    argv = open(f'/proc/{pid}/cmdline', 'rb').read().split(b'\\0')\n"
+    "    if b'zthumb_trainer.cli' in argv and b'torch.distributed.run' not in argv:\n"
+    "        os.kill(int(pid), signal.SIGKILL); print('killed', pid)\n"
+)
+
+
+@pytest.mark.timeout(600)
+def test_a_failed_node_fails_the_whole_job_at_once_and_the_status_names_it(
+    volume: str, tiny_model_server: ModelServer, operator: str, kubectl: Kubectl
+) -> None:
+    ns = volume
+    run = _finetune(ns, tiny_model_server, BROKEN_RUN, {"nodes": 2, "gpus": 1})
+    run["spec"]["training"].update({"maxTrainSteps": 100000, "checkpointingSteps": 100000})
+    kubectl("apply", "-f", "-", input=json.dumps(run))
+
+    def node_one_training() -> dict[str, Any] | None:
+        pods = get_json(kubectl, "pods", "-n", ns, "-l", f"zthumb.io/run={BROKEN_RUN},zthumb.io/step=train")
+        for pod in pods["items"]:
+            index = pod["metadata"]["annotations"].get("batch.kubernetes.io/job-completion-index")
+            if index == "1" and pod["status"].get("phase") == "Running":
+                out = kubectl("logs", "-n", ns, pod["metadata"]["name"], check=False).stdout
+                if "process 1 of 2" in out:
+                    return pod
+        return None
+
+    pod1 = wait_until(node_one_training, 300, "node 1 training", 1)
+    time.sleep(2)  # a few steps in: both ranks are inside the training loop's collectives
+    killed_at = time.monotonic()
+    out = kubectl("exec", "-n", ns, pod1["metadata"]["name"], "--", "python3", "-c", KILL_WORKER).stdout
+    assert "killed" in out, out
+
+    def failed() -> dict[str, Any] | None:
+        obj = get_json(kubectl, "lft", BROKEN_RUN, "-n", ns)
+        return obj if (obj.get("status") or {}).get("phase") in ("Failed", "Succeeded") else None
+
+    status = wait_until(failed, 120, f"{BROKEN_RUN} to fail", 1)["status"]
+    failed_after = time.monotonic() - killed_at
+    assert (status["phase"], status["reason"]) == ("Failed", "TrainFailed"), json.dumps(status, indent=1)
+    message = status["message"]
+    assert f"node 1 (pod {pod1['metadata']['name']}) failed first: exit code 1" in message, message
+    job_name = status["jobs"]["train"]
+    job = get_json(kubectl, "job", job_name, "-n", ns)
+    (cond,) = [c for c in job["status"]["conditions"] if c["type"] == "Failed"]
+    assert cond["reason"] == "PodFailurePolicy", cond
+
+    # Node 0 is not left waiting for its peer: the Job controller stops it (bounded by its grace period).
+    def nothing_runs() -> bool:
+        pods = get_json(kubectl, "pods", "-n", ns, "-l", f"batch.kubernetes.io/job-name={job_name}")["items"]
+        return all(p["status"].get("phase") in ("Succeeded", "Failed") for p in pods)
+
+    wait_until(nothing_runs, 90, "every pod of the failed Job stopped", 1)
+    stopped_after = time.monotonic() - killed_at
+    log(f"node 1 killed: run Failed after {failed_after:.0f}s, every pod stopped after {stopped_after:.0f}s")
+    log(f"status message: {message}")

@@ -186,3 +186,18 @@ def test_the_status_names_the_node_that_failed_first_and_why() -> None:
     assert "last container message" not in message  # not the newest (killed) pod's
     assert mn.failed_node([pods[2]]) is None
     assert mn.failure_message(job, []) == job["status"]["conditions"][0]["message"]
+
+
+def test_the_pod_the_job_controller_blamed_comes_first_on_a_tie() -> None:
+    """Peers of a dead process exit within the same second: finishedAt cannot tell who was first,
+    the Job's FailJob message can."""
+    same = "2026-01-01T00:00:05Z"
+    pods = [
+        _pod("z-style-train-0-aaaaa", "0", 1, same, message="gloo: connection reset by peer"),
+        _pod("z-style-train-1-bbbbb", "1", 1, same, message="worker killed (SIGKILL)"),
+    ]
+    assert (mn.failed_node(pods) or "").startswith("node 0 ")  # no verdict: list order on a tie
+    verdict = "Container train for pod ml/z-style-train-1-bbbbb failed with exit code 1 matching FailJob rule"
+    text = mn.failed_node(pods, verdict) or ""
+    assert text.startswith("node 1 (pod z-style-train-1-bbbbb) failed first: exit code 1")
+    assert text.endswith("also failed: node 0")
