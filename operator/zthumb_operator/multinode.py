@@ -156,8 +156,10 @@ def failed_node(pods: Iterable[Mapping[str, Any]], job_message: str = "") -> str
     if term.get("reason"):
         text += f" ({term['reason']})"
     message = (term.get("message") or "").strip()
+    if len(message) > 1000:  # the tail (a traceback ends with its cause), from a line start
+        message = message[-1000:].split("\n", 1)[-1]
     if message:
-        text += f": {message[-1000:]}"
+        text += f": {message}"
     others = sorted({index_ for _, index_, _, _ in failures[1:]} - {index})
     if others:
         text += f"; also failed: node {', '.join(others)}"

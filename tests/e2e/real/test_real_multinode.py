@@ -243,9 +243,10 @@ def test_a_failed_node_fails_the_whole_job_at_once_and_the_status_names_it(
     message = status["message"]
     assert f"node 1 (pod {pod1['metadata']['name']}) failed first: exit code 1" in message, message
     job_name = status["jobs"]["train"]
+    # FailureTarget at once (the operator acts on it), Failed once every pod has terminated.
     job = get_json(kubectl, "job", job_name, "-n", ns)
-    (cond,) = [c for c in job["status"]["conditions"] if c["type"] == "Failed"]
-    assert cond["reason"] == "PodFailurePolicy", cond
+    (target,) = [c for c in job["status"]["conditions"] if c["type"] == "FailureTarget"]
+    assert target["reason"] == "PodFailurePolicy" and pod1["metadata"]["name"] in target["message"], target
 
     # Node 0 is not left waiting for its peer: the Job controller stops it (bounded by its grace period).
     def nothing_runs() -> bool:
@@ -254,5 +255,15 @@ def test_a_failed_node_fails_the_whole_job_at_once_and_the_status_names_it(
 
     wait_until(nothing_runs, 90, "every pod of the failed Job stopped", 1)
     stopped_after = time.monotonic() - killed_at
+    job = wait_until(
+        lambda: (
+            (job := get_json(kubectl, "job", job_name, "-n", ns))
+            and any(c["type"] == "Failed" for c in job["status"].get("conditions") or [])
+            and job
+        ),
+        60,
+        f"Job {job_name} Failed",
+    )
+    assert not job["status"].get("active"), job["status"]
     log(f"node 1 killed: run Failed after {failed_after:.0f}s, every pod stopped after {stopped_after:.0f}s")
     log(f"status message: {message}")

@@ -201,3 +201,11 @@ def test_the_pod_the_job_controller_blamed_comes_first_on_a_tie() -> None:
     text = mn.failed_node(pods, verdict) or ""
     assert text.startswith("node 1 (pod z-style-train-1-bbbbb) failed first: exit code 1")
     assert text.endswith("also failed: node 0")
+
+
+def test_a_long_termination_message_keeps_its_last_lines_whole() -> None:
+    log = "\n".join(f"line {i:04d} of a long torchrun traceback" for i in range(100))
+    text = mn.failed_node([_pod("j-1-x", "1", 1, "2026-01-01T00:00:05Z", message=log)]) or ""
+    tail = text.split(": ", 2)[-1]
+    assert tail.startswith("line ") and tail.endswith("line 0099 of a long torchrun traceback")
+    assert len(tail) <= 1000
