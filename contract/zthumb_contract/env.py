@@ -4,6 +4,11 @@ The deploy stage patches ``LORA_PATH``/``LORA_SCALE`` into the server's Deployme
 the server also accepts the ``ZTHUMB_`` aliases. The operator fills
 ``RUN_NAME``/``NAMESPACE`` from the downward API so the train pod can report progress
 into the LoRAFinetune's status (the local runner leaves them unset).
+
+Multi-node training (``spec.resources.nodes`` > 1): each train pod of the Indexed Job finds
+its node rank in ``NODE_RANK`` (set by Kubernetes itself) and the static rendezvous of pod 0
+in ``MASTER_ADDR``/``MASTER_PORT`` (set by the operator); the trainer CLI reads them as the
+defaults of ``--node-rank``/``--master-addr``/``--master-port``.
 """
 
 from __future__ import annotations
@@ -17,3 +22,8 @@ LORA_ENV = (LORA_PATH, LORA_SCALE)
 
 RUN_NAME = "ZTHUMB_RUN_NAME"
 NAMESPACE = "ZTHUMB_NAMESPACE"
+
+# Kubernetes sets this in every container of an Indexed Job's pod: the pod's completion index.
+NODE_RANK = "JOB_COMPLETION_INDEX"
+MASTER_ADDR = "ZTHUMB_MASTER_ADDR"
+MASTER_PORT = "ZTHUMB_MASTER_PORT"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic.alias_generators import to_camel
 
 SDXL_BASE_URL = (
@@ -73,13 +73,33 @@ class TrainingSpec(_Spec):
     compile: bool = False
 
 
+MAX_NODES = 64
+
+
 class ResourcesSpec(_Spec):
     gpus: int = Field(1, ge=0, le=16)
+    # Pods of the train step (one per node, each with ``gpus`` GPUs): >1 runs an Indexed Job with
+    # a static torchrun rendezvous (docs/ARCHITECTURE.md, "Multi-node training").
+    nodes: int = Field(1, ge=1, le=MAX_NODES)
     gpu_resource_name: str = "nvidia.com/gpu"
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, object]] = Field(default_factory=list)
     cpu: str = "4"
     memory: str = "32Gi"
+
+    @field_validator("nodes")
+    @classmethod
+    def _nodes_need_gpus(cls, nodes: int, info: ValidationInfo) -> int:
+        # The CRD's CEL rule on spec.resources says the same; this one catches a spec that
+        # bypassed the API server (and the local runner's YAML). ``gpus`` is declared first, so
+        # it is in ``info.data`` unless it was invalid itself.
+        gpus = info.data.get("gpus")
+        if nodes > 1 and gpus == 0:
+            raise ValueError(
+                f"nodes: {nodes} needs gpus >= 1: multi-node training runs one process per GPU "
+                "on each node (set nodes: 1 to train on a CPU)"
+            )
+        return nodes
 
 
 class StorageSpec(_Spec):

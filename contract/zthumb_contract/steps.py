@@ -20,6 +20,12 @@ from zthumb_contract import env
 from zthumb_contract.spec import LoRAFinetuneSpec, SecretKeyRef
 
 TRAINER_COMMAND = ("zthumb-train",)
+# The TCP port of the static torchrun rendezvous on pod 0 (node rank 0) of a multi-node train
+# step: fixed, since each pod has its own network namespace (torch's own default).
+RENDEZVOUS_PORT = 29500
+# How long a node waits for the others (torchrun's static rendezvous, and pod 0's DNS name to
+# resolve): a pod that never comes makes the others fail instead of hanging.
+RENDEZVOUS_TIMEOUT_SECONDS = 600
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,9 @@ class StepDefinition:
     secret_env: dict[str, SecretKeyRef] = field(default_factory=dict)
     gpu: bool = False
     reports_progress: bool = False
+    # Pods that run the step together (one per node, a static torchrun rendezvous): >1 only for
+    # train with spec.resources.nodes > 1. The operator then builds an Indexed Job.
+    nodes: int = 1
     command: tuple[str, ...] = TRAINER_COMMAND
 
     @property
@@ -155,9 +164,12 @@ def train_step(paths: RunPaths) -> StepDefinition:
         "--base-model-sha256", paths.spec.base_model.sha256,
         "--trigger-word", paths.spec.dataset.trigger_word,
         "--gpus", str(paths.spec.resources.gpus),
+        "--nodes", str(paths.spec.resources.nodes),
         *spec_args(paths.spec.training),
     )  # fmt: skip
-    return StepDefinition(name="train", args=args, gpu=True, reports_progress=True)
+    return StepDefinition(
+        name="train", args=args, gpu=True, reports_progress=True, nodes=paths.spec.resources.nodes
+    )
 
 
 def eval_step(paths: RunPaths, server_url: str) -> StepDefinition:

@@ -21,7 +21,6 @@ from zthumb_contract import crd
 from zthumb_operator import builders, metrics
 
 T = TypeVar("T")
-JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 # Named in managedFields of everything the operator writes (the train pod writes as "zthumb-trainer").
 FIELD_MANAGER = "zthumb-operator"
 
@@ -33,6 +32,8 @@ class Api(Protocol):
     async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None: ...
     async def delete_job(self, namespace: str, name: str) -> None: ...
     async def list_job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]: ...
+    async def create_service(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]: ...
+    async def get_service(self, namespace: str, name: str) -> dict[str, Any] | None: ...
     async def patch_run_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]: ...
     async def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None: ...
     async def patch_deployment(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]: ...
@@ -113,9 +114,28 @@ class KubeApi:
         res = await self._call(
             "list",
             "pods",
-            lambda: self._core.list_namespaced_pod(namespace, label_selector=f"{JOB_NAME_LABEL}={job}"),
+            lambda: self._core.list_namespaced_pod(
+                namespace, label_selector=f"{builders.JOB_NAME_LABEL}={job}"
+            ),
         )
         return list(self._dict(res).get("items") or [])
+
+    async def create_service(self, namespace: str, body: Any) -> dict[str, Any]:
+        res = await self._call(
+            "create",
+            "services",
+            lambda: self._core.create_namespaced_service(namespace, body, field_manager=FIELD_MANAGER),
+        )
+        return self._dict(res)
+
+    async def get_service(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            res = await self._call(
+                "get", "services", lambda: self._core.read_namespaced_service(name, namespace)
+            )
+        except NotFoundError:
+            return None
+        return self._dict(res)
 
     async def patch_run_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
         def call() -> Any:

@@ -26,6 +26,8 @@ LABEL_STEP = "zthumb.io/step"
 ANNOTATION_RUN = "zthumb.io/run"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# Set by the Job controller on the pods of a Job.
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 # The rollout lock on a target Deployment: "<run name>" of the run whose rollout is in flight.
 ROLLOUT_OWNER_ANNOTATION = "zthumb.io/rollout-owner"
 

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from zthumb_contract import crd
 from zthumb_contract.stages import TERMINAL_PHASES
 
+from zthumb_operator import builders as b
 from zthumb_operator.status import Key
 from zthumb_operator.status import resource_version as _rv
 
@@ -66,7 +67,7 @@ class Cache:
     def on_pod_event(self, event_type: str | None, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]
         labels = meta.get("labels") or {}
-        job = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
+        job = labels.get(b.JOB_NAME_LABEL) or labels.get("job-name")
         if not job:
             return
         jkey = (meta["namespace"], job)

@@ -19,6 +19,7 @@ from zthumb_contract.steps import RunPaths, StepDefinition, deploy_env
 
 from zthumb_operator import builders as b
 from zthumb_operator import metrics
+from zthumb_operator import multinode as mn
 from zthumb_operator.api import Api, ConflictError
 from zthumb_operator.cache import Cache
 from zthumb_operator.config import OperatorConfig
@@ -45,11 +46,17 @@ class JobStages:
     async def ensure_job(self, p: Pass, spec: LoRAFinetuneSpec, step: StepDefinition) -> dict[str, Any]:
         meta = p.run["metadata"]
         ns = meta["namespace"]
-        jname = b.job_name(meta["name"], step.name)
+        jname = mn.job_name(meta["name"], step)
         job = self.cache.jobs.get((ns, jname))
         created = False
         if job is None:
-            body = b.build_job(step, run=p.run, spec=spec, settings=self.job_settings(spec))
+            settings = self.job_settings(spec)
+            if step.nodes > 1:
+                # The Service first, so that pod 0's DNS name exists by the time the pods start.
+                await self.ensure_service(p.run, mn.build_service(p.run, jname, step))
+                body = mn.build_indexed_job(step, run=p.run, spec=spec, settings=settings)
+            else:
+                body = b.build_job(step, run=p.run, spec=spec, settings=settings)
             try:
                 job = await self.api.create_job(ns, body)
                 created = True
@@ -77,6 +84,24 @@ class JobStages:
                 p.set("progress", {"step": 0, "totalSteps": total, "percent": 0})
         return job
 
+    async def ensure_service(self, run: Mapping[str, Any], body: dict[str, Any]) -> None:
+        """Create the multi-node step's headless Service, or adopt ours (created by an earlier pass
+        just before its Job). One of an earlier run of the same name is waited for, as its Job is
+        (``ensure_job``): the garbage collector is deleting it, and pod 0's name would go with it."""
+        meta = body["metadata"]
+        try:
+            await self.api.create_service(meta["namespace"], body)
+            return
+        except ConflictError:
+            service = await self.api.get_service(meta["namespace"], meta["name"])
+        owners = {r.get("uid") for r in ((service or {}).get("metadata") or {}).get("ownerReferences") or []}
+        if run["metadata"]["uid"] not in owners:
+            raise kopf.TemporaryError(
+                f"Service {meta['name']} belongs to an earlier LoRAFinetune of the same name and is "
+                "still being deleted; waiting for the garbage collector",
+                delay=5,
+            )
+
     async def drive(self, p: Pass, spec: LoRAFinetuneSpec, stage: Stage, step: StepDefinition) -> Outcome:
         """Drive one Job stage as far as it goes now."""
         job = await self.ensure_job(p, spec, step)
@@ -90,10 +115,13 @@ class JobStages:
             return DONE
         if state.state == "failed":
             reason = f"{camel(step.name)}Failed"
+            message = state.message
+            if step.nodes > 1:
+                if not mn.failed_node(pods):  # the failed pod's last event may not be cached yet
+                    pods = await self.api.list_job_pods(ns, jname)
+                message = mn.failure_message(job, pods)
             p.fail(
-                stage.condition,
-                reason,
-                f"step {step.name}: Job {jname} failed ({state.reason}): {state.message}",
+                stage.condition, reason, f"step {step.name}: Job {jname} failed ({state.reason}): {message}"
             )
             return WAIT
         if state.state == "suspended":

@@ -14,8 +14,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from zthumb_contract import env
 from zthumb_contract.spec import DatasetSpec, EvalSpec, TrainingSpec
+from zthumb_contract.steps import RENDEZVOUS_PORT, RENDEZVOUS_TIMEOUT_SECONDS
 
+from zthumb_trainer.launch import Rendezvous
 from zthumb_trainer.options import spec_options
 from zthumb_trainer.settings import TrainerSettings
 
@@ -116,15 +119,36 @@ def train(  # noqa: PLR0917 - one option per flag
     trigger_word: Annotated[str, typer.Option()] = "",
     gpus: Annotated[int, typer.Option(help="Data-parallel processes (one per GPU).")] = 1,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    nodes: Annotated[
+        int, typer.Option(min=1, help="Nodes training together (>1: a static torchrun rendezvous).")
+    ] = 1,
+    node_rank: Annotated[
+        int, typer.Option(min=0, envvar=env.NODE_RANK, help="This node's rank, 0 .. nodes-1.")
+    ] = 0,
+    master_addr: Annotated[
+        str, typer.Option(envvar=env.MASTER_ADDR, help="Node 0's address: the rendezvous.")
+    ] = "127.0.0.1",
+    master_port: Annotated[
+        int, typer.Option(envvar=env.MASTER_PORT, help="The rendezvous port on node 0.")
+    ] = RENDEZVOUS_PORT,
+    rendezvous_timeout: Annotated[
+        int, typer.Option(min=1, help="Seconds a node waits for node 0's name and for the others.")
+    ] = RENDEZVOUS_TIMEOUT_SECONDS,
     *,
     training: TrainingSpec,
 ) -> None:
     """Train the LoRA (resuming from the newest checkpoint), then export it.
 
-    The training options are the fields of the LoRAFinetune's spec.training.
+    The training options are the fields of the LoRAFinetune's spec.training. With --nodes > 1
+    every node runs this same command; its rank and node 0's address come from the pod's env.
     """
-    if gpus > 1 and "LOCAL_RANK" not in os.environ:
-        _relaunch_distributed(gpus)
+    if (gpus > 1 or nodes > 1) and "LOCAL_RANK" not in os.environ:
+        if node_rank >= nodes:
+            raise _fail(f"--node-rank {node_rank} is not below --nodes {nodes}", 2)
+        rendezvous = (
+            Rendezvous(nodes, node_rank, master_addr, master_port, rendezvous_timeout) if nodes > 1 else None
+        )
+        _relaunch_distributed(gpus, rendezvous)
     import json
 
     from zthumb_trainer.dataset import DatasetError
@@ -151,26 +175,38 @@ def train(  # noqa: PLR0917 - one option per flag
     typer.echo(json.dumps({k: v for k, v in summary.items() if k != "pairs"}))
 
 
-def _relaunch_distributed(gpus: int) -> None:
-    """Re-run this very command under torch.distributed (one process per GPU) and exit with it."""
+def _relaunch_distributed(gpus: int, rendezvous: Rendezvous | None) -> None:
+    """Re-run this very command under torchrun and exit with it: one process per GPU (one on a
+    CPU-only node of a multi-node run: gloo), and with ``rendezvous`` as one node of several."""
     import subprocess
 
     import torch
 
+    from zthumb_trainer.launch import processes_per_node, torchrun_argv, wait_for_host
+
     available = torch.cuda.device_count()
     if available < gpus:
-        typer.echo(f"warning: --gpus {gpus} but {available} CUDA device(s) visible; one process", err=True)
-        return
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={gpus}",
-        "-m",
-        "zthumb_trainer.cli",
-        *sys.argv[1:],
-    ]
+        if rendezvous is None:
+            typer.echo(
+                f"warning: --gpus {gpus} but {available} CUDA device(s) visible; one process", err=True
+            )
+            return
+        typer.echo(
+            f"warning: --gpus {gpus} but {available} CUDA device(s) visible; "
+            f"{processes_per_node(gpus, available)} process(es) on this node",
+            err=True,
+        )
+    if rendezvous is not None:
+        try:
+            wait_for_host(rendezvous.master_addr, rendezvous.timeout_seconds)
+        except TimeoutError as error:
+            raise _fail(f"node {rendezvous.node_rank} of {rendezvous.nodes}: {error}") from error
+        typer.echo(
+            f"node {rendezvous.node_rank} of {rendezvous.nodes}: static rendezvous on "
+            f"{rendezvous.master_addr}:{rendezvous.master_port}",
+            err=True,
+        )
+    command = torchrun_argv(sys.argv[1:], processes_per_node(gpus, available), rendezvous)
     raise typer.Exit(subprocess.call(command))
 
 

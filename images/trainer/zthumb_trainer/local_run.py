@@ -217,6 +217,13 @@ def run_local(finetune: Path | None, workdir: Path, tiny: bool = True) -> LocalR
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     run_name, spec = load_finetune(finetune)
+    if spec.resources.nodes > 1:
+        # One machine is one node: the local runner does not pretend to be several (the unit test
+        # tests/unit/trainer/test_two_nodes.py runs two torchrun nodes on localhost instead).
+        raise LocalRunError(
+            f"spec.resources.nodes is {spec.resources.nodes}: the local runner runs on one node; "
+            "set nodes: 1 here (multi-node training runs in a cluster, as an Indexed Job)"
+        )
     timings: dict[str, float] = {}
 
     tiny_root = workdir / "tiny-model"

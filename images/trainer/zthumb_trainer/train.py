@@ -528,6 +528,15 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
         cpu=not torch.cuda.is_available(),
     )
     device = accelerator.device
+    # Says, in every process's log, that it took part (a multi-node run: one line per node and GPU).
+    log.info(
+        "process %d of %d (local %d) on %s, backend %s",
+        accelerator.process_index,
+        accelerator.num_processes,
+        accelerator.local_process_index,
+        device,
+        accelerator.state.backend or "none",
+    )
     if device.type == "cuda":
         # The fp32 LoRA matmuls (tiny next to the bf16 base) may use TF32.
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -807,6 +816,9 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
         "compile": config.compile,
         "device": str(device),
         "gpus": accelerator.num_processes if device.type == "cuda" else 0,
+        # Every process prints its summary: these say which one it was (rank 0 also exports).
+        "process_index": accelerator.process_index,
+        "world_size": accelerator.num_processes,
     }
     if device.type == "cuda":
         train_peak_bytes = torch.cuda.max_memory_allocated()

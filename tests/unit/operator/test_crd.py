@@ -247,6 +247,8 @@ def test_example_is_valid_for_spec_py_and_the_crd() -> None:
         (("dataset", "resolution"), 1000),
         (("deploy", "loraScale"), 2.5),
         (("training", "mixedPrecision"), "fp8"),
+        (("resources", "nodes"), 0),
+        (("resources", "nodes"), 65),
     ],
 )
 def test_schema_refuses_bad_values(path: tuple[str, ...], value: Any) -> None:
@@ -267,3 +269,15 @@ def test_contract_identity_is_the_crds() -> None:
     assert load_crd()["spec"]["versions"][0]["name"] == crd.VERSION
     assert (names["kind"], names["plural"], names["shortNames"]) == (crd.KIND, crd.PLURAL, [crd.SHORT_NAME])
     assert crd.CATEGORY in names["categories"]
+
+
+def test_several_nodes_without_gpus_is_a_cel_rule_on_the_nodes_field() -> None:
+    """The API server refuses nodes > 1 with gpus 0 naming spec.resources.nodes (the e2e test
+    applies it for real); spec.py's validator says the same."""
+    resources = crd_schema()["properties"]["spec"]["properties"]["resources"]
+    (rule,) = resources["x-kubernetes-validations"]
+    assert rule["fieldPath"] == ".nodes"
+    assert "self.nodes <= 1" in rule["rule"] and "self.gpus >= 1" in rule["rule"]
+    assert "nodes > 1 needs gpus >= 1" in rule["message"]
+    nodes = resources["properties"]["nodes"]
+    assert (nodes["default"], nodes["minimum"], nodes["maximum"]) == (1, 1, 64)

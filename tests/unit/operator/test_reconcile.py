@@ -37,6 +37,7 @@ class FakeApi:
         self.creates: list[str] = []
         self.deleted: list[str] = []
         self.pods: dict[str, list[dict[str, Any]]] = {}
+        self.services: dict[tuple[str, str], dict[str, Any]] = {}
 
     def bump(self, obj: dict[str, Any]) -> None:
         self.rv += 1
@@ -63,6 +64,18 @@ class FakeApi:
 
     async def list_job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
         return self.pods.get(job, [])
+
+    async def create_service(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        key = (namespace, body["metadata"]["name"])
+        if key in self.services:
+            raise ConflictError("AlreadyExists")
+        self.services[key] = copy.deepcopy(body)
+        self.creates.append(f"service/{key[1]}")
+        return copy.deepcopy(body)
+
+    async def get_service(self, namespace: str, name: str) -> dict[str, Any] | None:
+        service = self.services.get((namespace, name))
+        return copy.deepcopy(service) if service else None
 
     async def patch_run_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
         run = self.runs[(namespace, name)]
@@ -480,3 +493,104 @@ def test_rollout_lock_of_a_deleted_run_is_taken_over() -> None:
     d = h.api.deployments[("ml", "zthumb")]
     assert d["metadata"]["annotations"][b.ROLLOUT_OWNER_ANNOTATION] == "z-style"
     assert ("Normal", "RolloutLockTakenOver", "took over the stale rollout lock of run gone") in h.api.events
+
+
+# --------------------------------------------------------------------------- multi-node train
+
+
+MULTI = {"dataset": {"triggerWord": "z"}, "resources": {"nodes": 3, "gpus": 2}}
+
+
+def test_multi_node_train_is_a_headless_service_then_an_indexed_job() -> None:
+    h = Harness(MULTI)
+    to_training(h)
+    assert h.api.creates[-2:] == ["service/z-style-train", "z-style-train"]
+    job = h.api.jobs[("ml", "z-style-train")]
+    assert (job["spec"]["completionMode"], job["spec"]["completions"]) == ("Indexed", 3)
+    assert job["spec"]["template"]["spec"]["subdomain"] == "z-style-train"
+    service = h.api.services[("ml", "z-style-train")]
+    assert service["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert h.status()["jobs"]["train"] == "z-style-train"
+    assert h.status()["phase"] == "Training"
+    # Reconciling again creates nothing new; a cold cache (operator restart) adopts both.
+    h.reconcile()
+    h.controller.jobs.clear()
+    asyncio.run(h.controller.reconcile(KEY))
+    assert h.api.creates.count("z-style-train") == 1
+    assert h.api.creates.count("service/z-style-train") == 1
+    h.complete("train")
+    h.reconcile()
+    assert b.condition_true(h.status()["conditions"], "Trained")
+
+
+def test_service_of_an_earlier_run_with_the_same_name_is_waited_for() -> None:
+    import kopf
+
+    h = Harness(MULTI)
+    h.api.services[("ml", "z-style-train")] = {
+        "metadata": {"name": "z-style-train", "ownerReferences": [{"uid": "old"}]}
+    }
+    h.reconcile()
+    h.complete("fetch-model")
+    h.reconcile()
+    h.complete("prepare-dataset")
+    with pytest.raises(kopf.TemporaryError, match="Service z-style-train belongs to an earlier"):
+        h.reconcile()
+    assert ("ml", "z-style-train") not in h.api.jobs
+
+
+def test_failed_node_of_a_multi_node_job_is_named_in_the_status() -> None:
+    h = Harness(MULTI)
+    to_training(h)
+    job = h.api.jobs[("ml", "z-style-train")]
+    job["status"] = {
+        "conditions": [
+            {
+                "type": "Failed",
+                "status": "True",
+                "reason": "PodFailurePolicy",
+                "message": "Container train for pod ml/z-style-train-2-x failed with exit code 3 "
+                "matching FailJob rule at index 0",
+            }
+        ]
+    }
+    failed = {
+        "metadata": {
+            "name": "z-style-train-2-x",
+            "annotations": {"batch.kubernetes.io/job-completion-index": "2"},
+        },
+        "status": {
+            "containerStatuses": [
+                {
+                    "name": "train",
+                    "state": {
+                        "terminated": {
+                            "exitCode": 3,
+                            "reason": "Error",
+                            "message": "training interrupted: no rendezvous with node 0 within 600s",
+                            "finishedAt": "2026-01-01T00:00:05Z",
+                        }
+                    },
+                }
+            ]
+        },
+    }
+    # Not in the cache yet (its last pod event still on the way): the operator lists the pods.
+    h.api.pods["z-style-train"] = [failed]
+    h.reconcile()
+    st = h.status()
+    assert (st["phase"], st["reason"]) == ("Failed", "TrainFailed")
+    assert "PodFailurePolicy" in st["message"]
+    assert "node 2 (pod z-style-train-2-x) failed first: exit code 3 (Error)" in st["message"]
+    assert "no rendezvous with node 0" in st["message"]
+    assert "node 2" in b.get_condition(st["conditions"], "Trained")["message"]
+
+
+def test_several_nodes_without_gpus_fail_as_an_invalid_spec_naming_nodes() -> None:
+    h = Harness()
+    h.controller.runs[KEY]["spec"]["resources"].update({"nodes": 2, "gpus": 0})  # past the API server
+    assert h.reconcile() is None
+    st = h.status()
+    assert (st["phase"], st["reason"]) == ("Failed", "InvalidSpec")
+    assert "spec.resources.nodes" in st["message"] and "gpus >= 1" in st["message"]
+    assert h.api.jobs == {}
