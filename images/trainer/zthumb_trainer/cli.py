@@ -224,8 +224,8 @@ def export(  # noqa: PLR0917 - one option per flag
 
     from safetensors.torch import load_file
 
+    from zthumb_trainer.checkpoints import list_checkpoints
     from zthumb_trainer.export import AdapterInfo, export_adapter
-    from zthumb_trainer.train import list_checkpoints
 
     if checkpoint is None:
         found = list_checkpoints(run_dir / "checkpoints")

@@ -29,18 +29,13 @@ from pinned memory without blocking, and the loss stays on the device until a lo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import random
-import re
-import shutil
 import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,15 +43,24 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from zthumb_contract.spec import TrainingSpec
 
-from zthumb_trainer.dataset import ManifestEntry, PreparedDataset, load_manifest
+from zthumb_trainer.batches import BatchSchedule, load_pixels, time_ids
+from zthumb_trainer.checkpoints import (
+    CHECKPOINT_PREFIX,
+    adapter_state,
+    list_checkpoints,
+    lora_configs,
+    restore_checkpoint,
+    save_checkpoint,
+)
+from zthumb_trainer.components import Components, encode_text, load_components, tokenize
+from zthumb_trainer.dataset import load_manifest
+from zthumb_trainer.latent_cache import load_or_build_cache
 from zthumb_trainer.reporting import ProgressLog, StatusReporter, write_termination_message
 
 log = logging.getLogger(__name__)
 
 UNET_TARGET_MODULES = ["to_k", "to_q", "to_v", "to_out.0"]
 TEXT_ENCODER_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj"]
-CHECKPOINT_PREFIX = "step-"
-CACHE_VERSION = 1
 
 
 class TrainConfig(TrainingSpec):
@@ -115,309 +119,6 @@ class StopSignal:
 
 
 # --- model loading ----------------------------------------------------------------------------
-
-
-@dataclass
-class Components:
-    unet: Any
-    vae: Any
-    text_encoder: Any
-    text_encoder_2: Any
-    tokenizer: Any
-    tokenizer_2: Any
-    noise_scheduler: Any
-
-
-def load_components(base_model: Path, model_config: Path | None) -> Components:
-    """Load SDXL from a single-file checkpoint (+ offline configs) or a diffusers directory."""
-    from diffusers import DDPMScheduler, StableDiffusionXLPipeline
-
-    if base_model.is_dir():
-        pipe = StableDiffusionXLPipeline.from_pretrained(str(base_model), local_files_only=True)
-    else:
-        if model_config is None or not model_config.is_dir():
-            raise FileNotFoundError(
-                f"{base_model} is a single-file checkpoint; its diffusers config directory "
-                f"({model_config}) is missing: run fetch-model with --config-dir first"
-            )
-        pipe = StableDiffusionXLPipeline.from_single_file(
-            str(base_model), config=str(model_config), local_files_only=True
-        )
-    return Components(
-        unet=pipe.unet,
-        vae=pipe.vae,
-        text_encoder=pipe.text_encoder,
-        text_encoder_2=pipe.text_encoder_2,
-        tokenizer=pipe.tokenizer,
-        tokenizer_2=pipe.tokenizer_2,
-        # Training samples noise with the DDPM schedule the base model was trained on.
-        noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config),
-    )
-
-
-def tokenize(components: Components, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    def ids(tokenizer: Any) -> torch.Tensor:
-        return tokenizer(
-            captions,
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
-
-    return ids(components.tokenizer), ids(components.tokenizer_2)
-
-
-def encode_text(
-    components: Components, ids_1: torch.Tensor, ids_2: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """SDXL conditioning: penultimate hidden states of both encoders, pooled output of the second."""
-    embeds = []
-    pooled = None
-    for encoder, ids in ((components.text_encoder, ids_1), (components.text_encoder_2, ids_2)):
-        output = encoder(ids.to(encoder.device), output_hidden_states=True, return_dict=True)
-        if encoder is components.text_encoder_2:
-            pooled = output.text_embeds if hasattr(output, "text_embeds") else output[0]
-        embeds.append(output.hidden_states[-2])
-    assert pooled is not None
-    return torch.cat(embeds, dim=-1), pooled
-
-
-# --- data -------------------------------------------------------------------------------------
-
-
-def load_pixels(dataset: PreparedDataset, entry: ManifestEntry) -> torch.Tensor:
-    """One prepared image as a [-1, 1] CHW tensor."""
-    import numpy as np
-    from PIL import Image
-
-    with Image.open(dataset.directory / entry.image) as image:
-        array = np.asarray(image.convert("RGB"), dtype=np.float32)
-    return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
-
-
-def time_ids(entry: ManifestEntry) -> list[int]:
-    """(original size, crop top-left, target size), each as (height, width)/(top, left)."""
-    return [
-        entry.original_height,
-        entry.original_width,
-        entry.crop_top,
-        entry.crop_left,
-        entry.height,
-        entry.width,
-    ]
-
-
-def epoch_batches(dataset: PreparedDataset, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The batches of one epoch: same-bucket indices, shuffled by (seed, epoch) only."""
-    generator = random.Random(seed * 1_000_003 + epoch)
-    by_bucket: dict[tuple[int, int], list[int]] = {}
-    for index, entry in enumerate(dataset.entries):
-        by_bucket.setdefault((entry.width, entry.height), []).append(index)
-    batches: list[list[int]] = []
-    for bucket in sorted(by_bucket):
-        indices = by_bucket[bucket]
-        generator.shuffle(indices)
-        batches += [indices[start : start + batch_size] for start in range(0, len(indices), batch_size)]
-    generator.shuffle(batches)
-    return batches
-
-
-class BatchSchedule:
-    """Micro-batch ``n`` of the whole run, for any ``n``: resuming needs no data-loader state.
-
-    Batches are drawn at the global size (``batch_size × world_size``, one bucket each) and rank
-    ``r`` takes its rows of each, so ``world_size`` processes see together exactly the batches one
-    process with the global batch size sees. With one process this is the plain schedule.
-    """
-
-    def __init__(
-        self, dataset: PreparedDataset, batch_size: int, seed: int, world_size: int, rank: int
-    ) -> None:
-        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
-        self.world_size, self.rank = world_size, rank
-        self._epochs: dict[int, list[list[int]]] = {}
-
-    def global_batch(self, micro_step: int) -> list[int]:
-        per_epoch = len(self._epoch(0))
-        epoch, position = divmod(micro_step, per_epoch)
-        return self._epoch(epoch)[position]
-
-    def rows(self, micro_step: int) -> tuple[list[int], int]:
-        """This rank's positions in the global batch, and the global batch's size."""
-        size = len(self.global_batch(micro_step))
-        return rank_rows(size, self.world_size, self.rank), size
-
-    def batch(self, micro_step: int) -> list[int]:
-        indices = self.global_batch(micro_step)
-        return [indices[row] for row in self.rows(micro_step)[0]]
-
-    def _epoch(self, epoch: int) -> list[list[int]]:
-        if epoch not in self._epochs:
-            self._epochs = {
-                epoch: epoch_batches(self.dataset, self.batch_size * self.world_size, self.seed, epoch)
-            }
-        return self._epochs[epoch]
-
-
-def rank_rows(size: int, world_size: int, rank: int) -> list[int]:
-    """Contiguous, near-equal shares of a global batch of ``size``; every rank gets at least one row
-    (a bucket's last, short batch smaller than the world repeats rows, so no rank sits idle)."""
-    if size < world_size:
-        return [rank % size]
-    base, extra = divmod(size, world_size)
-    start = rank * base + min(rank, extra)
-    return list(range(start, start + base + (1 if rank < extra else 0)))
-
-
-# --- latent + text-embedding cache -----------------------------------------------------------
-
-
-def cache_key(dataset: PreparedDataset, config: TrainConfig) -> str:
-    base = config.base_model_sha256 or _file_identity(config.base_model)
-    material = json.dumps(
-        [CACHE_VERSION, dataset.dataset_hash, base, config.train_text_encoder], sort_keys=True
-    )
-    return hashlib.sha256(material.encode()).hexdigest()[:16]
-
-
-def _file_identity(path: Path) -> str:
-    stat = path.stat()
-    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-
-
-@torch.no_grad()
-def build_cache(
-    components: Components, dataset: PreparedDataset, include_text: bool, device: Any
-) -> dict[str, torch.Tensor]:
-    """Latent distribution parameters (mean, logvar) per image, and text embeddings if frozen."""
-    vae = components.vae
-    cache: dict[str, torch.Tensor] = {}
-    for index, entry in enumerate(dataset.entries):
-        pixels = load_pixels(dataset, entry).unsqueeze(0).to(device, vae.dtype)
-        # SDXL's VAE overflows in fp16; encoding happens once, so always in the VAE's own dtype (fp32).
-        cache[f"latent_dist.{index}"] = vae.encode(pixels).latent_dist.parameters[0].float().cpu()
-        if include_text:
-            ids_1, ids_2 = tokenize(components, [entry.caption])
-            embeds, pooled = encode_text(components, ids_1, ids_2)
-            cache[f"prompt_embeds.{index}"] = embeds[0].float().cpu()
-            cache[f"pooled.{index}"] = pooled[0].float().cpu()
-    return cache
-
-
-def load_or_build_cache(
-    components: Components, dataset: PreparedDataset, config: TrainConfig, device: Any, is_main: bool
-) -> tuple[dict[str, torch.Tensor], bool]:
-    """The cache for this dataset + base model; ``True`` when it was read from the volume."""
-    from safetensors.torch import load_file, save_file
-
-    path = config.run_dir / "cache" / f"latents-{cache_key(dataset, config)}.safetensors"
-    if path.exists():
-        return load_file(str(path)), True
-    cache = build_cache(components, dataset, include_text=not config.train_text_encoder, device=device)
-    if is_main:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(path.name + f".tmp-{os.getpid()}")
-        save_file(cache, str(temporary))
-        os.replace(temporary, path)
-    return cache, False
-
-
-# --- checkpoints ------------------------------------------------------------------------------
-
-
-def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints, oldest first. Temporary names never match, so half-written ones lose."""
-    found = []
-    if directory.is_dir():
-        for path in directory.iterdir():
-            match = re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", path.name)
-            if match and (path / "state.json").exists():
-                found.append((int(match.group(1)), path))
-    return sorted(found)
-
-
-def adapter_state(models: dict[str, Any]) -> dict[str, torch.Tensor]:
-    from peft.utils import get_peft_model_state_dict
-
-    state: dict[str, torch.Tensor] = {}
-    for component, model in models.items():
-        for key, value in get_peft_model_state_dict(model).items():
-            state[f"{component}.{key}"] = value.detach().to("cpu", torch.float32).contiguous()
-    return state
-
-
-def lora_configs(models: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {component: model.peft_config["default"].to_dict() for component, model in models.items()}
-
-
-def save_checkpoint(
-    directory: Path,
-    step: int,
-    *,
-    models: dict[str, Any],
-    optimizer: Any,
-    lr_scheduler: Any,
-    noise_generator: torch.Generator,
-    state: dict[str, Any],
-    keep: int,
-) -> Path:
-    from safetensors.torch import save_file
-
-    from zthumb_trainer.export import _json_safe
-
-    target = directory / f"{CHECKPOINT_PREFIX}{step}"
-    staging = directory / f".tmp-{CHECKPOINT_PREFIX}{step}-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    save_file(adapter_state(models), str(staging / "adapter.safetensors"))
-    (staging / "lora_config.json").write_text(
-        json.dumps({name: _json_safe(config) for name, config in lora_configs(models).items()})
-    )
-    torch.save(optimizer.state_dict(), staging / "optimizer.pt")
-    torch.save(lr_scheduler.state_dict(), staging / "scheduler.pt")
-    rng = {
-        "python": random.getstate(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "noise": noise_generator.get_state(),
-    }
-    torch.save(rng, staging / "rng.pt")
-    # state.json last: its presence is what makes a checkpoint complete.
-    (staging / "state.json").write_text(json.dumps({"step": step, **state}))
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(staging, target)
-    for _, old in list_checkpoints(directory)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return target
-
-
-def restore_checkpoint(
-    path: Path, models: dict[str, Any], optimizer: Any, lr_scheduler: Any, noise_generator: torch.Generator
-) -> dict[str, Any]:
-    from peft.utils import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    from zthumb_trainer.export import split_components
-
-    parts = split_components(load_file(str(path / "adapter.safetensors")))
-    for component, model in models.items():
-        result = set_peft_model_state_dict(model, parts.get(component, {}))
-        unexpected = getattr(result, "unexpected_keys", None)
-        if unexpected:
-            raise RuntimeError(f"{path}: unexpected LoRA keys for {component}: {unexpected[:5]}")
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-    lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    rng = torch.load(path / "rng.pt", weights_only=False)
-    random.setstate(rng["python"])
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    noise_generator.set_state(rng["noise"])
-    state: dict[str, Any] = json.loads((path / "state.json").read_text())
-    return state
-
-
 # --- the loop ---------------------------------------------------------------------------------
 
 

@@ -144,13 +144,13 @@ def test_sigterm_checkpoints_the_current_step_and_the_next_pod_repeats_none(run_
 
 
 def test_second_run_reuses_the_latent_cache(run_dir, tiny_model, monkeypatch):
-    import zthumb_trainer.train as train_module
+    import zthumb_trainer.latent_cache as latent_cache
 
     first = run_training(_config(run_dir, tiny_model, max_train_steps=2, export_dir=None))
     assert first["latent_cache"] == "built"
     shutil.rmtree(run_dir / "checkpoints")
     calls = []
-    monkeypatch.setattr(train_module, "build_cache", lambda *a, **k: calls.append(1) or {})
+    monkeypatch.setattr(latent_cache, "build_cache", lambda *a, **k: calls.append(1) or {})
     second = run_training(_config(run_dir, tiny_model, max_train_steps=2, export_dir=None))
     assert second["latent_cache"] == "reused" and calls == []
     assert second["final_loss"] == pytest.approx(first["final_loss"])
@@ -265,9 +265,9 @@ def test_status_reporter_only_when_the_operator_sets_the_env(monkeypatch):
 
 
 def test_batch_4_with_aspect_buckets_trains_one_bucket_per_batch(tmp_path, tiny_model):
+    from zthumb_trainer.batches import epoch_batches
     from zthumb_trainer.dataset import load_manifest
     from zthumb_trainer.synthetic_dataset import write_synthetic_dataset
-    from zthumb_trainer.train import epoch_batches
 
     source = tmp_path / "mixed"
     source.mkdir()
