@@ -144,7 +144,7 @@ def test_sigterm_checkpoints_the_current_step_and_the_next_pod_repeats_none(run_
 
 
 def test_second_run_reuses_the_latent_cache(run_dir, tiny_model, monkeypatch):
-    import zthumb_trainer.latent_cache as latent_cache
+    from zthumb_trainer import latent_cache
 
     first = run_training(_config(run_dir, tiny_model, max_train_steps=2, export_dir=None))
     assert first["latent_cache"] == "built"
