@@ -128,6 +128,7 @@ def train(  # noqa: PLR0917 - one option per flag
     import json
 
     from zthumb_trainer.dataset import DatasetError
+    from zthumb_trainer.optim import OptimizerUnavailable
     from zthumb_trainer.train import TrainConfig, TrainingInterrupted, run_training
 
     config = TrainConfig(
@@ -144,7 +145,7 @@ def train(  # noqa: PLR0917 - one option per flag
     )
     try:
         summary = run_training(config)
-    except (DatasetError, FileNotFoundError) as error:
+    except (DatasetError, FileNotFoundError, OptimizerUnavailable) as error:
         raise _fail(str(error)) from error
     except TrainingInterrupted as error:
         raise _fail(str(error), 3) from error
@@ -183,13 +184,16 @@ def export(  # noqa: PLR0917 - one option per flag
     trigger_word: Annotated[str, typer.Option()] = "",
     checkpoint: Annotated[Path | None, typer.Option(help="A checkpoint dir; default the newest.")] = None,
 ) -> None:
-    """Export a checkpoint (default: the newest) as a servable adapter, without the base model."""
+    """Export a checkpoint (default: the newest) as a servable adapter, without the base model.
+
+    A checkpoint of a run with spec.training.emaDecay exports its EMA weights, as the train step does.
+    """
     import json
 
     from safetensors.torch import load_file
 
     from zthumb_trainer.export import AdapterInfo, export_adapter
-    from zthumb_trainer.train import list_checkpoints
+    from zthumb_trainer.train import EMA_WEIGHTS, list_checkpoints
 
     if checkpoint is None:
         found = list_checkpoints(run_dir / "checkpoints")
@@ -199,9 +203,10 @@ def export(  # noqa: PLR0917 - one option per flag
     state = json.loads((checkpoint / "state.json").read_text())
     configs = json.loads((checkpoint / "lora_config.json").read_text())
     unet_config = configs["unet"]
+    ema_decay = state.get("ema_decay") if (checkpoint / EMA_WEIGHTS).exists() else None
     export_adapter(
         export_dir,
-        load_file(str(checkpoint / "adapter.safetensors")),
+        load_file(str(checkpoint / (EMA_WEIGHTS if ema_decay is not None else "adapter.safetensors"))),
         configs,
         AdapterInfo(
             run_name=run_name,
@@ -211,6 +216,7 @@ def export(  # noqa: PLR0917 - one option per flag
             trigger_word=trigger_word,
             steps=int(state["step"]),
             dataset_hash=str(state.get("dataset_hash", "")),
+            ema_decay=ema_decay,
         ),
     )
     typer.echo(f"exported {checkpoint} to {export_dir}")

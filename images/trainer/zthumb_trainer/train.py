@@ -6,7 +6,7 @@ volume needs:
 
 * VAE latent distributions and text embeddings are computed once into
   ``<run-dir>/cache/`` and reused across epochs and restarts;
-* checkpoints every N optimizer steps (adapter, optimizer, LR scheduler, RNG, step),
+* checkpoints every N optimizer steps (adapter, its EMA if on, optimizer, LR scheduler, RNG, step),
   written to a temporary name and renamed, the last K kept; a restarted pod resumes
   from the newest and never repeats a finished step;
 * SIGTERM (a deleted, evicted or preempted pod) finishes the current step, writes a
@@ -25,6 +25,7 @@ in bf16's 8-bit mantissa). On CUDA the optimizer is ``AdamW(fused=True)``, batch
 from pinned memory without blocking, and the loss stays on the device until a logging point
 (every ``log_every_steps`` steps, a checkpoint, the end), so a step has no host synchronisation.
 ``compile=True`` compiles the UNet's repeated transformer blocks (regional ``torch.compile``).
+The optimizer choice and the EMA live in ``optim.py``, the steps/s and peak memory in ``measure.py``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ import torch.nn.functional as F  # noqa: N812
 from zthumb_contract.spec import TrainingSpec
 
 from zthumb_trainer.dataset import ManifestEntry, PreparedDataset, load_manifest
+from zthumb_trainer.measure import StepClock, training_block
+from zthumb_trainer.optim import LoraEma, ema_applied, make_optimizer, require_available
 from zthumb_trainer.reporting import ProgressLog, StatusReporter, write_termination_message
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,8 @@ UNET_TARGET_MODULES = ["to_k", "to_q", "to_v", "to_out.0"]
 TEXT_ENCODER_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj"]
 CHECKPOINT_PREFIX = "step-"
 CACHE_VERSION = 1
+# In a checkpoint beside adapter.safetensors when emaDecay is set: the EMA in the same (PEFT) layout.
+EMA_WEIGHTS = "ema.safetensors"
 
 
 class TrainConfig(TrainingSpec):
@@ -343,7 +348,9 @@ def adapter_state(models: dict[str, Any]) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for component, model in models.items():
         for key, value in get_peft_model_state_dict(model).items():
-            state[f"{component}.{key}"] = value.detach().to("cpu", torch.float32).contiguous()
+            # A copy even on a CPU (where .to() would alias the live parameters): a snapshot, which
+            # the EMA export (taken while the parameters hold the EMA, then swapped back) relies on.
+            state[f"{component}.{key}"] = value.detach().to("cpu", torch.float32, copy=True).contiguous()
     return state
 
 
@@ -361,6 +368,7 @@ def save_checkpoint(
     noise_generator: torch.Generator,
     state: dict[str, Any],
     keep: int,
+    ema: LoraEma | None = None,
 ) -> Path:
     from safetensors.torch import save_file
 
@@ -371,6 +379,9 @@ def save_checkpoint(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     save_file(adapter_state(models), str(staging / "adapter.safetensors"))
+    if ema is not None:
+        with ema.applied():
+            save_file(adapter_state(models), str(staging / EMA_WEIGHTS))
     (staging / "lora_config.json").write_text(
         json.dumps({name: _json_safe(config) for name, config in lora_configs(models).items()})
     )
@@ -392,20 +403,33 @@ def save_checkpoint(
     return target
 
 
-def restore_checkpoint(
-    path: Path, models: dict[str, Any], optimizer: Any, lr_scheduler: Any, noise_generator: torch.Generator
-) -> dict[str, Any]:
+def _load_adapter(file: Path, models: dict[str, Any]) -> None:
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     from zthumb_trainer.export import split_components
 
-    parts = split_components(load_file(str(path / "adapter.safetensors")))
+    parts = split_components(load_file(str(file)))
     for component, model in models.items():
         result = set_peft_model_state_dict(model, parts.get(component, {}))
         unexpected = getattr(result, "unexpected_keys", None)
         if unexpected:
-            raise RuntimeError(f"{path}: unexpected LoRA keys for {component}: {unexpected[:5]}")
+            raise RuntimeError(f"{file}: unexpected LoRA keys for {component}: {unexpected[:5]}")
+
+
+def restore_checkpoint(  # noqa: PLR0917 - each piece of state a checkpoint restores
+    path: Path,
+    models: dict[str, Any],
+    optimizer: Any,
+    lr_scheduler: Any,
+    noise_generator: torch.Generator,
+    ema: LoraEma | None = None,
+) -> dict[str, Any]:
+    if ema is not None:  # through the parameters into the shadow (lossless: both fp32); none saved:
+        has_ema = (path / EMA_WEIGHTS).exists()  # the EMA restarts from the resumed weights
+        _load_adapter(path / (EMA_WEIGHTS if has_ema else "adapter.safetensors"), models)
+        ema.capture()
+    _load_adapter(path / "adapter.safetensors", models)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     rng = torch.load(path / "rng.pt", weights_only=False)
@@ -426,19 +450,6 @@ def _effective_precision(requested: str) -> str:
         log.warning("fp16 mixed precision needs a GPU; training in fp32 on this CPU")
         return "no"
     return requested
-
-
-def _make_optimizer(params: list[torch.nn.Parameter], learning_rate: float, device: torch.device) -> Any:
-    """AdamW over the fp32 LoRA parameters; one fused kernel per step on CUDA.
-
-    The LoRA state is small (a rank-16 SDXL UNet adapter: 23 M parameters, 190 MB of Adam state),
-    so 8-bit optimizers save little and cost speed; fused AdamW also keeps its step counters on
-    the device (no host synchronisation).
-    """
-    kwargs: dict[str, Any] = {"lr": learning_rate, "betas": (0.9, 0.999), "weight_decay": 1e-2, "eps": 1e-8}
-    if device.type == "cuda":
-        kwargs["fused"] = True
-    return torch.optim.AdamW(params, **kwargs)
 
 
 def _compile_unet(unet: Any, backend: str) -> int:
@@ -472,6 +483,7 @@ def _add_lora(components: Components, config: TrainConfig) -> dict[str, Any]:
             lora_alpha=config.alpha,  # type: ignore[arg-type]  # PEFT scales by alpha / r; a float is fine
             init_lora_weights="gaussian",
             target_modules=UNET_TARGET_MODULES,
+            use_dora=config.use_dora,
         )
     )
     models = {"unet": components.unet}
@@ -486,6 +498,7 @@ def _add_lora(components: Components, config: TrainConfig) -> dict[str, Any]:
                     lora_alpha=config.alpha,  # type: ignore[arg-type]  # PEFT scales by alpha / r; a float is fine
                     init_lora_weights="gaussian",
                     target_modules=TEXT_ENCODER_TARGET_MODULES,
+                    use_dora=config.use_dora,
                 ),
                 encoder,
             )
@@ -513,6 +526,7 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
     from tqdm import tqdm
 
     started = time.monotonic()
+    require_available(config.optimizer, torch.cuda.is_available())  # before minutes of model loading
     dataset = load_manifest(config.run_dir)
     # accelerate keeps its settings in process-wide singletons; forget an earlier run's (tests, the
     # benchmark) but keep the process group (PartialState) a distributed launch set up.
@@ -573,7 +587,8 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
         log.info("torch.compile (%s) of %d UNet transformer blocks", config.compile_backend, blocks)
 
     params = [p for model in models.values() for p in model.parameters() if p.requires_grad]
-    optimizer = _make_optimizer(params, config.learning_rate, device)
+    optimizer = make_optimizer(config.optimizer, params, config.learning_rate, device)
+    ema = LoraEma(params, config.ema_decay) if config.ema_decay is not None else None
     lr_scheduler = get_scheduler(
         "constant", optimizer=optimizer, num_training_steps=config.max_train_steps * accelerator.num_processes
     )
@@ -590,7 +605,7 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
     checkpoints = list_checkpoints(config.checkpoints_dir)
     if checkpoints:
         step, path = checkpoints[-1]
-        restore_checkpoint(path, unwrapped, optimizer, lr_scheduler, noise_generator)
+        restore_checkpoint(path, unwrapped, optimizer, lr_scheduler, noise_generator, ema)
         first_step = step
         log.info("resumed from %s", path)
     resumed_from = first_step
@@ -655,6 +670,7 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats()
     session_steps = 0
     session_started = time.monotonic()
+    clock = StepClock(device)
     log_every = config.log_every_steps or (10 if device.type == "cuda" else 1)
     # (step, loss on the device, learning rate): read back together at the next logging point.
     pending: list[tuple[int, torch.Tensor, float]] = []
@@ -698,8 +714,9 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
             optimizer=optimizer,
             lr_scheduler=lr_scheduler,
             noise_generator=noise_generator,
-            state={"loss": at_loss, "dataset_hash": dataset.dataset_hash},
+            state={"loss": at_loss, "dataset_hash": dataset.dataset_hash, "ema_decay": config.ema_decay},
             keep=config.checkpoints_total_limit,
+            ema=ema,
         )
 
     def stop_requested() -> bool:
@@ -754,8 +771,11 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
                     lr_scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
 
+            if ema is not None:
+                ema.update(step)
             pending.append((step, step_loss, lr_scheduler.get_last_lr()[0]))
             session_steps += 1
+            clock.step_done()
             bar.update(1)
             at_checkpoint = step % config.checkpointing_steps == 0 or step == config.max_train_steps
             stopping = config.stop_after_step is not None and step >= config.stop_after_step
@@ -785,6 +805,7 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
         bar.close()
 
     accelerator.wait_for_everyone()
+    clock.finish()
     train_seconds = time.monotonic() - session_started
     if loss_value is None and checkpoints:
         loss_value = json.loads((checkpoints[-1][1] / "state.json").read_text()).get("loss")
@@ -812,13 +833,16 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
         train_peak_bytes = torch.cuda.max_memory_allocated()
         summary["peak_gpu_memory_gb"] = round(max(setup_peak_bytes, train_peak_bytes) / 2**30, 3)
         summary["peak_train_gpu_memory_gb"] = round(train_peak_bytes / 2**30, 3)
+    summary["training"] = training_block(clock, device, setup_peak_bytes, loss_value)
     if is_main:
         if config.export_dir is not None:
             from zthumb_trainer.export import AdapterInfo, export_adapter
 
+            with ema_applied(ema):  # the EMA, when on, is what gets served
+                exported = adapter_state(unwrapped)
             export_adapter(
                 config.export_dir,
-                adapter_state(unwrapped),
+                exported,
                 lora_configs(unwrapped),
                 AdapterInfo(
                     run_name=config.run_name,
@@ -828,6 +852,7 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
                     trigger_word=config.trigger_word,
                     steps=config.max_train_steps,
                     dataset_hash=dataset.dataset_hash,
+                    ema_decay=config.ema_decay,
                 ),
             )
             summary["adapter_dir"] = str(config.export_dir)
