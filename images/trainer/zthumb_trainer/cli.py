@@ -231,6 +231,10 @@ def evaluate(  # noqa: PLR0917 - one option per flag
     run_name: Annotated[str, typer.Option()] = "lora",
     trigger_word: Annotated[str, typer.Option()] = "",
     ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for /readyz.")] = 600.0,
+    train_summary: Annotated[
+        Path | None,
+        typer.Option(help="The train step's summary.json: its steps/s and peak memory go in the report."),
+    ] = None,
     *,
     evaluation: EvalSpec,
 ) -> None:
@@ -248,6 +252,7 @@ def evaluate(  # noqa: PLR0917 - one option per flag
         run_name=run_name,
         lora_path=lora_path,
         trigger_word=trigger_word,
+        train_summary=train_summary,
         ready_timeout=ready_timeout if settings.eval_ready_timeout is None else settings.eval_ready_timeout,
         api_key=settings.api_key,
     )

@@ -22,9 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-CUDA_MAX_ALLOCATED = "CUDAMaxAllocated"
-PROCESS_MAX_RSS = "ProcessMaxRSS"
+from zthumb_contract.results import CUDA_MAX_ALLOCATED, PROCESS_MAX_RSS, TrainResults
 
 
 def process_peak_rss_bytes() -> int:
@@ -75,15 +73,18 @@ def peak_memory(device: torch.device, setup_peak_bytes: int = 0) -> tuple[int, s
 def training_block(
     clock: StepClock, device: torch.device, setup_peak_bytes: int, final_loss: Any
 ) -> dict[str, Any]:
-    """The summary's ``training`` block: ``status.training`` as the CRD describes it."""
+    """The summary's ``training`` block: ``status.training`` (``zthumb_contract.results``)."""
     peak, kind = peak_memory(device, setup_peak_bytes)
-    return {
+    raw = {
         "stepsPerSecond": clock.steps_per_second,
         "peakMemoryBytes": peak,
         "memoryKind": kind,
         "device": str(device),
         "finalLoss": final_loss,
     }
+    # Through the model the operator reads it with: a value it would refuse (a NaN loss) is left out.
+    results = TrainResults.from_report(raw)
+    return results.status() if results is not None else {}
 
 
 def read_training_block(summary_json: Path | None) -> dict[str, Any] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 import jsonschema
@@ -10,6 +11,7 @@ import yaml
 from lft_helpers import EXAMPLE_PATH, apply_defaults, crd_schema, load_crd
 from pydantic import BaseModel
 from zthumb_contract import crd
+from zthumb_contract.results import TrainResults
 from zthumb_contract.spec import LoRAFinetuneSpec
 from zthumb_contract.stages import PHASES
 
@@ -122,9 +124,14 @@ def test_status_shape() -> None:
     ):
         assert key in status, key
     assert "previousEnv" in status["deploy"]["properties"]
+    # status.training is what zthumb_contract.results.TrainResults carries, enum included.
     training = status["training"]["properties"]
+    fields = TrainResults.model_fields
+    assert set(training) == {info.alias or name for name, info in fields.items()}
     assert {"stepsPerSecond", "peakMemoryBytes", "memoryKind"} <= set(training)
-    assert training["memoryKind"]["enum"] == ["CUDAMaxAllocated", "ProcessMaxRSS"]
+    assert training["memoryKind"]["enum"] == list(
+        typing.get_args(fields["memory_kind"].annotation)[0].__args__
+    )
 
 
 def test_bounds_and_validations() -> None:

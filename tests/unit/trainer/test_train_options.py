@@ -258,3 +258,30 @@ def test_dora_adapter_is_served_by_the_eager_backend(prepared, tiny_model, tmp_p
     unet = backend.pipe.unet
     assert any(any(getattr(module, "use_dora", {}).values()) for module in unet.modules())  # DoRA layers
     assert np.abs(image() - base).mean() > 0.5
+
+
+def test_steps_per_second_leaves_the_first_step_out(monkeypatch):
+    from zthumb_trainer import measure
+
+    # The pod's first step (compilation, warm-up) ends 10 s in; four more steps end at 12 s.
+    times = iter([10.0, 12.0])
+    monkeypatch.setattr(measure.time, "monotonic", lambda: next(times))
+    clock = measure.StepClock(torch.device("cpu"))
+    clock.step_done()
+    assert clock.steps_per_second is None  # one step: no steady state yet
+    for _ in range(4):
+        clock.step_done()
+    clock.finish()
+    assert clock.steps_per_second == 2.0  # 4 steps in 2 s; with the first step it would be ~0.4
+
+
+def test_an_oversized_termination_message_keeps_the_training_block(tmp_path, monkeypatch):
+    from zthumb_trainer.reporting import write_termination_message
+
+    log = tmp_path / "termination-log"
+    log.write_text("")
+    monkeypatch.setenv("ZTHUMB_TERMINATION_LOG", str(log))
+    training = {"stepsPerSecond": 1.5, "peakMemoryBytes": 123, "memoryKind": "ProcessMaxRSS"}
+    assert write_termination_message({"steps": 6, "long": ["x" * 100] * 50, "training": training})
+    message = json.loads(log.read_text())
+    assert message == {"steps": 6, "training": training}
