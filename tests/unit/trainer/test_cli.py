@@ -85,3 +85,14 @@ def test_spec_options_round_trip_through_the_step_argv():
             if field != "enabled"
         }
         assert model.model_validate(values) == section
+
+
+def test_every_training_option_has_a_row_in_the_trainer_readme():
+    from pathlib import Path
+
+    from zthumb_contract.spec import TrainingSpec
+
+    readme = (Path(__file__).parents[3] / "images" / "trainer" / "README.md").read_text()
+    rows = {line.split("`")[1] for line in readme.splitlines() if line.startswith("| `")}
+    fields = {info.alias or name for name, info in TrainingSpec.model_fields.items()}
+    assert fields <= rows, f"spec.training fields without a row in images/trainer/README.md: {fields - rows}"
