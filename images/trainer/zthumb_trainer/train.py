@@ -425,8 +425,10 @@ def restore_checkpoint(  # noqa: PLR0917 - each piece of state a checkpoint rest
     noise_generator: torch.Generator,
     ema: LoraEma | None = None,
 ) -> dict[str, Any]:
-    if ema is not None:  # through the parameters into the shadow (lossless: both fp32); none saved:
-        has_ema = (path / EMA_WEIGHTS).exists()  # the EMA restarts from the resumed weights
+    if ema is not None:
+        # Into the shadow through the parameters (lossless: both fp32); a checkpoint without EMA
+        # weights restarts the EMA from the resumed weights.
+        has_ema = (path / EMA_WEIGHTS).exists()
         _load_adapter(path / (EMA_WEIGHTS if has_ema else "adapter.safetensors"), models)
         ema.capture()
     _load_adapter(path / "adapter.safetensors", models)
