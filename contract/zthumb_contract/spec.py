@@ -71,6 +71,11 @@ class TrainingSpec(_Spec):
     # Regional torch.compile of the UNet's transformer blocks: opt-in, it costs about a minute
     # of compilation per new shape on a GPU before the first steps are faster.
     compile: bool = False
+    # adamw8bit needs CUDA and bitsandbytes; the train step refuses it up front elsewhere.
+    optimizer: Literal["adamw", "prodigy", "adamw8bit"] = "adamw"
+    use_dora: bool = False
+    # None: no EMA. Set: an EMA of the LoRA weights with this decay is trained alongside and exported.
+    ema_decay: float | None = Field(None, gt=0, lt=1)
 
 
 MAX_NODES = 64

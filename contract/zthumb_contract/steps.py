@@ -181,6 +181,8 @@ def eval_step(paths: RunPaths, server_url: str) -> StepDefinition:
         # Relative to the server's LoRA root, which is where train exported it.
         "--lora-path", paths.run_name,
         "--trigger-word", paths.spec.dataset.trigger_word,
+        # The train step's summary (steps/s, peak memory) for the report; on the same volume.
+        "--train-summary", f"{paths.run_dir}/summary.json",
         *spec_args(paths.spec.eval, exclude={"enabled"}),
     )  # fmt: skip
     return StepDefinition(name="eval", args=args)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from zthumb_contract import env as contract_env
 from zthumb_contract.crd import API_VERSION, KIND, parse_time
+from zthumb_contract.results import TrainResults
 from zthumb_contract.spec import LoRAFinetuneSpec
 from zthumb_contract.stages import SUCCEEDED, TERMINAL_PHASES
 from zthumb_contract.steps import StepDefinition
@@ -321,19 +322,35 @@ def step_duration_seconds(job: Mapping[str, Any]) -> float | None:
     return max(0.0, parse_time(end) - parse_time(start))
 
 
-def eval_summary(pods: Sequence[Mapping[str, Any]]) -> dict[str, float] | None:
-    """The numbers of the eval pod's termination message (a JSON object), if there is one."""
+def _json_messages(pods: Sequence[Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The pods' termination messages that are JSON objects, newest first (a failed try's
+    message is its log tail, FallbackToLogsOnError, and is skipped)."""
     for message in reversed(terminated_messages(pods)):
         try:
             data = json.loads(message)
         except ValueError:
             continue
         if isinstance(data, dict):
-            return {
-                str(k): float(v)
-                for k, v in data.items()
-                if isinstance(v, int | float) and not isinstance(v, bool)
-            }
+            yield data
+
+
+def eval_summary(pods: Sequence[Mapping[str, Any]]) -> dict[str, float] | None:
+    """The numbers of the eval pod's termination message (a JSON object), if there is one."""
+    for data in _json_messages(pods):
+        return {
+            str(k): float(v)
+            for k, v in data.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+    return None
+
+
+def train_results(pods: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """``status.training``: the ``training`` block of the train pod's summary (termination message)."""
+    for data in _json_messages(pods):
+        results = TrainResults.from_report(data.get("training"))
+        if results is not None:
+            return results.status()
     return None
 
 

@@ -206,6 +206,11 @@ class JobStages:
                 deploy_env(RunPaths(self.config.server_data_root, name, spec))[contract_env.LORA_PATH],
             )
             message += f"; adapter exported to {paths.adapter_dir}"
+            if not b.terminated_messages(pods):  # the pod cache may not hold the finished pod yet
+                pods = await self.api.list_job_pods(ns, job["metadata"]["name"])
+            training = b.train_results(pods)  # steps/s, peak memory: the train pod's own numbers
+            if training:
+                p.set("training", training)
         if stage.success is Success.REPORT:
             summary = b.eval_summary(pods)
             if summary is None and not b.terminated_messages(pods):

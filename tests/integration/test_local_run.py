@@ -34,4 +34,7 @@ def test_local_run_end_to_end(tmp_path):
     assert summary["min_pixel_difference"] > 0  # the adapter changed every pair
     assert summary["adapter"]["sha256"]
     assert (tmp_path / "outputs" / "lora" / "demo" / "progress.jsonl").exists()
+    # The train step's numbers reach the report through --train-summary.
+    assert summary["training"]["memoryKind"] == "ProcessMaxRSS" and summary["training"]["stepsPerSecond"] > 0
+    assert "- Training on `cpu`:" in (tmp_path / "outputs" / "lora_eval" / "demo" / "report.md").read_text()
     assert seconds < 180, f"local run took {seconds:.0f}s"

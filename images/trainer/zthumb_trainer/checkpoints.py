@@ -1,5 +1,5 @@
-"""Checkpoints of a run: adapter, optimizer, LR scheduler, RNG and step, written to a temporary
-name and renamed (a half-written one never counts), the last K kept."""
+"""Checkpoints of a run: adapter (and its EMA when on), optimizer, LR scheduler, RNG and step,
+written to a temporary name and renamed (a half-written one never counts), the last K kept."""
 
 from __future__ import annotations
 
@@ -9,11 +9,16 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+if TYPE_CHECKING:
+    from zthumb_trainer.optim import LoraEma
+
 CHECKPOINT_PREFIX = "step-"
+# In a checkpoint beside adapter.safetensors when emaDecay is set: the EMA in the same (PEFT) layout.
+EMA_WEIGHTS = "ema.safetensors"
 
 
 def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
@@ -33,7 +38,9 @@ def adapter_state(models: dict[str, Any]) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for component, model in models.items():
         for key, value in get_peft_model_state_dict(model).items():
-            state[f"{component}.{key}"] = value.detach().to("cpu", torch.float32).contiguous()
+            # A copy even on a CPU (where .to() would alias the live parameters): a snapshot, which
+            # the EMA export (taken while the parameters hold the EMA, then swapped back) relies on.
+            state[f"{component}.{key}"] = value.detach().to("cpu", torch.float32, copy=True).contiguous()
     return state
 
 
@@ -51,6 +58,7 @@ def save_checkpoint(
     noise_generator: torch.Generator,
     state: dict[str, Any],
     keep: int,
+    ema: LoraEma | None = None,
 ) -> Path:
     from safetensors.torch import save_file
 
@@ -61,6 +69,9 @@ def save_checkpoint(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     save_file(adapter_state(models), str(staging / "adapter.safetensors"))
+    if ema is not None:
+        with ema.applied():
+            save_file(adapter_state(models), str(staging / EMA_WEIGHTS))
     (staging / "lora_config.json").write_text(
         json.dumps({name: _json_safe(config) for name, config in lora_configs(models).items()})
     )
@@ -82,20 +93,35 @@ def save_checkpoint(
     return target
 
 
-def restore_checkpoint(
-    path: Path, models: dict[str, Any], optimizer: Any, lr_scheduler: Any, noise_generator: torch.Generator
-) -> dict[str, Any]:
+def _load_adapter(file: Path, models: dict[str, Any]) -> None:
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     from zthumb_trainer.export import split_components
 
-    parts = split_components(load_file(str(path / "adapter.safetensors")))
+    parts = split_components(load_file(str(file)))
     for component, model in models.items():
         result = set_peft_model_state_dict(model, parts.get(component, {}))
         unexpected = getattr(result, "unexpected_keys", None)
         if unexpected:
-            raise RuntimeError(f"{path}: unexpected LoRA keys for {component}: {unexpected[:5]}")
+            raise RuntimeError(f"{file}: unexpected LoRA keys for {component}: {unexpected[:5]}")
+
+
+def restore_checkpoint(  # noqa: PLR0917 - each piece of state a checkpoint restores
+    path: Path,
+    models: dict[str, Any],
+    optimizer: Any,
+    lr_scheduler: Any,
+    noise_generator: torch.Generator,
+    ema: LoraEma | None = None,
+) -> dict[str, Any]:
+    if ema is not None:
+        # Into the shadow through the parameters (lossless: both fp32); a checkpoint without EMA
+        # weights restarts the EMA from the resumed weights.
+        has_ema = (path / EMA_WEIGHTS).exists()
+        _load_adapter(path / (EMA_WEIGHTS if has_ema else "adapter.safetensors"), models)
+        ema.capture()
+    _load_adapter(path / "adapter.safetensors", models)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     rng = torch.load(path / "rng.pt", weights_only=False)

@@ -152,6 +152,7 @@ def train(  # noqa: PLR0917 - one option per flag
     import json
 
     from zthumb_trainer.dataset import DatasetError
+    from zthumb_trainer.optim import OptimizerUnavailable
     from zthumb_trainer.train import TrainConfig, TrainingInterrupted, run_training
 
     config = TrainConfig(
@@ -168,7 +169,7 @@ def train(  # noqa: PLR0917 - one option per flag
     )
     try:
         summary = run_training(config)
-    except (DatasetError, FileNotFoundError) as error:
+    except (DatasetError, FileNotFoundError, OptimizerUnavailable) as error:
         raise _fail(str(error)) from error
     except TrainingInterrupted as error:
         raise _fail(str(error), 3) from error
@@ -219,12 +220,15 @@ def export(  # noqa: PLR0917 - one option per flag
     trigger_word: Annotated[str, typer.Option()] = "",
     checkpoint: Annotated[Path | None, typer.Option(help="A checkpoint dir; default the newest.")] = None,
 ) -> None:
-    """Export a checkpoint (default: the newest) as a servable adapter, without the base model."""
+    """Export a checkpoint (default: the newest) as a servable adapter, without the base model.
+
+    A checkpoint of a run with spec.training.emaDecay exports its EMA weights, as the train step does.
+    """
     import json
 
     from safetensors.torch import load_file
 
-    from zthumb_trainer.checkpoints import list_checkpoints
+    from zthumb_trainer.checkpoints import EMA_WEIGHTS, list_checkpoints
     from zthumb_trainer.export import AdapterInfo, export_adapter
 
     if checkpoint is None:
@@ -235,9 +239,10 @@ def export(  # noqa: PLR0917 - one option per flag
     state = json.loads((checkpoint / "state.json").read_text())
     configs = json.loads((checkpoint / "lora_config.json").read_text())
     unet_config = configs["unet"]
+    ema_decay = state.get("ema_decay") if (checkpoint / EMA_WEIGHTS).exists() else None
     export_adapter(
         export_dir,
-        load_file(str(checkpoint / "adapter.safetensors")),
+        load_file(str(checkpoint / (EMA_WEIGHTS if ema_decay is not None else "adapter.safetensors"))),
         configs,
         AdapterInfo(
             run_name=run_name,
@@ -247,6 +252,7 @@ def export(  # noqa: PLR0917 - one option per flag
             trigger_word=trigger_word,
             steps=int(state["step"]),
             dataset_hash=str(state.get("dataset_hash", "")),
+            ema_decay=ema_decay,
         ),
     )
     typer.echo(f"exported {checkpoint} to {export_dir}")
@@ -261,6 +267,10 @@ def evaluate(  # noqa: PLR0917 - one option per flag
     run_name: Annotated[str, typer.Option()] = "lora",
     trigger_word: Annotated[str, typer.Option()] = "",
     ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for /readyz.")] = 600.0,
+    train_summary: Annotated[
+        Path | None,
+        typer.Option(help="The train step's summary.json: its steps/s and peak memory go in the report."),
+    ] = None,
     *,
     evaluation: EvalSpec,
 ) -> None:
@@ -278,6 +288,7 @@ def evaluate(  # noqa: PLR0917 - one option per flag
         run_name=run_name,
         lora_path=lora_path,
         trigger_word=trigger_word,
+        train_summary=train_summary,
         ready_timeout=ready_timeout if settings.eval_ready_timeout is None else settings.eval_ready_timeout,
         api_key=settings.api_key,
     )

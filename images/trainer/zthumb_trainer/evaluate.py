@@ -5,7 +5,8 @@ writes ``<output>/`` (published atomically, like the adapter):
 
 * ``pairs/p<i>-s<seed>.png``: the images side by side, each labelled with its scale;
 * ``report.md``: the pairs, the mean absolute pixel difference against scale 0 for
-  each, the latency of each request, and adapter + base model info;
+  each, the latency of each request, adapter + base model info, and the train step's
+  steps/s and peak memory (from its ``summary.json``, when given);
 * ``summary.json``: the same numbers for machines; a compact copy goes to the
   termination message for the operator.
 """
@@ -26,6 +27,7 @@ from typing import Any
 import httpx
 from zthumb_contract.spec import EvalSpec
 
+from zthumb_trainer.measure import read_training_block, training_markdown
 from zthumb_trainer.reporting import write_termination_message
 
 
@@ -42,6 +44,7 @@ class EvalConfig(EvalSpec):
     run_name: str
     lora_path: str
     trigger_word: str = ""
+    train_summary: Path | None = None  # the train step's summary.json (its ``training`` block)
     guidance_scale: float | None = None
     negative_prompt: str | None = None
     ready_timeout: float = 600.0
@@ -246,6 +249,7 @@ def write_report(
         "image_size": [first_response.get("width"), first_response.get("height")],
         "steps": first_response.get("steps", config.steps),
         "base_model": _base_model_info(models, first_response.get("backend")),
+        "training": read_training_block(config.train_summary),
         "pairs": pairs,
     }
     (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -283,6 +287,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
         f"- Mean pixel difference vs scale {summary['reference_scale']:g}: {summary['mean_pixel_difference']}"
         f" (0–255; 0 means the adapter changed nothing)",
         f"- Mean latency per request: {summary['mean_latency_s']} s over {summary['requests']} requests",
+        training_markdown(summary.get("training")),
         "",
     ]
     for pair in summary["pairs"]:

@@ -6,9 +6,12 @@ The directory holds:
   loads; the safetensors header carries the PEFT adapter config, so an alpha that
   differs from the rank survives the round trip;
 * ``<run>.kohya.safetensors``: the kohya layout (``lora_unet_…lora_down/lora_up/alpha``)
-  that A1111 and ComfyUI load;
+  that A1111 and ComfyUI load; not for a DoRA adapter (diffusers' kohya converter has no
+  mapping for PEFT's magnitude vectors and would write keys no loader reads), where
+  ``adapter.json`` says why it is missing;
 * ``adapter.json``: provenance (base model sha256, rank, alpha, trigger word, steps,
-  dataset hash, time) and the sha256 of each weights file.
+  dataset hash, time, whether the weights are an EMA and its decay, DoRA) and the sha256 of
+  each weights file.
 
 The export is written to a temporary sibling directory and renamed into place, so the
 server never reads a half-written adapter; an older export is swapped out the same way.
@@ -43,6 +46,7 @@ class AdapterInfo:
     trigger_word: str
     steps: int
     dataset_hash: str
+    ema_decay: float | None = None  # set: the weights are the EMA with this decay, not the last step's
 
 
 def _file_sha256(path: Path) -> str:
@@ -132,13 +136,17 @@ def export_adapter(
         text_encoder_2_lora_adapter_metadata=metadata("text_encoder_2"),
         safe_serialization=True,
     )
-    alphas = {component: float(config["lora_alpha"]) for component, config in lora_configs.items()}
-    kohya_name = f"{info.run_name}{KOHYA_SUFFIX}"
-    save_file(
-        to_kohya(parts, alphas),
-        str(staging / kohya_name),
-        metadata={"ss_network_dim": str(info.rank), "ss_network_alpha": str(info.alpha)},
-    )
+    files = {DIFFUSERS_WEIGHTS: _file_sha256(staging / DIFFUSERS_WEIGHTS)}
+    dora = any(config.get("use_dora") for config in lora_configs.values())
+    if not dora:
+        alphas = {component: float(config["lora_alpha"]) for component, config in lora_configs.items()}
+        kohya_name = f"{info.run_name}{KOHYA_SUFFIX}"
+        save_file(
+            to_kohya(parts, alphas),
+            str(staging / kohya_name),
+            metadata={"ss_network_dim": str(info.rank), "ss_network_alpha": str(info.alpha)},
+        )
+        files[kohya_name] = _file_sha256(staging / kohya_name)
     adapter = {
         "run_name": info.run_name,
         "base_model_sha256": info.base_model_sha256,
@@ -148,12 +156,14 @@ def export_adapter(
         "steps": info.steps,
         "dataset_hash": info.dataset_hash,
         "components": sorted(parts),
+        "weights": "ema" if info.ema_decay is not None else "last_step",
+        "ema_decay": info.ema_decay,
+        "dora": dora,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "files": {
-            DIFFUSERS_WEIGHTS: _file_sha256(staging / DIFFUSERS_WEIGHTS),
-            kohya_name: _file_sha256(staging / kohya_name),
-        },
+        "files": files,
     }
+    if dora:
+        adapter["kohya_skipped"] = "DoRA: the kohya/A1111 layout is not written for DoRA adapters"
     (staging / ADAPTER_INFO).write_text(json.dumps(adapter, indent=2) + "\n")
     _publish(staging, export_dir)
     return export_dir

@@ -97,6 +97,10 @@ class StatusReporter:
         return True
 
 
+def _scalar(value: object) -> bool:
+    return isinstance(value, int | float | str | bool) or value is None
+
+
 def termination_log_path() -> Path:
     return TrainerSettings().termination_log
 
@@ -108,8 +112,13 @@ def write_termination_message(summary: dict[str, Any]) -> bool:
         return False
     message = json.dumps(summary, separators=(",", ":"), default=str)
     if len(message.encode()) > TERMINATION_MESSAGE_LIMIT:
-        # Keep only the scalar fields: the operator needs numbers, not lists.
-        scalars = {k: v for k, v in summary.items() if isinstance(v, int | float | str | bool) or v is None}
+        # Keep only the scalar fields and flat objects of scalars (the train step's ``training``
+        # block, which becomes status.training): the operator needs numbers, not lists.
+        scalars = {
+            k: v
+            for k, v in summary.items()
+            if _scalar(v) or (isinstance(v, dict) and all(map(_scalar, v.values())))
+        }
         message = json.dumps(scalars, separators=(",", ":"))[:TERMINATION_MESSAGE_LIMIT]
     try:
         path.write_text(message)

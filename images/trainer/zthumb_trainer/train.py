@@ -6,7 +6,7 @@ volume needs:
 
 * VAE latent distributions and text embeddings are computed once into
   ``<run-dir>/cache/`` and reused across epochs and restarts;
-* checkpoints every N optimizer steps (adapter, optimizer, LR scheduler, RNG, step),
+* checkpoints every N optimizer steps (adapter, its EMA if on, optimizer, LR scheduler, RNG, step),
   written to a temporary name and renamed, the last K kept; a restarted pod resumes
   from the newest and never repeats a finished step;
 * SIGTERM (a deleted, evicted or preempted pod) finishes the current step, writes a
@@ -25,6 +25,7 @@ in bf16's 8-bit mantissa). On CUDA the optimizer is ``AdamW(fused=True)``, batch
 from pinned memory without blocking, and the loss stays on the device until a logging point
 (every ``log_every_steps`` steps, a checkpoint, the end), so a step has no host synchronisation.
 ``compile=True`` compiles the UNet's repeated transformer blocks (regional ``torch.compile``).
+The optimizer choice and the EMA live in ``optim.py``, the steps/s and peak memory in ``measure.py``.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ from zthumb_trainer.checkpoints import (
 from zthumb_trainer.components import Components, encode_text, load_components, tokenize
 from zthumb_trainer.dataset import load_manifest
 from zthumb_trainer.latent_cache import load_or_build_cache
+from zthumb_trainer.measure import StepClock, training_block
+from zthumb_trainer.optim import LoraEma, ema_applied, make_optimizer, require_available
 from zthumb_trainer.reporting import ProgressLog, StatusReporter, write_termination_message
 
 log = logging.getLogger(__name__)
@@ -118,7 +121,6 @@ class StopSignal:
         self._previous.clear()
 
 
-# --- model loading ----------------------------------------------------------------------------
 # --- the loop ---------------------------------------------------------------------------------
 
 
@@ -127,19 +129,6 @@ def _effective_precision(requested: str) -> str:
         log.warning("fp16 mixed precision needs a GPU; training in fp32 on this CPU")
         return "no"
     return requested
-
-
-def _make_optimizer(params: list[torch.nn.Parameter], learning_rate: float, device: torch.device) -> Any:
-    """AdamW over the fp32 LoRA parameters; one fused kernel per step on CUDA.
-
-    The LoRA state is small (a rank-16 SDXL UNet adapter: 23 M parameters, 190 MB of Adam state),
-    so 8-bit optimizers save little and cost speed; fused AdamW also keeps its step counters on
-    the device (no host synchronisation).
-    """
-    kwargs: dict[str, Any] = {"lr": learning_rate, "betas": (0.9, 0.999), "weight_decay": 1e-2, "eps": 1e-8}
-    if device.type == "cuda":
-        kwargs["fused"] = True
-    return torch.optim.AdamW(params, **kwargs)
 
 
 def _compile_unet(unet: Any, backend: str) -> int:
@@ -173,6 +162,7 @@ def _add_lora(components: Components, config: TrainConfig) -> dict[str, Any]:
             lora_alpha=config.alpha,  # type: ignore[arg-type]  # PEFT scales by alpha / r; a float is fine
             init_lora_weights="gaussian",
             target_modules=UNET_TARGET_MODULES,
+            use_dora=config.use_dora,
         )
     )
     models = {"unet": components.unet}
@@ -187,6 +177,7 @@ def _add_lora(components: Components, config: TrainConfig) -> dict[str, Any]:
                     lora_alpha=config.alpha,  # type: ignore[arg-type]  # PEFT scales by alpha / r; a float is fine
                     init_lora_weights="gaussian",
                     target_modules=TEXT_ENCODER_TARGET_MODULES,
+                    use_dora=config.use_dora,
                 ),
                 encoder,
             )
@@ -214,6 +205,7 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
     from tqdm import tqdm
 
     started = time.monotonic()
+    require_available(config.optimizer, torch.cuda.is_available())  # before minutes of model loading
     dataset = load_manifest(config.run_dir)
     # accelerate keeps its settings in process-wide singletons; forget an earlier run's (tests, the
     # benchmark) but keep the process group (PartialState) a distributed launch set up.
@@ -283,7 +275,8 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
         log.info("torch.compile (%s) of %d UNet transformer blocks", config.compile_backend, blocks)
 
     params = [p for model in models.values() for p in model.parameters() if p.requires_grad]
-    optimizer = _make_optimizer(params, config.learning_rate, device)
+    optimizer = make_optimizer(config.optimizer, params, config.learning_rate, device)
+    ema = LoraEma(params, config.ema_decay) if config.ema_decay is not None else None
     lr_scheduler = get_scheduler(
         "constant", optimizer=optimizer, num_training_steps=config.max_train_steps * accelerator.num_processes
     )
@@ -300,7 +293,7 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
     checkpoints = list_checkpoints(config.checkpoints_dir)
     if checkpoints:
         step, path = checkpoints[-1]
-        restore_checkpoint(path, unwrapped, optimizer, lr_scheduler, noise_generator)
+        restore_checkpoint(path, unwrapped, optimizer, lr_scheduler, noise_generator, ema)
         first_step = step
         log.info("resumed from %s", path)
     resumed_from = first_step
@@ -365,6 +358,7 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats()
     session_steps = 0
     session_started = time.monotonic()
+    clock = StepClock(device)
     log_every = config.log_every_steps or (10 if device.type == "cuda" else 1)
     # (step, loss on the device, learning rate): read back together at the next logging point.
     pending: list[tuple[int, torch.Tensor, float]] = []
@@ -408,8 +402,9 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
             optimizer=optimizer,
             lr_scheduler=lr_scheduler,
             noise_generator=noise_generator,
-            state={"loss": at_loss, "dataset_hash": dataset.dataset_hash},
+            state={"loss": at_loss, "dataset_hash": dataset.dataset_hash, "ema_decay": config.ema_decay},
             keep=config.checkpoints_total_limit,
+            ema=ema,
         )
 
     def stop_requested() -> bool:
@@ -464,8 +459,11 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
                     lr_scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
 
+            if ema is not None:
+                ema.update(step)
             pending.append((step, step_loss, lr_scheduler.get_last_lr()[0]))
             session_steps += 1
+            clock.step_done()
             bar.update(1)
             at_checkpoint = step % config.checkpointing_steps == 0 or step == config.max_train_steps
             stopping = config.stop_after_step is not None and step >= config.stop_after_step
@@ -495,6 +493,7 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
         bar.close()
 
     accelerator.wait_for_everyone()
+    clock.finish()
     train_seconds = time.monotonic() - session_started
     if loss_value is None and checkpoints:
         loss_value = json.loads((checkpoints[-1][1] / "state.json").read_text()).get("loss")
@@ -525,13 +524,16 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
         train_peak_bytes = torch.cuda.max_memory_allocated()
         summary["peak_gpu_memory_gb"] = round(max(setup_peak_bytes, train_peak_bytes) / 2**30, 3)
         summary["peak_train_gpu_memory_gb"] = round(train_peak_bytes / 2**30, 3)
+    summary["training"] = training_block(clock, device, setup_peak_bytes, loss_value)
     if is_main:
         if config.export_dir is not None:
             from zthumb_trainer.export import AdapterInfo, export_adapter
 
+            with ema_applied(ema):  # the EMA, when on, is what gets served
+                exported = adapter_state(unwrapped)
             export_adapter(
                 config.export_dir,
-                adapter_state(unwrapped),
+                exported,
                 lora_configs(unwrapped),
                 AdapterInfo(
                     run_name=config.run_name,
@@ -541,6 +543,7 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
                     trigger_word=config.trigger_word,
                     steps=config.max_train_steps,
                     dataset_hash=dataset.dataset_hash,
+                    ema_decay=config.ema_decay,
                 ),
             )
             summary["adapter_dir"] = str(config.export_dir)

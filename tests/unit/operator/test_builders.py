@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from lft_helpers import make_run
@@ -341,3 +342,35 @@ def test_transition_sets_ready_times_and_generation() -> None:
     assert b.condition_true(done["conditions"], "Ready")
     assert b.condition_true(done["conditions"], "Evaluated")
     assert done["observedGeneration"] == 1
+
+
+def _terminated(message: str, created: str = "2026-01-01T00:00:00Z") -> dict[str, Any]:
+    return {
+        "metadata": {"creationTimestamp": created},
+        "status": {"containerStatuses": [{"state": {"terminated": {"message": message}}}]},
+    }
+
+
+def test_train_results_from_the_termination_message() -> None:
+    block = {"stepsPerSecond": 2.5, "peakMemoryBytes": 21474836480, "memoryKind": "CUDAMaxAllocated",
+             "device": "cuda:0", "finalLoss": 0.12, "futureNumber": 3}  # fmt: skip
+    summary = {"run_name": "z", "steps_per_second": 2.0, "training": block}
+    earlier = _terminated("Traceback ...\nSIGTERM", "2026-01-01T00:00:00Z")  # a failed try: its log
+    pods = [earlier, _terminated(json.dumps(summary), "2026-01-01T00:01:00Z")]
+    assert b.train_results(pods) == {
+        "stepsPerSecond": 2.5,
+        "peakMemoryBytes": 21474836480,
+        "memoryKind": "CUDAMaxAllocated",
+        "device": "cuda:0",
+        "finalLoss": 0.12,
+    }  # an unknown key is left out (the API server would prune it anyway)
+    assert b.train_results([earlier]) is None
+    assert b.train_results([_terminated('{"run_name": "z"}')]) is None  # an older trainer: no block
+
+
+def test_train_results_drop_each_value_the_api_server_would_refuse() -> None:
+    """A NaN loss or an unknown memory kind must not lose the rest, nor fail the status patch."""
+    block = {"stepsPerSecond": 1.5, "peakMemoryBytes": -1, "memoryKind": "HBM", "finalLoss": float("nan")}
+    message = json.dumps({"training": block})  # json writes NaN, and reads it back
+    assert b.train_results([_terminated(message)]) == {"stepsPerSecond": 1.5}
+    assert b.train_results([_terminated('{"training": [1, 2]}')]) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 import jsonschema
@@ -10,6 +11,7 @@ import yaml
 from lft_helpers import EXAMPLE_PATH, apply_defaults, crd_schema, load_crd
 from pydantic import BaseModel
 from zthumb_contract import crd
+from zthumb_contract.results import TrainResults
 from zthumb_contract.spec import LoRAFinetuneSpec
 from zthumb_contract.stages import PHASES
 
@@ -48,7 +50,8 @@ def test_printer_columns() -> None:
     assert list(cols)[:3] == ["PHASE", "PROGRESS", "AGE"]
     assert cols["PHASE"]["jsonPath"] == ".status.phase"
     assert cols["PROGRESS"]["jsonPath"] == ".status.progress.percent"
-    for wide in ("REPORT", "MESSAGE"):
+    assert cols["STEPS/S"]["jsonPath"] == ".status.training.stepsPerSecond"
+    for wide in ("REPORT", "MESSAGE", "STEPS/S"):
         assert cols[wide]["priority"] == 1
     for col in cols.values():
         assert col.get("priority", 0) in (0, 1)
@@ -121,6 +124,14 @@ def test_status_shape() -> None:
     ):
         assert key in status, key
     assert "previousEnv" in status["deploy"]["properties"]
+    # status.training is what zthumb_contract.results.TrainResults carries, enum included.
+    training = status["training"]["properties"]
+    fields = TrainResults.model_fields
+    assert set(training) == {info.alias or name for name, info in fields.items()}
+    assert {"stepsPerSecond", "peakMemoryBytes", "memoryKind"} <= set(training)
+    assert training["memoryKind"]["enum"] == list(
+        typing.get_args(fields["memory_kind"].annotation)[0].__args__
+    )
 
 
 def test_bounds_and_validations() -> None:
@@ -204,7 +215,15 @@ def _json_schema_bounds(model: type[BaseModel]) -> dict[tuple[str, ...], dict[st
         node = resolve(node)
         for name, prop in (node.get("properties") or {}).items():
             target = resolve(prop)
-            keys = ("minimum", "maximum", "exclusiveMinimum", "multipleOf", "enum", "pattern")
+            keys = (
+                "minimum",
+                "maximum",
+                "exclusiveMinimum",
+                "exclusiveMaximum",
+                "multipleOf",
+                "enum",
+                "pattern",
+            )
             found = {k: target[k] for k in keys if k in target}
             if found:
                 out[(*path, name)] = found
@@ -222,9 +241,10 @@ def test_crd_bounds_match_spec_py() -> None:
         for key in path:
             node = node["properties"][key]
         for key, value in bounds.items():
-            if key == "exclusiveMinimum":  # JSON Schema 2020 vs OpenAPI 3.0 spelling
-                if not (node.get("exclusiveMinimum") is True and node.get("minimum") == value):
-                    mismatches.append(f"{'.'.join(path)}: exclusiveMinimum {value}")
+            if key in ("exclusiveMinimum", "exclusiveMaximum"):  # JSON Schema 2020 vs OpenAPI 3.0 spelling
+                bound = "minimum" if key == "exclusiveMinimum" else "maximum"
+                if not (node.get(key) is True and node.get(bound) == value):
+                    mismatches.append(f"{'.'.join(path)}: {key} {value}")
             elif node.get(key) != value:
                 mismatches.append(f"{'.'.join(path)}: {key} spec.py={value} crd={node.get(key)}")
     assert not mismatches, mismatches
@@ -249,6 +269,10 @@ def test_example_is_valid_for_spec_py_and_the_crd() -> None:
         (("training", "mixedPrecision"), "fp8"),
         (("resources", "nodes"), 0),
         (("resources", "nodes"), 65),
+        (("training", "optimizer"), "sgd"),
+        (("training", "emaDecay"), 1.0),
+        (("training", "emaDecay"), 0),
+        (("training", "useDora"), "yes"),
     ],
 )
 def test_schema_refuses_bad_values(path: tuple[str, ...], value: Any) -> None:

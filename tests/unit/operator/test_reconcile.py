@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -468,6 +469,29 @@ def test_progress_percent_is_derived_from_the_train_pods_reports() -> None:
         "etaSeconds": 60,
         "percent": 25,
     }
+
+
+def test_train_results_reach_the_status_from_the_train_pods_termination_message() -> None:
+    h = Harness()
+    to_training(h)
+    training = {"stepsPerSecond": 3.2, "peakMemoryBytes": 12884901888, "memoryKind": "CUDAMaxAllocated"}
+    message = json.dumps({"run_name": "z-style", "final_loss": 0.1, "training": training})
+    h.api.pods["z-style-train"] = [
+        {"status": {"containerStatuses": [{"state": {"terminated": {"exitCode": 0, "message": message}}}]}}
+    ]
+    h.complete("train")
+    h.reconcile()
+    st = h.status()
+    assert st["training"] == training
+    assert b.condition_true(st["conditions"], "Trained")
+
+
+def test_a_train_pod_without_results_leaves_the_status_without_them() -> None:
+    h = Harness()
+    to_training(h)
+    h.complete("train")
+    h.reconcile()
+    assert b.condition_true(h.status()["conditions"], "Trained") and "training" not in h.status()
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,8 @@ SPECS = {
         "baseModel": {"tokenSecretRef": {"name": "hf", "key": "token"}},
         "dataset": {"captionFormat": "jsonl", "missingCaption": "trigger", "bucketing": False},
         "training": {"snrGamma": None, "trainTextEncoder": True, "gradientCheckpointing": False,
-                     "mixedPrecision": "fp16", "noiseOffset": 0.1},
+                     "mixedPrecision": "fp16", "noiseOffset": 0.1, "optimizer": "prodigy",
+                     "useDora": True, "emaDecay": 0.995},
         "eval": {"prompts": ["a", "b {trigger}"], "seeds": [1, 2, 3], "scales": [0, 0.5, 1],
                  "width": 512, "height": 768},
     },
@@ -39,6 +40,9 @@ def test_every_step_argv_parses(name):
         if step.name == "train":
             assert context.params["snr_gamma"] == spec.training.snr_gamma
             assert context.params["train_text_encoder"] == spec.training.train_text_encoder
+            assert context.params["optimizer"] == spec.training.optimizer
+            assert context.params["use_dora"] == spec.training.use_dora
+            assert context.params["ema_decay"] == spec.training.ema_decay
 
 
 def test_help_lists_every_subcommand():
@@ -66,7 +70,8 @@ def test_spec_options_round_trip_through_the_step_argv():
 
     spec = LoRAFinetuneSpec.model_validate(
         {"training": {"rank": 7, "alpha": 3.5, "snrGamma": None, "gradientCheckpointing": False,
-                      "mixedPrecision": "fp16", "checkpointsTotalLimit": 9},
+                      "mixedPrecision": "fp16", "checkpointsTotalLimit": 9, "optimizer": "adamw8bit",
+                      "useDora": True, "emaDecay": 0.9},
          "eval": {"prompts": ["x"], "seeds": [4], "scales": [0.3], "steps": 3, "width": 64}}
     )  # fmt: skip
     command = typer.main.get_command(app)
@@ -80,3 +85,14 @@ def test_spec_options_round_trip_through_the_step_argv():
             if field != "enabled"
         }
         assert model.model_validate(values) == section
+
+
+def test_every_training_option_has_a_row_in_the_trainer_readme():
+    from pathlib import Path
+
+    from zthumb_contract.spec import TrainingSpec
+
+    readme = (Path(__file__).parents[3] / "images" / "trainer" / "README.md").read_text()
+    rows = {line.split("`")[1] for line in readme.splitlines() if line.startswith("| `")}
+    fields = {info.alias or name for name, info in TrainingSpec.model_fields.items()}
+    assert fields <= rows, f"spec.training fields without a row in images/trainer/README.md: {fields - rows}"

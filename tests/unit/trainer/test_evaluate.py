@@ -69,12 +69,17 @@ def test_report_pairs_differences_and_summary(tmp_path, monkeypatch):
     monkeypatch.setenv("ZTHUMB_TERMINATION_LOG", str(tmp_path / "termination-log"))
     (tmp_path / "termination-log").write_text("")
     seen: list = []
+    train_summary = tmp_path / "outputs" / "lora" / "style" / "summary.json"
+    train_summary.parent.mkdir(parents=True)
+    training = {"stepsPerSecond": 2.75, "peakMemoryBytes": 3 * 2**30 + 2**29,
+                "memoryKind": "CUDAMaxAllocated", "device": "cuda:0"}  # fmt: skip
+    train_summary.write_text(json.dumps({"steps": 6, "training": training}))
     with StaticServer(tmp_path, handler=_fake_server(not_ready_for=2, requests=seen)) as server:
         output = tmp_path / "outputs" / "lora_eval" / "style"
         summary = run_eval(
             EvalConfig(server_url=server.url, output=output, run_name="style", lora_path="style",
                        prompts=["a photo of {trigger}", "a tree"], seeds=[0, 1], scales=[0.0, 0.8],
-                       trigger_word="zt", steps=4, width=64, height=64)
+                       trigger_word="zt", steps=4, width=64, height=64, train_summary=train_summary)
         )  # fmt: skip
     assert len(seen) == 8
     assert {(r["lora_scale"], r["lora_path"], r["output_format"]) for r in seen} == {
@@ -90,7 +95,27 @@ def test_report_pairs_differences_and_summary(tmp_path, monkeypatch):
         assert pair.width == 2 * 256 + 6 and pair.height > 256
     assert json.loads((output / "summary.json").read_text())["pairs"][0]["latency_s"]
     assert json.loads((tmp_path / "termination-log").read_text())["requests"] == 8
+    # The train step's numbers: in the report and summary.json, not in evalSummary (the status has
+    # them under status.training already).
+    assert (
+        "- Training on `cuda:0`: 2.75 steps/s (steady state), peak memory 3.50 GiB (CUDAMaxAllocated)"
+        in report
+    )
+    assert json.loads((output / "summary.json").read_text())["training"] == training
+    assert "training" not in json.loads((tmp_path / "termination-log").read_text())
     assert not [p for p in output.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_report_says_when_the_training_numbers_are_missing(tmp_path):
+    from zthumb_trainer.measure import read_training_block, training_markdown
+
+    assert read_training_block(tmp_path / "absent.json") is None
+    (tmp_path / "old.json").write_text('{"steps": 6}')  # a summary from before the training block
+    assert read_training_block(tmp_path / "old.json") is None
+    assert "no numbers" in training_markdown(None)
+    line = training_markdown({"stepsPerSecond": None, "peakMemoryBytes": 700 * 2**20,
+                              "memoryKind": "ProcessMaxRSS", "device": "cpu"})  # fmt: skip
+    assert "under two steps" in line and "700.00 MiB (ProcessMaxRSS)" in line
 
 
 def test_never_ready_exits_non_zero_saying_so(tmp_path, monkeypatch):

@@ -62,3 +62,30 @@ def test_server_env_is_the_deploy_env_plus_the_model(tmp_path):
     assert env["ZTHUMB_LORA_ROOT"] == paths.lora_root and env["ZTHUMB_PORT"] == "1234"
     eval_step = build_steps("demo", spec, str(tmp_path), "http://127.0.0.1:1234")[-1]
     assert "--lora-path" in eval_step.args
+
+
+def test_a_yaml_with_the_training_options_reaches_the_train_command_line(tmp_path):
+    import typer
+    from zthumb_trainer.cli import app
+
+    manifest = tmp_path / "finetune.yaml"
+    manifest.write_text(
+        "apiVersion: zthumb.io/v1alpha1\nkind: LoRAFinetune\nmetadata:\n  name: z-style\n"
+        "spec:\n  training:\n    optimizer: prodigy\n    learningRate: 1.0\n    useDora: true\n"
+        "    emaDecay: 0.99\n"
+    )
+    _, spec = load_finetune(manifest)
+    tiny = with_tiny_model(spec, "http://127.0.0.1:1", "ab" * 32)
+    (train,) = [
+        step for step in build_steps("z-style", tiny, str(tmp_path), "http://s") if step.name == "train"
+    ]
+    params = typer.main.get_command(app).commands["train"].make_context("train", list(train.args[1:])).params  # type: ignore[attr-defined]
+    assert (params["optimizer"], params["learning_rate"], params["use_dora"], params["ema_decay"]) == (
+        "prodigy", 1.0, True, 0.99)  # fmt: skip
+    # The embedded demo keeps today's defaults.
+    _, demo = load_finetune(None)
+    assert (demo.training.optimizer, demo.training.use_dora, demo.training.ema_decay) == (
+        "adamw",
+        False,
+        None,
+    )

@@ -1,0 +1,298 @@
+"""spec.training.optimizer / useDora / emaDecay on the tiny model, and the measured steps/s + memory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+from zthumb_trainer.checkpoints import EMA_WEIGHTS, list_checkpoints
+from zthumb_trainer.dataset import prepare_dataset
+from zthumb_trainer.export import DIFFUSERS_WEIGHTS, KOHYA_SUFFIX
+from zthumb_trainer.optim import LoraEma, OptimizerUnavailable, make_optimizer, require_available
+from zthumb_trainer.train import TrainConfig, TrainingInterrupted, run_training
+
+
+@pytest.fixture(scope="module")
+def prepared(synthetic_dataset, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("prepared")
+    prepare_dataset(synthetic_dataset, run_dir, resolution=64, trigger_word="zt")
+    return run_dir / "dataset"
+
+
+def _run_dir(prepared, root):
+    directory = root / "outputs" / "lora" / "run"
+    shutil.copytree(prepared, directory / "dataset")
+    return directory
+
+
+def _config(run_dir, tiny_model, **overrides):
+    values = {
+        "run_dir": run_dir,
+        "base_model": tiny_model.single_file,
+        "model_config_dir": tiny_model.diffusers_dir,
+        "export_dir": run_dir.parent.parent.parent / "models" / "lora" / "run",
+        "run_name": "run",
+        "trigger_word": "zt",
+        "rank": 4,
+        "alpha": 8.0,
+        "learning_rate": 5e-3,
+        "max_train_steps": 6,
+        "mixed_precision": "no",
+        "gradient_checkpointing": False,
+        "checkpointing_steps": 2,
+        "checkpoints_total_limit": 2,
+        "progress_bar": False,
+    }
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def _interrupted_then_resumed_and_straight(prepared, tiny_model, tmp_path, **options):
+    """(resumed run's config, uninterrupted run's config): the same 6 steps, once stopped after 4."""
+    resumed_dir = _run_dir(prepared, tmp_path / "resumed")
+    with pytest.raises(TrainingInterrupted):
+        run_training(_config(resumed_dir, tiny_model, stop_after_step=4, **options))
+    resumed = _config(resumed_dir, tiny_model, **options)
+    summary = run_training(resumed)
+    assert summary["resumed_from_step"] == 4 and summary["steps_this_run"] == 2
+    straight = _config(_run_dir(prepared, tmp_path / "straight"), tiny_model, **options)
+    run_training(straight)
+    return resumed, straight
+
+
+def _assert_identical(first, second):
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+
+
+# --- optimizer ----------------------------------------------------------------------------------
+
+
+def test_prodigy_resumes_bit_identically(prepared, tiny_model, tmp_path):
+    resumed, straight = _interrupted_then_resumed_and_straight(
+        prepared, tiny_model, tmp_path, optimizer="prodigy", learning_rate=1.0
+    )
+    # Prodigy's step-size estimate lives in the param groups: the checkpoint carries it.
+    (_, newest), *_ = reversed(list_checkpoints(resumed.checkpoints_dir))
+    groups = torch.load(newest / "optimizer.pt", weights_only=False)["param_groups"]
+    assert groups[0]["d"] > 0 and "d_numerator" in groups[0]
+    _assert_identical(
+        load_file(str(resumed.export_dir / DIFFUSERS_WEIGHTS)),
+        load_file(str(straight.export_dir / DIFFUSERS_WEIGHTS)),
+    )
+
+
+def test_prodigy_warns_about_an_adamw_sized_learning_rate(caplog):
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    with caplog.at_level(logging.WARNING, logger="zthumb_trainer.optim"):
+        make_optimizer("prodigy", params, 1.0, torch.device("cpu"))
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING, logger="zthumb_trainer.optim"):
+        optimizer = make_optimizer("prodigy", params, 1e-4, torch.device("cpu"))
+    assert type(optimizer).__name__ == "Prodigy"
+    assert "learningRate is 0.0001 with optimizer prodigy" in caplog.text
+
+
+def test_adamw8bit_is_refused_at_the_start_without_cuda(prepared, tiny_model, tmp_path, monkeypatch):
+    import zthumb_trainer.train as train_module
+    from zthumb_trainer.cli import app
+
+    def no_model_loading(*_args, **_kwargs):
+        raise AssertionError("the refusal must come before the model is loaded")
+
+    monkeypatch.setattr(train_module, "load_components", no_model_loading)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    run_dir = _run_dir(prepared, tmp_path)
+    with pytest.raises(OptimizerUnavailable, match=r"spec\.training\.optimizer adamw8bit needs a CUDA GPU"):
+        run_training(_config(run_dir, tiny_model, optimizer="adamw8bit"))
+
+    result = CliRunner().invoke(
+        app,
+        ["train", "--run-name", "run", "--base-model", str(tiny_model.single_file),
+         "--model-config", str(tiny_model.diffusers_dir), "--run-dir", str(run_dir),
+         "--optimizer", "adamw8bit", "--gpus", "0", "--no-progress"],
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "spec.training.optimizer adamw8bit" in result.output and "resources.gpus" in result.output
+
+
+def test_adamw8bit_without_bitsandbytes_is_refused_on_a_gpu_too(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "bitsandbytes" else find_spec(name)
+    )
+    with pytest.raises(OptimizerUnavailable, match="adamw8bit needs the bitsandbytes package"):
+        require_available("adamw8bit", cuda=True)
+    require_available("adamw", cuda=False)
+    require_available("prodigy", cuda=False)
+
+
+# --- EMA ----------------------------------------------------------------------------------------
+
+
+def test_ema_follows_the_formula_and_swaps_losslessly():
+    param = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    ema = LoraEma([param], decay=0.9)
+    expected = param.detach().clone()
+    for step in range(1, 30):
+        with torch.no_grad():
+            param.add_(0.5)
+        ema.update(step)
+        decay = min(0.9, (1 + step) / (10 + step))
+        expected = decay * expected + (1 - decay) * param.detach()
+        torch.testing.assert_close(ema.shadow[0], expected)
+    assert ema.decay_at(1) == pytest.approx(2 / 11) and ema.decay_at(1000) == 0.9
+    raw = param.detach().clone()
+    with ema.applied():
+        assert torch.equal(param.detach(), ema.shadow[0])
+    assert torch.equal(param.detach(), raw)
+
+
+def test_ema_is_exported_instead_of_the_weights_and_resumes_bit_identically(prepared, tiny_model, tmp_path):
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from zthumb_trainer.export import split_components
+
+    decay = 0.8
+    resumed, straight = _interrupted_then_resumed_and_straight(
+        prepared, tiny_model, tmp_path, ema_decay=decay, checkpointing_steps=1, checkpoints_total_limit=10
+    )
+    checkpoints = dict(list_checkpoints(straight.checkpoints_dir))
+    assert sorted(checkpoints) == [1, 2, 3, 4, 5, 6]
+
+    def diffusers_unet(peft_file):
+        unet = split_components(load_file(str(peft_file)))["unet"]
+        return {f"unet.{key}": value for key, value in convert_state_dict_to_diffusers(unet).items()}
+
+    exported = load_file(str(straight.export_dir / DIFFUSERS_WEIGHTS))
+    _assert_identical(exported, diffusers_unet(checkpoints[6] / EMA_WEIGHTS))  # the shadow ...
+    raw = diffusers_unet(checkpoints[6] / "adapter.safetensors")
+    assert any(not torch.equal(exported[key], raw[key]) for key in raw)  # ... not the last weights
+    # The checkpoints' EMA is the moving average of their raw weights, step after step.
+    for step in range(2, 7):
+        previous = load_file(str(checkpoints[step - 1] / EMA_WEIGHTS))
+        current = load_file(str(checkpoints[step] / EMA_WEIGHTS))
+        weights = load_file(str(checkpoints[step] / "adapter.safetensors"))
+        rate = min(decay, (1 + step) / (10 + step))
+        for key in current:
+            torch.testing.assert_close(current[key], rate * previous[key] + (1 - rate) * weights[key])
+
+    # Swapping the EMA in to save it, and back, leaves the training itself untouched.
+    plain = _config(_run_dir(prepared, tmp_path / "plain"), tiny_model, export_dir=None)
+    run_training(plain)
+    (_, plain_newest), *_ = reversed(list_checkpoints(plain.checkpoints_dir))
+    _assert_identical(
+        load_file(str(plain_newest / "adapter.safetensors")),
+        load_file(str(checkpoints[6] / "adapter.safetensors")),
+    )
+
+    adapter = json.loads((straight.export_dir / "adapter.json").read_text())
+    assert adapter["weights"] == "ema" and adapter["ema_decay"] == decay
+    _assert_identical(exported, load_file(str(resumed.export_dir / DIFFUSERS_WEIGHTS)))
+
+    # The export subcommand re-exports the same EMA weights from the newest checkpoint.
+    from zthumb_trainer.cli import app
+
+    again = tmp_path / "again"
+    result = CliRunner().invoke(
+        app, ["export", "--run-dir", str(straight.run_dir), "--export-dir", str(again), "--run-name", "run"]
+    )
+    assert result.exit_code == 0, result.output
+    _assert_identical(exported, load_file(str(again / DIFFUSERS_WEIGHTS)))
+    assert json.loads((again / "adapter.json").read_text())["ema_decay"] == decay
+
+
+# --- DoRA + what the train step measured ----------------------------------------------------------
+
+
+def test_dora_adapter_is_served_by_the_eager_backend(prepared, tiny_model, tmp_path, monkeypatch):
+    import numpy as np
+    from zthumb.backends import FullBackend, GenerationParams
+    from zthumb.lora import AdapterFiles
+    from zthumb.settings import Settings
+
+    termination_log = tmp_path / "termination-log"
+    termination_log.write_text("")
+    monkeypatch.setenv("ZTHUMB_TERMINATION_LOG", str(termination_log))
+    run_dir = _run_dir(prepared, tmp_path)
+    config = _config(run_dir, tiny_model, use_dora=True, max_train_steps=3, learning_rate=2e-2)
+    summary = run_training(config)
+
+    # steps/s and peak memory: in the summary, the termination message and summary.json alike.
+    training = summary["training"]
+    assert training["memoryKind"] == "ProcessMaxRSS" and training["device"] == "cpu"
+    assert training["peakMemoryBytes"] > 50 * 2**20  # torch alone is more than that
+    assert training["stepsPerSecond"] > 0 and training["finalLoss"] == summary["final_loss"]
+    assert json.loads(termination_log.read_text())["training"] == training
+    assert json.loads((run_dir / "summary.json").read_text())["training"] == training
+
+    export_dir = config.export_dir
+    adapter = json.loads((export_dir / "adapter.json").read_text())
+    assert adapter["dora"] is True and adapter["weights"] == "last_step"
+    assert "DoRA" in adapter["kohya_skipped"] and not list(export_dir.glob(f"*{KOHYA_SUFFIX}"))
+    weights = load_file(str(export_dir / DIFFUSERS_WEIGHTS))
+    assert any("lora_magnitude_vector" in key for key in weights)
+
+    settings = Settings(
+        backend="full", model_path=tiny_model.diffusers_dir, model_config_dir=tiny_model.diffusers_dir,
+        lora_root=export_dir.parent, device="cpu", default_width=64, default_height=64, default_steps=2,
+    )  # fmt: skip
+    backend = FullBackend(settings, torch.device("cpu"), torch.float32)
+    params = GenerationParams(
+        prompt="zt, a red circle", negative_prompt=None, width=64, height=64, seed=3, steps=2,
+        guidance_scale=5.0, num_images=1,
+    )  # fmt: skip
+
+    def image():
+        return np.asarray(backend.generate(params)[0].convert("RGB")).astype(int)
+
+    base = image()
+    applied = backend.apply_adapter(AdapterFiles(export_dir.parent).ref("run"), 1.0)
+    assert applied.active
+    unet = backend.pipe.unet
+    assert any(any(getattr(module, "use_dora", {}).values()) for module in unet.modules())  # DoRA layers
+    assert np.abs(image() - base).mean() > 0.5
+
+    # The compiled server mode (a hot-swapped plain-LoRA slot) refuses this very file (a 422).
+    from types import SimpleNamespace
+
+    from zthumb.compiled import CompiledUNet, SlotError
+
+    slot = CompiledUNet(SimpleNamespace(unet=None), mode="default", max_rank=64, target_modules=["to_q"])
+    with pytest.raises(SlotError, match="DoRA") as refused:
+        slot.load(weights, None, None, "run")
+    assert refused.value.code == "lora_unsupported_compiled"
+
+
+def test_steps_per_second_leaves_the_first_step_out(monkeypatch):
+    from zthumb_trainer import measure
+
+    # The pod's first step (compilation, warm-up) ends 10 s in; four more steps end at 12 s.
+    times = iter([10.0, 12.0])
+    monkeypatch.setattr(measure.time, "monotonic", lambda: next(times))
+    clock = measure.StepClock(torch.device("cpu"))
+    clock.step_done()
+    assert clock.steps_per_second is None  # one step: no steady state yet
+    for _ in range(4):
+        clock.step_done()
+    clock.finish()
+    assert clock.steps_per_second == 2.0  # 4 steps in 2 s; with the first step it would be ~0.4
+
+
+def test_an_oversized_termination_message_keeps_the_training_block(tmp_path, monkeypatch):
+    from zthumb_trainer.reporting import write_termination_message
+
+    log = tmp_path / "termination-log"
+    log.write_text("")
+    monkeypatch.setenv("ZTHUMB_TERMINATION_LOG", str(log))
+    training = {"stepsPerSecond": 1.5, "peakMemoryBytes": 123, "memoryKind": "ProcessMaxRSS"}
+    assert write_termination_message({"steps": 6, "long": ["x" * 100] * 50, "training": training})
+    message = json.loads(log.read_text())
+    assert message == {"steps": 6, "training": training}
