@@ -8,49 +8,26 @@ import shutil
 
 import pytest
 import torch
+from train_helpers import copy_into_run_dir, prepare_once, tiny_config
 from typer.testing import CliRunner
 from zthumb_trainer.dataset import prepare_dataset
 from zthumb_trainer.export import DIFFUSERS_WEIGHTS
 from zthumb_trainer.reporting import StatusReporter
-from zthumb_trainer.train import TrainConfig, TrainingInterrupted, list_checkpoints, run_training
+from zthumb_trainer.train import TrainingInterrupted, list_checkpoints, run_training
 
 
 @pytest.fixture(scope="module")
 def prepared(synthetic_dataset, tmp_path_factory):
     """The synthetic dataset prepared at 64 px once; each test copies it into its own run dir."""
-    run_dir = tmp_path_factory.mktemp("prepared")
-    prepare_dataset(synthetic_dataset, run_dir, resolution=64, trigger_word="zt")
-    return run_dir / "dataset"
+    return prepare_once(synthetic_dataset, tmp_path_factory.mktemp("prepared"))
 
 
 @pytest.fixture
 def run_dir(prepared, tmp_path):
-    directory = tmp_path / "outputs" / "lora" / "run"
-    shutil.copytree(prepared, directory / "dataset")
-    return directory
+    return copy_into_run_dir(prepared, tmp_path)
 
 
-def _config(run_dir, tiny_model, **overrides):
-    values = {
-        "run_dir": run_dir,
-        "base_model": tiny_model.single_file,
-        "model_config_dir": tiny_model.diffusers_dir,
-        "export_dir": run_dir.parent.parent.parent / "models" / "lora" / "run",
-        "run_name": "run",
-        "trigger_word": "zt",
-        "rank": 4,
-        "alpha": 8.0,
-        "learning_rate": 5e-3,
-        "max_train_steps": 6,
-        "mixed_precision": "no",
-        "gradient_checkpointing": False,
-        "checkpointing_steps": 2,
-        "checkpoints_total_limit": 2,
-        "snr_gamma": 5.0,
-        "progress_bar": False,
-    }
-    values.update(overrides)
-    return TrainConfig(**values)
+_config = tiny_config
 
 
 def _steps(run_dir):

@@ -4,52 +4,25 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_helpers import copy_into_run_dir, prepare_once, tiny_config
 from typer.testing import CliRunner
 from zthumb_trainer.checkpoints import EMA_WEIGHTS, list_checkpoints
-from zthumb_trainer.dataset import prepare_dataset
 from zthumb_trainer.export import DIFFUSERS_WEIGHTS, KOHYA_SUFFIX
 from zthumb_trainer.optim import LoraEma, OptimizerUnavailable, make_optimizer, require_available
-from zthumb_trainer.train import TrainConfig, TrainingInterrupted, run_training
+from zthumb_trainer.train import TrainingInterrupted, run_training
 
 
 @pytest.fixture(scope="module")
 def prepared(synthetic_dataset, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("prepared")
-    prepare_dataset(synthetic_dataset, run_dir, resolution=64, trigger_word="zt")
-    return run_dir / "dataset"
+    return prepare_once(synthetic_dataset, tmp_path_factory.mktemp("prepared"))
 
 
-def _run_dir(prepared, root):
-    directory = root / "outputs" / "lora" / "run"
-    shutil.copytree(prepared, directory / "dataset")
-    return directory
-
-
-def _config(run_dir, tiny_model, **overrides):
-    values = {
-        "run_dir": run_dir,
-        "base_model": tiny_model.single_file,
-        "model_config_dir": tiny_model.diffusers_dir,
-        "export_dir": run_dir.parent.parent.parent / "models" / "lora" / "run",
-        "run_name": "run",
-        "trigger_word": "zt",
-        "rank": 4,
-        "alpha": 8.0,
-        "learning_rate": 5e-3,
-        "max_train_steps": 6,
-        "mixed_precision": "no",
-        "gradient_checkpointing": False,
-        "checkpointing_steps": 2,
-        "checkpoints_total_limit": 2,
-        "progress_bar": False,
-    }
-    values.update(overrides)
-    return TrainConfig(**values)
+_run_dir = copy_into_run_dir
+_config = tiny_config
 
 
 def _interrupted_then_resumed_and_straight(prepared, tiny_model, tmp_path, **options):
