@@ -315,7 +315,7 @@ def test_pipeline_succeeds_deploys_and_cascades(
     assert table[0].split() == ["NAME", "PHASE", "PROGRESS", "AGE"]
     assert table[1].split()[:3] == [RUN, "Succeeded", "100"]
     wide = kubectl("get", "lft", "-n", ns, "-o", "wide").stdout.splitlines()[0].split()
-    assert wide[:6] == ["NAME", "PHASE", "PROGRESS", "AGE", "REPORT", "MESSAGE"]
+    assert wide[:7] == ["NAME", "PHASE", "PROGRESS", "AGE", "REPORT", "STEPS/S", "MESSAGE"]
     described = kubectl("describe", "lft", RUN, "-n", ns).stdout
     for reason in (
         "Accepted",

@@ -454,6 +454,10 @@ def test_finetune_runs_in_real_pods_through_train_pod_and_operator_deletion(
     assert status["reportPath"] == f"/data/outputs/lora_eval/{RUN}/report.md"
     assert status["progress"]["percent"] == 100
     assert status["evalSummary"], status  # from the eval pod's real termination message
+    # From the train pod's real termination message: steady-state speed and the CPU's peak RSS.
+    training = status["training"]
+    assert training["stepsPerSecond"] > 0 and training["memoryKind"] == "ProcessMaxRSS", training
+    assert training["peakMemoryBytes"] > 0, training
 
     # The train pod wrote status.progress itself, with its own ServiceAccount token.
     managed = json.loads(kubectl("get", "lft", RUN, "-n", ns, "-o", "json", "--show-managed-fields").stdout)[
