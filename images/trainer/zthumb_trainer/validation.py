@@ -68,7 +68,10 @@ def make_grid(images: list[list[Any]], step: int, prompts: list[str], seeds: lis
     draw.text((3, 3), f"step {step}   seeds {', '.join(map(str, seeds))}", fill="black", font=font)
     y = HEADER
     for prompt, row in zip(prompts, images, strict=True):
-        draw.text((3, y + 2), prompt, fill="black", font=font)
+        fits = max(8, canvas.width // 6)  # the default font is about 6 px a character
+        draw.text(
+            (3, y + 2), prompt if len(prompt) <= fits else prompt[: fits - 1] + "…", fill="black", font=font
+        )
         y += ROW_BAND
         for column, image in enumerate(row):
             tile = image.resize((width * factor, height * factor), Image.Resampling.NEAREST)
