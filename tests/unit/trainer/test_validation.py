@@ -4,14 +4,17 @@ index, bit-identical training with them on or off, a resumed run not redoing pas
 from __future__ import annotations
 
 import json
+import random
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 from safetensors.torch import load_file
 from train_helpers import copy_into_run_dir, prepare_once, tiny_config
 from zthumb_contract.spec import ValidationSpec
 from zthumb_trainer.train import TrainConfig, TrainingInterrupted, run_training
-from zthumb_trainer.validation import grid_size, read_index
+from zthumb_trainer.validation import Validation, grid_size, read_index
 
 VALIDATION = {"prompts": ["a photo of {trigger}", "zt in snow"], "seeds": [0, 3], "every_n_steps": 3,
               "steps": 2, "width": 64, "height": 64}  # fmt: skip
@@ -30,13 +33,34 @@ def _train(config: TrainConfig):
     return run_training(config)
 
 
-def test_grids_index_and_bit_identical_training(prepared, tmp_path, tiny_model):
+def _global_rng() -> tuple:
+    return torch.get_rng_state(), random.getstate(), np.random.get_state()[1].tolist()
+
+
+def test_grids_index_and_bit_identical_training(prepared, tmp_path, tiny_model, monkeypatch):
     plain_dir = copy_into_run_dir(prepared, tmp_path / "plain")
     plain = _train(tiny_config(plain_dir, tiny_model))
+    plain_rng = _global_rng()
     assert plain["validation"] is None and not (plain_dir / "samples").exists()
 
+    # A render that also draws from the global generators (a scheduler or a library might): the
+    # states are restored after each pass, so the run ends in the state of the run without passes.
+    original = Validation._image
+
+    def greedy(self, pipe, prompt, seed):
+        torch.rand(3), random.random(), np.random.rand()
+        return original(self, pipe, prompt, seed)
+
+    monkeypatch.setattr(Validation, "_image", greedy)
     run_dir = copy_into_run_dir(prepared, tmp_path / "valid")
     summary = _train(tiny_config(run_dir, tiny_model, validation=VALIDATION))
+    rng = _global_rng()
+    assert torch.equal(rng[0], plain_rng[0]) and rng[2] == plain_rng[2]
+    # Python's generator: against a second run without passes (the first run of a process imports
+    # modules that draw from it after the seed).
+    monkeypatch.undo()
+    _train(tiny_config(copy_into_run_dir(prepared, tmp_path / "again"), tiny_model, max_train_steps=6))
+    assert rng[1] == _global_rng()[1]
 
     # Training is the same, step for step, and so is the exported adapter.
     assert _losses(run_dir) == _losses(plain_dir)
