@@ -53,6 +53,22 @@ class DatasetSpec(_Spec):
     bucketing: bool = True
 
 
+class ValidationSpec(_Spec):
+    """Sample images rendered by the train step itself with the current adapter (no server): a
+    labelled grid (prompts x seeds) every ``every_n_steps`` steps and at the end, under
+    ``<run-dir>/samples/``. No prompts (the default): off."""
+
+    prompts: list[str] = Field(default_factory=list, max_length=16)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=16)
+    # None: only at the end of training.
+    every_n_steps: int | None = Field(None, ge=1)
+    # None: the dataset's resolution.
+    width: int | None = Field(None, ge=64, le=2048, multiple_of=8)
+    height: int | None = Field(None, ge=64, le=2048, multiple_of=8)
+    steps: int = Field(20, ge=1, le=100)
+    guidance: float = Field(5.0, ge=0, le=30)
+
+
 class TrainingSpec(_Spec):
     rank: int = Field(16, ge=1, le=256)
     alpha: float = Field(16, gt=0)
@@ -76,6 +92,8 @@ class TrainingSpec(_Spec):
     use_dora: bool = False
     # None: no EMA. Set: an EMA of the LoRA weights with this decay is trained alongside and exported.
     ema_decay: float | None = Field(None, gt=0, lt=1)
+    # One CLI option holding JSON (``--validation '{"prompts": [...]}'``): see steps.spec_args.
+    validation: ValidationSpec = Field(default_factory=ValidationSpec)
 
 
 MAX_NODES = 64

@@ -107,14 +107,21 @@ def option_name(name: str, info: FieldInfo) -> str:
 def spec_args(model: BaseModel, exclude: Collection[str] = ()) -> list[str]:
     """The options of a spec section as command-line flags, one per field (the trainer CLI's
     options are generated from the same fields): ``--rank 16``, ``--bucketing``/``--no-bucketing``,
-    ``--seed 0 --seed 1`` for a list; a field that is None is left out."""
+    ``--seed 0 --seed 1`` for a list; a field that is None is left out.
+
+    A nested section (``spec.training.validation``) is one flag whose value is its JSON (camelCase,
+    as in the CRD), left out while it equals its defaults: flattening it into prefixed flags
+    would need a second naming scheme and a reassembly in the CLI for each nested list."""
     args: list[str] = []
     for name, info in type(model).model_fields.items():
         value = getattr(model, name)
         if name in exclude or value is None:
             continue
         flag = option_name(name, info).replace("_", "-")
-        if isinstance(value, bool):
+        if isinstance(value, BaseModel):
+            if value != type(value)():
+                args += [f"--{flag}", value.model_dump_json(by_alias=True)]
+        elif isinstance(value, bool):
             args.append(_flag(flag, value))
         elif isinstance(value, list):
             for item in value:

@@ -37,4 +37,12 @@ def test_local_run_end_to_end(tmp_path):
     # The train step's numbers reach the report through --train-summary.
     assert summary["training"]["memoryKind"] == "ProcessMaxRSS" and summary["training"]["stepsPerSecond"] > 0
     assert "- Training on `cpu`:" in (tmp_path / "outputs" / "lora_eval" / "demo" / "report.md").read_text()
+    # The demo's validation samples: midway and at the end, in the train summary and the report.
+    samples = tmp_path / "outputs" / "lora" / "demo" / "samples"
+    assert (samples / "step-15.png").exists() and (samples / "step-30.png").exists()
+    assert summary["validation"]["passes"] == 2
+    assert (
+        "![step 15](samples/step-15.png)"
+        in (tmp_path / "outputs" / "lora_eval" / "demo" / "report.md").read_text()
+    )
     assert seconds < 180, f"local run took {seconds:.0f}s"

@@ -6,7 +6,9 @@ writes ``<output>/`` (published atomically, like the adapter):
 * ``pairs/p<i>-s<seed>.png``: the images side by side, each labelled with its scale;
 * ``report.md``: the pairs, the mean absolute pixel difference against scale 0 for
   each, the latency of each request, adapter + base model info, and the train step's
-  steps/s and peak memory (from its ``summary.json``, when given);
+  steps/s and peak memory (from its ``summary.json``, when given), and the validation samples
+  the train step rendered (``spec.training.validation``: the grids of ``<run-dir>/samples/``, the
+  run dir being the summary's directory), copied to ``samples/`` and shown in step order;
 * ``summary.json``: the same numbers for machines; a compact copy goes to the
   termination message for the operator.
 """
@@ -252,6 +254,7 @@ def write_report(
         "training": read_training_block(config.train_summary),
         "pairs": pairs,
     }
+    summary["validation"] = copy_validation_samples(config.train_summary, staging)
     (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (staging / "report.md").write_text(render_markdown(summary))
     if config.output.exists():
@@ -263,6 +266,50 @@ def write_report(
         config.output.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging, config.output)
     return summary
+
+
+def copy_validation_samples(train_summary: Path | None, staging: Path) -> dict[str, Any] | None:
+    """The train step's validation grids (beside its summary.json) copied into the report, in step
+    order, with each pass's seconds; None when there are none."""
+    from zthumb_trainer.validation import SAMPLES_DIR, read_index, summary_block
+
+    if train_summary is None:
+        return None
+    run_dir = train_summary.parent
+    passes = [entry for entry in read_index(run_dir) if (run_dir / SAMPLES_DIR / entry["image"]).exists()]
+    if not passes:
+        return None
+    (staging / SAMPLES_DIR).mkdir(exist_ok=True)
+    for entry in passes:
+        shutil.copyfile(run_dir / SAMPLES_DIR / entry["image"], staging / SAMPLES_DIR / entry["image"])
+    return {
+        **summary_block(passes),
+        "samples": [
+            {"step": entry["step"], "image": f"{SAMPLES_DIR}/{entry['image']}", "seconds": entry["seconds"]}
+            for entry in passes
+        ],
+    }
+
+
+def validation_markdown(validation: dict[str, Any] | None) -> list[str]:
+    """The report's section on the validation samples: the grids in step order."""
+    if not validation:
+        return []
+    lines = [
+        "## Validation samples during training",
+        "",
+        f"Rendered by the train step with the adapter of each step (same prompts and seeds every time): "
+        f"{validation['passes']} passes, {validation['secondsPerPass']} s per pass.",
+        "",
+    ]
+    for sample in validation["samples"]:
+        lines += [
+            f"### Step {sample['step']} ({sample['seconds']} s)",
+            "",
+            f"![step {sample['step']}]({sample['image']})",
+            "",
+        ]
+    return lines
 
 
 def _base_model_info(models: dict[str, Any], backend: str | None) -> dict[str, Any] | None:
@@ -301,6 +348,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
             f"Mean pixel difference: {differences}. Latency: {latencies}.",
             "",
         ]
+    lines += validation_markdown(summary.get("validation"))
     return "\n".join(lines)
 
 

@@ -12,7 +12,8 @@ played locally:
 * eval then calls that server, as the eval Job calls the in-cluster Service.
 
 Without a YAML it runs the embedded default: the tiny model, a synthetic dataset, a
-few dozen steps at 256 px, and a 64 px evaluation, in a couple of minutes on a laptop CPU.
+few dozen steps at 256 px with 64 px validation samples midway and at the end, and a 64 px
+evaluation, in a couple of minutes on a laptop CPU.
 """
 
 from __future__ import annotations
@@ -50,6 +51,15 @@ EMBEDDED_DEFAULT: dict[str, Any] = {
         "gradientCheckpointing": False,
         "checkpointingSteps": 10,
         "checkpointsTotalLimit": 2,
+        # Validation samples midway and at the end: <workdir>/outputs/lora/demo/samples/, in the report.
+        "validation": {
+            "prompts": ["a photo of {trigger}"],
+            "seeds": [0],
+            "everyNSteps": 15,
+            "steps": 4,
+            "width": 64,
+            "height": 64,
+        },
     },
     "resources": {"gpus": 0},
     "eval": {"prompts": ["a photo of {trigger}"], "seeds": [0, 1], "steps": 4, "width": 64, "height": 64},
@@ -98,6 +108,11 @@ def with_tiny_model(spec: LoRAFinetuneSpec, model_url: str, sha256: str) -> LoRA
     evaluation["steps"] = min(evaluation["steps"], TINY_MAX_EVAL_STEPS)
     for side in ("width", "height"):
         evaluation[side] = min(evaluation[side] or TINY_MAX_EVAL_SIZE, TINY_MAX_EVAL_SIZE)
+    validation = data["training"]["validation"]
+    if validation["prompts"]:  # off stays the default (and out of the argv)
+        validation["steps"] = min(validation["steps"], TINY_MAX_EVAL_STEPS)
+        for side in ("width", "height"):
+            validation[side] = min(validation[side] or TINY_MAX_EVAL_SIZE, TINY_MAX_EVAL_SIZE)
     return LoRAFinetuneSpec.model_validate(data)
 
 

@@ -39,6 +39,12 @@ class StepClock:
         self.steps = 0
         self._after_first: float | None = None
         self._last: float | None = None
+        self._excluded = 0.0  # seconds between steps that were not training (validation samples)
+
+    def exclude(self, seconds: float) -> None:
+        """Leave ``seconds`` spent between two steps out of the steady state."""
+        if self._after_first is not None:
+            self._excluded += seconds
 
     def step_done(self) -> None:
         self.steps += 1
@@ -59,7 +65,7 @@ class StepClock:
     def steps_per_second(self) -> float | None:
         if self.steps < 2 or self._after_first is None or self._last is None:
             return None
-        elapsed = self._last - self._after_first
+        elapsed = self._last - self._after_first - self._excluded
         return round((self.steps - 1) / elapsed, 4) if elapsed > 0 else None
 
 

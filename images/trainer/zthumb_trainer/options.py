@@ -8,13 +8,15 @@ definitions write the same flags from the same fields (``zthumb_contract.steps.s
 so the Job's argv and the CLI cannot drift.
 
 A field that may be None defaults to None on the command line (an absent flag is "unset",
-as ``spec_args`` leaves None fields out); the others default to the model's default.
+as ``spec_args`` leaves None fields out); the others default to the model's default. A nested
+model (``TrainingSpec.validation``) is one option holding its JSON; absent means its defaults.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import json
 import types
 import typing
 from collections.abc import Callable, Collection
@@ -34,15 +36,22 @@ def _optional(info: FieldInfo) -> bool:
     ) in typing.get_args(info.annotation)
 
 
+def _nested(info: FieldInfo) -> bool:
+    return isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)
+
+
 def _option_type(info: FieldInfo) -> Any:
-    """The type typer sees for a field: its annotation without None (typer knows Literal and list)."""
+    """The type typer sees for a field: its annotation without None (typer knows Literal and list);
+    a nested model is a JSON string."""
+    if _nested(info):
+        return str | None
     if _optional(info):
         return next(arg for arg in typing.get_args(info.annotation) if arg is not type(None))
     return info.annotation
 
 
 def _option_default(info: FieldInfo) -> Any:
-    if _optional(info):
+    if _optional(info) or _nested(info):
         return None  # an absent flag is "unset": spec_args leaves None fields out
     return info.get_default(call_default_factory=True)
 
@@ -59,6 +68,7 @@ def spec_options(model: type[BaseModel], param: str, exclude: Collection[str] = 
             if parameter.name != param
         ]
         options: dict[str, str] = {}  # CLI parameter name -> field name
+        nested = {name for name, info in model.model_fields.items() if _nested(info) and name not in exclude}
         generated = []
         for name, info in model.model_fields.items():
             if name in exclude:
@@ -77,6 +87,15 @@ def spec_options(model: type[BaseModel], param: str, exclude: Collection[str] = 
         @functools.wraps(func)
         def command(**kwargs: Any) -> Any:
             values = {field: kwargs.pop(option) for option, field in options.items()}
+            for field in nested:
+                if values[field] is None:
+                    del values[field]  # the model's default
+                else:
+                    try:
+                        values[field] = json.loads(values[field])
+                    except ValueError as error:
+                        flag = field.replace("_", "-")
+                        raise typer.BadParameter(f"not JSON: {error}", param_hint=f"'--{flag}'") from None
             try:
                 kwargs[param] = model.model_validate(values)
             except ValidationError as error:

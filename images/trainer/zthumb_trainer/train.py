@@ -59,6 +59,7 @@ from zthumb_trainer.latent_cache import load_or_build_cache
 from zthumb_trainer.measure import StepClock, training_block
 from zthumb_trainer.optim import LoraEma, ema_applied, make_optimizer, require_available
 from zthumb_trainer.reporting import ProgressLog, StatusReporter, write_termination_message
+from zthumb_trainer.validation import Validation
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +286,10 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
     optimizer, lr_scheduler = prepared[len(models)], prepared[len(models) + 1]
     unet = models["unet"]
     unwrapped = {name: accelerator.unwrap_model(model) for name, model in models.items()}
+    validation = Validation(  # samples with the current adapter (validation.py): rank 0 renders
+        config.validation, config.run_dir, components, unwrapped["unet"], device, dataset.resolution,
+        config.trigger_word, render=accelerator.is_main_process,
+    )  # fmt: skip
 
     # One generator state on every rank: each draws the global batch's noise and keeps its rows, so
     # N processes draw what one process with the global batch draws (and any rank's state resumes all).
@@ -473,6 +478,8 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
             if at_checkpoint and is_main:
                 assert loss_value is not None
                 checkpoint(step, loss_value)
+            if validation.due(step) and step < config.max_train_steps:  # the last: after the loop
+                clock.exclude(validation.run(step, accelerator))
             if step < config.max_train_steps and stop_requested():
                 if pending:  # a collective on every rank: stop_requested() agreed on the step
                     loss_value = flush()
@@ -494,7 +501,8 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
 
     accelerator.wait_for_everyone()
     clock.finish()
-    train_seconds = time.monotonic() - session_started
+    train_seconds = time.monotonic() - session_started - validation.seconds
+    validation.run(config.max_train_steps, accelerator)  # unless a resumed run has it on disk
     if loss_value is None and checkpoints:
         loss_value = json.loads((checkpoints[-1][1] / "state.json").read_text()).get("loss")
     summary: dict[str, Any] = {
@@ -525,6 +533,7 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
         summary["peak_gpu_memory_gb"] = round(max(setup_peak_bytes, train_peak_bytes) / 2**30, 3)
         summary["peak_train_gpu_memory_gb"] = round(train_peak_bytes / 2**30, 3)
     summary["training"] = training_block(clock, device, setup_peak_bytes, loss_value)
+    summary["validation"] = validation.summary()
     if is_main:
         if config.export_dir is not None:
             from zthumb_trainer.export import AdapterInfo, export_adapter

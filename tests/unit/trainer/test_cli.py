@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -16,7 +18,9 @@ SPECS = {
         "dataset": {"captionFormat": "jsonl", "missingCaption": "trigger", "bucketing": False},
         "training": {"snrGamma": None, "trainTextEncoder": True, "gradientCheckpointing": False,
                      "mixedPrecision": "fp16", "noiseOffset": 0.1, "optimizer": "prodigy",
-                     "useDora": True, "emaDecay": 0.995},
+                     "useDora": True, "emaDecay": 0.995,
+                     "validation": {"prompts": ["a {trigger}", "b"], "seeds": [0, 5], "everyNSteps": 50,
+                                    "width": 512, "steps": 4, "guidance": 0}},
         "eval": {"prompts": ["a", "b {trigger}"], "seeds": [1, 2, 3], "scales": [0, 0.5, 1],
                  "width": 512, "height": 768},
     },
@@ -43,6 +47,12 @@ def test_every_step_argv_parses(name):
             assert context.params["optimizer"] == spec.training.optimizer
             assert context.params["use_dora"] == spec.training.use_dora
             assert context.params["ema_decay"] == spec.training.ema_decay
+            if name == "defaults":  # off: left out of the argv
+                assert "--validation" not in step.args and context.params["validation"] is None
+            else:
+                assert json.loads(context.params["validation"]) == spec.training.validation.model_dump(
+                    by_alias=True
+                )
 
 
 def test_help_lists_every_subcommand():
@@ -71,7 +81,9 @@ def test_spec_options_round_trip_through_the_step_argv():
     spec = LoRAFinetuneSpec.model_validate(
         {"training": {"rank": 7, "alpha": 3.5, "snrGamma": None, "gradientCheckpointing": False,
                       "mixedPrecision": "fp16", "checkpointsTotalLimit": 9, "optimizer": "adamw8bit",
-                      "useDora": True, "emaDecay": 0.9},
+                      "useDora": True, "emaDecay": 0.9,
+                      "validation": {"prompts": ["p {trigger}"], "seeds": [2, 3], "everyNSteps": 7,
+                                     "height": 128}},
          "eval": {"prompts": ["x"], "seeds": [4], "scales": [0.3], "steps": 3, "width": 64}}
     )  # fmt: skip
     command = typer.main.get_command(app)
@@ -84,7 +96,17 @@ def test_spec_options_round_trip_through_the_step_argv():
             for field, info in model.model_fields.items()
             if field != "enabled"
         }
+        if name == "train":  # a nested section is one JSON option
+            values["validation"] = json.loads(values["validation"])
         assert model.model_validate(values) == section
+
+
+def test_the_validation_option_parses_its_json_and_refuses_bad_values(tmp_path):
+    base = ["train", "--run-name", "r", "--base-model", str(tmp_path / "m"), "--run-dir", str(tmp_path / "d")]
+    result = CliRunner().invoke(app, [*base, "--validation", "{not json"])
+    assert result.exit_code == 2 and "--validation" in result.output and "not JSON" in result.output
+    result = CliRunner().invoke(app, [*base, "--validation", '{"prompts": ["x"], "steps": 1000}'])
+    assert result.exit_code == 2 and "--validation" in result.output
 
 
 def test_every_training_option_has_a_row_in_the_trainer_readme():

@@ -161,3 +161,25 @@ def test_two_gloo_processes_train_like_one_with_the_global_batch_and_resume(tmp_
     # ... and training moved it: the comparison is not between two untrained adapters.
     assert any(b[key].abs().max().item() > 1e-3 for key in b if "lora_B" in key or "lora.up" in key)
     assert torch.isfinite(torch.tensor([loss for _, loss in multi_losses])).all()
+
+
+@pytest.mark.slow
+def test_two_processes_with_validation_samples_do_not_deadlock(tmp_path, tiny_model):
+    """Rank 0 renders each pass while rank 1 waits at the barrier; both finish, one grid per pass."""
+    data = tmp_path / "data"
+    from zthumb_trainer.synthetic_dataset import write_synthetic_dataset
+
+    write_synthetic_dataset(data, count=4, size=(64, 64))
+    run_dir = tmp_path / "run"
+    prepare_dataset(data, run_dir, resolution=64, trigger_word="zt")
+    validation = {"prompts": ["zt"], "seeds": [0], "every_n_steps": 1, "steps": 2}
+    values = _config_values(run_dir, tiny_model, max_train_steps=2, validation=validation)
+    completed = _launch(tmp_path, values)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    index = json.loads((run_dir / "samples" / "samples.json").read_text())
+    assert [entry["step"] for entry in index["passes"]] == [1, 2]
+    assert sorted(path.name for path in (run_dir / "samples").iterdir()) == [
+        "samples.json", "step-1.png", "step-2.png"]  # fmt: skip
+    for rank in (0, 1):
+        summary = json.loads((run_dir / f"calls-{rank}.json").read_text())["summary"]
+        assert summary["validation"]["passes"] == 2

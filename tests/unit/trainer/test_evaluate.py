@@ -136,3 +136,29 @@ def test_unreachable_server_is_an_eval_error(tmp_path):
         run_eval(EvalConfig(server_url="http://127.0.0.1:9", output=tmp_path / "o", run_name="s",
                             lora_path="s", prompts=["x"], seeds=[0], scales=[0.0, 0.8],
                             ready_timeout=0.5))  # fmt: skip
+
+
+def test_report_shows_the_validation_samples_in_step_order(tmp_path, monkeypatch):
+    """The train step's grids (<run-dir>/samples/, beside its summary.json) go into the report."""
+    monkeypatch.setenv("ZTHUMB_TERMINATION_LOG", str(tmp_path / "termination-log"))
+    run_dir = tmp_path / "outputs" / "lora" / "style"
+    (run_dir / "samples").mkdir(parents=True)
+    (run_dir / "summary.json").write_text(json.dumps({"steps": 6}))
+    passes = [{"step": step, "image": f"step-{step}.png", "prompts": ["zt"], "seeds": [0], "seconds": seconds}
+              for step, seconds in ((6, 2.0), (3, 1.0))]  # fmt: skip
+    for entry in passes:
+        Image.new("RGB", (64, 64)).save(run_dir / "samples" / entry["image"])
+    (run_dir / "samples" / "samples.json").write_text(json.dumps({"passes": passes}))
+    with StaticServer(tmp_path, handler=_fake_server()) as server:
+        output = tmp_path / "outputs" / "lora_eval" / "style"
+        summary = run_eval(
+            EvalConfig(server_url=server.url, output=output, run_name="style", lora_path="style",
+                       prompts=["x"], seeds=[0], scales=[0.0, 0.8], steps=2,
+                       train_summary=run_dir / "summary.json")
+        )  # fmt: skip
+    assert summary["validation"]["passes"] == 2 and summary["validation"]["secondsPerPass"] == 1.5
+    report = (output / "report.md").read_text()
+    assert "## Validation samples during training" in report
+    assert report.index("![step 3](samples/step-3.png)") < report.index("![step 6](samples/step-6.png)")
+    assert "### Step 3 (1.0 s)" in report
+    assert (output / "samples" / "step-3.png").exists() and (output / "samples" / "step-6.png").exists()

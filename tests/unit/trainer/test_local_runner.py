@@ -24,6 +24,11 @@ def test_embedded_default_is_a_valid_small_spec():
     assert spec.dataset.resolution == EMBEDDED_DEFAULT["dataset"]["resolution"] == 256
     assert spec.training.max_train_steps <= 50
     assert spec.eval.width == 64
+    # Validation samples once midway and at the end, small enough for the demo's time budget.
+    validation = spec.training.validation
+    assert validation.prompts and validation.seeds == [0]
+    assert validation.every_n_steps == spec.training.max_train_steps // 2
+    assert (validation.width, validation.height, validation.steps) == (64, 64, 4)
 
 
 def test_yaml_manifest_and_tiny_overrides(tmp_path):
@@ -39,6 +44,11 @@ def test_yaml_manifest_and_tiny_overrides(tmp_path):
     assert tiny.base_model.sha256 == "ab" * 32
     assert tiny.dataset.resolution == 256 and tiny.training.max_train_steps == 20
     assert tiny.eval.width == 128 and tiny.training.mixed_precision == "no"
+    assert tiny.training.validation == spec.training.validation  # off: untouched
+    spec.training.validation.prompts = ["x"]
+    spec.training.validation.steps = 50
+    small = with_tiny_model(spec, "http://127.0.0.1:1", "ab" * 32).training.validation
+    assert (small.width, small.height, small.steps) == (128, 128, 8)
 
 
 def test_not_a_finetune_is_refused(tmp_path):
