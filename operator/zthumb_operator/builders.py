@@ -1,9 +1,9 @@
 """Pure builders: plain values in, Kubernetes-shaped dicts out (no I/O, no clock, no kopf).
 
 Everything the operator sends to the API server is built here, so the unit tests
-can check it without a cluster: step Jobs from the shared ``StepDefinition``s,
-the Deployment patch of the deploy step, rollout and Job state readers, and the
-condition transitions of the status.
+can check it without a cluster: step Jobs from the shared ``StepDefinition``s and
+the readers of their state and results. The Deployment side lives in ``deployments.py``,
+the status conditions in ``conditions.py``, the multi-node train step in ``multinode.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from zthumb_contract import env as contract_env
 from zthumb_contract.crd import API_VERSION, KIND, parse_time
 from zthumb_contract.results import TrainResults
 from zthumb_contract.spec import LoRAFinetuneSpec
-from zthumb_contract.stages import SUCCEEDED, TERMINAL_PHASES
 from zthumb_contract.steps import StepDefinition
 
 MANAGED_BY = "zthumb-operator"
@@ -30,11 +29,9 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 # Set by the Job controller on the pods of a Job.
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 # The rollout lock on a target Deployment: "<run name>" of the run whose rollout is in flight.
-ROLLOUT_OWNER_ANNOTATION = "zthumb.io/rollout-owner"
 
 MAX_NAME = 63  # Job names end up as the pods' job-name label value
 
-READY = "Ready"
 SCHEDULED = "Scheduled"
 
 # Small fixed requests for the CPU steps; the train step takes spec.resources.
@@ -352,175 +349,3 @@ def train_results(pods: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
         if results is not None:
             return results.status()
     return None
-
-
-# --------------------------------------------------------------------------- Deployment
-
-
-def container_env(deployment: Mapping[str, Any], container: str) -> dict[str, str] | None:
-    """Plain ``value`` env of ``container`` in the Deployment's pod template (None: no such container)."""
-    for c in deployment.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or []:
-        if c.get("name") == container:
-            return {e["name"]: e.get("value", "") for e in c.get("env") or [] if "valueFrom" not in e}
-    return None
-
-
-def lora_env_values(deployment: Mapping[str, Any], container: str) -> dict[str, str]:
-    """Current Z_LORA_PATH / Z_LORA_SCALE of the container (absent ones left out)."""
-    env = container_env(deployment, container) or {}
-    return {k: env[k] for k in contract_env.LORA_ENV if k in env}
-
-
-def deployment_env_patch(
-    container: str,
-    env: Mapping[str, str | None],
-    *,
-    lock_owner: str | bool | None = False,
-    resource_version: str | None = None,
-) -> dict[str, Any]:
-    """Strategic-merge patch setting (value) or removing (None) env vars of one container.
-
-    ``lock_owner``: a run name sets the rollout lock annotation, None removes it,
-    False leaves it alone. ``resource_version`` makes the patch conditional (409 on change).
-    """
-    entries: list[dict[str, Any]] = []
-    for name, value in env.items():
-        if value is None:
-            entries.append({"name": name, "$patch": "delete"})
-        else:
-            entries.append({"name": name, "value": value})
-    patch: dict[str, Any] = {}
-    if env:
-        patch["spec"] = {"template": {"spec": {"containers": [{"name": container, "env": entries}]}}}
-    meta: dict[str, Any] = {}
-    if lock_owner is not False:
-        meta["annotations"] = {ROLLOUT_OWNER_ANNOTATION: lock_owner}
-    if resource_version:
-        meta["resourceVersion"] = resource_version
-    if meta:
-        patch["metadata"] = meta
-    return patch
-
-
-def rollout_owner(deployment: Mapping[str, Any]) -> str | None:
-    return ((deployment.get("metadata") or {}).get("annotations") or {}).get(ROLLOUT_OWNER_ANNOTATION)
-
-
-@dataclass(frozen=True)
-class RolloutState:
-    done: bool
-    failed: bool = False
-    message: str = ""
-
-
-def rollout_state(deployment: Mapping[str, Any], patched_generation: int) -> RolloutState:
-    """Like ``kubectl rollout status``: has the Deployment rolled out ``patched_generation``?"""
-    spec = deployment.get("spec") or {}
-    status = deployment.get("status") or {}
-    want = int(spec.get("replicas", 1))
-    observed = int(status.get("observedGeneration") or 0)
-    if observed < patched_generation:
-        return RolloutState(False, message="waiting for the Deployment controller to observe the change")
-    for cond in status.get("conditions") or []:
-        if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
-            return RolloutState(False, True, cond.get("message") or "progress deadline exceeded")
-    updated = int(status.get("updatedReplicas") or 0)
-    total = int(status.get("replicas") or 0)
-    available = int(status.get("availableReplicas") or 0)
-    if updated < want:
-        return RolloutState(False, message=f"{updated} of {want} new replicas updated")
-    if total > updated:
-        return RolloutState(False, message=f"{total - updated} old replicas pending termination")
-    if available < updated:
-        return RolloutState(False, message=f"{available} of {updated} updated replicas available")
-    return RolloutState(True, message=f"{available} of {want} replicas available with the new adapter")
-
-
-# --------------------------------------------------------------------------- conditions/status
-
-
-def set_condition(
-    conditions: Sequence[Mapping[str, Any]],
-    ctype: str,
-    status: str,
-    reason: str,
-    message: str,
-    *,
-    generation: int | None,
-    now: str,
-) -> list[dict[str, Any]]:
-    """Conditions with ``ctype`` set; lastTransitionTime moves only when the status changes."""
-    out: list[dict[str, Any]] = []
-    found = False
-    for cond in conditions:
-        if cond.get("type") != ctype:
-            out.append(dict(cond))
-            continue
-        found = True
-        new: dict[str, Any] = {"type": ctype, "status": status, "reason": reason, "message": message}
-        new["lastTransitionTime"] = (
-            cond.get("lastTransitionTime") or now if cond.get("status") == status else now
-        )
-        if generation is not None:
-            new["observedGeneration"] = generation
-        out.append(new)
-    if not found:
-        new = {
-            "type": ctype,
-            "status": status,
-            "reason": reason,
-            "message": message,
-            "lastTransitionTime": now,
-        }
-        if generation is not None:
-            new["observedGeneration"] = generation
-        out.append(new)
-    return out
-
-
-def get_condition(conditions: Sequence[Mapping[str, Any]] | None, ctype: str) -> Mapping[str, Any] | None:
-    for cond in conditions or []:
-        if cond.get("type") == ctype:
-            return cond
-    return None
-
-
-def condition_true(conditions: Sequence[Mapping[str, Any]] | None, ctype: str) -> bool:
-    cond = get_condition(conditions, ctype)
-    return bool(cond and cond.get("status") == "True")
-
-
-def transition(
-    status: Mapping[str, Any],
-    *,
-    phase: str,
-    reason: str,
-    message: str,
-    generation: int | None,
-    now: str,
-    step_conditions: Mapping[str, tuple[str, str, str]] | None = None,
-) -> dict[str, Any]:
-    """The status fields to write for a move to ``phase`` (a patch, not the whole status).
-
-    ``Ready`` follows the phase: True on Succeeded, False otherwise (reason = the
-    phase's reason). ``step_conditions`` maps condition type to (status, reason, message).
-    """
-    conditions: list[dict[str, Any]] = [dict(c) for c in status.get("conditions") or []]
-    for ctype, (cstatus, creason, cmessage) in (step_conditions or {}).items():
-        conditions = set_condition(
-            conditions, ctype, cstatus, creason, cmessage, generation=generation, now=now
-        )
-    ready = "True" if phase == SUCCEEDED else "False"
-    conditions = set_condition(conditions, READY, ready, reason, message, generation=generation, now=now)
-    patch: dict[str, Any] = {
-        "phase": phase,
-        "reason": reason,
-        "message": message,
-        "conditions": conditions,
-        "observedGeneration": generation,
-    }
-    if not status.get("startTime"):
-        patch["startTime"] = now
-    if phase in TERMINAL_PHASES and not status.get("completionTime"):
-        patch["completionTime"] = now
-    return patch

@@ -18,7 +18,7 @@ from zthumb_contract.stages import PENDING, Stage, Success
 from zthumb_contract.steps import RunPaths, StepDefinition, deploy_env
 
 from zthumb_operator import builders as b
-from zthumb_operator import metrics
+from zthumb_operator import conditions, metrics
 from zthumb_operator import multinode as mn
 from zthumb_operator.api import Api, ConflictError
 from zthumb_operator.cache import Cache
@@ -160,7 +160,7 @@ class JobStages:
         # running
         if step.reports_progress:
             self.progress_percent(p)
-        if b.get_condition(p.status.get("conditions"), b.SCHEDULED):
+        if conditions.get_condition(p.status.get("conditions"), b.SCHEDULED):
             p.condition(b.SCHEDULED, "True", "Scheduled", f"Job {jname} has been scheduled")
         p.condition(cond, "False", "Running", f"Job {jname} is running")
         p.phase(stage.phase, "Running", f"step {step.name}: Job {jname} is running")

@@ -29,8 +29,7 @@ from pydantic import ValidationError
 from zthumb_contract.spec import LoRAFinetuneSpec
 from zthumb_contract.stages import FAILED, SUCCEEDED, TERMINAL_PHASES, Runner, active_stages, build_steps
 
-from zthumb_operator import builders as b
-from zthumb_operator import metrics
+from zthumb_operator import conditions, metrics
 from zthumb_operator.api import Api
 from zthumb_operator.cache import Cache
 from zthumb_operator.config import OperatorConfig
@@ -126,7 +125,7 @@ class Controller:
         if not p.status.get("phase"):
             p.event("Normal", "Accepted", f"run {name}: steps {', '.join(s.name for s in stages)}")
         for stage in stages:
-            if b.condition_true(p.status.get("conditions"), stage.condition):
+            if conditions.condition_true(p.status.get("conditions"), stage.condition):
                 continue
             if stage.runner is Runner.DEPLOY:
                 outcome = await self.rollouts.drive(p, spec)

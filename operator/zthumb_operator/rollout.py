@@ -19,8 +19,7 @@ from zthumb_contract.spec import LoRAFinetuneSpec
 from zthumb_contract.stages import STAGE, TERMINAL_PHASES
 from zthumb_contract.steps import RunPaths, deploy_env
 
-from zthumb_operator import builders as b
-from zthumb_operator import metrics
+from zthumb_operator import conditions, deployments, metrics
 from zthumb_operator.api import Api, ConflictError
 from zthumb_operator.cache import Cache
 from zthumb_operator.config import OperatorConfig
@@ -67,7 +66,7 @@ class Rollouts:
                 DEPLOY.phase, "DeploymentNotFound", f"waiting for deployment {d.deployment} to exist in {ns}"
             )
             return again_in(max(poll, 5.0))
-        owner = b.rollout_owner(deployment)
+        owner = deployments.rollout_owner(deployment)
         if owner != name:
             if owner and self.holds_lock((ns, owner)):
                 p.condition(
@@ -89,7 +88,7 @@ class Rollouts:
                 deployment = await self.api.patch_deployment(
                     ns,
                     d.deployment,
-                    b.deployment_env_patch(
+                    deployments.deployment_env_patch(
                         d.container,
                         {},
                         lock_owner=name,
@@ -99,7 +98,7 @@ class Rollouts:
             except ConflictError:
                 return again_in(0.2)  # someone changed the Deployment in between: look again
         if not state.get("previousRecorded"):
-            env = b.container_env(deployment, d.container)
+            env = deployments.container_env(deployment, d.container)
             if env is None:
                 await self.release(ns, d.deployment, name)
                 p.fail(
@@ -111,7 +110,7 @@ class Rollouts:
             state.update(
                 deployment=d.deployment,
                 container=d.container,
-                previousEnv=b.lora_env_values(deployment, d.container),
+                previousEnv=deployments.lora_env_values(deployment, d.container),
                 previousRecorded=True,
                 startedAt=p.stamp,
             )
@@ -121,7 +120,7 @@ class Rollouts:
         if not state.get("patchedGeneration"):
             new_env = deploy_env(RunPaths(self.config.server_data_root, name, spec))
             deployment = await self.api.patch_deployment(
-                ns, d.deployment, b.deployment_env_patch(d.container, new_env)
+                ns, d.deployment, deployments.deployment_env_patch(d.container, new_env)
             )
             state["patchedGeneration"] = int(deployment["metadata"].get("generation") or 0)
             p.set("deploy", dict(state))
@@ -133,7 +132,7 @@ class Rollouts:
                 f"{contract_env.LORA_SCALE}={new_env[contract_env.LORA_SCALE]} on "
                 f"deployment {d.deployment} (generation {state['patchedGeneration']})",
             )
-        rollout = b.rollout_state(deployment, int(state["patchedGeneration"]))
+        rollout = deployments.rollout_state(deployment, int(state["patchedGeneration"]))
         if rollout.done:
             await self.release(ns, d.deployment, name)
             metrics.STEP_DURATION.labels(step=DEPLOY.name).observe(max(0.0, p.now - started))
@@ -164,19 +163,19 @@ class Rollouts:
         if run is None:
             return False
         status = run.get("status") or {}
-        return status.get("phase") not in TERMINAL_PHASES and not b.condition_true(
+        return status.get("phase") not in TERMINAL_PHASES and not conditions.condition_true(
             status.get("conditions"), DEPLOY.condition
         )
 
     async def release(self, ns: str, deployment: str, owner: str) -> None:
         current = await self.api.get_deployment(ns, deployment)
-        if current is None or b.rollout_owner(current) != owner:
+        if current is None or deployments.rollout_owner(current) != owner:
             return
         try:
             await self.api.patch_deployment(
                 ns,
                 deployment,
-                b.deployment_env_patch(
+                deployments.deployment_env_patch(
                     "", {}, lock_owner=None, resource_version=current["metadata"]["resourceVersion"]
                 ),
             )
@@ -187,7 +186,7 @@ class Rollouts:
         previous: dict[str, str] = dict(state.get("previousEnv") or {})
         env: dict[str, str | None] = {k: previous.get(k) for k in contract_env.LORA_ENV}
         ns = p.run["metadata"]["namespace"]
-        patch = b.deployment_env_patch(container, env, lock_owner=None)
+        patch = deployments.deployment_env_patch(container, env, lock_owner=None)
         await self.api.patch_deployment(ns, deployment, patch)
         state["rolledBack"] = True
         p.set("deploy", dict(state))

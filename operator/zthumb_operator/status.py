@@ -10,8 +10,7 @@ from typing import Any
 from zthumb_contract.crd import format_time
 from zthumb_contract.stages import FAILED
 
-from zthumb_operator import builders as b
-from zthumb_operator import metrics
+from zthumb_operator import conditions, metrics
 
 Key = tuple[str, str]  # (namespace, name)
 
@@ -71,14 +70,14 @@ class Pass:
             self.patch[key] = value
 
     def condition(self, ctype: str, status: str, reason: str, message: str) -> None:
-        current = b.get_condition(self.status.get("conditions"), ctype)
+        current = conditions.get_condition(self.status.get("conditions"), ctype)
         if current and (current.get("status"), current.get("reason"), current.get("message")) == (
             status,
             reason,
             message,
         ):
             return
-        conds = b.set_condition(
+        conds = conditions.set_condition(
             self.status.get("conditions") or [],
             ctype,
             status,
@@ -93,7 +92,7 @@ class Pass:
         old = (self.status.get("phase"), self.status.get("reason"))
         if old == (phase, reason) and self.status.get("message") == message:
             return
-        fields = b.transition(
+        fields = conditions.transition(
             self.status,
             phase=phase,
             reason=reason,

@@ -9,6 +9,7 @@ from lft_helpers import make_run
 from zthumb_contract.spec import LoRAFinetuneSpec, SecretKeyRef
 from zthumb_contract.stages import build_steps
 from zthumb_operator import builders as b
+from zthumb_operator import conditions, deployments
 
 SETTINGS = b.JobSettings(image="registry.example/trainer:1")
 
@@ -243,12 +244,14 @@ DEPLOYMENT: dict[str, Any] = {
 
 
 def test_env_values_of_the_target_container_only() -> None:
-    assert b.lora_env_values(DEPLOYMENT, "zthumb") == {"Z_LORA_PATH": "/data/models/lora/old"}
-    assert b.container_env(DEPLOYMENT, "missing") is None
+    assert deployments.lora_env_values(DEPLOYMENT, "zthumb") == {"Z_LORA_PATH": "/data/models/lora/old"}
+    assert deployments.container_env(DEPLOYMENT, "missing") is None
 
 
 def test_deployment_patch_sets_and_deletes_env_by_name() -> None:
-    patch = b.deployment_env_patch("zthumb", {"Z_LORA_PATH": "/data/models/lora/z", "Z_LORA_SCALE": None})
+    patch = deployments.deployment_env_patch(
+        "zthumb", {"Z_LORA_PATH": "/data/models/lora/z", "Z_LORA_SCALE": None}
+    )
     assert patch == {
         "spec": {
             "template": {
@@ -269,12 +272,12 @@ def test_deployment_patch_sets_and_deletes_env_by_name() -> None:
 
 
 def test_lock_patch_is_conditional() -> None:
-    patch = b.deployment_env_patch("zthumb", {}, lock_owner="run-a", resource_version="10")
+    patch = deployments.deployment_env_patch("zthumb", {}, lock_owner="run-a", resource_version="10")
     assert patch == {
-        "metadata": {"annotations": {b.ROLLOUT_OWNER_ANNOTATION: "run-a"}, "resourceVersion": "10"}
+        "metadata": {"annotations": {deployments.ROLLOUT_OWNER_ANNOTATION: "run-a"}, "resourceVersion": "10"}
     }
-    release = b.deployment_env_patch("zthumb", {}, lock_owner=None)
-    assert release == {"metadata": {"annotations": {b.ROLLOUT_OWNER_ANNOTATION: None}}}
+    release = deployments.deployment_env_patch("zthumb", {}, lock_owner=None)
+    assert release == {"metadata": {"annotations": {deployments.ROLLOUT_OWNER_ANNOTATION: None}}}
 
 
 def rollout(**status: Any) -> dict[str, Any]:
@@ -282,15 +285,15 @@ def rollout(**status: Any) -> dict[str, Any]:
 
 
 def test_rollout_state_like_kubectl_rollout_status() -> None:
-    assert not b.rollout_state(rollout(observedGeneration=3), 4).done
-    assert not b.rollout_state(rollout(observedGeneration=4, updatedReplicas=1, replicas=2), 4).done
-    assert not b.rollout_state(
+    assert not deployments.rollout_state(rollout(observedGeneration=3), 4).done
+    assert not deployments.rollout_state(rollout(observedGeneration=4, updatedReplicas=1, replicas=2), 4).done
+    assert not deployments.rollout_state(
         rollout(observedGeneration=4, updatedReplicas=2, replicas=3, availableReplicas=2), 4
     ).done
-    assert not b.rollout_state(
+    assert not deployments.rollout_state(
         rollout(observedGeneration=4, updatedReplicas=2, replicas=2, availableReplicas=1), 4
     ).done
-    assert b.rollout_state(
+    assert deployments.rollout_state(
         rollout(observedGeneration=4, updatedReplicas=2, replicas=2, availableReplicas=2), 4
     ).done
     stuck = rollout(
@@ -299,15 +302,15 @@ def test_rollout_state_like_kubectl_rollout_status() -> None:
             {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "x"}
         ],
     )
-    assert b.rollout_state(stuck, 4).failed
+    assert deployments.rollout_state(stuck, 4).failed
 
 
 # --------------------------------------------------------------------------- conditions
 
 
 def test_set_condition_keeps_transition_time_when_status_is_unchanged() -> None:
-    conds = b.set_condition([], "Ready", "False", "Running", "m1", generation=1, now="T1")
-    conds = b.set_condition(conds, "Ready", "False", "Other", "m2", generation=1, now="T2")
+    conds = conditions.set_condition([], "Ready", "False", "Running", "m1", generation=1, now="T1")
+    conds = conditions.set_condition(conds, "Ready", "False", "Other", "m2", generation=1, now="T2")
     assert conds == [
         {
             "type": "Ready",
@@ -318,17 +321,19 @@ def test_set_condition_keeps_transition_time_when_status_is_unchanged() -> None:
             "observedGeneration": 1,
         }
     ]
-    conds = b.set_condition(conds, "Ready", "True", "Succeeded", "m3", generation=2, now="T3")
+    conds = conditions.set_condition(conds, "Ready", "True", "Succeeded", "m3", generation=2, now="T3")
     assert conds[0]["lastTransitionTime"] == "T3"
     assert conds[0]["observedGeneration"] == 2
 
 
 def test_transition_sets_ready_times_and_generation() -> None:
-    first = b.transition({}, phase="Downloading", reason="Running", message="m", generation=1, now="T1")
+    first = conditions.transition(
+        {}, phase="Downloading", reason="Running", message="m", generation=1, now="T1"
+    )
     assert first["startTime"] == "T1"
     assert "completionTime" not in first
-    assert b.get_condition(first["conditions"], "Ready")["status"] == "False"
-    done = b.transition(
+    assert conditions.get_condition(first["conditions"], "Ready")["status"] == "False"
+    done = conditions.transition(
         first,
         phase="Succeeded",
         reason="Succeeded",
@@ -339,8 +344,8 @@ def test_transition_sets_ready_times_and_generation() -> None:
     )
     assert done["completionTime"] == "T2"
     assert "startTime" not in done
-    assert b.condition_true(done["conditions"], "Ready")
-    assert b.condition_true(done["conditions"], "Evaluated")
+    assert conditions.condition_true(done["conditions"], "Ready")
+    assert conditions.condition_true(done["conditions"], "Evaluated")
     assert done["observedGeneration"] == 1
 
 

@@ -11,6 +11,7 @@ import pytest
 from lft_helpers import make_run
 from zthumb_contract.crd import format_time
 from zthumb_operator import builders as b
+from zthumb_operator import conditions, deployments
 from zthumb_operator.api import ConflictError
 from zthumb_operator.config import OperatorConfig
 from zthumb_operator.reconcile import Controller
@@ -210,14 +211,14 @@ def test_happy_path_through_every_phase() -> None:
     assert st["deploy"]["previousEnv"] == {"Z_LORA_PATH": "/data/models/lora/old"}
     assert st["progress"]["percent"] == 100
     d = h.api.deployments[("ml", "zthumb")]
-    assert d["metadata"]["annotations"][b.ROLLOUT_OWNER_ANNOTATION] == "z-style"
+    assert d["metadata"]["annotations"][deployments.ROLLOUT_OWNER_ANNOTATION] == "z-style"
     env = {e["name"]: e["value"] for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["Z_LORA_PATH"] == "/data/models/lora/z-style"
     assert env["Z_LORA_SCALE"] == "0.8"
     assert st["adapterPath"] == "/data/models/lora/z-style"
     h.rollout_done()
     h.reconcile()
-    assert b.ROLLOUT_OWNER_ANNOTATION not in d["metadata"]["annotations"]  # lock released
+    assert deployments.ROLLOUT_OWNER_ANNOTATION not in d["metadata"]["annotations"]  # lock released
     assert h.status()["phase"] == "Evaluating"
     assert (
         "http://zthumb.ml.svc:8080"
@@ -231,7 +232,7 @@ def test_happy_path_through_every_phase() -> None:
     assert st["reportPath"] == "/data/outputs/lora_eval/z-style/report.md"
     assert st["completionTime"]
     for ctype in ("Ready", "ModelFetched", "DatasetPrepared", "Trained", "Deployed", "Evaluated"):
-        assert b.condition_true(st["conditions"], ctype), ctype
+        assert conditions.condition_true(st["conditions"], ctype), ctype
     assert h.api.creates == [
         "z-style-fetch-model",
         "z-style-prepare-dataset",
@@ -329,7 +330,7 @@ def test_unschedulable_stays_pending_with_the_scheduler_message_then_fails_at_th
     st = h.status()
     assert st["phase"] == "Pending"
     assert st["reason"] == "Unschedulable"
-    cond = b.get_condition(st["conditions"], "Scheduled")
+    cond = conditions.get_condition(st["conditions"], "Scheduled")
     assert cond["status"] == "False" and "Insufficient nvidia.com/gpu" in cond["message"]
     assert delay == pytest.approx(600)
     h.now += 601
@@ -358,8 +359,8 @@ def test_failed_train_job_fails_the_run_with_a_reason() -> None:
     st = h.status()
     assert (st["phase"], st["reason"]) == ("Failed", "TrainFailed")
     assert "BackoffLimitExceeded" in st["message"]
-    assert b.get_condition(st["conditions"], "Trained")["status"] == "False"
-    assert b.get_condition(st["conditions"], "Ready")["reason"] == "TrainFailed"
+    assert conditions.get_condition(st["conditions"], "Trained")["status"] == "False"
+    assert conditions.get_condition(st["conditions"], "Ready")["reason"] == "TrainFailed"
     assert ("Warning", "TrainFailed") in [(t, r) for t, r, _ in h.api.events]
 
 
@@ -394,7 +395,7 @@ def test_rollout_timeout_restores_the_previous_adapter() -> None:
     env = {e["name"]: e["value"] for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["Z_LORA_PATH"] == "/data/models/lora/old"
     assert "Z_LORA_SCALE" not in env  # was not set before: removed again
-    assert b.ROLLOUT_OWNER_ANNOTATION not in d["metadata"]["annotations"]
+    assert deployments.ROLLOUT_OWNER_ANNOTATION not in d["metadata"]["annotations"]
 
 
 def test_rollouts_of_one_deployment_are_serialized() -> None:
@@ -403,7 +404,9 @@ def test_rollouts_of_one_deployment_are_serialized() -> None:
     other["metadata"]["uid"] = "uid-2"
     other["status"] = {"phase": "Deploying"}
     h.add_run(other)
-    h.api.deployments[("ml", "zthumb")]["metadata"]["annotations"][b.ROLLOUT_OWNER_ANNOTATION] = "other"
+    h.api.deployments[("ml", "zthumb")]["metadata"]["annotations"][deployments.ROLLOUT_OWNER_ANNOTATION] = (
+        "other"
+    )
     to_training(h)
     h.complete("train")
     h.reconcile()
@@ -414,7 +417,7 @@ def test_rollouts_of_one_deployment_are_serialized() -> None:
     h.controller.runs[("ml", "other")]["status"] = {"phase": "Succeeded"}
     h.reconcile()
     d = h.api.deployments[("ml", "zthumb")]
-    assert d["metadata"]["annotations"][b.ROLLOUT_OWNER_ANNOTATION] == "z-style"
+    assert d["metadata"]["annotations"][deployments.ROLLOUT_OWNER_ANNOTATION] == "z-style"
     assert h.status()["deploy"]["patchedGeneration"] == 2
 
 
@@ -483,7 +486,7 @@ def test_train_results_reach_the_status_from_the_train_pods_termination_message(
     h.reconcile()
     st = h.status()
     assert st["training"] == training
-    assert b.condition_true(st["conditions"], "Trained")
+    assert conditions.condition_true(st["conditions"], "Trained")
 
 
 def test_a_train_pod_without_results_leaves_the_status_without_them() -> None:
@@ -491,7 +494,7 @@ def test_a_train_pod_without_results_leaves_the_status_without_them() -> None:
     to_training(h)
     h.complete("train")
     h.reconcile()
-    assert b.condition_true(h.status()["conditions"], "Trained") and "training" not in h.status()
+    assert conditions.condition_true(h.status()["conditions"], "Trained") and "training" not in h.status()
 
 
 @pytest.mark.parametrize(
@@ -510,12 +513,14 @@ def test_job_image_is_the_specs_or_else_the_operators(images: dict[str, str], ex
 
 def test_rollout_lock_of_a_deleted_run_is_taken_over() -> None:
     h = Harness()
-    h.api.deployments[("ml", "zthumb")]["metadata"]["annotations"][b.ROLLOUT_OWNER_ANNOTATION] = "gone"
+    h.api.deployments[("ml", "zthumb")]["metadata"]["annotations"][deployments.ROLLOUT_OWNER_ANNOTATION] = (
+        "gone"
+    )
     to_training(h)
     h.complete("train")
     h.reconcile()
     d = h.api.deployments[("ml", "zthumb")]
-    assert d["metadata"]["annotations"][b.ROLLOUT_OWNER_ANNOTATION] == "z-style"
+    assert d["metadata"]["annotations"][deployments.ROLLOUT_OWNER_ANNOTATION] == "z-style"
     assert ("Normal", "RolloutLockTakenOver", "took over the stale rollout lock of run gone") in h.api.events
 
 
@@ -544,7 +549,7 @@ def test_multi_node_train_is_a_headless_service_then_an_indexed_job() -> None:
     assert h.api.creates.count("service/z-style-train") == 1
     h.complete("train")
     h.reconcile()
-    assert b.condition_true(h.status()["conditions"], "Trained")
+    assert conditions.condition_true(h.status()["conditions"], "Trained")
 
 
 def test_service_of_an_earlier_run_with_the_same_name_is_waited_for() -> None:
@@ -607,7 +612,7 @@ def test_failed_node_of_a_multi_node_job_is_named_in_the_status() -> None:
     assert "PodFailurePolicy" in st["message"]
     assert "node 2 (pod z-style-train-2-x) failed first: exit code 3 (Error)" in st["message"]
     assert "no rendezvous with node 0" in st["message"]
-    assert "node 2" in b.get_condition(st["conditions"], "Trained")["message"]
+    assert "node 2" in conditions.get_condition(st["conditions"], "Trained")["message"]
 
 
 def test_several_nodes_without_gpus_fail_as_an_invalid_spec_naming_nodes() -> None:
