@@ -81,7 +81,7 @@ def training_step_flops(model_dir: Path, batch: int, resolution: int, rank: int)
     from diffusers import UNet2DConditionModel
     from peft import LoraConfig
     from torch.utils.flop_counter import FlopCounterMode
-    from zthumb_trainer.train import UNET_TARGET_MODULES
+    from zthumb_trainer.model_setup import UNET_TARGET_MODULES
 
     config = json.loads((model_dir / "unet" / "config.json").read_text())
     with torch.device("meta"):

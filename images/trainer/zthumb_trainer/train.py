@@ -33,15 +33,12 @@ from __future__ import annotations
 import json
 import logging
 import random
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 from zthumb_contract.spec import TrainingSpec
 
 from zthumb_trainer.batches import BatchSchedule, load_pixels, time_ids
@@ -53,18 +50,18 @@ from zthumb_trainer.checkpoints import (
     restore_checkpoint,
     save_checkpoint,
 )
-from zthumb_trainer.components import Components, encode_text, load_components, tokenize
+from zthumb_trainer.components import encode_text, load_components, tokenize
 from zthumb_trainer.dataset import load_manifest
 from zthumb_trainer.latent_cache import load_or_build_cache
 from zthumb_trainer.measure import StepClock, training_block
+from zthumb_trainer.model_setup import add_lora, compile_unet, effective_precision, to_device
+from zthumb_trainer.objective import diffusion_loss
 from zthumb_trainer.optim import LoraEma, ema_applied, make_optimizer, require_available
 from zthumb_trainer.reporting import ProgressLog, StatusReporter, write_termination_message
+from zthumb_trainer.stop_signal import StopSignal
 from zthumb_trainer.validation import Validation
 
 log = logging.getLogger(__name__)
-
-UNET_TARGET_MODULES = ["to_k", "to_q", "to_v", "to_out.0"]
-TEXT_ENCODER_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 
 class TrainConfig(TrainingSpec):
@@ -97,104 +94,7 @@ class TrainingInterrupted(Exception):  # noqa: N818 - an outcome, not an error
     """Raised after a checkpoint of the last finished step: ``stop_after_step`` or SIGTERM."""
 
 
-class StopSignal:
-    """Remembers a SIGTERM/SIGINT while installed (main thread only); the loop stops at a step boundary."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self) -> None:
-        self.received: str | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        self.received = signal.Signals(signum).name
-        log.warning("%s received: stopping after the current step with a checkpoint", self.received)
-
-    def install(self) -> StopSignal:
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
-
-
 # --- the loop ---------------------------------------------------------------------------------
-
-
-def _effective_precision(requested: str) -> str:
-    if requested == "fp16" and not torch.cuda.is_available():
-        log.warning("fp16 mixed precision needs a GPU; training in fp32 on this CPU")
-        return "no"
-    return requested
-
-
-def _compile_unet(unet: Any, backend: str) -> int:
-    """Regional torch.compile: each of the UNet's repeated transformer blocks, in place.
-
-    The blocks hold almost all the UNet's kernels (attention with the LoRA layers, feed-forward,
-    norms); compiling the class once and reusing the code for its 70 instances takes a fraction
-    of a whole-UNet compile. Module names and state-dict keys are unchanged. Returns the count.
-    """
-    compiled = 0
-    for module in unet.modules():
-        if type(module).__name__ == "BasicTransformerBlock":
-            module.compile(backend=backend)
-            compiled += 1
-    return compiled
-
-
-def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Host to device without a synchronisation: through pinned memory on CUDA."""
-    if device.type == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
-
-
-def _add_lora(components: Components, config: TrainConfig) -> dict[str, Any]:
-    from peft import LoraConfig, inject_adapter_in_model
-
-    components.unet.add_adapter(
-        LoraConfig(
-            r=config.rank,
-            lora_alpha=config.alpha,  # type: ignore[arg-type]  # PEFT scales by alpha / r; a float is fine
-            init_lora_weights="gaussian",
-            target_modules=UNET_TARGET_MODULES,
-            use_dora=config.use_dora,
-        )
-    )
-    models = {"unet": components.unet}
-    if config.train_text_encoder:
-        for name in ("text_encoder", "text_encoder_2"):
-            encoder = getattr(components, name)
-            # transformers' own add_adapter wants peft >= 0.22; PEFT's injector works with the pinned 0.21
-            # and leaves the same ``peft_config`` attribute behind for get_peft_model_state_dict.
-            inject_adapter_in_model(
-                LoraConfig(
-                    r=config.rank,
-                    lora_alpha=config.alpha,  # type: ignore[arg-type]  # PEFT scales by alpha / r; a float is fine
-                    init_lora_weights="gaussian",
-                    target_modules=TEXT_ENCODER_TARGET_MODULES,
-                    use_dora=config.use_dora,
-                ),
-                encoder,
-            )
-            models[name] = encoder
-    return models
-
-
-def min_snr_weights(noise_scheduler: Any, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-γ loss weights (Hang et al. 2023), as in the diffusers example."""
-    from diffusers.training_utils import compute_snr
-
-    snr = compute_snr(noise_scheduler, timesteps)
-    weights = torch.stack([snr, gamma * torch.ones_like(timesteps)], dim=1).min(dim=1)[0]
-    if noise_scheduler.config.prediction_type == "epsilon":
-        return weights / snr
-    return weights / (snr + 1)
 
 
 def run_training(config: TrainConfig) -> dict[str, Any]:
@@ -212,7 +112,7 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
     # benchmark) but keep the process group (PartialState) a distributed launch set up.
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
-    precision = _effective_precision(config.mixed_precision)
+    precision = effective_precision(config.mixed_precision)
     accelerator = Accelerator(
         # bf16 runs natively (bf16 weights and activations, fp32 LoRA master weights: see the module
         # docstring), so accelerate adds no autocast; fp16 keeps autocast and its gradient scaler.
@@ -261,7 +161,13 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
         torch.cuda.empty_cache()
 
     components.unet.to(device, dtype=weight_dtype)
-    models = _add_lora(components, config)
+    models = add_lora(
+        components,
+        rank=config.rank,
+        alpha=config.alpha,
+        use_dora=config.use_dora,
+        text_encoders=config.train_text_encoder,
+    )
     if weight_dtype != torch.float32:
         # Trainable LoRA parameters stay fp32 for stable updates; the frozen base runs in half precision.
         cast_training_params(list(models.values()), dtype=torch.float32)
@@ -272,7 +178,7 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
             components.text_encoder_2.gradient_checkpointing_enable()
 
     if config.compile:
-        blocks = _compile_unet(components.unet, config.compile_backend)
+        blocks = compile_unet(components.unet, config.compile_backend)
         log.info("torch.compile (%s) of %d UNet transformer blocks", config.compile_backend, blocks)
 
     params = [p for model in models.values() for p in model.parameters() if p.requires_grad]
@@ -335,7 +241,7 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         entries = [dataset.entries[i] for i in indices]
         if config.cache_latents:
-            dist = _to_device(torch.stack([cache[f"latent_dist.{i}"] for i in indices]), device)
+            dist = to_device(torch.stack([cache[f"latent_dist.{i}"] for i in indices]), device)
         else:
             with torch.no_grad():
                 pixels = torch.stack([load_pixels(dataset, e) for e in entries]).to(device)
@@ -345,13 +251,13 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
         latents = mean + std * draw(tuple(mean.shape), rows, size)
         latents = latents * components.vae.config.scaling_factor
         if config.cache_latents and not config.train_text_encoder:
-            embeds = _to_device(torch.stack([cache[f"prompt_embeds.{i}"] for i in indices]), device)
-            pooled = _to_device(torch.stack([cache[f"pooled.{i}"] for i in indices]), device)
+            embeds = to_device(torch.stack([cache[f"prompt_embeds.{i}"] for i in indices]), device)
+            pooled = to_device(torch.stack([cache[f"pooled.{i}"] for i in indices]), device)
         else:
             ids_1, ids_2 = tokenize(components, [e.caption for e in entries])
             with torch.set_grad_enabled(config.train_text_encoder):
                 embeds, pooled = encode_text(components, ids_1, ids_2)
-        add_time_ids = _to_device(torch.tensor([time_ids(e) for e in entries]), device)
+        add_time_ids = to_device(torch.tensor([time_ids(e) for e in entries]), device)
         return latents, embeds, pooled, add_time_ids
 
     losses: list[float] = []
@@ -444,18 +350,14 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
                         added_cond_kwargs={"text_embeds": pooled.to(weight_dtype), "time_ids": add_time_ids},
                         return_dict=False,
                     )[0]
-                    if noise_scheduler.config.prediction_type == "v_prediction":
-                        target = noise_scheduler.get_velocity(latents, noise, timesteps)
-                    else:
-                        target = noise
-                    if config.snr_gamma is None or config.snr_gamma == 0:
-                        loss = F.mse_loss(prediction.float(), target.float(), reduction="mean")
-                    else:
-                        per_item = F.mse_loss(prediction.float(), target.float(), reduction="none")
-                        per_item = per_item.mean(dim=list(range(1, per_item.ndim)))
-                        loss = (
-                            per_item * min_snr_weights(noise_scheduler, timesteps, config.snr_gamma)
-                        ).mean()
+                    loss = diffusion_loss(
+                        noise_scheduler,
+                        prediction,
+                        latents=latents,
+                        noise=noise,
+                        timesteps=timesteps,
+                        snr_gamma=config.snr_gamma,
+                    )
                     step_loss = step_loss + loss.detach() / config.gradient_accumulation_steps
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
