@@ -69,15 +69,10 @@ def free_port() -> int:
 
 
 def make_adapters(unet_dir: Path, root: Path, count: int, rank: int) -> list[str]:
-    from zthumb.testing import random_lora_state_dicts, write_diffusers_lora
+    from zthumb.testing import write_random_adapters
 
-    names = []
-    states = random_lora_state_dicts(unet_dir, [1000 + index for index in range(count)], rank=rank)
-    for index, state in enumerate(states):
-        name = f"load_{index:02d}"
-        write_diffusers_lora(state, root / name)
-        names.append(name)
-    return names
+    names = [f"load_{index:02d}" for index in range(count)]
+    return write_random_adapters(unet_dir, root, names, first_seed=1000, rank=rank)
 
 
 def parse_metrics(text: str) -> dict[str, float]:

@@ -51,15 +51,10 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def make_adapters(unet_dir: Path, root: Path, count: int, rank: int) -> list[str]:
-    from zthumb.testing import random_lora_state_dicts, write_diffusers_lora
+    from zthumb.testing import write_random_adapters
 
-    names = []
-    states = random_lora_state_dicts(unet_dir, [100 + index for index in range(count)], rank=rank)
-    for index, state in enumerate(states):
-        name = f"bench_{index}"
-        write_diffusers_lora(state, root / name)
-        names.append(name)
-    return names
+    names = [f"bench_{index}" for index in range(count)]
+    return write_random_adapters(unet_dir, root, names, first_seed=100, rank=rank)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -91,6 +91,16 @@ def write_diffusers_lora(
     return directory
 
 
+def write_random_adapters(
+    unet_dir: Path, root: Path, names: list[str], first_seed: int, rank: int
+) -> list[str]:
+    """One random diffusers LoRA directory per name under ``root`` (seeds from ``first_seed`` on)."""
+    seeds = [first_seed + index for index in range(len(names))]
+    for name, state in zip(names, random_lora_state_dicts(unet_dir, seeds, rank=rank), strict=True):
+        write_diffusers_lora(state, root / name)
+    return names
+
+
 def write_kohya_lora(state: dict[str, Any], file: Path) -> Path:
     """The same adapter in the kohya/A1111 layout (``lora_unet_…lora_down/lora_up`` + ``alpha``)."""
     import torch
