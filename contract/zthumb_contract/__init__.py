@@ -4,6 +4,7 @@
 * ``steps``: each pipeline step as a command line with env and paths;
 * ``stages``: the one table of the pipeline's stages, in order;
 * ``results``: what a step reports back into the status (``status.training``);
+* ``gate``: the quality gate (``spec.eval.gate``): which number each threshold bounds, the verdict;
 * ``crd``: the CRD's identity (group, version, plural, kind) and the time format of its status;
 * ``env``: the environment variable names the parts pass to each other.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 SDXL_BASE_URL = (
@@ -139,6 +139,28 @@ class DeploySpec(_Spec):
     service_url: str | None = None
 
 
+class EvalGateSpec(_Spec):
+    """Thresholds the evaluated adapter must meet to stay deployed (``zthumb_contract.gate``): a
+    failed check rolls the Deployment back to the previous adapter and fails the run with reason
+    EvalGateFailed. No threshold set (the default): no gate, every run that evaluates stays rolled
+    out. The metrics compare the served scale (spec.deploy.loraScale) with the reference scale (the
+    first of spec.eval.scales, 0 by default)."""
+
+    # CLIP-I: cosine similarity of the generated images to the training images (-1..1), so a gain
+    # lies in -2..2; an adapter that learned its concept gains a few hundredths or more.
+    min_clip_i_gain: float | None = Field(None, ge=-2, le=2)
+    # CLIP-T: cosine similarity of each image to its prompt; a drop means the adapter overrides the
+    # prompt. Same -2..2 range.
+    max_clip_t_drop: float | None = Field(None, ge=-2, le=2)
+    # Mean absolute pixel difference (0-255) against the reference scale: did the adapter change
+    # anything at all (a cheap check that needs no CLIP model).
+    min_mean_pixel_difference: float | None = Field(None, ge=0, le=255)
+
+    @property
+    def active(self) -> bool:
+        return any(value is not None for value in self.model_dump().values())
+
+
 class EvalSpec(_Spec):
     enabled: bool = True
     prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_EVAL_PROMPTS))
@@ -147,6 +169,8 @@ class EvalSpec(_Spec):
     steps: int = Field(30, ge=1, le=150)
     width: int | None = Field(None, ge=64, le=2048, multiple_of=8)
     height: int | None = Field(None, ge=64, le=2048, multiple_of=8)
+    # One CLI option holding JSON (``--gate '{"minClipIGain": 0.02}'``), as training.validation.
+    gate: EvalGateSpec = Field(default_factory=EvalGateSpec)
 
 
 class ImagesSpec(_Spec):
@@ -165,6 +189,16 @@ class LoRAFinetuneSpec(_Spec):
     eval: EvalSpec = Field(default_factory=EvalSpec)
     queue_name: str | None = None
     images: ImagesSpec = Field(default_factory=ImagesSpec)
+
+    @model_validator(mode="after")
+    def _gate_needs_a_deployed_evaluation(self) -> LoRAFinetuneSpec:
+        # The CRD's CEL rule on spec says the same, for a spec that bypassed the API server.
+        if self.eval.gate.active and not (self.eval.enabled and self.deploy.enabled):
+            raise ValueError(
+                "eval.gate needs eval.enabled and deploy.enabled: the gate judges the deployed "
+                "adapter's evaluation (remove the gate to train only)"
+            )
+        return self
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, object]) -> LoRAFinetuneSpec:

@@ -2,7 +2,8 @@
 
 A Job has a deterministic name; creating one that exists (409) adopts it, so a
 restarted operator never creates a duplicate. What a stage's success adds to the
-status comes from its entry in the stage table (``Success``).
+status comes from its entry in the stage table (``Success``); the eval stage's success is
+judged by ``spec.eval.gate`` first (``zthumb_contract.gate``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import kopf
 from zthumb_contract import crd
 from zthumb_contract import env as contract_env
+from zthumb_contract.gate import evaluate_gate
 from zthumb_contract.spec import LoRAFinetuneSpec
 from zthumb_contract.stages import PENDING, Stage, Success
 from zthumb_contract.steps import RunPaths, StepDefinition, deploy_env
@@ -23,14 +25,16 @@ from zthumb_operator import multinode as mn
 from zthumb_operator.api import Api, ConflictError
 from zthumb_operator.cache import Cache
 from zthumb_operator.config import OperatorConfig
+from zthumb_operator.rollout import Rollouts
 from zthumb_operator.status import DONE, WAIT, Outcome, Pass, again_in, camel
 
 
 class JobStages:
-    def __init__(self, config: OperatorConfig, api: Api, cache: Cache) -> None:
+    def __init__(self, config: OperatorConfig, api: Api, cache: Cache, rollouts: Rollouts) -> None:
         self.config = config
         self.api = api
         self.cache = cache
+        self.rollouts = rollouts  # a failed eval gate rolls the Deployment back
 
     def job_settings(self, spec: LoRAFinetuneSpec) -> b.JobSettings:
         return b.JobSettings(
@@ -111,8 +115,7 @@ class JobStages:
         state = b.job_state(job, pods)
         cond = stage.condition
         if state.state == "succeeded":
-            await self.succeeded(p, spec, stage, job, pods)
-            return DONE
+            return await self.succeeded(p, spec, stage, job, pods)
         if state.state == "failed":
             reason = f"{camel(step.name)}Failed"
             message = state.message
@@ -188,12 +191,9 @@ class JobStages:
         stage: Stage,
         job: Mapping[str, Any],
         pods: list[dict[str, Any]],
-    ) -> None:
+    ) -> Outcome:
         name = p.run["metadata"]["name"]
         ns = p.run["metadata"]["namespace"]
-        duration = b.step_duration_seconds(job)
-        if duration is not None:
-            metrics.STEP_DURATION.labels(step=stage.name).observe(duration)
         paths = RunPaths(data_root=spec.storage.mount_path, run_name=name, spec=spec)
         message = f"Job {job['metadata']['name']} completed"
         if stage.success is Success.ADAPTER:
@@ -226,5 +226,15 @@ class JobStages:
                 p.set("evalSummary", summary)
             p.set("reportPath", paths.report)
             message += f"; report {paths.report}"
+            verdict = evaluate_gate(spec.eval.gate, p.status.get("evalSummary") or {})
+            if verdict is not None:
+                p.set("evalGate", verdict.status())
+                if not verdict.passed:
+                    return await self.rollouts.revert(p, spec, verdict)
+                message += f"; gate {verdict.message}"
+        duration = b.step_duration_seconds(job)
+        if duration is not None:
+            metrics.STEP_DURATION.labels(step=stage.name).observe(duration)
         p.condition(stage.condition, "True", "Completed", message)
         p.event("Normal", f"{camel(stage.name)}Completed", message)
+        return DONE

@@ -14,7 +14,8 @@ Design:
   ``/status`` (``progress`` belongs to the train pod and is only touched at the
   start and end of training), plus one Event per transition (``status.Pass``).
 - Deploy (``rollout``): one rollout per Deployment at a time, under a lock annotation
-  on the Deployment; a failed rollout restores the previous adapter.
+  on the Deployment; a failed rollout restores the previous adapter, and so does an
+  evaluation that fails ``spec.eval.gate``.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ class Controller:
         self.queue = WorkQueue(lambda key: self.reconcile(key))  # noqa: PLW0108
         self.cache = Cache(self.queue)
         self.runs, self.jobs, self.pods = self.cache.runs, self.cache.jobs, self.cache.pods
-        self.job_stages = JobStages(config, api, self.cache)
         self.rollouts = Rollouts(config, api, self.cache, flush=self._flush)
+        self.job_stages = JobStages(config, api, self.cache, self.rollouts)
         # What the kopf handlers and the runtime call.
         self.on_run_event = self.cache.on_run_event
         self.on_job_event = self.cache.on_job_event

@@ -5,7 +5,7 @@ annotation on the Deployment, taken with a resourceVersion-conditional patch and
 released when the rollout ends. A lock whose owner is gone or finished is stale and
 may be taken over. Other runs wait in Deploying (reason WaitingForRollout). The
 previous adapter env is saved in the status before the patch, and restored when the
-rollout fails or times out.
+rollout fails or times out, or when the evaluation fails ``spec.eval.gate`` (``revert``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 from zthumb_contract import crd
 from zthumb_contract import env as contract_env
+from zthumb_contract.gate import GATE_FAILED_REASON, GateVerdict
 from zthumb_contract.spec import LoRAFinetuneSpec
 from zthumb_contract.stages import STAGE, TERMINAL_PHASES
 from zthumb_contract.steps import RunPaths, deploy_env
@@ -26,6 +27,7 @@ from zthumb_operator.config import OperatorConfig
 from zthumb_operator.status import DONE, WAIT, Key, Outcome, Pass, again_in
 
 DEPLOY = STAGE["deploy"]
+EVAL = STAGE["eval"]
 
 
 def describe_env(env: Mapping[str, str]) -> str:
@@ -182,11 +184,66 @@ class Rollouts:
         except ConflictError:
             await self.release(ns, deployment, owner)
 
-    async def rollback(self, p: Pass, deployment: str, container: str, state: dict[str, Any]) -> None:
+    async def revert(self, p: Pass, spec: LoRAFinetuneSpec, verdict: GateVerdict) -> Outcome:
+        """The evaluation failed ``spec.eval.gate``: restore the previous adapter and fail the run.
+
+        Only while the Deployment still serves this run's adapter: once another run has rolled out
+        its own, that one stays. While another run holds the rollout lock, wait for it (it may be
+        recording this run's adapter as the one to restore)."""
+        d = spec.deploy
+        ns, name = p.run["metadata"]["namespace"], p.run["metadata"]["name"]
+        state = dict(p.status.get("deploy") or {})
+        deployment = await self.api.get_deployment(ns, d.deployment)
+        owner = deployments.rollout_owner(deployment) if deployment else None
+        if owner and owner != name and self.holds_lock((ns, owner)):
+            p.phase(
+                EVAL.phase,
+                "WaitingForRollout",
+                f"eval gate {verdict.message}; waiting for run {owner} to finish its rollout of "
+                f"deployment {d.deployment} before rolling back",
+            )
+            return again_in(self.config.rollout_poll_seconds)
+        ours = deploy_env(RunPaths(self.config.server_data_root, name, spec))[contract_env.LORA_PATH]
+        current = deployments.lora_env_values(deployment, d.container) if deployment else {}
+        if deployment is None:
+            outcome = f"deployment {d.deployment} no longer exists, nothing to roll back"
+        elif current.get(contract_env.LORA_PATH) != ours:
+            outcome = (
+                f"deployment {d.deployment} already serves another adapter ({describe_env(current)}), "
+                "left as is"
+            )
+        else:
+            try:
+                await self.rollback(
+                    p, d.deployment, d.container, state, deployment["metadata"]["resourceVersion"]
+                )
+            except ConflictError:
+                return again_in(0.2)  # the Deployment changed in between: look again
+            outcome = (
+                f"restored the previous adapter ({describe_env(state.get('previousEnv') or {})}) "
+                f"on deployment {d.deployment}"
+            )
+        p.fail(
+            EVAL.condition,
+            GATE_FAILED_REASON,
+            f"eval gate {verdict.message}; {outcome}; report {p.status.get('reportPath')}",
+        )
+        return WAIT
+
+    async def rollback(
+        self,
+        p: Pass,
+        deployment: str,
+        container: str,
+        state: dict[str, Any],
+        resource_version: str | None = None,
+    ) -> None:
         previous: dict[str, str] = dict(state.get("previousEnv") or {})
         env: dict[str, str | None] = {k: previous.get(k) for k in contract_env.LORA_ENV}
         ns = p.run["metadata"]["namespace"]
-        patch = deployments.deployment_env_patch(container, env, lock_owner=None)
+        patch = deployments.deployment_env_patch(
+            container, env, lock_owner=None, resource_version=resource_version
+        )
         await self.api.patch_deployment(ns, deployment, patch)
         state["rolledBack"] = True
         p.set("deploy", dict(state))

@@ -340,6 +340,14 @@ def test_bad_spec_is_refused_at_apply(crd: None, namespace: str, kubectl: Kubect
     assert "spec.training.rank" in bad.stderr, bad.stderr
     res = kubectl("apply", "-f", "-", input=example(namespace, dataset__resolution=1000), check=False)
     assert res.returncode != 0 and "spec.dataset.resolution" in res.stderr, res.stderr
+    # the eval gate: a threshold out of range, and a gate without a deployed evaluation (CEL)
+    res = kubectl("apply", "-f", "-", input=example(namespace, eval__gate={"maxClipTDrop": 3}), check=False)
+    assert res.returncode != 0 and "spec.eval.gate.maxClipTDrop" in res.stderr, res.stderr
+    ungated = example(
+        namespace, eval__gate={"minClipIGain": 0.02}, deploy__enabled=False, eval__enabled=False
+    )
+    res = kubectl("apply", "-f", "-", input=ungated, check=False)
+    assert res.returncode != 0 and "eval.gate needs eval.enabled and deploy.enabled" in res.stderr, res.stderr
     # the spec is immutable once created
     kubectl("apply", "-f", "-", input=example(namespace))
     changed = kubectl("apply", "-f", "-", input=example(namespace, training__rank=8), check=False)
@@ -404,6 +412,28 @@ def test_rollout_that_never_becomes_available_is_rolled_back(
     assert "zthumb.io/rollout-owner" not in (dep["metadata"].get("annotations") or {})
     assert dep["status"].get("availableReplicas") == 1  # the old pod still serves
     assert "RolledBack" in kubectl("describe", "lft", RUN, "-n", ns).stdout
+
+
+@pytest.mark.parametrize("namespace", ["restricted"], indirect=True)
+def test_a_failed_eval_gate_rolls_the_deployment_back(
+    setup: Callable[..., Operator], namespace: str, kubectl: Kubectl, wait_for: Callable[..., Any]
+) -> None:
+    ns = namespace
+    op = setup()
+    # The simulated eval pods report no pixel difference: the check fails as "not measured".
+    kubectl("apply", "-f", "-", input=example(ns, eval__gate={"minMeanPixelDifference": 1}))
+    obj = wait_phase(kubectl, wait_for, ns, "Failed", op, timeout=PHASE_TIMEOUT + 20)
+    assert obj["status"]["reason"] == "EvalGateFailed", obj["status"]
+    assert "meanPixelDifference was not measured" in obj["status"]["message"]
+    assert obj["status"]["evalGate"]["passed"] is False
+    assert obj["status"]["deploy"]["rolledBack"] is True
+    assert condition(obj, "Deployed")["status"] == "True"
+    assert condition(obj, "Evaluated")["reason"] == "EvalGateFailed"
+    dep = json.loads(kubectl("get", "deployment", "zthumb", "-n", ns, "-o", "json").stdout)
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["Z_LORA_PATH"] == "/data/models/lora/previous"
+    assert "Z_LORA_SCALE" not in env
+    assert "EvalGateFailed" in kubectl("describe", "lft", RUN, "-n", ns).stdout
 
 
 @pytest.mark.parametrize("namespace", ["restricted"], indirect=True)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from zthumb_contract.gate import evaluate_gate
 from zthumb_contract.spec import EvalSpec
 
 from zthumb_trainer.measure import read_training_block, training_markdown
@@ -255,6 +256,9 @@ def write_report(
         "pairs": pairs,
     }
     summary["validation"] = copy_validation_samples(config.train_summary, staging)
+    verdict = evaluate_gate(config.gate, compact_summary(summary))
+    if verdict is not None:
+        summary["gate"] = verdict.status()
     (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (staging / "report.md").write_text(render_markdown(summary))
     if config.output.exists():
@@ -349,7 +353,29 @@ def render_markdown(summary: dict[str, Any]) -> str:
             "",
         ]
     lines += validation_markdown(summary.get("validation"))
-    return "\n".join(lines)
+    # The gate's verdict right under the title: it decides whether the adapter stays deployed.
+    return "\n".join([*lines[:2], *gate_markdown(summary.get("gate")), *lines[2:]])
+
+
+def gate_markdown(gate: dict[str, Any] | None) -> list[str]:
+    """The verdict of spec.eval.gate as a table of its checks."""
+    if not gate:
+        return []
+    if gate["passed"]:
+        verdict = "**Quality gate passed**: the adapter stays deployed."
+    else:
+        verdict = (
+            "**Quality gate failed** (EvalGateFailed): the operator rolls the server back to the "
+            "previous adapter and the run ends Failed."
+        )
+    lines = [verdict, "", "| check | threshold | measured | result |", "| --- | --- | --- | --- |"]
+    for check in gate["checks"]:
+        measured = f"{check['value']:.4g}" if "value" in check else "not measured"
+        lines.append(
+            f"| {check['metric']} | {check['kind']} {check['threshold']:g} | {measured} | "
+            f"{'pass' if check['passed'] else 'FAIL'} |"
+        )
+    return [*lines, ""]
 
 
 def compact_summary(summary: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ evaluation, in a couple of minutes on a laptop CPU.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -28,8 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from zthumb_contract.gate import GATE_FAILED_REASON, evaluate_gate
 from zthumb_contract.spec import LoRAFinetuneSpec
-from zthumb_contract.stages import Runner, active_stages, build_steps
+from zthumb_contract.stages import Runner, Success, active_stages, build_steps
 from zthumb_contract.steps import RunPaths, StepDefinition, deploy_env
 
 DEFAULT_RUN_NAME = "demo"
@@ -222,6 +224,20 @@ def start_server(server: LocalServer, url: str) -> float:
     return seconds
 
 
+def check_gate(spec: LoRAFinetuneSpec, summary_path: Path) -> None:
+    """spec.eval.gate on the eval step's numbers, as the operator judges them (there it also rolls
+    the Deployment back; here the local server stops with the run anyway)."""
+    from zthumb_trainer.evaluate import compact_summary
+
+    summary = json.loads(summary_path.read_text())
+    verdict = evaluate_gate(spec.eval.gate, compact_summary(summary))
+    if verdict is not None and not verdict.passed:
+        report = summary_path.with_name("report.md")
+        raise LocalRunError(f"{GATE_FAILED_REASON}: eval gate {verdict.message} (report: {report})")
+    if verdict is not None:
+        print(f"eval gate {verdict.message}", file=sys.stderr)
+
+
 def run_local(finetune: Path | None, workdir: Path, tiny: bool = True) -> LocalRunResult:
     from zthumb_trainer.fetch import sha256_of
     from zthumb_trainer.http_serve import StaticServer
@@ -269,6 +285,8 @@ def run_local(finetune: Path | None, workdir: Path, tiny: bool = True) -> LocalR
                     continue
                 step = steps[stage.name]
                 timings[stage.name] = run_step(step, step_env(step))
+                if stage.success is Success.REPORT:
+                    check_gate(spec, Path(paths.eval_dir) / "summary.json")
         finally:
             if server is not None:
                 server.stop()

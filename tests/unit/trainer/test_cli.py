@@ -6,6 +6,7 @@ import json
 
 import pytest
 import typer
+from pydantic import BaseModel
 from typer.testing import CliRunner
 from zthumb_contract.spec import LoRAFinetuneSpec
 from zthumb_contract.stages import build_steps
@@ -84,7 +85,8 @@ def test_spec_options_round_trip_through_the_step_argv():
                       "useDora": True, "emaDecay": 0.9,
                       "validation": {"prompts": ["p {trigger}"], "seeds": [2, 3], "everyNSteps": 7,
                                      "height": 128}},
-         "eval": {"prompts": ["x"], "seeds": [4], "scales": [0.3], "steps": 3, "width": 64}}
+         "eval": {"prompts": ["x"], "seeds": [4], "scales": [0.3], "steps": 3, "width": 64,
+                  "gate": {"maxClipTDrop": 0.05}}}
     )  # fmt: skip
     command = typer.main.get_command(app)
     steps = {step.name: step for step in build_steps("style", spec, "/data", "http://s")}
@@ -96,8 +98,9 @@ def test_spec_options_round_trip_through_the_step_argv():
             for field, info in model.model_fields.items()
             if field != "enabled"
         }
-        if name == "train":  # a nested section is one JSON option
-            values["validation"] = json.loads(values["validation"])
+        for field, info in model.model_fields.items():  # a nested section is one JSON option
+            if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+                values[field] = json.loads(values[field])
         assert model.model_validate(values) == section
 
 

@@ -162,3 +162,38 @@ def test_report_shows_the_validation_samples_in_step_order(tmp_path, monkeypatch
     assert report.index("![step 3](samples/step-3.png)") < report.index("![step 6](samples/step-6.png)")
     assert "### Step 3 (1.0 s)" in report
     assert (output / "samples" / "step-3.png").exists() and (output / "samples" / "step-6.png").exists()
+
+
+@pytest.mark.parametrize(("threshold", "passed"), [(100.0, False), (10.0, True)])
+def test_the_report_and_summary_carry_the_gate_verdict(tmp_path, monkeypatch, threshold, passed):
+    monkeypatch.setenv("ZTHUMB_TERMINATION_LOG", str(tmp_path / "termination-log"))
+    output = tmp_path / "eval"
+    with StaticServer(tmp_path, handler=_fake_server()) as server:
+        summary = run_eval(
+            EvalConfig(server_url=server.url, output=output, run_name="style", lora_path="style",
+                       prompts=["a tree"], seeds=[0], scales=[0.0, 0.8], steps=2,
+                       gate={"minMeanPixelDifference": threshold})
+        )  # fmt: skip
+    gate = json.loads((output / "summary.json").read_text())["gate"]
+    assert gate == summary["gate"]
+    assert gate["passed"] is passed
+    # 80 levels on one channel of three: 26.667
+    assert gate["checks"] == [{"metric": "meanPixelDifference", "kind": "min", "threshold": threshold,
+                               "value": 26.667, "passed": passed}]  # fmt: skip
+    report = (output / "report.md").read_text()
+    title, _, verdict = report.split("\n")[:3]
+    assert title == "# LoRA evaluation: style"
+    expected = "**Quality gate passed**" if passed else "**Quality gate failed** (EvalGateFailed)"
+    assert verdict.startswith(expected)
+    assert f"| meanPixelDifference | min {threshold:g} | 26.67 | {'pass' if passed else 'FAIL'} |" in report
+
+
+def test_no_gate_no_verdict(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZTHUMB_TERMINATION_LOG", str(tmp_path / "termination-log"))
+    with StaticServer(tmp_path, handler=_fake_server()) as server:
+        summary = run_eval(
+            EvalConfig(server_url=server.url, output=tmp_path / "eval", run_name="style", lora_path="style",
+                       prompts=["a tree"], seeds=[0], scales=[0.0, 0.8], steps=2)
+        )  # fmt: skip
+    assert "gate" not in summary
+    assert "Quality gate" not in (tmp_path / "eval" / "report.md").read_text()

@@ -99,3 +99,21 @@ def test_a_yaml_with_the_training_options_reaches_the_train_command_line(tmp_pat
         False,
         None,
     )
+
+
+def test_a_failed_gate_fails_the_local_run_naming_the_reason_and_the_report(tmp_path, capsys):
+    import json
+
+    from zthumb_contract.spec import LoRAFinetuneSpec
+    from zthumb_trainer.local_run import check_gate
+
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"requests": 2, "mean_pixel_difference": 0.4, "min_pixel_difference": 0.4,
+                                   "mean_latency_s": 1.0, "seconds": 2.0}))  # fmt: skip
+    check_gate(LoRAFinetuneSpec(), summary)  # no gate: nothing to say
+    gated = LoRAFinetuneSpec.model_validate({"eval": {"gate": {"minMeanPixelDifference": 1}}})
+    failed = r"EvalGateFailed: eval gate failed: meanPixelDifference 0\.4 < min 1"
+    with pytest.raises(LocalRunError, match=failed):
+        check_gate(gated, summary)
+    check_gate(LoRAFinetuneSpec.model_validate({"eval": {"gate": {"minMeanPixelDifference": 0.1}}}), summary)
+    assert "eval gate passed: meanPixelDifference 0.4 >= min 0.1" in capsys.readouterr().err
