@@ -19,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from zthumb_contract import crd
 
 from zthumb_operator import builders, metrics
+from zthumb_operator.queues import KUEUE_GROUP, KUEUE_VERSION
 
 T = TypeVar("T")
 # Named in managedFields of everything the operator writes (the train pod writes as "zthumb-trainer").
@@ -40,6 +41,9 @@ class Api(Protocol):
     async def post_event(
         self, run: dict[str, Any], type_: str, reason: str, message: str, now: str
     ) -> None: ...
+    async def get_kueue_object(
+        self, plural: str, name: str, namespace: str | None = None
+    ) -> dict[str, Any] | None: ...
 
 
 class ConflictError(Exception):
@@ -48,6 +52,10 @@ class ConflictError(Exception):
 
 class NotFoundError(Exception):
     """404."""
+
+
+class ForbiddenError(Exception):
+    """403: RBAC does not let the operator do this (e.g. read ClusterQueues from a namespaced install)."""
 
 
 def load_client_config(workers: int) -> client.ApiClient:
@@ -83,6 +91,8 @@ class KubeApi:
                 raise ConflictError(exc.reason) from exc
             if exc.status == 404:
                 raise NotFoundError(exc.reason) from exc
+            if exc.status == 403:
+                raise ForbiddenError(exc.reason) from exc
             raise
 
     def _dict(self, obj: Any) -> dict[str, Any]:
@@ -199,6 +209,23 @@ class KubeApi:
         await self._call(
             "create", "events", lambda: self._core.create_namespaced_event(meta["namespace"], body)
         )
+
+    async def get_kueue_object(
+        self, plural: str, name: str, namespace: str | None = None
+    ) -> dict[str, Any] | None:
+        """A Kueue LocalQueue (namespaced) or ClusterQueue; None when it, or Kueue, is not there."""
+
+        def call() -> Any:
+            if namespace is None:
+                return self._custom.get_cluster_custom_object(KUEUE_GROUP, KUEUE_VERSION, plural, name)
+            return self._custom.get_namespaced_custom_object(
+                KUEUE_GROUP, KUEUE_VERSION, namespace, plural, name
+            )
+
+        try:
+            return self._dict(await self._call("get", plural, call))
+        except NotFoundError:
+            return None
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

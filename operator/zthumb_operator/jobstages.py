@@ -8,7 +8,8 @@ judged by ``spec.eval.gate`` first (``zthumb_contract.gate``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import kopf
@@ -20,13 +21,15 @@ from zthumb_contract.stages import PENDING, Stage, Success
 from zthumb_contract.steps import RunPaths, StepDefinition, deploy_env
 
 from zthumb_operator import builders as b
-from zthumb_operator import conditions, metrics
+from zthumb_operator import conditions, metrics, queues
 from zthumb_operator import multinode as mn
-from zthumb_operator.api import Api, ConflictError
+from zthumb_operator.api import Api, ConflictError, ForbiddenError
 from zthumb_operator.cache import Cache
 from zthumb_operator.config import OperatorConfig
 from zthumb_operator.rollout import Rollouts
 from zthumb_operator.status import DONE, WAIT, Outcome, Pass, again_in, camel
+
+log = logging.getLogger("zthumb_operator")
 
 
 class JobStages:
@@ -54,13 +57,10 @@ class JobStages:
         job = self.cache.jobs.get((ns, jname))
         created = False
         if job is None:
-            settings = self.job_settings(spec)
             if step.nodes > 1:
                 # The Service first, so that pod 0's DNS name exists by the time the pods start.
                 await self.ensure_service(p.run, mn.build_service(p.run, jname, step))
-                body = mn.build_indexed_job(step, run=p.run, spec=spec, settings=settings)
-            else:
-                body = b.build_job(step, run=p.run, spec=spec, settings=settings)
+            body = self.build_job(p, spec, step)
             try:
                 job = await self.api.create_job(ns, body)
                 created = True
@@ -87,6 +87,38 @@ class JobStages:
                 total = spec.training.max_train_steps
                 p.set("progress", {"step": 0, "totalSteps": total, "percent": 0})
         return job
+
+    def build_job(self, p: Pass, spec: LoRAFinetuneSpec, step: StepDefinition) -> dict[str, Any]:
+        settings = self.job_settings(spec)
+        if step.nodes > 1:
+            return mn.build_indexed_job(step, run=p.run, spec=spec, settings=settings)
+        return b.build_job(step, run=p.run, spec=spec, settings=settings)
+
+    async def check_queue_capacity(
+        self, p: Pass, spec: LoRAFinetuneSpec, steps: Iterable[StepDefinition]
+    ) -> None:
+        """Refuse (a bad spec) a run with a Job that spec.queueName's ClusterQueue can never admit
+        whole: before its first Job, not after hours of the steps before it."""
+        if not spec.queue_name:
+            return
+        ns, queue = p.run["metadata"]["namespace"], spec.queue_name
+        try:
+            local = await self.api.get_kueue_object("localqueues", queue, ns)
+            cluster_queue = str(((local or {}).get("spec") or {}).get("clusterQueue") or "")
+            found = await self.api.get_kueue_object("clusterqueues", cluster_queue) if cluster_queue else None
+        except ForbiddenError as exc:
+            log.info("cannot read Kueue queue %s/%s (%s): leaving its capacity to Kueue", ns, queue, exc)
+            return
+        if found is None:
+            return  # no Kueue, or no such queue (yet): the Job waits as Queued and Kueue says why
+        short = queues.shortfalls([self.build_job(p, spec, step) for step in steps], found)
+        if short:
+            raise kopf.PermanentError(
+                queues.describe(
+                    short, gpu_resource=spec.resources.gpu_resource_name, queue=queue,
+                    cluster_queue=cluster_queue,
+                )
+            )  # fmt: skip
 
     async def ensure_service(self, run: Mapping[str, Any], body: dict[str, Any]) -> None:
         """Create the multi-node step's headless Service, or adopt ours (created by an earlier pass

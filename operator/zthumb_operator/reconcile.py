@@ -124,6 +124,7 @@ class Controller:
         }
         stages = active_stages(spec)
         if not p.status.get("phase"):
+            await self.job_stages.check_queue_capacity(p, spec, steps.values())
             p.event("Normal", "Accepted", f"run {name}: steps {', '.join(s.name for s in stages)}")
         for stage in stages:
             if conditions.condition_true(p.status.get("conditions"), stage.condition):

@@ -9,7 +9,7 @@ from typing import Any
 
 from lft_helpers import make_run
 from zthumb_operator import builders as b
-from zthumb_operator.api import ConflictError
+from zthumb_operator.api import ConflictError, ForbiddenError
 from zthumb_operator.config import OperatorConfig
 from zthumb_operator.reconcile import Controller
 
@@ -37,6 +37,9 @@ class FakeApi:
         self.deleted: list[str] = []
         self.pods: dict[str, list[dict[str, Any]]] = {}
         self.services: dict[tuple[str, str], dict[str, Any]] = {}
+        # Kueue objects by (plural, namespace or None, name); ``kueue_forbidden``: RBAC says no.
+        self.kueue: dict[tuple[str, str | None, str], dict[str, Any]] = {}
+        self.kueue_forbidden = False
 
     def bump(self, obj: dict[str, Any]) -> None:
         self.rv += 1
@@ -110,6 +113,14 @@ class FakeApi:
             d["metadata"]["generation"] += 1
         self.bump(d)
         return copy.deepcopy(d)
+
+    async def get_kueue_object(
+        self, plural: str, name: str, namespace: str | None = None
+    ) -> dict[str, Any] | None:
+        if self.kueue_forbidden:
+            raise ForbiddenError("forbidden")
+        found = self.kueue.get((plural, namespace, name))
+        return copy.deepcopy(found) if found else None
 
     async def post_event(self, run: dict[str, Any], type_: str, reason: str, message: str, now: str) -> None:
         self.events.append((type_, reason, message))
