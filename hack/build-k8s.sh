@@ -4,7 +4,8 @@
 #
 # Output: ${ZTHUMB_CACHE:-$HOME/.cache/zthumb}/k8s-v1.36.3/bin
 #   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl,
-#   kubelet, kube-proxy, kwok, kwokctl, helm   (+ versions.txt one level up)
+#   kubelet, kube-proxy, kwok, kwokctl, helm   (+ versions.txt one level up),
+#   kueue (hack/build-kueue.sh, with its CRDs in ../kueue-crds)
 # and then runs hack/build-node.sh for the rest of the real node (containerd,
 # CoreDNS, the storage provisioner, the pause and busybox images, Debian
 # packages), so this one script builds everything `make test` needs.
@@ -278,6 +279,9 @@ main() {
   } >"${CACHE_DIR}/versions.txt"
   log "done; versions:"
   sed 's/^/  /' "${CACHE_DIR}/versions.txt" >&2
+
+  # A real Kueue for tests/e2e/test_kueue.py.
+  "$(dirname "${BASH_SOURCE[0]}")/build-kueue.sh"
 
   # The real node's other parts. Skipped with ZTHUMB_REAL_NODE=0.
   if [[ "${ZTHUMB_REAL_NODE:-1}" != 0 ]]; then

@@ -17,6 +17,7 @@ several ``conftest.py`` files in the tree would clash as a module name.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -29,6 +30,8 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import pytest
+import yaml
+from operator_harness import CRD, OPERATOR_RBAC, SERVER, TRAINER_RBAC, Kubectl, Operator, in_namespace
 
 E2E_ENABLED = os.environ.get("ZTHUMB_E2E") == "1"
 SKIP_REASON = (
@@ -226,3 +229,70 @@ def namespace(request: pytest.FixtureRequest, namespace_factory: Callable[..., s
         @pytest.mark.parametrize("namespace", ["restricted"], indirect=True)
     """
     return namespace_factory(pod_security=getattr(request, "param", None))
+
+
+# The operator's fixtures (operator_harness.py): the CRD once per session, and per test an operator
+# in a fresh namespace.
+@pytest.fixture(scope="session")
+def crd(cluster: Any) -> None:
+    run = cluster.kubectl
+    run("apply", "-f", str(CRD))
+    run("wait", "--for=condition=Established", "crd/lorafinetunes.zthumb.io", "--timeout=60s", timeout=90)
+    deadline = time.monotonic() + 30
+    while run("get", "lft", "-A", check=False).returncode != 0:  # discovery catches up
+        assert time.monotonic() < deadline, "lorafinetunes never became servable"
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def setup(
+    crd: None, cluster: Any, namespace: str, kubectl: Kubectl, tmp_path: Path
+) -> Iterator[Callable[..., Operator]]:
+    """Server + RBAC in ``namespace``; yields ``start(**env) -> Operator``."""
+    ns = namespace
+    for path in OPERATOR_RBAC:
+        text = in_namespace(path.read_text(), ns).replace("namespace: zthumb-system", f"namespace: {ns}")
+        kubectl("apply", "-f", "-", input=text)
+    kubectl("create", "serviceaccount", "zthumb-operator", "-n", ns)
+    kubectl("apply", "-f", "-", input=in_namespace(TRAINER_RBAC.read_text(), ns))
+    kubectl("apply", "-f", "-", input=SERVER.replace("NS", ns))
+    kubectl("rollout", "status", "deployment/zthumb", "-n", ns, "--timeout=60s", timeout=90)
+
+    token = kubectl("create", "token", "zthumb-operator", "-n", ns, "--duration=1h").stdout.strip()
+    ca = kubectl(
+        "config",
+        "view",
+        "--raw",
+        "--minify",
+        "-o",
+        "jsonpath={.clusters[0].cluster.certificate-authority-data}",
+    ).stdout
+    kubeconfig = tmp_path / "operator.kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {"name": "c", "cluster": {"server": cluster.server, "certificate-authority-data": ca}}
+                ],
+                "users": [{"name": "zthumb-operator", "user": {"token": token}}],
+                "contexts": [
+                    {"name": "c", "context": {"cluster": "c", "user": "zthumb-operator", "namespace": ns}}
+                ],
+                "current-context": "c",
+            }
+        )
+    )
+    base64.b64decode(ca)  # a real CA, not an empty string
+    operators: list[Operator] = []
+
+    def start(**env: str) -> Operator:
+        op = Operator(ns, kubeconfig, tmp_path / "operator.log", env).start()
+        operators.append(op)
+        return op
+
+    yield start
+    for op in operators:
+        op.stop()
+    kubectl("delete", "pv", f"{ns}-data", "--wait=false", "--ignore-not-found", check=False)
