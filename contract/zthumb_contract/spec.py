@@ -87,7 +87,8 @@ class TrainingSpec(_Spec):
     # Regional torch.compile of the UNet's transformer blocks: opt-in, it costs about a minute
     # of compilation per new shape on a GPU before the first steps are faster.
     compile: bool = False
-    # adamw8bit needs CUDA and bitsandbytes; the train step refuses it up front elsewhere.
+    # adamw8bit: bitsandbytes (CUDA or CPU); the train step probes its device and refuses it up front
+    # where the 8-bit kernels do not run.
     optimizer: Literal["adamw", "prodigy", "adamw8bit"] = "adamw"
     use_dora: bool = False
     # None: no EMA. Set: an EMA of the LoRA weights with this decay is trained alongside and exported.

@@ -6,8 +6,11 @@
   rate multiplies that estimate, so it wants about 1.0. Its estimate (``d``, ``d_numerator``, …)
   lives in the param groups, which ``optimizer.state_dict()`` saves with the per-parameter
   state: a checkpoint resumes it exactly.
-* ``adamw8bit``: bitsandbytes' ``AdamW8bit``; its kernels are CUDA-only, so without CUDA (or
-  without bitsandbytes installed) ``require_available`` refuses it before any model is loaded.
+* ``adamw8bit``: bitsandbytes' ``AdamW8bit`` (pinned in the trainer extra), which keeps Adam's two
+  moments in 8 bits on CUDA and, since bitsandbytes 0.49, on the CPU. Whether the train step's
+  device has it is not assumed from a version table: ``require_available`` runs one step on a
+  probe parameter there and refuses, naming the field, when it fails or does not keep 8-bit
+  state, before any model is loaded.
 
 The LoRA state is small (a rank-16 SDXL UNet adapter: 23 M parameters, 190 MB of Adam state),
 so 8-bit AdamW saves little memory there; it is offered because users ask for it by name.
@@ -38,22 +41,47 @@ class OptimizerUnavailable(RuntimeError):  # noqa: N818 - reads as the outcome i
     """The chosen optimizer cannot run here; the message names ``spec.training.optimizer``."""
 
 
-def require_available(name: str, cuda: bool) -> None:
-    """Fail fast, before the model is loaded, when ``name`` cannot run on this machine."""
+# bitsandbytes keeps 8-bit state only for tensors of at least this many elements (its
+# ``min_8bit_size``); the probe parameter is that big.
+PROBE_ELEMENTS = 4096
+
+
+def require_available(name: str, device: torch.device) -> None:
+    """Fail fast, before the model is loaded, when ``name`` cannot run on ``device``."""
     if name == "adamw8bit":
-        if not cuda:
-            raise OptimizerUnavailable(
-                "spec.training.optimizer adamw8bit needs a CUDA GPU (bitsandbytes' 8-bit kernels are "
-                "CUDA-only) and this train step has none: set resources.gpus ≥ 1, or choose adamw or prodigy"
-            )
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise OptimizerUnavailable(
-                "spec.training.optimizer adamw8bit needs the bitsandbytes package, which this trainer "
-                "image does not have: use an image with it, or choose adamw or prodigy"
-            )
+        probe_adamw8bit(device)
     if name == "prodigy" and importlib.util.find_spec("prodigyopt") is None:
         raise OptimizerUnavailable(
             "spec.training.optimizer prodigy needs the prodigyopt package (the trainer extra pins it)"
+        )
+
+
+def probe_adamw8bit(device: torch.device) -> None:
+    """One AdamW8bit step on a probe parameter on ``device``: it must run and keep uint8 state."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise OptimizerUnavailable(
+            "spec.training.optimizer adamw8bit needs the bitsandbytes package, which this trainer "
+            "image does not have (the trainer extra pins it): use an image with it, or choose adamw "
+            "or prodigy"
+        )
+    import bitsandbytes as bnb
+
+    probe = torch.nn.Parameter(torch.zeros(PROBE_ELEMENTS, device=device))
+    probe.grad = torch.ones_like(probe)
+    try:
+        optimizer = bnb.optim.AdamW8bit([probe], lr=1e-3)
+        optimizer.step()
+        state = optimizer.state[probe]
+    except Exception as error:  # any failure of the kernels means "not on this device"
+        raise OptimizerUnavailable(
+            f"spec.training.optimizer adamw8bit: bitsandbytes {bnb.__version__} cannot run 8-bit AdamW "
+            f"on this train step's device ({device.type}: {type(error).__name__}: {error}); choose "
+            "adamw or prodigy"
+        ) from error
+    if state.get("state1") is None or state["state1"].dtype != torch.uint8:
+        raise OptimizerUnavailable(
+            f"spec.training.optimizer adamw8bit: bitsandbytes {bnb.__version__} keeps no 8-bit state "
+            f"on {device.type} here; choose adamw or prodigy"
         )
 
 
@@ -95,7 +123,7 @@ def make_optimizer(
             safeguard_warmup=True,
         )
     if name == "adamw8bit":
-        import bitsandbytes as bnb  # CUDA images only (require_available checked it is there)
+        import bitsandbytes as bnb  # require_available probed it on this device
 
         optimizer: torch.optim.Optimizer = bnb.optim.AdamW8bit(
             params, lr=learning_rate, betas=BETAS, weight_decay=WEIGHT_DECAY, eps=EPS

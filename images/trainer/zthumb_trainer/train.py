@@ -106,7 +106,8 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
     from tqdm import tqdm
 
     started = time.monotonic()
-    require_available(config.optimizer, torch.cuda.is_available())  # before minutes of model loading
+    # Before minutes of model loading; the device accelerate picks below (CUDA when there is one).
+    require_available(config.optimizer, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     dataset = load_manifest(config.run_dir)
     # accelerate keeps its settings in process-wide singletons; forget an earlier run's (tests, the
     # benchmark) but keep the process group (PartialState) a distributed launch set up.
