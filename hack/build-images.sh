@@ -613,7 +613,7 @@ ensure_wheelhouse
 want() { [[ " ${WANT[*]} " == *" $1 "* ]]; }
 # The bookworm base has python3 + python3-venv already: nothing to apt-get install.
 if want zthumb || want trainer; then
-  build torch-base "${DEBIAN_BASE}" "BASE_IMAGE=${DEBIAN_BASE}" PYTHON=python3 PYTHON_APT=
+  build torch-base "${DEBIAN_BASE}" "BASE_IMAGE=${DEBIAN_BASE}" PYTHON=python3 PYTHON_APT= COMPILER_APT=
 fi
 if want zthumb; then build zthumb "${REF[torch-base]}" "TORCH_BASE=${REF[torch-base]}"; fi
 if want trainer; then
