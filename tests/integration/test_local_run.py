@@ -45,4 +45,35 @@ def test_local_run_end_to_end(tmp_path):
         "![step 15](samples/step-15.png)"
         in (tmp_path / "outputs" / "lora_eval" / "demo" / "report.md").read_text()
     )
+    # The demo's quality gate: passed, at the top of the report, said on stderr.
+    assert summary["gate"]["passed"] is True, summary["gate"]
+    assert (
+        "**Quality gate passed**" in (tmp_path / "outputs" / "lora_eval" / "demo" / "report.md").read_text()
+    )
+    assert "eval gate passed: meanPixelDifference" in completed.stderr
     assert seconds < 180, f"local run took {seconds:.0f}s"
+
+
+def test_a_local_run_whose_adapter_fails_the_gate_ends_with_eval_gate_failed(tmp_path):
+    """The embedded demo's spec with an unreachable gate, as a YAML: the run fails after its eval."""
+    import yaml
+    from zthumb_trainer.local_run import EMBEDDED_DEFAULT
+
+    spec = json.loads(json.dumps(EMBEDDED_DEFAULT))
+    spec["training"]["validation"] = {}  # not what this test is about
+    spec["eval"]["gate"] = {"minMeanPixelDifference": 250}
+    finetune = tmp_path / "finetune.yaml"
+    manifest = {"apiVersion": "zthumb.io/v1alpha1", "kind": "LoRAFinetune", "metadata": {"name": "gated"}}
+    finetune.write_text(yaml.safe_dump({**manifest, "spec": spec}))
+    executable = Path(sys.executable).parent / "zthumb-train"
+    completed = subprocess.run(
+        [str(executable), "run", "--local", "--tiny", "--workdir", str(tmp_path / "work"), str(finetune)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert completed.returncode != 0
+    assert "EvalGateFailed: eval gate failed: meanPixelDifference" in completed.stderr, completed.stderr[
+        -3000:
+    ]
+    assert "< min 250" in completed.stderr
+    report = (tmp_path / "work" / "outputs" / "lora_eval" / "gated" / "report.md").read_text()
+    assert "**Quality gate failed** (EvalGateFailed)" in report

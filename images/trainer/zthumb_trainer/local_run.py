@@ -64,7 +64,16 @@ EMBEDDED_DEFAULT: dict[str, Any] = {
         },
     },
     "resources": {"gpus": 0},
-    "eval": {"prompts": ["a photo of {trigger}"], "seeds": [0, 1], "steps": 4, "width": 64, "height": 64},
+    "eval": {
+        "prompts": ["a photo of {trigger}"],
+        "seeds": [0, 1],
+        "steps": 4,
+        "width": 64,
+        "height": 64,
+        # A quality gate the demo passes (its adapter moves pixels by about 13 of 255): the verdict
+        # tops the report; the run fails with EvalGateFailed where it does not.
+        "gate": {"minMeanPixelDifference": 2.0},
+    },
 }
 
 
