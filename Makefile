@@ -45,6 +45,7 @@ k8s-bin:
 	hack/build-k8s.sh
 
 unit: $(STAMP) k8s-bin
+	hack/ensure-chromium.sh
 	PATH="$$(hack/cluster.sh bindir):$$PATH" $(BIN)/pytest -m "not e2e" -p no:cacheprovider
 
 # The real-node tests (tests/e2e/real) run our images in the node's containerd: they are built
@@ -68,4 +69,4 @@ bench: $(STAMP)
 	$(BIN)/python hack/bench_train.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache build *.egg-info artifacts

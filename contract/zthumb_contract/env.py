@@ -27,3 +27,7 @@ NAMESPACE = "ZTHUMB_NAMESPACE"
 NODE_RANK = "JOB_COMPLETION_INDEX"
 MASTER_ADDR = "ZTHUMB_MASTER_ADDR"
 MASTER_PORT = "ZTHUMB_MASTER_PORT"
+
+# The server's directory of eval reports (steps.EVAL_REPORTS_DIR under the data root), served as
+# HTML pages under steps.REPORTS_URL_PREFIX; set by the chart and the local runner.
+REPORTS_DIR = "ZTHUMB_REPORTS_DIR"

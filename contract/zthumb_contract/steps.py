@@ -28,6 +28,12 @@ RENDEZVOUS_PORT = 29500
 RENDEZVOUS_TIMEOUT_SECONDS = 600
 
 
+# Every run's eval report, below the data root; the server serves this directory read-only as
+# HTML pages under REPORTS_URL_PREFIX (ZTHUMB_REPORTS_DIR, set by the chart).
+EVAL_REPORTS_DIR = "outputs/lora_eval"
+REPORTS_URL_PREFIX = "/reports"
+
+
 @dataclass(frozen=True)
 class RunPaths:
     """Where one run reads and writes, below the data root (docs/ARCHITECTURE.md, "Paths")."""
@@ -65,11 +71,16 @@ class RunPaths:
 
     @property
     def eval_dir(self) -> str:
-        return self._under_root(f"outputs/lora_eval/{self.run_name}")
+        return self._under_root(f"{EVAL_REPORTS_DIR}/{self.run_name}")
 
     @property
     def report(self) -> str:
         return f"{self.eval_dir}/report.md"
+
+    @property
+    def report_url(self) -> str:
+        """The report's page on the ZThumb server (which serves ``EVAL_REPORTS_DIR``)."""
+        return f"{REPORTS_URL_PREFIX}/{self.run_name}/"
 
 
 @dataclass(frozen=True)

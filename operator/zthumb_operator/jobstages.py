@@ -257,6 +257,7 @@ class JobStages:
             if summary is not None:
                 p.set("evalSummary", summary)
             p.set("reportPath", paths.report)
+            p.set("reportUrl", paths.report_url)
             message += f"; report {paths.report}"
             verdict = evaluate_gate(spec.eval.gate, p.status.get("evalSummary") or {})
             if verdict is not None:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from zthumb_contract import env as env_names
 from zthumb_contract.gate import GATE_FAILED_REASON, evaluate_gate
 from zthumb_contract.spec import LoRAFinetuneSpec
 from zthumb_contract.stages import Runner, Success, active_stages, build_steps
@@ -178,6 +179,7 @@ def server_env(paths: RunPaths, port: int) -> dict[str, str]:
         "ZTHUMB_DEVICE": "cpu",
         "ZTHUMB_DTYPE": "float32",
         "HF_HUB_OFFLINE": "1",
+        env_names.REPORTS_DIR: str(Path(paths.eval_dir).parent),
     }
     env.update(deploy_env(paths))
     return env

@@ -19,8 +19,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from zthumb_contract.steps import REPORTS_URL_PREFIX
 
 log = logging.getLogger("zthumb.errors")
 
@@ -81,6 +82,17 @@ class UnauthorizedError(ZThumbError):
     code = "unauthorized"
 
 
+class LoginRequiredError(UnauthorizedError):
+    """A report page without a valid key: the page answers with the login form."""
+
+    code = "login_required"
+
+
+class ReportNotFoundError(ZThumbError):
+    status = 404
+    code = "report_not_found"
+
+
 class NotReadyError(ZThumbError):
     status = 503
     code = "not_ready"
@@ -104,6 +116,7 @@ class GenerationCancelledError(ZThumbError):
 
 
 OPENAI_PREFIX = "/v1/"
+REPORTS_PREFIX = f"{REPORTS_URL_PREFIX}/"
 
 
 def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
@@ -128,8 +141,13 @@ def _respond(
     status: int,
     body: dict[str, Any],
     headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    """``body`` is ours; on ``/v1/`` paths it is rewritten into OpenAI's error shape."""
+) -> Response:
+    """``body`` is ours; on ``/v1/`` paths it is rewritten into OpenAI's error shape, and on the
+    report pages (``/reports/``) it is a page a browser shows (with the login form on a 401)."""
+    if request.url.path.startswith(REPORTS_PREFIX):
+        from zthumb.reports import error_page  # the pages' own rendering (it imports this module)
+
+        return error_page(request, status, body, headers)
     if request.url.path.startswith(OPENAI_PREFIX):
         body = {
             "error": {
@@ -155,13 +173,13 @@ def install_error_handlers(app: FastAPI) -> None:
     """Register the one mapping from exceptions to HTTP error bodies."""
 
     @app.exception_handler(ZThumbError)
-    async def _zthumb_error(request: Request, exc: ZThumbError) -> JSONResponse:
+    async def _zthumb_error(request: Request, exc: ZThumbError) -> Response:
         if exc.status >= 500 and exc.status not in (503, 504):
             log.error("request failed: %s", exc.message)
         return _respond(request, exc.status, error_body(exc.code, exc.message, exc.field), exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         errors = exc.errors()
         first = errors[0] if errors else {}
         field = _field_from_loc(first.get("loc", ()))
@@ -179,7 +197,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return _respond(request, 422, body)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         codes = {404: "not_found", 405: "method_not_allowed"}
         code = codes.get(exc.status_code, f"http_{exc.status_code}")
         return _respond(
@@ -187,6 +205,6 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error: %s", type(exc).__name__)
         return _respond(request, 500, error_body("internal_error", "internal error; see the server log"))

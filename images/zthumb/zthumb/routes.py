@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
+from zthumb import reports
 from zthumb.engine import Engine
 from zthumb.errors import UnauthorizedError
 from zthumb.protocol import (
@@ -99,3 +100,4 @@ async def openai_images(
 
 
 router.include_router(protected)
+router.include_router(reports.router)

@@ -90,6 +90,13 @@ class Settings(BaseSettings):
         "them; empty keeps torch's default.",
     )
 
+    # --- eval reports (zthumb.reports) ---------------------------------------------------------
+    reports_dir: Path | None = Field(
+        default=None,
+        description="The eval reports (<data root>/outputs/lora_eval), served read-only as HTML pages "
+        "under /reports behind the API key; unset: no report pages.",
+    )
+
     # --- HTTP ----------------------------------------------------------------------------------
     api_key: SecretStr | None = None
     host: str = "0.0.0.0"  # a container listens on all interfaces
@@ -127,6 +134,11 @@ class Settings(BaseSettings):
     @field_validator("compile_cache_dir", mode="before")
     @classmethod
     def _empty_cache_dir_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("reports_dir", mode="before")
+    @classmethod
+    def _empty_reports_dir_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("api_key", mode="before")

@@ -544,6 +544,10 @@ def test_finetune_runs_in_real_pods_through_train_pod_and_operator_deletion(
         head = volume(kubectl, ns, "python3", "-c", f"print(open({png!r}, 'rb').read(8))")
         assert "PNG" in head, head
     assert f"http://{RELEASE}.{ns}.svc:8080" in report, report[:2000]  # eval called the Service by name
+    # The server serves the same report as a page (the chart's ZTHUMB_REPORTS_DIR), at status.reportUrl.
+    assert status["reportUrl"] == f"/reports/{RUN}/"
+    page = in_pod(kubectl, ns, pod["metadata"]["name"], "python3", "-c", HTTP_GET, status["reportUrl"])
+    assert f"LoRA evaluation: {RUN}" in page and f'src="/reports/{RUN}/files/pairs/' in page, page[:2000]
     described = kubectl("describe", "lft", RUN, "-n", ns).stdout
     for reason in ("JobCreated", "TrainCompleted", "RolloutStarted", "DeployCompleted", "Succeeded"):
         assert reason in described, reason

@@ -19,6 +19,8 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from zthumb_contract.env import REPORTS_DIR
+from zthumb_contract.steps import EVAL_REPORTS_DIR
 
 REPO = Path(__file__).resolve().parents[3]
 CHART = REPO / "charts" / "zthumb"
@@ -303,6 +305,8 @@ def test_default_render(helm_bin: list[str], helm_env: dict[str, str]) -> None:
     assert env["ZTHUMB_BACKEND"] == "full"
     assert env["ZTHUMB_MODEL_PATH"] == "/data/models/sd_xl_base_1.0.safetensors"
     assert env["ZTHUMB_LORA_ROOT"] == "/data/models/lora"
+    # The operator's eval Jobs write their reports there (the contract's path).
+    assert env[REPORTS_DIR] == f"/data/{EVAL_REPORTS_DIR}"
     assert env["ZTHUMB_PORT"] == "8080"
     assert env["ZTHUMB_DEVICE"] == "cuda"
     assert env["ZTHUMB_DTYPE"] == "float16"
@@ -414,6 +418,7 @@ def test_existing_claim_render(helm_bin: list[str], helm_env: dict[str, str]) ->
     assert mounts["data"] == "/mnt/zthumb"
     assert r.env["ZTHUMB_MODEL_PATH"] == "/mnt/zthumb/models/sd_xl_base_1.0.safetensors"
     assert r.env["ZTHUMB_LORA_ROOT"] == "/mnt/zthumb/models/lora"
+    assert r.env[REPORTS_DIR] == "/mnt/zthumb/outputs/lora_eval"
 
 
 @needs_helm

@@ -53,6 +53,7 @@ def test_happy_path_through_every_phase() -> None:
     assert st["phase"] == "Succeeded"
     assert st["evalSummary"] == {"images": 8}
     assert st["reportPath"] == "/data/outputs/lora_eval/z-style/report.md"
+    assert st["reportUrl"] == "/reports/z-style/"
     assert st["completionTime"]
     for ctype in ("Ready", "ModelFetched", "DatasetPrepared", "Trained", "Deployed", "Evaluated"):
         assert conditions.condition_true(st["conditions"], ctype), ctype

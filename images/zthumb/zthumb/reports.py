@@ -1,0 +1,238 @@
+"""The eval reports as pages a browser opens (``kubectl port-forward svc/zthumb 8080:8080``).
+
+``GET /reports/`` lists the runs, ``GET /reports/<run>/`` renders one report's ``summary.json``
+(gate verdict, metrics per scale, training numbers, the pairs side by side, the validation grids in
+step order) and ``GET /reports/<run>/files/<path>`` serves its images. Read-only and confined to
+``ZTHUMB_REPORTS_DIR`` (``outputs/lora_eval`` on the volume): a run name is a Kubernetes object
+name, a file path stays inside its run's directory after resolving symlinks, and only image and
+report types are served.
+
+Behind the API key like the rest of the API. ``curl`` sends the bearer header; a browser cannot,
+so a page without a valid key answers 401 with a login form, and ``POST /reports/login`` checks the
+key and sets an HttpOnly, SameSite=Strict session cookie holding an HMAC of it (never the key).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, PackageLoader, select_autoescape
+from zthumb_contract.steps import REPORTS_URL_PREFIX
+
+from zthumb.errors import LoginRequiredError, ReportNotFoundError, UnauthorizedError
+
+SESSION_COOKIE = "zthumb_reports"
+SESSION_SECONDS = 12 * 3600
+# A LoRAFinetune's name (DNS subdomain), which is the report's directory name.
+RUN_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+FILE_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".json": "application/json",
+    ".md": "text/markdown; charset=utf-8",
+}
+STYLESHEET = Path(__file__).with_name("templates") / "report.css"
+# No script anywhere; styles and images from this server only; forms post only here.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; img-src 'self'; style-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+MAX_LOGIN_BODY = 4096
+
+templates = Environment(loader=PackageLoader("zthumb", "templates"), autoescape=select_autoescape())
+
+
+def session_token(api_key: str) -> str:
+    return hmac.new(api_key.encode(), b"zthumb reports session v1", hashlib.sha256).hexdigest()
+
+
+def _api_key(request: Request) -> str | None:
+    key = request.app.state.settings.api_key
+    return None if key is None else str(key.get_secret_value())
+
+
+async def require_report_access(request: Request) -> None:
+    """The API key as a bearer header, or the session cookie that the login form set."""
+    key = _api_key(request)
+    if key is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme:
+        if scheme.lower() == "bearer" and secrets.compare_digest(token.encode(), key.encode()):
+            return
+        raise UnauthorizedError("invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
+    cookie = request.cookies.get(SESSION_COOKIE, "")
+    if cookie and secrets.compare_digest(cookie.encode(), session_token(key).encode()):
+        return
+    raise LoginRequiredError("this server wants its API key", headers={"WWW-Authenticate": "Bearer"})
+
+
+def reports_root(request: Request) -> Path:
+    root: Path | None = request.app.state.settings.reports_dir
+    if root is None:
+        raise ReportNotFoundError("this server serves no reports (ZTHUMB_REPORTS_DIR is not set)")
+    return root.resolve()
+
+
+def run_directory(root: Path, run: str) -> Path:
+    """The report directory of ``run``: a valid name, inside ``root``, holding a summary."""
+    if not RUN_NAME.fullmatch(run):
+        raise ReportNotFoundError(f"no report {run!r}: not a LoRAFinetune name")
+    directory = (root / run).resolve()
+    if not directory.is_relative_to(root) or not (directory / "summary.json").is_file():
+        raise ReportNotFoundError(f"no report for run {run!r} (yet): its eval step writes it")
+    return directory
+
+
+def report_file(directory: Path, relative: str) -> Path:
+    """A file of the report: relative, without '..', inside ``directory`` after symlinks, a known type."""
+    parts = PurePosixPath(relative).parts
+    if not parts or relative.startswith("/") or ".." in parts or "\\" in relative:
+        raise ReportNotFoundError(f"no file {relative!r} in this report")
+    path = (directory / relative).resolve()
+    if not path.is_relative_to(directory) or path.suffix.lower() not in FILE_TYPES or not path.is_file():
+        raise ReportNotFoundError(f"no file {relative!r} in this report")
+    return path
+
+
+def _page(template: str, code: int = 200, headers: dict[str, str] | None = None, **context: Any) -> Response:
+    html = templates.get_template(template).render(prefix=REPORTS_URL_PREFIX, **context)
+    return HTMLResponse(
+        html, status_code=code, headers={**SECURITY_HEADERS, "Cache-Control": "no-store", **(headers or {})}
+    )
+
+
+def error_page(
+    request: Request, status: int, body: dict[str, Any], headers: dict[str, str] | None
+) -> Response:
+    """Any error under /reports/ as a page; a 401 carries the login form."""
+    login = status == 401
+    return _page(
+        "error.html", status, headers, status=status, message=body["message"], login=login,
+        next=request.url.path if request.method == "GET" else f"{REPORTS_URL_PREFIX}/",
+    )  # fmt: skip
+
+
+def _scale_key(scale: float) -> str:
+    return f"{scale:g}"
+
+
+def metrics_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per scale compared: pixel difference vs the reference, latency, CLIP-T and CLIP-I."""
+    pairs = summary.get("pairs") or []
+    clip = (summary.get("clip") or {}).get("by_scale") or {}
+    rows = []
+    for scale in summary.get("scales") or []:
+        key = _scale_key(scale)
+        differences = [
+            p["mean_pixel_difference"][key] for p in pairs if key in p.get("mean_pixel_difference", {})
+        ]
+        latencies = [p["latency_s"][key] for p in pairs if key in p.get("latency_s", {})]
+        rows.append(
+            {
+                "scale": key,
+                "reference": scale == summary.get("reference_scale"),
+                "served": scale == summary.get("served_scale"),
+                "pixel_difference": round(sum(differences) / len(differences), 3) if differences else None,
+                "latency_s": round(sum(latencies) / len(latencies), 3) if latencies else None,
+                "clip_t": (clip.get(key) or {}).get("clip_t"),
+                "clip_i": (clip.get(key) or {}).get("clip_i"),
+            }
+        )
+    return rows
+
+
+def _read_summary(directory: Path) -> dict[str, Any]:
+    try:
+        summary = json.loads((directory / "summary.json").read_text())
+    except (OSError, ValueError) as error:
+        raise ReportNotFoundError(f"the report of {directory.name!r} cannot be read: {error}") from None
+    if not isinstance(summary, dict):
+        raise ReportNotFoundError(f"the report of {directory.name!r} is not a summary")
+    return summary
+
+
+def _index_entry(directory: Path) -> dict[str, Any] | None:
+    try:
+        summary = _read_summary(directory)
+    except ReportNotFoundError:
+        return None
+    return {
+        "run": directory.name,
+        "mtime": (directory / "summary.json").stat().st_mtime,
+        "adapter_sha256": ((summary.get("adapter") or {}).get("sha256") or "")[:12],
+        "mean_pixel_difference": summary.get("mean_pixel_difference"),
+        "clip_i_gain": (summary.get("clip") or {}).get("clip_i_gain"),
+        "gate": summary.get("gate"),
+    }
+
+
+ReportAccess = Annotated[None, Depends(require_report_access)]
+router = APIRouter(prefix=REPORTS_URL_PREFIX, tags=["reports"], include_in_schema=False)
+
+
+@router.get("/static/report.css")
+async def stylesheet() -> Response:
+    return FileResponse(STYLESHEET, media_type="text/css", headers={"Cache-Control": "max-age=3600"})
+
+
+@router.get("/")
+async def index(request: Request, _: ReportAccess) -> Response:
+    root = reports_root(request)
+    entries = [
+        entry
+        for directory in (sorted(root.iterdir()) if root.is_dir() else [])
+        if RUN_NAME.fullmatch(directory.name) and (entry := _index_entry(directory)) is not None
+    ]
+    entries.sort(key=lambda entry: entry["mtime"], reverse=True)
+    return _page("index.html", runs=entries)
+
+
+@router.post("/login")
+async def login(request: Request) -> Response:
+    body = await request.body()
+    form = parse_qs(body[:MAX_LOGIN_BODY].decode("utf-8", "replace"))
+    next_url = (form.get("next") or [""])[0]
+    if not next_url.startswith(f"{REPORTS_URL_PREFIX}/") or next_url.startswith("//"):
+        next_url = f"{REPORTS_URL_PREFIX}/"
+    key = _api_key(request)
+    response = RedirectResponse(next_url, status_code=303)
+    if key is None:
+        return response
+    given = (form.get("api_key") or [""])[0]
+    if not secrets.compare_digest(given.encode(), key.encode()):
+        raise LoginRequiredError("wrong API key")
+    response.set_cookie(
+        SESSION_COOKIE, session_token(key), max_age=SESSION_SECONDS, path=REPORTS_URL_PREFIX,
+        httponly=True, samesite="strict",
+    )  # fmt: skip
+    return response
+
+
+@router.get("/{run}/")
+async def report(run: str, request: Request, _: ReportAccess) -> Response:
+    directory = run_directory(reports_root(request), run)
+    summary = _read_summary(directory)
+    return _page("report.html", run=run, summary=summary, rows=metrics_rows(summary))
+
+
+@router.get("/{run}/files/{path:path}")
+async def report_asset(run: str, path: str, request: Request, _: ReportAccess) -> Response:
+    file = report_file(run_directory(reports_root(request), run), path)
+    return FileResponse(
+        file,
+        media_type=FILE_TYPES[file.suffix.lower()],
+        headers={**SECURITY_HEADERS, "Cache-Control": "private, max-age=60"},
+    )

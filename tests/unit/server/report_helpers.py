@@ -1,0 +1,49 @@
+"""A real eval report on disk (written by the trainer's ``evaluate.write_report`` from synthetic
+images), for the report pages' tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def write_report(
+    reports_dir: Path, run: str, *, gate: dict[str, Any] | None = None, clip: bool = False
+) -> Path:
+    """``<reports_dir>/<run>/`` with pairs, summary.json and report.md; ``gate``: spec.eval.gate;
+    ``clip``: add a CLIP block (the eval's shape) and a validation grid, as a full report has."""
+    from PIL import Image
+    from zthumb_trainer.evaluate import EvalConfig, Sample
+    from zthumb_trainer.evaluate import write_report as write
+
+    config = EvalConfig(
+        server_url="http://zthumb.ml.svc:8080", output=reports_dir / run, run_name=run, lora_path=run,
+        prompts=["a photo of zt"], seeds=[0, 1], scales=[0.0, 0.8], gate=gate or {},
+    )  # fmt: skip
+    samples = [
+        Sample(0, "a photo of zt", seed, scale, Image.new("RGB", (64, 64), (int(scale * 200), 60 + seed, 90)),
+               0.5 + scale, {"adapter": {"path": run, "sha256": "ab" * 32}, "backend": "full",
+                             "width": 64, "height": 64, "steps": 4})
+        for seed in (0, 1) for scale in (0.0, 0.8)
+    ]  # fmt: skip
+    write(config, samples, {"backends": [{"name": "full", "model": "/data/models/sdxl", "device": "cpu",
+                                          "dtype": "float32"}]}, 3.2)  # fmt: skip
+    directory = reports_dir / run
+    if clip:
+        summary = json.loads((directory / "summary.json").read_text())
+        summary["served_scale"] = 0.8
+        summary["clip"] = {
+            "model": {"name": "tiny-clip", "url": "http://x/clip.safetensors", "sha256": "cd" * 32},
+            "reference_scale": 0.0, "training_images": 8,
+            "by_scale": {
+                "0": {"clip_t": 0.2512, "clip_i": 0.6011}, "0.8": {"clip_t": 0.2461, "clip_i": 0.6323}
+            },
+            "clip_i_gain": 0.0312, "clip_t_drop": 0.0051,
+        }  # fmt: skip
+        (directory / "samples").mkdir()
+        Image.new("RGB", (128, 64), (20, 120, 200)).save(directory / "samples" / "step-15.png")
+        sample = {"step": 15, "image": "samples/step-15.png", "seconds": 1.5}
+        summary["validation"] = {"passes": 1, "secondsPerPass": 1.5, "samples": [sample]}
+        (directory / "summary.json").write_text(json.dumps(summary, indent=2))
+    return directory

@@ -1,0 +1,111 @@
+"""The report pages (zthumb.reports): rendering, the API key (bearer, login form, cookie),
+confinement to ZTHUMB_REPORTS_DIR."""
+
+from __future__ import annotations
+
+import pytest
+from report_helpers import write_report
+from zthumb.reports import SESSION_COOKIE, session_token
+
+KEY = "s3cret-key"
+
+
+@pytest.fixture
+def reports_dir(tmp_path):
+    root = tmp_path / "outputs" / "lora_eval"
+    write_report(root, "z-style", gate={"minMeanPixelDifference": 1}, clip=True)
+    write_report(root, "plain")
+    return root
+
+
+def test_a_report_page_shows_the_gate_the_metrics_and_every_image(make_client, reports_dir):
+    client = make_client(reports_dir=reports_dir)
+    page = client.get("/reports/z-style/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    html = page.text
+    assert "Quality gate passed" in html and "meanPixelDifference" in html
+    assert "0.2512" in html and "0.6323" in html  # CLIP-T at 0, CLIP-I at 0.8
+    assert "0.8 (served)" in html and "0 (reference)" in html
+    assert "CLIP-I gain 0.0312" in html
+    for image in ("pairs/p0-s0.png", "pairs/p0-s1.png", "samples/step-15.png"):
+        assert f'src="/reports/z-style/files/{image}"' in html
+        answer = client.get(f"/reports/z-style/files/{image}")
+        assert answer.status_code == 200 and answer.headers["content-type"] == "image/png"
+        assert answer.content.startswith(b"\x89PNG")
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert "<script" not in html
+
+
+def test_a_report_without_clip_or_gate_renders_what_it_has(make_client, reports_dir):
+    html = make_client(reports_dir=reports_dir).get("/reports/plain/").text
+    assert "Quality gate" not in html and "CLIP-I gain" not in html
+    assert "LoRA evaluation: plain" in html
+
+
+def test_the_index_lists_the_runs_newest_first(make_client, reports_dir):
+    html = make_client(reports_dir=reports_dir).get("/reports/").text
+    assert html.index('href="/reports/plain/"') < html.index('href="/reports/z-style/"')
+    assert "passed" in html
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/reports/z-style/files/../plain/summary.json",
+        "/reports/z-style/files/%2e%2e/plain/summary.json",
+        "/reports/z-style/files/%2Fetc%2Fpasswd",
+        "/reports/z-style/files/escape.png",  # a symlink out of the report
+        "/reports/z-style/files/notes.txt",  # not a report file type
+        "/reports/Not_A_Run/",
+        "/reports/missing/",
+        "/reports/..%2F..%2Fetc/",
+    ],
+)
+def test_nothing_outside_a_report_is_served(make_client, reports_dir, tmp_path, path):
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"\x89PNG secret")
+    (reports_dir / "z-style" / "escape.png").symlink_to(secret)
+    (reports_dir / "z-style" / "notes.txt").write_text("x")
+    answer = make_client(reports_dir=reports_dir).get(path)
+    assert answer.status_code == 404, answer.text
+    assert b"secret" not in answer.content
+
+
+def test_without_a_reports_dir_there_are_no_pages(make_client):
+    answer = make_client().get("/reports/")
+    assert answer.status_code == 404 and "ZTHUMB_REPORTS_DIR is not set" in answer.text
+
+
+def test_with_an_api_key_a_browser_gets_the_login_form_then_a_cookie(make_client, reports_dir):
+    client = make_client(reports_dir=reports_dir, api_key=KEY)
+    page = client.get("/reports/z-style/")
+    assert page.status_code == 401 and 'action="/reports/login"' in page.text
+    assert 'name="next" value="/reports/z-style/"' in page.text
+    wrong = client.post("/reports/login", data={"api_key": "nope", "next": "/reports/z-style/"})
+    assert wrong.status_code == 401 and "wrong API key" in wrong.text
+    assert SESSION_COOKIE not in client.cookies
+    logged_in = client.post(
+        "/reports/login", data={"api_key": KEY, "next": "/reports/z-style/"}, follow_redirects=False
+    )
+    assert logged_in.status_code == 303 and logged_in.headers["location"] == "/reports/z-style/"
+    cookie = logged_in.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/reports" in cookie
+    assert KEY not in cookie
+    assert client.get("/reports/z-style/").status_code == 200  # the cookie now
+    assert client.get("/reports/z-style/files/pairs/p0-s0.png").status_code == 200
+
+
+def test_with_an_api_key_curl_sends_the_bearer_header(make_client, reports_dir):
+    client = make_client(reports_dir=reports_dir, api_key=KEY)
+    assert client.get("/reports/", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    assert client.get("/reports/", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    client.cookies.set(SESSION_COOKIE, session_token("another key"), path="/reports")
+    assert client.get("/reports/").status_code == 401  # a cookie for another key
+
+
+def test_login_redirects_only_into_the_reports(make_client, reports_dir):
+    client = make_client(reports_dir=reports_dir, api_key=KEY)
+    for target in ("https://evil.example/", "//evil.example/reports/", "/generate"):
+        answer = client.post("/reports/login", data={"api_key": KEY, "next": target}, follow_redirects=False)
+        assert answer.headers["location"] == "/reports/", target

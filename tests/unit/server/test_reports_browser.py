@@ -1,0 +1,63 @@
+"""The report page in a real headless Chromium: log in through the form, see the metrics and every
+image, get nothing outside the report; the screenshot is kept as an artifact
+(``$ZTHUMB_ARTIFACTS_DIR``, default ``artifacts/`` in the checkout)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from cdp import Chromium, chromium_binary
+from report_helpers import write_report
+from server_helpers import serve_on_loopback, server_settings
+
+KEY = "browser-test-key"
+ARTIFACTS = Path(os.environ.get("ZTHUMB_ARTIFACTS_DIR") or Path(__file__).resolve().parents[3] / "artifacts")
+
+
+@pytest.fixture
+def chromium(tmp_path):
+    binary = chromium_binary()
+    if binary is None:
+        if os.environ.get("ZTHUMB_ALLOW_NO_BROWSER") == "1":
+            pytest.skip("no Chromium (ZTHUMB_ALLOW_NO_BROWSER=1)")
+        pytest.fail("Chromium is missing: run hack/ensure-chromium.sh (apt-get install chromium)")
+    browser = Chromium(binary, tmp_path / "profile")
+    yield browser
+    browser.close()
+
+
+def test_the_report_page_in_a_real_browser(chromium, tiny_model, lora_root, tmp_path):
+    from zthumb.app import build_app
+
+    reports_dir = tmp_path / "outputs" / "lora_eval"
+    write_report(reports_dir, "z-style", gate={"minMeanPixelDifference": 1}, clip=True)
+    settings = server_settings(tiny_model, lora_root, reports_dir=reports_dir, api_key=KEY)
+    with serve_on_loopback(build_app(settings)) as url:
+        page = chromium.new_page()
+        page.navigate(f"{url}/reports/z-style/")
+        assert page.evaluate("document.getElementById('login') !== null")  # 401: the login form
+        page.submit(
+            f"document.getElementById('api_key').value = {KEY!r};"
+            "document.getElementById('login').requestSubmit(); true"
+        )
+        assert page.evaluate("location.pathname") == "/reports/z-style/"
+        assert page.evaluate("document.querySelector('h1').textContent") == "LoRA evaluation: z-style"
+        assert page.evaluate("document.getElementById('gate').textContent").count("pass") >= 1
+        metrics = page.evaluate("document.getElementById('metrics').innerText")
+        assert "0.6323" in metrics and "0.2512" in metrics and "(served)" in metrics
+        images = page.evaluate(
+            "Array.from(document.images).map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0])"
+        )
+        assert len(images) == 3 and all(loaded for _, loaded in images), images  # 2 pairs + 1 grid
+        assert page.evaluate("document.cookie") == ""  # HttpOnly: no script can read the session
+        screenshot = ARTIFACTS / "report-page.png"
+        page.screenshot(screenshot)
+        # No script may fetch anything (the page's CSP), and a path out of the report is a 404 page.
+        assert "Failed to fetch" in page.evaluate("fetch('/reports/').then(() => 'fetched', e => String(e))")
+        page.navigate(f"{url}/reports/z-style/files/%2e%2e/%2e%2e/secret.png")
+        assert page.evaluate("document.querySelector('h1').textContent") == "404"
+        page.close()
+    print(f"screenshot: {screenshot}")
+    assert screenshot.read_bytes().startswith(b"\x89PNG") and screenshot.stat().st_size > 10_000
