@@ -23,6 +23,15 @@ SDXL_BASE_PATH = "models/sd_xl_base_1.0.safetensors"
 SDXL_CONFIG_URL = "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/"
 SDXL_CONFIG_PATH = "models/sd_xl_base_1.0-config"
 
+# The CLIP of the eval's CLIP-T / CLIP-I metrics: OpenAI's ViT-L/14 (the image tower of the
+# DreamBooth paper's CLIP-I, the text tower SDXL's first encoder), pinned to one revision.
+CLIP_REVISION = "32bd64288804d66eefd0ccbe215aa642df71cc41"
+CLIP_URL = f"https://huggingface.co/openai/clip-vit-large-patch14/resolve/{CLIP_REVISION}/model.safetensors"
+CLIP_SHA256 = "a2bf730a0c7debf160f7a6b50b3aaf3703e7e88ac73de7a314903141db026dcb"
+CLIP_PATH = "models/clip-vit-large-patch14.safetensors"
+CLIP_CONFIG_URL = f"https://huggingface.co/openai/clip-vit-large-patch14/resolve/{CLIP_REVISION}/"
+CLIP_CONFIG_PATH = "models/clip-vit-large-patch14-config"
+
 DEFAULT_EVAL_PROMPTS = ["a photo of {trigger}", "a watercolor painting of {trigger} in a garden"]
 
 
@@ -140,6 +149,21 @@ class DeploySpec(_Spec):
     service_url: str | None = None
 
 
+class ClipSpec(_Spec):
+    """The CLIP model of the eval's quality metrics, fetched and SHA256-verified like the base model
+    and cached on the volume. Off: no CLIP-T / CLIP-I (and no gate on them)."""
+
+    enabled: bool = True
+    url: str = CLIP_URL
+    sha256: str = Field(CLIP_SHA256, pattern=r"^[0-9a-f]{64}$")
+    path: str = CLIP_PATH
+    config_url: str = CLIP_CONFIG_URL
+    config_path: str = CLIP_CONFIG_PATH
+    token_secret_ref: SecretKeyRef | None = None
+    # Training images CLIP-I compares with (evenly spread over the prepared dataset).
+    max_training_images: int = Field(64, ge=1, le=1024)
+
+
 class EvalGateSpec(_Spec):
     """Thresholds the evaluated adapter must meet to stay deployed (``zthumb_contract.gate``): a
     failed check rolls the Deployment back to the previous adapter and fails the run with reason
@@ -170,7 +194,8 @@ class EvalSpec(_Spec):
     steps: int = Field(30, ge=1, le=150)
     width: int | None = Field(None, ge=64, le=2048, multiple_of=8)
     height: int | None = Field(None, ge=64, le=2048, multiple_of=8)
-    # One CLI option holding JSON (``--gate '{"minClipIGain": 0.02}'``), as training.validation.
+    # One CLI option holding JSON each (``--gate '{"minClipIGain": 0.02}'``), as training.validation.
+    clip: ClipSpec = Field(default_factory=ClipSpec)
     gate: EvalGateSpec = Field(default_factory=EvalGateSpec)
 
 
@@ -198,6 +223,13 @@ class LoRAFinetuneSpec(_Spec):
             raise ValueError(
                 "eval.gate needs eval.enabled and deploy.enabled: the gate judges the deployed "
                 "adapter's evaluation (remove the gate to train only)"
+            )
+        gate = self.eval.gate
+        clip_checks = gate.min_clip_i_gain is not None or gate.max_clip_t_drop is not None
+        if clip_checks and not self.eval.clip.enabled:
+            raise ValueError(
+                "eval.gate.minClipIGain and maxClipTDrop need eval.clip.enabled: without CLIP nothing "
+                "measures them"
             )
         return self
 

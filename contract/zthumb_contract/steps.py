@@ -58,6 +58,14 @@ class RunPaths:
         return self._under_root(self.spec.dataset.path)
 
     @property
+    def clip_model(self) -> str:
+        return self._under_root(self.spec.eval.clip.path)
+
+    @property
+    def clip_config(self) -> str:
+        return self._under_root(self.spec.eval.clip.config_path)
+
+    @property
     def run_dir(self) -> str:
         return self._under_root(f"outputs/lora/{self.run_name}")
 
@@ -191,6 +199,7 @@ def train_step(paths: RunPaths) -> StepDefinition:
 
 
 def eval_step(paths: RunPaths, server_url: str) -> StepDefinition:
+    clip = paths.spec.eval.clip
     args = (
         "eval",
         "--server-url", server_url,
@@ -199,11 +208,17 @@ def eval_step(paths: RunPaths, server_url: str) -> StepDefinition:
         # Relative to the server's LoRA root, which is where train exported it.
         "--lora-path", paths.run_name,
         "--trigger-word", paths.spec.dataset.trigger_word,
-        # The train step's summary (steps/s, peak memory) for the report; on the same volume.
+        # The train step's summary (steps/s, peak memory) and prepared dataset (CLIP-I's training
+        # images) for the report; on the same volume.
         "--train-summary", f"{paths.run_dir}/summary.json",
+        # The scale the deploy stage serves: the metrics and the gate compare it with the reference.
+        "--served-scale", str(paths.spec.deploy.lora_scale),
+        "--clip-model", paths.clip_model,
+        "--clip-config", paths.clip_config,
         *spec_args(paths.spec.eval, exclude={"enabled"}),
     )  # fmt: skip
-    return StepDefinition(name="eval", args=args)
+    secret_env = {"HF_TOKEN": clip.token_secret_ref} if clip.enabled and clip.token_secret_ref else {}
+    return StepDefinition(name="eval", args=args, secret_env=secret_env)
 
 
 def deploy_env(paths: RunPaths) -> dict[str, str]:

@@ -83,7 +83,9 @@ def test_pipeline_succeeds_deploys_and_cascades(
     assert table[0].split() == ["NAME", "PHASE", "PROGRESS", "AGE"]
     assert table[1].split()[:3] == [RUN, "Succeeded", "100"]
     wide = kubectl("get", "lft", "-n", ns, "-o", "wide").stdout.splitlines()[0].split()
-    assert wide[:7] == ["NAME", "PHASE", "PROGRESS", "AGE", "REPORT", "STEPS/S", "MESSAGE"]
+    assert wide[:9] == [
+        "NAME", "PHASE", "PROGRESS", "AGE", "REPORT", "STEPS/S", "CLIP-I", "GAIN", "CLIP-T"
+    ]  # fmt: skip
     described = kubectl("describe", "lft", RUN, "-n", ns).stdout
     for reason in (
         "Accepted",

@@ -45,6 +45,11 @@ def test_local_run_end_to_end(tmp_path):
         "![step 15](samples/step-15.png)"
         in (tmp_path / "outputs" / "lora_eval" / "demo" / "report.md").read_text()
     )
+    # CLIP-T / CLIP-I with the tiny CLIP the runner served, fetched and verified like the model.
+    assert set(summary["clip"]["by_scale"]) == {"0", "0.8"} and summary["clip"]["training_images"] == 8
+    assert (
+        "## Quality metrics (CLIP)" in (tmp_path / "outputs" / "lora_eval" / "demo" / "report.md").read_text()
+    )
     # The demo's quality gate: passed, at the top of the report, said on stderr.
     assert summary["gate"]["passed"] is True, summary["gate"]
     assert (

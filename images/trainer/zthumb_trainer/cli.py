@@ -271,6 +271,15 @@ def evaluate(  # noqa: PLR0917 - one option per flag
         Path | None,
         typer.Option(help="The train step's summary.json: its steps/s and peak memory go in the report."),
     ] = None,
+    served_scale: Annotated[
+        float | None, typer.Option(help="The scale the server is deployed with (spec.deploy.loraScale).")
+    ] = None,
+    clip_model: Annotated[
+        Path | None, typer.Option(help="Where spec.eval.clip's weights live (fetched when missing).")
+    ] = None,
+    clip_config: Annotated[
+        Path | None, typer.Option(help="Where spec.eval.clip's config and tokenizer files live.")
+    ] = None,
     *,
     evaluation: EvalSpec,
 ) -> None:
@@ -289,6 +298,9 @@ def evaluate(  # noqa: PLR0917 - one option per flag
         lora_path=lora_path,
         trigger_word=trigger_word,
         train_summary=train_summary,
+        served_scale=served_scale,
+        clip_model=clip_model,
+        clip_config=clip_config,
         ready_timeout=ready_timeout if settings.eval_ready_timeout is None else settings.eval_ready_timeout,
         api_key=settings.api_key,
     )
@@ -307,12 +319,16 @@ def tiny_model(
     output: Annotated[Path, typer.Argument(help="Directory to write the tiny model into.")],
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
-    """Write the tiny random-weight SDXL (diffusers dir, single file, turbo copy) for demos and tests."""
+    """Write the tiny random-weight SDXL (diffusers dir, single file, turbo copy) and the tiny CLIP
+    of the eval's metrics, for demos and tests."""
+    from zthumb_trainer.tiny_clip import build_tiny_clip
     from zthumb_trainer.tiny_model import build_tiny_model
 
     model = build_tiny_model(output, seed=seed)
+    clip = build_tiny_clip(output)
     typer.echo(
-        f"diffusers: {model.diffusers_dir}\nsingle file: {model.single_file}\nturbo: {model.turbo_dir}"
+        f"diffusers: {model.diffusers_dir}\nsingle file: {model.single_file}\nturbo: {model.turbo_dir}\n"
+        f"clip: {clip.weights} + {clip.config_dir}"
     )
 
 

@@ -30,7 +30,10 @@ import httpx
 from zthumb_contract.gate import evaluate_gate
 from zthumb_contract.spec import EvalSpec
 
-from zthumb_trainer.measure import read_training_block, training_markdown
+from zthumb_trainer.clip_metrics import ClipError
+from zthumb_trainer.eval_clip import clip_block, load_clip
+from zthumb_trainer.eval_report import render_markdown
+from zthumb_trainer.measure import read_training_block
 from zthumb_trainer.reporting import write_termination_message
 
 
@@ -48,6 +51,12 @@ class EvalConfig(EvalSpec):
     lora_path: str
     trigger_word: str = ""
     train_summary: Path | None = None  # the train step's summary.json (its ``training`` block)
+    # The scale the deploy stage serves (spec.deploy.loraScale): compared with the reference (the
+    # first scale) by the CLIP numbers and the gate, and added to the scales when missing.
+    served_scale: float | None = None
+    # Where spec.eval.clip's weights and config files live (fetched here when missing).
+    clip_model: Path | None = None
+    clip_config: Path | None = None
     guidance_scale: float | None = None
     negative_prompt: str | None = None
     ready_timeout: float = 600.0
@@ -176,6 +185,12 @@ def side_by_side(images: list[Any], labels: list[str]) -> Any:
 def run_eval(config: EvalConfig) -> dict[str, Any]:
     if not config.prompts or not config.seeds or not config.scales:
         raise EvalError("eval needs at least one prompt, one seed and one scale")
+    if config.served_scale is not None and config.served_scale not in config.scales:
+        config = config.model_copy(update={"scales": [*config.scales, config.served_scale]})
+    try:
+        scorer = load_clip(config)  # before the server: a bad CLIP spec fails in seconds
+    except ClipError as error:
+        raise EvalError(str(error)) from error
     headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
     started = time.monotonic()
     with httpx.Client(base_url=config.server_url.rstrip("/"), headers=headers) as client:
@@ -191,7 +206,11 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
                     print(f"prompt {prompt_index} seed {seed} scale {scale}: {latency:.2f}s", file=sys.stderr)
                     payload.pop("images", None)
                     samples.append(Sample(prompt_index, prompt, seed, scale, image, latency, payload))
-    summary = write_report(config, samples, models, time.monotonic() - started)
+    try:
+        clip = clip_block(config, scorer, samples) if scorer is not None else None
+    except ClipError as error:
+        raise EvalError(str(error)) from error
+    summary = write_report(config, samples, models, time.monotonic() - started, clip)
     write_termination_message(compact_summary(summary))
     return summary
 
@@ -205,7 +224,11 @@ def _get_json(client: httpx.Client, path: str) -> dict[str, Any]:
 
 
 def write_report(
-    config: EvalConfig, samples: list[Sample], models: dict[str, Any], seconds: float
+    config: EvalConfig,
+    samples: list[Sample],
+    models: dict[str, Any],
+    seconds: float,
+    clip: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     staging = config.output.with_name(f".{config.output.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -231,6 +254,9 @@ def write_report(
                     "latency_s": {f"{s.scale:g}": round(s.latency_s, 3) for s in group},
                 }
             )
+            if clip is not None:
+                for metric in ("clip_t", "clip_i"):
+                    pairs[-1][metric] = {f"{s.scale:g}": s.response["clip"][metric] for s in group}
             for sample in group:
                 adapter = adapter or (sample.response.get("adapter") if sample.scale else None)
     latencies = [s.latency_s for s in samples]
@@ -242,6 +268,7 @@ def write_report(
         "lora_path": config.lora_path,
         "reference_scale": reference_scale,
         "scales": config.scales,
+        "served_scale": config.served_scale,
         "requests": len(samples),
         "mean_pixel_difference": round(sum(all_diffs) / len(all_diffs), 3) if all_diffs else None,
         "min_pixel_difference": round(min(all_diffs), 3) if all_diffs else None,
@@ -253,6 +280,7 @@ def write_report(
         "steps": first_response.get("steps", config.steps),
         "base_model": _base_model_info(models, first_response.get("backend")),
         "training": read_training_block(config.train_summary),
+        "clip": clip,
         "pairs": pairs,
     }
     summary["validation"] = copy_validation_samples(config.train_summary, staging)
@@ -295,27 +323,6 @@ def copy_validation_samples(train_summary: Path | None, staging: Path) -> dict[s
     }
 
 
-def validation_markdown(validation: dict[str, Any] | None) -> list[str]:
-    """The report's section on the validation samples: the grids in step order."""
-    if not validation:
-        return []
-    lines = [
-        "## Validation samples during training",
-        "",
-        f"Rendered by the train step with the adapter of each step (same prompts and seeds every time): "
-        f"{validation['passes']} passes, {validation['secondsPerPass']} s per pass.",
-        "",
-    ]
-    for sample in validation["samples"]:
-        lines += [
-            f"### Step {sample['step']} ({sample['seconds']} s)",
-            "",
-            f"![step {sample['step']}]({sample['image']})",
-            "",
-        ]
-    return lines
-
-
 def _base_model_info(models: dict[str, Any], backend: str | None) -> dict[str, Any] | None:
     for info in models.get("backends", []):
         if info.get("name") == backend:
@@ -323,65 +330,10 @@ def _base_model_info(models: dict[str, Any], backend: str | None) -> dict[str, A
     return None
 
 
-def render_markdown(summary: dict[str, Any]) -> str:
-    adapter = summary.get("adapter") or {}
-    base = summary.get("base_model") or {}
-    scales = " | ".join(f"{scale:g}" for scale in summary["scales"])
-    lines = [
-        f"# LoRA evaluation: {summary['run_name']}",
-        "",
-        f"- Server: `{summary['server_url']}`, backend `{summary.get('backend')}`"
-        f" ({base.get('device')}, {base.get('dtype')}), model `{base.get('model')}`",
-        f"- Adapter: `{adapter.get('path', summary['lora_path'])}` sha256 `{adapter.get('sha256', '?')}`",
-        f"- Scales compared: {scales}; image size {summary['image_size'][0]}x{summary['image_size'][1]}, "
-        f"{summary['steps']} steps",
-        f"- Mean pixel difference vs scale {summary['reference_scale']:g}: {summary['mean_pixel_difference']}"
-        f" (0–255; 0 means the adapter changed nothing)",
-        f"- Mean latency per request: {summary['mean_latency_s']} s over {summary['requests']} requests",
-        training_markdown(summary.get("training")),
-        "",
-    ]
-    for pair in summary["pairs"]:
-        differences = ", ".join(f"scale {k}: {v}" for k, v in pair["mean_pixel_difference"].items())
-        latencies = ", ".join(f"scale {k}: {v} s" for k, v in pair["latency_s"].items())
-        lines += [
-            f"## {pair['prompt']} — seed {pair['seed']}",
-            "",
-            f"![{pair['prompt']} seed {pair['seed']}]({pair['image']})",
-            "",
-            f"Mean pixel difference: {differences}. Latency: {latencies}.",
-            "",
-        ]
-    lines += validation_markdown(summary.get("validation"))
-    # The gate's verdict right under the title: it decides whether the adapter stays deployed.
-    return "\n".join([*lines[:2], *gate_markdown(summary.get("gate")), *lines[2:]])
-
-
-def gate_markdown(gate: dict[str, Any] | None) -> list[str]:
-    """The verdict of spec.eval.gate as a table of its checks."""
-    if not gate:
-        return []
-    if gate["passed"]:
-        verdict = "**Quality gate passed**: the adapter stays deployed."
-    else:
-        verdict = (
-            "**Quality gate failed** (EvalGateFailed): the operator rolls the server back to the "
-            "previous adapter and the run ends Failed."
-        )
-    lines = [verdict, "", "| check | threshold | measured | result |", "| --- | --- | --- | --- |"]
-    for check in gate["checks"]:
-        measured = f"{check['value']:.4g}" if "value" in check else "not measured"
-        lines.append(
-            f"| {check['metric']} | {check['kind']} {check['threshold']:g} | {measured} | "
-            f"{'pass' if check['passed'] else 'FAIL'} |"
-        )
-    return [*lines, ""]
-
-
 def compact_summary(summary: dict[str, Any]) -> dict[str, Any]:
     """What the operator copies into the LoRAFinetune status (the termination message)."""
     adapter = summary.get("adapter") or {}
-    return {
+    compact: dict[str, Any] = {
         "report": "report.md",
         "requests": summary["requests"],
         "meanPixelDifference": summary["mean_pixel_difference"],
@@ -390,3 +342,10 @@ def compact_summary(summary: dict[str, Any]) -> dict[str, Any]:
         "adapterSha256": adapter.get("sha256"),
         "seconds": summary["seconds"],
     }
+    if summary.get("served_scale") is not None:
+        compact["servedScale"] = summary["served_scale"]
+    clip = summary.get("clip")
+    if clip:
+        compact["clipIGain"] = clip["clip_i_gain"]
+        compact["clipTDrop"] = clip["clip_t_drop"]
+    return compact

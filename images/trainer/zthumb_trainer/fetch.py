@@ -145,8 +145,10 @@ def download(
     token: str | None = None,
     timeout: float = 60.0,
     progress: bool = True,
+    field: str = "baseModel",
 ) -> FetchResult:
-    """Fetch ``url`` to ``output`` unless it is already there with ``sha256``."""
+    """Fetch ``url`` to ``output`` unless it is already there with ``sha256``; errors name the spec
+    section ``field`` (its url and sha256)."""
     from tqdm import tqdm
 
     expected = sha256.lower()
@@ -161,7 +163,7 @@ def download(
             return FetchResult(output, actual, 0, skipped=True)
         raise FetchError(
             f"{output} exists but its sha256 does not match.\n  expected: {expected}\n  actual:   {actual}\n"
-            "Remove the file (or fix baseModel.sha256) and run again."
+            f"Remove the file (or fix {field}.sha256) and run again."
         )
 
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -205,7 +207,7 @@ def download(
         partial.unlink(missing_ok=True)
         raise FetchError(
             f"sha256 mismatch for {url}\n  expected: {expected}\n  actual:   {actual}\n"
-            "The partial download was removed. Check baseModel.sha256 and baseModel.url."
+            f"The partial download was removed. Check {field}.sha256 and {field}.url."
         )
     os.replace(partial, output)
     _write_stamp(output, actual)
@@ -223,8 +225,18 @@ def _fetch_small(client: httpx.Client, url: str, token: str | None) -> bytes | N
     return None
 
 
-def fetch_config(config_url: str, config_dir: Path, token: str | None = None, timeout: float = 60.0) -> bool:
-    """Fetch the diffusers config files into ``config_dir``; False when they were already there."""
+def fetch_config(
+    config_url: str,
+    config_dir: Path,
+    token: str | None = None,
+    timeout: float = 60.0,
+    *,
+    required: tuple[str, ...] = REQUIRED_CONFIG_FILES,
+    tokenizer_folders: tuple[str, ...] = ("tokenizer", "tokenizer_2"),
+) -> bool:
+    """Fetch the ``required`` config files and the tokenizers (in ``tokenizer_folders``, "" for the
+    repository's root) into ``config_dir``; False when they were already there. The defaults are
+    SDXL's diffusers layout."""
     if (config_dir / CONFIG_COMPLETE_MARKER).exists():
         print(f"{config_dir} present; skipping config download", file=sys.stderr)
         return False
@@ -233,20 +245,21 @@ def fetch_config(config_url: str, config_dir: Path, token: str | None = None, ti
     shutil.rmtree(staging, ignore_errors=True)
     files: dict[str, bytes] = {}
     with httpx.Client(timeout=timeout, follow_redirects=False) as client:
-        for name in REQUIRED_CONFIG_FILES:
+        for name in required:
             body = _fetch_small(client, urljoin(base, name), token)
             if body is None:
                 raise _status_error(urljoin(base, name), 404)
             files[name] = body
-        for folder in ("tokenizer", "tokenizer_2"):
+        for folder in tokenizer_folders:
+            prefix = f"{folder}/" if folder else ""
             for name in TOKENIZER_FILES:
-                body = _fetch_small(client, urljoin(base, f"{folder}/{name}"), token)
+                body = _fetch_small(client, urljoin(base, prefix + name), token)
                 if body is not None:
-                    files[f"{folder}/{name}"] = body
-            has_vocab = {f"{folder}/vocab.json", f"{folder}/merges.txt"} <= files.keys()
-            if f"{folder}/tokenizer.json" not in files and not has_vocab:
+                    files[prefix + name] = body
+            has_vocab = {f"{prefix}vocab.json", f"{prefix}merges.txt"} <= files.keys()
+            if f"{prefix}tokenizer.json" not in files and not has_vocab:
                 raise FetchError(
-                    f"no tokenizer under {urljoin(base, folder + '/')}: expected tokenizer.json "
+                    f"no tokenizer under {urljoin(base, prefix)}: expected tokenizer.json "
                     "or vocab.json + merges.txt"
                 )
     for name, body in files.items():

@@ -35,6 +35,9 @@ from zthumb_contract.spec import LoRAFinetuneSpec
 from zthumb_contract.stages import Runner, Success, active_stages, build_steps
 from zthumb_contract.steps import RunPaths, StepDefinition, deploy_env
 
+from zthumb_trainer.tiny_clip import CONFIG_DIR_NAME as TINY_CLIP_CONFIG
+from zthumb_trainer.tiny_clip import WEIGHTS_NAME as TINY_CLIP_WEIGHTS
+
 DEFAULT_RUN_NAME = "demo"
 TINY_MAX_RESOLUTION = 256
 TINY_MAX_EVAL_SIZE = 128
@@ -103,9 +106,17 @@ def load_finetune(path: Path | None) -> tuple[str, LoRAFinetuneSpec]:
     return name, LoRAFinetuneSpec.from_manifest(manifest)
 
 
-def with_tiny_model(spec: LoRAFinetuneSpec, model_url: str, sha256: str) -> LoRAFinetuneSpec:
-    """The spec with the tiny base model and sizes a CPU can train in minutes."""
+def with_tiny_model(
+    spec: LoRAFinetuneSpec, model_url: str, sha256: str, clip_sha256: str | None = None
+) -> LoRAFinetuneSpec:
+    """The spec with the tiny base model (and the tiny CLIP: ``clip_sha256``, served beside it)
+    and sizes a CPU can train in minutes."""
     data = spec.model_dump(by_alias=True)
+    if clip_sha256 is not None and data["eval"]["clip"]["enabled"]:
+        data["eval"]["clip"].update(
+            url=f"{model_url}/{TINY_CLIP_WEIGHTS}", sha256=clip_sha256, path=f"models/{TINY_CLIP_WEIGHTS}",
+            configUrl=f"{model_url}/{TINY_CLIP_CONFIG}/", configPath=f"models/{TINY_CLIP_CONFIG}",
+        )  # fmt: skip
     data["baseModel"] = {
         "url": f"{model_url}/tiny_sdxl.safetensors",
         "sha256": sha256,
@@ -253,6 +264,7 @@ def run_local(finetune: Path | None, workdir: Path, tiny: bool = True) -> LocalR
     from zthumb_trainer.fetch import sha256_of
     from zthumb_trainer.http_serve import StaticServer
     from zthumb_trainer.synthetic_dataset import write_synthetic_dataset
+    from zthumb_trainer.tiny_clip import build_tiny_clip
     from zthumb_trainer.tiny_model import build_tiny_model
 
     started = time.monotonic()
@@ -270,9 +282,12 @@ def run_local(finetune: Path | None, workdir: Path, tiny: bool = True) -> LocalR
 
     tiny_root = workdir / "tiny-model"
     model = build_tiny_model(tiny_root) if tiny else None
+    clip = build_tiny_clip(tiny_root) if model else None
     with StaticServer(tiny_root if model else workdir) as model_server:
-        if model:
-            spec = with_tiny_model(spec, model_server.url, sha256_of(model.single_file))
+        if model and clip:
+            spec = with_tiny_model(
+                spec, model_server.url, sha256_of(model.single_file), sha256_of(clip.weights)
+            )
         paths = RunPaths(data_root=str(workdir), run_name=run_name, spec=spec)
         dataset = Path(paths.dataset)
         if not dataset.exists():

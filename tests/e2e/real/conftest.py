@@ -240,5 +240,9 @@ def tiny_model_server(real_ns: str, real_node: RealNode, cluster: Any) -> ModelS
     ).stdout
     sha256 = out.split()[0]
     assert len(sha256) == 64, out
+    clip = kubectl("exec", "-n", real_ns, "tiny-model", "--", "sha256sum", "/srv/tiny/tiny_clip.safetensors")
+    clip_sha256 = clip.stdout.split()[0]
     assert_ran_on_real_node(get_json(kubectl, "pod", "tiny-model", "-n", real_ns))
-    return ModelServer(url=f"http://tiny-model.{real_ns}.svc", sha256=sha256, pod="tiny-model")
+    return ModelServer(
+        url=f"http://tiny-model.{real_ns}.svc", sha256=sha256, pod="tiny-model", clip_sha256=clip_sha256
+    )

@@ -161,3 +161,4 @@ class ModelServer:
     url: str  # http://tiny-model.<ns>.svc
     sha256: str
     pod: str
+    clip_sha256: str  # the tiny CLIP of the eval's metrics, served beside the model

@@ -219,6 +219,14 @@ def finetune(ns: str, model: ModelServer, name: str, **overrides: Any) -> dict[s
             "steps": 2,
             "width": 64,
             "height": 64,
+            # The tiny CLIP from the same in-cluster server: fetched, verified and cached by the eval pod.
+            "clip": {
+                "url": f"{model.url}/tiny_clip.safetensors",
+                "sha256": model.clip_sha256,
+                "path": "models/tiny_clip.safetensors",
+                "configUrl": f"{model.url}/tiny_clip-config/",
+                "configPath": "models/tiny_clip-config",
+            },
         },
         "images": {"trainer": TRAINER_IMAGE, "pullPolicy": "Never"},
     }
@@ -454,6 +462,8 @@ def test_finetune_runs_in_real_pods_through_train_pod_and_operator_deletion(
     assert status["reportPath"] == f"/data/outputs/lora_eval/{RUN}/report.md"
     assert status["progress"]["percent"] == 100
     assert status["evalSummary"], status  # from the eval pod's real termination message
+    # CLIP metrics measured by the eval pod with the tiny CLIP it fetched and verified.
+    assert "clipIGain" in status["evalSummary"] and "clipTDrop" in status["evalSummary"], status
     # From the train pod's real termination message: steady-state speed and the CPU's peak RSS.
     training = status["training"]
     assert training["stepsPerSecond"] > 0 and training["memoryKind"] == "ProcessMaxRSS", training

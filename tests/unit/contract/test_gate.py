@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import ValidationError
 from zthumb_contract.gate import RULES, evaluate_gate
@@ -66,3 +68,25 @@ def test_the_gate_reaches_the_eval_step_as_one_json_option() -> None:
     gate = args[args.index("--gate") + 1]
     assert gate == '{"minClipIGain":null,"maxClipTDrop":0.05,"minMeanPixelDifference":null}'
     assert "--gate" not in eval_step(RunPaths("/data", "r", LoRAFinetuneSpec()), "http://s").args
+
+
+def test_the_gate_s_clip_checks_need_clip() -> None:
+    with pytest.raises(ValidationError, match=r"minClipIGain and maxClipTDrop need eval\.clip\.enabled"):
+        LoRAFinetuneSpec.model_validate({"eval": {"clip": {"enabled": False}, "gate": {"maxClipTDrop": 0.1}}})
+    LoRAFinetuneSpec.model_validate(
+        {"eval": {"clip": {"enabled": False}, "gate": {"minMeanPixelDifference": 1}}}
+    )
+
+
+def test_the_eval_step_gets_the_served_scale_and_the_clip_paths() -> None:
+    spec = LoRAFinetuneSpec.model_validate(
+        {"deploy": {"loraScale": 0.6}, "eval": {"clip": {"tokenSecretRef": {"name": "hf"}}}}
+    )
+    step = eval_step(RunPaths("/data", "r", spec), "http://s")
+    args = step.args
+    assert args[args.index("--served-scale") + 1] == "0.6"
+    assert args[args.index("--clip-model") + 1] == "/data/models/clip-vit-large-patch14.safetensors"
+    assert args[args.index("--clip-config") + 1] == "/data/models/clip-vit-large-patch14-config"
+    assert json.loads(args[args.index("--clip") + 1])["tokenSecretRef"] == {"name": "hf", "key": "token"}
+    assert step.secret_env["HF_TOKEN"].name == "hf"  # the token from the Secret, never in the args
+    assert "--clip" not in eval_step(RunPaths("/data", "r", LoRAFinetuneSpec()), "http://s").args

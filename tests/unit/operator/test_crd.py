@@ -51,7 +51,7 @@ def test_printer_columns() -> None:
     assert cols["PHASE"]["jsonPath"] == ".status.phase"
     assert cols["PROGRESS"]["jsonPath"] == ".status.progress.percent"
     assert cols["STEPS/S"]["jsonPath"] == ".status.training.stepsPerSecond"
-    for wide in ("REPORT", "MESSAGE", "STEPS/S"):
+    for wide in ("REPORT", "MESSAGE", "STEPS/S", "CLIP-I GAIN", "CLIP-T DROP"):
         assert cols[wide]["priority"] == 1
     for col in cols.values():
         assert col.get("priority", 0) in (0, 1)

@@ -197,3 +197,75 @@ def test_no_gate_no_verdict(tmp_path, monkeypatch):
         )  # fmt: skip
     assert "gate" not in summary
     assert "Quality gate" not in (tmp_path / "eval" / "report.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def clip_files(tmp_path_factory):
+    from zthumb_trainer.fetch import sha256_of
+    from zthumb_trainer.tiny_clip import build_tiny_clip
+
+    root = tmp_path_factory.mktemp("clip-source")
+    clip = build_tiny_clip(root)
+    return root, clip, sha256_of(clip.weights)
+
+
+def _clip_config(tmp_path, clip_server, clip_files, sha256=None, **overrides):
+    from train_helpers import prepare_once
+
+    _root, clip, digest = clip_files
+    run_dir = tmp_path / "outputs" / "lora" / "style"
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text("{}")
+    from zthumb_trainer.synthetic_dataset import write_synthetic_dataset
+
+    write_synthetic_dataset(tmp_path / "dataset", count=6)
+    prepare_once(tmp_path / "dataset", run_dir)
+    clip_spec = {
+        "url": f"{clip_server.url}/{clip.weights.name}",
+        "sha256": sha256 or digest,
+        "configUrl": f"{clip_server.url}/{clip.config_dir.name}/",
+        "maxTrainingImages": 4,
+    }
+    return dict(
+        output=tmp_path / "eval", run_name="style", lora_path="style", prompts=["a tree"], seeds=[0, 1],
+        scales=[0.0], served_scale=0.8, steps=2, clip=clip_spec, train_summary=run_dir / "summary.json",
+        clip_model=tmp_path / "models" / "clip.safetensors", clip_config=tmp_path / "models" / "clip-config",
+        **overrides,
+    )  # fmt: skip
+
+
+def test_clip_metrics_reach_the_summary_the_report_and_the_termination_message(
+    tmp_path, monkeypatch, clip_files
+):
+    monkeypatch.setenv("ZTHUMB_TERMINATION_LOG", str(tmp_path / "termination-log"))
+    (tmp_path / "termination-log").write_text("")
+    with StaticServer(clip_files[0]) as clip_server, StaticServer(tmp_path, handler=_fake_server()) as server:
+        config = _clip_config(tmp_path, clip_server, clip_files, gate={"minClipIGain": -2})
+        summary = run_eval(EvalConfig(server_url=server.url, **config))
+    assert summary["scales"] == [0.0, 0.8]  # the served scale was added
+    clip = summary["clip"]
+    assert clip["training_images"] == 4 and clip["reference_scale"] == 0.0
+    assert set(clip["by_scale"]) == {"0", "0.8"}
+    by = clip["by_scale"]
+    assert clip["clip_i_gain"] == pytest.approx(by["0.8"]["clip_i"] - by["0"]["clip_i"], abs=2e-4)
+    assert clip["clip_t_drop"] == pytest.approx(by["0"]["clip_t"] - by["0.8"]["clip_t"], abs=2e-4)
+    assert set(summary["pairs"][0]["clip_t"]) == {"0", "0.8"} and set(summary["pairs"][0]["clip_i"]) == {
+        "0",
+        "0.8",
+    }
+    compact = json.loads((tmp_path / "termination-log").read_text())
+    assert compact["clipIGain"] == clip["clip_i_gain"] and compact["servedScale"] == 0.8
+    assert summary["gate"]["checks"][0] == {"metric": "clipIGain", "kind": "min", "threshold": -2.0,
+                                            "value": clip["clip_i_gain"], "passed": True}  # fmt: skip
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "## Quality metrics (CLIP)" in report and f"| 0.8 | {by['0.8']['clip_t']:.4f} |" in report
+    # Verified once: a second eval neither downloads nor re-hashes the CLIP weights.
+    assert (tmp_path / "models" / "clip.safetensors.verified").exists()
+
+
+def test_a_clip_whose_sha256_differs_fails_the_eval_naming_the_field(tmp_path, clip_files):
+    with StaticServer(clip_files[0]) as clip_server, StaticServer(tmp_path, handler=_fake_server()) as server:
+        config = _clip_config(tmp_path, clip_server, clip_files, sha256="0" * 64)
+        with pytest.raises(EvalError, match=r"(?s)sha256 mismatch.*spec\.eval\.clip\.sha256"):
+            run_eval(EvalConfig(server_url=server.url, **config))
+    assert not (tmp_path / "models" / "clip.safetensors").exists()
