@@ -5,7 +5,7 @@
 # Output: ${ZTHUMB_CACHE:-$HOME/.cache/zthumb}/k8s-v1.36.3/bin
 #   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl,
 #   kubelet, kube-proxy, kwok, kwokctl, helm   (+ versions.txt one level up),
-#   kueue (hack/build-kueue.sh, with its CRDs in ../kueue-crds)
+#   kueue (hack/build-kueue.sh, with its CRDs in ../kueue-crds), versitygw (hack/build-versitygw.sh)
 # and then runs hack/build-node.sh for the rest of the real node (containerd,
 # CoreDNS, the storage provisioner, the pause and busybox images, Debian
 # packages), so this one script builds everything `make test` needs.
@@ -282,6 +282,8 @@ main() {
 
   # A real Kueue for tests/e2e/test_kueue.py.
   "$(dirname "${BASH_SOURCE[0]}")/build-kueue.sh"
+  # A real S3-compatible server for the dataset-source tests.
+  "$(dirname "${BASH_SOURCE[0]}")/build-versitygw.sh"
 
   # The real node's other parts. Skipped with ZTHUMB_REAL_NODE=0.
   if [[ "${ZTHUMB_REAL_NODE:-1}" != 0 ]]; then

@@ -31,3 +31,9 @@ MASTER_PORT = "ZTHUMB_MASTER_PORT"
 # The server's directory of eval reports (steps.EVAL_REPORTS_DIR under the data root), served as
 # HTML pages under steps.REPORTS_URL_PREFIX; set by the chart and the local runner.
 REPORTS_DIR = "ZTHUMB_REPORTS_DIR"
+
+# A remote dataset's credentials (spec.dataset.source), given to the prepare step from a Secret:
+# the HTTP archive's bearer token, and the S3 keys under the names every S3 client reads.
+DATASET_TOKEN = "ZTHUMB_DATASET_TOKEN"
+AWS_ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
+AWS_SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from zthumb_contract import env
-from zthumb_contract.spec import LoRAFinetuneSpec, SecretKeyRef
+from zthumb_contract.spec import DatasetSourceSpec, LoRAFinetuneSpec, SecretKeyRef
 
 TRAINER_COMMAND = ("zthumb-train",)
 # The TCP port of the static torchrun rendezvous on pod 0 (node rank 0) of a multi-node train
@@ -56,6 +56,11 @@ class RunPaths:
     @property
     def dataset(self) -> str:
         return self._under_root(self.spec.dataset.path)
+
+    @property
+    def dataset_cache(self) -> str:
+        """Remote datasets (``spec.dataset.source``), one directory per content hash."""
+        return self._under_root("datasets/cache")
 
     @property
     def clip_model(self) -> str:
@@ -167,15 +172,31 @@ def fetch_model_step(paths: RunPaths) -> StepDefinition:
     )  # fmt: skip
 
 
+def dataset_secret_env(source: DatasetSourceSpec) -> dict[str, SecretKeyRef]:
+    """The env of a remote dataset's credentials, from their Secret (never in the argv)."""
+    if source.http is not None and source.http.token_secret_ref is not None:
+        return {env.DATASET_TOKEN: source.http.token_secret_ref}
+    credentials = source.s3.credentials_secret_ref if source.s3 is not None else None
+    if credentials is None:
+        return {}
+    return {
+        env.AWS_ACCESS_KEY_ID: SecretKeyRef(name=credentials.name, key=credentials.access_key_id_key),
+        env.AWS_SECRET_ACCESS_KEY: SecretKeyRef(name=credentials.name, key=credentials.secret_access_key_key),
+    }
+
+
 def prepare_dataset_step(paths: RunPaths) -> StepDefinition:
+    dataset = paths.spec.dataset
     return StepDefinition(
         name="prepare-dataset",
         args=(
             "prepare-dataset",
             "--dataset", paths.dataset,
             "--output", paths.run_dir,
-            *spec_args(paths.spec.dataset, exclude={"path"}),
+            "--dataset-cache", paths.dataset_cache,
+            *spec_args(dataset, exclude={"path"}),
         ),
+        secret_env=dataset_secret_env(dataset.source),
     )  # fmt: skip
 
 

@@ -82,13 +82,24 @@ def prepare_dataset(
     dataset: Annotated[Path, typer.Option(help="Directory with images and captions (see DATASETS.md).")],
     output: Annotated[Path, typer.Option(help="The run directory; the dataset goes to <output>/dataset.")],
     trigger_word: Annotated[str, typer.Option(help="Put in front of every caption that lacks it.")] = "",
+    dataset_cache: Annotated[
+        Path | None, typer.Option(help="Where a remote --source is fetched to: datasets/cache on the volume.")
+    ] = None,
     *,
     spec: DatasetSpec,
 ) -> None:
-    """Validate, normalise and bucket the dataset; write the manifest and stats."""
+    """Fetch a remote dataset (--source), then validate, normalise and bucket it; write the manifest."""
     from zthumb_trainer.dataset import DatasetError
     from zthumb_trainer.dataset import prepare_dataset as prepare
+    from zthumb_trainer.dataset_sources import SourceError, fetch_source
 
+    if spec.source.remote:
+        if dataset_cache is None:
+            raise _fail("a remote spec.dataset.source needs --dataset-cache (datasets/cache on the volume)")
+        try:
+            dataset = fetch_source(spec.source, dataset_cache)
+        except SourceError as error:
+            raise _fail(str(error)) from error
     try:
         prepared = prepare(
             dataset,

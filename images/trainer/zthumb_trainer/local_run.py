@@ -290,7 +290,7 @@ def run_local(finetune: Path | None, workdir: Path, tiny: bool = True) -> LocalR
             )
         paths = RunPaths(data_root=str(workdir), run_name=run_name, spec=spec)
         dataset = Path(paths.dataset)
-        if not dataset.exists():
+        if not dataset.exists() and not spec.dataset.source.remote:  # a remote one: prepare fetches it
             if not tiny:
                 raise LocalRunError(f"dataset {dataset} not found (spec.dataset.path under {workdir})")
             write_synthetic_dataset(dataset, count=8, size=(spec.dataset.resolution,) * 2)

@@ -82,6 +82,22 @@ def test_secret_env_is_a_secret_key_ref_never_a_value() -> None:
     assert SecretKeyRef(name="hf").key == "token"
 
 
+def test_a_remote_dataset_s_credentials_reach_the_prepare_job_from_their_secret() -> None:
+    source = {"s3": {"bucket": "my-data", "endpoint": "http://s3.local:9000",
+                     "credentialsSecretRef": {"name": "s3-creds"}}}  # fmt: skip
+    job = jobs_for(make_run({"dataset": {"source": source}}))["prepare-dataset"]
+    env = {e["name"]: e for e in container(job)["env"]}
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"] == {
+        "secretKeyRef": {"name": "s3-creds", "key": "accessKeyId"}
+    }
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"] == {
+        "secretKeyRef": {"name": "s3-creds", "key": "secretAccessKey"}
+    }
+    args = container(job)["args"]
+    assert "s3-creds" in args[args.index("--source") + 1]  # the Secret's name; its values only in env
+    assert args[args.index("--dataset-cache") + 1] == "/data/datasets/cache"
+
+
 def test_labels_owner_reference_and_volume(run: dict[str, Any]) -> None:
     job = jobs_for(run)["train"]
     meta = job["metadata"]

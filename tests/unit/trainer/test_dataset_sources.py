@@ -1,0 +1,243 @@
+"""spec.dataset.source: HTTP(S) archives (verified, unpacked safely, cached by content) and S3
+prefixes, the latter against a real S3-compatible server process (versitygw, built by
+hack/build-versitygw.sh) on loopback."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import tarfile
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from zthumb_contract.spec import DatasetSourceSpec, HttpDatasetSource, S3DatasetSource
+from zthumb_trainer.dataset_sources import Limits, SourceError, fetch_source, unpack
+from zthumb_trainer.fetch import sha256_of
+from zthumb_trainer.http_serve import StaticServer
+
+ACCESS, SECRET = "ZTHUMBTESTKEY", "zthumb-test-secret-key"
+
+
+def write_zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as bundle:
+        for name, data in members.items():
+            bundle.writestr(name, data)
+    return path
+
+
+def write_tar(path: Path, members: dict[str, bytes], mode: str = "w:gz") -> Path:
+    with tarfile.open(path, mode) as bundle:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            bundle.addfile(info, io.BytesIO(data))
+    return path
+
+
+DATASET = {"cats/a.png": b"\x89PNG a", "cats/a.txt": b"zt cat", "cats/b.png": b"\x89PNG b"}
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_an_archive_is_fetched_verified_unpacked_and_then_reused(tmp_path, kind):
+    served = tmp_path / "served"
+    served.mkdir()
+    archive = (
+        write_zip(served / "d.zip", DATASET) if kind == "zip" else write_tar(served / "d.tar.gz", DATASET)
+    )
+    cache = tmp_path / "cache"
+    with StaticServer(served) as server:
+        source = DatasetSourceSpec(
+            http=HttpDatasetSource(url=f"{server.url}/{archive.name}", sha256=sha256_of(archive))
+        )
+        directory = fetch_source(source, cache)
+    assert directory == cache / sha256_of(archive)
+    assert (directory / "cats" / "a.txt").read_bytes() == b"zt cat"
+    assert sorted(p.name for p in cache.iterdir()) == [directory.name]  # archive and staging gone
+    assert fetch_source(source, cache) == directory  # the server is gone: the cache answered
+
+
+def test_an_archive_whose_sha256_differs_is_refused_naming_the_field(tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    write_zip(served / "d.zip", DATASET)
+    with StaticServer(served) as server:
+        source = DatasetSourceSpec(http=HttpDatasetSource(url=f"{server.url}/d.zip", sha256="0" * 64))
+        with pytest.raises(SourceError, match=r"(?s)sha256 mismatch.*spec\.dataset\.source\.http\.sha256"):
+            fetch_source(source, tmp_path / "cache")
+    assert not [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
+
+
+@pytest.mark.parametrize(
+    ("name", "build"),
+    [
+        ("dotdot", lambda p: write_zip(p, {"../evil.txt": b"x"})),
+        ("absolute", lambda p: write_tar(p, {"/tmp/evil.txt": b"x"})),
+        ("nested dotdot", lambda p: write_tar(p, {"a/../../evil.txt": b"x"})),
+    ],
+)
+def test_paths_outside_the_dataset_are_refused(tmp_path, name, build):
+    archive = build(tmp_path / "bad.archive")
+    destination = tmp_path / "out" / "staging"
+    destination.mkdir(parents=True)
+    with pytest.raises(SourceError, match="outside the dataset directory"):
+        unpack(archive, destination)
+    assert not list(tmp_path.rglob("evil.txt")), name
+
+
+def test_links_and_special_files_are_refused(tmp_path):
+    archive = tmp_path / "links.tar"
+    with tarfile.open(archive, "w") as bundle:
+        link = tarfile.TarInfo("cats/passwd")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        bundle.addfile(link)
+    with pytest.raises(SourceError, match="'cats/passwd' is a link"):
+        unpack(archive, tmp_path / "out")
+    zipped = tmp_path / "links.zip"
+    with zipfile.ZipFile(zipped, "w") as bundle:
+        info = zipfile.ZipInfo("cats/passwd")
+        info.external_attr = 0o120777 << 16  # a symbolic link
+        bundle.writestr(info, "/etc/passwd")
+    with pytest.raises(SourceError, match="symbolic link"):
+        unpack(zipped, tmp_path / "out2")
+
+
+def test_zip_bombs_are_refused(tmp_path):
+    bomb = write_zip(tmp_path / "bomb.zip", {"zeros.bin": bytes(20 * 2**20)})  # 20 MiB of zeros, ~20 KiB
+    with pytest.raises(SourceError, match="compression ratio limit"):
+        unpack(bomb, tmp_path / "out")
+    tar_bomb = write_tar(tmp_path / "bomb.tar.gz", {"zeros.bin": bytes(20 * 2**20)})
+    (tmp_path / "out2").mkdir()
+    with pytest.raises(SourceError, match="compression ratio"):
+        unpack(tar_bomb, tmp_path / "out2")
+    written = sum(p.stat().st_size for p in (tmp_path / "out2").rglob("*") if p.is_file())
+    assert written <= tar_bomb.stat().st_size * Limits().ratio  # stopped at the ratio, not at 20 MiB
+
+
+def test_the_size_and_count_limits_name_themselves(tmp_path):
+    archive = write_zip(tmp_path / "d.zip", {f"{i}.txt": os.urandom(600) for i in range(3)})
+    with pytest.raises(SourceError, match="more than 1000 bytes"):
+        unpack(archive, tmp_path / "a", Limits(total_bytes=1000))
+    with pytest.raises(SourceError, match="more than 2 entries"):
+        unpack(archive, tmp_path / "b", Limits(members=2))
+    not_an_archive = tmp_path / "x.bin"
+    not_an_archive.write_bytes(b"plain bytes")
+    with pytest.raises(SourceError, match="neither a zip nor a tar"):
+        unpack(not_an_archive, tmp_path / "c")
+
+
+# --- S3, against a real S3-compatible server -----------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint(tmp_path_factory) -> Iterator[str]:
+    binary = shutil.which("versitygw")
+    assert binary, "versitygw is missing: run hack/build-versitygw.sh (make unit's k8s-bin target builds it)"
+    root = tmp_path_factory.mktemp("s3-root")
+    port = free_port()
+    log = (root.parent / "versitygw.log").open("wb")
+    process = subprocess.Popen(
+        [binary, "--access", ACCESS, "--secret", SECRET, "--port", f"127.0.0.1:{port}", "--quiet",
+         "posix", str(root)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while True:
+        assert process.poll() is None, (root.parent / "versitygw.log").read_text()
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        assert time.monotonic() < deadline, "versitygw did not listen in 30s"
+        time.sleep(0.1)
+    endpoint = f"http://127.0.0.1:{port}"
+    from minio import Minio
+
+    client = Minio(f"127.0.0.1:{port}", access_key=ACCESS, secret_key=SECRET, secure=False)
+    client.make_bucket("training-data")
+    for name, data in DATASET.items():
+        client.put_object("training-data", f"datasets/{name}", io.BytesIO(data), len(data))
+    client.put_object("training-data", "other/x.txt", io.BytesIO(b"not ours"), 8)
+    yield endpoint
+    process.terminate()
+    process.wait(timeout=15)
+
+
+@pytest.fixture
+def credentials(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+
+
+def s3_source(endpoint: str, **overrides: str) -> DatasetSourceSpec:
+    values = {"bucket": "training-data", "prefix": "datasets/", "endpoint": endpoint, **overrides}
+    return DatasetSourceSpec(s3=S3DatasetSource.model_validate(values))
+
+
+def test_an_s3_prefix_is_downloaded_and_reused_while_unchanged(tmp_path, s3_endpoint, credentials):
+    cache = tmp_path / "cache"
+    directory = fetch_source(s3_source(s3_endpoint), cache)
+    files = sorted(
+        str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file() and p.name != ".complete"
+    )
+    assert files == sorted(DATASET)  # the keys below the prefix, nothing else
+    assert (directory / "cats" / "a.txt").read_bytes() == b"zt cat"
+    (directory / "cats" / "a.txt").write_bytes(b"touched")
+    assert fetch_source(s3_source(s3_endpoint), cache) == directory  # same listing: the cache
+    assert (directory / "cats" / "a.txt").read_bytes() == b"touched"
+
+
+def test_wrong_s3_credentials_are_refused_naming_the_secret(tmp_path, s3_endpoint, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    with pytest.raises(SourceError, match=r"spec\.dataset\.source\.s3\.credentialsSecretRef: .* refused"):
+        fetch_source(s3_source(s3_endpoint), tmp_path / "cache")
+
+
+def test_a_missing_bucket_and_an_empty_prefix_name_their_fields(tmp_path, s3_endpoint, credentials):
+    with pytest.raises(SourceError, match=r"spec\.dataset\.source\.s3\.bucket: no bucket 'no-such-bucket'"):
+        fetch_source(s3_source(s3_endpoint, bucket="no-such-bucket"), tmp_path / "cache")
+    with pytest.raises(SourceError, match=r"spec\.dataset\.source\.s3\.prefix: no objects"):
+        fetch_source(s3_source(s3_endpoint, prefix="nothing-here/"), tmp_path / "cache")
+
+
+def test_an_unreachable_endpoint_is_named(tmp_path, credentials):
+    closed = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(SourceError, match=r"spec\.dataset\.source\.s3\.endpoint: cannot reach"):
+        fetch_source(s3_source(closed), tmp_path / "cache")
+    assert time.monotonic() - started < 60  # bounded retries, not a hang
+
+
+def test_the_prepare_step_argv_fetches_an_http_dataset_and_prepares_it(tmp_path, synthetic_dataset):
+    """The operator's (and the local runner's) prepare-dataset argv, run through the trainer CLI."""
+    from typer.testing import CliRunner
+    from zthumb_contract.spec import LoRAFinetuneSpec
+    from zthumb_contract.steps import RunPaths, prepare_dataset_step
+    from zthumb_trainer.cli import app
+
+    served = tmp_path / "served"
+    served.mkdir()
+    archive = served / "cats.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for file in sorted(synthetic_dataset.iterdir()):
+            bundle.write(file, f"cats/{file.name}")
+    with StaticServer(served) as server:
+        source = {"http": {"url": f"{server.url}/cats.zip", "sha256": sha256_of(archive)}}
+        spec = LoRAFinetuneSpec.model_validate({"dataset": {"source": source, "resolution": 256}})
+        step = prepare_dataset_step(RunPaths(str(tmp_path / "data"), "run", spec))
+        result = CliRunner().invoke(app, list(step.args))
+    assert result.exit_code == 0, result.output
+    assert "8 images ready" in result.output
+    assert (tmp_path / "data" / "datasets" / "cache" / sha256_of(archive) / "cats").is_dir()
+    assert (tmp_path / "data" / "outputs" / "lora" / "run" / "dataset" / "manifest.json").exists()
