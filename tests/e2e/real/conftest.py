@@ -69,6 +69,9 @@ def _node_images(node: dict[str, Any]) -> set[str]:
     }
 
 
+NODE_IMAGES_WAIT_S = 120
+
+
 @pytest.fixture(scope="module")
 def real_node(cluster: Any) -> Iterator[RealNode]:
     """The real node, Ready, with our images; kwok nodes cordoned and the GPU taint lifted meanwhile."""
@@ -89,8 +92,16 @@ def real_node(cluster: Any) -> Iterator[RealNode]:
         pytest.fail(
             f"node {NODE} is not Ready ({ready}): see the kubelet log under the cluster dir", pytrace=False
         )
-    images = _node_images(node)
-    missing = [image for image in IMAGES if image not in images]
+    # The kubelet lists a node's images in its status from a cache it refreshes every few tens of
+    # seconds: images imported just before the tests (a fresh node store) show up a little later.
+    deadline = time.monotonic() + NODE_IMAGES_WAIT_S
+    while True:
+        images = _node_images(node)
+        missing = [image for image in IMAGES if image not in images]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+        node = json.loads(kubectl("get", "node", NODE, "-o", "json").stdout)
     if missing:
         pytest.fail(
             f"node {NODE} lacks the images {missing}: build and import them with "
