@@ -60,8 +60,14 @@ def kueue(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
     assert crds, "Kueue's CRDs are missing: run hack/build-kueue.sh"
     for crd in crds:
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
+    # Polled, not `kubectl wait`: on a CRD created a moment ago that fails while it has no
+    # conditions at all yet.
+    established = "jsonpath={.status.conditions[?(@.type=='Established')].status}"
+    deadline = time.monotonic() + 60
     for crd in ("clusterqueues", "localqueues", "workloads", "resourceflavors"):
-        cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}.kueue.x-k8s.io", "--timeout=60s")
+        while cluster.kubectl("get", "crd", f"{crd}.kueue.x-k8s.io", "-o", established).stdout != "True":
+            assert time.monotonic() < deadline, f"CRD {crd}.kueue.x-k8s.io not Established in 60s"
+            time.sleep(0.5)
     work = tmp_path_factory.mktemp("kueue")
     self_signed(work / "certs")
     if not (KUEUE_METRICS_CERTS / "tls.crt").exists():

@@ -33,7 +33,7 @@ class ClipScorer:
     """CLIP image and text embeddings, L2-normalised, on the CPU (the eval step has no GPU)."""
 
     def __init__(self, weights: Path, config_dir: Path) -> None:
-        from safetensors.torch import load_file
+        from safetensors import safe_open
         from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
         try:
@@ -42,14 +42,26 @@ class ClipScorer:
         except (OSError, ValueError) as error:
             raise ClipError(f"spec.eval.clip: no CLIP config in {config_dir}: {error}") from error
         self.model = CLIPModel(config).eval()
-        missing, _unexpected = self.model.load_state_dict(load_file(str(weights)), strict=False)
-        # position_ids are buffers that older checkpoints carry and newer models rebuild.
-        missing = [key for key in missing if not key.endswith("position_ids")]
-        if missing:
-            raise ClipError(
-                f"spec.eval.clip: {weights} is not the CLIP model of {config_dir} "
-                f"({len(missing)} tensors missing, e.g. {missing[:3]})"
-            )
+        # Tensor by tensor into the model's own storage: ViT-L/14 is 1.7 GB in fp32, and the eval
+        # pod's 4 GiB would not hold a second full copy as a state dict.
+        own = self.model.state_dict()
+        with safe_open(str(weights), framework="pt") as file, torch.no_grad():
+            names = set(file.keys())
+            # position_ids are buffers that older checkpoints carry and newer models rebuild.
+            missing = [key for key in own if key not in names and not key.endswith("position_ids")]
+            if missing:
+                raise ClipError(
+                    f"spec.eval.clip: {weights} is not the CLIP model of {config_dir} "
+                    f"({len(missing)} tensors missing, e.g. {missing[:3]})"
+                )
+            for name in names & own.keys():
+                tensor = file.get_tensor(name)
+                if tensor.shape != own[name].shape:
+                    raise ClipError(
+                        f"spec.eval.clip: {weights} does not fit the CLIP config of {config_dir} "
+                        f"({name}: {tuple(tensor.shape)} vs {tuple(own[name].shape)})"
+                    )
+                own[name].copy_(tensor)
 
     @torch.no_grad()
     def images(self, images: Sequence[Any]) -> torch.Tensor:
