@@ -52,6 +52,12 @@ def self_signed(directory: Path) -> None:
     )  # fmt: skip
 
 
+def crd_established(cluster: Any, name: str) -> bool:
+    crd = json.loads(cluster.kubectl("get", "crd", name, "-o", "json").stdout)
+    conditions = (crd.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
+
+
 @pytest.fixture(scope="module")
 def kueue(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     binary = shutil.which("kueue")
@@ -60,13 +66,12 @@ def kueue(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
     assert crds, "Kueue's CRDs are missing: run hack/build-kueue.sh"
     for crd in crds:
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
-    # Polled, not `kubectl wait`: on a CRD created a moment ago that fails while it has no
-    # conditions at all yet.
-    established = "jsonpath={.status.conditions[?(@.type=='Established')].status}"
-    deadline = time.monotonic() + 60
+    # Polled from the JSON, not `kubectl wait` or a jsonpath filter: both fail outright on a CRD
+    # created a moment ago that has no conditions at all yet.
+    deadline = time.monotonic() + 90
     for crd in ("clusterqueues", "localqueues", "workloads", "resourceflavors"):
-        while cluster.kubectl("get", "crd", f"{crd}.kueue.x-k8s.io", "-o", established).stdout != "True":
-            assert time.monotonic() < deadline, f"CRD {crd}.kueue.x-k8s.io not Established in 60s"
+        while not crd_established(cluster, f"{crd}.kueue.x-k8s.io"):
+            assert time.monotonic() < deadline, f"CRD {crd}.kueue.x-k8s.io not Established in 90s"
             time.sleep(0.5)
     work = tmp_path_factory.mktemp("kueue")
     self_signed(work / "certs")
