@@ -25,7 +25,8 @@ in bf16's 8-bit mantissa). On CUDA the optimizer is ``AdamW(fused=True)``, batch
 from pinned memory without blocking, and the loss stays on the device until a logging point
 (every ``log_every_steps`` steps, a checkpoint, the end), so a step has no host synchronisation.
 ``compile=True`` compiles the UNet's repeated transformer blocks (regional ``torch.compile``).
-The optimizer choice and the EMA live in ``optim.py``, the steps/s and peak memory in ``measure.py``.
+The optimizer choice and the EMA live in ``optim.py``, the steps/s and peak memory in ``measure.py``,
+a micro-batch's inputs and noise in ``step_inputs.py``, the loss logging in ``loss_log.py``.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from typing import Any
 import torch
 from zthumb_contract.spec import TrainingSpec
 
-from zthumb_trainer.batches import BatchSchedule, load_pixels, time_ids
+from zthumb_trainer.batches import BatchSchedule
 from zthumb_trainer.checkpoints import (
     CHECKPOINT_PREFIX,
     adapter_state,
@@ -50,14 +51,16 @@ from zthumb_trainer.checkpoints import (
     restore_checkpoint,
     save_checkpoint,
 )
-from zthumb_trainer.components import encode_text, load_components, tokenize
+from zthumb_trainer.components import load_components
 from zthumb_trainer.dataset import load_manifest
 from zthumb_trainer.latent_cache import load_or_build_cache
+from zthumb_trainer.loss_log import LossLog
 from zthumb_trainer.measure import StepClock, training_block
-from zthumb_trainer.model_setup import add_lora, compile_unet, effective_precision, to_device
+from zthumb_trainer.model_setup import add_lora, compile_unet, effective_precision
 from zthumb_trainer.objective import diffusion_loss
 from zthumb_trainer.optim import LoraEma, ema_applied, make_optimizer, require_available
 from zthumb_trainer.reporting import ProgressLog, StatusReporter, write_termination_message
+from zthumb_trainer.step_inputs import StepInputs
 from zthumb_trainer.stop_signal import StopSignal
 from zthumb_trainer.validation import Validation
 
@@ -198,14 +201,16 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
         config.trigger_word, render=accelerator.is_main_process,
     )  # fmt: skip
 
-    # One generator state on every rank: each draws the global batch's noise and keeps its rows, so
-    # N processes draw what one process with the global batch draws (and any rank's state resumes all).
-    noise_generator = torch.Generator(device=device).manual_seed(config.seed)
+    inputs = StepInputs(
+        components, dataset, cache, device=device, seed=config.seed, world_size=accelerator.num_processes,
+        cache_latents=config.cache_latents, train_text_encoder=config.train_text_encoder,
+        noise_offset=config.noise_offset,
+    )  # fmt: skip
     first_step = 0
     checkpoints = list_checkpoints(config.checkpoints_dir)
     if checkpoints:
         step, path = checkpoints[-1]
-        restore_checkpoint(path, unwrapped, optimizer, lr_scheduler, noise_generator, ema)
+        restore_checkpoint(path, unwrapped, optimizer, lr_scheduler, inputs.noise_generator, ema)
         first_step = step
         log.info("resumed from %s", path)
     resumed_from = first_step
@@ -226,83 +231,15 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
         mininterval=1.0,
     )
 
-    distributed = accelerator.num_processes > 1
-
-    def draw(shape: tuple[int, ...], rows: list[int], size: int, integers: int | None = None) -> torch.Tensor:
-        """Noise for this rank's rows of a global batch of ``size`` (shape: this rank's)."""
-        full = (size, *shape[1:]) if distributed else shape
-        if integers is None:
-            values = torch.randn(full, generator=noise_generator, device=device)
-        else:
-            values = torch.randint(0, integers, full, generator=noise_generator, device=device)
-        return values[rows] if distributed else values
-
-    def conditioning(
-        indices: list[int], rows: list[int], size: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        entries = [dataset.entries[i] for i in indices]
-        if config.cache_latents:
-            dist = to_device(torch.stack([cache[f"latent_dist.{i}"] for i in indices]), device)
-        else:
-            with torch.no_grad():
-                pixels = torch.stack([load_pixels(dataset, e) for e in entries]).to(device)
-                dist = components.vae.encode(pixels).latent_dist.parameters.float()
-        mean, logvar = torch.chunk(dist, 2, dim=1)
-        std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-        latents = mean + std * draw(tuple(mean.shape), rows, size)
-        latents = latents * components.vae.config.scaling_factor
-        if config.cache_latents and not config.train_text_encoder:
-            embeds = to_device(torch.stack([cache[f"prompt_embeds.{i}"] for i in indices]), device)
-            pooled = to_device(torch.stack([cache[f"pooled.{i}"] for i in indices]), device)
-        else:
-            ids_1, ids_2 = tokenize(components, [e.caption for e in entries])
-            with torch.set_grad_enabled(config.train_text_encoder):
-                embeds, pooled = encode_text(components, ids_1, ids_2)
-        add_time_ids = to_device(torch.tensor([time_ids(e) for e in entries]), device)
-        return latents, embeds, pooled, add_time_ids
-
-    losses: list[float] = []
     loss_value: float | None = None
     setup_peak_bytes = 0
     if device.type == "cuda":
         # Two peaks: the whole run's (the cache build included) and the training loop's alone.
         setup_peak_bytes = torch.cuda.max_memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-    session_steps = 0
-    session_started = time.monotonic()
+    loss_log = LossLog(accelerator, config.max_train_steps, progress_log, reporter, bar)
     clock = StepClock(device)
     log_every = config.log_every_steps or (10 if device.type == "cuda" else 1)
-    # (step, loss on the device, learning rate): read back together at the next logging point.
-    pending: list[tuple[int, torch.Tensor, float]] = []
-
-    def flush() -> float:
-        """Read the pending losses (one host sync), log them, report progress; the last loss."""
-        stacked = torch.stack([loss for _, loss, _ in pending])
-        values = accelerator.gather(stacked).reshape(accelerator.num_processes, -1).mean(dim=0).tolist()
-        now = time.time()
-        per_step = (time.monotonic() - session_started) / session_steps
-        for (pending_step, _, lr), value in zip(pending, values, strict=True):
-            losses.append(value)
-            if progress_log:
-                progress_log.append(
-                    {
-                        "step": pending_step,
-                        "total_steps": config.max_train_steps,
-                        "loss": value,
-                        "lr": lr,
-                        "eta_seconds": round(per_step * (config.max_train_steps - pending_step), 1),
-                        "time": now,
-                    }
-                )
-        last_step = pending[-1][0]
-        pending.clear()
-        bar.set_postfix(loss=f"{values[-1]:.4f}")
-        if reporter:
-            eta = per_step * (config.max_train_steps - last_step)
-            reporter.report(
-                last_step, config.max_train_steps, values[-1], eta, force=last_step == config.max_train_steps
-            )
-        return float(values[-1])
 
     step = first_step
 
@@ -313,7 +250,7 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
             models=unwrapped,
             optimizer=optimizer,
             lr_scheduler=lr_scheduler,
-            noise_generator=noise_generator,
+            noise_generator=inputs.noise_generator,
             state={"loss": at_loss, "dataset_hash": dataset.dataset_hash, "ema_decay": config.ema_decay},
             keep=config.checkpoints_total_limit,
             ema=ema,
@@ -335,30 +272,21 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
                 indices = schedule.batch(micro_step)
                 rows, size = schedule.rows(micro_step)
                 with accelerator.accumulate(unet):
-                    latents, embeds, pooled, add_time_ids = conditioning(indices, rows, size)
-                    noise = draw(tuple(latents.shape), rows, size)
-                    if config.noise_offset:
-                        offset = draw((latents.shape[0], latents.shape[1], 1, 1), rows, size)
-                        noise = noise + config.noise_offset * offset
-                    timesteps = draw(
-                        (latents.shape[0],), rows, size, integers=noise_scheduler.config.num_train_timesteps
-                    ).long()
-                    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+                    batch = inputs.micro_batch(indices, rows, size)
+                    noisy = noise_scheduler.add_noise(batch.latents, batch.noise, batch.timesteps)
                     prediction = unet(
                         noisy.to(weight_dtype),
-                        timesteps,
-                        embeds.to(weight_dtype),
-                        added_cond_kwargs={"text_embeds": pooled.to(weight_dtype), "time_ids": add_time_ids},
+                        batch.timesteps,
+                        batch.embeds.to(weight_dtype),
+                        added_cond_kwargs={
+                            "text_embeds": batch.pooled.to(weight_dtype), "time_ids": batch.add_time_ids
+                        },
                         return_dict=False,
-                    )[0]
+                    )[0]  # fmt: skip
                     loss = diffusion_loss(
-                        noise_scheduler,
-                        prediction,
-                        latents=latents,
-                        noise=noise,
-                        timesteps=timesteps,
-                        snr_gamma=config.snr_gamma,
-                    )
+                        noise_scheduler, prediction, latents=batch.latents, noise=batch.noise,
+                        timesteps=batch.timesteps, snr_gamma=config.snr_gamma,
+                    )  # fmt: skip
                     step_loss = step_loss + loss.detach() / config.gradient_accumulation_steps
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
@@ -369,23 +297,21 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
 
             if ema is not None:
                 ema.update(step)
-            pending.append((step, step_loss, lr_scheduler.get_last_lr()[0]))
-            session_steps += 1
+            loss_log.add(step, step_loss, lr_scheduler.get_last_lr()[0])
             clock.step_done()
-            bar.update(1)
             at_checkpoint = step % config.checkpointing_steps == 0 or step == config.max_train_steps
             stopping = config.stop_after_step is not None and step >= config.stop_after_step
             # The same steps on every rank: the gather in flush() is a collective.
             if step % log_every == 0 or at_checkpoint or stopping:
-                loss_value = flush()
+                loss_value = loss_log.flush()
             if at_checkpoint and is_main:
                 assert loss_value is not None
                 checkpoint(step, loss_value)
             if validation.due(step) and step < config.max_train_steps:  # the last: after the loop
                 clock.exclude(validation.run(step, accelerator))
             if step < config.max_train_steps and stop_requested():
-                if pending:  # a collective on every rank: stop_requested() agreed on the step
-                    loss_value = flush()
+                if loss_log.pending:  # a collective on every rank: stop_requested() agreed on the step
+                    loss_value = loss_log.flush()
                 if not at_checkpoint and is_main:
                     assert loss_value is not None
                     checkpoint(step, loss_value)
@@ -404,7 +330,7 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
 
     accelerator.wait_for_everyone()
     clock.finish()
-    train_seconds = time.monotonic() - session_started - validation.seconds
+    train_seconds = time.monotonic() - loss_log.started - validation.seconds
     validation.run(config.max_train_steps, accelerator)  # unless a resumed run has it on disk
     if loss_value is None and checkpoints:
         loss_value = json.loads((checkpoints[-1][1] / "state.json").read_text()).get("loss")
@@ -412,13 +338,13 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
         "run_name": config.run_name,
         "steps": config.max_train_steps,
         "resumed_from_step": resumed_from,
-        "steps_this_run": session_steps,
+        "steps_this_run": loss_log.steps,
         "final_loss": loss_value,
-        "mean_loss": sum(losses) / len(losses) if losses else None,
+        "mean_loss": loss_log.mean,
         "seconds": round(time.monotonic() - started, 2),
         "train_seconds": round(train_seconds, 2),
-        "steps_per_second": round(session_steps / train_seconds, 4)
-        if train_seconds > 0 and session_steps
+        "steps_per_second": round(loss_log.steps / train_seconds, 4)
+        if train_seconds > 0 and loss_log.steps
         else None,
         "latent_cache": "reused" if cache_hit else ("built" if config.cache_latents else "off"),
         "dataset_hash": dataset.dataset_hash,
