@@ -28,6 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 from urllib.parse import urlsplit
 
+from zthumb_contract import env
 from zthumb_contract.spec import DatasetSourceSpec, HttpDatasetSource, S3DatasetSource
 
 COMPLETE = ".complete"
@@ -74,7 +75,7 @@ def fetch_archive(http: HttpDatasetSource, cache: Path, limits: Limits = Limits(
     cache.mkdir(parents=True, exist_ok=True)
     archive = cache / f".{http.sha256}.archive"
     try:
-        download(http.url, http.sha256, archive, token=os.environ.get("ZTHUMB_DATASET_TOKEN") or None,
+        download(http.url, http.sha256, archive, token=os.environ.get(env.DATASET_TOKEN) or None,
                  field="spec.dataset.source.http")  # fmt: skip
     except FetchError as error:
         raise SourceError(str(error)) from error
@@ -204,8 +205,8 @@ def _s3_client(s3: S3DatasetSource) -> Any:
         timeout=urllib3.Timeout(connect=10, read=60), retries=urllib3.Retry(total=2, backoff_factor=0.5)
     )
     return Minio(
-        endpoint.netloc, access_key=os.environ.get("AWS_ACCESS_KEY_ID") or None,
-        secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY") or None, secure=endpoint.scheme == "https",
+        endpoint.netloc, access_key=os.environ.get(env.AWS_ACCESS_KEY_ID) or None,
+        secret_key=os.environ.get(env.AWS_SECRET_ACCESS_KEY) or None, secure=endpoint.scheme == "https",
         region=s3.region, http_client=http,
     )  # fmt: skip
 

@@ -20,6 +20,7 @@ from zthumb_contract.spec import DatasetSourceSpec, HttpDatasetSource, S3Dataset
 from zthumb_trainer.dataset_sources import Limits, SourceError, fetch_source, unpack
 from zthumb_trainer.fetch import sha256_of
 from zthumb_trainer.http_serve import StaticServer
+from zthumb_trainer.local_run import free_port
 
 ACCESS, SECRET = "ZTHUMBTESTKEY", "zthumb-test-secret-key"
 
@@ -132,12 +133,6 @@ def test_the_size_and_count_limits_name_themselves(tmp_path):
 
 
 # --- S3, against a real S3-compatible server -----------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
