@@ -9,7 +9,8 @@ report types are served.
 
 Behind the API key like the rest of the API. ``curl`` sends the bearer header; a browser cannot,
 so a page without a valid key answers 401 with a login form, and ``POST /reports/login`` checks the
-key and sets an HttpOnly, SameSite=Strict session cookie holding an HMAC of it (never the key).
+key and sets an HttpOnly, SameSite=Strict session cookie holding an HMAC of it (never the key),
+Secure when the page was served over https (directly or behind a TLS-terminating proxy).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import hashlib
 import hmac
 import json
 import re
-import secrets
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 from urllib.parse import parse_qs
@@ -28,7 +28,8 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from jinja2 import Environment, PackageLoader, select_autoescape
 from zthumb_contract.steps import REPORTS_URL_PREFIX
 
-from zthumb.errors import LoginRequiredError, ReportNotFoundError, UnauthorizedError
+from zthumb.auth import CHALLENGE, check_bearer, configured_key, matches
+from zthumb.errors import LoginRequiredError, ReportNotFoundError
 
 SESSION_COOKIE = "zthumb_reports"
 SESSION_SECONDS = 12 * 3600
@@ -58,25 +59,22 @@ def session_token(api_key: str) -> str:
     return hmac.new(api_key.encode(), b"zthumb reports session v1", hashlib.sha256).hexdigest()
 
 
-def _api_key(request: Request) -> str | None:
-    key = request.app.state.settings.api_key
-    return None if key is None else str(key.get_secret_value())
-
-
 async def require_report_access(request: Request) -> None:
     """The API key as a bearer header, or the session cookie that the login form set."""
-    key = _api_key(request)
-    if key is None:
+    key = configured_key(request)
+    if key is None or check_bearer(request, key):
         return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme:
-        if scheme.lower() == "bearer" and secrets.compare_digest(token.encode(), key.encode()):
-            return
-        raise UnauthorizedError("invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
     cookie = request.cookies.get(SESSION_COOKIE, "")
-    if cookie and secrets.compare_digest(cookie.encode(), session_token(key).encode()):
+    if cookie and matches(cookie, session_token(key)):
         return
-    raise LoginRequiredError("this server wants its API key", headers={"WWW-Authenticate": "Bearer"})
+    raise LoginRequiredError("this server wants its API key", headers=CHALLENGE)
+
+
+def _served_over_https(request: Request) -> bool:
+    # Behind a TLS-terminating ingress the app sees http; the proxy says https. Trusting the header
+    # can only add the Secure flag, which a browser on plain http would then not send back.
+    forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    return request.url.scheme == "https" or forwarded == "https"
 
 
 def reports_root(request: Request) -> Path:
@@ -207,16 +205,16 @@ async def login(request: Request) -> Response:
     next_url = (form.get("next") or [""])[0]
     if not next_url.startswith(f"{REPORTS_URL_PREFIX}/") or next_url.startswith("//"):
         next_url = f"{REPORTS_URL_PREFIX}/"
-    key = _api_key(request)
+    key = configured_key(request)
     response = RedirectResponse(next_url, status_code=303)
     if key is None:
         return response
     given = (form.get("api_key") or [""])[0]
-    if not secrets.compare_digest(given.encode(), key.encode()):
+    if not matches(given, key):
         raise LoginRequiredError("wrong API key")
     response.set_cookie(
         SESSION_COOKIE, session_token(key), max_age=SESSION_SECONDS, path=REPORTS_URL_PREFIX,
-        httponly=True, samesite="strict",
+        httponly=True, samesite="strict", secure=_served_over_https(request),
     )  # fmt: skip
     return response
 

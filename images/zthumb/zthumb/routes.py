@@ -3,18 +3,16 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from zthumb import reports
+from zthumb.auth import require_api_key
 from zthumb.engine import Engine
-from zthumb.errors import UnauthorizedError
 from zthumb.protocol import (
     GenerateRequest,
     GenerateResponse,
@@ -26,8 +24,6 @@ from zthumb.protocol import (
 )
 from zthumb.serving import MIME_TYPES, Serving
 
-_bearer = HTTPBearer(auto_error=False)
-
 
 def get_engine(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
@@ -37,19 +33,6 @@ def get_engine(request: Request) -> Engine:
 def get_serving(request: Request) -> Serving:
     serving: Serving = request.app.state.serving
     return serving
-
-
-async def require_api_key(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    api_key = request.app.state.settings.api_key
-    if api_key is None:
-        return
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise UnauthorizedError("missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    if not secrets.compare_digest(credentials.credentials.encode(), api_key.get_secret_value().encode()):
-        raise UnauthorizedError("invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
 
 
 EngineDep = Annotated[Engine, Depends(get_engine)]

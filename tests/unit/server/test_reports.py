@@ -92,6 +92,7 @@ def test_with_an_api_key_a_browser_gets_the_login_form_then_a_cookie(make_client
     cookie = logged_in.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/reports" in cookie
     assert KEY not in cookie
+    assert "Secure" not in cookie  # plain http (kubectl port-forward): a Secure cookie never comes back
     assert client.get("/reports/z-style/").status_code == 200  # the cookie now
     assert client.get("/reports/z-style/files/pairs/p0-s0.png").status_code == 200
 
@@ -109,3 +110,26 @@ def test_login_redirects_only_into_the_reports(make_client, reports_dir):
     for target in ("https://evil.example/", "//evil.example/reports/", "/generate"):
         answer = client.post("/reports/login", data={"api_key": KEY, "next": target}, follow_redirects=False)
         assert answer.headers["location"] == "/reports/", target
+
+
+@pytest.mark.parametrize(
+    ("base_url", "headers"),
+    [("https://zthumb.example", {}), ("http://zthumb", {"X-Forwarded-Proto": "https"})],
+    ids=["https", "behind-a-tls-proxy"],
+)
+def test_over_https_the_session_cookie_is_secure(make_client, reports_dir, base_url, headers):
+    client = make_client(reports_dir=reports_dir, api_key=KEY)
+    client.base_url = base_url
+    logged_in = client.post(
+        "/reports/login", data={"api_key": KEY, "next": "/reports/"}, headers=headers, follow_redirects=False
+    )
+    assert logged_in.status_code == 303 and "Secure" in logged_in.headers["set-cookie"]
+
+
+def test_another_authorization_scheme_is_refused_not_ignored(make_client, reports_dir):
+    client = make_client(reports_dir=reports_dir, api_key=KEY)
+    client.cookies.set(SESSION_COOKIE, session_token(KEY), path="/reports")
+    assert client.get("/reports/").status_code == 200
+    # A header that is not a valid bearer token is an answer of its own, the cookie aside.
+    assert client.get("/reports/", headers={"Authorization": f"Basic {KEY}"}).status_code == 401
+    assert client.get("/models", headers={"Authorization": f"Basic {KEY}"}).status_code == 401
