@@ -395,11 +395,11 @@ def bench_turbo(bench: Bench) -> None:
     )
 
 
-def bench_training(bench: Bench, budget_s: float) -> None:
-    """Section 4: the trainer's own loop, batch 1 and 4, checkpointing and compile on/off (its own module)."""
+def bench_training(bench: Bench, budget_s: float, variants: str) -> None:
+    """Section 4: the trainer's loop, batch 1 and 4, checkpointing and compile variants (own module)."""
     import gpu_bench_training
 
-    gpu_bench_training.bench_training(bench, budget_s)
+    gpu_bench_training.bench_training(bench, budget_s, variants)
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -449,6 +449,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--training-budget-s", type=float, default=240.0, help="section 4 skips variants past this many s"
     )
+    parser.add_argument(
+        "--training-variants",
+        default="all",
+        choices=["all", "targets", "next"],
+        help="section 4's variants: all, without checkpointing (targets), or those no GPU ran yet (next)",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -495,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
             bench_turbo(bench)
             release_gpu_memory(cuda)
         if "training" not in args.skip:
-            bench_training(bench, args.training_budget_s)
+            bench_training(bench, args.training_budget_s, args.training_variants)
     results.add("total", "wall", seconds=round(time.monotonic() - started, 1))
     (args.out / "gpu_bench.json").write_text(json.dumps(results.__dict__, indent=2))
     table = markdown_table(results)

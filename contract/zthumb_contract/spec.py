@@ -147,9 +147,16 @@ class TrainingSpec(_Spec):
     train_text_encoder: bool = False
     snr_gamma: float | None = Field(5.0, ge=0)
     noise_offset: float = Field(0.0, ge=0, le=1)
-    # Regional torch.compile of the UNet's transformer blocks: opt-in, it costs about a minute
-    # of compilation per new shape on a GPU before the first steps are faster.
+    # torch.compile of the UNet: opt-in, it costs a minute or more of compilation per new shape
+    # on a GPU before the first steps are faster.
     compile: bool = False
+    # What ``compile`` covers: ``blocks``, the 70 transformer blocks (one class, compiled once for
+    # all of them); ``unet``, the whole UNet as one graph (a longer first compile, but no eager
+    # ResNet and up/down-sampling code launching kernels one by one between the blocks).
+    compile_scope: Literal["blocks", "unet"] = "blocks"
+    # inductor's mode: ``reduce-overhead`` replays each compiled graph as a CUDA graph, so a step
+    # launches no kernels from Python (batch 1 on an H100 is launch-bound, not compute-bound).
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "default"
     # adamw8bit: bitsandbytes (CUDA or CPU); the train step probes its device and refuses it up front
     # where the 8-bit kernels do not run.
     optimizer: Literal["adamw", "prodigy", "adamw8bit"] = "adamw"

@@ -1,4 +1,4 @@
-"""Getting the SDXL parts ready to train: precision, LoRA layers, regional compile, device copies."""
+"""Getting the SDXL parts ready to train: precision, LoRA layers, compile, device copies."""
 
 from __future__ import annotations
 
@@ -22,19 +22,33 @@ def effective_precision(requested: str) -> str:
     return requested
 
 
-def compile_unet(unet: Any, backend: str) -> int:
-    """Regional torch.compile: each of the UNet's repeated transformer blocks, in place.
+def compile_unet(unet: Any, *, backend: str, scope: str = "blocks", mode: str = "default") -> int:
+    """torch.compile of the UNet in place (``spec.training.compileScope`` / ``compileMode``).
 
-    The blocks hold almost all the UNet's kernels (attention with the LoRA layers, feed-forward,
-    norms); compiling the class once and reusing the code for its 70 instances takes a fraction
-    of a whole-UNet compile. Module names and state-dict keys are unchanged. Returns the count.
+    ``blocks``: each of the UNet's repeated transformer blocks. They hold almost all its kernels
+    (attention with the LoRA layers, feed-forward, norms); compiling the class once and reusing the
+    code for its 70 instances takes a fraction of a whole-UNet compile. ``unet``: the whole UNet as
+    one graph, so the ResNets and samplers between the blocks stop launching kernels one by one.
+    Module names and state-dict keys are unchanged either way. Returns the count of compiled
+    modules. ``mode`` is inductor's; other backends (``aot_eager`` in tests) take none.
     """
+    options: dict[str, Any] = {"backend": backend}
+    if backend == "inductor" and mode != "default":
+        options["mode"] = mode
+    if scope == "unet":
+        unet.compile(**options)
+        return 1
     compiled = 0
     for module in unet.modules():
         if type(module).__name__ == "BasicTransformerBlock":
-            module.compile(backend=backend)
+            module.compile(**options)
             compiled += 1
     return compiled
+
+
+def uses_cuda_graphs(mode: str, device: torch.device) -> bool:
+    """Whether compiled graphs replay as CUDA graphs, which need each training step marked."""
+    return device.type == "cuda" and mode == "reduce-overhead"
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -24,7 +24,9 @@ and adds it back in bf16, and AdamW updates fp32 values (a 1e-4-sized update wou
 in bf16's 8-bit mantissa). On CUDA the optimizer is ``AdamW(fused=True)``, batches are copied
 from pinned memory without blocking, and the loss stays on the device until a logging point
 (every ``log_every_steps`` steps, a checkpoint, the end), so a step has no host synchronisation.
-``compile=True`` compiles the UNet's repeated transformer blocks (regional ``torch.compile``).
+``compile=True`` compiles the UNet's repeated transformer blocks (regional ``torch.compile``), or
+the whole UNet (``compile_scope="unet"``); ``compile_mode="reduce-overhead"`` replays the graphs as
+CUDA graphs, each step marked as a new iteration for them.
 The optimizer choice and the EMA live in ``optim.py``, the steps/s and peak memory in ``measure.py``,
 a micro-batch's inputs and noise in ``step_inputs.py``, the loss logging in ``loss_log.py``.
 """
@@ -56,7 +58,7 @@ from zthumb_trainer.dataset import load_manifest
 from zthumb_trainer.latent_cache import load_or_build_cache
 from zthumb_trainer.loss_log import LossLog
 from zthumb_trainer.measure import StepClock, training_block
-from zthumb_trainer.model_setup import add_lora, compile_unet, effective_precision
+from zthumb_trainer.model_setup import add_lora, compile_unet, effective_precision, uses_cuda_graphs
 from zthumb_trainer.objective import diffusion_loss
 from zthumb_trainer.optim import LoraEma, ema_applied, make_optimizer, require_available
 from zthumb_trainer.reporting import ProgressLog, StatusReporter, write_termination_message
@@ -181,9 +183,18 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
             components.text_encoder.gradient_checkpointing_enable()
             components.text_encoder_2.gradient_checkpointing_enable()
 
+    cuda_graphs = config.compile and uses_cuda_graphs(config.compile_mode, device)
     if config.compile:
-        blocks = compile_unet(components.unet, config.compile_backend)
-        log.info("torch.compile (%s) of %d UNet transformer blocks", config.compile_backend, blocks)
+        compiled = compile_unet(
+            components.unet,
+            backend=config.compile_backend,
+            scope=config.compile_scope,
+            mode=config.compile_mode,
+        )
+        log.info(
+            "torch.compile (%s, mode %s) of the UNet's %s: %d module(s)",
+            config.compile_backend, config.compile_mode, config.compile_scope, compiled,
+        )  # fmt: skip
 
     params = [p for model in models.values() for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(config.optimizer, params, config.learning_rate, device)
@@ -271,6 +282,9 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
                 micro_step = (step - 1) * config.gradient_accumulation_steps + micro
                 indices = schedule.batch(micro_step)
                 rows, size = schedule.rows(micro_step)
+                if cuda_graphs:
+                    # A new iteration for CUDA graph trees: the last step's graph outputs are dead.
+                    torch.compiler.cudagraph_mark_step_begin()
                 with accelerator.accumulate(unet):
                     batch = inputs.micro_batch(indices, rows, size)
                     noisy = noise_scheduler.add_noise(batch.latents, batch.noise, batch.timesteps)
@@ -350,7 +364,7 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
         "dataset_hash": dataset.dataset_hash,
         "images": len(dataset.entries),
         "mixed_precision": precision,
-        "compile": config.compile,
+        "compile": f"{config.compile_scope}, {config.compile_mode}" if config.compile else False,
         "device": str(device),
         "gpus": accelerator.num_processes if device.type == "cuda" else 0,
         # Every process prints its summary: these say which one it was (rank 0 also exports).
