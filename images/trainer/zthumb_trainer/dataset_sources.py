@@ -12,6 +12,10 @@ bucket prefix, fetched by the prepare step into ``datasets/cache/<content hash>/
 * An S3 prefix is listed (paginated); its content hash is the SHA256 of the sorted (key, ETag, size)
   listing, so an unchanged prefix is not downloaded again. Unreachable endpoints, missing buckets
   and refused credentials are errors naming the field.
+* The cache is bounded: each fetch marks its dataset used, then removes the datasets beyond the
+  ``KEEP_DATASETS`` most recently used that nobody used for ``GRACE_SECONDS`` (another run's prepare
+  step may be reading one right now), and partial downloads and staging directories older than
+  that (a pod killed mid-fetch).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import shutil
 import stat
 import sys
 import tarfile
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -31,8 +36,10 @@ from urllib.parse import urlsplit
 from zthumb_contract import env
 from zthumb_contract.spec import DatasetSourceSpec, HttpDatasetSource, S3DatasetSource
 
-COMPLETE = ".complete"
+COMPLETE = ".complete"  # written last into a published dataset; its mtime is the last use
 COPY_BLOCK = 1 << 20
+KEEP_DATASETS = 4
+GRACE_SECONDS = 24 * 3600
 
 
 class SourceError(Exception):
@@ -47,12 +54,51 @@ class Limits:
 
 
 def fetch_source(source: DatasetSourceSpec, cache: Path, limits: Limits = Limits()) -> Path:
-    """The directory holding the remote dataset's files, fetched into ``cache`` unless already there."""
+    """The directory holding the remote dataset's files, fetched into ``cache`` unless already there;
+    then the cache is pruned (``prune_cache``)."""
     if source.http is not None:
-        return fetch_archive(source.http, cache, limits)
-    if source.s3 is not None:
-        return fetch_s3(source.s3, cache, limits)
-    raise SourceError("spec.dataset.source names no remote source")
+        dataset = fetch_archive(source.http, cache, limits)
+    elif source.s3 is not None:
+        dataset = fetch_s3(source.s3, cache, limits)
+    else:
+        raise SourceError("spec.dataset.source names no remote source")
+    (dataset / COMPLETE).touch()  # used now
+    try:
+        for removed in prune_cache(cache):
+            print(
+                f"dataset cache: removed {removed.name} (unused for over {GRACE_SECONDS // 3600} h)",
+                file=sys.stderr,
+            )
+    except OSError as error:  # a full cache is a cost, not a reason to fail this run
+        print(f"dataset cache: not pruned: {error}", file=sys.stderr)
+    return dataset
+
+
+def prune_cache(
+    cache: Path, keep: int = KEEP_DATASETS, grace_seconds: float = GRACE_SECONDS, now: float | None = None
+) -> list[Path]:
+    """Remove what the cache no longer needs; returns what was removed.
+
+    Published datasets: all but the ``keep`` most recently used, unless used within
+    ``grace_seconds``. Leftovers of interrupted fetches (hidden partial archives and staging
+    directories): when untouched for ``grace_seconds``, since a live fetch keeps writing them.
+    """
+    now = time.time() if now is None else now
+    published: list[tuple[float, Path]] = []
+    leftovers: list[tuple[float, Path]] = []
+    for entry in cache.iterdir():
+        if entry.name.startswith("."):
+            leftovers.append((entry.lstat().st_mtime, entry))
+        elif (entry / COMPLETE).is_file():
+            published.append(((entry / COMPLETE).stat().st_mtime, entry))
+    published.sort(reverse=True)
+    stale = [entry for used, entry in published[keep:] + leftovers if now - used > grace_seconds]
+    for entry in stale:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    return stale
 
 
 def _publish(staging: Path, target: Path) -> Path:

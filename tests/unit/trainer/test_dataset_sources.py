@@ -17,7 +17,15 @@ from pathlib import Path
 
 import pytest
 from zthumb_contract.spec import DatasetSourceSpec, HttpDatasetSource, S3DatasetSource
-from zthumb_trainer.dataset_sources import Limits, SourceError, fetch_source, unpack
+from zthumb_trainer.dataset_sources import (
+    COMPLETE,
+    KEEP_DATASETS,
+    Limits,
+    SourceError,
+    fetch_source,
+    prune_cache,
+    unpack,
+)
 from zthumb_trainer.fetch import sha256_of
 from zthumb_trainer.http_serve import StaticServer
 from zthumb_trainer.local_run import free_port
@@ -61,6 +69,63 @@ def test_an_archive_is_fetched_verified_unpacked_and_then_reused(tmp_path, kind)
     assert (directory / "cats" / "a.txt").read_bytes() == b"zt cat"
     assert sorted(p.name for p in cache.iterdir()) == [directory.name]  # archive and staging gone
     assert fetch_source(source, cache) == directory  # the server is gone: the cache answered
+
+
+def _published(cache: Path, name: str, used: float) -> Path:
+    entry = cache / name
+    (entry / "cats").mkdir(parents=True)
+    (entry / "cats" / "a.png").write_bytes(b"\x89PNG")
+    (entry / COMPLETE).write_text("")
+    os.utime(entry / COMPLETE, (used, used))
+    return entry
+
+
+def test_the_cache_keeps_the_recently_used_and_removes_the_long_unused(tmp_path):
+    cache, now, day = tmp_path / "cache", 1_000_000_000.0, 24 * 3600.0
+    # Six datasets, last used 1 h to 6 days ago; the four most recent stay whatever their age.
+    ages = {"d1": 3600, "d2": 2 * day, "d3": 3 * day, "d4": 4 * day, "d5": 5 * day, "d6": 6 * day}
+    for name, age in ages.items():
+        _published(cache, name, now - age)
+    recent_extra = _published(cache, "d0", now - 60)  # a fifth within the grace: another run's
+    unfinished = cache / "not-published"  # no marker: not the cache's to judge
+    unfinished.mkdir()
+    old_partial = cache / ".abc.archive"
+    old_partial.write_bytes(b"half")
+    os.utime(old_partial, (now - 2 * day, now - 2 * day))
+    live_partial = cache / ".def.archive"
+    live_partial.write_bytes(b"growing")
+    os.utime(live_partial, (now - 60, now - 60))
+    old_staging = cache / ".s3-1.downloading-7"
+    old_staging.mkdir()
+    os.utime(old_staging, (now - 2 * day, now - 2 * day))
+
+    removed = prune_cache(cache, keep=4, grace_seconds=day, now=now)
+
+    assert sorted(p.name for p in removed) == [".abc.archive", ".s3-1.downloading-7", "d4", "d5", "d6"]
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        ["d0", "d1", "d2", "d3", "not-published", ".def.archive"]
+    )
+    assert recent_extra.is_dir() and unfinished.is_dir() and live_partial.exists()
+
+
+def test_a_fetch_marks_its_dataset_used_and_prunes_the_rest(tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    archive = write_zip(served / "d.zip", DATASET)
+    cache = tmp_path / "cache"
+    long_ago = time.time() - 30 * 24 * 3600
+    for index in range(KEEP_DATASETS + 2):
+        _published(cache, f"old-{index}", long_ago + index)
+    with StaticServer(served) as server:
+        source = DatasetSourceSpec(
+            http=HttpDatasetSource(url=f"{server.url}/{archive.name}", sha256=sha256_of(archive))
+        )
+        directory = fetch_source(source, cache)
+    os.utime(directory / COMPLETE, (long_ago - 1, long_ago - 1))  # as if fetched long ago
+    assert fetch_source(source, cache) == directory  # reused: marked used again, so it stays
+    kept = sorted(p.name for p in cache.iterdir())
+    newest_old = [f"old-{index}" for index in range(KEEP_DATASETS + 2)][-(KEEP_DATASETS - 1) :]
+    assert kept == sorted([directory.name, *newest_old])
 
 
 def test_an_archive_whose_sha256_differs_is_refused_naming_the_field(tmp_path):
