@@ -41,10 +41,11 @@ def requested_adapters(
             )
         uses = _loras(request.loras, files, s.max_loras_per_request, default)
         source = "request" if uses else None
-        if backend.compiled is not None and len(uses) > 1:
+        if backend.compiled is not None and len(uses) > backend.compiled.max_adapters:
             raise InvalidRequestError(
-                f"backend {backend.name!r} runs compiled (ZTHUMB_COMPILE={s.compile}), which holds one "
-                "adapter at a time: loras may have one entry here (run eagerly to combine adapters)",
+                f"backend {backend.name!r} runs compiled (ZTHUMB_COMPILE={s.compile}) with one LoRA slot "
+                "(ZTHUMB_COMPILE_LORA=slot), which holds one adapter at a time: loras may have one entry "
+                "here (ZTHUMB_COMPILE_LORA=fuse, or running eagerly, combines adapters)",
                 field="loras",
                 code="loras_unsupported_compiled",
             )

@@ -74,8 +74,14 @@ class Settings(BaseSettings):
     # --- compiled path (zthumb.compiled) ----------------------------------------------------
     compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = Field(
         default="off",
-        description="torch.compile the UNet at startup (a torch.compile mode); adapters are then "
-        "hot-swapped into one fixed-rank LoRA slot without recompiling.",
+        description="torch.compile the UNet at startup (a torch.compile mode); adapters then reach it "
+        "without recompiling, as ZTHUMB_COMPILE_LORA says.",
+    )
+    compile_lora: Literal["fuse", "slot"] = Field(
+        default="fuse",
+        description="How adapters reach the compiled UNet: fuse (merged into its weights per request: "
+        "the compiled base's speed, any rank, several per request) or slot (hot-swapped into one "
+        "fixed-rank LoRA slot compiled into the graph: no copy of the base weights).",
     )
     compile_max_rank: int = Field(
         default=64, ge=1, le=1024, description="Rank of the compiled LoRA slot: larger adapters get a 422."

@@ -1,4 +1,5 @@
-"""The compiled path (ZTHUMB_COMPILE): torch.compile with inductor on the CPU, tiny SDXL, real adapters.
+"""The compiled path with a LoRA slot (ZTHUMB_COMPILE, ZTHUMB_COMPILE_LORA=slot): torch.compile with
+inductor on the CPU, tiny SDXL, real adapters (the default strategy, fuse: test_server_compiled_fused).
 
 One compiled server per module (compiling is the slow part; inductor's cache lives beside the
 tiny model, so a second run of the suite reuses it). Adapters: rank 4 (three of them, one with
@@ -51,6 +52,7 @@ def compiled(tiny_model, compiled_root) -> Any:
         tiny_model,
         compiled_root,
         compile="default",
+        compile_lora="slot",
         compile_max_rank=SLOT_RANK,
         compile_cache_dir=CACHE_DIR,
     )
@@ -165,7 +167,9 @@ def test_compile_settings_from_the_environment(monkeypatch, tmp_path):
     from pydantic import ValidationError
     from zthumb.settings import Settings
 
-    assert Settings().compile == "off"
+    assert Settings().compile == "off" and Settings().compile_lora == "fuse"
+    monkeypatch.setenv("ZTHUMB_COMPILE_LORA", "slot")
+    assert Settings().compile_lora == "slot"
     monkeypatch.setenv("ZTHUMB_COMPILE", "max-autotune")
     monkeypatch.setenv("ZTHUMB_COMPILE_MAX_RANK", "32")
     monkeypatch.setenv("ZTHUMB_COMPILE_TARGET_MODULES", "to_q, to_k,ff.net.2")

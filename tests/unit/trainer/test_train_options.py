@@ -268,15 +268,21 @@ def test_dora_adapter_is_served_by_the_eager_backend(prepared, tiny_model, tmp_p
     assert any(any(getattr(module, "use_dora", {}).values()) for module in unet.modules())  # DoRA layers
     assert np.abs(image() - base).mean() > 0.5
 
-    # The compiled server mode (a hot-swapped plain-LoRA slot) refuses this very file (a 422).
+    # The compiled server mode (plain LoRA merged or hot-swapped) refuses this very file (a 422).
     from types import SimpleNamespace
 
-    from zthumb.compiled import CompiledUNet, SlotError
+    from zthumb.compiled import SlotError
+    from zthumb.compiled_fused import FusedUNet
+    from zthumb.compiled_slot import SlotUNet
 
-    slot = CompiledUNet(SimpleNamespace(unet=None), mode="default", max_rank=64, target_modules=["to_q"])
-    with pytest.raises(SlotError, match="DoRA") as refused:
-        slot.load(weights, None, None, "run")
-    assert refused.value.code == "lora_unsupported_compiled"
+    pipe = SimpleNamespace(unet=None)
+    for compiled in (
+        SlotUNet(pipe, mode="default", max_rank=64, target_modules=["to_q"]),
+        FusedUNet(pipe, mode="default", max_adapters=4),
+    ):
+        with pytest.raises(SlotError, match="DoRA") as refused:
+            compiled.load(weights, None, None, "run")
+        assert refused.value.code == "lora_unsupported_compiled"
 
 
 def test_steps_per_second_leaves_the_first_step_out(monkeypatch):

@@ -106,16 +106,17 @@ class AdapterCache:
 
     def _apply_adapters(self, uses: list[AdapterUse]) -> AdapterApplied:
         if not uses:
-            if self.compiled is not None:  # same compiled graph, slot scalings 0
+            if self.compiled is not None:  # same compiled graph, back to the base's output
                 self.compiled.silence()
                 self._active = None
             elif self._lora_enabled:
                 self.pipe.disable_lora()
                 self._lora_enabled = False
             return AdapterApplied(active=False, hit=None, load_seconds=0.0)
-        if self.compiled is not None and len(uses) > 1:  # the engine refuses these first
+        if self.compiled is not None and len(uses) > self.compiled.max_adapters:  # refused before too
             raise InvalidRequestError(
-                "the compiled path holds one adapter at a time",
+                f"the compiled path (ZTHUMB_COMPILE_LORA={self.compiled.strategy}) combines at most "
+                f"{self.compiled.max_adapters} adapter(s)",
                 field="loras",
                 code="loras_unsupported_compiled",
             )
@@ -184,8 +185,7 @@ class AdapterCache:
         the adapters skips it in its forward, as it does under ``set_adapters``.
         """
         if self.compiled is not None:
-            ((name, scale),) = active
-            self.compiled.activate(name, scale)
+            self.compiled.activate(active)
             return
         names = [name for name, _ in active]
         for layer in self._lora_layers():

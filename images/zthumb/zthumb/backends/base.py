@@ -138,15 +138,25 @@ class Backend(AdapterCache):
         raise NotImplementedError
 
     def _compile(self) -> CompiledUNet:
-        """``ZTHUMB_COMPILE``: the LoRA slot, ``torch.compile`` of the UNet, one warm-up generation."""
-        from zthumb.compiled import CompiledUNet, configure_inductor_cache
+        """``ZTHUMB_COMPILE``: the adapter strategy (``ZTHUMB_COMPILE_LORA``), ``torch.compile`` of
+        the UNet, one warm-up generation."""
+        from zthumb.compiled import configure_inductor_cache
+        from zthumb.compiled_fused import FusedUNet
+        from zthumb.compiled_slot import SlotUNet
 
         s = self.settings
-        compiled = CompiledUNet(
-            self.pipe, mode=s.compile, max_rank=s.compile_max_rank, target_modules=s.compile_target_modules
-        )
+        compiled: CompiledUNet
+        if s.compile_lora == "fuse":
+            compiled = FusedUNet(self.pipe, mode=s.compile, max_adapters=s.max_loras_per_request)
+        else:
+            compiled = SlotUNet(
+                self.pipe,
+                mode=s.compile,
+                max_rank=s.compile_max_rank,
+                target_modules=s.compile_target_modules,
+            )
         compiled.cache_dir = configure_inductor_cache(s.compile_cache_dir)
-        layers = compiled.install_slot()
+        layers = compiled.prepare()
         compiled.compile()
         defaults = self.defaults()
         warm = GenerationParams(
@@ -165,8 +175,12 @@ class Backend(AdapterCache):
             extra={
                 "backend": self.name,
                 "mode": s.compile,
-                "slot_rank": s.compile_max_rank,
-                "slot_layers": layers,
+                "lora": compiled.strategy,
+                **(
+                    {"slot_rank": s.compile_max_rank, "slot_layers": layers}
+                    if compiled.strategy == "slot"
+                    else {}
+                ),
                 "fullgraph": compiled.fullgraph,
                 "compile_seconds": round(compiled.compile_seconds, 1),
                 "cache_dir": compiled.cache_dir,

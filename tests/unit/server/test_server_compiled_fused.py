@@ -1,0 +1,180 @@
+"""The compiled path's default strategy (ZTHUMB_COMPILE_LORA=fuse): adapters merged into the compiled
+base UNet's weights per request. torch.compile with inductor on the CPU, tiny SDXL, real adapters:
+rank 4 (one with alpha ≠ rank, one in the kohya layout), rank 32 and one on the feed-forward layers
+(both refused by a slot; served here).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from server_helpers import SIZE, decode, server_settings, wait_ready
+
+CACHE_DIR = Path.home() / ".cache" / "zthumb" / "test-models" / "torchinductor"
+# Against the eager, unfused path: merging rounds W0 + ΔW once (fp32 here), compiling reorders sums.
+TOLERANCE_MAX, TOLERANCE_MEAN = 2, 0.05
+
+
+@pytest.fixture(scope="module")
+def fused_root(tmp_path_factory, tiny_model) -> Path:
+    from zthumb.testing import (
+        adapter_metadata,
+        lora_config,
+        random_lora_state_dicts,
+        write_diffusers_lora,
+        write_kohya_lora,
+    )
+
+    unet = tiny_model.diffusers_dir / "unet"
+    root = tmp_path_factory.mktemp("fused-lora")
+    a, b = random_lora_state_dicts(unet, [21, 22])
+    write_diffusers_lora(a, root / "a")
+    write_diffusers_lora(b, root / "b")
+    write_kohya_lora(a, root / "a_kohya.safetensors")
+    (c,) = random_lora_state_dicts(unet, [23], rank=4, alpha=8)
+    write_diffusers_lora(c, root / "c_alpha8", metadata=adapter_metadata(lora_config(4, 8)))
+    (big,) = random_lora_state_dicts(unet, [24], rank=32)
+    write_diffusers_lora(big, root / "rank32")
+    (ff,) = random_lora_state_dicts(unet, [25], target_modules=["ff.net.2"])
+    write_diffusers_lora(ff, root / "feed_forward")
+    return root
+
+
+@pytest.fixture(scope="module")
+def fused(tiny_model, fused_root) -> Any:
+    """A compiled server (fuse) and the first image it made: the compiled base, no adapter."""
+    from fastapi.testclient import TestClient
+    from zthumb.app import build_app
+
+    settings = server_settings(
+        tiny_model, fused_root, lora_cache_size=3, compile="default", compile_cache_dir=CACHE_DIR
+    )
+    assert settings.compile_lora == "fuse"  # the default
+    with TestClient(build_app(settings)) as client:
+        body = wait_ready(client, timeout=900)
+        assert body["ready"], body
+        fresh = client.post("/generate", json=_request()).json()
+        yield client, decode(fresh)
+
+
+@pytest.fixture(scope="module")
+def eager(tiny_model, fused_root) -> Any:
+    from fastapi.testclient import TestClient
+    from zthumb.app import build_app
+
+    with TestClient(build_app(server_settings(tiny_model, fused_root, lora_cache_size=3))) as client:
+        assert wait_ready(client)["ready"]
+        yield client
+
+
+def _request(loras: list[tuple[str, float]] | None = None, seed: int = 7) -> dict[str, Any]:
+    request: dict[str, Any] = {"prompt": "a photo of z", "seed": seed, "width": SIZE, "height": SIZE}
+    if loras is not None:
+        request["loras"] = [{"path": path, "scale": scale} for path, scale in loras]
+    return request
+
+
+def _image(client, *loras: tuple[str, float]) -> np.ndarray:
+    response = client.post("/generate", json=_request(list(loras) if loras else None))
+    assert response.status_code == 200, response.text
+    return decode(response.json())
+
+
+def _recompiles(client) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith('zthumb_compile_recompiles_total{backend="full"}'):
+            return float(line.split()[-1])
+    raise AssertionError("zthumb_compile_recompiles_total not exported")
+
+
+def _close(reference: np.ndarray, image: np.ndarray, what: Any) -> None:
+    difference = np.abs(reference.astype(int) - image.astype(int))
+    assert difference.max() <= TOLERANCE_MAX and difference.mean() < TOLERANCE_MEAN, (
+        what,
+        difference.max(),
+        difference.mean(),
+    )
+
+
+@pytest.mark.slow  # compiles the tiny UNet once per module (about 2 min with a cold cache)
+def test_switching_adapters_and_scales_never_recompiles_and_applies_as_eager(fused, eager):
+    client, _ = fused
+    backend = client.app.state.engine.backends["full"]
+    assert backend.compiled is not None and backend.compiled.strategy == "fuse"
+    # Four adapters through a cache of three: loads, hits, evictions, reloads; several scales.
+    sequence = [("a", 1.0), ("b", 0.5), ("c_alpha8", 1.0), ("a", 0.3), ("a_kohya.safetensors", 1.0),
+                ("b", 1.0), ("a", 1.0), ("c_alpha8", 0.7)]  # fmt: skip
+    images = {use: _image(client, use) for use in sequence}
+
+    assert _recompiles(client) == 0
+    assert len({image.tobytes() for image in images.values()}) == len(images) - 1  # a == its kohya copy
+    assert np.array_equal(images[("a", 1.0)], images[("a_kohya.safetensors", 1.0)])
+    # Back to an earlier adapter and scale: exactly the same image (nothing drifts across merges).
+    assert np.array_equal(_image(client, ("b", 0.5)), images[("b", 0.5)])
+    for use in [("a", 1.0), ("c_alpha8", 0.7), ("b", 0.5)]:  # alpha/rank applied as eager does
+        _close(_image(eager, use), images[use], use)
+    assert _recompiles(client) == 0
+
+
+@pytest.mark.slow
+def test_no_adapter_and_scale_zero_are_the_compiled_base_bit_for_bit(fused, eager):
+    client, fresh = fused
+    for loras in [[("a", 1.0)], [("a", 0.0)], None, [("b", 0.7), ("c_alpha8", 0.4)], [("b", 0.0)]]:
+        image = _image(client, *(loras or []))
+        if not loras or all(scale == 0 for _, scale in loras):
+            assert np.array_equal(image, fresh), loras
+    weights = client.app.state.engine.backends["full"].compiled
+    assert not weights._merged  # every touched layer holds its base weight again
+    _close(_image(eager), fresh, "compiled base against eager")
+    assert _recompiles(client) == 0
+
+
+@pytest.mark.slow
+def test_what_a_slot_refuses_is_served(fused, eager):
+    """No slot rank and no slot target modules: a rank-32 adapter and a feed-forward one apply."""
+    client, fresh = fused
+    for path in ("rank32", "feed_forward"):
+        image = _image(client, (path, 1.0))
+        assert np.abs(image.astype(int) - fresh.astype(int)).mean() > 0.5, path
+        _close(_image(eager, (path, 1.0)), image, path)
+    assert _recompiles(client) == 0
+
+
+@pytest.mark.slow
+def test_several_adapters_in_one_request(fused, eager):
+    client, _ = fused
+    combined = _image(client, ("a", 0.6), ("b", 0.4))
+    assert np.array_equal(_image(client, ("b", 0.4), ("a", 0.6)), combined)  # the list order is moot
+    _close(_image(eager, ("a", 0.6), ("b", 0.4)), combined, "a+b")
+    three = _image(client, ("a", 0.5), ("c_alpha8", 0.5), ("rank32", 0.5))
+    assert not np.array_equal(three, combined)
+    response = client.post("/generate", json=_request([("a", 0.6), ("b", 0.4)]))
+    assert [(a["path"], a["scale"]) for a in response.json()["adapters"]] == [("a", 0.6), ("b", 0.4)]
+    assert _recompiles(client) == 0
+
+
+@pytest.mark.slow
+def test_a_text_encoder_adapter_is_refused_naming_the_field(fused, tiny_model, fused_root):
+    import torch
+    from safetensors.torch import save_file
+
+    client, _ = fused
+    text_encoder = client.app.state.engine.backends["full"].pipe.text_encoder
+    projection = next(name for name, _ in text_encoder.named_modules() if name.endswith("self_attn.q_proj"))
+    width = text_encoder.get_submodule(projection).in_features
+    save_file(
+        {
+            f"text_encoder.{projection}.lora_A.weight": torch.ones(4, width),
+            f"text_encoder.{projection}.lora_B.weight": torch.ones(width, 4),
+        },
+        str(fused_root / "text_encoder.safetensors"),
+    )
+    response = client.post("/generate", json=_request([("text_encoder.safetensors", 1.0)]))
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert (body["error"], body["field"]) == ("lora_unsupported_compiled", "loras[0].path")
+    assert "UNet adapters only" in body["message"]
+    assert _recompiles(client) == 0
