@@ -13,9 +13,10 @@ image, bit for bit. The adapters are merged in the cache's canonical order, so a
 order never changes the result.
 
 Why this is the default: every image runs at the compiled base's speed (the slot strategy pays
-its LoRA matmuls on every image, 1.17x the compiled base on an H100), any rank is served, and
+its LoRA matmuls on every image: on an H100, 3.37 s per 1024² image against 2.84 s for the eager
+base, with a rank-64 slot), any rank is served, and
 several adapters combine in one request. What it costs: a copy of each touched base weight (all
-attention projections of SDXL's UNet: about 1.9 GB in bf16) and, on a change of adapter or
+attention projections of SDXL's UNet: 1.78 GiB in bf16) and, on a change of adapter or
 scale, a merge of each touched layer (one small matmul each, milliseconds on a GPU). The merge
 rounds ``W0 + ΔW`` to the serving dtype, as diffusers' ``fuse_lora`` does, so images differ from
 the unfused eager path by that rounding (the tests state the tolerance); a parameter is only ever

@@ -477,6 +477,13 @@ def test_compile_render(helm_bin: list[str], helm_env: dict[str, str]) -> None:
     assert "ZTHUMB_COMPILE_CACHE_DIR" not in render(helm_env).env
     env = render(helm_env, {"compile.mode": "reduce-overhead", "compile.maxRank": "32"}).env
     assert env["ZTHUMB_COMPILE"] == "reduce-overhead"
+    from zthumb.settings import Settings
+
+    assert env["ZTHUMB_COMPILE_LORA"] == Settings().compile_lora == "fuse"  # the server's default
+    assert (
+        render(helm_env, {"compile.mode": "default", "compile.lora": "slot"}).env["ZTHUMB_COMPILE_LORA"]
+        == "slot"
+    )
     assert env["ZTHUMB_COMPILE_MAX_RANK"] == "32"
     assert env["ZTHUMB_COMPILE_CACHE_DIR"] == "/data/models/.cache/torchinductor"
 
@@ -617,6 +624,7 @@ def test_kube_version_constraint(helm_bin: list[str], helm_env: dict[str, str]) 
         ({"persistence.accessModes": "{ReadWriteSometimes}"}, "persistence.accessModes"),
         ({"replicaCount": "two"}, "replicaCount"),
         ({"compile.mode": "fast"}, "compile.mode"),
+        ({"compile.lora": "merge"}, "compile.lora"),
     ],
 )
 def test_schema_refuses_bad_values_helm(
