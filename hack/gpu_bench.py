@@ -437,6 +437,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"]
     )
+    parser.add_argument(
+        "--compile-lora", choices=["fuse", "slot"], default="fuse", help="ZTHUMB_COMPILE_LORA of section 5"
+    )
     parser.add_argument("--slot-rank", type=int, default=64, help="ZTHUMB_COMPILE_MAX_RANK of section 5")
     parser.add_argument(
         "--deadline-s", type=float, default=450.0, help="section 5 starts no step that would end after this"
@@ -491,7 +494,12 @@ def main(argv: list[str] | None = None) -> int:
             from gpu_bench_compiled import bench_compiled
 
             bench_compiled(
-                bench, started + args.deadline_s, args.compile_mode, args.slot_rank, args.compile_cache
+                bench,
+                started + args.deadline_s,
+                mode=args.compile_mode,
+                slot_rank=args.slot_rank,
+                shared_cache=args.compile_cache,
+                lora=args.compile_lora,
             )
             release_gpu_memory(cuda)
         if "inference" not in args.skip:

@@ -58,27 +58,39 @@ def test_tiny_run_measures_every_section(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1500)  # three compilations on a 2-core CPU when the inductor cache is cold
-def test_tiny_run_of_the_compiled_section(tmp_path, monkeypatch):
+@pytest.mark.timeout(1500)  # up to three compilations on a 2-core CPU when the inductor cache is cold
+@pytest.mark.parametrize("lora", ["fuse", "slot"])
+def test_tiny_run_of_the_compiled_section(tmp_path, monkeypatch, lora):
     """Section 5 on the CPU: every step runs, alternating adapters recompiles nothing."""
     module = _load(monkeypatch)
     # The server tests' inductor cache and slot rank: each warms the cache for the other.
     cache = Path.home() / ".cache" / "zthumb" / "test-models" / "torchinductor"
     args = ["--tiny", "--out", str(tmp_path), "--compile-cache", str(cache), "--slot-rank", "16"]
-    assert module.main([*args, "--skip", "inference", "--skip", "turbo", "--skip", "training"]) == 0
+    args += ["--compile-lora", lora, "--skip", "inference", "--skip", "turbo", "--skip", "training"]
+    assert module.main(args) == 0
 
     report = json.loads((tmp_path / "gpu_bench.json").read_text())
     rows = {row["variant"]: row for row in report["rows"] if row["section"] == "5 compiled"}
     assert report["notes"] == []
+    expected = {
+        "fuse": {
+            "compiled base (fuse, no adapter)",
+            "compiled + fused LoRA r16",
+            "compiled + 2 fused LoRAs r16",
+        },
+        "slot": {
+            "compiled + slot, no adapter",
+            "compiled + hot-swapped LoRA r16",
+            "compiled base (no LoRA layers)",
+        },
+    }[lora]
     assert {
         "eager base",
         "first start (cold inductor cache)",
-        "compiled + slot, no adapter",
-        "compiled + hot-swapped LoRA r16",
-        "compiled base (no LoRA layers)",
         "ratios",
         "second start (warm inductor cache, new process)",
-    } <= set(rows)
+    } | expected <= set(rows), sorted(rows)
+    assert rows["first start (cold inductor cache)"]["lora"] == lora
     alternating = next(row for name, row in rows.items() if name.startswith("alternating 4 adapters"))
     assert alternating["recompiles"] == 0 and alternating["switch_ms_p50"] > 0
     assert rows["second start (warm inductor cache, new process)"]["recompiles"] == 0
