@@ -168,45 +168,73 @@ class CompiledUNet:
         raise NotImplementedError
 
 
-def unet_lora_weights(
-    unet: Any,
+LoraWeights = dict[
+    str, tuple[dict[str, "torch.Tensor"], Any]
+]  # component -> (PEFT-named weights, LoraConfig)
+
+
+def lora_weights(
+    pipe: Any,
     state_dict: dict[str, torch.Tensor],
     network_alphas: Any,
     metadata: Any,
     *,
-    mode: str,
+    components: tuple[str, ...],
+    refusal: str,
     name: str,
-) -> tuple[dict[str, torch.Tensor], Any]:
-    """A UNet adapter's weights under PEFT's names (``<module>.lora_A.weight``) and its LoraConfig,
-    as ``load_lora_adapter`` derives them (diffusers 0.42); what the compiled path cannot serve is
-    a ``SlotError``: layers of other components (the text encoders are not compiled), DoRA/LoKr."""
-    from diffusers.utils import convert_unet_state_dict_to_peft
+) -> LoraWeights:
+    """An adapter's weights per component under PEFT's names (``<module>.lora_A.weight``) and each
+    component's LoraConfig, as diffusers 0.42 derives them (``load_lora_adapter`` for the UNet,
+    ``_load_lora_into_text_encoder`` for the text encoders). What the compiled path cannot serve is
+    a ``SlotError``: layers of components outside ``components`` (``refusal`` says why), DoRA/LoKr."""
+    from diffusers.utils import (
+        convert_state_dict_to_diffusers,
+        convert_state_dict_to_peft,
+        convert_unet_state_dict_to_peft,
+    )
     from diffusers.utils.peft_utils import _create_lora_config
 
-    foreign = sorted({key.split(".", 1)[0] for key in state_dict if not key.startswith("unet.")})
+    if not state_dict:
+        raise SlotError("it holds no LoRA layers", code="lora_invalid")
+    foreign = sorted({key.split(".", 1)[0] for key in state_dict} - set(components))
     if foreign:
         raise SlotError(
-            f"it has LoRA layers for {', '.join(foreign)}; the compiled path (ZTHUMB_COMPILE={mode}) "
-            "serves UNet adapters only",
-            code="lora_unsupported_compiled",
+            f"it has LoRA layers for {', '.join(foreign)}; {refusal}", code="lora_unsupported_compiled"
         )
-    weights = {key.removeprefix("unet."): value for key, value in state_dict.items()}
-    if not weights:
-        raise SlotError("it holds no UNet LoRA layers", code="lora_invalid")
-    if any(marker in key for key in weights for marker in ("lora_magnitude_vector", "dora_scale", "lokr_")):
+    if any(
+        marker in key for key in state_dict for marker in ("lora_magnitude_vector", "dora_scale", "lokr_")
+    ):
         raise SlotError(
             "it is not a plain LoRA (DoRA/LoKr); the compiled path serves plain LoRA",
             "lora_unsupported_compiled",
         )
-    if "lora_A" not in next(iter(weights)):
-        weights = convert_unet_state_dict_to_peft(weights)
-    alphas = None
-    if network_alphas:
-        alphas = {k.removeprefix("unet."): v for k, v in network_alphas.items() if k.startswith("unet.")}
-    if metadata:
-        metadata = {k.removeprefix("unet."): v for k, v in metadata.items() if k.startswith("unet.")}
-    ranks = {f"^{key}": int(value.shape[1]) for key, value in weights.items() if "lora_B" in key}
-    config = _create_lora_config(
-        weights, alphas, metadata or None, ranks, model_state_dict=unet.state_dict(), adapter_name=name
-    )
-    return weights, config
+    result: LoraWeights = {}
+    for component in components:
+        prefix = f"{component}."
+        weights = {
+            key.removeprefix(prefix): value for key, value in state_dict.items() if key.startswith(prefix)
+        }
+        if not weights:
+            continue
+        alphas = None
+        if network_alphas:
+            alphas = {k.removeprefix(prefix): v for k, v in network_alphas.items() if k.startswith(prefix)}
+        meta = None
+        if metadata:
+            meta = {k.removeprefix(prefix): v for k, v in metadata.items() if k.startswith(prefix)} or None
+        model = getattr(pipe, component)
+        if component == "unet":
+            if "lora_A" not in next(iter(weights)):
+                weights = convert_unet_state_dict_to_peft(weights)
+            ranks = {f"^{key}": int(value.shape[1]) for key, value in weights.items() if "lora_B" in key}
+            config = _create_lora_config(
+                weights, alphas, meta, ranks, model_state_dict=model.state_dict(), adapter_name=name
+            )
+        else:
+            weights = convert_state_dict_to_peft(convert_state_dict_to_diffusers(weights))
+            if not hasattr(model, "text_model"):  # CLIPTextModel is flat in recent transformers
+                weights = {key.removeprefix("text_model."): value for key, value in weights.items()}
+            ranks = {key: int(value.shape[1]) for key, value in weights.items() if "lora_B" in key}
+            config = _create_lora_config(weights, alphas, meta, ranks, is_unet=False)
+        result[component] = (weights, config)
+    return result

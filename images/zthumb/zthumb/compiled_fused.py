@@ -1,7 +1,8 @@
 """The ``fuse`` strategy of the compiled path (``ZTHUMB_COMPILE_LORA=fuse``, the default).
 
 The compiled graph is the plain base UNet's: no LoRA module is ever added to it. A request's
-adapters are merged into the weights of the layers they train, in place:
+adapters are merged into the weights of the layers they train (in the UNet, and in the text
+encoders, which run eagerly), in place:
 
     W = W0 + Σ_i scale_i · (alpha_i / r_i) · B_i @ A_i
 
@@ -30,7 +31,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from zthumb.compiled import CompiledUNet, SlotError, unet_lora_weights
+from zthumb.backends.lora_load import COMPONENTS
+from zthumb.compiled import CompiledUNet, SlotError, lora_weights
 
 if TYPE_CHECKING:
     import torch
@@ -52,15 +54,15 @@ class _Layer:
 
 
 class FusedUNet(CompiledUNet):
-    """The compiled base UNet, adapters merged into its weights per request."""
+    """The compiled base UNet; adapters merged into its (and the text encoders') weights per request."""
 
     strategy = "fuse"
 
     def __init__(self, pipe: Any, *, mode: str, max_adapters: int) -> None:
         super().__init__(pipe, mode=mode)
         self.max_adapters = max_adapters
-        self._resident: dict[str, dict[str, _Layer]] = {}  # adapter -> UNet module name -> layer
-        self._pristine: dict[str, torch.Tensor] = {}  # module name -> W0
+        self._resident: dict[str, dict[str, _Layer]] = {}  # adapter -> '<component>.<module>' -> layer
+        self._pristine: dict[str, torch.Tensor] = {}  # '<component>.<module>' -> W0
         self._merged: set[str] = set()  # modules whose weight is not W0 now
         self._applied: tuple[tuple[str, float], ...] | None = ()  # None: unknown, merge again
 
@@ -70,43 +72,47 @@ class FusedUNet(CompiledUNet):
     def load(
         self, state_dict: dict[str, torch.Tensor], network_alphas: Any, metadata: Any, name: str
     ) -> None:
-        """Check the adapter against the UNet's layers and keep its factors on the device."""
+        """Check the adapter against the pipeline's layers and keep its factors on the device."""
         from peft.utils.other import get_pattern_key
 
-        unet = self.pipe.unet
-        weights, config = unet_lora_weights(
-            unet, state_dict, network_alphas, metadata, mode=self.mode, name=name
+        by_component = lora_weights(
+            self.pipe, state_dict, network_alphas, metadata, components=COMPONENTS, refusal="", name=name
         )
-        if any(not key.endswith(("lora_A.weight", "lora_B.weight")) for key in weights):
-            raise SlotError(
-                "it has LoRA biases, which the compiled path does not merge", "lora_unsupported_compiled"
-            )
         layers: dict[str, _Layer] = {}
-        for module_name in sorted({key.rsplit(".lora_", 1)[0] for key in weights}):
-            down = weights.get(f"{module_name}.lora_A.weight")
-            up = weights.get(f"{module_name}.lora_B.weight")
-            weight = self._weight(module_name)
-            if down is None or up is None or weight is None:
+        for component, (weights, config) in by_component.items():
+            if any(not key.endswith(("lora_A.weight", "lora_B.weight")) for key in weights):
                 raise SlotError(
-                    f"its layer {module_name} is not a LoRA pair on a Linear or Conv2d layer of the UNet",
-                    code="lora_unsupported_compiled",
+                    "it has LoRA biases, which the compiled path does not merge", "lora_unsupported_compiled"
                 )
-            rank = config.rank_pattern.get(get_pattern_key(config.rank_pattern.keys(), module_name), config.r)
-            alpha = config.alpha_pattern.get(
-                get_pattern_key(config.alpha_pattern.keys(), module_name), config.lora_alpha
-            )
-            expected = (up.shape[0], *down.shape[1:])
-            if tuple(expected) != tuple(weight.shape) or down.shape[0] != up.shape[1]:
-                raise SlotError(
-                    f"its layer {module_name} has shapes A {tuple(down.shape)}, B {tuple(up.shape)}, which "
-                    f"do not fit the UNet's weight {tuple(weight.shape)}",
-                    code="lora_invalid",
+            for module_name in sorted({key.rsplit(".lora_", 1)[0] for key in weights}):
+                layer = f"{component}.{module_name}"
+                down = weights.get(f"{module_name}.lora_A.weight")
+                up = weights.get(f"{module_name}.lora_B.weight")
+                weight = self._weight(layer)
+                if down is None or up is None or weight is None:
+                    raise SlotError(
+                        f"its layer {layer} is not a LoRA pair on a Linear or Conv2d layer of the pipeline",
+                        code="lora_unsupported_compiled",
+                    )
+                if (up.shape[0], *down.shape[1:]) != tuple(weight.shape) or down.shape[0] != up.shape[1]:
+                    raise SlotError(
+                        f"its layer {layer} has shapes A {tuple(down.shape)}, B {tuple(up.shape)}, which "
+                        f"do not fit the model's weight {tuple(weight.shape)}",
+                        code="lora_invalid",
+                    )
+                rank = config.rank_pattern.get(
+                    get_pattern_key(config.rank_pattern.keys(), module_name), config.r
                 )
-            layers[module_name] = _Layer(
-                down=down.to(weight.device, weight.dtype),
-                up=up.to(weight.device, weight.dtype),
-                scaling=alpha / math.sqrt(rank) if config.use_rslora else alpha / rank,
-            )
+                alpha = config.alpha_pattern.get(
+                    get_pattern_key(config.alpha_pattern.keys(), module_name), config.lora_alpha
+                )
+                layers[layer] = _Layer(
+                    down=down.to(weight.device, weight.dtype),
+                    up=up.to(weight.device, weight.dtype),
+                    scaling=alpha / math.sqrt(rank) if config.use_rslora else alpha / rank,
+                )
+        if not layers:
+            raise SlotError("it holds no LoRA layers", code="lora_invalid")
         self._resident[name] = layers
 
     def activate(self, active: Sequence[tuple[str, float]]) -> None:
@@ -164,12 +170,16 @@ class FusedUNet(CompiledUNet):
         weight.copy_(self._pristine[module_name])
         self._merged.discard(module_name)
 
-    def _weight(self, module_name: str) -> torch.Tensor | None:
-        """The weight of a Linear or Conv2d layer of the UNet, or None."""
+    def _weight(self, layer: str) -> torch.Tensor | None:
+        """The weight of a Linear or Conv2d layer (``<component>.<module>``), or None."""
         import torch
 
+        component, _, module_name = layer.partition(".")
+        model = getattr(self.pipe, component, None) if component in COMPONENTS else None
+        if model is None:
+            return None
         try:
-            module = self.pipe.unet.get_submodule(module_name)
+            module = model.get_submodule(module_name)
         except AttributeError:
             return None
         if isinstance(module, torch.nn.Linear | torch.nn.Conv2d):

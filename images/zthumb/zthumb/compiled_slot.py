@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from zthumb.compiled import CompiledUNet, SlotError, adapter_rank, unet_lora_weights
+from zthumb.compiled import CompiledUNet, SlotError, adapter_rank, lora_weights
 
 if TYPE_CHECKING:
     import torch
@@ -128,9 +128,16 @@ class SlotUNet(CompiledUNet):
         from peft.utils.hotswap import check_hotswap_configs_compatible, hotswap_adapter_from_state_dict
 
         unet = self.pipe.unet
-        weights, config = unet_lora_weights(
-            unet, state_dict, network_alphas, metadata, mode=self.mode, name=SLOT
+        refusal = (
+            f"the compiled path with a slot (ZTHUMB_COMPILE={self.mode}, ZTHUMB_COMPILE_LORA=slot) "
+            "hot-swaps UNet adapters only (ZTHUMB_COMPILE_LORA=fuse merges text-encoder layers too)"
         )
+        by_component = lora_weights(
+            self.pipe, state_dict, network_alphas, metadata, components=("unet",), refusal=refusal, name=SLOT
+        )
+        if "unet" not in by_component:
+            raise SlotError("it holds no UNet LoRA layers", code="lora_invalid")
+        weights, config = by_component["unet"]
         rank = adapter_rank(weights)
         if rank > self.max_rank:
             raise SlotError(

@@ -157,24 +157,48 @@ def test_several_adapters_in_one_request(fused, eager):
 
 
 @pytest.mark.slow
-def test_a_text_encoder_adapter_is_refused_naming_the_field(fused, tiny_model, fused_root):
+def test_adapters_with_text_encoder_layers_are_merged_too(fused, eager, tiny_model, fused_root):
+    """A file with UNet and both text encoders' layers (diffusers and kohya layouts), which a slot
+    refuses: every layer is merged, and the image is the eager server's."""
     import torch
+    from diffusers import StableDiffusionXLPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
+    from peft import inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
+    from zthumb.testing import lora_config
 
-    client, _ = fused
-    text_encoder = client.app.state.engine.backends["full"].pipe.text_encoder
-    projection = next(name for name, _ in text_encoder.named_modules() if name.endswith("self_attn.q_proj"))
-    width = text_encoder.get_submodule(projection).in_features
-    save_file(
-        {
-            f"text_encoder.{projection}.lora_A.weight": torch.ones(4, width),
-            f"text_encoder.{projection}.lora_B.weight": torch.ones(width, 4),
-        },
-        str(fused_root / "text_encoder.safetensors"),
+    pipe = StableDiffusionXLPipeline.from_pretrained(
+        str(tiny_model.diffusers_dir), dtype=torch.float32, local_files_only=True, use_safetensors=True
     )
-    response = client.post("/generate", json=_request([("text_encoder.safetensors", 1.0)]))
-    assert response.status_code == 422, response.text
-    body = response.json()
-    assert (body["error"], body["field"]) == ("lora_unsupported_compiled", "loras[0].path")
-    assert "UNet adapters only" in body["message"]
+    torch.manual_seed(5)
+    pipe.unet.add_adapter(lora_config(4))
+    clip = lora_config(4, target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1"])
+    inject_adapter_in_model(clip, pipe.text_encoder)
+    inject_adapter_in_model(clip, pipe.text_encoder_2)
+    layers = {
+        name: get_peft_model_state_dict(getattr(pipe, name))
+        for name in ("unet", "text_encoder", "text_encoder_2")
+    }
+    StableDiffusionXLPipeline.save_lora_weights(
+        str(fused_root / "with_te"),
+        unet_lora_layers=convert_state_dict_to_diffusers(layers["unet"]),
+        text_encoder_lora_layers=convert_state_dict_to_diffusers(layers["text_encoder"]),
+        text_encoder_2_lora_layers=convert_state_dict_to_diffusers(layers["text_encoder_2"]),
+    )
+    kohya = convert_state_dict_to_kohya(
+        {f"{c}.{k}": v for c, state in layers.items() for k, v in state.items()}
+    )
+    save_file({k: v.contiguous() for k, v in kohya.items()}, str(fused_root / "with_te_kohya.safetensors"))
+
+    client, fresh = fused
+    merged = client.app.state.engine.backends["full"].compiled
+    for path in ("with_te", "with_te_kohya.safetensors"):
+        image = _image(client, (path, 0.8))
+        assert np.abs(image.astype(int) - fresh.astype(int)).mean() > 0.5, path
+        _close(_image(eager, (path, 0.8)), image, path)
+        touched = {layer.split(".", 1)[0] for layer in merged._merged}
+        assert touched == {"unet", "text_encoder", "text_encoder_2"}, (path, touched)
+    assert np.array_equal(_image(client), fresh)  # the text encoders are restored too
     assert _recompiles(client) == 0
