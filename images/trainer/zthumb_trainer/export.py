@@ -48,6 +48,20 @@ class AdapterInfo:
     dataset_hash: str
     ema_decay: float | None = None  # set: the weights are the EMA with this decay, not the last step's
 
+    @classmethod
+    def of_run(cls, config: Any, dataset_hash: str) -> AdapterInfo:
+        """What a finished run (a ``TrainConfig``) records about the adapter it exports."""
+        return cls(
+            run_name=config.run_name,
+            base_model_sha256=config.base_model_sha256,
+            rank=config.rank,
+            alpha=config.alpha,
+            trigger_word=config.trigger_word,
+            steps=config.max_train_steps,
+            dataset_hash=dataset_hash,
+            ema_decay=config.ema_decay,
+        )
+
 
 def _file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -383,21 +383,8 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
 
             with ema_applied(ema):  # the EMA, when on, is what gets served
                 exported = adapter_state(unwrapped)
-            export_adapter(
-                config.export_dir,
-                exported,
-                lora_configs(unwrapped),
-                AdapterInfo(
-                    run_name=config.run_name,
-                    base_model_sha256=config.base_model_sha256,
-                    rank=config.rank,
-                    alpha=config.alpha,
-                    trigger_word=config.trigger_word,
-                    steps=config.max_train_steps,
-                    dataset_hash=dataset.dataset_hash,
-                    ema_decay=config.ema_decay,
-                ),
-            )
+            info = AdapterInfo.of_run(config, dataset.dataset_hash)
+            export_adapter(config.export_dir, exported, lora_configs(unwrapped), info)
             summary["adapter_dir"] = str(config.export_dir)
         (config.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         write_termination_message(summary)
