@@ -46,11 +46,10 @@ class _Layer:
     up: torch.Tensor  # B: (out, r) or (out, r, 1, 1)
     scaling: float
 
-    def delta(self, scale: float) -> torch.Tensor:
-        """``scale · alpha/r · B @ A`` in fp32, shaped like the layer's weight."""
-        up = self.up.float().flatten(1)
-        down = self.down.float().flatten(1)
-        return (up @ down).mul_(scale * self.scaling).view(self.up.shape[0], *self.down.shape[1:])
+    def add_to(self, merged: torch.Tensor, scale: float) -> None:
+        """``merged += scale · alpha/r · B @ A`` in fp32 (``merged``: the weight flattened to 2-D),
+        one ``addmm_`` so that the product is never materialised on its own."""
+        merged.addmm_(self.up.flatten(1).float(), self.down.flatten(1).float(), alpha=scale * self.scaling)
 
 
 class FusedUNet(CompiledUNet):
@@ -134,10 +133,10 @@ class FusedUNet(CompiledUNet):
                 weight = self._weight(module_name)
                 assert weight is not None  # checked at load
                 pristine = self._pristine.setdefault(module_name, weight.detach().clone())
-                merged = pristine.to(torch.float32, copy=True)
+                merged = pristine.to(torch.float32, copy=True).flatten(1)
                 for layer, scale in layer_terms:
-                    merged += layer.delta(scale)
-                weight.copy_(merged)  # one rounding to the serving dtype, in place
+                    layer.add_to(merged, scale)
+                weight.copy_(merged.view_as(weight))  # one rounding to the serving dtype, in place
                 self._merged.add(module_name)
         self._applied = wanted
 
