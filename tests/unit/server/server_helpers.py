@@ -90,3 +90,39 @@ def serve_on_loopback(app, timeout: float = 60.0) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout)
+
+
+def write_loras_with_text_encoders(tiny_model, root: Path, name: str) -> dict[str, Any]:
+    """One random LoRA on the UNet and both text encoders, written as ``<name>/`` (diffusers) and
+    ``<name>_kohya.safetensors`` (kohya/A1111); returns its PEFT state dicts per component."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
+    from peft import inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+    from zthumb.testing import lora_config
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(
+        str(tiny_model.diffusers_dir), dtype=torch.float32, local_files_only=True, use_safetensors=True
+    )
+    pipe.unet.add_adapter(lora_config(4))
+    clip = lora_config(4, target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1"])
+    inject_adapter_in_model(clip, pipe.text_encoder)
+    inject_adapter_in_model(clip, pipe.text_encoder_2)
+    layers = {
+        component: get_peft_model_state_dict(getattr(pipe, component))
+        for component in ("unet", "text_encoder", "text_encoder_2")
+    }
+    StableDiffusionXLPipeline.save_lora_weights(
+        str(root / name),
+        unet_lora_layers=convert_state_dict_to_diffusers(layers["unet"]),
+        text_encoder_lora_layers=convert_state_dict_to_diffusers(layers["text_encoder"]),
+        text_encoder_2_lora_layers=convert_state_dict_to_diffusers(layers["text_encoder_2"]),
+    )
+    kohya = convert_state_dict_to_kohya(
+        {f"{c}.{k}": v for c, state in layers.items() for k, v in state.items()}
+    )
+    save_file({k: v.contiguous() for k, v in kohya.items()}, str(root / f"{name}_kohya.safetensors"))
+    return layers

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from server_helpers import SIZE, decode, server_settings, wait_ready
+import torch
+from server_helpers import SIZE, decode, server_settings, wait_ready, write_loras_with_text_encoders
 
 CACHE_DIR = Path.home() / ".cache" / "zthumb" / "test-models" / "torchinductor"
 # Against the eager, unfused path: merging rounds W0 + ΔW once (fp32 here), compiling reorders sums.
@@ -160,37 +161,8 @@ def test_several_adapters_in_one_request(fused, eager):
 def test_adapters_with_text_encoder_layers_are_merged_too(fused, eager, tiny_model, fused_root):
     """A file with UNet and both text encoders' layers (diffusers and kohya layouts), which a slot
     refuses: every layer is merged, and the image is the eager server's."""
-    import torch
-    from diffusers import StableDiffusionXLPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
-    from peft import inject_adapter_in_model
-    from peft.utils import get_peft_model_state_dict
-    from safetensors.torch import save_file
-    from zthumb.testing import lora_config
-
-    pipe = StableDiffusionXLPipeline.from_pretrained(
-        str(tiny_model.diffusers_dir), dtype=torch.float32, local_files_only=True, use_safetensors=True
-    )
     torch.manual_seed(5)
-    pipe.unet.add_adapter(lora_config(4))
-    clip = lora_config(4, target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1"])
-    inject_adapter_in_model(clip, pipe.text_encoder)
-    inject_adapter_in_model(clip, pipe.text_encoder_2)
-    layers = {
-        name: get_peft_model_state_dict(getattr(pipe, name))
-        for name in ("unet", "text_encoder", "text_encoder_2")
-    }
-    StableDiffusionXLPipeline.save_lora_weights(
-        str(fused_root / "with_te"),
-        unet_lora_layers=convert_state_dict_to_diffusers(layers["unet"]),
-        text_encoder_lora_layers=convert_state_dict_to_diffusers(layers["text_encoder"]),
-        text_encoder_2_lora_layers=convert_state_dict_to_diffusers(layers["text_encoder_2"]),
-    )
-    kohya = convert_state_dict_to_kohya(
-        {f"{c}.{k}": v for c, state in layers.items() for k, v in state.items()}
-    )
-    save_file({k: v.contiguous() for k, v in kohya.items()}, str(fused_root / "with_te_kohya.safetensors"))
+    write_loras_with_text_encoders(tiny_model, fused_root, "with_te")
 
     client, fresh = fused
     merged = client.app.state.engine.backends["full"].compiled

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from server_helpers import SIZE, decode, server_settings, wait_ready
+from server_helpers import SIZE, decode, server_settings, wait_ready, write_loras_with_text_encoders
 
 PROMPT = "a photo of z"
 A, B = "style_a", "b.safetensors"
@@ -334,35 +334,7 @@ def test_lora_modules_converts_keys_like_diffusers(tiny_model, lora_root):
 
 def test_text_encoder_loras_in_both_layouts_pass_the_check(client, tiny_model, lora_root):
     """diffusers and kohya files with UNet and both text encoders' layers: every layer matches."""
-    from diffusers import StableDiffusionXLPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
-    from peft import inject_adapter_in_model
-    from peft.utils import get_peft_model_state_dict
-    from safetensors.torch import save_file
-    from zthumb.testing import lora_config
-
-    pipe = StableDiffusionXLPipeline.from_pretrained(
-        str(tiny_model.diffusers_dir), dtype=torch.float32, local_files_only=True, use_safetensors=True
-    )
-    pipe.unet.add_adapter(lora_config(4))
-    clip = lora_config(4, target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1"])
-    inject_adapter_in_model(clip, pipe.text_encoder)
-    inject_adapter_in_model(clip, pipe.text_encoder_2)
-    layers = {
-        name: get_peft_model_state_dict(getattr(pipe, name))
-        for name in ("unet", "text_encoder", "text_encoder_2")
-    }
-    StableDiffusionXLPipeline.save_lora_weights(
-        str(lora_root / "with_te"),
-        unet_lora_layers=convert_state_dict_to_diffusers(layers["unet"]),
-        text_encoder_lora_layers=convert_state_dict_to_diffusers(layers["text_encoder"]),
-        text_encoder_2_lora_layers=convert_state_dict_to_diffusers(layers["text_encoder_2"]),
-    )
-    kohya = convert_state_dict_to_kohya(
-        {f"{c}.{k}": v for c, state in layers.items() for k, v in state.items()}
-    )
-    save_file({k: v.contiguous() for k, v in kohya.items()}, str(lora_root / "with_te_kohya.safetensors"))
+    layers = write_loras_with_text_encoders(tiny_model, lora_root, "with_te")
 
     without = image(client)
     for path in ("with_te", "with_te_kohya.safetensors"):
