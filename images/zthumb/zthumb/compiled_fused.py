@@ -132,7 +132,9 @@ class FusedUNet(CompiledUNet):
             for module_name, layer_terms in terms.items():
                 weight = self._weight(module_name)
                 assert weight is not None  # checked at load
-                pristine = self._pristine.setdefault(module_name, weight.detach().clone())
+                pristine = self._pristine.get(module_name)
+                if pristine is None:  # first touched now: the weight is still W0
+                    pristine = self._pristine[module_name] = weight.detach().clone()
                 merged = pristine.to(torch.float32, copy=True).flatten(1)
                 for layer, scale in layer_terms:
                     layer.add_to(merged, scale)
