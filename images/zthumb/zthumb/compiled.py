@@ -114,8 +114,8 @@ class CompiledUNet:
         self.cache_dir: str | None = None
         self.max_adapters = 1  # adapters one request may combine
 
-    def prepare(self) -> int:
-        """Before compiling: set up what adapters go through; returns the count of LoRA layers."""
+    def prepare(self) -> dict[str, Any]:
+        """Before compiling: set up what adapters go through; returns what the startup log says of it."""
         raise NotImplementedError
 
     def compile(self) -> None:
@@ -168,9 +168,9 @@ class CompiledUNet:
         raise NotImplementedError
 
 
-LoraWeights = dict[
-    str, tuple[dict[str, "torch.Tensor"], Any]
-]  # component -> (PEFT-named weights, LoraConfig)
+# component -> (its weights under PEFT's names, its LoraConfig)
+LoraWeights = dict[str, tuple[dict[str, "torch.Tensor"], Any]]
+NOT_PLAIN_LORA = ("lora_magnitude_vector", "dora_scale", "lokr_")
 
 
 def lora_weights(
@@ -187,12 +187,9 @@ def lora_weights(
     component's LoraConfig, as diffusers 0.42 derives them (``load_lora_adapter`` for the UNet,
     ``_load_lora_into_text_encoder`` for the text encoders). What the compiled path cannot serve is
     a ``SlotError``: layers of components outside ``components`` (``refusal`` says why), DoRA/LoKr."""
-    from diffusers.utils import (
-        convert_state_dict_to_diffusers,
-        convert_state_dict_to_peft,
-        convert_unet_state_dict_to_peft,
-    )
     from diffusers.utils.peft_utils import _create_lora_config
+
+    from zthumb.backends.lora_load import peft_named
 
     if not state_dict:
         raise SlotError("it holds no LoRA layers", code="lora_invalid")
@@ -201,39 +198,27 @@ def lora_weights(
         raise SlotError(
             f"it has LoRA layers for {', '.join(foreign)}; {refusal}", code="lora_unsupported_compiled"
         )
-    if any(
-        marker in key for key in state_dict for marker in ("lora_magnitude_vector", "dora_scale", "lokr_")
-    ):
+    if any(marker in key for key in state_dict for marker in NOT_PLAIN_LORA):
         raise SlotError(
             "it is not a plain LoRA (DoRA/LoKr); the compiled path serves plain LoRA",
             "lora_unsupported_compiled",
         )
     result: LoraWeights = {}
-    for component in components:
+    for component, weights in peft_named(pipe, state_dict).items():
         prefix = f"{component}."
-        weights = {
-            key.removeprefix(prefix): value for key, value in state_dict.items() if key.startswith(prefix)
-        }
-        if not weights:
-            continue
         alphas = None
         if network_alphas:
             alphas = {k.removeprefix(prefix): v for k, v in network_alphas.items() if k.startswith(prefix)}
         meta = None
         if metadata:
             meta = {k.removeprefix(prefix): v for k, v in metadata.items() if k.startswith(prefix)} or None
-        model = getattr(pipe, component)
-        if component == "unet":
-            if "lora_A" not in next(iter(weights)):
-                weights = convert_unet_state_dict_to_peft(weights)
+        if component == "unet":  # the rank per module as load_lora_adapter keys it
             ranks = {f"^{key}": int(value.shape[1]) for key, value in weights.items() if "lora_B" in key}
+            model_state = pipe.unet.state_dict()
             config = _create_lora_config(
-                weights, alphas, meta, ranks, model_state_dict=model.state_dict(), adapter_name=name
+                weights, alphas, meta, ranks, model_state_dict=model_state, adapter_name=name
             )
-        else:
-            weights = convert_state_dict_to_peft(convert_state_dict_to_diffusers(weights))
-            if not hasattr(model, "text_model"):  # CLIPTextModel is flat in recent transformers
-                weights = {key.removeprefix("text_model."): value for key, value in weights.items()}
+        else:  # as _load_lora_into_text_encoder keys it
             ranks = {key: int(value.shape[1]) for key, value in weights.items() if "lora_B" in key}
             config = _create_lora_config(weights, alphas, meta, ranks, is_unet=False)
         result[component] = (weights, config)

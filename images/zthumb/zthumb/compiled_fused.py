@@ -62,11 +62,13 @@ class FusedUNet(CompiledUNet):
         self.max_adapters = max_adapters
         self._resident: dict[str, dict[str, _Layer]] = {}  # adapter -> '<component>.<module>' -> layer
         self._pristine: dict[str, torch.Tensor] = {}  # '<component>.<module>' -> W0
+        # '<component>.<module>' -> its weight Parameter, looked up once at load, not on every switch
+        self._weights: dict[str, torch.Tensor] = {}
         self._merged: set[str] = set()  # modules whose weight is not W0 now
         self._applied: tuple[tuple[str, float], ...] | None = ()  # None: unknown, merge again
 
-    def prepare(self) -> int:
-        return 0  # nothing enters the graph
+    def prepare(self) -> dict[str, Any]:
+        return {}  # nothing enters the graph
 
     def load(
         self, state_dict: dict[str, torch.Tensor], network_alphas: Any, metadata: Any, name: str
@@ -87,7 +89,7 @@ class FusedUNet(CompiledUNet):
                 layer = f"{component}.{module_name}"
                 down = weights.get(f"{module_name}.lora_A.weight")
                 up = weights.get(f"{module_name}.lora_B.weight")
-                weight = self._weight(layer)
+                weight = self._weights[layer] if layer in self._weights else self._find_weight(layer)
                 if down is None or up is None or weight is None:
                     raise SlotError(
                         f"its layer {layer} is not a LoRA pair on a Linear or Conv2d layer of the pipeline",
@@ -105,6 +107,7 @@ class FusedUNet(CompiledUNet):
                 alpha = config.alpha_pattern.get(
                     get_pattern_key(config.alpha_pattern.keys(), module_name), config.lora_alpha
                 )
+                self._weights[layer] = weight
                 layers[layer] = _Layer(
                     down=down.to(weight.device, weight.dtype),
                     up=up.to(weight.device, weight.dtype),
@@ -130,8 +133,7 @@ class FusedUNet(CompiledUNet):
             for module_name in self._merged - terms.keys():
                 self._restore(module_name)
             for module_name, layer_terms in terms.items():
-                weight = self._weight(module_name)
-                assert weight is not None  # checked at load
+                weight = self._weights[module_name]
                 pristine = self._pristine.get(module_name)
                 if pristine is None:  # first touched now: the weight is still W0
                     pristine = self._pristine[module_name] = weight.detach().clone()
@@ -166,12 +168,10 @@ class FusedUNet(CompiledUNet):
         return factors + sum(t.numel() * t.element_size() for t in self._pristine.values())
 
     def _restore(self, module_name: str) -> None:
-        weight = self._weight(module_name)
-        assert weight is not None
-        weight.copy_(self._pristine[module_name])
+        self._weights[module_name].copy_(self._pristine[module_name])
         self._merged.discard(module_name)
 
-    def _weight(self, layer: str) -> torch.Tensor | None:
+    def _find_weight(self, layer: str) -> torch.Tensor | None:
         """The weight of a Linear or Conv2d layer (``<component>.<module>``), or None."""
         import torch
 

@@ -69,7 +69,7 @@ class SlotUNet(CompiledUNet):
         self.modules: set[str] = set()  # UNet module names the slot covers
 
     # --- startup ---------------------------------------------------------------------------
-    def prepare(self) -> int:
+    def prepare(self) -> dict[str, Any]:
         """Enable hotswap, then load the zero slot adapter (PEFT pads it and tensorises scalings)."""
         import torch
         from peft.tuners.lora import LoraLayer
@@ -110,7 +110,7 @@ class SlotUNet(CompiledUNet):
             self.scalings.append(scaling)
         with torch.no_grad():
             torch._foreach_zero_(self.scalings)
-        return len(layers)
+        return {"slot_rank": rank, "slot_layers": len(layers)}
 
     # --- adapters ---------------------------------------------------------------------------
     def load(

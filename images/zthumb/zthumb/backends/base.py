@@ -156,7 +156,7 @@ class Backend(AdapterCache):
                 target_modules=s.compile_target_modules,
             )
         compiled.cache_dir = configure_inductor_cache(s.compile_cache_dir)
-        layers = compiled.prepare()
+        prepared = compiled.prepare()
         compiled.compile()
         defaults = self.defaults()
         warm = GenerationParams(
@@ -176,11 +176,7 @@ class Backend(AdapterCache):
                 "backend": self.name,
                 "mode": s.compile,
                 "lora": compiled.strategy,
-                **(
-                    {"slot_rank": s.compile_max_rank, "slot_layers": layers}
-                    if compiled.strategy == "slot"
-                    else {}
-                ),
+                **prepared,
                 "fullgraph": compiled.fullgraph,
                 "compile_seconds": round(compiled.compile_seconds, 1),
                 "cache_dir": compiled.cache_dir,

@@ -43,11 +43,10 @@ def _module_of(key: str) -> str | None:
     return key[: match.start()] if match else None
 
 
-def lora_modules(pipe: Any, state_dict: dict[str, Any]) -> dict[str, set[str]]:
-    """Module names per top-level prefix (``unet``, ``text_encoder``, … or a foreign one).
-
-    The keys go through the conversions diffusers applies when it loads them (diffusers 0.42,
-    ``load_lora_adapter`` and ``_load_lora_into_text_encoder``), so the names are the ones
+def peft_named(pipe: Any, state_dict: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The LoRA weights per top-level prefix (``unet``, ``text_encoder``, … or a foreign one), the
+    prefix removed and the keys converted as diffusers converts them when it loads them (diffusers
+    0.42, ``load_lora_adapter`` and ``_load_lora_into_text_encoder``), so the names are the ones
     PEFT will look for: UNet keys to PEFT names; text-encoder keys to diffusers then PEFT names
     (old ``to_k_lora`` spellings become ``k_proj``), without ``text_model.`` when the installed
     transformers flattens ``CLIPTextModel``. Other prefixes are kept as they are.
@@ -62,15 +61,21 @@ def lora_modules(pipe: Any, state_dict: dict[str, Any]) -> dict[str, set[str]]:
     for key, value in state_dict.items():
         component, _, rest = key.partition(".")
         groups.setdefault(component, {})[rest] = value
-    modules: dict[str, set[str]] = {}
     for component, raw in groups.items():
-        group = raw
         if component == "unet":
-            group = convert_unet_state_dict_to_peft(raw)
+            groups[component] = convert_unet_state_dict_to_peft(raw)
         elif component in COMPONENTS:
             group = convert_state_dict_to_peft(convert_state_dict_to_diffusers(raw))
             if not hasattr(getattr(pipe, component, None), "text_model"):
                 group = {key.removeprefix("text_model."): value for key, value in group.items()}
+            groups[component] = group
+    return groups
+
+
+def lora_modules(pipe: Any, state_dict: dict[str, Any]) -> dict[str, set[str]]:
+    """Module names per top-level prefix, as PEFT will look for them (``peft_named``)."""
+    modules: dict[str, set[str]] = {}
+    for component, group in peft_named(pipe, state_dict).items():
         names = {name for name in map(_module_of, group) if name}
         if names:
             modules[component] = names
