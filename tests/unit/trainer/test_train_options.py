@@ -95,7 +95,7 @@ def test_adamw8bit_is_refused_at_the_start_where_its_kernels_fail(
     prepared, tiny_model, tmp_path, monkeypatch
 ):
     import bitsandbytes as bnb
-    import zthumb_trainer.train as train_module
+    import zthumb_trainer.session as session_module
     from zthumb_trainer.cli import app
 
     def no_model_loading(*_args, **_kwargs):
@@ -105,7 +105,7 @@ def test_adamw8bit_is_refused_at_the_start_where_its_kernels_fail(
         def step(self, closure=None):
             raise NotImplementedError("no 8-bit kernel for this device")
 
-    monkeypatch.setattr(train_module, "load_components", no_model_loading)
+    monkeypatch.setattr(session_module, "load_components", no_model_loading)
     monkeypatch.setattr(bnb.optim, "AdamW8bit", Unsupported)
     run_dir = _run_dir(prepared, tmp_path)
     refused = r"spec\.training\.optimizer adamw8bit: bitsandbytes .* \(cpu: NotImplementedError"
