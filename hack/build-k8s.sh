@@ -17,52 +17,11 @@
 # proxy), KWOK_VERSION, HELM_VERSION.
 set -euo pipefail
 
-K8S_VERSION="v1.36.3"
-# Staging modules (k8s.io/api, client-go, ...) are published as v0.<minor>.<patch>.
-STAGING_VERSION="v0${K8S_VERSION#v1}"
+# shellcheck source=hack/lib/build-cache.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/build-cache.sh"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
-
-CACHE_DIR="${ZTHUMB_CACHE:-$HOME/.cache/zthumb}/k8s-${K8S_VERSION}"
-BIN_DIR="${CACHE_DIR}/bin"
-mkdir -p "${BIN_DIR}"
-
-# Serialize concurrent runs (CI and a developer, or two worktrees sharing the
-# cache) so no two `go build`s write the same binary. Bounded: a cold build
-# takes minutes, not an hour.
-exec 9>"${CACHE_DIR}/.build.lock"
-if ! flock -w 3600 9; then
-  echo "[build-k8s] another build-k8s.sh held ${CACHE_DIR}/.build.lock for an hour; giving up" >&2
-  exit 1
-fi
-
-# Never let `go` fetch a different toolchain behind our back; build with the
-# one that is installed.
-export GOTOOLCHAIN=local
-# Pure-Go static binaries: no libc coupling, and faster links.
-export CGO_ENABLED=0
-# The repo-wide GOFLAGS may carry -mod=vendor or similar; the wrapper modules
-# need -mod=mod so go.sum is filled in as packages are resolved.
-export GOFLAGS="-mod=mod -buildvcs=false"
-
-log() { printf '[build-k8s] %s\n' "$*" >&2; }
-
-WORK_DIR="$(mktemp -d "${TMPDIR:-/tmp}/zthumb-build-k8s.XXXXXX")"
-trap 'rm -rf "${WORK_DIR}"' EXIT
-
-# have NAME: true when the binary is already cached (and executable).
-have() { [[ -x "${BIN_DIR}/$1" ]]; }
-
-# timed LABEL CMD...: run CMD and print how long it took.
-timed() {
-  local label="$1" start end
-  shift
-  start="$(date +%s)"
-  "$@"
-  end="$(date +%s)"
-  log "built ${label} in $((end - start))s"
-  printf '%s build_seconds=%s\n' "${label}" "$((end - start))" >>"${CACHE_DIR}/build-times.txt"
-}
+build_setup k8s
 
 # gomod_file MODULE@VERSION: path of the downloaded go.mod of that module.
 gomod_file() {

@@ -6,8 +6,10 @@
 # kueue-crds/*.yaml from the same module version. Env override: ZTHUMB_CACHE, KUEUE_VERSION.
 set -euo pipefail
 
+# shellcheck source=hack/lib/build-cache.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/build-cache.sh"
 KUEUE_VERSION="${KUEUE_VERSION:-v0.17.0}"
-CRD_DIR="${ZTHUMB_CACHE:-$HOME/.cache/zthumb}/k8s-v1.36.3/kueue-crds"
+CRD_DIR="${CACHE_DIR}/kueue-crds"
 
 "$(dirname "${BASH_SOURCE[0]}")/build-go-tool.sh" kueue sigs.k8s.io/kueue/cmd/kueue "${KUEUE_VERSION}"
 if [[ -f "${CRD_DIR}/.version" && "$(cat "${CRD_DIR}/.version")" == "${KUEUE_VERSION}" ]]; then

@@ -24,47 +24,18 @@
 # PROVISIONER_LIB_VERSION, ZTHUMB_SKIP_APT=1 (never call apt-get).
 set -euo pipefail
 
-K8S_VERSION="v1.36.3"
-STAGING_VERSION="v0${K8S_VERSION#v1}"
+# shellcheck source=hack/lib/build-cache.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/build-cache.sh"
 CONTAINERD_VERSION="${CONTAINERD_VERSION:-v2.3.7}"
 COREDNS_VERSION="${COREDNS_VERSION:-v1.14.7}"
 PROVISIONER_LIB_VERSION="${PROVISIONER_LIB_VERSION:-v13.0.0}"
 # Image names the node and the tests use; cluster.sh imports both at `up`.
 PAUSE_IMAGE="localhost/zthumb/pause:3.10"
 BUSYBOX_IMAGE="localhost/zthumb/busybox:1.35"
-
-CACHE_DIR="${ZTHUMB_CACHE:-$HOME/.cache/zthumb}/k8s-${K8S_VERSION}"
-BIN_DIR="${CACHE_DIR}/bin"
 IMAGE_DIR="${CACHE_DIR}/images"
-mkdir -p "${BIN_DIR}" "${IMAGE_DIR}"
-
-# Own lock (build-k8s.sh holds its .build.lock while it calls us).
-exec 8>"${CACHE_DIR}/.build-node.lock"
-if ! flock -w 3600 8; then
-  echo "[build-node] another build-node.sh held ${CACHE_DIR}/.build-node.lock for an hour; giving up" >&2
-  exit 1
-fi
-
-export GOTOOLCHAIN=local
-export CGO_ENABLED=0
-export GOFLAGS="-mod=mod -buildvcs=false"
-
-log() { printf '[build-node] %s\n' "$*" >&2; }
-
-WORK_DIR="$(mktemp -d "${TMPDIR:-/tmp}/zthumb-build-node.XXXXXX")"
-trap 'rm -rf "${WORK_DIR}"' EXIT
-
-have() { [[ -x "${BIN_DIR}/$1" ]]; }
-
-timed() {
-  local label="$1" start end
-  shift
-  start="$(date +%s)"
-  "$@"
-  end="$(date +%s)"
-  log "built ${label} in $((end - start))s"
-  printf '%s build_seconds=%s\n' "${label}" "$((end - start))" >>"${CACHE_DIR}/build-times.txt"
-}
+# A lock of its own: build-k8s.sh holds its lock while it calls this script.
+build_setup node
+mkdir -p "${IMAGE_DIR}"
 
 # ---------------------------------------------------------------------------
 # Debian packages. CI machines are fresh: install what is missing.

@@ -28,10 +28,9 @@
 set -euo pipefail
 
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-K8S_VERSION="v1.36.3"
-CACHE_ROOT="${ZTHUMB_CACHE:-$HOME/.cache/zthumb}"
-CACHE_DIR="${CACHE_ROOT}/k8s-${K8S_VERSION}"
-BIN_DIR="${CACHE_DIR}/bin"
+# K8S_VERSION, CACHE_ROOT, CACHE_DIR, BIN_DIR (cluster.sh defines its own log below).
+# shellcheck source=hack/lib/build-cache.sh
+source "${HACK_DIR}/lib/build-cache.sh"
 STAGES_DIR="${CACHE_DIR}/kwok-stages"
 STATE_DIR="${ZTHUMB_CLUSTER_DIR:-${CACHE_ROOT}/cluster}"
 PKI_DIR="${STATE_DIR}/pki"
