@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from zthumb_trainer.atomic import fresh_directory, publish_directory
+
 if TYPE_CHECKING:
     from zthumb_trainer.optim import LoraEma
 
@@ -65,9 +67,7 @@ def save_checkpoint(
     from zthumb_trainer.export import _json_safe
 
     target = directory / f"{CHECKPOINT_PREFIX}{step}"
-    staging = directory / f".tmp-{CHECKPOINT_PREFIX}{step}-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = fresh_directory(directory / f".tmp-{CHECKPOINT_PREFIX}{step}-{os.getpid()}")
     save_file(adapter_state(models), str(staging / "adapter.safetensors"))
     if ema is not None:
         with ema.applied():
@@ -86,8 +86,7 @@ def save_checkpoint(
     torch.save(rng, staging / "rng.pt")
     # state.json last: its presence is what makes a checkpoint complete.
     (staging / "state.json").write_text(json.dumps({"step": step, **state}))
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(staging, target)
+    publish_directory(staging, target)
     for _, old in list_checkpoints(directory)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target

@@ -18,12 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from zthumb_trainer.atomic import fresh_directory, publish_directory
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 MANIFEST_VERSION = 1
@@ -177,9 +178,8 @@ def prepare_dataset(
     min_side = min_side if min_side is not None else max(64, resolution // 4)
     buckets = buckets_for(resolution) if bucketing else [(resolution, resolution)]
     target = dataset_dir(run_dir)
-    staging = target.with_name(target.name + ".part")
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "images").mkdir(parents=True)
+    staging = fresh_directory(target.with_name(target.name + ".part"))
+    (staging / "images").mkdir()
 
     entries: list[ManifestEntry] = []
     unreadable: list[str] = []
@@ -255,8 +255,7 @@ def prepare_dataset(
     }
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
     (staging / "stats.json").write_text(json.dumps(dataset_stats(prepared, len(images)), indent=1))
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(staging, target)
+    publish_directory(staging, target)
     for item in flagged:
         print(f"warning: {item['file']}: {item['reason']}", file=sys.stderr)
     return prepared

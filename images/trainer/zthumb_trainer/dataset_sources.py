@@ -36,6 +36,8 @@ from urllib.parse import urlsplit
 from zthumb_contract import env
 from zthumb_contract.spec import DatasetSourceSpec, HttpDatasetSource, S3DatasetSource
 
+from zthumb_trainer.atomic import fresh_directory, publish_directory
+
 COMPLETE = ".complete"  # written last into a published dataset; its mtime is the last use
 COPY_BLOCK = 1 << 20
 KEEP_DATASETS = 4
@@ -103,9 +105,7 @@ def prune_cache(
 
 def _publish(staging: Path, target: Path) -> Path:
     (staging / COMPLETE).write_text("")
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(staging, target)
-    return target
+    return publish_directory(staging, target)
 
 
 # --- HTTP archives ----------------------------------------------------------------------------
@@ -125,9 +125,7 @@ def fetch_archive(http: HttpDatasetSource, cache: Path, limits: Limits = Limits(
                  field="spec.dataset.source.http")  # fmt: skip
     except FetchError as error:
         raise SourceError(str(error)) from error
-    staging = cache / f".{http.sha256}.unpacking-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    staging = fresh_directory(cache / f".{http.sha256}.unpacking-{os.getpid()}")
     try:
         unpack(archive, staging, limits)
     except BaseException:
@@ -298,9 +296,7 @@ def fetch_s3(s3: S3DatasetSource, cache: Path, limits: Limits = Limits()) -> Pat
         return target
     if sum(size for _, _, size in objects) > limits.total_bytes:
         raise SourceError(f"spec.dataset.source.s3.prefix: more than {limits.total_bytes} bytes in all")
-    staging = cache / f".s3-{digest}.downloading-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = fresh_directory(cache / f".s3-{digest}.downloading-{os.getpid()}")
     try:
         for key, _etag, _size in objects:
             relative = _safe_name(key[len(s3.prefix) :].lstrip("/"), "spec.dataset.source.s3.prefix")

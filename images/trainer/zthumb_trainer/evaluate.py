@@ -30,8 +30,10 @@ import httpx
 from zthumb_contract.gate import evaluate_gate
 from zthumb_contract.spec import EvalSpec
 
+from zthumb_trainer.atomic import fresh_directory, publish_directory
 from zthumb_trainer.clip_metrics import ClipError
 from zthumb_trainer.eval_clip import clip_block, load_clip
+from zthumb_trainer.eval_images import mean_pixel_difference, side_by_side
 from zthumb_trainer.eval_report import render_markdown
 from zthumb_trainer.measure import read_training_block
 from zthumb_trainer.reporting import write_termination_message
@@ -146,42 +148,6 @@ def generate(
     return _decode_image(payload), latency, payload
 
 
-def mean_pixel_difference(first: Any, second: Any) -> float:
-    """Mean absolute difference over all pixels and channels, 0–255."""
-    import numpy as np
-
-    a = np.asarray(first.convert("RGB"), dtype=np.float32)
-    b = np.asarray(second.convert("RGB").resize(first.size), dtype=np.float32)
-    return float(np.abs(a - b).mean())
-
-
-# Small evaluation images (the tiny model's 64 px) are enlarged, pixel for pixel, so the
-# pairs in the report can be compared by eye.
-MIN_TILE_SIDE = 256
-TILE_GAP = 6
-
-
-def side_by_side(images: list[Any], labels: list[str]) -> Any:
-    """The images in a row, each with its label in a band above it."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    factor = max(1, -(-MIN_TILE_SIDE // min(min(image.size) for image in images)))
-    nearest = Image.Resampling.NEAREST
-    tiles = [image.resize((image.width * factor, image.height * factor), nearest) for image in images]
-    band = 18
-    width = sum(tile.width for tile in tiles) + TILE_GAP * (len(tiles) - 1)
-    height = max(tile.height for tile in tiles) + band
-    canvas = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
-    x = 0
-    for tile, label in zip(tiles, labels, strict=True):
-        canvas.paste(tile, (x, band))
-        draw.text((x + 3, 3), label, fill="black", font=font)
-        x += tile.width + TILE_GAP
-    return canvas
-
-
 def run_eval(config: EvalConfig) -> dict[str, Any]:
     if not config.prompts or not config.seeds or not config.scales:
         raise EvalError("eval needs at least one prompt, one seed and one scale")
@@ -230,9 +196,8 @@ def write_report(
     seconds: float,
     clip: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    staging = config.output.with_name(f".{config.output.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "pairs").mkdir(parents=True)
+    staging = fresh_directory(config.output.with_name(f".{config.output.name}.tmp-{os.getpid()}"))
+    (staging / "pairs").mkdir()
     reference_scale = config.scales[0]
     pairs: list[dict[str, Any]] = []
     adapter: dict[str, Any] | None = None
@@ -289,14 +254,7 @@ def write_report(
         summary["gate"] = verdict.status()
     (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (staging / "report.md").write_text(render_markdown(summary))
-    if config.output.exists():
-        retired = config.output.with_name(f".{config.output.name}.old-{os.getpid()}")
-        os.replace(config.output, retired)
-        os.replace(staging, config.output)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        config.output.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging, config.output)
+    publish_directory(staging, config.output)
     return summary
 
 

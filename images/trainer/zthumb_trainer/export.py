@@ -22,13 +22,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from zthumb_trainer.atomic import fresh_directory, publish_directory
 
 DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"
 ADAPTER_INFO = "adapter.json"
@@ -100,17 +101,6 @@ def to_kohya(
     return {key: value.contiguous() for key, value in kohya.items()}
 
 
-def _publish(staging: Path, target: Path) -> None:
-    """Swap ``staging`` in as ``target``: each file the server can see is complete."""
-    if target.exists():
-        retired = target.with_name(f".{target.name}.old-{os.getpid()}-{time.monotonic_ns()}")
-        os.replace(target, retired)
-        os.replace(staging, target)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(staging, target)
-
-
 def export_adapter(
     export_dir: Path,
     peft_state: dict[str, torch.Tensor],
@@ -125,10 +115,7 @@ def export_adapter(
     parts = split_components(peft_state)
     if "unet" not in parts:
         raise ValueError("no UNet LoRA weights to export")
-    export_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = export_dir.with_name(f".{export_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    staging = fresh_directory(export_dir.with_name(f".{export_dir.name}.tmp-{os.getpid()}"))
 
     def diffusers_layers(component: str) -> dict[str, torch.Tensor] | None:
         state = parts.get(component)
@@ -179,7 +166,7 @@ def export_adapter(
     if dora:
         adapter["kohya_skipped"] = "DoRA: the kohya/A1111 layout is not written for DoRA adapters"
     (staging / ADAPTER_INFO).write_text(json.dumps(adapter, indent=2) + "\n")
-    _publish(staging, export_dir)
+    publish_directory(staging, export_dir)
     return export_dir
 
 

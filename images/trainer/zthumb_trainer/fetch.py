@@ -23,6 +23,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from zthumb_trainer.atomic import publish_directory, write_text_atomically
 from zthumb_trainer.settings import TrainerSettings
 
 MAX_REDIRECTS = 10
@@ -84,10 +85,7 @@ def _file_identity(path: Path) -> dict[str, int]:
 
 def _write_stamp(output: Path, sha256: str) -> None:
     """Record that ``output`` (as it is now: size and mtime) hashed to ``sha256``."""
-    stamp = _stamp_path(output)
-    temporary = stamp.with_name(stamp.name + ".tmp")
-    temporary.write_text(json.dumps({"sha256": sha256, **_file_identity(output)}))
-    os.replace(temporary, stamp)
+    write_text_atomically(_stamp_path(output), json.dumps({"sha256": sha256, **_file_identity(output)}))
 
 
 def _stamp_matches(output: Path, sha256: str) -> bool:
@@ -267,8 +265,5 @@ def fetch_config(
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(body)
     (staging / CONFIG_COMPLETE_MARKER).write_text("")
-    if config_dir.exists():
-        shutil.rmtree(config_dir)
-    config_dir.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(staging, config_dir)
+    publish_directory(staging, config_dir)
     return True

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from zthumb_contract.spec import ValidationSpec
 
+from zthumb_trainer.atomic import write_text_atomically
 from zthumb_trainer.components import Components
 
 log = logging.getLogger(__name__)
@@ -239,11 +240,8 @@ class Validation:
                 "seconds": seconds,
             }
         )
-        index = self.directory / INDEX
-        staging = self.directory / f".{INDEX}.tmp-{os.getpid()}"
         passes.sort(key=lambda entry: entry["step"])
-        staging.write_text(json.dumps({"passes": passes}, indent=2) + "\n")
-        os.replace(staging, index)
+        write_text_atomically(self.directory / INDEX, json.dumps({"passes": passes}, indent=2) + "\n")
         log.info("validation samples of step %d: %s (%.1fs)", step, self.directory / name, seconds)
 
     @torch.no_grad()
