@@ -162,3 +162,78 @@ class ModelServer:
     sha256: str
     pod: str
     clip_sha256: str  # the tiny CLIP of the eval's metrics, served beside the model
+
+
+MODEL_PATH = "models/tiny_sdxl.safetensors"
+MODEL_CONFIG = "models/tiny_sdxl-config"
+
+
+def tiny_finetune(
+    ns: str,
+    model: ModelServer,
+    name: str,
+    *,
+    dataset: str,
+    steps: int,
+    checkpoint_every: int,
+    **sections: Any,
+) -> dict[str, Any]:
+    """A LoRAFinetune of the tiny model that ``model`` serves in the cluster: 256 px images from
+    ``dataset`` on the volume, rank 4 in fp32, the trainer image already on the node. Each of
+    ``sections`` (``resources``, ``storage``, ``deploy``, ``eval``, more ``training``) is merged
+    into the spec's section of that name."""
+    spec: dict[str, Any] = {
+        "baseModel": {
+            "url": f"{model.url}/tiny_sdxl.safetensors",
+            "sha256": model.sha256,
+            "path": MODEL_PATH,
+            "configUrl": f"{model.url}/diffusers/",
+            "configPath": MODEL_CONFIG,
+        },
+        "dataset": {"path": dataset, "triggerWord": "zthumb", "resolution": 256},
+        "training": {
+            "rank": 4,
+            "alpha": 4,
+            "learningRate": 0.001,
+            "maxTrainSteps": steps,
+            "checkpointingSteps": checkpoint_every,
+            "mixedPrecision": "no",
+            "gradientCheckpointing": False,
+        },
+        "images": {"trainer": TRAINER_IMAGE, "pullPolicy": "Never"},
+    }
+    for key, value in sections.items():
+        spec[key] = {**spec.get(key, {}), **value}
+    return {
+        "apiVersion": "zthumb.io/v1alpha1",
+        "kind": "LoRAFinetune",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": spec,
+    }
+
+
+def lft(kubectl: Kubectl, ns: str, name: str) -> dict[str, Any]:
+    return get_json(kubectl, "lft", name, "-n", ns)
+
+
+def wait_phase(
+    kubectl: Kubectl, ns: str, run: str, phases: set[str], timeout: float, *, interval: float = 1.0
+) -> dict[str, Any]:
+    """The LoRAFinetune once its phase is one of ``phases``; on a timeout the error carries its
+    status and the operator's log."""
+
+    def reached() -> dict[str, Any] | None:
+        obj = lft(kubectl, ns, run)
+        return obj if (obj.get("status") or {}).get("phase") in phases else None
+
+    try:
+        return wait_until(reached, timeout, f"{run} in phase {phases}", interval)
+    except AssertionError as exc:
+        status = (lft(kubectl, ns, run).get("status")) or {}
+        op_log = "".join(
+            kubectl("logs", "-n", OPERATOR_NS, p["metadata"]["name"], "--tail=60", check=False).stdout
+            for p in operator_pods(kubectl)
+        )
+        raise AssertionError(
+            f"{exc}\nstatus: {json.dumps(status, indent=1)}\noperator log:\n{op_log}"
+        ) from None

@@ -31,6 +31,8 @@ from realnode import (
     get_json,
     log,
     pod_manifest,
+    tiny_finetune,
+    wait_phase,
     wait_until,
 )
 
@@ -47,40 +49,11 @@ VOLUME_POD = "multi-volume"
 
 
 def _finetune(ns: str, model: ModelServer, name: str, resources: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "zthumb.io/v1alpha1",
-        "kind": "LoRAFinetune",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "baseModel": {
-                "url": f"{model.url}/tiny_sdxl.safetensors",
-                "sha256": model.sha256,
-                "path": "models/tiny_sdxl.safetensors",
-                "configUrl": f"{model.url}/diffusers/",
-                "configPath": "models/tiny_sdxl-config",
-            },
-            "dataset": {"path": DATASET, "triggerWord": "zthumb", "resolution": 256},
-            "training": {
-                "rank": 4,
-                "alpha": 4,
-                "learningRate": 0.001,
-                "maxTrainSteps": STEPS,
-                "checkpointingSteps": 3,
-                "mixedPrecision": "no",
-                "gradientCheckpointing": False,
-            },
-            "resources": {
-                "nodeSelector": {"zthumb.io/pool": "gpu"},
-                "cpu": "500m",
-                "memory": "3Gi",
-                **resources,
-            },
-            "storage": {"claimName": CLAIM},
-            "deploy": {"enabled": False},
-            "eval": {"enabled": False},
-            "images": {"trainer": TRAINER_IMAGE, "pullPolicy": "Never"},
-        },
-    }
+    return tiny_finetune(
+        ns, model, name, dataset=DATASET, steps=STEPS, checkpoint_every=3,
+        resources={"nodeSelector": {"zthumb.io/pool": "gpu"}, "cpu": "500m", "memory": "3Gi", **resources},
+        storage={"claimName": CLAIM}, deploy={"enabled": False}, eval={"enabled": False},
+    )  # fmt: skip
 
 
 def _on_volume(kubectl: Kubectl, ns: str, *command: str) -> str:
@@ -149,11 +122,7 @@ def test_two_node_finetune_runs_as_an_indexed_job_of_two_real_pods(
         "apply", "-f", "-", input=json.dumps(_finetune(ns, tiny_model_server, RUN, {"nodes": 2, "gpus": 1}))
     )
 
-    def finished() -> dict[str, Any] | None:
-        obj = get_json(kubectl, "lft", RUN, "-n", ns)
-        return obj if (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed") else None
-
-    obj = wait_until(finished, 600, f"{RUN} to finish", 2)
+    obj = wait_phase(kubectl, ns, RUN, {"Succeeded", "Failed"}, 600, interval=2)
     seconds = time.monotonic() - started
     status = obj["status"]
     assert status["phase"] == "Succeeded", json.dumps(status, indent=1)
@@ -233,11 +202,7 @@ def test_a_failed_node_fails_the_whole_job_at_once_and_the_status_names_it(
     out = kubectl("exec", "-n", ns, pod1["metadata"]["name"], "--", "python3", "-c", KILL_WORKER).stdout
     assert "killed" in out, out
 
-    def failed() -> dict[str, Any] | None:
-        obj = get_json(kubectl, "lft", BROKEN_RUN, "-n", ns)
-        return obj if (obj.get("status") or {}).get("phase") in ("Failed", "Succeeded") else None
-
-    status = wait_until(failed, 120, f"{BROKEN_RUN} to fail", 1)["status"]
+    status = wait_phase(kubectl, ns, BROKEN_RUN, {"Failed", "Succeeded"}, 120)["status"]
     failed_after = time.monotonic() - killed_at
     assert (status["phase"], status["reason"]) == ("Failed", "TrainFailed"), json.dumps(status, indent=1)
     message = status["message"]

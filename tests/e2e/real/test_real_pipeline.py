@@ -36,16 +36,21 @@ import pytest
 import yaml
 from realnode import (
     HELM_TEST_IMAGE,
+    MODEL_CONFIG,
+    MODEL_PATH,
     NODE,
     OPERATOR_NS,
     TRAINER_IMAGE,
     ModelServer,
     assert_ran_on_real_node,
     get_json,
+    lft,
     log,
     operator_pods,
     pod_manifest,
     pod_ready,
+    tiny_finetune,
+    wait_phase,
     wait_until,
 )
 
@@ -60,8 +65,6 @@ RUN = "real-style"
 BAD_RUN = "real-bad"
 STEPS = 240
 CHECKPOINT_EVERY = 40
-MODEL_PATH = "models/tiny_sdxl.safetensors"
-MODEL_CONFIG = "models/tiny_sdxl-config"
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -136,10 +139,6 @@ def server_get(kubectl: Kubectl, ns: str, pod: str, path: str) -> dict[str, Any]
     return json.loads(in_pod(kubectl, ns, pod, "python3", "-c", HTTP_GET, path))
 
 
-def lft(kubectl: Kubectl, ns: str, name: str) -> dict[str, Any]:
-    return get_json(kubectl, "lft", name, "-n", ns)
-
-
 def run_jobs(kubectl: Kubectl, ns: str, run: str) -> dict[str, dict[str, Any]]:
     items = get_json(kubectl, "jobs", "-n", ns, "-l", f"zthumb.io/run={run}")["items"]
     by_step: dict[str, dict[str, Any]] = {}
@@ -168,46 +167,9 @@ def phase_of(kubectl: Kubectl, ns: str, run: str) -> str:
     return (lft(kubectl, ns, run).get("status") or {}).get("phase") or ""
 
 
-def wait_phase(
-    kubectl: Kubectl, ns: str, run: str, phases: set[str], timeout: float, *, interval: float = 1.0
-) -> dict[str, Any]:
-    def reached() -> dict[str, Any] | None:
-        obj = lft(kubectl, ns, run)
-        return obj if (obj.get("status") or {}).get("phase") in phases else None
-
-    try:
-        return wait_until(reached, timeout, f"{run} in phase {phases}", interval)
-    except AssertionError as exc:
-        status = (lft(kubectl, ns, run).get("status")) or {}
-        op_log = "".join(
-            kubectl("logs", "-n", OPERATOR_NS, p["metadata"]["name"], "--tail=60", check=False).stdout
-            for p in operator_pods(kubectl)
-        )
-        raise AssertionError(
-            f"{exc}\nstatus: {json.dumps(status, indent=1)}\noperator log:\n{op_log}"
-        ) from None
-
-
 def finetune(ns: str, model: ModelServer, name: str, **overrides: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "baseModel": {
-            "url": f"{model.url}/tiny_sdxl.safetensors",
-            "sha256": model.sha256,
-            "path": MODEL_PATH,
-            "configUrl": f"{model.url}/diffusers/",
-            "configPath": MODEL_CONFIG,
-        },
-        "dataset": {"path": DATASET, "triggerWord": "zthumb", "resolution": 256},
-        "training": {
-            "rank": 4,
-            "alpha": 4,
-            "learningRate": 0.001,
-            "maxTrainSteps": STEPS,
-            "checkpointingSteps": CHECKPOINT_EVERY,
-            "checkpointsTotalLimit": 2,
-            "mixedPrecision": "no",
-            "gradientCheckpointing": False,
-        },
+    sections: dict[str, Any] = {
+        "training": {"checkpointsTotalLimit": 2},
         # gpus: 1 + the GPU pool's label: the train pod goes where a GPU pod would.
         "resources": {"gpus": 1, "nodeSelector": {"zthumb.io/pool": "gpu"}, "cpu": "500m", "memory": "4Gi"},
         "storage": {"claimName": f"{RELEASE}-data"},
@@ -228,16 +190,12 @@ def finetune(ns: str, model: ModelServer, name: str, **overrides: Any) -> dict[s
                 "configPath": "models/tiny_clip-config",
             },
         },
-        "images": {"trainer": TRAINER_IMAGE, "pullPolicy": "Never"},
     }
     for key, value in overrides.items():
-        spec[key] = {**spec[key], **value}
-    return {
-        "apiVersion": "zthumb.io/v1alpha1",
-        "kind": "LoRAFinetune",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": spec,
-    }
+        sections[key] = {**sections.get(key, {}), **value}
+    return tiny_finetune(
+        ns, model, name, dataset=DATASET, steps=STEPS, checkpoint_every=CHECKPOINT_EVERY, **sections
+    )
 
 
 def helm_values(model: ModelServer) -> dict[str, Any]:
