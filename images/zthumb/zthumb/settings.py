@@ -111,6 +111,11 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(default=600.0, gt=0)
     log_json: bool = False
     log_level: str = "INFO"
+    gc_freeze: bool = Field(
+        default=True,
+        description="After loading, freeze the loaded objects for Python's cyclic collector "
+        "(gc.freeze), so a full collection does not pause a request for the whole model graph.",
+    )
 
     # --- request limits and defaults ----------------------------------------------------------
     min_size: int = Field(default=64, ge=8)

@@ -221,3 +221,22 @@ def test_disconnect_while_queued_costs_no_generation(make_client):
     assert calls == []
     assert 'zthumb_cancelled_total{reason="disconnect"} 1.0' in client.get("/metrics").text
     assert client.post("/generate", json=BODY).status_code == 200
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_loaded_objects_are_frozen_for_the_collector_until_shutdown(tiny_model, lora_root, freeze):
+    import gc
+
+    from fastapi.testclient import TestClient
+    from server_helpers import server_settings
+    from zthumb.app import build_app
+
+    gc.unfreeze()  # whatever an earlier test left
+    with TestClient(build_app(server_settings(tiny_model, lora_root, gc_freeze=freeze))) as client:
+        client.app.state.load_job.future.result(timeout=120)
+        unet = client.app.state.engine.backends["full"].pipe.unet
+        collected = {id(obj) for obj in gc.get_objects()}  # the permanent generation is not listed
+        assert (id(unet) not in collected) is freeze
+        assert (gc.get_freeze_count() > 0) is freeze
+        assert client.post("/generate", json=BODY).status_code == 200
+    assert gc.get_freeze_count() == 0

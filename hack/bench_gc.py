@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""How long a full collection of Python's cyclic garbage collector pauses the server with its
+pipelines loaded, without and with ``ZTHUMB_GC_FREEZE`` (``gc.freeze()`` after loading).
+
+Python runs a full collection by itself every so often; it walks every tracked object, and the
+request being generated waits for it. The rows are cumulative states of one process: torch and
+diffusers imported; plus the tiny fixture's pipeline (what the tests and the demo serve); plus
+SDXL base 1.0's UNet, both text encoders and VAE built from the published configs on the meta
+device (``hack/sdxl_configs.py``): the same Python objects as a loaded SDXL pipeline (modules,
+parameters, configs) without allocating their weights. Each row times ``gc.collect()`` unfrozen
+and frozen, interleaved, ``--repeats`` times: median and max. No weights, no network, CPU only.
+
+    .venv/bin/python hack/bench_gc.py [--repeats 7] [--tiny]    # --tiny: no SDXL row (the test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+for package_root in ("images/trainer", "hack"):
+    sys.path.insert(0, str(REPO / package_root))
+
+
+def full_collection_ms(repeats: int) -> tuple[list[float], list[float]]:
+    """Seconds of gc.collect() with nothing frozen, then with everything alive frozen."""
+    unfrozen, frozen = [], []
+    for _ in range(repeats):
+        gc.unfreeze()
+        began = time.perf_counter()
+        gc.collect()
+        unfrozen.append((time.perf_counter() - began) * 1000)
+        gc.freeze()
+        began = time.perf_counter()
+        gc.collect()
+        frozen.append((time.perf_counter() - began) * 1000)
+    gc.unfreeze()
+    return unfrozen, frozen
+
+
+def tiny_pipeline() -> Any:
+    from diffusers import StableDiffusionXLPipeline
+    from zthumb_trainer.tiny_model import build_tiny_model
+
+    tiny = build_tiny_model(Path.home() / ".cache" / "zthumb" / "test-models" / "tiny-sdxl")
+    return StableDiffusionXLPipeline.from_pretrained(str(tiny.diffusers_dir), local_files_only=True)
+
+
+def sdxl_on_meta() -> list[Any]:
+    import sdxl_configs
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    with torch.device("meta"):
+        return [
+            UNet2DConditionModel(**sdxl_configs.UNET),
+            AutoencoderKL(**sdxl_configs.VAE),
+            CLIPTextModel(CLIPTextConfig(**sdxl_configs.TEXT_ENCODER)),
+            CLIPTextModelWithProjection(CLIPTextConfig(**sdxl_configs.TEXT_ENCODER_2)),
+        ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--tiny", action="store_true", help="leave out the SDXL row (seconds, for the test)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    import diffusers  # noqa: F401 - the floor: the libraries' own objects
+    import torch  # noqa: F401
+
+    states: list[tuple[str, Any]] = [("torch + diffusers imported", lambda: None)]
+    states.append(("+ the tiny pipeline", tiny_pipeline))
+    if not args.tiny:
+        states.append(("+ SDXL base's 4 models (meta device)", sdxl_on_meta))
+    kept: list[Any] = []  # what each state loaded stays alive for the next rows
+    rows = []
+    for label, load in states:
+        kept.append(load())
+        unfrozen, frozen = full_collection_ms(args.repeats)
+        rows.append((label, len(gc.get_objects()), unfrozen, frozen))
+
+    print(f"\nfull collection (gc.collect), {args.repeats} repeats, ms: median / max\n")
+    print("| state | tracked objects | unfrozen | frozen (ZTHUMB_GC_FREEZE) | frozen / unfrozen |")
+    print("| --- | --- | --- | --- | --- |")
+    for label, objects, unfrozen, frozen in rows:
+        ratio = statistics.median(frozen) / statistics.median(unfrozen)
+        print(
+            f"| {label} | {objects} | {statistics.median(unfrozen):.1f} / {max(unfrozen):.1f} "
+            f"| {statistics.median(frozen):.2f} / {max(frozen):.2f} | {ratio:.3f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
