@@ -4,20 +4,11 @@ asserted here)."""
 from __future__ import annotations
 
 import gc
-import importlib.util
 import re
-import sys
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[3] / "hack" / "bench_gc.py"
 
 
-def test_tiny_run_reports_each_state_and_leaves_nothing_frozen(monkeypatch, capsys):
-    spec = importlib.util.spec_from_file_location("bench_gc", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_gc", module)
-    spec.loader.exec_module(module)
+def test_tiny_run_reports_each_state_and_leaves_nothing_frozen(hack_script, capsys):
+    module = hack_script("bench_gc")
 
     assert module.main(["--tiny", "--repeats", "1"]) == 0
 

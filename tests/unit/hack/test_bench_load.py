@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[3] / "hack" / "bench_load.py"
-
 
 @pytest.mark.slow
-def test_tiny_run_passes_every_check(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("bench_load", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look their module up in sys.modules while the class is created.
-    monkeypatch.setitem(sys.modules, "bench_load", module)
-    spec.loader.exec_module(module)
+def test_tiny_run_passes_every_check(tmp_path, hack_script):
+    module = hack_script("bench_load")
 
     rc = module.main(["--tiny", "--out", str(tmp_path)])
 

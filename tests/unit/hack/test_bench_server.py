@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[3] / "hack" / "bench_server.py"
-
-
-def _load(monkeypatch):
-    spec = importlib.util.spec_from_file_location("bench_server", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_server", module)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.slow  # about a minute of tiny-model generations on a busy 2-core CPU
-def test_tiny_run_reports_every_row_and_ratio(monkeypatch, capsys):
-    module = _load(monkeypatch)
+def test_tiny_run_reports_every_row_and_ratio(hack_script, capsys):
+    module = hack_script("bench_server")
 
     assert module.main(["--tiny"]) == 0
 
@@ -44,9 +30,9 @@ def test_tiny_run_reports_every_row_and_ratio(monkeypatch, capsys):
 
 
 @pytest.mark.slow  # compiles the tiny UNet (seconds with inductor's cache warm, a minute or two cold)
-def test_tiny_run_with_the_compiled_engine(monkeypatch, capsys):
+def test_tiny_run_with_the_compiled_engine(hack_script, capsys):
     """--compile: the compiled rows (fuse: several adapters too), 0 recompiles, and issue 12's ratio."""
-    module = _load(monkeypatch)
+    module = hack_script("bench_server")
     assert module.main(["--tiny", "--compile", "default"]) == 0
 
     out = capsys.readouterr().out

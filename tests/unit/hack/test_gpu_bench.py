@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[3] / "hack" / "gpu_bench.py"
-
-
-def _load(monkeypatch):
-    spec = importlib.util.spec_from_file_location("gpu_bench", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look their module up in sys.modules while the class is created.
-    monkeypatch.setitem(sys.modules, "gpu_bench", module)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.slow
-def test_tiny_run_measures_every_section(tmp_path, monkeypatch):
-    module = _load(monkeypatch)
+def test_tiny_run_measures_every_section(tmp_path, hack_script):
+    module = hack_script("gpu_bench")
 
     assert module.main(["--tiny", "--out", str(tmp_path), "--skip", "compiled"]) == 0
 
@@ -60,9 +46,9 @@ def test_tiny_run_measures_every_section(tmp_path, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.timeout(1500)  # up to three compilations on a 2-core CPU when the inductor cache is cold
 @pytest.mark.parametrize("lora", ["fuse", "slot"])
-def test_tiny_run_of_the_compiled_section(tmp_path, monkeypatch, lora):
+def test_tiny_run_of_the_compiled_section(tmp_path, hack_script, lora):
     """Section 5 on the CPU: every step runs, alternating adapters recompiles nothing."""
-    module = _load(monkeypatch)
+    module = hack_script("gpu_bench")
     # The server tests' inductor cache and slot rank: each warms the cache for the other.
     cache = Path.home() / ".cache" / "zthumb" / "test-models" / "torchinductor"
     args = ["--tiny", "--out", str(tmp_path), "--compile-cache", str(cache), "--slot-rank", "16"]
@@ -97,18 +83,8 @@ def test_tiny_run_of_the_compiled_section(tmp_path, monkeypatch, lora):
     assert rows["ratios"]["lora_over_compiled_base"] > 0
 
 
-def _load_training_module(monkeypatch):
-    path = SCRIPT.parent / "gpu_bench_training.py"
-    spec = importlib.util.spec_from_file_location("gpu_bench_training", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "gpu_bench_training", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_training_section_names_the_peak_it_divides_by(monkeypatch):
-    module = _load_training_module(monkeypatch)
+def test_training_section_names_the_peak_it_divides_by(hack_script):
+    module = hack_script("gpu_bench_training")
     assert module.peak_tflops("NVIDIA H100 80GB HBM3") == (989.0, "H100 SXM dense bf16 peak 989 TFLOP/s")
     assert module.peak_tflops("NVIDIA H100 PCIe")[0] == 756.0
     assert module.peak_tflops("NVIDIA H200")[0] == 989.0
@@ -116,8 +92,8 @@ def test_training_section_names_the_peak_it_divides_by(monkeypatch):
     assert peak is None and "MFU not computed" in label
 
 
-def test_training_step_flops_scale_with_the_batch(monkeypatch, tiny_model):
-    module = _load_training_module(monkeypatch)
+def test_training_step_flops_scale_with_the_batch(hack_script, tiny_model):
+    module = hack_script("gpu_bench_training")
     one = module.training_step_flops(tiny_model.diffusers_dir, 1, 64, 4)
     two = module.training_step_flops(tiny_model.diffusers_dir, 2, 64, 4)
     assert one > 0 and two == 2 * one

@@ -1,0 +1,29 @@
+"""The hack/ scripts are not a package: their tests load each one as a module, by file name."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+HACK = Path(__file__).resolve().parents[3] / "hack"
+
+
+@pytest.fixture
+def hack_script(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], ModuleType]:
+    """``hack_script("bench_gc")`` imports hack/bench_gc.py as module ``bench_gc`` for this test."""
+
+    def load(name: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(name, HACK / f"{name}.py")
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        # dataclasses look their module up in sys.modules while the class is created.
+        monkeypatch.setitem(sys.modules, name, module)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
