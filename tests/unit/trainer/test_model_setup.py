@@ -52,6 +52,35 @@ def test_unet_scope_compiles_the_whole_unet_as_one_module(tiny_model):
     assert list(unet.state_dict()) == keys
 
 
+def test_the_whole_unet_with_lora_traces_as_one_graph_for_training(tiny_model):
+    """CUDA graphs (``reduce-overhead``) capture only what dynamo traces in one piece: a graph break
+    in the UNet's forward (a diffusers or PEFT change) would split every training step into
+    several graphs with eager launches between them, the launch cost that scope ``unet`` removes."""
+    from zthumb_trainer.components import load_components
+    from zthumb_trainer.model_setup import add_lora
+
+    components = load_components(tiny_model.single_file, tiny_model.diffusers_dir)
+    components.unet.requires_grad_(False)
+    unet = add_lora(components, rank=4, alpha=4.0, use_dora=False, text_encoders=False)["unet"]
+    unet.train()
+    config = unet.config
+    pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+
+    def step(latents, timesteps, embeds, text_embeds, time_ids):
+        added = {"text_embeds": text_embeds, "time_ids": time_ids}
+        return unet(latents, timesteps, embeds, added_cond_kwargs=added, return_dict=False)[0]
+
+    explained = torch._dynamo.explain(step)(
+        torch.randn(1, config.in_channels, 8, 8),
+        torch.tensor([500]),
+        torch.randn(1, 77, config.cross_attention_dim),
+        torch.randn(1, pooled),
+        torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]),
+    )
+
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
 class _Recorder(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
