@@ -8,7 +8,10 @@ diffusers imported; plus the tiny fixture's pipeline (what the tests and the dem
 SDXL base 1.0's UNet, both text encoders and VAE built from the published configs on the meta
 device (``hack/sdxl_configs.py``): the same Python objects as a loaded SDXL pipeline (modules,
 parameters, configs) without allocating their weights. Each row times ``gc.collect()`` unfrozen
-and frozen, interleaved, ``--repeats`` times: median and max. No weights, no network, CPU only.
+and frozen, interleaved, ``--repeats`` times: median and max. Once a pipeline is loaded, one
+tiny generation (64x64, 2 steps) runs before each timed collection, so the frozen column is what
+a collection still walks in the frozen server: a request's own objects. No weights, no network,
+CPU only.
 
     .venv/bin/python hack/bench_gc.py [--repeats 7] [--tiny]    # --tiny: no SDXL row (the test)
 """
@@ -21,6 +24,8 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +34,18 @@ for package_root in ("images/trainer", "hack"):
     sys.path.insert(0, str(REPO / package_root))
 
 
-def full_collection_ms(repeats: int) -> tuple[list[float], list[float]]:
-    """Seconds of gc.collect() with nothing frozen, then with everything alive frozen."""
+def full_collection_ms(repeats: int, request: Callable[[], Any]) -> tuple[list[float], list[float]]:
+    """Milliseconds of gc.collect() after ``request()``: with nothing frozen, then with everything
+    alive before the request frozen (what the server freezes: the loaded state)."""
     unfrozen, frozen = [], []
     for _ in range(repeats):
         gc.unfreeze()
+        request()
         began = time.perf_counter()
         gc.collect()
         unfrozen.append((time.perf_counter() - began) * 1000)
         gc.freeze()
+        request()
         began = time.perf_counter()
         gc.collect()
         frozen.append((time.perf_counter() - began) * 1000)
@@ -50,7 +58,16 @@ def tiny_pipeline() -> Any:
     from zthumb_trainer.tiny_model import build_tiny_model
 
     tiny = build_tiny_model(Path.home() / ".cache" / "zthumb" / "test-models" / "tiny-sdxl")
-    return StableDiffusionXLPipeline.from_pretrained(str(tiny.diffusers_dir), local_files_only=True)
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(tiny.diffusers_dir), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate(pipe: Any) -> None:
+    """One request's worth of work and allocations: a 64x64, 2-step image."""
+    import torch
+
+    pipe("a photo", num_inference_steps=2, width=64, height=64, generator=torch.Generator().manual_seed(0))
 
 
 def sdxl_on_meta() -> list[Any]:
@@ -78,16 +95,19 @@ def main(argv: list[str] | None = None) -> int:
     import diffusers  # noqa: F401 - the floor: the libraries' own objects
     import torch  # noqa: F401
 
-    states: list[tuple[str, Any]] = [("torch + diffusers imported", lambda: None)]
-    states.append(("+ the tiny pipeline", tiny_pipeline))
+    rows: list[tuple[str, int, list[float], list[float]]] = []
+
+    def measure(label: str, request: Callable[[], Any]) -> None:
+        rows.append((label, len(gc.get_objects()), *full_collection_ms(args.repeats, request)))
+
+    # Cumulative: each state keeps what it loaded alive for the rows after it.
+    measure("torch + diffusers imported", lambda: None)
+    pipe = tiny_pipeline()
+    measure("+ the tiny pipeline", partial(generate, pipe))
     if not args.tiny:
-        states.append(("+ SDXL base's 4 models (meta device)", sdxl_on_meta))
-    kept: list[Any] = []  # what each state loaded stays alive for the next rows
-    rows = []
-    for label, load in states:
-        kept.append(load())
-        unfrozen, frozen = full_collection_ms(args.repeats)
-        rows.append((label, len(gc.get_objects()), unfrozen, frozen))
+        sdxl = sdxl_on_meta()
+        measure("+ SDXL base's 4 models (meta device)", partial(generate, pipe))
+        del sdxl
 
     print(f"\nfull collection (gc.collect), {args.repeats} repeats, ms: median / max\n")
     print("| state | tracked objects | unfrozen | frozen (ZTHUMB_GC_FREEZE) | frozen / unfrozen |")
