@@ -12,6 +12,27 @@ from typing import Any
 import numpy as np
 
 SIZE = 64
+# Inductor's cache for the compiled-path tests: beside the tiny model, so a second run reuses it.
+INDUCTOR_CACHE_DIR = Path.home() / ".cache" / "zthumb" / "test-models" / "torchinductor"
+
+
+def write_compiled_path_loras(tiny_model, root: Path, first_seed: int) -> dict[str, Any]:
+    """The adapters both compiled strategies are tested with, as diffusers directories: ``a`` and ``b``
+    (rank 4), ``c_alpha8`` (rank 4, alpha 8), ``rank32`` and ``feed_forward`` (on ``ff.net.2``,
+    outside the attention projections); returns their state dicts by name."""
+    from zthumb.testing import adapter_metadata, lora_config, random_lora_state_dicts, write_diffusers_lora
+
+    unet = tiny_model.diffusers_dir / "unet"
+    seed = iter(range(first_seed, first_seed + 5))
+    a, b = random_lora_state_dicts(unet, [next(seed), next(seed)])
+    (c,) = random_lora_state_dicts(unet, [next(seed)], rank=4, alpha=8)
+    (big,) = random_lora_state_dicts(unet, [next(seed)], rank=32)
+    (ff,) = random_lora_state_dicts(unet, [next(seed)], target_modules=["ff.net.2"])
+    loras = {"a": a, "b": b, "c_alpha8": c, "rank32": big, "feed_forward": ff}
+    for name, state in loras.items():
+        metadata = adapter_metadata(lora_config(4, 8)) if name == "c_alpha8" else None
+        write_diffusers_lora(state, root / name, metadata=metadata)
+    return loras
 
 
 def server_settings(tiny_model, lora_root: Path, **overrides: Any):

@@ -14,27 +14,22 @@ from typing import Any
 
 import numpy as np
 import pytest
-from server_helpers import SIZE, decode, server_settings, wait_ready
+from server_helpers import (
+    INDUCTOR_CACHE_DIR,
+    SIZE,
+    decode,
+    server_settings,
+    wait_ready,
+    write_compiled_path_loras,
+)
 
 SLOT_RANK = 16
-CACHE_DIR = Path.home() / ".cache" / "zthumb" / "test-models" / "torchinductor"
 
 
 @pytest.fixture(scope="module")
 def compiled_root(tmp_path_factory, tiny_model) -> Path:
-    from zthumb.testing import adapter_metadata, lora_config, random_lora_state_dicts, write_diffusers_lora
-
-    unet = tiny_model.diffusers_dir / "unet"
     root = tmp_path_factory.mktemp("compiled-lora")
-    a, b = random_lora_state_dicts(unet, [11, 12])
-    (c,) = random_lora_state_dicts(unet, [13], rank=4, alpha=8)
-    write_diffusers_lora(a, root / "a")
-    write_diffusers_lora(b, root / "b")
-    write_diffusers_lora(c, root / "c_alpha8", metadata=adapter_metadata(lora_config(4, 8)))
-    (big,) = random_lora_state_dicts(unet, [14], rank=32)
-    write_diffusers_lora(big, root / "rank32")
-    (ff,) = random_lora_state_dicts(unet, [15], target_modules=["ff.net.2"])
-    write_diffusers_lora(ff, root / "feed_forward")
+    write_compiled_path_loras(tiny_model, root, first_seed=11)
     return root
 
 
@@ -54,7 +49,7 @@ def compiled(tiny_model, compiled_root) -> Any:
         compile="default",
         compile_lora="slot",
         compile_max_rank=SLOT_RANK,
-        compile_cache_dir=CACHE_DIR,
+        compile_cache_dir=INDUCTOR_CACHE_DIR,
     )
     with TestClient(build_app(settings)) as client:
         body = wait_ready(client, timeout=900)

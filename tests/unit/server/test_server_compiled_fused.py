@@ -12,35 +12,27 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from server_helpers import SIZE, decode, server_settings, wait_ready, write_loras_with_text_encoders
+from server_helpers import (
+    INDUCTOR_CACHE_DIR,
+    SIZE,
+    decode,
+    server_settings,
+    wait_ready,
+    write_compiled_path_loras,
+    write_loras_with_text_encoders,
+)
 
-CACHE_DIR = Path.home() / ".cache" / "zthumb" / "test-models" / "torchinductor"
 # Against the eager, unfused path: merging rounds W0 + ΔW once (fp32 here), compiling reorders sums.
 TOLERANCE_MAX, TOLERANCE_MEAN = 2, 0.05
 
 
 @pytest.fixture(scope="module")
 def fused_root(tmp_path_factory, tiny_model) -> Path:
-    from zthumb.testing import (
-        adapter_metadata,
-        lora_config,
-        random_lora_state_dicts,
-        write_diffusers_lora,
-        write_kohya_lora,
-    )
+    from zthumb.testing import write_kohya_lora
 
-    unet = tiny_model.diffusers_dir / "unet"
     root = tmp_path_factory.mktemp("fused-lora")
-    a, b = random_lora_state_dicts(unet, [21, 22])
-    write_diffusers_lora(a, root / "a")
-    write_diffusers_lora(b, root / "b")
-    write_kohya_lora(a, root / "a_kohya.safetensors")
-    (c,) = random_lora_state_dicts(unet, [23], rank=4, alpha=8)
-    write_diffusers_lora(c, root / "c_alpha8", metadata=adapter_metadata(lora_config(4, 8)))
-    (big,) = random_lora_state_dicts(unet, [24], rank=32)
-    write_diffusers_lora(big, root / "rank32")
-    (ff,) = random_lora_state_dicts(unet, [25], target_modules=["ff.net.2"])
-    write_diffusers_lora(ff, root / "feed_forward")
+    loras = write_compiled_path_loras(tiny_model, root, first_seed=21)
+    write_kohya_lora(loras["a"], root / "a_kohya.safetensors")
     return root
 
 
@@ -51,7 +43,7 @@ def fused(tiny_model, fused_root) -> Any:
     from zthumb.app import build_app
 
     settings = server_settings(
-        tiny_model, fused_root, lora_cache_size=3, compile="default", compile_cache_dir=CACHE_DIR
+        tiny_model, fused_root, lora_cache_size=3, compile="default", compile_cache_dir=INDUCTOR_CACHE_DIR
     )
     assert settings.compile_lora == "fuse"  # the default
     with TestClient(build_app(settings)) as client:
