@@ -83,22 +83,29 @@ def adapters_used(result: Result) -> list[AdapterUsed]:
     ]
 
 
+def header_path(path: str) -> str:
+    """An adapter path as a header value: UTF-8, percent-encoded (RFC 3986) but for ``/``; a
+    header carries only Latin-1, and an adapter's directory may be named in any script.
+    ``urllib.parse.unquote`` gives the path back; a plain ASCII name stays as it is."""
+    return quote(path, safe="/")
+
+
 def adapter_headers(adapters: list[AdapterUsed]) -> dict[str, str]:
     """``X-ZThumb-Lora-*`` for bytes responses.
 
     ``X-ZThumb-Lora-Path``/``-Scale``/``-Sha256`` describe the first adapter (as they did when a
-    request had one); ``X-ZThumb-Loras`` lists all as ``path=scale`` separated by commas, the
-    paths percent-encoded (so ``,``, ``=`` and non-ASCII stay unambiguous), and
-    ``X-ZThumb-Lora-Sha256s`` their sha256s in the same order.
+    request had one); ``X-ZThumb-Loras`` lists all as ``path=scale`` separated by commas, and
+    ``X-ZThumb-Lora-Sha256s`` their sha256s in the same order. Paths are percent-encoded
+    (``header_path``), so non-ASCII, ``,`` and ``=`` stay unambiguous.
     """
     if not adapters:
         return {}
     first = adapters[0]
     return {
-        "X-ZThumb-Lora-Path": first.path,  # unchanged from the single-adapter API
+        "X-ZThumb-Lora-Path": header_path(first.path),
         "X-ZThumb-Lora-Scale": f"{first.scale:g}",
         "X-ZThumb-Lora-Sha256": first.sha256,
-        "X-ZThumb-Loras": ",".join(f"{quote(a.path, safe='/')}={a.scale:g}" for a in adapters),
+        "X-ZThumb-Loras": ",".join(f"{header_path(a.path)}={a.scale:g}" for a in adapters),
         "X-ZThumb-Lora-Sha256s": ",".join(a.sha256 for a in adapters),
     }
 
