@@ -6,66 +6,25 @@ import gc
 import logging
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from zthumb.auth import REPORTS_LOGIN_PATH, configured_key, docs_paths, open_paths
 from zthumb.engine import Engine
-from zthumb.errors import install_error_handlers
+from zthumb.error_responses import install_error_handlers
 from zthumb.metrics import Metrics
+from zthumb.middleware import AccessLogMiddleware, ApiKeyMiddleware, BodyLimitMiddleware
+from zthumb.reports import LOGIN_BODY_BYTES
 from zthumb.routes import router
 from zthumb.serving import Serving
+from zthumb.sessions import Clock, LoginThrottle, SessionCookies
 from zthumb.settings import Settings
 from zthumb.version import __version__
 from zthumb.worker import Worker
 
 log = logging.getLogger("zthumb.app")
-access_log = logging.getLogger("zthumb.access")
-
-
-class AccessLogMiddleware:
-    """Request id + one access-log line per request (method, path, status, seconds; no headers)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = uuid.uuid4().hex[:16]
-        for name, value in scope.get("headers", []):
-            if name == b"x-request-id" and value and len(value) <= 64:
-                request_id = value.decode("latin-1")
-        scope.setdefault("state", {})["request_id"] = request_id
-        started = time.perf_counter()
-        status = 500
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode("latin-1"))]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            if scope["path"] not in ("/healthz", "/readyz", "/metrics"):
-                access_log.info(
-                    "request",
-                    extra={
-                        "request_id": request_id,
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "status": status,
-                        "seconds": round(time.perf_counter() - started, 4),
-                    },
-                )
 
 
 def freeze_loaded_objects() -> None:
@@ -78,8 +37,11 @@ def freeze_loaded_objects() -> None:
     log.info("froze the loaded objects for the collector", extra={"objects": gc.get_freeze_count()})
 
 
-def build_app(settings: Settings | None = None, *, engine: Engine | None = None) -> FastAPI:
-    """Create the app; the models load in a background job once the app starts (lifespan)."""
+def build_app(
+    settings: Settings | None = None, *, engine: Engine | None = None, clock: Clock = time.time
+) -> FastAPI:
+    """Create the app; the models load in a background job once the app starts (lifespan).
+    ``clock`` (seconds) dates the report session cookies and the login throttle."""
     settings = settings or Settings()
     metrics = engine.metrics if engine is not None else Metrics()
 
@@ -116,7 +78,23 @@ def build_app(settings: Settings | None = None, *, engine: Engine | None = None)
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    key = configured_key(settings)
+    app.state.report_sessions = None if key is None else SessionCookies(key, clock)
+    app.state.login_throttle = LoginThrottle(clock)
     install_error_handlers(app)
+    # Added innermost first: the access log sees every answer, the key check runs before the body
+    # bound, so a client without the key learns nothing and makes the server read nothing.
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        per_path={REPORTS_LOGIN_PATH: LOGIN_BODY_BYTES},
+    )
+    app.add_middleware(
+        ApiKeyMiddleware,
+        key=key,
+        sessions=app.state.report_sessions,
+        open_paths=open_paths(settings, docs_paths(app)),
+    )
     app.add_middleware(AccessLogMiddleware)
 
     app.include_router(router)

@@ -1,29 +1,12 @@
-"""Exceptions of the server and the one place that turns them into HTTP answers.
+"""The server's exceptions: a stable code, an HTTP status and the offending request field.
 
-Every error body has the same shape::
-
-    {"error": "<stable_code>", "message": "<for humans>", "field": "<request field or null>"}
-
-except on OpenAI's paths (``/v1/…``), where clients expect OpenAI's shape::
-
-    {"error": {"message": "<for humans>", "type": "<OpenAI error type>", "param": "<field or null>",
-               "code": "<stable_code>"}}
-
-A field inside a list is named like ``loras[1].path``.
+A leaf module (it imports nothing of the server), so every layer can raise them; how they become
+HTTP answers is ``error_responses``'s business.
 """
 
 from __future__ import annotations
 
-import logging
-from typing import Any
-
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from zthumb_contract.steps import REPORTS_URL_PREFIX
-
-log = logging.getLogger("zthumb.errors")
+from starlette.exceptions import HTTPException
 
 
 class ZThumbError(Exception):
@@ -88,6 +71,13 @@ class LoginRequiredError(UnauthorizedError):
     code = "login_required"
 
 
+class LoginThrottledError(ZThumbError):
+    """Too many failed report logins from one client address; ``Retry-After`` says for how long."""
+
+    status = 429
+    code = "too_many_logins"
+
+
 class ReportNotFoundError(ZThumbError):
     status = 404
     code = "report_not_found"
@@ -115,96 +105,14 @@ class GenerationCancelledError(ZThumbError):
     code = "cancelled"
 
 
-OPENAI_PREFIX = "/v1/"
-REPORTS_PREFIX = f"{REPORTS_URL_PREFIX}/"
+class BodyTooLargeError(HTTPException):
+    """A request body over its bound, raised from the body limit's ``receive``.
 
+    An ``HTTPException`` (not a ``ZThumbError``) because FastAPI's body parsing lets that one
+    through and turns any other exception it meets while reading into a 400.
+    """
 
-def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
-    return {"error": code, "message": message, "field": field}
+    code = "body_too_large"
 
-
-def openai_error_type(status: int) -> str:
-    """OpenAI's ``error.type`` for an HTTP status (what its clients and SDKs look at)."""
-    if status == 401:
-        return "authentication_error"
-    if status == 403:
-        return "permission_error"
-    if status == 429:
-        return "rate_limit_error"
-    if status >= 500:
-        return "server_error"
-    return "invalid_request_error"
-
-
-def _respond(
-    request: Request,
-    status: int,
-    body: dict[str, Any],
-    headers: dict[str, str] | None = None,
-) -> Response:
-    """``body`` is ours; on ``/v1/`` paths it is rewritten into OpenAI's error shape, and on the
-    report pages (``/reports/``) it is a page a browser shows (with the login form on a 401)."""
-    if request.url.path.startswith(REPORTS_PREFIX):
-        from zthumb.reports import error_page  # the pages' own rendering (it imports this module)
-
-        return error_page(request, status, body, headers)
-    if request.url.path.startswith(OPENAI_PREFIX):
-        body = {
-            "error": {
-                "message": body["message"],
-                "type": openai_error_type(status),
-                "param": body["field"],
-                "code": body["error"],
-            }
-        }
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-def _field_from_loc(loc: tuple[Any, ...] | list[Any]) -> str | None:
-    field = ""
-    for part in loc:
-        if part in ("body", "query", "path", "header"):
-            continue
-        field += f"[{part}]" if isinstance(part, int) else f".{part}" if field else str(part)
-    return field or None
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Register the one mapping from exceptions to HTTP error bodies."""
-
-    @app.exception_handler(ZThumbError)
-    async def _zthumb_error(request: Request, exc: ZThumbError) -> Response:
-        if exc.status >= 500 and exc.status not in (503, 504):
-            log.error("request failed: %s", exc.message)
-        return _respond(request, exc.status, error_body(exc.code, exc.message, exc.field), exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-        errors = exc.errors()
-        first = errors[0] if errors else {}
-        field = _field_from_loc(first.get("loc", ()))
-        if first.get("type") == "extra_forbidden":
-            message = f"unknown field {field!r}"
-        elif first.get("type") in ("json_invalid", "model_attributes_type") or field is None:
-            message = f"request body is not a valid JSON object: {first.get('msg', 'invalid')}"
-        else:
-            message = f"{field}: {first.get('msg', 'invalid value')}"
-        body = error_body("invalid_request", message, field)
-        body["details"] = [
-            {"field": _field_from_loc(e.get("loc", ())), "message": e.get("msg"), "type": e.get("type")}
-            for e in errors
-        ]
-        return _respond(request, 422, body)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        codes = {404: "not_found", 405: "method_not_allowed"}
-        code = codes.get(exc.status_code, f"http_{exc.status_code}")
-        return _respond(
-            request, exc.status_code, error_body(code, str(exc.detail)), getattr(exc, "headers", None)
-        )
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unexpected error: %s", type(exc).__name__)
-        return _respond(request, 500, error_body("internal_error", "internal error; see the server log"))
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body larger than {limit} bytes")

@@ -7,32 +7,31 @@ step order) and ``GET /reports/<run>/files/<path>`` serves its images. Read-only
 name, a file path stays inside its run's directory after resolving symlinks, and only image and
 report types are served.
 
-Behind the API key like the rest of the API. ``curl`` sends the bearer header; a browser cannot,
-so a page without a valid key answers 401 with a login form, and ``POST /reports/login`` checks the
-key and sets an HttpOnly, SameSite=Strict session cookie holding an HMAC of it (never the key),
-Secure when the page was served over https (directly or behind a TLS-terminating proxy).
+Behind the API key like the rest of the API (``middleware.ApiKeyMiddleware``). ``curl`` sends the
+bearer header; a browser cannot, so a page without a valid key answers 401 with a login form, and
+``POST /reports/login`` checks the key (throttled per client address) and sets an HttpOnly,
+SameSite=Strict session cookie that expires (``sessions``), Secure when the page was served over
+https (directly or behind a TLS-terminating proxy).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 from zthumb_contract.steps import REPORTS_URL_PREFIX
 
-from zthumb.auth import CHALLENGE, check_bearer, configured_key, matches
-from zthumb.errors import LoginRequiredError, ReportNotFoundError
+from zthumb.auth import REPORTS_LOGIN_PATH, REPORTS_STYLESHEET_PATH, configured_key, matches
+from zthumb.errors import LoginRequiredError, LoginThrottledError, ReportNotFoundError
+from zthumb.sessions import SESSION_COOKIE, SESSION_SECONDS, LoginThrottle, SessionCookies
 
-SESSION_COOKIE = "zthumb_reports"
-SESSION_SECONDS = 12 * 3600
 # A LoRAFinetune's name (DNS subdomain), which is the report's directory name.
 RUN_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 FILE_TYPES = {
@@ -50,24 +49,10 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
-MAX_LOGIN_BODY = 4096
+# The login form's body (key and return path); the body limit holds this path to it.
+LOGIN_BODY_BYTES = 4096
 
 templates = Environment(loader=PackageLoader("zthumb", "templates"), autoescape=select_autoescape())
-
-
-def session_token(api_key: str) -> str:
-    return hmac.new(api_key.encode(), b"zthumb reports session v1", hashlib.sha256).hexdigest()
-
-
-async def require_report_access(request: Request) -> None:
-    """The API key as a bearer header, or the session cookie that the login form set."""
-    key = configured_key(request)
-    if key is None or check_bearer(request, key):
-        return
-    cookie = request.cookies.get(SESSION_COOKIE, "")
-    if cookie and matches(cookie, session_token(key)):
-        return
-    raise LoginRequiredError("this server wants its API key", headers=CHALLENGE)
 
 
 def _served_over_https(request: Request) -> bool:
@@ -105,7 +90,9 @@ def report_file(directory: Path, relative: str) -> Path:
     return path
 
 
-def _page(template: str, code: int = 200, headers: dict[str, str] | None = None, **context: Any) -> Response:
+def _page(
+    template: str, code: int = 200, headers: Mapping[str, str] | None = None, **context: Any
+) -> Response:
     html = templates.get_template(template).render(prefix=REPORTS_URL_PREFIX, **context)
     return HTMLResponse(
         html, status_code=code, headers={**SECURITY_HEADERS, "Cache-Control": "no-store", **(headers or {})}
@@ -113,7 +100,7 @@ def _page(template: str, code: int = 200, headers: dict[str, str] | None = None,
 
 
 def error_page(
-    request: Request, status: int, body: dict[str, Any], headers: dict[str, str] | None
+    request: Request, status: int, body: dict[str, Any], headers: Mapping[str, str] | None
 ) -> Response:
     """Any error under /reports/ as a page; a 401 carries the login form."""
     login = status == 401
@@ -177,17 +164,16 @@ def _index_entry(directory: Path) -> dict[str, Any] | None:
     }
 
 
-ReportAccess = Annotated[None, Depends(require_report_access)]
-router = APIRouter(prefix=REPORTS_URL_PREFIX, tags=["reports"], include_in_schema=False)
+router = APIRouter(tags=["reports"], include_in_schema=False)
 
 
-@router.get("/static/report.css")
+@router.get(REPORTS_STYLESHEET_PATH)
 async def stylesheet() -> Response:
     return FileResponse(STYLESHEET, media_type="text/css", headers={"Cache-Control": "max-age=3600"})
 
 
-@router.get("/")
-async def index(request: Request, _: ReportAccess) -> Response:
+@router.get(f"{REPORTS_URL_PREFIX}/")
+async def index(request: Request) -> Response:
     root = reports_root(request)
     entries = [
         entry
@@ -198,36 +184,49 @@ async def index(request: Request, _: ReportAccess) -> Response:
     return _page("index.html", runs=entries)
 
 
-@router.post("/login")
+def _client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+@router.post(REPORTS_LOGIN_PATH)
 async def login(request: Request) -> Response:
-    body = await request.body()
-    form = parse_qs(body[:MAX_LOGIN_BODY].decode("utf-8", "replace"))
+    settings = request.app.state.settings
+    key = configured_key(settings)
+    throttle: LoginThrottle = request.app.state.login_throttle
+    address = _client_address(request)
+    if key is not None and (wait := throttle.retry_after(address)) is not None:
+        raise LoginThrottledError(
+            f"too many wrong API keys from {address}; try again in {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
+    form = parse_qs((await request.body()).decode("utf-8", "replace"))  # at most LOGIN_BODY_BYTES
     next_url = (form.get("next") or [""])[0]
     if not next_url.startswith(f"{REPORTS_URL_PREFIX}/") or next_url.startswith("//"):
         next_url = f"{REPORTS_URL_PREFIX}/"
-    key = configured_key(request)
     response = RedirectResponse(next_url, status_code=303)
     if key is None:
         return response
-    given = (form.get("api_key") or [""])[0]
-    if not matches(given, key):
+    if not matches((form.get("api_key") or [""])[0], key):
+        throttle.failed(address)
         raise LoginRequiredError("wrong API key")
+    throttle.succeeded(address)
+    sessions: SessionCookies = request.app.state.report_sessions
     response.set_cookie(
-        SESSION_COOKIE, session_token(key), max_age=SESSION_SECONDS, path=REPORTS_URL_PREFIX,
+        SESSION_COOKIE, sessions.issue(), max_age=SESSION_SECONDS, path=REPORTS_URL_PREFIX,
         httponly=True, samesite="strict", secure=_served_over_https(request),
     )  # fmt: skip
     return response
 
 
-@router.get("/{run}/")
-async def report(run: str, request: Request, _: ReportAccess) -> Response:
+@router.get(REPORTS_URL_PREFIX + "/{run}/")
+async def report(run: str, request: Request) -> Response:
     directory = run_directory(reports_root(request), run)
     summary = _read_summary(directory)
     return _page("report.html", run=run, summary=summary, rows=metrics_rows(summary))
 
 
-@router.get("/{run}/files/{path:path}")
-async def report_asset(run: str, path: str, request: Request, _: ReportAccess) -> Response:
+@router.get(REPORTS_URL_PREFIX + "/{run}/files/{path:path}")
+async def report_asset(run: str, path: str, request: Request) -> Response:
     file = report_file(run_directory(reports_root(request), run), path)
     return FileResponse(
         file,

@@ -1,5 +1,6 @@
 """The HTTP routes: thin, over the ``Engine`` and the ``Serving`` layer that ``build_app`` puts in
-``app.state`` when the app starts."""
+``app.state`` when the app starts. Which of them need the API key is ``auth``'s business (checked
+by a middleware before any route runs)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from zthumb import reports
-from zthumb.auth import require_api_key
+from zthumb.auth import openapi_bearer
 from zthumb.engine import Engine
 from zthumb.protocol import (
     GenerateRequest,
@@ -39,7 +40,8 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 ServingDep = Annotated[Serving, Depends(get_serving)]
 
 router = APIRouter()
-protected = APIRouter(dependencies=[Depends(require_api_key)])
+# The API behind the key: its OpenAPI document shows the bearer scheme.
+protected = APIRouter(dependencies=[Depends(openapi_bearer)])
 
 
 @router.get("/healthz", response_model=HealthResponse, tags=["health"])

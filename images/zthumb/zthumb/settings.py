@@ -104,7 +104,23 @@ class Settings(BaseSettings):
     )
 
     # --- HTTP ----------------------------------------------------------------------------------
-    api_key: SecretStr | None = None
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="Bearer key every route needs but the health probes, the report login form and "
+        "what ZTHUMB_PUBLIC_METRICS / ZTHUMB_PUBLIC_DOCS open; unset: no key.",
+    )
+    public_metrics: bool = Field(
+        default=True, description="/metrics answers without the API key (for a Prometheus scraper)."
+    )
+    public_docs: bool = Field(
+        default=False,
+        description="The API docs (/docs, /redoc, /openapi.json) answer without the API key.",
+    )
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1,
+        description="Largest request body in bytes; a larger one gets 413 without being buffered.",
+    )
     host: str = "0.0.0.0"  # a container listens on all interfaces
     port: int = 8080
     max_queue: int = Field(default=8, ge=0, description="Requests allowed to wait behind the running one.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from report_helpers import write_report
-from zthumb.reports import SESSION_COOKIE, session_token
+from zthumb.sessions import SESSION_COOKIE, SessionCookies
 
 KEY = "s3cret-key"
 
@@ -101,7 +101,7 @@ def test_with_an_api_key_curl_sends_the_bearer_header(make_client, reports_dir):
     client = make_client(reports_dir=reports_dir, api_key=KEY)
     assert client.get("/reports/", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
     assert client.get("/reports/", headers={"Authorization": "Bearer wrong"}).status_code == 401
-    client.cookies.set(SESSION_COOKIE, session_token("another key"), path="/reports")
+    client.cookies.set(SESSION_COOKIE, SessionCookies("another key").issue(), path="/reports")
     assert client.get("/reports/").status_code == 401  # a cookie for another key
 
 
@@ -128,7 +128,7 @@ def test_over_https_the_session_cookie_is_secure(make_client, reports_dir, base_
 
 def test_another_authorization_scheme_is_refused_not_ignored(make_client, reports_dir):
     client = make_client(reports_dir=reports_dir, api_key=KEY)
-    client.cookies.set(SESSION_COOKIE, session_token(KEY), path="/reports")
+    client.cookies.set(SESSION_COOKIE, SessionCookies(KEY).issue(), path="/reports")
     assert client.get("/reports/").status_code == 200
     # A header that is not a valid bearer token is an answer of its own, the cookie aside.
     assert client.get("/reports/", headers={"Authorization": f"Basic {KEY}"}).status_code == 401
