@@ -161,6 +161,35 @@ Name of the Secret holding the API key, or nothing when there is no key.
 {{- end }}
 
 {{/*
+"true" when the PodDisruptionBudget is rendered: pdb.create and more than one replica possible
+(replicaCount, or autoscaling.maxReplicas while an autoscaler owns the replicas), else empty.
+With a single replica, maxUnavailable 1 lets every eviction through and minAvailable 1 blocks
+every node drain: either way the budget would protect nothing.
+*/}}
+{{- define "zthumb.pdbRendered" -}}
+{{- $most := ternary .Values.autoscaling.maxReplicas .Values.replicaCount (eq (include "zthumb.autoscaled" .) "true") }}
+{{- if and .Values.pdb.create (gt (int $most) 1) }}true{{ end }}
+{{- end }}
+
+{{/*
+The inductor cache directory as a sub-path of the volume (persistence.subPath included): the
+server's one writable mount of the data volume. Empty when compile.cacheDir lies outside
+persistence.mountPath (validateValues refuses that while compile.mode is on).
+*/}}
+{{- define "zthumb.compileCacheSubPath" -}}
+{{- $mount := clean .Values.persistence.mountPath }}
+{{- $dir := include "zthumb.path" (list $mount .Values.compile.cacheDir) }}
+{{- if hasPrefix (printf "%s/" (trimSuffix "/" $mount)) $dir }}
+{{- $relative := trimPrefix (printf "%s/" (trimSuffix "/" $mount)) $dir }}
+{{- with .Values.persistence.subPath }}
+{{- clean (printf "%s/%s" . $relative) }}
+{{- else }}
+{{- $relative }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
 The queue-depth target as a Kubernetes quantity / KEDA threshold string.
 */}}
 {{- define "zthumb.targetQueueDepth" -}}
@@ -228,8 +257,12 @@ The schema checks types and ranges; this checks combinations.
 {{- $errors = append $errors "pdb.minAvailable and pdb.maxUnavailable are both set: a PodDisruptionBudget takes only one" }}
 {{- end }}
 {{- $fewest := ternary .Values.autoscaling.minReplicas .Values.replicaCount (eq (include "zthumb.autoscaled" .) "true") }}
-{{- if and .Values.pdb.create (eq (toString .Values.pdb.minAvailable) (toString $fewest)) }}
-{{- $errors = append $errors (printf "pdb.minAvailable=%v equals %s: no node could ever be drained; lower it or use pdb.maxUnavailable" .Values.pdb.minAvailable (ternary "autoscaling.minReplicas" "replicaCount" (eq (include "zthumb.autoscaled" .) "true"))) }}
+{{- $minAvailable := toString .Values.pdb.minAvailable }}
+{{- if and (include "zthumb.pdbRendered" .) (regexMatch "^[0-9]+$" $minAvailable) (ge (int $minAvailable) (int $fewest)) }}
+{{- $errors = append $errors (printf "pdb.minAvailable=%s is not below %s=%d: no node could ever be drained; lower it or use pdb.maxUnavailable" $minAvailable (ternary "autoscaling.minReplicas" "replicaCount" (eq (include "zthumb.autoscaled" .) "true")) (int $fewest)) }}
+{{- end }}
+{{- if and (ne .Values.compile.mode "off") (not (include "zthumb.compileCacheSubPath" .)) }}
+{{- $errors = append $errors (printf "compile.cacheDir=%s is outside persistence.mountPath=%s: the inductor cache is the one writable directory of the data volume, so it must lie on it; give a path relative to persistence.mountPath" .Values.compile.cacheDir .Values.persistence.mountPath) }}
 {{- end }}
 {{- $enabled := .Values.server.enabledBackends }}
 {{- if and $enabled (not (has .Values.server.backend $enabled)) }}

@@ -1,0 +1,76 @@
+"""The server's mounts of the data volume: read-only, with the inductor cache as the one writable
+directory (and only while compiling); the body bound passed to the server.
+
+The tests that render run the real `helm` (chart_render.py): without it they skip locally and fail in CI.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from chart_render import needs_helm, render, render_fails
+
+
+def data_mounts(container: dict[str, Any]) -> list[dict[str, Any]]:
+    return [m for m in container["volumeMounts"] if m["name"] == "data"]
+
+
+@needs_helm
+def test_the_server_mounts_the_volume_read_only(helm_bin: list[str], helm_env: dict[str, str]) -> None:
+    r = render(helm_env)
+    assert data_mounts(r.server) == [{"name": "data", "mountPath": "/data", "readOnly": True}]
+    # Everything the server reads lies under that mount.
+    for name in ("ZTHUMB_MODEL_PATH", "ZTHUMB_LORA_ROOT", "ZTHUMB_REPORTS_DIR"):
+        assert r.env[name].startswith("/data/"), name
+    # The init container provisions the model: it writes, the server does not.
+    (init,) = r.pod["initContainers"]
+    assert data_mounts(init) == [{"name": "data", "mountPath": "/data"}]
+
+
+@needs_helm
+@pytest.mark.parametrize(
+    ("values", "cache_dir", "sub_path"),
+    [
+        ({}, "/data/models/.cache/torchinductor", "models/.cache/torchinductor"),
+        (
+            {"persistence.subPath": "zthumb"},
+            "/data/models/.cache/torchinductor",
+            "zthumb/models/.cache/torchinductor",
+        ),
+        (
+            {"persistence.mountPath": "/srv", "compile.cacheDir": "/srv/inductor"},
+            "/srv/inductor",
+            "inductor",
+        ),
+    ],
+    ids=["default", "volume-sub-path", "absolute-cache-dir"],
+)
+def test_only_the_inductor_cache_is_writable_while_compiling(
+    helm_bin: list[str], helm_env: dict[str, str], values: dict[str, str], cache_dir: str, sub_path: str
+) -> None:
+    r = render(helm_env, {"compile.mode": "default", **values})
+    read_only, cache = data_mounts(r.server)
+    assert read_only["readOnly"] is True
+    assert cache == {"name": "data", "mountPath": cache_dir, "subPath": sub_path}
+    assert r.env["ZTHUMB_COMPILE_CACHE_DIR"] == cache_dir
+    writable = [m for m in r.server["volumeMounts"] if not m.get("readOnly")]
+    assert {m["mountPath"] for m in writable} == {cache_dir, "/tmp", "/cache"}  # the last two: emptyDirs
+
+
+@needs_helm
+@pytest.mark.parametrize("cache_dir", ["/var/cache/inductor", "/data", "/database/cache"])
+def test_an_inductor_cache_off_the_volume_is_refused(
+    helm_bin: list[str], helm_env: dict[str, str], cache_dir: str
+) -> None:
+    stderr = render_fails(helm_env, {"compile.mode": "default", "compile.cacheDir": cache_dir})
+    assert f"compile.cacheDir={cache_dir} is outside persistence.mountPath=/data" in stderr, stderr
+
+
+@needs_helm
+def test_the_body_bound_reaches_the_server(helm_bin: list[str], helm_env: dict[str, str]) -> None:
+    from zthumb.settings import Settings
+
+    assert render(helm_env).env["ZTHUMB_MAX_BODY_BYTES"] == str(Settings().max_body_bytes)
+    assert render(helm_env, {"server.maxBodyBytes": "65536"}).env["ZTHUMB_MAX_BODY_BYTES"] == "65536"
+    assert "maxBodyBytes" in render_fails(helm_env, {"server.maxBodyBytes": "0"})
