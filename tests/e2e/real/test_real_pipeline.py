@@ -559,6 +559,19 @@ def test_adapter_that_fails_readiness_is_rolled_back_and_old_pod_keeps_serving(
 ) -> None:
     need(shared.succeeded, f"the succeeded run {RUN}")
     ns, started = shared.ns, time.monotonic()
+    # The server mounts the volume read-only: the adapter is corrupted from a pod that holds the
+    # volume read-write, started beforehand so that the write lands the moment the rollout starts.
+    writer = pod_manifest(
+        "volume-writer",
+        image=TRAINER_IMAGE,
+        command=["sleep", "900"],
+        volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": f"{RELEASE}-data"}}],
+        mounts=[{"name": "data", "mountPath": "/data"}],
+    )
+    kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(writer))
+    wait_until(
+        lambda: pod_ready(get_json(kubectl, "pod", "volume-writer", "-n", ns)), 120, "the volume writer", 1
+    )
     (old,) = [p for p in server_pods(kubectl, ns) if pod_ready(p)]
     old_name = old["metadata"]["name"]
     old_restarts = old["status"]["containerStatuses"][0]["restartCount"]
@@ -575,7 +588,10 @@ def test_adapter_that_fails_readiness_is_rolled_back_and_old_pod_keeps_serving(
     # The adapter goes bad the moment its rollout starts: a new server pod needs many seconds
     # (init container, torch import, model load) before it reads the adapter.
     adapter = f"/data/models/lora/{BAD_RUN}/pytorch_lora_weights.safetensors"
-    in_pod(kubectl, ns, old_name, "sh", "-c", f"printf 'not a safetensors file' > {adapter}")
+    kubectl(
+        "exec", "-n", ns, "volume-writer", "--", "sh", "-c", f"printf 'not a safetensors file' > {adapter}"
+    )
+    kubectl("delete", "pod", "volume-writer", "-n", ns, "--wait=false")
     log(f"{BAD_RUN}: rollout started, adapter corrupted")
 
     def failing_new_pod() -> str | None:
