@@ -8,10 +8,12 @@ camelCase names, exposed in snake_case.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+
+from zthumb_contract.volume_areas import check_apart, on_volume
 
 SDXL_BASE_URL = (
     "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors"
@@ -47,9 +49,9 @@ class SecretKeyRef(_Spec):
 class BaseModelSpec(_Spec):
     url: str = SDXL_BASE_URL
     sha256: str = Field(SDXL_BASE_SHA256, pattern=r"^[0-9a-f]{64}$")
-    path: str = SDXL_BASE_PATH
+    path: Annotated[str, on_volume("baseModel.path")] = SDXL_BASE_PATH
     config_url: str = SDXL_CONFIG_URL
-    config_path: str = SDXL_CONFIG_PATH
+    config_path: Annotated[str, on_volume("baseModel.configPath")] = SDXL_CONFIG_PATH
     token_secret_ref: SecretKeyRef | None = None
 
 
@@ -106,7 +108,7 @@ class DatasetSourceSpec(_Spec):
 
 class DatasetSpec(_Spec):
     # The dataset on the volume (a source of its own unless ``source`` names a remote one).
-    path: str = "datasets/default"
+    path: Annotated[str, on_volume("dataset.path")] = "datasets/default"
     caption_format: Literal["txt", "jsonl"] = "txt"
     missing_caption: Literal["fail", "trigger"] = "fail"
     trigger_word: str = "zthumb"
@@ -217,9 +219,9 @@ class ClipSpec(_Spec):
     enabled: bool = True
     url: str = CLIP_URL
     sha256: str = Field(CLIP_SHA256, pattern=r"^[0-9a-f]{64}$")
-    path: str = CLIP_PATH
+    path: Annotated[str, on_volume("eval.clip.path")] = CLIP_PATH
     config_url: str = CLIP_CONFIG_URL
-    config_path: str = CLIP_CONFIG_PATH
+    config_path: Annotated[str, on_volume("eval.clip.configPath")] = CLIP_CONFIG_PATH
     token_secret_ref: SecretKeyRef | None = None
     # Training images CLIP-I compares with (evenly spread over the prepared dataset).
     max_training_images: int = Field(64, ge=1, le=1024)
@@ -292,6 +294,12 @@ class LoRAFinetuneSpec(_Spec):
                 "eval.gate.minClipIGain and maxClipTDrop need eval.clip.enabled: without CLIP nothing "
                 "measures them"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _paths_apart(self) -> LoRAFinetuneSpec:
+        # The CRD's CEL rules on spec say the same, one per pair of path fields in one area.
+        check_apart(self.model_dump(by_alias=True))
         return self
 
     @classmethod

@@ -18,6 +18,7 @@ from pydantic.fields import FieldInfo
 
 from zthumb_contract import env
 from zthumb_contract.spec import DatasetSourceSpec, LoRAFinetuneSpec, SecretKeyRef
+from zthumb_contract.volume_areas import DATASET_CACHE, LORA_ROOT, OUTPUTS
 
 TRAINER_COMMAND = ("zthumb-train",)
 # The TCP port of the static torchrun rendezvous on pod 0 (node rank 0) of a multi-node train
@@ -30,7 +31,7 @@ RENDEZVOUS_TIMEOUT_SECONDS = 600
 
 # Every run's eval report, below the data root; the server serves this directory read-only as
 # HTML pages under REPORTS_URL_PREFIX (ZTHUMB_REPORTS_DIR, set by the chart).
-EVAL_REPORTS_DIR = "outputs/lora_eval"
+EVAL_REPORTS_DIR = f"{OUTPUTS}/lora_eval"
 REPORTS_URL_PREFIX = "/reports"
 
 
@@ -60,7 +61,7 @@ class RunPaths:
     @property
     def dataset_cache(self) -> str:
         """Remote datasets (``spec.dataset.source``), one directory per content hash."""
-        return self._under_root("datasets/cache")
+        return self._under_root(DATASET_CACHE)
 
     @property
     def clip_model(self) -> str:
@@ -72,15 +73,15 @@ class RunPaths:
 
     @property
     def run_dir(self) -> str:
-        return self._under_root(f"outputs/lora/{self.run_name}")
+        return self._under_root(f"{OUTPUTS}/lora/{self.run_name}")
 
     @property
     def lora_root(self) -> str:
-        return self._under_root("models/lora")
+        return self._under_root(LORA_ROOT)
 
     @property
     def adapter_dir(self) -> str:
-        return self._under_root(f"models/lora/{self.run_name}")
+        return self._under_root(f"{LORA_ROOT}/{self.run_name}")
 
     @property
     def eval_dir(self) -> str:

@@ -104,8 +104,10 @@ class Controller:
         try:
             return LoRAFinetuneSpec.from_manifest(dict(run))
         except ValidationError as exc:
+            # A check of the whole spec has no location; its message starts with the field it names.
             errors = "; ".join(
-                f"spec.{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]
+                f"spec.{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" if e["loc"] else e["msg"]
+                for e in exc.errors()[:5]
             )
             raise kopf.PermanentError(f"invalid spec: {errors}") from None
 

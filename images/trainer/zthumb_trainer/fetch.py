@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import httpx
+from zthumb_contract.volume_areas import PARTIAL_SUFFIX, VERIFIED_SUFFIX
 
 from zthumb_trainer.atomic import publish_directory, write_text_atomically
 from zthumb_trainer.settings import TrainerSettings
@@ -75,7 +76,7 @@ def sha256_of(path: Path) -> str:
 
 
 def _stamp_path(output: Path) -> Path:
-    return output.with_name(output.name + ".verified")
+    return output.with_name(output.name + VERIFIED_SUFFIX)
 
 
 def _file_identity(path: Path) -> dict[str, int]:
@@ -165,7 +166,7 @@ def download(
         )
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(output.name + ".part")
+    partial = output.with_name(output.name + PARTIAL_SUFFIX)
     offset = partial.stat().st_size if partial.exists() else 0
     headers = {"Range": f"bytes={offset}-"} if offset else {}
     downloaded = 0
@@ -239,7 +240,7 @@ def fetch_config(
         print(f"{config_dir} present; skipping config download", file=sys.stderr)
         return False
     base = config_url if config_url.endswith("/") else config_url + "/"
-    staging = config_dir.with_name(config_dir.name + ".part")
+    staging = config_dir.with_name(config_dir.name + PARTIAL_SUFFIX)
     shutil.rmtree(staging, ignore_errors=True)
     files: dict[str, bytes] = {}
     with httpx.Client(timeout=timeout, follow_redirects=False) as client:
