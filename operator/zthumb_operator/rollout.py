@@ -52,7 +52,9 @@ class Rollouts:
         state = dict(p.status.get("deploy") or {})
         if not state.get("waitingSince"):
             state["waitingSince"] = p.stamp
-            p.set("deploy", state)
+            # A copy: the status must not share the dict this pass goes on changing, or a later
+            # p.set of it would compare equal and never reach the patch.
+            p.set("deploy", dict(state))
         deployment = await self.api.get_deployment(ns, d.deployment)
         started = crd.parse_time(state.get("startedAt") or state["waitingSince"])
         timeout = d.rollout_timeout_seconds
