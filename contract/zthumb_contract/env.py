@@ -28,6 +28,12 @@ NODE_RANK = "JOB_COMPLETION_INDEX"
 MASTER_ADDR = "ZTHUMB_MASTER_ADDR"
 MASTER_PORT = "ZTHUMB_MASTER_PORT"
 
+# The server's API key (its bearer token). The chart renders it from a Secret (valueFrom.secretKeyRef);
+# the operator gives the eval Job the same secretKeyRef, read from the server's Deployment, and never
+# the key itself; the eval step sends it as ``Authorization: Bearer``. The local runner generates one
+# for the server it starts and its eval step.
+API_KEY = "ZTHUMB_API_KEY"
+
 # The server's directory of eval reports (steps.EVAL_REPORTS_DIR under the data root), served as
 # HTML pages under steps.REPORTS_URL_PREFIX; set by the chart and the local runner.
 REPORTS_DIR = "ZTHUMB_REPORTS_DIR"

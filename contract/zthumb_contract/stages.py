@@ -70,6 +70,9 @@ class Stage:
     success: Success = Success.NOTHING
     enabled: Callable[[LoRAFinetuneSpec], bool] = _always
     step: StepBuilder | None = None  # runner JOB: the step it runs
+    # Its step calls the server: it gets the server's API key (env.API_KEY) the way the server
+    # does, from the same Secret in a cluster, from the key the local runner made on a laptop.
+    calls_server: bool = False
 
 
 STAGES: tuple[Stage, ...] = (
@@ -81,7 +84,7 @@ STAGES: tuple[Stage, ...] = (
           step=lambda paths, _url: train_step(paths)),
     Stage("deploy", "Deploying", "Deployed", Runner.DEPLOY, enabled=_deploy_enabled),
     Stage("eval", "Evaluating", "Evaluated", Runner.JOB, Success.REPORT, enabled=_eval_enabled,
-          step=eval_step),
+          step=eval_step, calls_server=True),
 )  # fmt: skip
 
 STAGE = {stage.name: stage for stage in STAGES}

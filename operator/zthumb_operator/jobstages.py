@@ -21,7 +21,7 @@ from zthumb_contract.stages import PENDING, Stage, Success
 from zthumb_contract.steps import RunPaths, StepDefinition, deploy_env
 
 from zthumb_operator import builders as b
-from zthumb_operator import conditions, metrics, queues
+from zthumb_operator import conditions, metrics, queues, serverkey
 from zthumb_operator import multinode as mn
 from zthumb_operator.api import Api, ConflictError, ForbiddenError
 from zthumb_operator.cache import Cache
@@ -140,6 +140,11 @@ class JobStages:
 
     async def drive(self, p: Pass, spec: LoRAFinetuneSpec, stage: Stage, step: StepDefinition) -> Outcome:
         """Drive one Job stage as far as it goes now."""
+        if stage.calls_server:
+            keyed = await self.with_server_key(p, spec, stage, step)
+            if keyed is None:
+                return WAIT
+            step = keyed
         job = await self.ensure_job(p, spec, step)
         ns = p.run["metadata"]["namespace"]
         jname = job["metadata"]["name"]
@@ -200,6 +205,29 @@ class JobStages:
         p.condition(cond, "False", "Running", f"Job {jname} is running")
         p.phase(stage.phase, "Running", f"step {step.name}: Job {jname} is running")
         return WAIT
+
+    async def with_server_key(
+        self, p: Pass, spec: LoRAFinetuneSpec, stage: Stage, step: StepDefinition
+    ) -> StepDefinition | None:
+        """``step`` with the server's API key by reference, as its Deployment has it now; None when
+        the stage failed because the key cannot be referenced. Only before the Job exists: it
+        is what the Job was built with."""
+        ns = p.run["metadata"]["namespace"]
+        if (ns, mn.job_name(p.run["metadata"]["name"], step)) in self.cache.jobs:
+            return step
+        target = spec.deploy.deployment
+        deployment = await self.api.get_deployment(ns, target)
+        try:
+            if deployment is None:
+                raise serverkey.ServerKeyError(
+                    serverkey.DEPLOYMENT_NOT_FOUND,
+                    f"deployment {target} not found in {ns}: step {step.name} calls its server",
+                )
+            ref = serverkey.server_key_ref(deployment, spec.deploy.container)
+        except serverkey.ServerKeyError as error:
+            p.fail(stage.condition, error.reason, f"step {step.name}: {error.message}")
+            return None
+        return serverkey.with_server_key(step, ref)
 
     @staticmethod
     def progress_percent(p: Pass) -> None:

@@ -20,7 +20,7 @@ from zthumb_contract.spec import LoRAFinetuneSpec
 from zthumb_contract.stages import STAGE, TERMINAL_PHASES
 from zthumb_contract.steps import RunPaths, deploy_env
 
-from zthumb_operator import conditions, deployments, metrics
+from zthumb_operator import conditions, deployments, metrics, serverkey
 from zthumb_operator.api import Api, ConflictError
 from zthumb_operator.cache import Cache
 from zthumb_operator.config import OperatorConfig
@@ -52,7 +52,9 @@ class Rollouts:
         state = dict(p.status.get("deploy") or {})
         if not state.get("waitingSince"):
             state["waitingSince"] = p.stamp
-            p.set("deploy", state)
+            # A copy: the status must not share the dict this pass goes on changing, or a later
+            # p.set of it would compare equal and never reach the patch.
+            p.set("deploy", dict(state))
         deployment = await self.api.get_deployment(ns, d.deployment)
         started = crd.parse_time(state.get("startedAt") or state["waitingSince"])
         timeout = d.rollout_timeout_seconds
@@ -109,6 +111,20 @@ class Rollouts:
                     f"deployment {d.deployment} has no container {d.container!r}",
                 )
                 return WAIT
+            if EVAL.enabled(spec):
+                # Refused before the rollout, not after it: an adapter that eval cannot call the
+                # server about would stay deployed without its evaluation (and its gate).
+                try:
+                    serverkey.server_key_ref(deployment, d.container)
+                except serverkey.ServerKeyError as error:
+                    await self.release(ns, d.deployment, name)
+                    p.fail(
+                        DEPLOY.condition,
+                        error.reason,
+                        f"{error.message}. The adapter was not rolled out: step eval could not call "
+                        "the server with its key",
+                    )
+                    return WAIT
             state.update(
                 deployment=d.deployment,
                 container=d.container,

@@ -30,7 +30,8 @@ PHASE_TIMEOUT = 90
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
 # The inference server as the chart renders it, reduced to what the operator touches
-# (Deployment `zthumb` with container `zthumb`, Service `zthumb` :8080 `http`, PVC at /data).
+# (Deployment `zthumb` with container `zthumb`, Service `zthumb` :8080 `http`, PVC at /data, the
+# API key from Secret `zthumb-api-key`).
 SERVER = """
 apiVersion: v1
 kind: PersistentVolume
@@ -51,6 +52,11 @@ spec:
   storageClassName: ""
   volumeName: NS-data
   resources: {requests: {storage: 1Gi}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: zthumb-api-key, namespace: NS}
+stringData: {api-key: e2e-generated-key}
 ---
 apiVersion: v1
 kind: Service
@@ -79,6 +85,8 @@ spec:
         env:
         - {name: ZTHUMB_BACKEND, value: full}
         - {name: Z_LORA_PATH, value: /data/models/lora/previous}
+        - name: ZTHUMB_API_KEY
+          valueFrom: {secretKeyRef: {name: zthumb-api-key, key: api-key}}
         securityContext:
           allowPrivilegeEscalation: false
           capabilities: {drop: [ALL]}

@@ -5,12 +5,15 @@ plays the kubelet (pods on its fake GPU nodes go Running/Ready, nothing runs).
 
 Proves: the rendered manifests pass server-side validation (and Pod Security
 "restricted" admission), `helm install` schedules the server onto a GPU node,
-the `helm test` pod is admitted with the right spec, and `helm upgrade` keeps
-the adapter the operator patched into the Deployment.
+the `helm test` pod is admitted with the right spec, `helm upgrade` keeps
+the adapter the operator patched into the Deployment, and the API key the chart
+generates survives upgrades, an uninstall and a reinstall (the `lookup` that
+`helm template` cannot do).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 from collections.abc import Callable, Iterator
@@ -141,6 +144,14 @@ def patch_adapter_like_the_operator(kubectl: Run, namespace: str, path: str, sca
         json.dumps(patch),
         "--field-manager=zthumb-operator",
     )
+
+
+def api_key(kubectl: Run, namespace: str) -> str:
+    """The key as NOTES.txt tells a user to read it."""
+    out = kubectl(
+        "get", "secret", f"{RELEASE}-api-key", "-n", namespace, "-o", "jsonpath={.data.api-key}"
+    ).stdout
+    return base64.b64decode(out).decode()
 
 
 def wait_rolled_out(kubectl: Run, namespace: str) -> None:
@@ -298,7 +309,10 @@ def test_helm_upgrade_keeps_the_adapter_the_operator_patched_in(
     patched = get_json(kubectl, "deployment", RELEASE, "-n", namespace)
     assert server_env(patched)["Z_LORA_PATH"] == ADAPTER
 
-    # 1. Unchanged values: nothing to change, the operator's adapter stays.
+    key = api_key(kubectl, namespace)
+
+    # 1. Unchanged values: nothing to change, the operator's adapter stays (and the generated
+    #    API key: a new one would be a change).
     upgrade(helm, namespace, data_volume)
     after = get_json(kubectl, "deployment", RELEASE, "-n", namespace)
     env = server_env(after)
@@ -315,6 +329,7 @@ def test_helm_upgrade_keeps_the_adapter_the_operator_patched_in(
     env = server_env(after)
     assert env["ZTHUMB_LORA_CACHE_SIZE"] == "4"
     assert env["Z_LORA_PATH"] == ADAPTER
+    assert api_key(kubectl, namespace) == key
     assert env["Z_LORA_SCALE"] == "0.8"
     assert after["metadata"]["generation"] > patched["metadata"]["generation"]
     wait_rolled_out(kubectl, namespace)
@@ -345,3 +360,32 @@ def test_explicit_lora_path_value_is_owned_by_helm(
     upgrade(helm, namespace, values)
     env = server_env(get_json(kubectl, "deployment", RELEASE, "-n", namespace))
     assert env["Z_LORA_PATH"] == "/data/models/lora/pinned"
+
+
+@pytest.mark.parametrize("namespace", ["restricted"], indirect=True)
+def test_the_generated_api_key_survives_upgrade_uninstall_and_reinstall(
+    helm: Run, kubectl: Run, namespace: str, data_volume: dict[str, str]
+) -> None:
+    out = install(helm, namespace, data_volume).stdout
+    key = api_key(kubectl, namespace)
+    assert len(key) == 48 and key.isalnum()
+    assert f"get secret {RELEASE}-api-key -o jsonpath='{{.data.api-key}}' | base64 -d" in out  # NOTES.txt
+    assert key not in out
+    ref = {"secretKeyRef": {"name": f"{RELEASE}-api-key", "key": "api-key"}}
+    assert server_env(get_json(kubectl, "deployment", RELEASE, "-n", namespace))["ZTHUMB_API_KEY"] == ref
+    policy = get_json(kubectl, "networkpolicy", RELEASE, "-n", namespace)
+    assert policy["spec"]["ingress"][0]["from"] == [{"podSelector": {}}]
+
+    upgrade(helm, namespace, {**data_volume, "lora.cacheSize": "4"})
+    assert api_key(kubectl, namespace) == key
+
+    # helm.sh/resource-policy: keep leaves the Secret; the reinstall adopts it and keeps its key.
+    helm("uninstall", RELEASE, "-n", namespace, "--wait", "--timeout", "120s", timeout=180)
+    assert api_key(kubectl, namespace) == key
+    install(helm, namespace, data_volume)
+    assert api_key(kubectl, namespace) == key
+    assert server_env(get_json(kubectl, "deployment", RELEASE, "-n", namespace))["ZTHUMB_API_KEY"] == ref
+
+    # An explicit key replaces the generated one; it is what the Secret then holds.
+    upgrade(helm, namespace, {**data_volume, "auth.apiKey": "rotated-by-hand"})
+    assert api_key(kubectl, namespace) == "rotated-by-hand"

@@ -66,6 +66,13 @@ def test_pipeline_succeeds_deploys_and_cascades(
     assert train_pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     eval_args = by_step["eval"]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert f"http://zthumb.{ns}.svc:8080" in eval_args
+    # The server's API key: the same Secret reference as the server's, never the key.
+    eval_env = by_step["eval"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {
+        "name": "ZTHUMB_API_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "zthumb-api-key", "key": "api-key"}},
+    } in eval_env
+    assert "e2e-generated-key" not in json.dumps(by_step["eval"])
 
     # the Deployment carries the adapter, a new ReplicaSet rolled out, the lock is released
     dep = json.loads(kubectl("get", "deployment", "zthumb", "-n", ns, "-o", "json").stdout)
@@ -204,6 +211,29 @@ def test_a_failed_eval_gate_rolls_the_deployment_back(
     assert env["Z_LORA_PATH"] == "/data/models/lora/previous"
     assert "Z_LORA_SCALE" not in env
     assert "EvalGateFailed" in kubectl("describe", "lft", RUN, "-n", ns).stdout
+
+
+@pytest.mark.parametrize("namespace", ["restricted"], indirect=True)
+def test_a_literal_server_key_is_never_copied_and_stops_the_run_before_its_rollout(
+    setup: Callable[..., Operator], namespace: str, kubectl: Kubectl, wait_for: Callable[..., Any]
+) -> None:
+    ns = namespace
+    op = setup()
+    literal = {"name": "ZTHUMB_API_KEY", "value": "s3cret-literal"}
+    patch = [{"op": "replace", "path": "/spec/template/spec/containers/0/env/2", "value": literal}]
+    kubectl("patch", "deployment", "zthumb", "-n", ns, "--type=json", "-p", json.dumps(patch))
+    kubectl("rollout", "status", "deployment/zthumb", "-n", ns, "--timeout=60s", timeout=90)
+    kubectl("apply", "-f", "-", input=example(ns))
+    obj = wait_phase(kubectl, wait_for, ns, "Failed", op)
+    assert obj["status"]["reason"] == "ApiKeyNotInSecret", obj["status"]
+    assert "literal value" in obj["status"]["message"] and "secretKeyRef" in obj["status"]["message"]
+    assert "not rolled out" in obj["status"]["message"]
+    assert "s3cret-literal" not in json.dumps(obj)
+    assert "eval" not in {j["metadata"]["labels"]["zthumb.io/step"] for j in jobs(kubectl, ns)}
+    dep = json.loads(kubectl("get", "deployment", "zthumb", "-n", ns, "-o", "json").stdout)
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["Z_LORA_PATH"] == "/data/models/lora/previous"
+    assert "zthumb.io/rollout-owner" not in (dep["metadata"].get("annotations") or {})
 
 
 @pytest.mark.parametrize("namespace", ["restricted"], indirect=True)

@@ -143,14 +143,20 @@ Name of the PVC mounted at persistence.mountPath.
 {{- end }}
 
 {{/*
-Name of the Secret holding the API key, or nothing when there is no key.
+Name of the Secret holding the API key, or nothing when the server runs without one
+(auth.enabled=false): auth.existingSecret, else the Secret the chart creates (templates/secret.yaml).
 */}}
 {{- define "zthumb.apiKeySecretName" -}}
-{{- if .Values.auth.existingSecret }}
-{{- .Values.auth.existingSecret }}
-{{- else if .Values.auth.apiKey }}
-{{- printf "%s-api-key" (include "zthumb.fullname" .) }}
+{{- if .Values.auth.enabled }}
+{{- .Values.auth.existingSecret | default (printf "%s-api-key" (include "zthumb.fullname" .)) }}
 {{- end }}
+{{- end }}
+
+{{/*
+"true" when the chart creates the API key Secret (auth.apiKey, or a generated key), else empty.
+*/}}
+{{- define "zthumb.chartOwnsApiKey" -}}
+{{- if and .Values.auth.enabled (not .Values.auth.existingSecret) }}true{{ end }}
 {{- end }}
 
 {{/*
@@ -242,6 +248,9 @@ The schema checks types and ranges; this checks combinations.
 {{- end }}
 {{- if and .Values.auth.apiKey .Values.auth.existingSecret }}
 {{- $errors = append $errors "auth.apiKey and auth.existingSecret are both set: keep only auth.existingSecret (preferred) or auth.apiKey" }}
+{{- end }}
+{{- if and (not .Values.auth.enabled) (or .Values.auth.apiKey .Values.auth.existingSecret) }}
+{{- $errors = append $errors "auth.enabled=false serves without an API key, but auth.apiKey or auth.existingSecret is set: remove auth.enabled=false to use the key" }}
 {{- end }}
 {{- if eq .Values.updateStrategy.type "Recreate" }}
 {{- if gt (int .Values.replicaCount) 1 }}

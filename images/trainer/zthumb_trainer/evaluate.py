@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from zthumb_contract import env
 from zthumb_contract.gate import evaluate_gate
 from zthumb_contract.spec import EvalSpec
 
@@ -119,6 +120,16 @@ def _decode_image(payload: dict[str, Any]) -> Any:
     return Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
 
 
+def unauthorized_reason(config: EvalConfig) -> str:
+    """Why the server said 401, in terms of what the eval step was given."""
+    if config.api_key:
+        return f"the server refused the API key in {env.API_KEY}: it is not the server's key"
+    return (
+        f"the server wants an API key and {env.API_KEY} is not set (in a cluster the operator "
+        "passes the server's own Secret reference to the eval Job)"
+    )
+
+
 def generate(
     client: httpx.Client, config: EvalConfig, prompt: str, seed: int, scale: float
 ) -> tuple[Any, float, dict[str, Any]]:
@@ -142,6 +153,8 @@ def generate(
     started = time.monotonic()
     response = client.post("/generate", json=body, timeout=config.request_timeout)
     latency = time.monotonic() - started
+    if response.status_code == 401:
+        raise EvalError(f"POST /generate failed with HTTP 401: {unauthorized_reason(config)}")
     if response.status_code != 200:
         raise EvalError(f"POST /generate failed with HTTP {response.status_code}: {response.text[:500]}")
     payload = response.json()

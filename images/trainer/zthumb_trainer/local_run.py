@@ -9,7 +9,9 @@ played locally:
   and verifies it (the tiny model, unless a YAML without ``--tiny`` names a real one);
 * "deploy" starts ``zthumb serve`` on 127.0.0.1 with ``steps.deploy_env`` (what the
   operator patches into the Deployment) and waits for it to become ready;
-* eval then calls that server, as the eval Job calls the in-cluster Service.
+* eval then calls that server, as the eval Job calls the in-cluster Service, with the API key
+  this run made for it (``env.API_KEY``, as the chart's generated key: the server listens on
+  127.0.0.1, where every local user could otherwise reach it); no other step gets the key.
 
 Without a YAML it runs the embedded default: the tiny model, a synthetic dataset, a
 few dozen steps at 256 px with 64 px validation samples midway and at the end, and a 64 px
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -149,9 +152,14 @@ def trainer_executable(command: tuple[str, ...]) -> list[str]:
     return [found, *rest]
 
 
-def step_env(step: StepDefinition) -> dict[str, str]:
+def step_env(step: StepDefinition, api_key: str | None = None) -> dict[str, str]:
+    """The process env of a step: this shell's, the step's, and ``api_key`` (the local server's
+    key) for a step that calls the server; no other step sees a key, not even this shell's."""
     env = dict(os.environ)
+    env.pop(env_names.API_KEY, None)
     env.update(step.env)
+    if api_key is not None:
+        env[env_names.API_KEY] = api_key
     for name in step.secret_env:
         # In a cluster these come from a Secret; locally from this shell, if set.
         if name not in env:
@@ -178,8 +186,9 @@ def free_port() -> int:
         return port
 
 
-def server_env(paths: RunPaths, port: int) -> dict[str, str]:
-    """ZThumb server settings for this run: the base model, the LoRA root, deploy_env's adapter."""
+def server_env(paths: RunPaths, port: int, api_key: str) -> dict[str, str]:
+    """ZThumb server settings for this run: the base model, the LoRA root, deploy_env's adapter,
+    the run's API key."""
     env = {
         "ZTHUMB_BACKEND": "full",
         "ZTHUMB_MODEL_PATH": paths.base_model,
@@ -191,6 +200,7 @@ def server_env(paths: RunPaths, port: int) -> dict[str, str]:
         "ZTHUMB_DTYPE": "float32",
         "HF_HUB_OFFLINE": "1",
         env_names.REPORTS_DIR: str(Path(paths.eval_dir).parent),
+        env_names.API_KEY: api_key,
     }
     env.update(deploy_env(paths))
     return env
@@ -300,17 +310,18 @@ def run_local(finetune: Path | None, workdir: Path, tiny: bool = True) -> LocalR
         steps = {step.name: step for step in build_steps(run_name, spec, str(workdir), server_url)}
         stages = active_stages(spec)
         log_dir = workdir / "logs"
+        api_key = secrets.token_urlsafe(32)  # the local server's, for this run only
         server: LocalServer | None = None
         try:
             for index, stage in enumerate(stages):
                 if stage.runner is Runner.DEPLOY:
                     # Only the stages after deploy (eval) need the server.
                     if index + 1 < len(stages):
-                        server = LocalServer(server_env(paths, port), log_dir / "zthumb-server.log")
+                        server = LocalServer(server_env(paths, port, api_key), log_dir / "zthumb-server.log")
                         timings[stage.name] = start_server(server, server_url)
                     continue
                 step = steps[stage.name]
-                timings[stage.name] = run_step(step, step_env(step))
+                timings[stage.name] = run_step(step, step_env(step, api_key if stage.calls_server else None))
                 if stage.success is Success.REPORT:
                     check_gate(spec, Path(paths.eval_dir) / "summary.json")
         finally:

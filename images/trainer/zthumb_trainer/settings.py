@@ -29,8 +29,8 @@ class TrainerSettings(BaseSettings):
     # Tokens for gated downloads (see ``hf_token``).
     hf_token_env: str | None = Field(None, validation_alias=TOKEN_ENVS[0])
     huggingface_hub_token: str | None = Field(None, validation_alias=TOKEN_ENVS[1])
-    # The server's bearer token, for eval.
-    api_key: str | None = None
+    # The server's bearer token, for eval (the operator fills it from the server's own Secret).
+    api_key: str | None = Field(None, validation_alias=env.API_KEY)
     # Overrides eval's --ready-timeout (seconds to wait for the server's /readyz).
     eval_ready_timeout: float | None = None
     # TEST HOOK: stop training right after this step, as if the pod had been killed.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -237,3 +238,49 @@ def wait_phase(
         raise AssertionError(
             f"{exc}\nstatus: {json.dumps(status, indent=1)}\noperator log:\n{op_log}"
         ) from None
+
+
+# --------------------------------------------------------------------------- the server's API
+
+# One HTTP request from inside a pod (python3 of the server image): METHOD URL [BODY], the API key
+# on stdin (empty: no Authorization header), so it shows in no argv, log or failure message.
+# URL may be a path on the pod's own loopback. Prints {"status": ..., "body": ...}.
+HTTP_REQUEST = (
+    "import json, sys, urllib.request, urllib.error\n"
+    "method, url, body = sys.argv[1], sys.argv[2], (sys.argv[3:] or [''])[0]\n"
+    "url = 'http://127.0.0.1:8080' + url if url.startswith('/') else url\n"
+    "key = sys.stdin.read().strip()\n"
+    "headers = {'Content-Type': 'application/json'}\n"
+    "if key:\n"
+    "    headers['Authorization'] = 'Bearer ' + key\n"
+    "data = body.encode() if body else None\n"
+    "request = urllib.request.Request(url, data=data, headers=headers, method=method)\n"
+    "try:\n"
+    "    response = urllib.request.urlopen(request, timeout=120)\n"
+    "    status, text = response.status, response.read().decode()\n"
+    "except urllib.error.HTTPError as error:\n"
+    "    status, text = error.code, error.read().decode()\n"
+    "print(json.dumps({'status': status, 'body': text}))\n"
+)
+
+
+def http_in_pod(
+    kubectl: Kubectl, ns: str, pod: str, request: str, *, key: str | None, body: str = ""
+) -> tuple[int, str]:
+    """(status, body) of one request (``request``: "GET /models", "POST http://...") made from
+    container ``zthumb`` of ``pod``."""
+    method, _, url = request.partition(" ")
+    out = kubectl(
+        "exec", "-i", "-n", ns, pod, "-c", "zthumb", "--", "python3", "-c", HTTP_REQUEST, method, url, body,
+        input=key or "",
+    ).stdout  # fmt: skip
+    answer = json.loads(out)
+    return int(answer["status"]), str(answer["body"])
+
+
+def read_api_key(kubectl: Kubectl, ns: str, secret: str) -> str:
+    """The server's API key, read the way the chart's NOTES.txt tells a user to."""
+    encoded = kubectl("get", "secret", secret, "-n", ns, "-o", "jsonpath={.data.api-key}").stdout
+    key = base64.b64decode(encoded).decode()
+    assert key, f"Secret {secret} holds no api-key"
+    return key

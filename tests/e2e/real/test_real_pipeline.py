@@ -6,13 +6,15 @@ the operator pod of manifests/operator:
 1. the operator is a real pod running its own image as its own ServiceAccount;
 2. ``helm install`` provisions the tiny model from an in-cluster HTTP Service (the
    fetch-model init container), the server pod becomes Ready through its own probes,
-   and ``helm test`` runs its pod (readyz, healthz and one real generation);
+   and ``helm test`` runs its pod (readyz, healthz and one real generation); the default
+   install serves with the API key it generated: without it /generate and /models say 401;
 3. a LoRAFinetune runs fetch, prepare, train and eval as real Jobs; mid-training the
    train pod is deleted (the Job's next pod resumes from the checkpoint its SIGTERM
    wrote: progress.jsonl holds every step exactly once) and so is the operator pod
    (its replacement adopts the run: the same Jobs, none duplicated); the Deployment
-   rolls, the new pod serves the adapter, eval reaches it by its Service name, the
-   report and PNGs are on the volume;
+   rolls, the new pod serves the adapter, eval reaches it by its Service name with the key
+   (the same Secret reference as the server's, never the key itself), the report and PNGs
+   are on the volume, and the report page is served with the key and refused without;
 4. a deleted server pod is replaced by one serving the same adapter (same sha256);
 5. an adapter that keeps the new server pods unready is rolled back while the old
    pod keeps serving the previous adapter.
@@ -44,11 +46,13 @@ from realnode import (
     ModelServer,
     assert_ran_on_real_node,
     get_json,
+    http_in_pod,
     lft,
     log,
     operator_pods,
     pod_manifest,
     pod_ready,
+    read_api_key,
     tiny_finetune,
     wait_phase,
     wait_until,
@@ -60,6 +64,9 @@ ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "charts" / "zthumb"
 RELEASE = "zthumb"
 SERVER_SELECTOR = f"app.kubernetes.io/name=zthumb,app.kubernetes.io/instance={RELEASE}"
+# The Secret the chart generates the server's API key into (a default install: auth.enabled).
+KEY_SECRET = f"{RELEASE}-api-key"
+KEY_REF = {"secretKeyRef": {"name": KEY_SECRET, "key": "api-key"}}
 DATASET = "datasets/real"
 RUN = "real-style"
 BAD_RUN = "real-bad"
@@ -76,6 +83,7 @@ class Shared:
     ns: str
     model: ModelServer
     installed: bool = False
+    api_key: str | None = None
     succeeded: bool = False
     adapter_sha256: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -116,27 +124,18 @@ def volume(kubectl: Kubectl, ns: str, *command: str, check: bool = True) -> str:
     return in_pod(kubectl, ns, ready_server_pod(kubectl, ns)["metadata"]["name"], *command, check=check)
 
 
-HTTP_GET = (
-    "import sys, urllib.request, urllib.error\n"
-    "try:\n"
-    "    r = urllib.request.urlopen('http://127.0.0.1:8080' + sys.argv[1], timeout=20)\n"
-    "    print(r.read().decode())\n"
-    "except urllib.error.HTTPError as e:\n"
-    "    print(e.read().decode()); sys.exit(1)\n"
-)
-
-
-HTTP_POST = (
-    "import sys, urllib.request\n"
-    "req = urllib.request.Request(sys.argv[1], data=sys.argv[2].encode(), "
-    "headers={'Content-Type': 'application/json'})\n"
-    "print(urllib.request.urlopen(req, timeout=120).read().decode())\n"
-)
-
-
-def server_get(kubectl: Kubectl, ns: str, pod: str, path: str) -> dict[str, Any]:
+def server_get(kubectl: Kubectl, ns: str, pod: str, path: str, key: str | None = None) -> dict[str, Any]:
     """GET on the server's loopback from inside its own pod (no port leaves the node)."""
-    return json.loads(in_pod(kubectl, ns, pod, "python3", "-c", HTTP_GET, path))
+    code, body = http_in_pod(kubectl, ns, pod, f"GET {path}", key=key)
+    assert code == 200, f"GET {path}: HTTP {code}: {body[:1000]}"
+    return json.loads(body)
+
+
+def generate_through_service(kubectl: Kubectl, ns: str, pod: str, key: str | None) -> tuple[int, str]:
+    """A tiny POST /generate from ``pod`` through the Service, as an in-cluster client makes it."""
+    body = {"prompt": "a photo of zthumb", "steps": 1, "width": 64, "height": 64, "seed": 0, "num_images": 1}
+    url = f"http://{RELEASE}.{ns}.svc:8080/generate"
+    return http_in_pod(kubectl, ns, pod, f"POST {url}", key=key, body=json.dumps(body))
 
 
 def run_jobs(kubectl: Kubectl, ns: str, run: str) -> dict[str, dict[str, Any]]:
@@ -267,6 +266,7 @@ def test_helm_install_fetches_the_model_becomes_ready_and_helm_test_passes(
     values.write_text(yaml.safe_dump(helm_values(shared.model)))
     out = helm("install", RELEASE, str(CHART), "-n", ns, "-f", str(values), timeout=120).stdout
     assert f"http://{RELEASE}.{ns}.svc:8080/generate" in out
+    assert f"get secret {KEY_SECRET} -o jsonpath='{{.data.api-key}}' | base64 -d" in out  # NOTES.txt
 
     # The dataset the fine-tune trains on, written onto the release's volume by a pod of the
     # trainer image (while the server's init container fetches the model).
@@ -298,8 +298,24 @@ def test_helm_install_fetches_the_model_becomes_ready_and_helm_test_passes(
     assert "downloaded" in fetched and shared.model.sha256 in fetched, fetched
     ready = server_get(kubectl, ns, name, "/readyz")
     assert ready["ready"] is True and ready["backend_loaded"] is True, ready
-    models = server_get(kubectl, ns, name, "/models")
+    # The default install has a key, generated into the chart's Secret: read as NOTES.txt says.
+    dep = get_json(kubectl, "deployment", RELEASE, "-n", ns)
+    (server,) = dep["spec"]["template"]["spec"]["containers"]
+    assert {"name": "ZTHUMB_API_KEY", "valueFrom": KEY_REF} in server["env"]
+    shared.api_key = key = read_api_key(kubectl, ns, KEY_SECRET)
+    assert key not in json.dumps(dep)
+    models = server_get(kubectl, ns, name, "/models", key)
     assert models["lora_loaded"] is False and models["lora_path"] is None, models
+    # Without the key, or with another one, the API refuses: loopback and through the Service.
+    assert http_in_pod(kubectl, ns, name, "GET /models", key=None)[0] == 401
+    for given in (None, "not-the-key"):
+        code, body = generate_through_service(kubectl, ns, name, given)
+        assert code == 401, f"POST /generate with key {given!r}: HTTP {code}: {body[:500]}"
+    code, body = generate_through_service(kubectl, ns, name, key)
+    assert code == 200 and '"images"' in body, body[:2000]
+    assert get_json(kubectl, "networkpolicy", RELEASE, "-n", ns)["spec"]["ingress"][0]["from"] == [
+        {"podSelector": {}}
+    ]
     assert volume(kubectl, ns, "sha256sum", f"/data/{MODEL_PATH}").split()[0] == shared.model.sha256
 
     wait_until(
@@ -343,7 +359,8 @@ def test_finetune_runs_in_real_pods_through_train_pod_and_operator_deletion(
     shared: Shared, kubectl: Kubectl, tmp_path: Path
 ) -> None:
     need(shared.installed, "the Helm release")
-    ns, started = shared.ns, time.monotonic()
+    ns, started, key = shared.ns, time.monotonic(), shared.api_key
+    assert key is not None  # the install test read it before it set installed
     old_server = ready_server_pod(kubectl, ns)["metadata"]["name"]
     kubectl("apply", "-f", "-", input=json.dumps(finetune(ns, shared.model, RUN)))
 
@@ -474,6 +491,12 @@ def test_finetune_runs_in_real_pods_through_train_pod_and_operator_deletion(
     )
     eval_args = jobs["eval"]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert f"http://{RELEASE}.{ns}.svc:8080" in eval_args
+    # The operator gave the eval Job the server's own Secret reference, not the key.
+    eval_env = jobs["eval"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert [e for e in eval_env if e["name"] == "ZTHUMB_API_KEY"] == [
+        {"name": "ZTHUMB_API_KEY", "valueFrom": KEY_REF}
+    ]
+    assert key not in json.dumps(jobs["eval"])
 
     # progress.jsonl: every step exactly once, in order, across the two train pods.
     steps = _progress_steps(kubectl, ns)
@@ -492,15 +515,17 @@ def test_finetune_runs_in_real_pods_through_train_pod_and_operator_deletion(
     pod = ready_server_pod(kubectl, ns)
     assert pod["metadata"]["name"] != old_server
     assert_ran_on_real_node(pod)
-    models = server_get(kubectl, ns, pod["metadata"]["name"], "/models")
+    models = server_get(kubectl, ns, pod["metadata"]["name"], "/models", key)
     assert models["lora_loaded"] is True and models["lora_path"] == f"/data/models/lora/{RUN}", models
     assert models["lora_error"] is None
     shared.adapter_sha256 = models["lora_sha256"]
     adapter_file = f"/data/models/lora/{RUN}/pytorch_lora_weights.safetensors"
     assert volume(kubectl, ns, "sha256sum", adapter_file).split()[0] == models["lora_sha256"]
-    # eval reached this server through the Service: its access log has the generations.
+    # eval reached this server through the Service, with the key: its access log has the
+    # generations, none of them refused.
     server_log = kubectl("logs", "-n", ns, pod["metadata"]["name"], "-c", "zthumb").stdout
     assert server_log.count("/generate") >= 2, server_log[-3000:]
+    assert key not in server_log
 
     # The report and its images (one side-by-side pair per prompt and seed) are on the volume.
     eval_dir = f"/data/outputs/lora_eval/{RUN}"
@@ -514,8 +539,17 @@ def test_finetune_runs_in_real_pods_through_train_pod_and_operator_deletion(
     assert f"http://{RELEASE}.{ns}.svc:8080" in report, report[:2000]  # eval called the Service by name
     # The server serves the same report as a page (the chart's ZTHUMB_REPORTS_DIR), at status.reportUrl.
     assert status["reportUrl"] == f"/reports/{RUN}/"
-    page = in_pod(kubectl, ns, pod["metadata"]["name"], "python3", "-c", HTTP_GET, status["reportUrl"])
+    name = pod["metadata"]["name"]
+    code, page = http_in_pod(kubectl, ns, name, f"GET {status['reportUrl']}", key=key)
+    assert code == 200, page[:2000]
     assert f"LoRA evaluation: {RUN}" in page and f'src="/reports/{RUN}/files/pairs/' in page, page[:2000]
+    pair = re.search(rf'src="(/reports/{RUN}/files/pairs/[^"]+)"', page)
+    assert pair, page[:2000]
+    assert http_in_pod(kubectl, ns, name, f"GET {pair.group(1)}", key=key)[0] == 200
+    # The report pages, the index and their files want the key too (a browser gets a login form).
+    for path in (status["reportUrl"], "/reports/", pair.group(1)):
+        code, body = http_in_pod(kubectl, ns, name, f"GET {path}", key=None)
+        assert code == 401, f"GET {path} without the key: HTTP {code}: {body[:500]}"
     described = kubectl("describe", "lft", RUN, "-n", ns).stdout
     for reason in ("JobCreated", "TrainCompleted", "RolloutStarted", "DeployCompleted", "Succeeded"):
         assert reason in described, reason
@@ -542,7 +576,7 @@ def test_deleted_server_pod_is_replaced_by_one_serving_the_same_adapter(
     shared.timings["server pod replaced"] = time.monotonic() - started
     assert_ran_on_real_node(new)
     name = new["metadata"]["name"]
-    models = server_get(kubectl, ns, name, "/models")
+    models = server_get(kubectl, ns, name, "/models", shared.api_key)
     assert models["lora_loaded"] is True and models["lora_path"] == f"/data/models/lora/{RUN}", models
     assert models["lora_sha256"] == shared.adapter_sha256
     # The volume kept the verified model: the init container neither downloaded nor re-hashed it.
@@ -626,21 +660,11 @@ def test_adapter_that_fails_readiness_is_rolled_back_and_old_pod_keeps_serving(
     )
     still = get_json(kubectl, "pod", old_name, "-n", ns)
     assert pod_ready(still) and still["status"]["containerStatuses"][0]["restartCount"] == old_restarts
-    models = server_get(kubectl, ns, old_name, "/models")
+    models = server_get(kubectl, ns, old_name, "/models", shared.api_key)
     assert (
         models["lora_path"] == f"/data/models/lora/{RUN}" and models["lora_sha256"] == shared.adapter_sha256
     )
     # and it still generates with it, through the Service as a client would
-    body = {"prompt": "a photo of zthumb", "steps": 1, "width": 64, "height": 64, "seed": 0, "num_images": 1}
-    out = in_pod(
-        kubectl,
-        ns,
-        old_name,
-        "python3",
-        "-c",
-        HTTP_POST,
-        f"http://{RELEASE}.{ns}.svc:8080/generate",
-        json.dumps(body),
-    )
-    assert '"images"' in out, out[:2000]
+    code, out = generate_through_service(kubectl, ns, old_name, shared.api_key)
+    assert code == 200 and '"images"' in out, out[:2000]
     assert still["spec"]["nodeName"] == NODE

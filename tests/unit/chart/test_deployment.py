@@ -15,7 +15,10 @@ from zthumb_contract.steps import EVAL_REPORTS_DIR
 @needs_helm
 def test_default_render(helm_bin: list[str], helm_env: dict[str, str]) -> None:
     r = render(helm_env)
-    assert r.kinds() == sorted(["Deployment", "Service", "ServiceAccount", "PersistentVolumeClaim", "Pod"])
+    # No PodDisruptionBudget: with one replica it protects nothing (test_pdb.py).
+    server = ["Deployment", "Service", "ServiceAccount", "PersistentVolumeClaim", "Pod"]
+    # The generated API key, and ingress from the release namespace only (test_auth.py).
+    assert r.kinds() == sorted([*server, "Secret", "NetworkPolicy"])
     selector = {"app.kubernetes.io/name": "zthumb", "app.kubernetes.io/instance": "zthumb"}
 
     dep = r.deployment
@@ -48,8 +51,8 @@ def test_default_render(helm_bin: list[str], helm_env: dict[str, str]) -> None:
     # The operator owns the adapter: nothing rendered, so `helm upgrade` cannot reset it.
     assert "Z_LORA_PATH" not in env
     assert "Z_LORA_SCALE" not in env
-    assert "ZTHUMB_API_KEY" not in env
-    assert not r.has("Secret")
+    # Never open by default: the key the chart generates, from its Secret (test_auth.py).
+    assert env["ZTHUMB_API_KEY"] == {"secretKeyRef": {"name": "zthumb-api-key", "key": "api-key"}}
 
     annotations = dep["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"

@@ -119,6 +119,7 @@ def test_helm_lint_strict(helm_bin: list[str], helm_env: dict[str, str]) -> None
         {"gpu.enabled": "false"},
         {"persistence.create": "false", "persistence.existingClaim": "zthumb-data"},
         {"networkPolicy.enabled": "true", "auth.apiKey": "s3cret", "tests.generate.enabled": "true"},
+        {"auth.enabled": "false", "networkPolicy.enabled": "false"},
         {"updateStrategy.type": "Recreate"},
     ],
 )

@@ -15,7 +15,9 @@ from zthumb_trainer.evaluate import EvalConfig, EvalError, expand_prompt, run_ev
 from zthumb_trainer.http_serve import StaticServer
 
 
-def _fake_server(not_ready_for: int = 0, requests: list | None = None):
+def _fake_server(not_ready_for: int = 0, requests: list | None = None, key: str | None = None):
+    """``key``: like the real server with ZTHUMB_API_KEY, /models and /generate want it as a bearer
+    token (a 401 otherwise); /readyz never does."""
     state = {"readyz": 0}
 
     class Fake(BaseHTTPRequestHandler):
@@ -35,6 +37,8 @@ def _fake_server(not_ready_for: int = 0, requests: list | None = None):
                 state["readyz"] += 1
                 ready = state["readyz"] > not_ready_for
                 self._json(200 if ready else 503, {"ready": ready})
+            elif key is not None and self.headers.get("Authorization") != f"Bearer {key}":
+                self._json(401, {"error": {"code": "unauthorized"}})
             elif self.path == "/models":
                 self._json(200, {"backends": [{"name": "full", "model": "/m/base.safetensors",
                                                 "device": "cpu", "dtype": "float32"}]})  # fmt: skip
@@ -43,6 +47,9 @@ def _fake_server(not_ready_for: int = 0, requests: list | None = None):
 
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if key is not None and self.headers.get("Authorization") != f"Bearer {key}":
+                self._json(401, {"error": {"code": "unauthorized"}})
+                return
             if requests is not None:
                 requests.append(body)
             shade = int(body["lora_scale"] * 100) + body["seed"]
@@ -129,6 +136,34 @@ def test_never_ready_exits_non_zero_saying_so(tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert "not ready after" in result.output and "HTTP 503" in result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("given", "exit_code", "says"),
+    [
+        ("k3y", 0, "report:"),
+        (None, 1, "HTTP 401: the server wants an API key and ZTHUMB_API_KEY is not set"),
+        ("wrong", 1, "HTTP 401: the server refused the API key in ZTHUMB_API_KEY"),
+    ],
+    ids=["the-key", "no-key", "a-wrong-key"],
+)
+def test_eval_sends_the_key_of_its_env_as_a_bearer_token(tmp_path, monkeypatch, given, exit_code, says):
+    monkeypatch.setenv("ZTHUMB_TERMINATION_LOG", str(tmp_path / "termination-log"))
+    if given is None:
+        monkeypatch.delenv("ZTHUMB_API_KEY", raising=False)
+    else:
+        monkeypatch.setenv("ZTHUMB_API_KEY", given)
+    seen: list = []
+    with StaticServer(tmp_path, handler=_fake_server(requests=seen, key="k3y")) as server:
+        result = CliRunner().invoke(
+            app,
+            ["eval", "--server-url", server.url, "--output", str(tmp_path / "out"), "--run-name", "s",
+             "--lora-path", "s", "--trigger-word", "zt", "--steps", "2", "--prompt", "x", "--seed", "0"],
+        )  # fmt: skip
+    assert result.exit_code == exit_code, result.output
+    assert says in result.output
+    assert not given or given not in result.output  # never echoed
+    assert len(seen) == (2 if given == "k3y" else 0)  # one request per scale, all authorized
 
 
 def test_unreachable_server_is_an_eval_error(tmp_path):

@@ -6,13 +6,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from zthumb_contract.stages import build_steps
+from zthumb_contract.stages import STAGE, build_steps
 from zthumb_contract.steps import RunPaths
 from zthumb_trainer.local_run import (
     EMBEDDED_DEFAULT,
     LocalRunError,
     load_finetune,
     server_env,
+    step_env,
     trainer_executable,
     with_tiny_model,
 )
@@ -67,8 +68,9 @@ def test_steps_resolve_to_the_installed_console_script():
 def test_server_env_is_the_deploy_env_plus_the_model(tmp_path):
     _, spec = load_finetune(None)
     paths = RunPaths(data_root=str(tmp_path), run_name="demo", spec=spec)
-    env = server_env(paths, 1234)
+    env = server_env(paths, 1234, "k3y")
     assert env["Z_LORA_PATH"] == paths.adapter_dir and env["Z_LORA_SCALE"] == "0.8"
+    assert env["ZTHUMB_API_KEY"] == "k3y"
     assert env["ZTHUMB_LORA_ROOT"] == paths.lora_root and env["ZTHUMB_PORT"] == "1234"
     eval_step = build_steps("demo", spec, str(tmp_path), "http://127.0.0.1:1234")[-1]
     assert "--lora-path" in eval_step.args
@@ -117,3 +119,15 @@ def test_a_failed_gate_fails_the_local_run_naming_the_reason_and_the_report(tmp_
         check_gate(gated, summary)
     check_gate(LoRAFinetuneSpec.model_validate({"eval": {"gate": {"minMeanPixelDifference": 0.1}}}), summary)
     assert "eval gate passed: meanPixelDifference 0.4 >= min 0.1" in capsys.readouterr().err
+
+
+def test_only_the_step_that_calls_the_server_gets_its_key(tmp_path, monkeypatch):
+    # The local server runs with a key, as the chart's does; eval gets it as the eval Job gets the
+    # server's Secret. A key in this shell reaches neither the server's clients nor the other steps.
+    monkeypatch.setenv("ZTHUMB_API_KEY", "from-the-shell")
+    _, spec = load_finetune(None)
+    steps = {s.name: s for s in build_steps("demo", spec, str(tmp_path), "http://127.0.0.1:1234")}
+    assert [name for name in steps if STAGE[name].calls_server] == ["eval"]
+    assert step_env(steps["eval"], "k3y")["ZTHUMB_API_KEY"] == "k3y"
+    for name in ("fetch-model", "prepare-dataset", "train"):
+        assert "ZTHUMB_API_KEY" not in step_env(steps[name]), name
