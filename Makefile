@@ -44,9 +44,11 @@ lint: $(STAMP) k8s-bin
 k8s-bin:
 	hack/build-k8s.sh
 
+# In random order (pytest-randomly; it prints its seed): a test that needs another one first fails
+# here. Replay an order with `$(BIN)/pytest -m "not e2e" -p randomly --randomly-seed=N`.
 unit: $(STAMP) k8s-bin
 	hack/ensure-chromium.sh
-	PATH="$$(hack/cluster.sh bindir):$$PATH" $(BIN)/pytest -m "not e2e" -p no:cacheprovider
+	PATH="$$(hack/cluster.sh bindir):$$PATH" $(BIN)/pytest -m "not e2e" -p no:cacheprovider -p randomly
 
 # The real-node tests (tests/e2e/real) run our images in the node's containerd: they are built
 # (or reused, by inputs hash) before the cluster starts and imported once it is up.

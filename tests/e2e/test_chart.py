@@ -21,6 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from zthumb_contract.spec import LoRAFinetuneSpec
+from zthumb_contract.steps import RunPaths, deploy_env
+from zthumb_operator import deployments
+from zthumb_operator.api import FIELD_MANAGER
+from zthumb_operator.config import OperatorConfig
 
 pytestmark = pytest.mark.e2e
 
@@ -113,36 +118,22 @@ def is_ready(pod: dict[str, Any]) -> bool:
     return pod.get("status", {}).get("phase") == "Running" and conditions.get("Ready") == "True"
 
 
-def patch_adapter_like_the_operator(kubectl: Run, namespace: str, path: str, scale: str) -> None:
-    """What the operator's deploy step does: a strategic merge patch of the container env."""
-    patch = {
-        "spec": {
-            "template": {
-                "metadata": {"annotations": {"zthumb.io/adapter": path}},
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "zthumb",
-                            "env": [
-                                {"name": "Z_LORA_PATH", "value": path},
-                                {"name": "Z_LORA_SCALE", "value": scale},
-                            ],
-                        }
-                    ]
-                },
-            }
-        }
-    }
+def patch_adapter_like_the_operator(kubectl: Run, namespace: str, run: str, scale: float) -> None:
+    """The operator's deploy patch itself: run ``run``'s env (``deploy_env``) through the operator's
+    strategic merge patch builder, under its field manager."""
+    spec = LoRAFinetuneSpec.model_validate({"deploy": {"deployment": RELEASE, "loraScale": scale}})
+    env = deploy_env(RunPaths(OperatorConfig().server_data_root, run, spec))
+    patch = deployments.deployment_env_patch(spec.deploy.container, env)
     kubectl(
         "patch",
         "deployment",
-        RELEASE,
+        spec.deploy.deployment,
         "-n",
         namespace,
         "--type=strategic",
         "-p",
         json.dumps(patch),
-        "--field-manager=zthumb-operator",
+        f"--field-manager={FIELD_MANAGER}",
     )
 
 
@@ -304,7 +295,7 @@ def test_helm_upgrade_keeps_the_adapter_the_operator_patched_in(
     helm: Run, kubectl: Run, namespace: str, data_volume: dict[str, str]
 ) -> None:
     install(helm, namespace, data_volume)
-    patch_adapter_like_the_operator(kubectl, namespace, ADAPTER, "0.8")
+    patch_adapter_like_the_operator(kubectl, namespace, "z-style", 0.8)
     wait_rolled_out(kubectl, namespace)
     patched = get_json(kubectl, "deployment", RELEASE, "-n", namespace)
     assert server_env(patched)["Z_LORA_PATH"] == ADAPTER
@@ -318,7 +309,6 @@ def test_helm_upgrade_keeps_the_adapter_the_operator_patched_in(
     env = server_env(after)
     assert env["Z_LORA_PATH"] == ADAPTER
     assert env["Z_LORA_SCALE"] == "0.8"
-    assert after["spec"]["template"]["metadata"]["annotations"]["zthumb.io/adapter"] == ADAPTER
     # No rollout back to the base model either.
     assert after["metadata"]["generation"] == patched["metadata"]["generation"]
 
@@ -338,7 +328,7 @@ def test_helm_upgrade_keeps_the_adapter_the_operator_patched_in(
     assert all(server_env({"spec": {"template": p}})["Z_LORA_PATH"] == ADAPTER for p in pods)
 
     # 3. The operator rolls on to the next adapter; helm history is untouched by it.
-    patch_adapter_like_the_operator(kubectl, namespace, "/data/models/lora/z-style-v2", "0.7")
+    patch_adapter_like_the_operator(kubectl, namespace, "z-style-v2", 0.7)
     upgrade(helm, namespace, {**data_volume, "lora.cacheSize": "4"})
     env = server_env(get_json(kubectl, "deployment", RELEASE, "-n", namespace))
     assert env["Z_LORA_PATH"] == "/data/models/lora/z-style-v2"
@@ -355,7 +345,7 @@ def test_explicit_lora_path_value_is_owned_by_helm(
     """
     values = {**data_volume, "lora.path": "pinned"}
     install(helm, namespace, values)
-    patch_adapter_like_the_operator(kubectl, namespace, ADAPTER, "0.8")
+    patch_adapter_like_the_operator(kubectl, namespace, "z-style", 0.8)
     assert server_env(get_json(kubectl, "deployment", RELEASE, "-n", namespace))["Z_LORA_PATH"] == ADAPTER
     upgrade(helm, namespace, values)
     env = server_env(get_json(kubectl, "deployment", RELEASE, "-n", namespace))

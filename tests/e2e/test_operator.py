@@ -11,7 +11,7 @@ eval summary comes from the operator's test hook ZTHUMB_OPERATOR_SIMULATED_EVAL_
 from __future__ import annotations
 
 import json
-import time
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -24,13 +24,23 @@ from operator_harness import (
     Operator,
     condition,
     example,
+    free_port,
     in_namespace,
     jobs,
     lft,
     wait_phase,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.e2e
+
+
+def finished_reconciles(port: int) -> float:
+    """Reconciles an operator has finished, from its metrics endpoint on ``port``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        families = text_string_to_metric_families(answer.read().decode())
+    samples = [s for family in families for s in family.samples]
+    return sum(s.value for s in samples if s.name == "zthumb_operator_reconcile_duration_seconds_count")
 
 
 @pytest.mark.parametrize("namespace", ["restricted"], indirect=True)
@@ -255,8 +265,15 @@ def test_operator_killed_mid_run_resumes_without_duplicate_jobs(
     (train,) = [j for j in jobs(kubectl, ns) if j["metadata"]["labels"]["zthumb.io/step"] == "train"]
     op.kill()
 
-    op2 = setup()  # restarted: must adopt the existing Jobs
-    time.sleep(3)
+    port = free_port()
+    op2 = setup(ZTHUMB_OPERATOR_METRICS_PORT=str(port))  # restarted: must adopt the existing Jobs
+    wait_for(
+        lambda: finished_reconciles(port) >= 1,
+        timeout=PHASE_TIMEOUT,
+        description="the restarted operator to reconcile the waiting run",
+    )
+    waiting = [j for j in jobs(kubectl, ns) if j["metadata"]["labels"]["zthumb.io/step"] == "train"]
+    assert [j["metadata"]["uid"] for j in waiting] == [train["metadata"]["uid"]]  # adopted, not a second
     # capacity appears: a 16-GPU kwok node only this run selects
     node = f"zthumb-e2e-{ns}"[:63]
     capacity = {"cpu": "32", "memory": "256Gi", "pods": "110", "nvidia.com/gpu": "16"}

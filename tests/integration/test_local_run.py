@@ -13,8 +13,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def test_local_run_end_to_end(tmp_path):
-    pytest.importorskip("zthumb.cli")
+def test_local_run_end_to_end(tmp_path, record_property):
     executable = Path(sys.executable).parent / "zthumb-train"
     started = time.monotonic()
     completed = subprocess.run(
@@ -22,6 +21,8 @@ def test_local_run_end_to_end(tmp_path):
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     seconds = time.monotonic() - started
+    record_property("local_run_seconds", round(seconds, 1))  # reported (junit XML, -rP), never a limit
+    print(f"local run took {seconds:.0f}s")
     assert completed.returncode == 0, completed.stderr[-4000:]
     assert f"adapter: {tmp_path}/models/lora/demo" in completed.stdout
     assert f"report:  {tmp_path}/outputs/lora_eval/demo/report.md" in completed.stdout
@@ -56,7 +57,6 @@ def test_local_run_end_to_end(tmp_path):
         "**Quality gate passed**" in (tmp_path / "outputs" / "lora_eval" / "demo" / "report.md").read_text()
     )
     assert "eval gate passed: meanPixelDifference" in completed.stderr
-    assert seconds < 180, f"local run took {seconds:.0f}s"
 
 
 def test_a_local_run_whose_adapter_fails_the_gate_ends_with_eval_gate_failed(tmp_path):

@@ -10,10 +10,16 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from zthumb_trainer.tiny_model import _vocab, write_tokenizer
+from zthumb_trainer import tiny_model
+from zthumb_trainer.tiny_model import _vocab, builder_stamp, write_tokenizer
 
 WEIGHTS_NAME = "tiny_clip.safetensors"
 CONFIG_DIR_NAME = "tiny_clip-config"
+# Written last, with the builder's stamp: a build is reused only while this module, the tokenizer
+# it borrows and the packages that build it are unchanged.
+COMPLETE_NAME = ".tiny_clip.complete"
+BUILDER_SOURCES = (Path(__file__), Path(tiny_model.__file__))
+BUILDER_PACKAGES = ("torch", "transformers", "safetensors")
 IMAGE_SIDE = 32
 SEED = 0
 
@@ -25,13 +31,15 @@ class TinyClip:
 
 
 def build_tiny_clip(root: Path) -> TinyClip:
-    """``root/tiny_clip.safetensors`` and ``root/tiny_clip-config/`` (reused when already there)."""
+    """``root/tiny_clip.safetensors`` and ``root/tiny_clip-config/`` (reused while the stamp matches)."""
     import torch
     from safetensors.torch import save_file
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
     clip = TinyClip(root / WEIGHTS_NAME, root / CONFIG_DIR_NAME)
-    if clip.weights.exists() and (clip.config_dir / "preprocessor_config.json").exists():
+    stamp = builder_stamp(SEED, BUILDER_SOURCES, BUILDER_PACKAGES)
+    marker = root / COMPLETE_NAME
+    if marker.exists() and marker.read_text() == stamp:
         return clip
     staging = root / ".tiny_clip.building"
     shutil.rmtree(staging, ignore_errors=True)
@@ -64,4 +72,5 @@ def build_tiny_clip(root: Path) -> TinyClip:
             shutil.rmtree(target)
         (staging / name).rename(target)
     shutil.rmtree(staging, ignore_errors=True)
+    marker.write_text(stamp)
     return clip

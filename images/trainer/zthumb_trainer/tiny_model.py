@@ -15,16 +15,25 @@ and writes it in the three layouts the product has to load:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zthumb_trainer.ldm_layout import to_single_file_state_dict
+from zthumb_trainer import ldm_layout
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionXLPipeline
+
+# What the built files depend on besides the seed: this module (the configs, the scheduler, the
+# text encoders, the tokenizer), the single-file conversion, and the packages that build and write
+# the components. A change to any of them rebuilds a cached model.
+BUILDER_SOURCES = (Path(__file__), Path(ldm_layout.__file__))
+BUILDER_PACKAGES = ("torch", "diffusers", "transformers", "safetensors")
 
 # The second encoder is deliberately wider than the first: diffusers' single-file
 # loader tells the two CLIP encoders apart by their embedding width.
@@ -238,16 +247,29 @@ class TinyModel:
         return self.root / ".complete"
 
 
+def builder_stamp(seed: int, sources: Sequence[Path], packages: Sequence[str]) -> str:
+    """What a complete build records: the seed, the SHA-256 of the builder's source files and the
+    versions of the packages it builds with; a cached build is reused only while they all match."""
+    return json.dumps(
+        {
+            "seed": seed,
+            "sources": {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sources},
+            "packages": {name: metadata.version(name) for name in packages},
+        },
+        sort_keys=True,
+    )
+
+
 def build_tiny_model(root: Path, seed: int = 0, force: bool = False) -> TinyModel:
     """Write the diffusers dir, the single-file checkpoint and the turbo copy under ``root``.
 
-    Reuses an earlier build of the same seed; writes to a temporary sibling and renames,
+    Reuses an earlier build of the same ``builder_stamp``; writes to a temporary sibling and renames,
     so concurrent test sessions never see half a model.
     """
     from safetensors.torch import save_file
 
     model = TinyModel(root)
-    stamp = json.dumps({"seed": seed, "unet": UNET_CONFIG, "vae": VAE_CONFIG}, sort_keys=True)
+    stamp = builder_stamp(seed, BUILDER_SOURCES, BUILDER_PACKAGES)
     if not force and model.complete_marker.exists() and model.complete_marker.read_text() == stamp:
         return model
 
@@ -256,7 +278,7 @@ def build_tiny_model(root: Path, seed: int = 0, force: bool = False) -> TinyMode
     staging.mkdir(parents=True)
     pipe: Any = build_pipeline(seed)
     pipe.save_pretrained(staging / "diffusers", safe_serialization=True)
-    save_file(to_single_file_state_dict(pipe), str(staging / SINGLE_FILE_NAME))
+    save_file(ldm_layout.to_single_file_state_dict(pipe), str(staging / SINGLE_FILE_NAME))
     turbo: Any = build_pipeline(seed, turbo=True)
     turbo.save_pretrained(staging / "turbo", safe_serialization=True)
     (staging / ".complete").write_text(stamp)

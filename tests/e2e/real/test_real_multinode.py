@@ -197,7 +197,14 @@ def test_a_failed_node_fails_the_whole_job_at_once_and_the_status_names_it(
         return None
 
     pod1 = wait_until(node_one_training, 300, "node 1 training", 1)
-    time.sleep(2)  # a few steps in: both ranks are inside the training loop's collectives
+
+    def steps_done() -> int:  # rank 0's progress.jsonl: one line per step, a collective each
+        return len(
+            _on_volume(kubectl, ns, "cat", f"/data/outputs/lora/{BROKEN_RUN}/progress.jsonl").splitlines()
+        )
+
+    # A few steps in: both ranks are inside the training loop's collectives.
+    wait_until(lambda: steps_done() >= 3, 120, "three training steps", 0.5)
     killed_at = time.monotonic()
     out = kubectl("exec", "-n", ns, pod1["metadata"]["name"], "--", "python3", "-c", KILL_WORKER).stdout
     assert "killed" in out, out

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from lft_helpers import make_run
+from reconcile_harness import Harness
 from zthumb_contract.spec import LoRAFinetuneSpec, SecretKeyRef
 from zthumb_contract.stages import build_steps
 from zthumb_operator import builders as b
@@ -178,11 +179,25 @@ def test_long_names_are_hashed_deterministically_and_bounded() -> None:
     assert job["metadata"]["annotations"]["zthumb.io/run"] == "r" * 200
 
 
+def eval_job_args(h: Harness) -> list[str]:
+    """Drive the harness's run to its eval Job (the operator computes the server URL there)."""
+    h.reconcile()
+    for step in ("fetch-model", "prepare-dataset", "train"):
+        h.complete(step)
+        h.reconcile()
+    h.rollout_done()
+    h.reconcile()
+    (c,) = h.api.jobs[("ml", "z-style-eval")]["spec"]["template"]["spec"]["containers"]
+    return c["args"]
+
+
 def test_eval_job_calls_the_service_url() -> None:
-    run = make_run({"deploy": {"serviceUrl": "http://other:9000"}})
-    spec = LoRAFinetuneSpec.from_manifest(run)
-    steps = {s.name: s for s in build_steps("z-style", spec, "/data", spec.deploy.service_url or "")}
-    assert "http://other:9000" in steps["eval"].args
+    args = eval_job_args(Harness({"deploy": {"serviceUrl": "http://other:9000"}}))
+    assert args[args.index("--server-url") + 1] == "http://other:9000"
+    # Unset: the operator's template, filled with the run's Deployment and namespace.
+    template = "http://{deployment}.{namespace}.svc.cluster.local:8080"
+    args = eval_job_args(Harness({"deploy": {"deployment": "zthumb"}}, eval_server_url_template=template))
+    assert args[args.index("--server-url") + 1] == "http://zthumb.ml.svc.cluster.local:8080"
 
 
 # --------------------------------------------------------------------------- states

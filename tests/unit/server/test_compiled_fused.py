@@ -3,11 +3,17 @@ into bf16 weights costs against PEFT's unfused LoRA in bf16 (the stated toleranc
 
 from __future__ import annotations
 
+import random
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
+
+SWITCHES = 200
+# Merged bf16 against unfused bf16, both against fp32 (mean error): 0.84x to 1.02x over eight random
+# adapter pairs on the tiny UNet; 0.84x for the pair tested here.
+MERGE_ERROR_RATIO = 1.1
 
 
 def _unet(tiny_model, dtype: torch.dtype) -> Any:
@@ -34,6 +40,13 @@ def _predict(unet) -> torch.Tensor:
     sample, timestep, embeds, added = _inputs(unet)
     with torch.no_grad():
         return unet(sample, timestep, embeds, added_cond_kwargs=added, return_dict=False)[0].float()
+
+
+def _weight_bytes(unet) -> bytes:
+    """The state dict's bytes, for a bit-for-bit comparison without a tensor op per parameter."""
+    return b"".join(
+        value.detach().view(torch.uint8).numpy().tobytes() for value in unet.state_dict().values()
+    )
 
 
 def _fused(unet) -> Any:
@@ -65,9 +78,17 @@ def test_merging_then_restoring_gives_back_the_base_weights_bit_for_bit(tiny_mod
     first = {name: value.clone() for name, value in unet.state_dict().items()}
     changed = [name for name in base if not torch.equal(base[name], first[name])]
     assert changed and all(name.endswith(".weight") for name in changed)
-    for active in ([("second", 0.5)], [("first", 0.3), ("second", 1.0)], [("first", 1.0)]):
-        fused.activate(active)
-    assert all(torch.equal(first[name], value) for name, value in unet.state_dict().items())  # no drift
+    # No number of switches drifts (in bf16, where a restore by subtraction would): the weights
+    # after a switch are those of the first merge of the same set, bit for bit, however reached.
+    sets = ([("first", 1.0)], [("second", 0.5)], [("first", 0.3), ("second", 1.0)], [("second", 1.0)])
+    merges = {0: _weight_bytes(unet)}
+    order = random.Random(0)  # its own generator: the switch order does not depend on the test order
+    for _ in range(SWITCHES):
+        index = order.randrange(len(sets))
+        fused.activate(sets[index])
+        weights = _weight_bytes(unet)
+        assert merges.setdefault(index, weights) == weights, index
+    assert len(merges) == len(sets)
 
     fused.silence()
     assert all(torch.equal(base[name], value) for name, value in unet.state_dict().items())
@@ -76,7 +97,7 @@ def test_merging_then_restoring_gives_back_the_base_weights_bit_for_bit(tiny_mod
 
 def test_the_merge_is_what_peft_computes_unfused(tiny_model, adapters):
     """In fp32 the merged UNet and PEFT's unfused LoRA agree to float reassociation; in bf16 merging
-    costs no more than serving unfused in bf16 does (both against the fp32 result)."""
+    costs about what serving unfused in bf16 does (both against the fp32 result)."""
     from diffusers.utils import convert_unet_state_dict_to_peft
 
     results = {}
@@ -101,7 +122,7 @@ def test_the_merge_is_what_peft_computes_unfused(tiny_model, adapters):
     merged16, unfused16 = results[torch.bfloat16]
     merge_error = (merged16 - unfused32).abs().mean().item()
     unfused_error = (unfused16 - unfused32).abs().mean().item()
-    assert merge_error <= 2 * unfused_error + 1e-6, (merge_error, unfused_error)
+    assert merge_error <= MERGE_ERROR_RATIO * unfused_error, (merge_error, unfused_error)
 
 
 def test_a_layer_that_does_not_fit_is_refused_before_any_weight_changes(tiny_model, adapters):

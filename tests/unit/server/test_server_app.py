@@ -33,6 +33,20 @@ def client(tiny_model, lora_root, tmp_path_factory):
         yield test_client
 
 
+def metric_samples(client) -> dict[tuple[str, frozenset], float]:
+    """Every sample /metrics exposes, by name and labels (HELP and TYPE lines are not samples)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = text_string_to_metric_families(client.get("/metrics").text)
+    return {(s.name, frozenset(s.labels.items())): s.value for family in families for s in family.samples}
+
+
+def grew(before, after, name: str, **labels: str) -> float:
+    """How much a sample rose between two ``metric_samples`` (absent counts as 0)."""
+    key = (name, frozenset(labels.items()))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
 def generate(client, expect: int = 200, **fields):
     body = {"prompt": PROMPT, "seed": 7, **fields}
     response = client.post("/generate", json=body)
@@ -170,11 +184,13 @@ def test_cached_switch_never_reads_the_disk(client):
     generate(client, lora_path="style_a", lora_scale=0.8)
     generate(client, lora_path="b.safetensors", lora_scale=0.8)
     reads, loads = engine.files.hash_reads, backend.adapter_loads
+    before = metric_samples(client)
     for path in ["style_a", "b.safetensors"] * 2:
         generate(client, lora_path=path, lora_scale=0.5)
     assert (engine.files.hash_reads, backend.adapter_loads) == (reads, loads)
-    metrics = client.get("/metrics").text
-    assert 'zthumb_adapter_cache_hits_total{backend="full"}' in metrics
+    after = metric_samples(client)
+    assert grew(before, after, "zthumb_adapter_cache_hits_total", backend="full") == 4
+    assert grew(before, after, "zthumb_adapter_loads_total", backend="full") == 0
 
 
 def test_replaced_file_is_reloaded(client, lora_root, tmp_path):
@@ -198,14 +214,19 @@ def test_replaced_file_is_reloaded(client, lora_root, tmp_path):
 
 
 def test_lru_cache_is_bounded(client, lora_root):
+    def cached_on_full() -> list:
+        return [c for c in client.get("/models").json()["cached_adapters"] if c["backend"] == "full"]
+
+    already, before = len(cached_on_full()), metric_samples(client)
     for index in range(6):
         target = lora_root / f"copy_{index}.safetensors"
         shutil.copy(lora_root / "b.safetensors", target)
         generate(client, lora_path=target.name, lora_scale=0.8)
-    models = client.get("/models").json()
-    cached = [c for c in models["cached_adapters"] if c["backend"] == "full"]
-    assert len(cached) <= models["lora_cache_size"] == 4
-    assert "zthumb_adapter_evictions_total" in client.get("/metrics").text
+    cached = cached_on_full()
+    assert len(cached) == client.get("/models").json()["lora_cache_size"] == 4
+    # Six new adapters through a cache of four: what it held before, and two of the six, left it.
+    evicted = grew(before, metric_samples(client), "zthumb_adapter_evictions_total", backend="full")
+    assert evicted == already + 2
     # An evicted adapter loads again on demand.
     body = generate(client, lora_path="copy_0.safetensors", lora_scale=0.8)
     assert body["adapter"]["path"] == "copy_0.safetensors"
@@ -289,18 +310,22 @@ def test_missing_prompt_and_bad_json(client):
     assert client.get("/nope").json()["error"] == "not_found"
 
 
-def test_metrics(client):
+def test_metrics(client, lora_root):
+    """Each kind of request moves its own samples, by the amount it should."""
+    fresh = lora_root / "metrics_fresh.safetensors"  # never requested before: a cache miss, a load
+    shutil.copy(lora_root / "b.safetensors", fresh)
+    before = metric_samples(client)
     generate(client)
-    text = client.get("/metrics").text
-    for name in (
-        'zthumb_requests_total{backend="full",status="200"}',
-        "zthumb_request_seconds_bucket",
-        "zthumb_generation_seconds_bucket",
-        "zthumb_queue_depth",
-        "zthumb_adapter_cache_misses_total",
-        "zthumb_adapter_loads_total",
-        "zthumb_adapter_load_seconds_bucket",
-        "zthumb_ready 1.0",
-    ):
-        assert name in text, name
-    assert 'status="422"' in text or 'status="400"' in text
+    generate(client, lora_path=fresh.name, lora_scale=0.8)
+    generate(client, expect=400, lora_scale=0.5)  # a scale without an adapter
+    after = metric_samples(client)
+    ok, refused = {"backend": "full", "status": "200"}, {"backend": "full", "status": "400"}
+    assert grew(before, after, "zthumb_requests_total", **ok) == 2
+    assert grew(before, after, "zthumb_request_seconds_count", **ok) == 2
+    assert grew(before, after, "zthumb_requests_total", **refused) == 1
+    assert grew(before, after, "zthumb_generation_seconds_count", backend="full") == 2
+    assert grew(before, after, "zthumb_adapter_cache_misses_total", backend="full") == 1
+    assert grew(before, after, "zthumb_adapter_loads_total", backend="full") == 1
+    assert grew(before, after, "zthumb_adapter_load_seconds_count", backend="full") == 1
+    assert after[("zthumb_queue_depth", frozenset())] == 0
+    assert after[("zthumb_ready", frozenset())] == 1

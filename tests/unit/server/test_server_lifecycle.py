@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -138,6 +137,12 @@ def _block_worker(client):
     return worker, gate
 
 
+def _drain(client) -> None:
+    """Wait until the worker has reached everything queued so far (it runs jobs one at a time, in
+    order): a job that was to be skipped has been skipped, or has run, by then."""
+    client.app.state.worker.enqueue(lambda _c: None, "drain", force=True).future.result(30)
+
+
 def test_queue_full_answers_429(make_client):
     client = make_client(max_queue=1)
     wait_ready(client)
@@ -168,7 +173,7 @@ def test_timeout_answers_504_and_the_job_never_runs(make_client):
         assert response.json()["error"] == "timeout"
     finally:
         gate.set()
-    time.sleep(0.3)
+    _drain(client)
     assert calls == []
 
 
@@ -216,7 +221,7 @@ def test_disconnect_while_queued_costs_no_generation(make_client):
         client.portal.call(call_and_disconnect)
     finally:
         gate.set()
-    time.sleep(0.3)
+    _drain(client)
     assert sent and sent[0]["status"] == 499
     assert calls == []
     assert 'zthumb_cancelled_total{reason="disconnect"} 1.0' in client.get("/metrics").text

@@ -9,11 +9,10 @@ from typing import Any
 
 import httpx
 import numpy as np
+import openai
 import pytest
 from PIL import Image
 from server_helpers import decode, serve_on_loopback, server_settings
-
-openai = pytest.importorskip("openai")
 
 KEY = "s3cret-token"
 PROMPT = "a photo of z"

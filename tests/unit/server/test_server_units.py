@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import threading
-import time
 
 import pytest
 
@@ -135,8 +134,9 @@ def test_worker_runs_in_order_and_bounds_the_queue():
     worker.start()
     gate = threading.Event()
     order: list[int] = []
-    running = worker.enqueue(lambda _c: gate.wait(5))
-    time.sleep(0.05)
+    taken = threading.Event()
+    running = worker.enqueue(lambda _c: taken.set() or gate.wait(5))
+    assert taken.wait(5)  # the worker holds the first job: the next two wait in the queue
     jobs = [worker.enqueue(lambda _c, i=i: order.append(i)) for i in range(2)]
     with pytest.raises(QueueFullError) as full:
         worker.enqueue(lambda _c: None)

@@ -271,12 +271,20 @@ def test_a_missing_bucket_and_an_empty_prefix_name_their_fields(tmp_path, s3_end
         fetch_source(s3_source(s3_endpoint, prefix="nothing-here/"), tmp_path / "cache")
 
 
-def test_an_unreachable_endpoint_is_named(tmp_path, credentials):
+def test_an_unreachable_endpoint_is_named(tmp_path, credentials, monkeypatch, record_property):
+    import urllib3.util.connection
+
+    attempts: list[tuple] = []
+    connect = urllib3.util.connection.create_connection
+    monkeypatch.setattr(
+        urllib3.util.connection, "create_connection", lambda *a, **k: attempts.append(a) or connect(*a, **k)
+    )
     closed = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     with pytest.raises(SourceError, match=r"spec\.dataset\.source\.s3\.endpoint: cannot reach"):
         fetch_source(s3_source(closed), tmp_path / "cache")
-    assert time.monotonic() - started < 60  # bounded retries, not a hang
+    record_property("seconds", round(time.monotonic() - started, 2))
+    assert 1 <= len(attempts) <= 3  # bounded retries (the first try and two more), not a hang
 
 
 def test_the_prepare_step_argv_fetches_an_http_dataset_and_prepares_it(tmp_path, synthetic_dataset):

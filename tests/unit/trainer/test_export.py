@@ -115,7 +115,6 @@ def test_export_replaces_an_older_adapter_without_leftovers(trained, tiny_model,
 
 def test_the_servers_loader_loads_the_export_with_the_same_effect(tiny_model, trained):
     """The ZThumb server's own adapter path (confinement, cache, load_lora_weights) on our export."""
-    pytest.importorskip("zthumb.backends.full")
     from zthumb.backends.full import FullBackend
     from zthumb.lora import AdapterFiles
     from zthumb.settings import Settings
@@ -136,7 +135,6 @@ def test_the_servers_loader_loads_the_export_with_the_same_effect(tiny_model, tr
 
 def test_the_servers_loader_loads_an_alpha_equal_rank_export(tiny_model, tmp_path):
     """The default spec (alpha == rank) through the server's loader: same effect as diffusers' own."""
-    pytest.importorskip("zthumb.backends.full")
     from peft import LoraConfig
     from zthumb.backends.full import FullBackend
     from zthumb.lora import AdapterFiles

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
 import torch
 from zthumb_trainer.tiny_model import TOKENIZER_MAX_LENGTH, build_pipeline
 
@@ -62,3 +67,62 @@ def test_synthetic_dataset_has_a_caption_per_image(synthetic_dataset):
     assert len(images) == 8
     for image in images:
         assert image.with_suffix(".txt").read_text().startswith("a ")
+
+
+# --- the cached build's stamp ----------------------------------------------------------------
+
+
+def test_the_stamp_covers_the_builders_sources_and_packages(tmp_path):
+    from importlib import metadata
+
+    from zthumb_trainer import ldm_layout, tiny_clip, tiny_model
+
+    stamp = json.loads(tiny_model.builder_stamp(0, tiny_model.BUILDER_SOURCES, tiny_model.BUILDER_PACKAGES))
+    assert set(stamp["sources"]) == {"tiny_model.py", "ldm_layout.py"}
+    conversion = Path(ldm_layout.__file__).read_bytes()
+    assert stamp["sources"]["ldm_layout.py"] == hashlib.sha256(conversion).hexdigest()
+    assert {"torch", "diffusers", "transformers"} <= set(stamp["packages"])
+    assert stamp["packages"]["diffusers"] == metadata.version("diffusers")
+    assert {path.name for path in tiny_clip.BUILDER_SOURCES} == {"tiny_clip.py", "tiny_model.py"}
+
+    source = tmp_path / "conversion.py"
+    source.write_text("KEYS = 1\n")
+    before = tiny_model.builder_stamp(0, [source], ["torch"])
+    source.write_text("KEYS = 2\n")
+    after = tiny_model.builder_stamp(0, [source], ["torch"])
+    assert after != before
+    assert tiny_model.builder_stamp(1, [source], ["torch"]) != after
+
+
+def test_a_cached_model_is_reused_only_while_its_stamp_matches(tmp_path, monkeypatch):
+    from zthumb_trainer import tiny_model
+
+    class RebuiltError(Exception):
+        pass
+
+    def build_pipeline(seed: int = 0, turbo: bool = False):
+        raise RebuiltError
+
+    monkeypatch.setattr(tiny_model, "build_pipeline", build_pipeline)
+    root = tmp_path / "tiny-sdxl"
+    root.mkdir()
+    current = tiny_model.builder_stamp(0, tiny_model.BUILDER_SOURCES, tiny_model.BUILDER_PACKAGES)
+    (root / ".complete").write_text(current)
+    assert tiny_model.build_tiny_model(root).root == root  # reused: nothing built
+    stale = json.loads(current)
+    stale["packages"]["transformers"] = "0.0.1"  # built with another transformers
+    (root / ".complete").write_text(json.dumps(stale, sort_keys=True))
+    with pytest.raises(RebuiltError):
+        tiny_model.build_tiny_model(root)
+
+
+def test_a_cached_tiny_clip_is_rebuilt_when_its_stamp_is_stale(tmp_path):
+    from zthumb_trainer.tiny_clip import COMPLETE_NAME, build_tiny_clip
+
+    clip = build_tiny_clip(tmp_path)
+    marker = tmp_path / COMPLETE_NAME
+    built = (marker.read_text(), clip.weights.stat().st_ino)
+    assert build_tiny_clip(tmp_path).weights.stat().st_ino == built[1]  # reused
+    marker.write_text(built[0].replace('"seed": 0', '"seed": 99'))
+    assert build_tiny_clip(tmp_path).weights.stat().st_ino != built[1]  # rebuilt
+    assert marker.read_text() == built[0]
