@@ -164,7 +164,8 @@ def train(  # noqa: PLR0917 - one option per flag
 
     from zthumb_trainer.dataset import DatasetError
     from zthumb_trainer.optim import OptimizerUnavailable
-    from zthumb_trainer.train import TrainConfig, TrainingInterrupted, run_training
+    from zthumb_trainer.train import TrainingInterrupted, run_training
+    from zthumb_trainer.train_config import TrainConfig
 
     config = TrainConfig(
         **training.model_dump(),
