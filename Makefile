@@ -15,7 +15,7 @@ export PYTHONUNBUFFERED := 1
 help:
 	@echo "make demo   - the whole pipeline on the tiny model, locally (no cluster, no GPU)"
 	@echo "make test   - lint + unit/integration tests + end-to-end tests on a local control plane"
-	@echo "make lint   - ruff, mypy, hadolint, helm lint"
+	@echo "make lint   - ruff, mypy, import contracts (lint-imports), hadolint, helm lint"
 	@echo "make unit   - tests that need no cluster"
 	@echo "make e2e    - tests against the local control plane (started and stopped here)"
 	@echo "make images - build the container images with buildah (no Docker) and import them"
@@ -32,10 +32,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/zthumb-train run --local
 
+# lint-imports checks the import contracts ([tool.importlinter] in pyproject.toml) on this
+# checkout's sources, whatever the virtual environment has installed.
 lint: $(STAMP) k8s-bin
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	PYTHONPATH=contract:images/zthumb:images/trainer:operator $(BIN)/lint-imports --no-cache
 	$(BIN)/hadolint images/base/Dockerfile images/zthumb/Dockerfile images/trainer/Dockerfile \
 	  images/trainer/Dockerfile.cpu images/helm-test/Dockerfile operator/Dockerfile
 	PATH="$$(hack/cluster.sh bindir):$$PATH" helm lint --strict charts/zthumb

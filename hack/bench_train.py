@@ -48,7 +48,8 @@ def _one(args: argparse.Namespace) -> None:
     """Run one configuration in this process and print its numbers as JSON."""
     from zthumb_trainer.dataset import prepare_dataset
     from zthumb_trainer.synthetic_dataset import write_synthetic_dataset
-    from zthumb_trainer.train import TrainConfig, run_training
+    from zthumb_trainer.train import run_training
+    from zthumb_trainer.train_config import TrainConfig
 
     work = Path(tempfile.mkdtemp(prefix="zthumb-bench-"))
     try:

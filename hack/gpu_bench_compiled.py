@@ -90,8 +90,8 @@ def bench_compiled(
     """
     import torch
     from gpu_bench import median, percentile, release_gpu_memory
+    from zthumb.backends.compiled import compiled_graphs, configure_inductor_cache, take_new_graphs
     from zthumb.backends.full import FullBackend
-    from zthumb.compiled import compiled_graphs, configure_inductor_cache, take_new_graphs
     from zthumb.lora import AdapterFiles
 
     profile, timer, results = bench.profile, bench.timer, bench.results
@@ -301,8 +301,8 @@ def second_start(config: dict[str, Any]) -> dict[str, Any]:
     """A fresh process: load, compile from the warm cache, serve one request with an adapter."""
     import torch
     from gpu_bench import Profile
+    from zthumb.backends.compiled import take_new_graphs
     from zthumb.backends.full import FullBackend
-    from zthumb.compiled import take_new_graphs
     from zthumb.lora import AdapterFiles
 
     imported = time.time()

@@ -148,7 +148,8 @@ def bench_training(bench: Any, budget_s: float, variants: str = "all") -> None:
     import torch
     from zthumb_trainer.dataset import prepare_dataset
     from zthumb_trainer.synthetic_dataset import write_synthetic_dataset
-    from zthumb_trainer.train import TrainConfig, run_training
+    from zthumb_trainer.train import run_training
+    from zthumb_trainer.train_config import TrainConfig
 
     profile, work, results, cuda = bench.profile, bench.work, bench.results, bench.timer.cuda
     started = time.monotonic()

@@ -164,7 +164,8 @@ def train(  # noqa: PLR0917 - one option per flag
 
     from zthumb_trainer.dataset import DatasetError
     from zthumb_trainer.optim import OptimizerUnavailable
-    from zthumb_trainer.train import TrainConfig, TrainingInterrupted, run_training
+    from zthumb_trainer.train import TrainingInterrupted, run_training
+    from zthumb_trainer.train_config import TrainConfig
 
     config = TrainConfig(
         **training.model_dump(),
@@ -298,7 +299,8 @@ def evaluate(  # noqa: PLR0917 - one option per flag
 
     The prompts, seeds, scales, steps and size are the fields of the LoRAFinetune's spec.eval.
     """
-    from zthumb_trainer.evaluate import EvalConfig, EvalError, run_eval
+    from zthumb_trainer.eval_config import EvalConfig
+    from zthumb_trainer.evaluate import EvalError, run_eval
 
     settings = TrainerSettings()
     config = EvalConfig(

@@ -3,12 +3,10 @@ images, score every sample and summarise per scale (``clip_metrics`` computes th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from zthumb_trainer.clip_metrics import ClipError, ClipScorer, clip_scores, spread
-
-if TYPE_CHECKING:
-    from zthumb_trainer.evaluate import EvalConfig, Sample
+from zthumb_trainer.eval_config import EvalConfig, Sample
 
 
 def load_clip(config: EvalConfig) -> ClipScorer | None:

@@ -22,69 +22,27 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 from zthumb_contract import env
 from zthumb_contract.gate import evaluate_gate
-from zthumb_contract.spec import EvalSpec
 
 from zthumb_trainer.atomic import fresh_directory, publish_directory
 from zthumb_trainer.clip_metrics import ClipError
 from zthumb_trainer.eval_clip import clip_block, load_clip
+from zthumb_trainer.eval_config import EvalConfig, Sample
 from zthumb_trainer.eval_images import mean_pixel_difference, side_by_side
 from zthumb_trainer.eval_report import render_markdown
 from zthumb_trainer.measure import read_training_block
+from zthumb_trainer.prompts import expand_prompt
 from zthumb_trainer.reporting import write_termination_message
+from zthumb_trainer.validation import SAMPLES_DIR, read_index, summary_block
 
 
 class EvalError(Exception):
     """The evaluation could not run; the message says why."""
-
-
-class EvalConfig(EvalSpec):
-    """One evaluation: the options of the LoRAFinetune's ``spec.eval`` (declared once, in
-    ``zthumb_contract.spec``), plus the server to ask and where to write."""
-
-    server_url: str
-    output: Path
-    run_name: str
-    lora_path: str
-    trigger_word: str = ""
-    train_summary: Path | None = None  # the train step's summary.json (its ``training`` block)
-    # The scale the deploy stage serves (spec.deploy.loraScale): compared with the reference (the
-    # first scale) by the CLIP numbers and the gate, and added to the scales when missing.
-    served_scale: float | None = None
-    # Where spec.eval.clip's weights and config files live (fetched here when missing).
-    clip_model: Path | None = None
-    clip_config: Path | None = None
-    guidance_scale: float | None = None
-    negative_prompt: str | None = None
-    ready_timeout: float = 600.0
-    request_timeout: float = 600.0
-    api_key: str | None = None
-
-
-@dataclass
-class Sample:
-    prompt_index: int
-    prompt: str
-    seed: int
-    scale: float
-    image: Any  # PIL.Image.Image
-    latency_s: float
-    response: dict[str, Any]
-
-
-def expand_prompt(prompt: str, trigger_word: str) -> str:
-    """Prompts may say ``{trigger}``; a prompt without it gets the trigger word in front."""
-    if "{trigger}" in prompt:
-        return prompt.replace("{trigger}", trigger_word)
-    if trigger_word and trigger_word.lower() not in prompt.lower().split():
-        return f"{trigger_word}, {prompt}"
-    return prompt
 
 
 def wait_until_ready(
@@ -274,8 +232,6 @@ def write_report(
 def copy_validation_samples(train_summary: Path | None, staging: Path) -> dict[str, Any] | None:
     """The train step's validation grids (beside its summary.json) copied into the report, in step
     order, with each pass's seconds; None when there are none."""
-    from zthumb_trainer.validation import SAMPLES_DIR, read_index, summary_block
-
     if train_summary is None:
         return None
     run_dir = train_summary.parent

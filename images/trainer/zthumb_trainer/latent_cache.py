@@ -7,16 +7,14 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from zthumb_trainer.batches import load_pixels
 from zthumb_trainer.components import Components, encode_text, tokenize
 from zthumb_trainer.dataset import PreparedDataset
-
-if TYPE_CHECKING:
-    from zthumb_trainer.train import TrainConfig
+from zthumb_trainer.train_config import TrainConfig
 
 # Bumped when the cache's content changes meaning, so old caches on a volume are not reused.
 CACHE_VERSION = 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -21,9 +21,7 @@ from zthumb_trainer.model_setup import add_lora, compile_unet, effective_precisi
 from zthumb_trainer.objective import diffusion_loss
 from zthumb_trainer.optim import LoraEma, make_optimizer
 from zthumb_trainer.step_inputs import MicroBatch
-
-if TYPE_CHECKING:
-    from zthumb_trainer.train import TrainConfig
+from zthumb_trainer.train_config import TrainConfig
 
 log = logging.getLogger("zthumb_trainer.train")
 

@@ -30,7 +30,8 @@ CUDA graphs, each step marked as a new iteration for them.
 The setup (accelerator, models, LoRA layers, compile, optimizer) and one micro-step's forward,
 backward and update live in ``session.py``, the optimizer choice and the EMA in ``optim.py``, the
 steps/s and peak memory in ``measure.py``, a micro-batch's inputs and noise in ``step_inputs.py``,
-the loss logging in ``loss_log.py``; this module holds the loop: resume, checkpoints, stop, export.
+the loss logging in ``loss_log.py``, the run's configuration (``TrainConfig``) in ``train_config.py``;
+this module holds the loop: resume, checkpoints, stop, export.
 """
 
 from __future__ import annotations
@@ -39,12 +40,10 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
-from zthumb_contract.spec import TrainingSpec
 
 from zthumb_trainer.batches import BatchSchedule
 from zthumb_trainer.checkpoints import (
@@ -63,35 +62,10 @@ from zthumb_trainer.reporting import ProgressLog, StatusReporter, write_terminat
 from zthumb_trainer.session import TrainingSession, open_session
 from zthumb_trainer.step_inputs import StepInputs
 from zthumb_trainer.stop_signal import StopSignal
+from zthumb_trainer.train_config import TrainConfig
 from zthumb_trainer.validation import Validation
 
 log = logging.getLogger(__name__)
-
-
-class TrainConfig(TrainingSpec):
-    """One training run: the options of the LoRAFinetune's ``spec.training`` (declared once, in
-    ``zthumb_contract.spec``), plus where to read and write."""
-
-    run_dir: Path
-    base_model: Path
-    model_config_dir: Path | None = None  # diffusers configs beside a single-file checkpoint
-    export_dir: Path | None = None
-    run_name: str = "lora"
-    base_model_sha256: str = ""
-    trigger_word: str = ""
-    # Not step arguments: knobs for tests and the benchmark.
-    cache_latents: bool = True
-    stop_after_step: int | None = None  # simulate a killed pod right after this step
-    progress_bar: bool = True
-    report_interval_seconds: float = 10.0
-    # The loss is read back to the host (and progress.jsonl written) every N steps, at each
-    # checkpoint and at the end; None: every step on a CPU (it costs nothing there), 10 on a GPU.
-    log_every_steps: int | None = None
-    compile_backend: str = "inductor"  # "aot_eager" exercises the compile path quickly on a CPU
-
-    @property
-    def checkpoints_dir(self) -> Path:
-        return self.run_dir / "checkpoints"
 
 
 class TrainingInterrupted(Exception):  # noqa: N818 - an outcome, not an error

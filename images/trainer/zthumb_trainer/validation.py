@@ -31,6 +31,7 @@ from zthumb_contract.spec import ValidationSpec
 
 from zthumb_trainer.atomic import write_text_atomically
 from zthumb_trainer.components import Components
+from zthumb_trainer.prompts import expand_prompt
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +135,6 @@ class Validation:
         trigger_word: str = "",
         render: bool = True,
     ) -> None:
-        from zthumb_trainer.evaluate import expand_prompt
-
         self.spec = spec
         self.directory = run_dir / SAMPLES_DIR
         self.components, self.unet, self.device = components, unet, device

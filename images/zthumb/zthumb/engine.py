@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from zthumb.adapter_requests import requested_adapters
 from zthumb.backends import BACKENDS, AdapterApplied, AdapterUse, Backend, GenerationParams
+from zthumb.backends.compiled import take_new_graphs
 from zthumb.errors import BadRequestError, InvalidRequestError, NotReadyError, ZThumbError
 from zthumb.lora import AdapterFiles, AdapterRef
 from zthumb.metrics import Metrics
@@ -295,8 +296,6 @@ class Engine:
             images = backend.generate(plan.params, cancel)
         finally:
             if backend.compiled is not None:
-                from zthumb.compiled import take_new_graphs
-
                 self.metrics.compiled_requests.labels(backend=backend.name).inc()
                 self.metrics.compile_recompiles.labels(backend=backend.name).inc(take_new_graphs())
         generate_seconds = time.perf_counter() - started

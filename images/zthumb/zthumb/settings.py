@@ -71,7 +71,7 @@ class Settings(BaseSettings):
         default=4, ge=1, le=32, description="Most adapters one request may combine (`loras`)."
     )
 
-    # --- compiled path (zthumb.compiled) ----------------------------------------------------
+    # --- compiled path (zthumb.backends.compiled) -----------------------------------------
     compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = Field(
         default="off",
         description="torch.compile the UNet at startup (a torch.compile mode); adapters then reach it "

@@ -1,5 +1,5 @@
-"""zthumb.compiled_fused without compiling: the merge's arithmetic, exact restores, and what merging
-into bf16 weights costs against PEFT's unfused LoRA in bf16 (the stated tolerance)."""
+"""zthumb.backends.compiled_fused without compiling: the merge's arithmetic, exact restores, and what
+merging into bf16 weights costs against PEFT's unfused LoRA in bf16 (the stated tolerance)."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def _weight_bytes(unet) -> bytes:
 
 
 def _fused(unet) -> Any:
-    from zthumb.compiled_fused import FusedUNet
+    from zthumb.backends.compiled_fused import FusedUNet
 
     return FusedUNet(SimpleNamespace(unet=unet), mode="default", max_adapters=4)
 
@@ -126,7 +126,7 @@ def test_the_merge_is_what_peft_computes_unfused(tiny_model, adapters):
 
 
 def test_a_layer_that_does_not_fit_is_refused_before_any_weight_changes(tiny_model, adapters):
-    from zthumb.compiled import SlotError
+    from zthumb.backends.compiled import SlotError
 
     unet = _unet(tiny_model, torch.float32)
     base = {name: value.clone() for name, value in unet.state_dict().items()}

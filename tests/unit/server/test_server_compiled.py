@@ -182,7 +182,7 @@ def test_compile_settings_from_the_environment(monkeypatch, tmp_path):
 
 def test_adapter_rank_reads_every_key_layout():
     import torch
-    from zthumb.compiled import adapter_rank
+    from zthumb.backends.compiled import adapter_rank
 
     assert (
         adapter_rank(

@@ -25,7 +25,8 @@ import pytest
 import torch
 from zthumb_trainer.dataset import prepare_dataset
 from zthumb_trainer.export import DIFFUSERS_WEIGHTS
-from zthumb_trainer.train import TrainConfig, list_checkpoints, run_training
+from zthumb_trainer.train import list_checkpoints, run_training
+from zthumb_trainer.train_config import TrainConfig
 
 WORKER = """
 import json, os, sys
@@ -34,6 +35,7 @@ from pathlib import Path
 import zthumb_trainer.export as export
 import zthumb_trainer.reporting as reporting
 import zthumb_trainer.train as train
+import zthumb_trainer.train_config as train_config
 
 rank = int(os.environ["RANK"])
 calls = []
@@ -56,7 +58,7 @@ values = json.loads(sys.argv[1])
 for key in ("run_dir", "base_model", "model_config_dir", "export_dir"):
     values[key] = Path(values[key])
 try:
-    summary = train.run_training(train.TrainConfig(**values))
+    summary = train.run_training(train_config.TrainConfig(**values))
     code = 0
 except train.TrainingInterrupted:
     summary, code = None, 3

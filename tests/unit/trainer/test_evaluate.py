@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 from zthumb_trainer.cli import app
-from zthumb_trainer.evaluate import EvalConfig, EvalError, expand_prompt, run_eval
+from zthumb_trainer.eval_config import EvalConfig
+from zthumb_trainer.evaluate import EvalError, run_eval
 from zthumb_trainer.http_serve import StaticServer
 
 
@@ -65,11 +66,6 @@ def _fake_server(not_ready_for: int = 0, requests: list | None = None, key: str 
                              "adapter": adapter, "timings": {"total_s": 0.01}})  # fmt: skip
 
     return Fake
-
-
-def test_expand_prompt():
-    assert expand_prompt("a photo of {trigger}", "zt") == "a photo of zt"
-    assert expand_prompt("a cat", "zt") == "zt, a cat"
 
 
 def test_report_pairs_differences_and_summary(tmp_path, monkeypatch):

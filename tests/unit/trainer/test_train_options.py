@@ -271,9 +271,9 @@ def test_dora_adapter_is_served_by_the_eager_backend(prepared, tiny_model, tmp_p
     # The compiled server mode (plain LoRA merged or hot-swapped) refuses this very file (a 422).
     from types import SimpleNamespace
 
-    from zthumb.compiled import SlotError
-    from zthumb.compiled_fused import FusedUNet
-    from zthumb.compiled_slot import SlotUNet
+    from zthumb.backends.compiled import SlotError
+    from zthumb.backends.compiled_fused import FusedUNet
+    from zthumb.backends.compiled_slot import SlotUNet
 
     pipe = SimpleNamespace(unet=None)
     for compiled in (

@@ -23,8 +23,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
-from zthumb.backends.lora_load import COMPONENTS, AdapterMismatchError, inject_lora
-from zthumb.compiled import SlotError, adapter_rank
+from zthumb.backends.compiled import CompiledUNet, SlotError, adapter_rank
+from zthumb.backends.lora_keys import COMPONENTS
+from zthumb.backends.lora_load import AdapterMismatchError, inject_lora
 from zthumb.errors import AdapterLoadError, InvalidRequestError
 
 if TYPE_CHECKING:
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 
     import torch
 
-    from zthumb.compiled import CompiledUNet
     from zthumb.lora import AdapterRef
     from zthumb.settings import Settings
 

@@ -14,13 +14,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from zthumb.backends.adapters import AdapterCache
+from zthumb.backends.compiled import CompiledUNet, configure_inductor_cache
+from zthumb.backends.compiled_fused import FusedUNet
+from zthumb.backends.compiled_slot import SlotUNet
 from zthumb.errors import GenerationCancelledError, InvalidRequestError, ZThumbError
 
 if TYPE_CHECKING:
     import torch
     from PIL.Image import Image
 
-    from zthumb.compiled import CompiledUNet
     from zthumb.settings import Settings
 
 log = logging.getLogger("zthumb.backends")
@@ -140,10 +142,6 @@ class Backend(AdapterCache):
     def _compile(self) -> CompiledUNet:
         """``ZTHUMB_COMPILE``: the adapter strategy (``ZTHUMB_COMPILE_LORA``), ``torch.compile`` of
         the UNet, one warm-up generation."""
-        from zthumb.compiled import configure_inductor_cache
-        from zthumb.compiled_fused import FusedUNet
-        from zthumb.compiled_slot import SlotUNet
-
         s = self.settings
         compiled: CompiledUNet
         if s.compile_lora == "fuse":

@@ -1,4 +1,5 @@
-"""How one adapter file's weights get into a pipeline: diffusers' conversions, the fit check, injection.
+"""How one adapter file's weights get into a pipeline: the fit check and injection (the keys converted
+as diffusers converts them by ``lora_keys.py``).
 
 ``inject_lora`` is what ``load_lora_weights`` does, from weights already read.
 
@@ -18,12 +19,12 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+from zthumb.backends.compiled import CompiledUNet
+from zthumb.backends.lora_keys import COMPONENTS, peft_named
+
 if TYPE_CHECKING:
     import torch
 
-    from zthumb.compiled import CompiledUNet
-
-COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 # The module a LoRA key belongs to is everything before its LoRA marker: ``.lora_A.`` (PEFT),
 # ``.lora_magnitude_vector`` (DoRA), or in keys of another prefix, which are not converted,
 # ``.lora.down.``, ``.lora_linear_layer.``, ``.lora_down.`` (kohya), ``_lora.down.``.
@@ -41,35 +42,6 @@ class AdapterMismatchError(ValueError):
 def _module_of(key: str) -> str | None:
     match = _LORA_MARKER.search(key)
     return key[: match.start()] if match else None
-
-
-def peft_named(pipe: Any, state_dict: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The LoRA weights per top-level prefix (``unet``, ``text_encoder``, … or a foreign one), the
-    prefix removed and the keys converted as diffusers converts them when it loads them (diffusers
-    0.42, ``load_lora_adapter`` and ``_load_lora_into_text_encoder``), so the names are the ones
-    PEFT will look for: UNet keys to PEFT names; text-encoder keys to diffusers then PEFT names
-    (old ``to_k_lora`` spellings become ``k_proj``), without ``text_model.`` when the installed
-    transformers flattens ``CLIPTextModel``. Other prefixes are kept as they are.
-    """
-    from diffusers.utils import (
-        convert_state_dict_to_diffusers,
-        convert_state_dict_to_peft,
-        convert_unet_state_dict_to_peft,
-    )
-
-    groups: dict[str, dict[str, Any]] = {}
-    for key, value in state_dict.items():
-        component, _, rest = key.partition(".")
-        groups.setdefault(component, {})[rest] = value
-    for component, raw in groups.items():
-        if component == "unet":
-            groups[component] = convert_unet_state_dict_to_peft(raw)
-        elif component in COMPONENTS:
-            group = convert_state_dict_to_peft(convert_state_dict_to_diffusers(raw))
-            if not hasattr(getattr(pipe, component, None), "text_model"):
-                group = {key.removeprefix("text_model."): value for key, value in group.items()}
-            groups[component] = group
-    return groups
 
 
 def lora_modules(pipe: Any, state_dict: dict[str, Any]) -> dict[str, set[str]]:

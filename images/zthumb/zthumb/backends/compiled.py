@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from zthumb.backends.lora_keys import peft_named
+
 if TYPE_CHECKING:
     import torch
 
@@ -188,8 +190,6 @@ def lora_weights(
     ``_load_lora_into_text_encoder`` for the text encoders). What the compiled path cannot serve is
     a ``SlotError``: layers of components outside ``components`` (``refusal`` says why), DoRA/LoKr."""
     from diffusers.utils.peft_utils import _create_lora_config
-
-    from zthumb.backends.lora_load import peft_named
 
     if not state_dict:
         raise SlotError("it holds no LoRA layers", code="lora_invalid")

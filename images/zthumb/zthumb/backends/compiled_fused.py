@@ -31,8 +31,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from zthumb.backends.lora_load import COMPONENTS
-from zthumb.compiled import CompiledUNet, SlotError, lora_weights
+from zthumb.backends.compiled import CompiledUNet, SlotError, lora_weights
+from zthumb.backends.lora_keys import COMPONENTS
 
 if TYPE_CHECKING:
     import torch

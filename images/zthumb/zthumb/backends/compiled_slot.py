@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from zthumb.compiled import CompiledUNet, SlotError, adapter_rank, lora_weights
+from zthumb.backends.compiled import CompiledUNet, SlotError, adapter_rank, lora_weights
 
 if TYPE_CHECKING:
     import torch
