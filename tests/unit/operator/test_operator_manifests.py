@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 from lft_helpers import ROOT, make_run
+from zthumb_contract import crd
 from zthumb_operator import identity
 from zthumb_operator.config import OperatorConfig
 
@@ -82,10 +83,11 @@ def test_the_policy_reads_every_param_and_each_message_names_its_spec_field() ->
     assert spec["paramKind"] == {"apiVersion": "v1", "kind": "ConfigMap"}
     (rule,) = spec["matchConstraints"]["resourceRules"]
     assert (rule["apiGroups"], rule["resources"], rule["operations"]) == (
-        ["zthumb.io"],
-        ["lorafinetunes"],
+        [crd.GROUP],
+        [crd.PLURAL],
         ["CREATE"],
     )
+    assert rule["apiVersions"] == [crd.VERSION]  # named: the API server type-checks against its schema
     expressions = " ".join(v["expression"] for v in spec["variables"])
     for key in PARAMS:
         assert f"params.?data.?{key}" in expressions, key
