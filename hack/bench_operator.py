@@ -128,12 +128,6 @@ def main() -> int:
     kubectl("create", "namespace", ns)
     while kubectl("get", "serviceaccount", "default", "-n", ns, check=False) == "":
         time.sleep(0.5)
-    trainer = (
-        (ROOT / "manifests/operator/trainer-rbac.yaml")
-        .read_text()
-        .replace("namespace: ml", f"namespace: {ns}")
-    )
-    kubectl("apply", "-f", "-", input=trainer)
     pv = {
         "apiVersion": "v1",
         "kind": "PersistentVolume",

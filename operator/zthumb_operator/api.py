@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from zthumb_operator import builders, metrics
 from zthumb_operator.queues import KUEUE_GROUP, KUEUE_VERSION
 
 T = TypeVar("T")
+# A Secret's metadata without its data (the API server's PartialObjectMetadata response).
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 # Named in managedFields of everything the operator writes (the train pod writes as "zthumb-trainer").
 FIELD_MANAGER = "zthumb-operator"
 
@@ -44,6 +47,9 @@ class Api(Protocol):
     async def get_kueue_object(
         self, plural: str, name: str, namespace: str | None = None
     ) -> dict[str, Any] | None: ...
+    async def create_namespaced(self, kind: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]: ...
+    async def get_namespaced(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
+    async def get_secret_labels(self, namespace: str, name: str) -> dict[str, str] | None: ...
 
 
 class ConflictError(Exception):
@@ -78,6 +84,21 @@ class KubeApi:
         self._core = client.CoreV1Api(api_client)
         self._apps = client.AppsV1Api(api_client)
         self._custom = client.CustomObjectsApi(api_client)
+        self._rbac = client.RbacAuthorizationV1Api(api_client)
+        # The run's identity objects (identity.py), by kind: (resource, create, read).
+        self._namespaced: dict[str, tuple[str, Callable[..., Any], Callable[..., Any]]] = {
+            "ServiceAccount": (
+                "serviceaccounts",
+                self._core.create_namespaced_service_account,
+                self._core.read_namespaced_service_account,
+            ),
+            "Role": ("roles", self._rbac.create_namespaced_role, self._rbac.read_namespaced_role),
+            "RoleBinding": (
+                "rolebindings",
+                self._rbac.create_namespaced_role_binding,
+                self._rbac.read_namespaced_role_binding,
+            ),
+        }
         self._sanitize = api_client.sanitize_for_serialization
         self._instance = socket.gethostname()
 
@@ -226,6 +247,37 @@ class KubeApi:
             return self._dict(await self._call("get", plural, call))
         except NotFoundError:
             return None
+
+    async def create_namespaced(self, kind: str, namespace: str, body: Any) -> dict[str, Any]:
+        resource, create, _ = self._namespaced[kind]
+        res = await self._call(
+            "create", resource, lambda: create(namespace, body, field_manager=FIELD_MANAGER)
+        )
+        return self._dict(res)
+
+    async def get_namespaced(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        resource, _, read = self._namespaced[kind]
+        try:
+            return self._dict(await self._call("get", resource, lambda: read(name, namespace)))
+        except NotFoundError:
+            return None
+
+    async def get_secret_labels(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A Secret's labels (None: no such Secret). Its metadata only: the data never leaves the
+        API server."""
+
+        def call() -> Any:
+            # Not preloaded: the raw response (the client would parse it as a whole Secret).
+            response: Any = self._core.read_namespaced_secret(
+                name, namespace, _preload_content=False, _headers={"Accept": METADATA_ONLY}
+            )
+            return json.loads(response.data)
+
+        try:
+            found = await self._call("get", "secrets", call)
+        except NotFoundError:
+            return None
+        return dict((found.get("metadata") or {}).get("labels") or {})
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

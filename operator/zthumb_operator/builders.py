@@ -68,6 +68,15 @@ def job_name(run_name: str, step: str) -> str:
     return bounded_name(run_name, step)
 
 
+# The ServiceAccount of the step pods that mount no token (every step but train).
+NO_TOKEN_SERVICE_ACCOUNT = "default"
+
+
+def run_service_account(run_name: str) -> str:
+    """The run's own ServiceAccount, Role and RoleBinding (``identity.py``): the train pod's identity."""
+    return bounded_name(run_name, "trainer")
+
+
 def label_value(value: str) -> str:
     """A label-safe (≤ 63 characters) stand-in for ``value``: itself, or a hashed cut."""
     if len(value) <= MAX_NAME:
@@ -104,7 +113,6 @@ class JobSettings:
     """The operator-wide part of a Job (from the operator's config)."""
 
     image: str
-    service_account: str = "zthumb-trainer"
     run_as_user: int = 10001
     fs_group: int = 10001
     backoff_limit: int = 2
@@ -201,8 +209,11 @@ def build_job(
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "serviceAccountName": settings.service_account,
-        # Only the train pod talks to the API server (progress into the status).
+        # Only the train pod talks to the API server (progress into its own run's status), as the
+        # run's own ServiceAccount, which may patch nothing else; the others mount no token at all.
+        "serviceAccountName": (
+            run_service_account(run_name) if step.reports_progress else NO_TOKEN_SERVICE_ACCOUNT
+        ),
         "automountServiceAccountToken": step.reports_progress,
         "enableServiceLinks": False,
         "securityContext": {

@@ -12,6 +12,18 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "ZTHUMB_OPERATOR_"
+# In a list setting: anything is allowed.
+ANY = "*"
+# The project's trainer image, by tag or by digest.
+PROJECT_TRAINER_IMAGES = ("ghcr.io/zthumb/trainer:", "ghcr.io/zthumb/trainer@")
+# The label the chart puts on the server's Deployment (its default name).
+SERVER_DEPLOYMENT_SELECTOR = {"app.kubernetes.io/name": "zthumb"}
+
+
+def _split(value: Any) -> Any:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
 
 
 class ConfigError(RuntimeError):
@@ -27,8 +39,6 @@ class OperatorConfig(BaseSettings):
     namespaces: Annotated[tuple[str, ...], NoDecode] = ()
     # Image of the step Jobs when a LoRAFinetune leaves spec.images.trainer unset.
     trainer_image: str = "ghcr.io/zthumb/trainer:0.1.0"
-    # ServiceAccount of the step pods (the train pod patches lorafinetunes/status with it).
-    trainer_service_account: str = "zthumb-trainer"
     # UID/GID of the step containers: the trainer image's user, and the chart's (both 10001), so the
     # server can read what the Jobs write on the shared volume.
     run_as_user: int = Field(default=10001, ge=1)
@@ -61,12 +71,55 @@ class OperatorConfig(BaseSettings):
     # Log level of the operator and kopf.
     log_level: str = "INFO"
 
-    @field_validator("namespaces", mode="before")
+    # What a run may use (admission.py; the ValidatingAdmissionPolicy in manifests/operator/admission/
+    # says the same at apply time). Lists are comma-separated: "*" allows anything, empty nothing.
+    # Prefixes spec.images.trainer must start with; empty: a run may not choose its image at all.
+    allowed_trainer_images: Annotated[tuple[str, ...], NoDecode] = PROJECT_TRAINER_IMAGES
+    # Only Secrets labelled zthumb.io/allow-runs=true may be named by a run's *SecretRef fields.
+    require_secret_label: bool = True
+    # Labels (key=value, comma-separated) the Deployment a run rolls out must carry; empty: any.
+    deployment_selector: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=lambda: dict(SERVER_DEPLOYMENT_SELECTOR)
+    )
+    # Keys spec.resources.nodeSelector and spec.resources.tolerations may use.
+    allowed_node_selector_keys: Annotated[tuple[str, ...], NoDecode] = (ANY,)
+    allowed_toleration_keys: Annotated[tuple[str, ...], NoDecode] = ("nvidia.com/gpu",)
+
+    @field_validator(
+        "namespaces",
+        "allowed_trainer_images",
+        "allowed_node_selector_keys",
+        "allowed_toleration_keys",
+        mode="before",
+    )
     @classmethod
-    def _split_namespaces(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return tuple(part.strip() for part in value.split(",") if part.strip())
+    def _split_list(cls, value: Any) -> Any:
+        return _split(value)
+
+    @field_validator("allowed_trainer_images")
+    @classmethod
+    def _check_prefixes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for prefix in value:
+            # "ghcr.io/zthumb" would also allow "ghcr.io/zthumb-evil/...".
+            if prefix != ANY and not prefix.endswith(("/", ":", "@")):
+                raise ValueError(
+                    f"{prefix!r} must end with '/', ':' or '@' (a registry or repository, a tag or a "
+                    f"digest), or be {ANY!r}"
+                )
         return value
+
+    @field_validator("deployment_selector", mode="before")
+    @classmethod
+    def _parse_selector(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        selector = {}
+        for part in _split(value):
+            key, sep, label = part.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"{part!r} is not key=value")
+            selector[key.strip()] = label.strip()
+        return selector
 
     @field_validator("eval_server_url_template")
     @classmethod

@@ -21,7 +21,7 @@ from zthumb_contract.stages import PENDING, Stage, Success
 from zthumb_contract.steps import RunPaths, StepDefinition, deploy_env
 
 from zthumb_operator import builders as b
-from zthumb_operator import conditions, metrics, queues, serverkey
+from zthumb_operator import conditions, identity, metrics, queues, serverkey
 from zthumb_operator import multinode as mn
 from zthumb_operator.api import Api, ConflictError, ForbiddenError
 from zthumb_operator.cache import Cache
@@ -42,7 +42,6 @@ class JobStages:
     def job_settings(self, spec: LoRAFinetuneSpec) -> b.JobSettings:
         return b.JobSettings(
             image=spec.images.trainer or self.config.trainer_image,
-            service_account=self.config.trainer_service_account,
             run_as_user=self.config.run_as_user,
             fs_group=self.config.fs_group,
             backoff_limit=self.config.backoff_limit,
@@ -57,6 +56,8 @@ class JobStages:
         job = self.cache.jobs.get((ns, jname))
         created = False
         if job is None:
+            if step.reports_progress:  # the pod's token may patch this run's status, nothing else
+                await identity.ensure_identity(self.api, p.run)
             if step.nodes > 1:
                 # The Service first, so that pod 0's DNS name exists by the time the pods start.
                 await self.ensure_service(p.run, mn.build_service(p.run, jname, step))

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from zthumb_contract.spec import LoRAFinetuneSpec
 from zthumb_contract.stages import FAILED, SUCCEEDED, TERMINAL_PHASES, Runner, active_stages, build_steps
 
-from zthumb_operator import conditions, metrics
+from zthumb_operator import admission, conditions, metrics
 from zthumb_operator.api import Api
 from zthumb_operator.cache import Cache
 from zthumb_operator.config import OperatorConfig
@@ -55,6 +55,8 @@ class Controller:
         self.runs, self.jobs, self.pods = self.cache.runs, self.cache.jobs, self.cache.pods
         self.rollouts = Rollouts(config, api, self.cache, flush=self._flush)
         self.job_stages = JobStages(config, api, self.cache, self.rollouts)
+        # Runs (uids) whose spec the admission settings were checked against since this start.
+        self.admitted: set[str] = set()
         # What the kopf handlers and the runtime call.
         self.on_run_event = self.cache.on_run_event
         self.on_job_event = self.cache.on_job_event
@@ -66,6 +68,7 @@ class Controller:
     def resync(self) -> None:
         """Safety net: reconcile every run that is not finished."""
         metrics.set_run_phases((r.get("status") or {}).get("phase") for r in self.runs.values())
+        self.admitted &= {run["metadata"].get("uid") for run in self.runs.values()}
         for key, run in list(self.runs.items()):
             if (run.get("status") or {}).get("phase") not in TERMINAL_PHASES:
                 self.request(key)
@@ -82,6 +85,9 @@ class Controller:
             return await self._advance(p)
         except kopf.PermanentError as exc:
             p.phase(FAILED, "InvalidSpec", str(exc), event="Warning")
+            return None
+        except admission.NotAllowedError as exc:
+            p.phase(FAILED, admission.REASON, str(exc), event="Warning")
             return None
         finally:
             await self._flush(p)
@@ -125,6 +131,10 @@ class Controller:
             s.name: s for s in build_steps(name, spec, spec.storage.mount_path, self.server_url(p.run, spec))
         }
         stages = active_stages(spec)
+        uid = p.run["metadata"]["uid"]
+        if uid not in self.admitted:  # before any Job; once per run and start (settings may change)
+            await admission.check_run(self.api, self.config, p.run, spec)
+            self.admitted.add(uid)
         if not p.status.get("phase"):
             await self.job_stages.check_queue_capacity(p, spec, steps.values())
             p.event("Normal", "Accepted", f"run {name}: steps {', '.join(s.name for s in stages)}")

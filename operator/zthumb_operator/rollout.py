@@ -20,7 +20,7 @@ from zthumb_contract.spec import LoRAFinetuneSpec
 from zthumb_contract.stages import STAGE, TERMINAL_PHASES
 from zthumb_contract.steps import RunPaths, deploy_env
 
-from zthumb_operator import conditions, deployments, metrics, serverkey
+from zthumb_operator import admission, conditions, deployments, metrics, serverkey
 from zthumb_operator.api import Api, ConflictError
 from zthumb_operator.cache import Cache
 from zthumb_operator.config import OperatorConfig
@@ -70,6 +70,12 @@ class Rollouts:
                 DEPLOY.phase, "DeploymentNotFound", f"waiting for deployment {d.deployment} to exist in {ns}"
             )
             return again_in(max(poll, 5.0))
+        refusal = (
+            admission.deployment_refusal(self.config, deployment) if not state.get("startedAt") else None
+        )
+        if refusal:  # it did not exist when the run was admitted, or its labels changed since
+            p.fail(DEPLOY.condition, admission.REASON, refusal)
+            return WAIT
         owner = deployments.rollout_owner(deployment)
         if owner != name:
             if owner and self.holds_lock((ns, owner)):

@@ -31,7 +31,7 @@ from typing import Any, NoReturn, TypeVar
 
 import pytest
 import yaml
-from operator_harness import CRD, OPERATOR_RBAC, SERVER, TRAINER_RBAC, Kubectl, Operator, in_namespace
+from operator_harness import CRD, OPERATOR_RBAC, SERVER, Kubectl, Operator, in_namespace
 
 E2E_ENABLED = os.environ.get("ZTHUMB_E2E") == "1"
 SKIP_REASON = (
@@ -254,7 +254,6 @@ def setup(
         text = in_namespace(path.read_text(), ns).replace("namespace: zthumb-system", f"namespace: {ns}")
         kubectl("apply", "-f", "-", input=text)
     kubectl("create", "serviceaccount", "zthumb-operator", "-n", ns)
-    kubectl("apply", "-f", "-", input=in_namespace(TRAINER_RBAC.read_text(), ns))
     kubectl("apply", "-f", "-", input=SERVER.replace("NS", ns))
     kubectl("rollout", "status", "deployment/zthumb", "-n", ns, "--timeout=60s", timeout=90)
 

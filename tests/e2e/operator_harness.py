@@ -23,7 +23,6 @@ OPERATOR_RBAC = [
     ROOT / "manifests/operator/namespaced/role.yaml",
     ROOT / "manifests/operator/namespaced/rolebinding.yaml",
 ]
-TRAINER_RBAC = ROOT / "manifests" / "operator" / "trainer-rbac.yaml"
 RUN = "z-style"
 PHASE_TIMEOUT = 90
 

@@ -40,7 +40,6 @@ from realnode import (
     OPERATOR_MANIFESTS,
     OPERATOR_NS,
     TRAINER_IMAGE,
-    TRAINER_RBAC,
     Kubectl,
     ModelServer,
     assert_ran_on_real_node,
@@ -166,14 +165,11 @@ def real_ns(real_node: RealNode, cluster: Any) -> Iterator[str]:
 def operator(real_ns: str, cluster: Any) -> Iterator[str]:
     """The operator from manifests/operator (cluster-wide), running as a real pod; yields its namespace.
 
-    The step pods' ServiceAccount + Role (trainer-rbac.yaml) go into ``real_ns``.
+    The train pod's ServiceAccount, Role and RoleBinding are the operator's to create, per run.
     """
     kubectl: Kubectl = cluster.kubectl
     kubectl("apply", "-f", str(CRD))
     kubectl("wait", "--for=condition=Established", "crd/lorafinetunes.zthumb.io", "--timeout=60s", timeout=90)
-    kubectl(
-        "apply", "-f", "-", input=TRAINER_RBAC.read_text().replace("namespace: ml", f"namespace: {real_ns}")
-    )
     for path in OPERATOR_MANIFESTS:
         kubectl("apply", "-f", str(path))
     try:

@@ -30,7 +30,6 @@ OPERATOR_MANIFESTS = [
     ROOT / "manifests/operator/clusterrolebinding.yaml",
     ROOT / "manifests/operator/deployment.yaml",
 ]
-TRAINER_RBAC = ROOT / "manifests/operator/trainer-rbac.yaml"
 CRD = ROOT / "crds/lorafinetunes.zthumb.io.yaml"
 # Restricted-compliant security settings for the pods the tests create themselves.
 POD_SECURITY = {

@@ -465,7 +465,8 @@ def test_finetune_runs_in_real_pods_through_train_pod_and_operator_deletion(
         "status"
     ]
     train_spec = train_job["spec"]["template"]["spec"]
-    assert train_spec["serviceAccountName"] == "zthumb-trainer" and train_spec["automountServiceAccountToken"]
+    # The train pod's token is the run's own identity: it may patch this run's status, nothing else.
+    assert train_spec["serviceAccountName"] == f"{RUN}-trainer" and train_spec["automountServiceAccountToken"]
 
     # Every step ran in a real container on the real node, exited 0, and its log is readable.
     for step, job in jobs.items():

@@ -40,6 +40,9 @@ class FakeApi:
         # Kueue objects by (plural, namespace or None, name); ``kueue_forbidden``: RBAC says no.
         self.kueue: dict[tuple[str, str | None, str], dict[str, Any]] = {}
         self.kueue_forbidden = False
+        # The runs' identity objects by (kind, namespace, name); Secrets' labels by (namespace, name).
+        self.namespaced: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.secret_labels: dict[tuple[str, str], dict[str, str]] = {}
 
     def bump(self, obj: dict[str, Any]) -> None:
         self.rv += 1
@@ -122,6 +125,22 @@ class FakeApi:
         found = self.kueue.get((plural, namespace, name))
         return copy.deepcopy(found) if found else None
 
+    async def create_namespaced(self, kind: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        key = (kind, namespace, body["metadata"]["name"])
+        if key in self.namespaced:
+            raise ConflictError("AlreadyExists")
+        self.namespaced[key] = copy.deepcopy(body)
+        self.creates.append(f"{kind.lower()}/{key[2]}")
+        return copy.deepcopy(body)
+
+    async def get_namespaced(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        found = self.namespaced.get((kind, namespace, name))
+        return copy.deepcopy(found) if found else None
+
+    async def get_secret_labels(self, namespace: str, name: str) -> dict[str, str] | None:
+        labels = self.secret_labels.get((namespace, name))
+        return dict(labels) if labels is not None else None
+
     async def post_event(self, run: dict[str, Any], type_: str, reason: str, message: str, now: str) -> None:
         self.events.append((type_, reason, message))
 
@@ -131,6 +150,7 @@ def deployment(env: list[dict[str, str]] | None = None) -> dict[str, Any]:
         "metadata": {
             "name": "zthumb",
             "namespace": "ml",
+            "labels": {"app.kubernetes.io/name": "zthumb", "app.kubernetes.io/instance": "zthumb"},
             "generation": 1,
             "resourceVersion": "5",
             "annotations": {},

@@ -60,6 +60,9 @@ def test_happy_path_through_every_phase() -> None:
     assert h.api.creates == [
         "z-style-fetch-model",
         "z-style-prepare-dataset",
+        "serviceaccount/z-style-trainer",  # the train pod's own identity, just before its Job
+        "role/z-style-trainer",
+        "rolebinding/z-style-trainer",
         "z-style-train",
         "z-style-eval",
     ]
@@ -329,7 +332,7 @@ def test_a_train_pod_without_results_leaves_the_status_without_them() -> None:
     ],
 )
 def test_job_image_is_the_specs_or_else_the_operators(images: dict[str, str], expected: str) -> None:
-    h = Harness({"images": images} if images else None)
+    h = Harness({"images": images} if images else None, allowed_trainer_images=("registry.example/",))
     h.reconcile()
     job = h.api.jobs[("ml", "z-style-fetch-model")]
     assert job["spec"]["template"]["spec"]["containers"][0]["image"] == expected
