@@ -204,6 +204,9 @@ def test_an_abandoned_partial_is_adopted_and_resumed_and_a_live_one_left_alone(t
     abandoned = target.with_name(f"{target.name}.part-dead-pod-1234abcd")
     abandoned.write_bytes(data[:MiB])
     _age(abandoned, download_module.ABANDONED_SECONDS + 60)
+    older = target.with_name(f"{target.name}.part-dead-pod-9999abcd")  # a second one, shorter
+    older.write_bytes(data[:100])
+    _age(older, download_module.ABANDONED_SECONDS + 60)
     live = target.with_name(f"{target.name}.part-live-pod-5678abcd")
     live.write_bytes(b"another writer's bytes")
     ranges: list[str | None] = []
@@ -218,7 +221,10 @@ def test_an_abandoned_partial_is_adopted_and_resumed_and_a_live_one_left_alone(t
     assert ranges == [f"bytes={MiB}-"] and result.downloaded_bytes == len(data) - MiB
     assert target.read_bytes() == data
     assert live.read_bytes() == b"another writer's bytes"  # a live writer's file: untouched
-    assert not abandoned.exists()
+    assert not abandoned.exists() and not older.exists()  # adopted; removed once the model was published
+    assert sorted(p.name for p in target.parent.iterdir()) == sorted(
+        [target.name, f"{target.name}.verified", live.name]
+    )
 
 
 def test_a_recently_stopped_writers_partial_is_watched_until_it_is_abandoned(tmp_path, monkeypatch):
