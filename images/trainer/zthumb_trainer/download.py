@@ -184,9 +184,10 @@ def _adopt(output: Path, own: Path) -> bool:
     for _size, path in sorted(abandoned, reverse=True):
         try:
             os.rename(path, own)
+            # A rename keeps the mtime: until this touch, it still looks abandoned to the others.
+            os.utime(own)
         except FileNotFoundError:
-            continue  # another writer adopted it first
-        os.utime(own)  # a rename keeps the mtime: without this it would look abandoned still
+            continue  # another writer adopted it first (or in that instant, from this one)
         print(f"resuming the partial download {path.name} left by a stopped writer", file=sys.stderr)
         return True
     return False
