@@ -263,6 +263,7 @@ def stream_into(
             offset = 0
         total = _declared_total(response, offset)
         if total is not None and total > max_bytes:
+            partial.discard()  # what it holds is the start of a file that will never be accepted
             raise too_large(url, total, max_bytes, f"{field}.maxBytes")
         with partial.open_append() as handle, tqdm(
             total=total, initial=offset, unit="B", unit_scale=True, desc=partial.path.name,
@@ -271,6 +272,7 @@ def stream_into(
             for chunk in response.iter_bytes():
                 partial.check()
                 if offset + downloaded + len(chunk) > max_bytes:
+                    partial.discard()
                     raise too_large(url, offset + downloaded + len(chunk), max_bytes, f"{field}.maxBytes")
                 handle.write(chunk)
                 downloaded += len(chunk)

@@ -168,9 +168,6 @@ def verified_download(
             except ClaimLostError as lost:
                 print(f"{lost}; starting over", file=sys.stderr)
                 continue
-            except FetchError:
-                partial.discard()
-                raise
             if actual != expected:
                 partial.discard()
                 raise FetchError(
