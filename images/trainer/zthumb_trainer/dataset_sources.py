@@ -140,10 +140,10 @@ def fetch_archive(http: HttpDatasetSource, cache: Path, limits: Limits = DEFAULT
                 unpack(fetched.path, staging, limits)
             except BaseException as error:
                 shutil.rmtree(staging, ignore_errors=True)
-                if isinstance(error, SourceError):
-                    fetched.path.unlink()  # verified, but refused: fetching it again changes nothing
+                if isinstance(error, SourceError):  # verified but refused: fetching it again changes nothing
+                    fetched.path.unlink(missing_ok=True)
                 raise
-            fetched.path.unlink()  # this writer's own download, unpacked
+            fetched.path.unlink(missing_ok=True)  # this writer's own download, unpacked
     except FetchError as error:
         raise SourceError(str(error)) from error
     except httpx.HTTPError as error:  # the partial download stays: the next attempt resumes it
