@@ -34,6 +34,14 @@ CLIP_PATH = "models/clip-vit-large-patch14.safetensors"
 CLIP_CONFIG_URL = f"https://huggingface.co/openai/clip-vit-large-patch14/resolve/{CLIP_REVISION}/"
 CLIP_CONFIG_PATH = "models/clip-vit-large-patch14-config"
 
+# Download limits (``maxBytes``): a server that sends more (or never stops) cannot fill the shared
+# volume. Each default leaves room above what it is for: SDXL base is 6.94 GB, the eval's CLIP
+# 1.71 GB; a dataset archive may hold what ``dataset_sources.Limits`` lets it unpack (50 GiB).
+BASE_MODEL_MAX_BYTES = 16 * 2**30
+DATASET_ARCHIVE_MAX_BYTES = 50 * 2**30
+CLIP_MAX_BYTES = 4 * 2**30
+MAX_DOWNLOAD_BYTES = 2**40
+
 DEFAULT_EVAL_PROMPTS = ["a photo of {trigger}", "a watercolor painting of {trigger} in a garden"]
 
 
@@ -53,6 +61,9 @@ class BaseModelSpec(_Spec):
     config_url: str = SDXL_CONFIG_URL
     config_path: Annotated[str, on_volume("baseModel.configPath")] = SDXL_CONFIG_PATH
     token_secret_ref: SecretKeyRef | None = None
+    max_bytes: int = Field(BASE_MODEL_MAX_BYTES, ge=1, le=MAX_DOWNLOAD_BYTES)
+    # A token is never sent over plain http:// unless this is set (a trusted in-cluster mirror).
+    allow_insecure_http: bool = False
 
 
 S3_BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
@@ -64,8 +75,10 @@ class HttpDatasetSource(_Spec):
 
     url: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    # Sent as ``Authorization: Bearer`` to the URL's host only (env ZTHUMB_DATASET_TOKEN).
+    # Sent as ``Authorization: Bearer`` to the URL's origin only (env ZTHUMB_DATASET_TOKEN).
     token_secret_ref: SecretKeyRef | None = None
+    max_bytes: int = Field(DATASET_ARCHIVE_MAX_BYTES, ge=1, le=MAX_DOWNLOAD_BYTES)
+    allow_insecure_http: bool = False
 
 
 class S3Credentials(_Spec):
@@ -223,6 +236,8 @@ class ClipSpec(_Spec):
     config_url: str = CLIP_CONFIG_URL
     config_path: Annotated[str, on_volume("eval.clip.configPath")] = CLIP_CONFIG_PATH
     token_secret_ref: SecretKeyRef | None = None
+    max_bytes: int = Field(CLIP_MAX_BYTES, ge=1, le=MAX_DOWNLOAD_BYTES)
+    allow_insecure_http: bool = False
     # Training images CLIP-I compares with (evenly spread over the prepared dataset).
     max_training_images: int = Field(64, ge=1, le=1024)
 

@@ -156,6 +156,11 @@ def spec_args(model: BaseModel, exclude: Collection[str] = ()) -> list[str]:
     return args
 
 
+# The spec.baseModel fields fetch-model takes as flags of their own (paths resolved below the data
+# root; the token from a Secret, as env); the others (maxBytes, allowInsecureHttp) via spec_args.
+FETCH_MODEL_OWN_FIELDS = frozenset({"url", "sha256", "path", "config_url", "config_path", "token_secret_ref"})
+
+
 def fetch_model_step(paths: RunPaths) -> StepDefinition:
     base = paths.spec.base_model
     secret_env = {"HF_TOKEN": base.token_secret_ref} if base.token_secret_ref else {}
@@ -168,6 +173,7 @@ def fetch_model_step(paths: RunPaths) -> StepDefinition:
             "--output", paths.base_model,
             "--config-url", base.config_url,
             "--config-dir", paths.base_model_config,
+            *spec_args(base, exclude=FETCH_MODEL_OWN_FIELDS),
         ),
         secret_env=secret_env,
     )  # fmt: skip

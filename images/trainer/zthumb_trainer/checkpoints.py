@@ -4,7 +4,6 @@ written to a temporary name and renamed (a half-written one never counts), the l
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
@@ -13,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from zthumb_trainer.atomic import fresh_directory, publish_directory
+from zthumb_trainer.atomic import publish_directory, staging_directory
 
 if TYPE_CHECKING:
     from zthumb_trainer.optim import LoraEma
@@ -67,7 +66,7 @@ def save_checkpoint(
     from zthumb_trainer.export import _json_safe
 
     target = directory / f"{CHECKPOINT_PREFIX}{step}"
-    staging = fresh_directory(directory / f".tmp-{CHECKPOINT_PREFIX}{step}-{os.getpid()}")
+    staging = staging_directory(target, "tmp")
     save_file(adapter_state(models), str(staging / "adapter.safetensors"))
     if ema is not None:
         with ema.applied():

@@ -15,8 +15,8 @@ from typing import Annotated
 
 import typer
 from zthumb_contract import env
-from zthumb_contract.spec import DatasetSpec, EvalSpec, TrainingSpec
-from zthumb_contract.steps import RENDEZVOUS_PORT, RENDEZVOUS_TIMEOUT_SECONDS
+from zthumb_contract.spec import BaseModelSpec, DatasetSpec, EvalSpec, TrainingSpec
+from zthumb_contract.steps import FETCH_MODEL_OWN_FIELDS, RENDEZVOUS_PORT, RENDEZVOUS_TIMEOUT_SECONDS
 
 from zthumb_trainer.launch import Rendezvous
 from zthumb_trainer.options import spec_options
@@ -48,6 +48,7 @@ def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug 
 
 
 @app.command("fetch-model")
+@spec_options(BaseModelSpec, "base_model", exclude=FETCH_MODEL_OWN_FIELDS)
 def fetch_model(  # noqa: PLR0917 - one option per flag
     url: Annotated[str, typer.Option(help="Where to download the checkpoint from.")],
     sha256: Annotated[str, typer.Option(help="Expected SHA256 of the checkpoint.")],
@@ -57,17 +58,21 @@ def fetch_model(  # noqa: PLR0917 - one option per flag
     ] = None,
     config_dir: Annotated[Path | None, typer.Option(help="Where to put the config files.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    *,
+    base_model: BaseModelSpec,
 ) -> None:
-    """Download the base model (resumable, SHA256-verified) and its config files."""
+    """Download the base model (resumable, SHA256-verified, at most --max-bytes) and its config files."""
     import httpx
 
     from zthumb_trainer.fetch import FetchError, download, fetch_config, token_from_env
 
     token = token_from_env()
     try:
-        result = download(url, sha256, output, token=token, progress=progress)
+        insecure = base_model.allow_insecure_http
+        result = download(url, sha256, output, token=token, progress=progress, max_bytes=base_model.max_bytes,
+                          allow_insecure_http=insecure)  # fmt: skip
         if config_url and config_dir:
-            fetch_config(config_url, config_dir, token=token)
+            fetch_config(config_url, config_dir, token=token, allow_insecure_http=insecure)
     except FetchError as error:
         raise _fail(str(error)) from error
     except (OSError, httpx.HTTPError) as error:

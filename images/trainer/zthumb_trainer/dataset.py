@@ -9,8 +9,8 @@ Output under the run directory (``outputs/lora/<run>/dataset/``):
   dataset hash that ties an exported adapter to the exact data it saw;
 * ``stats.json``: counts, bucket histogram and every flagged file.
 
-The directory is written to a temporary sibling and renamed, so ``train`` never reads
-half a dataset.
+The directory is written to a staging sibling of this writer's own and renamed (replacing what
+an earlier attempt of the run published), so ``train`` never reads half a dataset.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zthumb_trainer.atomic import fresh_directory, publish_directory
+from zthumb_trainer.atomic import publish_directory, staging_directory
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 MANIFEST_VERSION = 1
@@ -178,7 +178,7 @@ def prepare_dataset(
     min_side = min_side if min_side is not None else max(64, resolution // 4)
     buckets = buckets_for(resolution) if bucketing else [(resolution, resolution)]
     target = dataset_dir(run_dir)
-    staging = fresh_directory(target.with_name(target.name + ".part"))
+    staging = staging_directory(target, "part")
     (staging / "images").mkdir()
 
     entries: list[ManifestEntry] = []

@@ -1,17 +1,19 @@
 """Datasets from where users keep them (``spec.dataset.source``): an HTTP(S) archive or an S3
 bucket prefix, fetched by the prepare step into ``datasets/cache/<content hash>/`` on the volume.
 
-* An archive is downloaded with the base model's code (resumable, SHA256-verified before anything
-  is unpacked, ``spec.dataset.source.http.sha256`` named on a mismatch) and unpacked into a
-  staging directory that is renamed into place: a reader never sees half a dataset. Its content
-  hash is its SHA256, so the same archive is fetched and unpacked once.
-* Unpacking trusts nothing in the archive: absolute names, ``..``, links and device files are
-  refused; so are more than ``Limits.members`` entries, more than ``Limits.total_bytes`` unpacked
-  (counted as written, not as declared) and a member that inflates more than ``Limits.ratio``
-  times (a zip bomb). The error names the limit; nothing is written outside the staging directory.
+* An archive is downloaded with the base model's code (``fetch.verified_download``: resumable,
+  bounded by ``spec.dataset.source.http.maxBytes``, SHA256-verified before anything is unpacked,
+  ``spec.dataset.source.http.sha256`` named on a mismatch) into this writer's own file, and
+  unpacked (``archives.unpack``: bounded memory, bytes, names and ratios) into this writer's own
+  staging directory. Its content hash is its SHA256, so the same archive is fetched once.
 * An S3 prefix is listed (paginated); its content hash is the SHA256 of the sorted (key, ETag, size)
   listing, so an unchanged prefix is not downloaded again. Unreachable endpoints, missing buckets
   and refused credentials are errors naming the field.
+* Several prepare steps may fetch the same dataset at once (each pod's process is PID 1, so staging
+  names carry a writer token, ``atomic.py``). The staging directory is renamed to its cache entry
+  unless another writer's complete one is there: then this writer's copy is discarded and the
+  winner's used. A folder at the entry without the ``.complete`` marker is not the cache's and is
+  refused, naming the field, never replaced.
 * The cache is bounded: each fetch marks its dataset used, then removes the datasets beyond the
   ``KEEP_DATASETS`` most recently used that nobody used for ``GRACE_SECONDS`` (another run's prepare
   step may be reading one right now), and partial downloads and staging directories older than
@@ -23,39 +25,28 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import stat
 import sys
-import tarfile
 import time
-import zipfile
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 from zthumb_contract import env
 from zthumb_contract.spec import DatasetSourceSpec, HttpDatasetSource, S3DatasetSource
 
-from zthumb_trainer.atomic import fresh_directory, publish_directory
+from zthumb_trainer.archives import DEFAULT_LIMITS, Limits, SourceError, safe_name, unpack
+from zthumb_trainer.atomic import publish_new_directory, staging_directory
+from zthumb_trainer.fetch import FetchError, verified_download
+
+__all__ = ["COMPLETE", "KEEP_DATASETS", "Limits", "SourceError", "fetch_source", "prune_cache", "unpack"]
 
 COMPLETE = ".complete"  # written last into a published dataset; its mtime is the last use
-COPY_BLOCK = 1 << 20
 KEEP_DATASETS = 4
 GRACE_SECONDS = 24 * 3600
 
 
-class SourceError(Exception):
-    """The dataset could not be fetched; the message names the spec field to fix."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    members: int = 200_000
-    total_bytes: int = 50 * 2**30
-    ratio: float = 250.0  # unpacked / packed, per zip member and for a whole compressed tar
-
-
-def fetch_source(source: DatasetSourceSpec, cache: Path, limits: Limits = Limits()) -> Path:
+def fetch_source(source: DatasetSourceSpec, cache: Path, limits: Limits = DEFAULT_LIMITS) -> Path:
     """The directory holding the remote dataset's files, fetched into ``cache`` unless already there;
     then the cache is pruned (``prune_cache``)."""
     if source.http is not None:
@@ -103,134 +94,61 @@ def prune_cache(
     return stale
 
 
-def _publish(staging: Path, target: Path) -> Path:
+def _cached(target: Path, field: str) -> bool:
+    """True when ``target`` is a complete cache entry; a foreign folder there is refused."""
+    if (target / COMPLETE).exists():
+        return True
+    if target.exists() and not (target.is_dir() and not any(target.iterdir())):
+        raise SourceError(
+            f"{field}: {target} exists but is not a complete cached dataset (no {COMPLETE} marker): the "
+            "prepare step did not write it, so it is left as it is; remove it to fetch the dataset"
+        )
+    return False
+
+
+def _publish(staging: Path, target: Path, field: str) -> Path:
+    """Publish this writer's ``staging`` as ``target`` unless another writer's complete copy is there
+    already: then that one is used and this writer's is discarded."""
     (staging / COMPLETE).write_text("")
-    return publish_directory(staging, target)
+    if not publish_new_directory(staging, target):
+        shutil.rmtree(staging, ignore_errors=True)  # this writer's own copy
+        if not _cached(target, field):
+            raise SourceError(f"{field}: {target} appeared while fetching, without {COMPLETE}")
+        print(f"dataset {target.name}: another writer published it first; using theirs", file=sys.stderr)
+    return target
 
 
 # --- HTTP archives ----------------------------------------------------------------------------
 
 
-def fetch_archive(http: HttpDatasetSource, cache: Path, limits: Limits = Limits()) -> Path:
-    from zthumb_trainer.fetch import FetchError, download
-
+def fetch_archive(http: HttpDatasetSource, cache: Path, limits: Limits = DEFAULT_LIMITS) -> Path:
+    field = "spec.dataset.source.http"
     target = cache / http.sha256
-    if (target / COMPLETE).exists():
+    if _cached(target, field):
         print(f"dataset {http.url} already in {target} (sha256 {http.sha256})", file=sys.stderr)
         return target
     cache.mkdir(parents=True, exist_ok=True)
-    archive = cache / f".{http.sha256}.archive"
+    token = os.environ.get(env.DATASET_TOKEN) or None
     try:
-        download(http.url, http.sha256, archive, token=os.environ.get(env.DATASET_TOKEN) or None,
-                 field="spec.dataset.source.http")  # fmt: skip
+        with verified_download(
+            http.url, http.sha256, cache / f".{http.sha256}.archive", token=token, timeout=60.0,
+            progress=True, field=field, max_bytes=http.max_bytes,
+            allow_insecure_http=http.allow_insecure_http,
+        ) as fetched:  # fmt: skip
+            staging = staging_directory(target, "unpacking")
+            try:
+                unpack(fetched.path, staging, limits)
+            except BaseException as error:
+                shutil.rmtree(staging, ignore_errors=True)
+                if isinstance(error, SourceError):  # verified but refused: fetching it again changes nothing
+                    fetched.path.unlink(missing_ok=True)
+                raise
+            fetched.path.unlink(missing_ok=True)  # this writer's own download, unpacked
     except FetchError as error:
         raise SourceError(str(error)) from error
-    staging = fresh_directory(cache / f".{http.sha256}.unpacking-{os.getpid()}")
-    try:
-        unpack(archive, staging, limits)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    published = _publish(staging, target)
-    archive.unlink(missing_ok=True)
-    archive.with_name(archive.name + ".verified").unlink(missing_ok=True)
-    return published
-
-
-def _safe_name(name: str, field: str = "spec.dataset.source.http") -> PurePosixPath:
-    """A member name as a relative path that stays inside the destination, or a SourceError."""
-    path = PurePosixPath(name.replace("\\", "/"))
-    if not name or path.is_absolute() or ".." in path.parts or (path.parts and ":" in path.parts[0]):
-        raise SourceError(f"{field}: {name!r} would be written outside the dataset directory; refused")
-    return path
-
-
-def _copy_limited(stream: IO[bytes], target: Path, budget: list[int], limit: int, name: str) -> int:
-    """Copy ``stream`` to ``target``, counting what is written against ``budget`` (``[bytes left,
-    the total limit]``) and the member's own ``limit``."""
-    written = 0
-    with target.open("wb") as out:
-        while block := stream.read(COPY_BLOCK):
-            written += len(block)
-            budget[0] -= len(block)
-            if budget[0] < 0:
-                raise SourceError(
-                    f"spec.dataset.source.http: the archive unpacks to more than {budget[1]} bytes in all "
-                    "(the limit on a dataset archive, or its compression ratio: a zip bomb?)"
-                )
-            if written > limit:
-                raise SourceError(
-                    f"spec.dataset.source.http: member {name!r} inflates beyond the compression ratio limit "
-                    "(a zip bomb?)"
-                )
-            out.write(block)
-    return written
-
-
-def unpack(archive: Path, destination: Path, limits: Limits = Limits()) -> None:
-    """Unpack a zip or tar ``archive`` (detected by content) into ``destination``, safely."""
-    if zipfile.is_zipfile(archive):
-        _unpack_zip(archive, destination, limits)
-    elif tarfile.is_tarfile(archive):
-        _unpack_tar(archive, destination, limits)
-    else:
-        raise SourceError("spec.dataset.source.http: the file is neither a zip nor a tar archive")
-
-
-def _unpack_zip(archive: Path, destination: Path, limits: Limits) -> None:
-    budget = [limits.total_bytes, limits.total_bytes]
-    with zipfile.ZipFile(archive) as bundle:
-        members = bundle.infolist()
-        if len(members) > limits.members:
-            raise SourceError(f"spec.dataset.source.http: more than {limits.members} entries in the archive")
-        for member in members:
-            path = _safe_name(member.filename)
-            if stat.S_ISLNK(member.external_attr >> 16):
-                raise SourceError(f"spec.dataset.source.http: {member.filename!r} is a symbolic link")
-            target = destination.joinpath(*path.parts)
-            if member.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            limit = int(max(member.compress_size, 1) * limits.ratio)
-            if member.file_size > limit:
-                raise SourceError(
-                    f"spec.dataset.source.http: member {member.filename!r} inflates beyond the compression "
-                    f"ratio limit ({limits.ratio:g}x; a zip bomb?)"
-                )
-            with bundle.open(member) as stream:
-                _copy_limited(stream, target, budget, min(limit, member.file_size), member.filename)
-
-
-def _unpack_tar(archive: Path, destination: Path, limits: Limits) -> None:
-    # A compressed tar's members say nothing about compression: bound the whole archive's ratio.
-    ratio_budget = int(max(archive.stat().st_size, 1) * limits.ratio)
-    total = min(limits.total_bytes, ratio_budget)
-    budget = [total, total]
-    count = 0
-    with tarfile.open(archive) as bundle:
-        for member in bundle:
-            count += 1
-            if count > limits.members:
-                raise SourceError(
-                    f"spec.dataset.source.http: more than {limits.members} entries in the archive"
-                )
-            path = _safe_name(member.name)
-            target = destination.joinpath(*path.parts)
-            if member.isdir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            if not member.isfile():
-                kind = "link" if member.issym() or member.islnk() else "special file"
-                raise SourceError(
-                    f"spec.dataset.source.http: {member.name!r} is a {kind}; only files are accepted"
-                )
-            stream = bundle.extractfile(member)
-            if stream is None:
-                raise SourceError(f"spec.dataset.source.http: {member.name!r} cannot be read")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with stream:
-                _copy_limited(stream, target, budget, ratio_budget, member.name)
+    except httpx.HTTPError as error:  # the partial download stays: the next attempt resumes it
+        raise SourceError(f"{field}.url: downloading {http.url} failed: {error}") from error
+    return _publish(staging, target, field)
 
 
 # --- S3 -----------------------------------------------------------------------------------------
@@ -270,7 +188,7 @@ def _s3_error(s3: S3DatasetSource, error: Exception) -> SourceError:
     return SourceError(f"spec.dataset.source.s3.endpoint: cannot reach {s3.endpoint or 'AWS S3'} ({error})")
 
 
-def fetch_s3(s3: S3DatasetSource, cache: Path, limits: Limits = Limits()) -> Path:
+def fetch_s3(s3: S3DatasetSource, cache: Path, limits: Limits = DEFAULT_LIMITS) -> Path:
     import urllib3
     from minio.error import MinioException
 
@@ -291,15 +209,15 @@ def fetch_s3(s3: S3DatasetSource, cache: Path, limits: Limits = Limits()) -> Pat
     listing = "\n".join(f"{key}\t{etag}\t{size}" for key, etag, size in sorted(objects))
     digest = hashlib.sha256(f"{s3.endpoint}\n{s3.bucket}\n{listing}".encode()).hexdigest()
     target = cache / f"s3-{digest}"
-    if (target / COMPLETE).exists():
+    if _cached(target, "spec.dataset.source.s3"):
         print(f"dataset s3://{s3.bucket}/{s3.prefix} unchanged, in {target}", file=sys.stderr)
         return target
     if sum(size for _, _, size in objects) > limits.total_bytes:
         raise SourceError(f"spec.dataset.source.s3.prefix: more than {limits.total_bytes} bytes in all")
-    staging = fresh_directory(cache / f".s3-{digest}.downloading-{os.getpid()}")
+    staging = staging_directory(target, "downloading")
     try:
         for key, _etag, _size in objects:
-            relative = _safe_name(key[len(s3.prefix) :].lstrip("/"), "spec.dataset.source.s3.prefix")
+            relative = safe_name(key[len(s3.prefix) :].lstrip("/"), "spec.dataset.source.s3.prefix")
             destination = staging.joinpath(*relative.parts)
             destination.parent.mkdir(parents=True, exist_ok=True)
             client.fget_object(s3.bucket, key, str(destination))
@@ -309,4 +227,4 @@ def fetch_s3(s3: S3DatasetSource, cache: Path, limits: Limits = Limits()) -> Pat
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return _publish(staging, target)
+    return _publish(staging, target, "spec.dataset.source.s3")

@@ -15,12 +15,14 @@ def load_clip(config: EvalConfig) -> ClipScorer | None:
 
     if not config.clip.enabled or config.clip_model is None or config.clip_config is None:
         return None
-    token = token_from_env()
+    token, clip, field = token_from_env(), config.clip, "spec.eval.clip"
     try:
-        download(config.clip.url, config.clip.sha256, config.clip_model, token=token, field="spec.eval.clip")
+        download(clip.url, clip.sha256, config.clip_model, token=token, field=field, max_bytes=clip.max_bytes,
+                 allow_insecure_http=clip.allow_insecure_http)  # fmt: skip
         fetch_config(
-            config.clip.config_url, config.clip_config, token,
-            required=("config.json", "preprocessor_config.json"), tokenizer_folders=("",),
+            clip.config_url, config.clip_config, token,
+            required=("config.json", "preprocessor_config.json"), tokenizer_folders=("",), field=field,
+            allow_insecure_http=clip.allow_insecure_http,
         )  # fmt: skip
         return ClipScorer(config.clip_model, config.clip_config)
     except FetchError as error:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import shutil
 import sys
 import time
@@ -29,7 +28,7 @@ import httpx
 from zthumb_contract import env
 from zthumb_contract.gate import evaluate_gate
 
-from zthumb_trainer.atomic import fresh_directory, publish_directory
+from zthumb_trainer.atomic import publish_directory, staging_directory
 from zthumb_trainer.clip_metrics import ClipError
 from zthumb_trainer.eval_clip import clip_block, load_clip
 from zthumb_trainer.eval_config import EvalConfig, Sample
@@ -167,7 +166,7 @@ def write_report(
     seconds: float,
     clip: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    staging = fresh_directory(config.output.with_name(f".{config.output.name}.tmp-{os.getpid()}"))
+    staging = staging_directory(config.output, "tmp")
     (staging / "pairs").mkdir()
     reference_scale = config.scales[0]
     pairs: list[dict[str, Any]] = []

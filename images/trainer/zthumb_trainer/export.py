@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 
 import torch
 
-from zthumb_trainer.atomic import fresh_directory, publish_directory
+from zthumb_trainer.atomic import publish_directory, staging_directory
 
 DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"
 ADAPTER_INFO = "adapter.json"
@@ -115,7 +114,7 @@ def export_adapter(
     parts = split_components(peft_state)
     if "unet" not in parts:
         raise ValueError("no UNet LoRA weights to export")
-    staging = fresh_directory(export_dir.with_name(f".{export_dir.name}.tmp-{os.getpid()}"))
+    staging = staging_directory(export_dir, "tmp")
 
     def diffusers_layers(component: str) -> dict[str, torch.Tensor] | None:
         state = parts.get(component)

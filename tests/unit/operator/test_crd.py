@@ -273,6 +273,10 @@ def test_example_is_valid_for_spec_py_and_the_crd() -> None:
         (("training", "emaDecay"), 1.0),
         (("training", "emaDecay"), 0),
         (("training", "useDora"), "yes"),
+        (("baseModel", "maxBytes"), 0),
+        (("baseModel", "maxBytes"), 2**40 + 1),
+        (("eval", "clip", "maxBytes"), 0),
+        (("baseModel", "allowInsecureHttp"), "yes"),
     ],
 )
 def test_schema_refuses_bad_values(path: tuple[str, ...], value: Any) -> None:

@@ -15,8 +15,11 @@ from zthumb_trainer.cli import app
 SPECS = {
     "defaults": {},
     "everything": {
-        "baseModel": {"tokenSecretRef": {"name": "hf", "key": "token"}},
-        "dataset": {"captionFormat": "jsonl", "missingCaption": "trigger", "bucketing": False},
+        "baseModel": {"tokenSecretRef": {"name": "hf", "key": "token"}, "maxBytes": 8 * 2**30,
+                      "allowInsecureHttp": True},
+        "dataset": {"captionFormat": "jsonl", "missingCaption": "trigger", "bucketing": False,
+                    "source": {"http": {"url": "https://example.com/d.zip", "sha256": "0" * 64,
+                                        "maxBytes": 2**30, "allowInsecureHttp": True}}},
         "training": {"snrGamma": None, "trainTextEncoder": True, "gradientCheckpointing": False,
                      "mixedPrecision": "fp16", "noiseOffset": 0.1, "optimizer": "prodigy",
                      "useDora": True, "emaDecay": 0.995,
@@ -39,6 +42,11 @@ def test_every_step_argv_parses(name):
         subcommand = command.commands[step.args[0]]  # type: ignore[attr-defined]
         context = subcommand.make_context(step.args[0], list(step.args[1:]))
         assert context.params, step.name
+        if step.name == "fetch-model":
+            assert context.params["max_bytes"] == spec.base_model.max_bytes
+            assert context.params["allow_insecure_http"] == spec.base_model.allow_insecure_http
+        if step.name == "prepare-dataset" and spec.dataset.source.remote:
+            assert json.loads(context.params["source"]) == spec.dataset.source.model_dump(by_alias=True)
         if step.name == "eval":
             assert list(context.params["prompt"]) == spec.eval.prompts
             assert list(context.params["scale"]) == spec.eval.scales

@@ -139,6 +139,31 @@ def test_an_archive_whose_sha256_differs_is_refused_naming_the_field(tmp_path):
     assert not [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
 
 
+def test_a_cache_entry_the_prepare_step_did_not_write_is_refused_not_replaced(tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    archive = write_zip(served / "d.zip", DATASET)
+    cache = tmp_path / "cache"
+    foreign = cache / sha256_of(archive)
+    (foreign / "cats").mkdir(parents=True)
+    (foreign / "cats" / "mine.png").write_bytes(b"somebody's")
+    other_writer = cache / f".{sha256_of(archive)}.unpacking-1"  # another pod's staging, live
+    other_writer.mkdir()
+    (other_writer / "half.png").write_bytes(b"half")
+    with StaticServer(served) as server:
+        source = DatasetSourceSpec(
+            http=HttpDatasetSource(url=f"{server.url}/d.zip", sha256=sha256_of(archive))
+        )
+        with pytest.raises(
+            SourceError, match=r"spec\.dataset\.source\.http: .* not a complete cached dataset"
+        ):
+            fetch_source(source, cache)
+    assert sorted(str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file()) == [
+        f".{foreign.name}.unpacking-1/half.png",
+        f"{foreign.name}/cats/mine.png",
+    ]
+
+
 @pytest.mark.parametrize(
     ("name", "build"),
     [
@@ -255,6 +280,16 @@ def test_an_s3_prefix_is_downloaded_and_reused_while_unchanged(tmp_path, s3_endp
     (directory / "cats" / "a.txt").write_bytes(b"touched")
     assert fetch_source(s3_source(s3_endpoint), cache) == directory  # same listing: the cache
     assert (directory / "cats" / "a.txt").read_bytes() == b"touched"
+
+
+def test_s3_keys_with_a_colon_are_ordinary_names(tmp_path, s3_endpoint, credentials):
+    """A colon is no drive letter on the Linux volume: ``c:d/x.png`` below the prefix is a folder."""
+    from minio import Minio
+
+    client = Minio(s3_endpoint.removeprefix("http://"), access_key=ACCESS, secret_key=SECRET, secure=False)
+    client.put_object("training-data", "colons/c:d/x.png", io.BytesIO(b"\x89PNG"), 5)
+    directory = fetch_source(s3_source(s3_endpoint, prefix="colons/"), tmp_path / "cache")
+    assert (directory / "c:d" / "x.png").read_bytes() == b"\x89PNG"
 
 
 def test_wrong_s3_credentials_are_refused_naming_the_secret(tmp_path, s3_endpoint, monkeypatch):

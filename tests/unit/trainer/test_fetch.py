@@ -30,6 +30,10 @@ def served(tiny_model):
         yield server
 
 
+def partials(output: Path) -> list[Path]:
+    return [p for p in output.parent.iterdir() if p.name.startswith(f"{output.name}.part")]
+
+
 def _handler_class(status: int, seen: list[dict[str, str]] | None = None):
     class Fixed(BaseHTTPRequestHandler):
         def log_message(self, *args):
@@ -51,7 +55,7 @@ def test_download_verifies_and_then_skips(served, model_file, model_sha, tmp_pat
     assert not first.skipped
     assert first.downloaded_bytes == model_file.stat().st_size
     assert target.read_bytes() == model_file.read_bytes()
-    assert not target.with_name(target.name + ".part").exists()
+    assert sorted(p.name for p in target.parent.iterdir()) == [target.name, target.name + ".verified"]
     second = download(f"{served.url}/{model_file.name}", model_sha, target, progress=False)
     assert second.skipped and second.downloaded_bytes == 0
 
@@ -78,7 +82,7 @@ def test_interrupted_transfer_resumes_with_a_range_request(tiny_model, model_fil
         url = f"{server.url}/{model_file.name}"
         with pytest.raises(Exception):  # noqa: B017 - httpx's protocol error
             download(url, model_sha, target, progress=False)
-        partial = target.with_name(target.name + ".part")
+        (partial,) = partials(target)  # this process's own: resumed at once
         half = model_file.stat().st_size // 2
         assert partial.stat().st_size == half
         result = download(url, model_sha, target, progress=False)
@@ -99,7 +103,7 @@ def test_wrong_hash_removes_the_temp_file_and_exits_non_zero(served, model_file,
     assert f"expected: {wrong}" in result.output
     assert f"actual:   {model_sha}" in result.output
     assert not target.exists()
-    assert not target.with_name(target.name + ".part").exists()
+    assert not partials(target)
 
 
 @pytest.mark.parametrize("status", [401, 403])
@@ -164,7 +168,8 @@ def test_token_goes_only_to_the_original_host(tiny_model, model_file, model_sha,
         result = runner.invoke(
             app,
             ["fetch-model", "--url", f"{origin.url}/model", "--sha256", model_sha,
-             "--output", str(tmp_path / "out.safetensors"), "--no-progress"],
+             "--output", str(tmp_path / "out.safetensors"), "--no-progress",
+             "--allow-insecure-http"],  # loopback http: the token may travel in clear here
         )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert origin_seen[0].get("Authorization") == "Bearer secret-token"
@@ -244,3 +249,65 @@ def test_token_is_the_first_non_blank_of_the_token_envs(monkeypatch, hf_token, h
         else:
             monkeypatch.setenv(name, value)
     assert token_from_env() == expected
+
+
+def _snapshot(paths: list[Path]) -> dict[str, object]:
+    """What is at each path: a file's bytes, a folder's files and their bytes."""
+    found: dict[str, object] = {}
+    for path in paths:
+        if path.is_dir():
+            found[str(path)] = {
+                str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()
+            }
+        else:
+            found[str(path)] = path.read_bytes()
+    return found
+
+
+def test_fetch_model_never_touches_what_other_writers_are_writing(served, model_file, model_sha, tmp_path):
+    """Files and folders beside the targets that other writers own (a live partial download under the
+    name older versions used, another pod's staging folders) stay as they are."""
+    output, config_dir = tmp_path / "m.safetensors", tmp_path / "cfg"
+    foreign_partial = output.with_name(output.name + ".part")
+    foreign_partial.write_bytes(b"another writer is appending here")
+    foreign_staging = config_dir.with_name(config_dir.name + ".part")
+    (foreign_staging / "unet").mkdir(parents=True)
+    (foreign_staging / "unet" / "config.json").write_text("{}")
+    other_pod = tmp_path / f".{config_dir.name}.part-pod-b-1234abcd-a1b2c3"
+    other_pod.mkdir()
+    (other_pod / "model_index.json").write_text("{}")
+    before = _snapshot([foreign_partial, foreign_staging, other_pod])
+    result = CliRunner().invoke(
+        app,
+        ["fetch-model", "--url", f"{served.url}/{model_file.name}", "--sha256", model_sha,
+         "--output", str(output), "--config-url", f"{served.url}/diffusers/",
+         "--config-dir", str(config_dir), "--no-progress"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert output.read_bytes() == model_file.read_bytes() and (config_dir / ".complete").exists()
+    assert _snapshot([foreign_partial, foreign_staging, other_pod]) == before
+
+
+def test_a_config_folder_fetch_model_did_not_write_is_refused_not_replaced(served, tmp_path):
+    config_dir = tmp_path / "cfg"
+    (config_dir / "unet").mkdir(parents=True)
+    (config_dir / "unet" / "config.json").write_text('{"mine": true}')
+    before = _snapshot([config_dir])
+    with pytest.raises(
+        FetchError, match=r"spec\.baseModel\.configPath: .*cfg exists but fetch-model did not"
+    ):
+        fetch_config(f"{served.url}/diffusers/", config_dir)
+    assert _snapshot([config_dir]) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg"]  # no staging left either
+
+
+def test_a_model_file_with_other_content_is_refused_not_replaced(served, model_file, model_sha, tmp_path):
+    output = tmp_path / "m.safetensors"
+    output.write_bytes(b"somebody's own file")
+    result = CliRunner().invoke(
+        app,
+        ["fetch-model", "--url", f"{served.url}/{model_file.name}", "--sha256", model_sha,
+         "--output", str(output), "--no-progress"],
+    )  # fmt: skip
+    assert result.exit_code == 1 and "spec.baseModel.sha256" in result.output
+    assert output.read_bytes() == b"somebody's own file"
