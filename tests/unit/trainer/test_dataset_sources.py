@@ -287,7 +287,7 @@ def test_s3_keys_with_a_colon_are_ordinary_names(tmp_path, s3_endpoint, credenti
     from minio import Minio
 
     client = Minio(s3_endpoint.removeprefix("http://"), access_key=ACCESS, secret_key=SECRET, secure=False)
-    client.put_object("training-data", "colons/c:d/x.png", io.BytesIO(b"\x89PNG"), 5)
+    client.put_object("training-data", "colons/c:d/x.png", io.BytesIO(b"\x89PNG"), 4)
     directory = fetch_source(s3_source(s3_endpoint, prefix="colons/"), tmp_path / "cache")
     assert (directory / "c:d" / "x.png").read_bytes() == b"\x89PNG"
 
