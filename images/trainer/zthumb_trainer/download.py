@@ -26,6 +26,7 @@ never after a redirect elsewhere, and never over plain http:// unless the spec a
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 import threading
@@ -34,7 +35,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 from zthumb_contract.volume_areas import PARTIAL_SUFFIX
@@ -62,9 +63,21 @@ def origin(url: str) -> tuple[str, str, int | None]:
     return parsed.scheme, parsed.host, parsed.port or DEFAULT_PORTS.get(parsed.scheme)
 
 
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def check_token_transport(url: str, token: str | None, field: str, allow_insecure_http: bool) -> None:
-    """Refuse to send ``token`` in clear text over http:// unless the spec says so."""
-    if token and origin(url)[0] == "http" and not allow_insecure_http:
+    """Refuse to send ``token`` in clear text over http:// unless the spec says so. A loopback
+    address is exempt: its traffic never leaves the machine (or the pod), which is how the local
+    runner serves the tiny model to a developer whose shell may hold a real HF_TOKEN."""
+    if token and origin(url)[0] == "http" and not allow_insecure_http and not _is_loopback(url):
         raise FetchError(
             f"{field}.url is plain http:// ({url}) and a token is set: it would travel unencrypted. "
             f"Use https://, or set {field}.allowInsecureHttp: true if the network is trusted."

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from zthumb_trainer.atomic import staging_path
 from zthumb_trainer.batches import load_pixels
 from zthumb_trainer.components import Components, encode_text, tokenize
 from zthumb_trainer.dataset import PreparedDataset
@@ -64,7 +65,7 @@ def load_or_build_cache(
     cache = build_cache(components, dataset, include_text=not config.train_text_encoder, device=device)
     if is_main:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(path.name + f".tmp-{os.getpid()}")
+        temporary = staging_path(path, "tmp")
         save_file(cache, str(temporary))
         os.replace(temporary, path)
     return cache, False

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from zthumb_contract.spec import ValidationSpec
 
-from zthumb_trainer.atomic import write_text_atomically
+from zthumb_trainer.atomic import staging_path, write_text_atomically
 from zthumb_trainer.components import Components
 from zthumb_trainer.prompts import expand_prompt
 
@@ -221,7 +221,7 @@ class Validation:
                 torch.cuda.empty_cache()
         self.directory.mkdir(parents=True, exist_ok=True)
         name = image_name(step)
-        staging = self.directory / f".{name}.tmp-{os.getpid()}"
+        staging = staging_path(self.directory / name, "tmp")
         make_grid(images, step, self.prompts, self.spec.seeds).save(staging, format="PNG")
         os.replace(staging, self.directory / name)
         seconds = round(time.monotonic() - started, 3)
