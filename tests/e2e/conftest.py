@@ -231,13 +231,24 @@ def namespace(request: pytest.FixtureRequest, namespace_factory: Callable[..., s
     return namespace_factory(pod_security=getattr(request, "param", None))
 
 
+def crd_is_established(run: Kubectl, name: str) -> bool:
+    crd = json.loads(run("get", "crd", name, "-o", "json").stdout)
+    conditions = (crd.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
+
+
 # The operator's fixtures (operator_harness.py): the CRD once per session, and per test an operator
 # in a fresh namespace.
 @pytest.fixture(scope="session")
 def crd(cluster: Any) -> None:
     run = cluster.kubectl
     run("apply", "-f", str(CRD))
-    run("wait", "--for=condition=Established", "crd/lorafinetunes.zthumb.io", "--timeout=60s", timeout=90)
+    # Polled from the JSON, not `kubectl wait`: it fails outright on a CRD created a moment ago
+    # that has no conditions at all yet.
+    deadline = time.monotonic() + 90
+    while not crd_is_established(run, "lorafinetunes.zthumb.io"):
+        assert time.monotonic() < deadline, "the LoRAFinetune CRD was not Established in 90s"
+        time.sleep(0.5)
     deadline = time.monotonic() + 30
     while run("get", "lft", "-A", check=False).returncode != 0:  # discovery catches up
         assert time.monotonic() < deadline, "lorafinetunes never became servable"
