@@ -1,10 +1,10 @@
 """The ValidatingAdmissionPolicy of manifests/operator/admission/ on the local control plane:
-``kubectl apply --dry-run=server`` of a LoRAFinetune that uses what the params refuse is refused,
-naming the spec field.
+``kubectl apply --dry-run=server`` of a LoRAFinetune that uses what the policy's lists refuse is
+refused, naming the spec field.
 
-The policy is the shipped one; its binding is the shipped one narrowed to the test's namespace (a
-namespaceSelector) with the params ConfigMap in that namespace, so that runs of other tests on the
-same cluster are never judged by it.
+Each test applies the shipped policy and binding under a name of its own, the binding narrowed to
+the test's namespace (a namespaceSelector), so that runs of other tests on the same cluster are
+never judged by it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from operator_harness import ROOT, Kubectl, example
 pytestmark = pytest.mark.e2e
 
 ADMISSION = ROOT / "manifests" / "operator" / "admission"
-POLICY_TIMEOUT = 60  # the API server picks up policies, bindings and params asynchronously
+POLICY_TIMEOUT = 60  # the API server picks up policies and bindings asynchronously
+
+BindPolicy = Callable[..., str]
 
 
 def dry_run(kubectl: Kubectl, manifest: str) -> Any:
@@ -34,41 +36,57 @@ def policy_status(kubectl: Kubectl, name: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def run_policy(crd: None, namespace: str, kubectl: Kubectl, wait_for: Callable[..., Any]) -> Iterator[str]:
-    """The shipped policy bound to ``namespace`` with the shipped params; yields the namespace."""
-    policy = yaml.safe_load((ADMISSION / "policy.yaml").read_text())
-    params = yaml.safe_load((ADMISSION / "params.yaml").read_text())
-    params["metadata"]["namespace"] = namespace
+def bind_policy(
+    crd: None, namespace: str, kubectl: Kubectl, wait_for: Callable[..., Any]
+) -> Iterator[BindPolicy]:
+    """``bind_policy(**lists)``: the shipped policy, its allowed lists (variables) replaced by
+    ``lists`` (CEL list literals), bound to ``namespace``; returns the namespace."""
+    name = f"zthumb-run-policy-{namespace}"
     binding = yaml.safe_load((ADMISSION / "binding.yaml").read_text())
-    binding["metadata"]["name"] = f"zthumb-run-policy-{namespace}"
-    binding["spec"]["paramRef"]["namespace"] = namespace
+    binding["metadata"]["name"] = binding["spec"]["policyName"] = name
     binding["spec"]["matchResources"] = {
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
     }
-    kubectl("apply", "-f", "-", input=json.dumps(policy))
-    kubectl("apply", "-f", "-", input=json.dumps(params))
-    kubectl("apply", "-f", "-", input=json.dumps(binding))
-    try:
-        # The expressions type-check against the CRD's schema and the ConfigMap's.
+    applied: list[dict[str, Any]] = []
+
+    def bind(**lists: str) -> str:
+        policy = yaml.safe_load((ADMISSION / "policy.yaml").read_text())
+        policy["metadata"]["name"] = name
+        for variable in policy["spec"]["variables"]:
+            variable["expression"] = lists.pop(variable["name"], variable["expression"])
+        assert not lists, f"no such variables: {lists}"
+        kubectl("apply", "-f", "-", input=json.dumps(policy))
+        kubectl("apply", "-f", "-", input=json.dumps(binding))
+        applied[:] = [binding, policy]
+        # The expressions type-check against the CRD's schema (the API server's own verdict).
+        generation = json.loads(kubectl("get", "validatingadmissionpolicy", name, "-o", "json").stdout)[
+            "metadata"
+        ]["generation"]
         wait_for(
-            lambda: policy_status(kubectl, policy["metadata"]["name"]).get("observedGeneration"),
+            lambda: policy_status(kubectl, name).get("observedGeneration") == generation,
             timeout=POLICY_TIMEOUT,
             description="the policy's type check",
         )
-        checked = policy_status(kubectl, policy["metadata"]["name"])
-        assert not (checked.get("typeChecking") or {}).get("expressionWarnings"), checked
+        status = policy_status(kubectl, name)
+        assert not (status.get("typeChecking") or {}).get("expressionWarnings"), status
+        # In force: a run with an image no list allows is refused, naming the field.
         bad = example(namespace, images={"trainer": "evil.example/trainer:1"})
         wait_for(
-            lambda: dry_run(kubectl, bad).returncode != 0, timeout=POLICY_TIMEOUT, description="the binding"
+            lambda: "spec.images.trainer" in dry_run(kubectl, bad).stderr,
+            timeout=POLICY_TIMEOUT,
+            description="the binding",
         )
-        yield namespace
-    finally:
-        kubectl("delete", "-f", "-", "--ignore-not-found", input=json.dumps(binding), check=False)
-        kubectl("delete", "-f", "-", "--ignore-not-found", input=json.dumps(policy), check=False)
+        return namespace
+
+    yield bind
+    for obj in applied:
+        kubectl("delete", "-f", "-", "--ignore-not-found", input=json.dumps(obj), check=False)
 
 
-def test_a_trainer_image_outside_the_allowed_prefixes_is_refused(run_policy: str, kubectl: Kubectl) -> None:
-    ns = run_policy
+def test_a_trainer_image_outside_the_allowed_prefixes_is_refused(
+    bind_policy: BindPolicy, kubectl: Kubectl
+) -> None:
+    ns = bind_policy()
     refused = dry_run(kubectl, example(ns, images={"trainer": "ghcr.io/zthumb-evil/trainer:1"}))
     assert refused.returncode != 0
     assert "spec.images.trainer: image ghcr.io/zthumb-evil/trainer:1 is not allowed here" in refused.stderr
@@ -89,9 +107,9 @@ def test_a_trainer_image_outside_the_allowed_prefixes_is_refused(run_policy: str
     ],
 )
 def test_a_toleration_key_outside_the_allowed_ones_is_refused(
-    run_policy: str, kubectl: Kubectl, toleration: dict[str, Any], shown: str
+    bind_policy: BindPolicy, kubectl: Kubectl, toleration: dict[str, Any], shown: str
 ) -> None:
-    ns = run_policy
+    ns = bind_policy()
     refused = dry_run(kubectl, example(ns, resources__tolerations=[toleration]))
     assert refused.returncode != 0
     assert f"spec.resources.tolerations: key(s) {shown} not allowed here" in refused.stderr, refused.stderr
@@ -101,31 +119,27 @@ def test_a_toleration_key_outside_the_allowed_ones_is_refused(
     assert gpu.returncode == 0, gpu.stderr
 
 
-def test_node_selector_keys_follow_the_params(
-    run_policy: str, kubectl: Kubectl, wait_for: Callable[..., Any]
+def test_node_selector_keys_follow_the_policys_list(
+    bind_policy: BindPolicy, kubectl: Kubectl, wait_for: Callable[..., Any]
 ) -> None:
-    ns = run_policy
+    ns = bind_policy()
     pinned = example(ns, resources__nodeSelector={"kubernetes.io/hostname": "node-1"})
-    assert dry_run(kubectl, pinned).returncode == 0  # the shipped params allow any key
-    kubectl("patch", "configmap", "zthumb-run-policy", "-n", ns, "--type=merge",
-            "-p", '{"data":{"nodeSelectorKeys":"zthumb.io/pool"}}')  # fmt: skip
-    wait_for(
-        lambda: dry_run(kubectl, pinned).returncode != 0, timeout=POLICY_TIMEOUT, description="new params"
-    )
+    assert dry_run(kubectl, pinned).returncode == 0  # the shipped list allows any key
+    bind_policy(allowedNodeSelectorKeys="['zthumb.io/pool']")
+    wait_for(lambda: dry_run(kubectl, pinned).returncode != 0, timeout=POLICY_TIMEOUT, description="new list")
     refused = dry_run(kubectl, pinned)
+    assert refused.returncode != 0
     assert "spec.resources.nodeSelector: key(s) kubernetes.io/hostname not allowed here" in refused.stderr
     assert "(allowed keys: zthumb.io/pool)" in refused.stderr, refused.stderr
     ok = dry_run(kubectl, example(ns))  # the example selects zthumb.io/pool only
     assert ok.returncode == 0, ok.stderr
 
 
-def test_without_its_params_the_binding_refuses_every_run(
-    run_policy: str, kubectl: Kubectl, wait_for: Callable[..., Any]
+def test_an_empty_list_allows_no_image_of_the_runs_choosing(
+    bind_policy: BindPolicy, kubectl: Kubectl
 ) -> None:
-    ns = run_policy
-    kubectl("delete", "configmap", "zthumb-run-policy", "-n", ns)
-    wait_for(
-        lambda: dry_run(kubectl, example(ns)).returncode != 0,
-        timeout=POLICY_TIMEOUT,
-        description="a run refused without params",
-    )
+    ns = bind_policy(allowedTrainerImagePrefixes="[]")
+    refused = dry_run(kubectl, example(ns, images={"trainer": "ghcr.io/zthumb/trainer:0.1.0"}))
+    assert refused.returncode != 0 and "(allowed prefixes: none)" in refused.stderr, refused.stderr
+    ok = dry_run(kubectl, example(ns))
+    assert ok.returncode == 0, ok.stderr

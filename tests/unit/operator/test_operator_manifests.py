@@ -3,6 +3,7 @@ settings, and the ValidatingAdmissionPolicy that says at apply time what the ope
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,11 @@ from zthumb_operator.config import OperatorConfig
 MANIFESTS = ROOT / "manifests" / "operator"
 ADMISSION = MANIFESTS / "admission"
 OPERATOR_ROLES = [MANIFESTS / "clusterrole.yaml", MANIFESTS / "namespaced" / "role.yaml"]
-# The params ConfigMap's keys, and the operator setting (and env) each one mirrors.
-PARAMS = {
-    "trainerImagePrefixes": "allowed_trainer_images",
-    "nodeSelectorKeys": "allowed_node_selector_keys",
-    "tolerationKeys": "allowed_toleration_keys",
+# The policy's allowed lists (variables), and the operator setting (and env) each one mirrors.
+LISTS = {
+    "allowedTrainerImagePrefixes": "allowed_trainer_images",
+    "allowedNodeSelectorKeys": "allowed_node_selector_keys",
+    "allowedTolerationKeys": "allowed_toleration_keys",
 }
 
 
@@ -60,27 +61,33 @@ def test_no_shared_trainer_service_account_is_shipped() -> None:
             ), path
 
 
-def test_the_admission_params_and_the_operator_deployment_say_the_operators_defaults() -> None:
+def policy_lists() -> dict[str, tuple[str, ...]]:
+    """The allowed lists of the policy: its variables that are list literals, by variable name."""
+    variables = load(ADMISSION / "policy.yaml")["spec"]["variables"]
+    return {v["name"]: tuple(ast.literal_eval(v["expression"])) for v in variables if v["name"] in LISTS}
+
+
+def test_the_policys_lists_and_the_operator_deployment_say_the_operators_defaults() -> None:
     defaults = OperatorConfig()
-    data = load(ADMISSION / "params.yaml")["data"]
-    assert sorted(data) == sorted(PARAMS)
+    lists = policy_lists()
+    assert sorted(lists) == sorted(LISTS)
     (container,) = load(MANIFESTS / "deployment.yaml")["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e["value"] for e in container["env"]}
-    for key, setting in PARAMS.items():
-        assert tuple(data[key].split(",")) == getattr(defaults, setting), key
-        assert env[f"ZTHUMB_OPERATOR_{setting.upper()}"] == data[key]
+    for variable, setting in LISTS.items():
+        assert lists[variable] == getattr(defaults, setting), variable
+        assert tuple(env[f"ZTHUMB_OPERATOR_{setting.upper()}"].split(",")) == lists[variable]
     assert env["ZTHUMB_OPERATOR_REQUIRE_SECRET_LABEL"] == "true"
     assert env["ZTHUMB_OPERATOR_DEPLOYMENT_SELECTOR"] == ",".join(
         f"{k}={v}" for k, v in defaults.deployment_selector.items()
     )
 
 
-def test_the_policy_reads_every_param_and_each_message_names_its_spec_field() -> None:
+def test_the_policy_judges_new_runs_and_each_message_names_its_spec_field() -> None:
     policy = load(ADMISSION / "policy.yaml")
     assert policy["apiVersion"] == "admissionregistration.k8s.io/v1"
     spec = policy["spec"]
     assert spec["failurePolicy"] == "Fail"
-    assert spec["paramKind"] == {"apiVersion": "v1", "kind": "ConfigMap"}
+    assert "paramKind" not in spec  # the lists live in the policy (see its header)
     (rule,) = spec["matchConstraints"]["resourceRules"]
     assert (rule["apiGroups"], rule["resources"], rule["operations"]) == (
         [crd.GROUP],
@@ -88,9 +95,9 @@ def test_the_policy_reads_every_param_and_each_message_names_its_spec_field() ->
         ["CREATE"],
     )
     assert rule["apiVersions"] == [crd.VERSION]  # named: the API server type-checks against its schema
-    expressions = " ".join(v["expression"] for v in spec["variables"])
-    for key in PARAMS:
-        assert f"params.?data.?{key}" in expressions, key
+    expressions = " ".join(v["expression"] + v["messageExpression"] for v in spec["validations"])
+    for variable in LISTS:
+        assert f"variables.{variable}" in expressions, variable
     fields = ["spec.images.trainer", "spec.resources.nodeSelector", "spec.resources.tolerations"]
     assert len(spec["validations"]) == len(fields)
     for validation, field in zip(spec["validations"], fields, strict=True):
@@ -99,13 +106,8 @@ def test_the_policy_reads_every_param_and_each_message_names_its_spec_field() ->
         assert validation["reason"] == "Forbidden"
 
 
-def test_the_binding_denies_with_the_shipped_params_and_without_them() -> None:
+def test_the_binding_denies_with_the_policy() -> None:
     binding = load(ADMISSION / "binding.yaml")["spec"]
-    params = load(ADMISSION / "params.yaml")["metadata"]
     assert binding["policyName"] == load(ADMISSION / "policy.yaml")["metadata"]["name"]
     assert binding["validationActions"] == ["Deny"]
-    assert binding["paramRef"] == {
-        "name": params["name"],
-        "namespace": params["namespace"],
-        "parameterNotFoundAction": "Deny",
-    }
+    assert "paramRef" not in binding
