@@ -66,13 +66,19 @@ class BatchQueue(Generic[J]):
         self._items: deque[J | None] = deque()
         self._changed = threading.Condition()
 
+    def __len__(self) -> int:
+        """Jobs not yet taken."""
+        with self._changed:
+            return len(self._items)
+
     def put(self, job: J | None) -> None:
         with self._changed:
             self._items.append(job)
             self._changed.notify_all()
 
-    def take(self, max_batch: int, wait_s: float) -> list[J] | None:
-        """Block for the oldest job; return it with same-key jobs (None when told to stop).
+    def take(self, max_batch: int, wait_s: float) -> tuple[list[J], float] | None:
+        """Block for the oldest job; return it with same-key jobs, and the seconds spent waiting
+        for them once the oldest was there (None when told to stop).
 
         A job without a key runs alone. Same-key jobs are taken past others in the queue: the
         batch runs when its oldest request would have run, so nobody waits longer for it.
@@ -85,14 +91,15 @@ class BatchQueue(Generic[J]):
                 return None
             batch = [first]
             if first.batch_key is None or max_batch <= 1:
-                return batch
-            deadline = time.perf_counter() + wait_s
+                return batch, 0.0
+            taken = time.perf_counter()
+            deadline = taken + wait_s
             while True:
                 self._gather(batch, first.batch_key, max_batch)
-                remaining = deadline - time.perf_counter()
-                if len(batch) >= max_batch or remaining <= 0:
-                    return batch
-                self._changed.wait(remaining)
+                now = time.perf_counter()
+                if len(batch) >= max_batch or now >= deadline:
+                    return batch, now - taken
+                self._changed.wait(deadline - now)
 
     def _gather(self, batch: list[J], key: BatchKey, max_batch: int) -> None:
         kept: deque[J | None] = deque()

@@ -136,11 +136,10 @@ class Worker:
 
     def _run(self) -> None:
         while True:
-            taking = time.perf_counter()
-            jobs = self._queue.take(self.max_batch, self.batch_wait_s)
-            if jobs is None:
+            taken = self._queue.take(self.max_batch, self.batch_wait_s)
+            if taken is None:
                 return
-            waited = time.perf_counter() - taking  # for batch-mates, once the first was there
+            jobs, waited = taken
             live = []
             for job in jobs:
                 self._release_slot(job)

@@ -163,3 +163,34 @@ def test_a_job_cancelled_while_queued_takes_no_place_in_a_batch():
         worker.stop()
     assert calls == [["first", "second"]]
     assert metrics.registry.get_sample_value("zthumb_queue_depth") == 0
+
+
+def test_the_worker_waits_for_batch_mates_and_closes_a_full_batch_at_once():
+    """With ZTHUMB_BATCH_WAIT_MS, a request taken from an empty queue waits for a batch-mate that
+    arrives after it; the batch runs as soon as it is full, not at the end of the wait."""
+    from zthumb.metrics import Metrics
+    from zthumb.worker import Worker
+
+    metrics = Metrics()
+    worker = Worker(max_queue=4, metrics=metrics, max_batch=2, batch_wait_s=30.0)
+    worker.start()
+    calls: list[list[str]] = []
+
+    def run_batch(items, _cancels):
+        calls.append(list(items))
+        return list(items)
+
+    def enqueue(item: str):
+        return worker.enqueue(lambda _c: item, batch_key=("k",), item=item, run_batch=run_batch)
+
+    try:
+        first = enqueue("first")
+        assert _poll(lambda: len(worker._queue) == 0)  # taken by the worker, which now waits
+        second = enqueue("second")
+        assert [first.future.result(20), second.future.result(20)] == ["first", "second"]
+    finally:
+        worker.stop()
+    assert calls == [["first", "second"]]
+    value = metrics.registry.get_sample_value
+    assert value("zthumb_batch_wait_seconds_count") == 1
+    assert value("zthumb_batch_wait_seconds_sum") < 30.0  # closed when full, not at the deadline
