@@ -21,6 +21,8 @@ Checks (the exit status is 1 when one fails):
 
 Defaults: 200 requests, 16 clients, 20 adapters, ZTHUMB_LORA_CACHE_SIZE=8, 10% cancelled,
 64x64, 2 steps (about 2 minutes on 2 busy CPU cores). ``--tiny``: a run of a few seconds, for CI.
+Then a throughput table (``bench_load_throughput.py``): images/s and p50/p95 latency at 1, 4 and
+16 clients with dynamic batching off and on, two servers side by side, cells interleaved.
 The table is printed last; JSON and Markdown go to ``--out`` (default outputs/bench_load/).
 The server process and the clients live in ``bench_load_harness.py``, the checks and the table in
 ``bench_load_report.py``.
@@ -58,6 +60,8 @@ from bench_load_harness import (
     run_clients,
 )
 from bench_load_report import Report, evaluate, render_table
+from bench_load_throughput import render as render_throughput
+from bench_load_throughput import run_throughput
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,12 +95,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="OMP/torch threads of the server (0: default)")
     parser.add_argument("--timeout", type=float, default=300.0, help="per-request client timeout, s")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_load")
+    parser.add_argument(
+        "--throughput-clients", default="1,4,16", help="client counts of the throughput table (comma list)"
+    )
+    parser.add_argument("--throughput-rounds", type=int, default=2, help="interleaved rounds per cell")
+    parser.add_argument(
+        "--throughput-requests",
+        type=int,
+        default=8,
+        help="requests per cell and round (at least 3 per client)",
+    )
     parser.add_argument("--tiny", action="store_true", help="a run of seconds for CI (small counts)")
     args = parser.parse_args(argv)
     if args.tiny:
         args.requests, args.clients, args.adapters, args.cache_size = 12, 3, 3, 2
         args.max_queue, args.cancel_fraction, args.rank = 1, 0.25, 4
         args.cancel_delay = (0.05, 0.5)
+        args.throughput_clients, args.throughput_rounds, args.throughput_requests = "1,2", 1, 2
+    args.levels = [int(level) for level in args.throughput_clients.split(",") if level.strip()]
 
     import httpx
     import zthumb
@@ -205,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
             after = parse_metrics(http.get("/metrics").text)
         rss_after = server.rss()
         cpu_seconds = server.cpu_seconds() - cpu_before
+        server.stop()
+        report.throughput = run_throughput(env, args.out, args) if args.levels else []
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -223,6 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     table = render_table(report)
+    if report.throughput:
+        load = os.getloadavg()
+        table += (
+            "\n\nThroughput, dynamic batching off (ZTHUMB_MAX_BATCH=1) and on (8), interleaved "
+            f"(load average at the end {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}):\n\n"
+            + render_throughput(report.throughput)
+        )
     (args.out / "bench_load.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
     (args.out / "bench_load.md").write_text(
         f"# bench_load\n\n```\n{' '.join(sys.argv)}\n```\n\n{table}\n"

@@ -28,6 +28,7 @@ class Report:
     cancels: dict[str, int] = field(default_factory=dict)
     checks: dict[str, bool] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    throughput: list[dict[str, Any]] = field(default_factory=list)
 
 
 def evaluate(

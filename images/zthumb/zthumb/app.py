@@ -48,7 +48,12 @@ def build_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         eng = engine or Engine(settings, metrics)
-        worker = Worker(settings.max_queue, metrics)
+        worker = Worker(
+            settings.max_queue,
+            metrics,
+            max_batch=settings.max_batch,
+            batch_wait_s=settings.batch_wait_ms / 1000,
+        )
         app.state.engine = eng
         app.state.worker = worker
         app.state.serving = Serving(settings, eng, worker, metrics)

@@ -265,8 +265,8 @@ class Engine:
             response_format=request.response_format,
         )
 
-    def execute(self, plan: Plan, cancel: threading.Event | None = None) -> Result:
-        """On the device worker: activate the adapter (the one injection point), then generate."""
+    def activate(self, plan: Plan) -> tuple[AdapterApplied, float]:
+        """Make the plan's adapters the active set (the one injection point); count it."""
         backend = self.backends[plan.backend]
         started = time.perf_counter()
         applied = backend.apply_adapters(plan.adapters)
@@ -281,9 +281,13 @@ class Engine:
             self.metrics.adapter_evictions.labels(backend=backend.name).inc(applied.evicted)
         if plan.adapter_source == "default" and applied.adapter is not None:
             self.default_adapter = applied.adapter
-        # The sha256 reported is that of the bytes loaded (a file replaced since prepare).
+        return applied, adapter_seconds
+
+    def adapter_outcomes(self, plan: Plan, applied: AdapterApplied) -> tuple[AdapterOutcome, ...]:
+        """The sha256 reported is that of the bytes loaded (a file replaced since prepare)."""
+        backend = self.backends[plan.backend]
         loaded = {ref.file: ref for ref in applied.adapters}
-        outcomes = tuple(
+        return tuple(
             AdapterOutcome(
                 loaded.get(use.ref.file, use.ref),
                 use.scale,
@@ -291,6 +295,12 @@ class Engine:
             )
             for use in plan.adapters
         )
+
+    def execute(self, plan: Plan, cancel: threading.Event | None = None) -> Result:
+        """On the device worker: activate the adapters, then generate (one request alone)."""
+        backend = self.backends[plan.backend]
+        applied, adapter_seconds = self.activate(plan)
+        outcomes = self.adapter_outcomes(plan, applied)
         started = time.perf_counter()
         try:
             images = backend.generate(plan.params, cancel)

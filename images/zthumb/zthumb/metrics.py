@@ -5,6 +5,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300, 600)
+BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+BATCH_WAIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 
 
 class Metrics:
@@ -32,7 +34,21 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge("zthumb_queue_depth", "Requests waiting for the device.", registry=r)
-        self.inflight = Gauge("zthumb_inflight", "Jobs running on the device (0 or 1).", registry=r)
+        self.inflight = Gauge(
+            "zthumb_inflight", "Requests running on the device (the size of the running batch).", registry=r
+        )
+        self.batch_size = Histogram(
+            "zthumb_batch_size",
+            "Requests per pipeline call (dynamic batching, ZTHUMB_MAX_BATCH).",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.batch_wait_seconds = Histogram(
+            "zthumb_batch_wait_seconds",
+            "Time a batch's first request waited for batch-mates (at most ZTHUMB_BATCH_WAIT_MS).",
+            buckets=BATCH_WAIT_BUCKETS,
+            registry=r,
+        )
         self.queue_rejected = Counter(
             "zthumb_queue_rejected_total", "Requests refused with 429 because the queue was full.", registry=r
         )

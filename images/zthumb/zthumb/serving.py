@@ -25,6 +25,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from zthumb.batching import batch_key, run_batch
 from zthumb.engine import Engine, Plan, Result
 from zthumb.errors import BadRequestError, InvalidRequestError, ZThumbError
 from zthumb.metrics import Metrics
@@ -218,6 +219,9 @@ class Serving:
                 partial(eng.execute, plan),
                 timeout=settings.request_timeout_s,
                 is_disconnected=request.is_disconnected,
+                batch_key=batch_key(plan, eng.backends[plan.backend]),
+                item=plan,
+                run_batch=partial(run_batch, eng),
             )
             encode_started = time.perf_counter()
             encoded = await run_in_threadpool(encode, result.images, plan.output_format)

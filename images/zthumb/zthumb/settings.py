@@ -125,6 +125,20 @@ class Settings(BaseSettings):
     port: int = 8080
     max_queue: int = Field(default=8, ge=0, description="Requests allowed to wait behind the running one.")
     request_timeout_s: float = Field(default=600.0, gt=0)
+    max_batch: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="Most waiting requests that share one pipeline call (zthumb.batching.batch_key); "
+        "1 turns batching off.",
+    )
+    batch_wait_ms: float = Field(
+        default=2.0,
+        ge=0.0,
+        le=1000.0,
+        description="How long the worker waits for batch-mates after taking a request; 0 batches "
+        "only what is already queued.",
+    )
     log_json: bool = False
     log_level: str = "INFO"
     gc_freeze: bool = Field(

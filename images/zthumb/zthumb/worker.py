@@ -1,9 +1,11 @@
-"""One device, one generation at a time: a worker thread fed by a bounded queue.
+"""One device, one pipeline call at a time: a worker thread fed by a bounded queue.
 
-Jobs wait in FIFO order. ``enqueue`` refuses with ``QueueFullError`` when ``max_queue`` jobs are
-already waiting. A job whose client disconnects, or whose deadline passes, while it waits is
-cancelled, never runs and frees its queue slot at once; one that is already running gets its
-cancel event set, which the backend checks after every denoising step.
+Jobs wait in FIFO order. A job with a batch key (``zthumb.batching``) runs together with the
+waiting jobs of the same key, up to ``max_batch`` of them, in one call of its ``run_batch``.
+``enqueue`` refuses with ``QueueFullError`` when ``max_queue`` jobs are already waiting. A job
+whose client disconnects, or whose deadline passes, while it waits is cancelled, never runs and
+frees its queue slot at once; one that is already running gets its cancel event set, which the
+backend checks after every denoising step (in a batch, the call stops once all are cancelled).
 """
 
 from __future__ import annotations
@@ -12,18 +14,20 @@ import asyncio
 import concurrent.futures
 import logging
 import math
-import queue
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+from zthumb.batching import BatchKey, BatchQueue
 from zthumb.errors import GenerationCancelledError, GenerationTimeoutError, QueueFullError
 from zthumb.metrics import Metrics
 
 log = logging.getLogger("zthumb.worker")
 T = TypeVar("T")
 POLL_S = 0.05
+# Runs the items of a batch: one result or exception per item, in order.
+BatchRunner = Callable[[Sequence[Any], Sequence[threading.Event]], list[Any]]
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -32,9 +36,19 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 
 
 class Job:
-    def __init__(self, fn: Callable[[threading.Event], Any], name: str) -> None:
-        self.fn = fn
+    def __init__(
+        self,
+        fn: Callable[[threading.Event], Any],
+        name: str,
+        batch_key: BatchKey | None = None,
+        item: Any = None,
+        run_batch: BatchRunner | None = None,
+    ) -> None:
+        self.fn = fn  # run alone (also a batch of one)
         self.name = name
+        self.batch_key = batch_key if run_batch is not None else None
+        self.item = item  # what run_batch gets for this job
+        self.run_batch = run_batch
         self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self.cancel_event = threading.Event()
         self.enqueued_at = time.perf_counter()
@@ -48,10 +62,19 @@ class Job:
 
 
 class Worker:
-    def __init__(self, max_queue: int, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        max_queue: int,
+        metrics: Metrics | None = None,
+        *,
+        max_batch: int = 1,
+        batch_wait_s: float = 0.0,
+    ) -> None:
         self.max_queue = max_queue
         self.metrics = metrics
-        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self.max_batch = max_batch
+        self.batch_wait_s = batch_wait_s
+        self._queue: BatchQueue[Job] = BatchQueue()
         self._waiting = 0
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="zthumb-worker", daemon=True)
@@ -72,8 +95,19 @@ class Worker:
     def retry_after(self) -> int:
         return max(1, math.ceil((self._waiting + 1) * self._avg_seconds))
 
-    def enqueue(self, fn: Callable[[threading.Event], Any], name: str = "job", *, force: bool = False) -> Job:
-        """Queue ``fn(cancel_event)``; thread-safe. ``force`` skips the bound (startup jobs)."""
+    def enqueue(
+        self,
+        fn: Callable[[threading.Event], Any],
+        name: str = "job",
+        *,
+        force: bool = False,
+        batch_key: BatchKey | None = None,
+        item: Any = None,
+        run_batch: BatchRunner | None = None,
+    ) -> Job:
+        """Queue ``fn(cancel_event)``; thread-safe. ``force`` skips the bound (startup jobs).
+
+        With ``batch_key`` and ``run_batch``, same-key jobs may run as ``run_batch(items, cancels)``."""
         with self._lock:
             if not force and self._waiting >= self.max_queue:
                 if self.metrics:
@@ -84,7 +118,7 @@ class Worker:
                 )
             self._waiting += 1
             self._set_depth()
-        job = Job(fn, name)
+        job = Job(fn, name, batch_key, item, run_batch)
         self._queue.put(job)
         return job
 
@@ -102,28 +136,54 @@ class Worker:
 
     def _run(self) -> None:
         while True:
-            job = self._queue.get()
-            if job is None:
+            taken = self._queue.take(self.max_batch, self.batch_wait_s)
+            if taken is None:
                 return
-            self._release_slot(job)
-            if not job.future.set_running_or_notify_cancel():
-                log.info("skipped a job cancelled while queued", extra={"job": job.name})
-                continue
-            job.started_at = time.perf_counter()
-            self.started_jobs += 1
+            jobs, waited = taken
+            live = []
+            for job in jobs:
+                self._release_slot(job)
+                if job.future.set_running_or_notify_cancel():
+                    live.append(job)
+                else:
+                    log.info("skipped a job cancelled while queued", extra={"job": job.name})
+            if live:
+                self._run_jobs(live, waited if jobs[0].batch_key is not None else None)
+
+    def _run_jobs(self, jobs: list[Job], batch_wait_s: float | None) -> None:
+        started = time.perf_counter()
+        for job in jobs:
+            job.started_at = started
+        self.started_jobs += len(jobs)
+        if self.metrics:
+            self.metrics.inflight.set(len(jobs))
+            if batch_wait_s is not None:
+                self.metrics.batch_size.observe(len(jobs))
+                self.metrics.batch_wait_seconds.observe(batch_wait_s)
+        try:
+            outcomes = self._outcomes(jobs)
+            for job, outcome in zip(jobs, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    job.future.set_exception(outcome)
+                else:
+                    job.future.set_result(outcome)
+        finally:
+            elapsed = (time.perf_counter() - started) / len(jobs)  # per request, for Retry-After
+            self._avg_seconds = 0.8 * self._avg_seconds + 0.2 * elapsed
             if self.metrics:
-                self.metrics.inflight.set(1)
-            try:
-                result = job.fn(job.cancel_event)
-            except BaseException as exc:
-                job.future.set_exception(exc)
-            else:
-                job.future.set_result(result)
-            finally:
-                elapsed = time.perf_counter() - job.started_at
-                self._avg_seconds = 0.8 * self._avg_seconds + 0.2 * elapsed
-                if self.metrics:
-                    self.metrics.inflight.set(0)
+                self.metrics.inflight.set(0)
+
+    @staticmethod
+    def _outcomes(jobs: list[Job]) -> list[Any]:
+        """A result or an exception per job; never raises (each job's future gets its own)."""
+        try:
+            if len(jobs) == 1:  # a batch of one runs exactly as an unbatched request
+                return [jobs[0].fn(jobs[0].cancel_event)]
+            run_batch = jobs[0].run_batch
+            assert run_batch is not None  # only keyed jobs are batched
+            return run_batch([job.item for job in jobs], [job.cancel_event for job in jobs])
+        except BaseException as exc:
+            return [exc] * len(jobs)
 
     async def submit(
         self,
@@ -132,9 +192,12 @@ class Worker:
         timeout: float,
         is_disconnected: Callable[[], Awaitable[bool]] | None = None,
         name: str = "generate",
+        batch_key: BatchKey | None = None,
+        item: Any = None,
+        run_batch: BatchRunner | None = None,
     ) -> tuple[T, float]:
-        """Run ``fn`` on the worker; returns (result, seconds waited in the queue)."""
-        job = self.enqueue(fn, name)
+        """Run ``fn`` on the worker (or ``item`` in a batch); returns (result, seconds queued)."""
+        job = self.enqueue(fn, name, batch_key=batch_key, item=item, run_batch=run_batch)
         wrapped = asyncio.wrap_future(job.future)
         # A job abandoned while running still ends (it stops at its next step); its outcome is
         # nobody's then: retrieve it, or asyncio logs "Future exception was never retrieved".

@@ -74,3 +74,17 @@ def test_the_body_bound_reaches_the_server(helm_bin: list[str], helm_env: dict[s
     assert render(helm_env).env["ZTHUMB_MAX_BODY_BYTES"] == str(Settings().max_body_bytes)
     assert render(helm_env, {"server.maxBodyBytes": "65536"}).env["ZTHUMB_MAX_BODY_BYTES"] == "65536"
     assert "maxBodyBytes" in render_fails(helm_env, {"server.maxBodyBytes": "0"})
+
+
+@needs_helm
+def test_the_batching_knobs_reach_the_server_with_its_defaults(
+    helm_bin: list[str], helm_env: dict[str, str]
+) -> None:
+    from zthumb.settings import Settings
+
+    env = render(helm_env).env
+    assert int(env["ZTHUMB_MAX_BATCH"]) == Settings().max_batch
+    assert float(env["ZTHUMB_BATCH_WAIT_MS"]) == Settings().batch_wait_ms
+    env = render(helm_env, {"server.maxBatch": "1", "server.batchWaitMs": "0"}).env
+    assert (env["ZTHUMB_MAX_BATCH"], env["ZTHUMB_BATCH_WAIT_MS"]) == ("1", "0")
+    assert "maxBatch" in render_fails(helm_env, {"server.maxBatch": "0"})

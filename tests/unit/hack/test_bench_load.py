@@ -27,3 +27,9 @@ def test_tiny_run_passes_every_check(tmp_path, hack_script):
     assert 0 <= generated_beyond_200s <= report["cancels"]["server_cancelled_while_running"]
     assert report["config"]["zthumb"] == str(Path(sys.modules["zthumb"].__file__).parent)
     assert "| 200 " in (tmp_path / "bench_load.md").read_text()
+    # The throughput table: batching off and on at each client count, every request answered.
+    rows = report["throughput"]
+    assert [row["clients"] for row in rows] == [1, 2]
+    assert all(row["requests_off"] > 0 and row["requests_on"] > 0 for row in rows)
+    assert all(row["failed_off"] == 0 and row["failed_on"] == 0 for row in rows)
+    assert "images/s off" in (tmp_path / "bench_load.md").read_text()

@@ -221,17 +221,23 @@ class Backend(AdapterCache):
         return {"unet": total, "quantized": quantized, "quantized_fp32": quantized_fp32}
 
     # --- generation --------------------------------------------------------------------------
-    def generate(self, params: GenerationParams, cancel: threading.Event | None = None) -> list[Image]:
-        """Run the pipeline; compel encodes the (weighted) prompt and negative prompt."""
+    def encode_prompt(self, params: GenerationParams) -> Any:
+        """compel's conditioning for the (weighted) prompt and negative prompt; 422 when unparsable."""
         import torch
 
         with torch.inference_mode():
             try:
-                cond = self.compel(params.prompt, negative_prompt=params.negative_prompt or None)
+                return self.compel(params.prompt, negative_prompt=params.negative_prompt or None)
             except Exception as exc:
                 raise InvalidRequestError(
                     f"the prompt could not be parsed: {exc}", field="prompt", code="invalid_prompt"
                 ) from exc
+
+    def generate(self, params: GenerationParams, cancel: threading.Event | None = None) -> list[Image]:
+        """Run the pipeline; compel encodes the (weighted) prompt and negative prompt."""
+        import torch
+
+        cond = self.encode_prompt(params)
         generator = torch.Generator("cpu").manual_seed(params.seed)
 
         def on_step_end(
