@@ -224,7 +224,7 @@ class JobStages:
                     serverkey.DEPLOYMENT_NOT_FOUND,
                     f"deployment {target} not found in {ns}: step {step.name} calls its server",
                 )
-            ref = serverkey.server_key_ref(deployment, spec.deploy.container)
+            ref = serverkey.eval_key_ref(deployment, spec.deploy.container, spec.deploy.service_url)
         except serverkey.ServerKeyError as error:
             p.fail(stage.condition, error.reason, f"step {step.name}: {error.message}")
             return None

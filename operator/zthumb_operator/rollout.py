@@ -121,7 +121,7 @@ class Rollouts:
                 # Refused before the rollout, not after it: an adapter that eval cannot call the
                 # server about would stay deployed without its evaluation (and its gate).
                 try:
-                    serverkey.server_key_ref(deployment, d.container)
+                    serverkey.eval_key_ref(deployment, d.container, spec.deploy.service_url)
                 except serverkey.ServerKeyError as error:
                     await self.release(ns, d.deployment, name)
                     p.fail(

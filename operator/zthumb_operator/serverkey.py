@@ -29,6 +29,8 @@ from zthumb_contract.steps import StepDefinition
 KEY_NOT_IN_SECRET = "ApiKeyNotInSecret"
 CONTAINER_NOT_FOUND = "ContainerNotFound"
 DEPLOYMENT_NOT_FOUND = "DeploymentNotFound"
+# The reason a run fails with when the key would go to a URL the run's author chose.
+KEY_TO_CHOSEN_URL = "ApiKeyToServiceUrl"
 
 HOW_TO_FIX = (
     "put the key in a Secret and reference it with valueFrom.secretKeyRef (the chart does this "
@@ -101,6 +103,24 @@ def server_key_ref(deployment: Mapping[str, Any], container: str) -> SecretKeyRe
             "Secret the server would run open and the eval pod could not start; drop secretKeyRef.optional",
         )
     return SecretKeyRef(name=str(ref["name"]), key=str(ref["key"]))
+
+
+def eval_key_ref(
+    deployment: Mapping[str, Any], container: str, service_url: str | None
+) -> SecretKeyRef | None:
+    """``server_key_ref``, and refused when the eval step would send that key to
+    ``spec.deploy.serviceUrl``: a URL the run's author chooses, so anyone who may create a run
+    could collect the server's key at a host of their own. Without it, eval calls the target
+    Deployment's own Service (the operator's URL template), which only an admin sets."""
+    ref = server_key_ref(deployment, container)
+    if ref is not None and service_url:
+        raise ServerKeyError(
+            KEY_TO_CHOSEN_URL,
+            f"spec.deploy.serviceUrl is set ({service_url}) and the server has an API key: step eval "
+            "would send the key to a URL the run chooses. Leave spec.deploy.serviceUrl unset; eval "
+            "then calls the target Deployment's own Service",
+        )
+    return ref
 
 
 def with_server_key(step: StepDefinition, ref: SecretKeyRef | None) -> StepDefinition:

@@ -192,3 +192,25 @@ def test_without_eval_a_literal_key_does_not_stop_the_rollout() -> None:
     h.rollout_done()
     h.reconcile()
     assert h.status()["phase"] == "Succeeded", h.status()
+
+
+def test_a_key_is_never_sent_to_a_service_url_the_run_chooses() -> None:
+    # Whoever may create a run would otherwise collect the server's key at a host of their own.
+    h = Harness({"deploy": {"serviceUrl": "http://collector.example:9000"}})
+    server_env(h).append(CHART_KEY_ENV)
+    through_deploy(h)
+    st = h.status()
+    assert st["phase"] == "Failed" and st["reason"] == serverkey.KEY_TO_CHOSEN_URL, st
+    assert "spec.deploy.serviceUrl" in st["message"] and "was not rolled out" in st["message"]
+    assert ("ml", "z-style-eval") not in h.api.jobs
+
+
+def test_a_service_url_without_a_server_key_is_still_called() -> None:
+    h = Harness({"deploy": {"serviceUrl": "http://other:9000"}})
+    through_deploy(h)
+    h.rollout_done()
+    h.reconcile()
+    assert h.status()["phase"] == "Evaluating"
+    job = h.api.jobs[("ml", "z-style-eval")]
+    assert "http://other:9000" in json.dumps(job)
+    assert "ZTHUMB_API_KEY" not in {e["name"] for e in job_env(job)}
