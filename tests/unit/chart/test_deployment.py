@@ -17,7 +17,7 @@ def test_default_render(helm_bin: list[str], helm_env: dict[str, str]) -> None:
     r = render(helm_env)
     # No PodDisruptionBudget: with one replica it protects nothing (test_pdb.py).
     server = ["Deployment", "Service", "ServiceAccount", "PersistentVolumeClaim", "Pod"]
-    # The generated API key, and ingress from the release namespace only (test_auth.py).
+    # The generated API key, and ingress from the release namespace only (test_api_key.py).
     assert r.kinds() == sorted([*server, "Secret", "NetworkPolicy"])
     selector = {"app.kubernetes.io/name": "zthumb", "app.kubernetes.io/instance": "zthumb"}
 
@@ -51,7 +51,7 @@ def test_default_render(helm_bin: list[str], helm_env: dict[str, str]) -> None:
     # The operator owns the adapter: nothing rendered, so `helm upgrade` cannot reset it.
     assert "Z_LORA_PATH" not in env
     assert "Z_LORA_SCALE" not in env
-    # Never open by default: the key the chart generates, from its Secret (test_auth.py).
+    # Never open by default: the key the chart generates, from its Secret (test_api_key.py).
     assert env["ZTHUMB_API_KEY"] == {"secretKeyRef": {"name": "zthumb-api-key", "key": "api-key"}}
 
     annotations = dep["spec"]["template"]["metadata"]["annotations"]
