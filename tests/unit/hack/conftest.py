@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -14,7 +15,7 @@ HACK = Path(__file__).resolve().parents[3] / "hack"
 
 
 @pytest.fixture
-def hack_script(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], ModuleType]:
+def hack_script(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], ModuleType]]:
     """``hack_script("bench_gc")`` imports hack/bench_gc.py as module ``bench_gc`` for this test."""
 
     def load(name: str) -> ModuleType:
@@ -26,4 +27,6 @@ def hack_script(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], ModuleType]:
         spec.loader.exec_module(module)
         return module
 
-    return load
+    yield load
+    # A benchmark freezes what it loaded, as the server does; the next test gets a whole collector.
+    gc.unfreeze()

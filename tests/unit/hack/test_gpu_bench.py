@@ -9,10 +9,14 @@ import pytest
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # every training variant compiles on a 2-core CPU when the inductor cache is cold
 def test_tiny_run_measures_every_section(tmp_path, hack_script):
     module = hack_script("gpu_bench")
 
-    assert module.main(["--tiny", "--out", str(tmp_path), "--skip", "compiled"]) == 0
+    # No time budget: on a busy machine section 4 would skip its last variants (with a note) and
+    # what this test checks would depend on the machine's speed.
+    args = ["--tiny", "--out", str(tmp_path), "--skip", "compiled", "--training-budget-s", "1e9"]
+    assert module.main(args) == 0
 
     report = json.loads((tmp_path / "gpu_bench.json").read_text())
     sections = {row["section"] for row in report["rows"]}
