@@ -21,7 +21,7 @@ their fp32 bytes).
 ``--compile MODE`` also loads a compiled engine (ZTHUMB_COMPILE=MODE, inductor; adapters as
 ``--compile-lora`` says: ``fuse``, merged into the weights, the default, or ``slot``) and times rows
 (a), (b), (c2), (c8) on it in the same interleaved loop (and (e2), (e4) with ``fuse``), with the
-ratio compiled/eager per row and issue 12's ratio: a LoRA over the compiled base, (b)/(a) and
+ratio compiled/eager per row and the compiled path's target ratio: a LoRA over the compiled base, (b)/(a) and
 (c2)/(a) on the compiled engine (target <= 1.10). Its inductor cache lives beside the tiny model,
 so only the first run pays the compile.
 

@@ -14,7 +14,7 @@ GPU, real SDXL:
 
 Each configuration runs in its own process, so peak RSS / GPU memory belong to it alone.
 
-CPU, tiny model, against diffusers' ``train_text_to_image_lora_sdxl.py`` example (issue 4's target):
+CPU, tiny model, against diffusers' ``train_text_to_image_lora_sdxl.py`` example (target: its steps/s):
     .venv/bin/python hack/bench_train.py \
         --diffusers-example /tmp/diffusers-example/train_text_to_image_lora_sdxl.py \
         --example-pythonpath /tmp/example-site [--steps 40] [--repeats 2] [--batch-sizes 1,4]

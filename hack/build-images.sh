@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the project's container images for real, from its own Dockerfiles, without Docker or a
-# registry (hack/README-images.md, ../shared/REAL-NODE.md "Images without a registry"):
+# registry (hack/README-images.md: a Debian base made with mmdebstrap, buildah bud, OCI archives):
 #
 #   1. a Debian bookworm base made by `mmdebstrap --variant=minbase` (+ python3, python3-venv,
 #      ca-certificates), cached as a tarball and turned into a local image;

@@ -1,4 +1,4 @@
-"""Section 4 of hack/gpu_bench.py: the trainer's own loop (``run_training``), issue 14's variants.
+"""Section 4 of hack/gpu_bench.py: the trainer's own loop (``run_training``), the batch-1 throughput variants.
 
 At 1024² (64 px with ``--tiny``), rank 16, bf16 (fp32 on the CPU), from cached latents and text
 embeddings: batch 1 and 4, gradient checkpointing off and on, ``compile`` off, of the transformer

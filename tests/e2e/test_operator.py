@@ -1,4 +1,4 @@
-"""The LoRAFinetune operator end to end on the local control plane (docs/ARCHITECTURE.md, issue 5).
+"""The LoRAFinetune operator end to end on the local control plane (docs/ARCHITECTURE.md).
 
 Each test gets a fresh namespace enforcing Pod Security ``restricted`` and its own
 operator process, namespace-scoped and authenticated as its own ServiceAccount

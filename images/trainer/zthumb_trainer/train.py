@@ -17,7 +17,7 @@ volume needs:
 * the data order is a pure function of (seed, step), so a resumed run sees exactly
   the batches the uninterrupted run would have.
 
-Throughput (issue 14): with ``mixed_precision="bf16"`` the frozen UNet and text encoders hold
+Throughput: with ``mixed_precision="bf16"`` the frozen UNet and text encoders hold
 bf16 weights and run bf16 activations natively, without autocast (the way the model is served),
 while the LoRA parameters stay fp32 master weights: PEFT computes the small LoRA branch in fp32
 and adds it back in bf16, and AdamW updates fp32 values (a 1e-4-sized update would round away

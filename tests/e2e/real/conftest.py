@@ -1,4 +1,4 @@
-"""Fixtures for the real-node end-to-end tests (issue 10, section 4).
+"""Fixtures for the real-node end-to-end tests.
 
 Everything here runs in real containers on the local cluster's real node
 ``zthumb-real-0`` (kubelet + containerd + runc, see hack/README-cluster.md), from the

@@ -1,4 +1,4 @@
-"""Multi-node training in real pods (issue 14, item 2): a LoRAFinetune with ``resources.nodes: 2``
+"""Multi-node training in real pods: a LoRAFinetune with ``resources.nodes: 2``
 and ``gpus: 1`` trains the tiny model as an Indexed Job of two pods on the real node (which
 advertises ``nvidia.com/gpu: 2``; nothing is a GPU, so each pod trains one gloo process on its
 CPU). Pod 1 finds pod 0 by its DNS name through the run's headless Service (CoreDNS, kube-proxy

@@ -1,4 +1,4 @@
-"""The whole product in real containers on the real node (issue 10, section 4).
+"""The whole product in real containers on the real node.
 
 In order, sharing one namespace (Pod Security ``restricted``), one Helm release and
 the operator pod of manifests/operator:

@@ -1,5 +1,5 @@
 """spec.resources.nodes: declared once (spec.py, mirrored by the CRD), validated, and carried into
-the train step (issue 14, item 2)."""
+the train step."""
 
 from __future__ import annotations
 

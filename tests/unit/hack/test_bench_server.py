@@ -31,7 +31,7 @@ def test_tiny_run_reports_every_row_and_ratio(hack_script, capsys):
 
 @pytest.mark.slow  # compiles the tiny UNet (seconds with inductor's cache warm, a minute or two cold)
 def test_tiny_run_with_the_compiled_engine(hack_script, capsys):
-    """--compile: the compiled rows (fuse: several adapters too), 0 recompiles, and issue 12's ratio."""
+    """--compile: the compiled rows (fuse: several adapters too), 0 recompiles, and LoRA / base."""
     module = hack_script("bench_server")
     assert module.main(["--tiny", "--compile", "default"]) == 0
 

@@ -1,5 +1,5 @@
 """Multi-node training (spec.resources.nodes > 1): the Indexed Job, its headless Service and the
-failed-node status, built without a cluster (issue 14, item 2)."""
+failed-node status, built without a cluster."""
 
 from __future__ import annotations
 

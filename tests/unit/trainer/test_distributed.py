@@ -1,4 +1,4 @@
-"""Multi-process training on the CPU (gloo), issue 14 item 1.
+"""Multi-process training on the CPU (gloo).
 
 Two processes with batch 1 each against one process with batch 2, from the same seed: the same
 data order (each global batch of 2 is split between the ranks), the same noise (every rank draws

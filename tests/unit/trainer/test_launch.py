@@ -1,5 +1,5 @@
 """The train CLI's torchrun launch: one node (--standalone) or one node of several (static
-rendezvous from the pod's env), without running torch (issue 14, item 2)."""
+rendezvous from the pod's env), without running torch."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Two "nodes" on localhost: the train CLI launched twice, as node 0 and node 1 of a static
 torchrun rendezvous on 127.0.0.1 (gloo, one process each), exactly as the pods of a multi-node
-train Job launch it, train the tiny model together and export one adapter (issue 14, item 2)."""
+train Job launch it, train the tiny model together and export one adapter."""
 
 from __future__ import annotations
 
