@@ -243,7 +243,8 @@ def wait_phase(
 
 # One HTTP request from inside a pod (python3 of the server image): METHOD URL [BODY], the API key
 # on stdin (empty: no Authorization header), so it shows in no argv, log or failure message.
-# URL may be a path on the pod's own loopback. Prints {"status": ..., "body": ...}.
+# URL may be a path on the pod's own loopback. Prints {"status": ..., "body": ...}; a binary body
+# (a report's PNG) is decoded leniently, since its callers look at the status only.
 HTTP_REQUEST = (
     "import json, sys, urllib.request, urllib.error\n"
     "method, url, body = sys.argv[1], sys.argv[2], (sys.argv[3:] or [''])[0]\n"
@@ -256,9 +257,9 @@ HTTP_REQUEST = (
     "request = urllib.request.Request(url, data=data, headers=headers, method=method)\n"
     "try:\n"
     "    response = urllib.request.urlopen(request, timeout=120)\n"
-    "    status, text = response.status, response.read().decode()\n"
+    "    status, text = response.status, response.read().decode(errors='replace')\n"
     "except urllib.error.HTTPError as error:\n"
-    "    status, text = error.code, error.read().decode()\n"
+    "    status, text = error.code, error.read().decode(errors='replace')\n"
     "print(json.dumps({'status': status, 'body': text}))\n"
 )
 
