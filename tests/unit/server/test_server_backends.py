@@ -115,14 +115,18 @@ def test_fast_adapter_switch_matches_set_adapters(full_backend, lora_root):
 
     files = AdapterFiles(lora_root)
     a, b = files.ref("style_a"), files.ref("b.safetensors")
-    full_backend.apply_adapter(a, 0.8)
-    full_backend.apply_adapter(b, 0.6)
-    fast = _image(full_backend)
-    name_b = full_backend._adapters[b.key]
-    full_backend.apply_adapter(a, 0.3)  # move away, then the diffusers way back to B
-    full_backend.pipe.set_adapters([name_b], [0.6])
-    full_backend._active = ((name_b, 0.6),)
-    assert np.array_equal(_image(full_backend), fast)
+    # The backend is shared by the module's tests (in any order): leave it without an adapter.
+    try:
+        full_backend.apply_adapter(a, 0.8)
+        full_backend.apply_adapter(b, 0.6)
+        fast = _image(full_backend)
+        name_b = full_backend._adapters[b.key]
+        full_backend.apply_adapter(a, 0.3)  # move away, then the diffusers way back to B
+        full_backend.pipe.set_adapters([name_b], [0.6])
+        full_backend._active = ((name_b, 0.6),)
+        assert np.array_equal(_image(full_backend), fast)
+    finally:
+        full_backend.apply_adapter(None, 0.0)
 
 
 @pytest.mark.filterwarnings("ignore:Already found a `peft_config` attribute")
