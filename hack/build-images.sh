@@ -120,6 +120,26 @@ bh() {
 }
 
 image_id() { bh inspect --type image --format '{{.FromImageID}}' "$1" 2>/dev/null || true; }
+# An image's unpacked size in bytes (buildah prints it rounded, in SI units).
+image_size_bytes() {
+  bh images --json "$1" | python3 -c '
+import json, sys
+number, unit = json.load(sys.stdin)[0]["size"].split()
+print(int(float(number) * {"B": 1, "kB": 1e3, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}[unit]))'
+}
+
+# An export stages the largest layer uncompressed and every layer compressed in $TMPDIR, then
+# writes the archive (seen: a 6.0 GB uncompressed torch layer beside its 3.3 GB archive). Refuse
+# before starting rather than fail half-way with ENOSPC.
+ensure_free_space() {
+  local name=$1 need=$2 avail
+  avail=$(df --output=avail -B1 "${IMAGES_DIR}" | tail -1)
+  if ((avail < need)); then
+    die "${name}: exporting needs about $((need / 1000000)) MB free on the disk of ${IMAGES_DIR}," \
+      "it has $((avail / 1000000)) MB (df -h ${IMAGES_DIR}; leftovers of killed runs in /tmp or /var/tmp are the usual culprits)"
+  fi
+}
+
 image_label() {
   bh inspect --type image --format "{{index .OCIv1.Config.Labels \"$2\"}}" "$1" 2>/dev/null || true
 }
@@ -435,7 +455,10 @@ export_image() {
     *) die "ZTHUMB_IMAGE_COMPRESSION must be gzip or zstd, not ${COMPRESSION}" ;;
   esac
   local t0=$SECONDS
-  rm -f "${file}.tmp" "${file}.id"
+  # The old archive is stale (its stamp differs): drop it first, so the export needs room for
+  # one copy of the image, not two.
+  rm -f "${file}.tmp" "${file}.id" "${file}"
+  ensure_free_space "${name}" "$(($(image_size_bytes "${ref}") * 3 / 2))"
   bh push --quiet "${flags[@]}" "${ref}" "oci-archive:${file}.tmp:${ref}"
   mv "${file}.tmp" "${file}"
   echo "${stamp}" >"${file}.id"
@@ -595,6 +618,12 @@ mkdir -p "${IMAGES_DIR}" "${RUN_DIR}"
 # One build at a time on this storage.
 exec 9>"${IMAGES_DIR}/.lock"
 flock 9
+# buildah stages every blob of a push in $TMPDIR (/var/tmp by default) and leaves it there when
+# it is killed: a few killed exports filled the disk. Our own scratch folder, under the lock, is
+# emptied at every start, so nothing a previous run left behind outlives it.
+export TMPDIR="${IMAGES_DIR}/tmp"
+rm -rf "${TMPDIR}"
+mkdir -p "${TMPDIR}"
 ensure_tools
 DRIVER=$(storage_driver)
 
