@@ -277,10 +277,19 @@ class EvalSpec(_Spec):
     gate: EvalGateSpec = Field(default_factory=EvalGateSpec)
 
 
+# A Secret's name: an RFC 1123 subdomain.
+SECRET_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
 class ImagesSpec(_Spec):
     # Unset: the operator's ZTHUMB_OPERATOR_TRAINER_IMAGE.
     trainer: str | None = None
     pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    # The step pods' imagePullSecrets, for a trainer image in a private registry. Each is one of
+    # the Secrets the operator checks (the allow-runs label, where the operator requires it).
+    pull_secrets: list[Annotated[str, Field(pattern=SECRET_NAME, max_length=253)]] = Field(
+        default_factory=list, max_length=8
+    )
 
 
 class LoRAFinetuneSpec(_Spec):

@@ -25,6 +25,7 @@ from zthumb_operator.config import ANY, ENV_PREFIX, OperatorConfig
 REASON = "NotAllowed"
 # The label an admin puts on a Secret that every run in its namespace may use.
 SECRET_ALLOW_LABEL = "zthumb.io/allow-runs"
+PULL_SECRETS_FIELD = "spec.images.pullSecrets"
 SECRET_ALLOW_VALUE = "true"
 # Fields of the spec that name a Secret end in this (tokenSecretRef, credentialsSecretRef, ...).
 SECRET_REF_SUFFIX = "SecretRef"
@@ -71,12 +72,15 @@ def spec_refusals(config: OperatorConfig, spec: LoRAFinetuneSpec) -> list[str]:
 
 
 def secret_refs(model: BaseModel, path: str = "spec") -> Iterator[tuple[str, str]]:
-    """(field path, Secret name) of every Secret the spec names, wherever the model declares one."""
+    """(field path, Secret name) of every Secret the spec names, wherever the model declares one:
+    its ``*SecretRef`` fields and the step pods' image pull Secrets."""
     for name, field in type(model).model_fields.items():
         value = getattr(model, name)
         here = f"{path}.{field.alias or name}"
         if here.endswith(SECRET_REF_SUFFIX) and value is not None:
             yield here, str(value.name)
+        elif here == PULL_SECRETS_FIELD:
+            yield from ((f"{here}[{index}]", str(secret)) for index, secret in enumerate(value))
         elif isinstance(value, BaseModel):
             yield from secret_refs(value, here)
 

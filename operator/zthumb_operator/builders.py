@@ -226,6 +226,8 @@ def build_job(
         "containers": [container],
         "volumes": volumes,
     }
+    if spec.images.pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": name} for name in spec.images.pull_secrets]
     if step.gpu and spec.resources.node_selector:
         pod_spec["nodeSelector"] = dict(spec.resources.node_selector)
     tolerations = _tolerations(step, spec)

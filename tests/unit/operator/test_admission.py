@@ -27,6 +27,7 @@ SECRET_FIELDS = {
         "dataset": {"source": {"s3": {"bucket": "data", "credentialsSecretRef": {"name": "s"}}}}
     },
     "spec.eval.clip.tokenSecretRef": {"eval": {"clip": {"tokenSecretRef": {"name": "s"}}}},
+    "spec.images.pullSecrets[0]": {"images": {"pullSecrets": ["s"]}},
 }
 
 

@@ -75,6 +75,23 @@ def test_gpu_count_resource_name_node_selector_and_tolerations() -> None:
     assert "nodeSelector" not in jobs["prepare-dataset"]["spec"]["template"]["spec"]
 
 
+def test_every_step_pod_pulls_with_the_spec_s_pull_secrets_and_none_without() -> None:
+    jobs = jobs_for(
+        make_run(
+            {
+                "images": {
+                    "trainer": "registry.team.example/zthumb/trainer:1",
+                    "pullSecrets": ["team-registry"],
+                }
+            }
+        )
+    )
+    for step, job in jobs.items():
+        assert job["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "team-registry"}], step
+    for step, job in jobs_for(make_run({})).items():
+        assert "imagePullSecrets" not in job["spec"]["template"]["spec"], step
+
+
 def test_secret_env_is_a_secret_key_ref_never_a_value() -> None:
     run = make_run({"baseModel": {"tokenSecretRef": {"name": "hf", "key": "tok"}}})
     env = container(jobs_for(run)["fetch-model"])["env"]

@@ -277,6 +277,8 @@ def test_example_is_valid_for_spec_py_and_the_crd() -> None:
         (("baseModel", "maxBytes"), 2**40 + 1),
         (("eval", "clip", "maxBytes"), 0),
         (("baseModel", "allowInsecureHttp"), "yes"),
+        (("images", "pullSecrets"), ["Team_Registry"]),
+        (("images", "pullSecrets"), [f"s{i}" for i in range(9)]),
     ],
 )
 def test_schema_refuses_bad_values(path: tuple[str, ...], value: Any) -> None:
