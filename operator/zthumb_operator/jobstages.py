@@ -21,7 +21,7 @@ from zthumb_contract.stages import PENDING, Stage, Success
 from zthumb_contract.steps import RunPaths, StepDefinition, deploy_env
 
 from zthumb_operator import builders as b
-from zthumb_operator import conditions, identity, metrics, queues, serverkey
+from zthumb_operator import conditions, identity, metrics, queues, readers, serverkey
 from zthumb_operator import multinode as mn
 from zthumb_operator.api import Api, ConflictError, ForbiddenError
 from zthumb_operator.cache import Cache
@@ -52,7 +52,7 @@ class JobStages:
     async def ensure_job(self, p: Pass, spec: LoRAFinetuneSpec, step: StepDefinition) -> dict[str, Any]:
         meta = p.run["metadata"]
         ns = meta["namespace"]
-        jname = mn.job_name(meta["name"], step)
+        jname = mn.step_job_name(meta["name"], step)
         job = self.cache.jobs.get((ns, jname))
         created = False
         if job is None:
@@ -150,7 +150,7 @@ class JobStages:
         ns = p.run["metadata"]["namespace"]
         jname = job["metadata"]["name"]
         pods = list(self.cache.pods.get((ns, jname), {}).values())
-        state = b.job_state(job, pods)
+        state = readers.job_state(job, pods)
         cond = stage.condition
         if state.state == "succeeded":
             return await self.succeeded(p, spec, stage, job, pods)
@@ -158,9 +158,9 @@ class JobStages:
             reason = f"{camel(step.name)}Failed"
             message = state.message
             if step.nodes > 1:
-                if not mn.failed_node(pods):  # the failed pod's last event may not be cached yet
+                if not readers.failed_node(pods):  # the failed pod's last event may not be cached yet
                     pods = await self.api.list_job_pods(ns, jname)
-                message = mn.failure_message(job, pods)
+                message = readers.failure_message(job, pods)
             p.fail(
                 stage.condition, reason, f"step {step.name}: Job {jname} failed ({state.reason}): {message}"
             )
@@ -214,7 +214,7 @@ class JobStages:
         the stage failed because the key cannot be referenced. Only before the Job exists: it
         is what the Job was built with."""
         ns = p.run["metadata"]["namespace"]
-        if (ns, mn.job_name(p.run["metadata"]["name"], step)) in self.cache.jobs:
+        if (ns, mn.step_job_name(p.run["metadata"]["name"], step)) in self.cache.jobs:
             return step
         target = spec.deploy.deployment
         deployment = await self.api.get_deployment(ns, target)
@@ -267,19 +267,19 @@ class JobStages:
                 deploy_env(RunPaths(self.config.server_data_root, name, spec))[contract_env.LORA_PATH],
             )
             message += f"; adapter exported to {paths.adapter_dir}"
-            if not b.terminated_messages(pods):  # the pod cache may not hold the finished pod yet
+            if not readers.terminated_messages(pods):  # the pod cache may not hold the finished pod yet
                 pods = await self.api.list_job_pods(ns, job["metadata"]["name"])
-            training = b.train_results(pods)  # steps/s, peak memory: the train pod's own numbers
+            training = readers.train_results(pods)  # steps/s, peak memory: the train pod's own numbers
             if training:
                 p.set("training", training)
         if stage.success is Success.REPORT:
-            summary = b.eval_summary(pods)
-            if summary is None and not b.terminated_messages(pods):
+            summary = readers.eval_summary(pods)
+            if summary is None and not readers.terminated_messages(pods):
                 fresh = await self.api.list_job_pods(ns, job["metadata"]["name"])
-                summary = b.eval_summary(fresh)
+                summary = readers.eval_summary(fresh)
                 if (
                     summary is None
-                    and not b.terminated_messages(fresh)
+                    and not readers.terminated_messages(fresh)
                     and self.config.simulated_eval_summary
                 ):
                     summary = dict(self.config.simulated_eval_summary)  # test hook: simulated pods
@@ -294,7 +294,7 @@ class JobStages:
                 if not verdict.passed:
                     return await self.rollouts.revert(p, spec, verdict)
                 message += f"; gate {verdict.message}"
-        duration = b.step_duration_seconds(job)
+        duration = readers.step_duration_seconds(job)
         if duration is not None:
             metrics.STEP_DURATION.labels(step=stage.name).observe(duration)
         p.condition(stage.condition, "True", "Completed", message)
