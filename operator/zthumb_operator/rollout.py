@@ -20,11 +20,11 @@ from zthumb_contract.spec import LoRAFinetuneSpec
 from zthumb_contract.stages import STAGE, TERMINAL_PHASES
 from zthumb_contract.steps import RunPaths, deploy_env
 
-from zthumb_operator import admission, conditions, deployments, metrics, serverkey
+from zthumb_operator import admission, conditions, deployments, serverkey
 from zthumb_operator.api import Api, ConflictError
 from zthumb_operator.cache import Cache
 from zthumb_operator.config import OperatorConfig
-from zthumb_operator.status import DONE, WAIT, Key, Outcome, Pass, again_in
+from zthumb_operator.status import Done, Failed, Key, Outcome, Pass, Wait, again_in
 
 DEPLOY = STAGE["deploy"]
 EVAL = STAGE["eval"]
@@ -60,12 +60,9 @@ class Rollouts:
         timeout = d.rollout_timeout_seconds
         if deployment is None:
             if p.now - started >= timeout:
-                p.fail(
-                    DEPLOY.condition,
-                    "DeploymentNotFound",
-                    f"deployment {d.deployment} not found in {ns} after {timeout}s",
+                return Failed(
+                    "DeploymentNotFound", f"deployment {d.deployment} not found in {ns} after {timeout}s"
                 )
-                return WAIT
             p.phase(
                 DEPLOY.phase, "DeploymentNotFound", f"waiting for deployment {d.deployment} to exist in {ns}"
             )
@@ -74,8 +71,7 @@ class Rollouts:
             admission.deployment_refusal(self.config, deployment) if not state.get("startedAt") else None
         )
         if refusal:  # it did not exist when the run was admitted, or its labels changed since
-            p.fail(DEPLOY.condition, admission.REASON, refusal)
-            return WAIT
+            return Failed(admission.REASON, refusal)
         owner = deployments.rollout_owner(deployment)
         if owner != name:
             if owner and self.holds_lock((ns, owner)):
@@ -111,12 +107,9 @@ class Rollouts:
             env = deployments.container_env(deployment, d.container)
             if env is None:
                 await self.release(ns, d.deployment, name)
-                p.fail(
-                    DEPLOY.condition,
-                    "ContainerNotFound",
-                    f"deployment {d.deployment} has no container {d.container!r}",
+                return Failed(
+                    "ContainerNotFound", f"deployment {d.deployment} has no container {d.container!r}"
                 )
-                return WAIT
             if EVAL.enabled(spec):
                 # Refused before the rollout, not after it: an adapter that eval cannot call the
                 # server about would stay deployed without its evaluation (and its gate).
@@ -124,13 +117,11 @@ class Rollouts:
                     serverkey.eval_key_ref(deployment, d.container, spec.deploy.service_url)
                 except serverkey.ServerKeyError as error:
                     await self.release(ns, d.deployment, name)
-                    p.fail(
-                        DEPLOY.condition,
+                    return Failed(
                         error.reason,
                         f"{error.message}. The adapter was not rolled out: step eval could not call "
                         "the server with its key",
                     )
-                    return WAIT
             state.update(
                 deployment=d.deployment,
                 container=d.container,
@@ -159,24 +150,21 @@ class Rollouts:
         rollout = deployments.rollout_state(deployment, int(state["patchedGeneration"]))
         if rollout.done:
             await self.release(ns, d.deployment, name)
-            metrics.STEP_DURATION.labels(step=DEPLOY.name).observe(max(0.0, p.now - started))
             message = f"deployment {d.deployment} rolled out: {rollout.message}"
-            p.condition(DEPLOY.condition, "True", "RolloutComplete", message)
-            p.event("Normal", "DeployCompleted", message)
-            return DONE
+            return Done(
+                "RolloutComplete", message, "DeployCompleted", duration_seconds=max(0.0, p.now - started)
+            )
         if rollout.failed or p.now - started >= timeout:
             why = (
                 rollout.message if rollout.failed else f"not available within {timeout}s ({rollout.message})"
             )
             await self.rollback(p, d.deployment, d.container, state)
-            p.fail(
-                DEPLOY.condition,
+            return Failed(
                 "RolloutFailed",
                 f"deployment {d.deployment} did not roll out: {why}; restored the previous adapter "
                 f"({describe_env(state.get('previousEnv') or {})}). Check the server pods "
                 f"(kubectl describe deployment {d.deployment}).",
             )
-            return WAIT
         p.condition(DEPLOY.condition, "False", "RollingOut", rollout.message)
         p.phase(DEPLOY.phase, "RollingOut", f"rolling out deployment {d.deployment}: {rollout.message}")
         return again_in(poll)
@@ -206,7 +194,7 @@ class Rollouts:
         except ConflictError:
             await self.release(ns, deployment, owner)
 
-    async def revert(self, p: Pass, spec: LoRAFinetuneSpec, verdict: GateVerdict) -> Outcome:
+    async def revert(self, p: Pass, spec: LoRAFinetuneSpec, verdict: GateVerdict) -> Wait | Failed:
         """The evaluation failed ``spec.eval.gate``: restore the previous adapter and fail the run.
 
         Only while the Deployment still serves this run's adapter: once another run has rolled out
@@ -245,12 +233,9 @@ class Rollouts:
                 f"restored the previous adapter ({describe_env(state.get('previousEnv') or {})}) "
                 f"on deployment {d.deployment}"
             )
-        p.fail(
-            EVAL.condition,
-            GATE_FAILED_REASON,
-            f"eval gate {verdict.message}; {outcome}; report {p.status.get('reportPath')}",
+        return Failed(
+            GATE_FAILED_REASON, f"eval gate {verdict.message}; {outcome}; report {p.status.get('reportPath')}"
         )
-        return WAIT
 
     async def rollback(
         self,
