@@ -265,16 +265,18 @@ def rollout(**status: Any) -> dict[str, Any]:
     return {"spec": {"replicas": 2}, "status": status}
 
 
-def test_rollout_state_like_kubectl_rollout_status() -> None:
-    assert not deployments.rollout_state(rollout(observedGeneration=3), 4).done
-    assert not deployments.rollout_state(rollout(observedGeneration=4, updatedReplicas=1, replicas=2), 4).done
-    assert not deployments.rollout_state(
+def test_rollout_progress_like_kubectl_rollout_status() -> None:
+    assert not deployments.rollout_progress(rollout(observedGeneration=3), 4).done
+    assert not deployments.rollout_progress(
+        rollout(observedGeneration=4, updatedReplicas=1, replicas=2), 4
+    ).done
+    assert not deployments.rollout_progress(
         rollout(observedGeneration=4, updatedReplicas=2, replicas=3, availableReplicas=2), 4
     ).done
-    assert not deployments.rollout_state(
+    assert not deployments.rollout_progress(
         rollout(observedGeneration=4, updatedReplicas=2, replicas=2, availableReplicas=1), 4
     ).done
-    assert deployments.rollout_state(
+    assert deployments.rollout_progress(
         rollout(observedGeneration=4, updatedReplicas=2, replicas=2, availableReplicas=2), 4
     ).done
     stuck = rollout(
@@ -283,7 +285,7 @@ def test_rollout_state_like_kubectl_rollout_status() -> None:
             {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "x"}
         ],
     )
-    assert deployments.rollout_state(stuck, 4).failed
+    assert deployments.rollout_progress(stuck, 4).failed
 
 
 # --------------------------------------------------------------------------- conditions
