@@ -1,8 +1,8 @@
 """Pure builders: plain values in, Kubernetes-shaped dicts out (no I/O, no clock, no kopf).
 
-Everything the operator sends to the API server is built here, so the unit tests
-can check it without a cluster: step Jobs from the shared ``StepDefinition``s and
-the readers of their state and results. The Deployment side lives in ``deployments.py``,
+Every step Job the operator sends to the API server is built here from the shared
+``StepDefinition``s, so the unit tests can check it without a cluster. What the operator reads
+back from Jobs and pods is in ``readers.py``; the Deployment side lives in ``deployments.py``,
 the status conditions in ``conditions.py``, the multi-node train step in ``multinode.py``.
 """
 
@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from zthumb_contract import env as contract_env
-from zthumb_contract.crd import API_VERSION, KIND, parse_time
-from zthumb_contract.results import TrainResults
+from zthumb_contract.crd import API_VERSION, KIND
 from zthumb_contract.spec import LoRAFinetuneSpec
 from zthumb_contract.steps import StepDefinition
 
@@ -28,7 +27,6 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 # Set by the Job controller on the pods of a Job.
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
-# The rollout lock on a target Deployment: "<run name>" of the run whose rollout is in flight.
 
 MAX_NAME = 63  # Job names end up as the pods' job-name label value
 
@@ -64,8 +62,10 @@ def bounded_name(base: str, suffix: str, limit: int = MAX_NAME) -> str:
     return f"{head}-{short_hash(base)}-{suffix}"
 
 
-def job_name(run_name: str, step: str) -> str:
-    return bounded_name(run_name, step)
+def single_node_job_name(run_name: str, step_name: str) -> str:
+    """The Job name of a one-pod step: ``<run>-<step>``, hashed when too long. A multi-node step's
+    Job may need a shorter one: ``multinode.step_job_name`` gives any step's."""
+    return bounded_name(run_name, step_name)
 
 
 # The ServiceAccount of the step pods that mount no token (every step but train).
@@ -251,7 +251,7 @@ def build_job(
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": job_name(run_name, step.name),
+            "name": single_node_job_name(run_name, step.name),
             "namespace": namespace,
             "labels": job_labels,
             "annotations": annotations,
@@ -259,106 +259,3 @@ def build_job(
         },
         "spec": job_spec,
     }
-
-
-# --------------------------------------------------------------------------- Job state
-
-
-@dataclass(frozen=True)
-class JobState:
-    """What a step's Job amounts to for the run."""
-
-    state: str  # "running", "suspended", "unschedulable", "succeeded", "failed"
-    reason: str = ""
-    message: str = ""
-    since: str | None = None  # unschedulable: when the pod was found unschedulable
-
-
-def _job_condition(job: Mapping[str, Any], ctype: str) -> Mapping[str, Any] | None:
-    for cond in (job.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == ctype and cond.get("status") == "True":
-            return cond
-    return None
-
-
-def terminated_messages(pods: Iterable[Mapping[str, Any]]) -> list[str]:
-    """Termination messages of the pods' terminated containers, newest pod last."""
-    out = []
-    ordered = sorted(pods, key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or "")
-    for pod in ordered:
-        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-            term = (cs.get("state") or {}).get("terminated") or {}
-            msg = (term.get("message") or "").strip()
-            if msg:
-                out.append(msg)
-    return out
-
-
-def job_state(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]] = ()) -> JobState:
-    """Read a Job (and its pods) into a ``JobState``."""
-    if _job_condition(job, "Complete") or _job_condition(job, "SuccessCriteriaMet"):
-        return JobState("succeeded")
-    failed = _job_condition(job, "Failed") or _job_condition(job, "FailureTarget")
-    if failed:
-        reason = failed.get("reason") or "Failed"
-        message = failed.get("message") or "the Job failed"
-        logs = terminated_messages(pods)
-        if logs:
-            message = f"{message}; last container message: {logs[-1][-1000:]}"
-        return JobState("failed", reason, message)
-    if (job.get("spec") or {}).get("suspend"):
-        return JobState("suspended", "Queued", "the Job is suspended until its queue admits it")
-    for pod in pods:
-        status = pod.get("status") or {}
-        if status.get("phase") not in (None, "Pending"):
-            continue
-        for cond in status.get("conditions") or []:
-            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
-                return JobState(
-                    "unschedulable",
-                    cond.get("reason") or "Unschedulable",
-                    cond.get("message") or "the pod cannot be scheduled",
-                    cond.get("lastTransitionTime"),
-                )
-    return JobState("running")
-
-
-def step_duration_seconds(job: Mapping[str, Any]) -> float | None:
-    """Seconds from the Job's start to its completion, when both are known."""
-    status = job.get("status") or {}
-    start, end = status.get("startTime"), status.get("completionTime")
-    if not start or not end:
-        return None
-    return max(0.0, parse_time(end) - parse_time(start))
-
-
-def _json_messages(pods: Sequence[Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
-    """The pods' termination messages that are JSON objects, newest first (a failed try's
-    message is its log tail, FallbackToLogsOnError, and is skipped)."""
-    for message in reversed(terminated_messages(pods)):
-        try:
-            data = json.loads(message)
-        except ValueError:
-            continue
-        if isinstance(data, dict):
-            yield data
-
-
-def eval_summary(pods: Sequence[Mapping[str, Any]]) -> dict[str, float] | None:
-    """The numbers of the eval pod's termination message (a JSON object), if there is one."""
-    for data in _json_messages(pods):
-        return {
-            str(k): float(v)
-            for k, v in data.items()
-            if isinstance(v, int | float) and not isinstance(v, bool)
-        }
-    return None
-
-
-def train_results(pods: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """``status.training``: the ``training`` block of the train pod's summary (termination message)."""
-    for data in _json_messages(pods):
-        results = TrainResults.from_report(data.get("training"))
-        if results is not None:
-            return results.status()
-    return None

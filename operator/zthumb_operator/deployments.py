@@ -63,30 +63,30 @@ def rollout_owner(deployment: Mapping[str, Any]) -> str | None:
 
 
 @dataclass(frozen=True)
-class RolloutState:
+class RolloutProgress:
     done: bool
     failed: bool = False
     message: str = ""
 
 
-def rollout_state(deployment: Mapping[str, Any], patched_generation: int) -> RolloutState:
+def rollout_progress(deployment: Mapping[str, Any], patched_generation: int) -> RolloutProgress:
     """Like ``kubectl rollout status``: has the Deployment rolled out ``patched_generation``?"""
     spec = deployment.get("spec") or {}
     status = deployment.get("status") or {}
     want = int(spec.get("replicas", 1))
     observed = int(status.get("observedGeneration") or 0)
     if observed < patched_generation:
-        return RolloutState(False, message="waiting for the Deployment controller to observe the change")
+        return RolloutProgress(False, message="waiting for the Deployment controller to observe the change")
     for cond in status.get("conditions") or []:
         if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
-            return RolloutState(False, True, cond.get("message") or "progress deadline exceeded")
+            return RolloutProgress(False, True, cond.get("message") or "progress deadline exceeded")
     updated = int(status.get("updatedReplicas") or 0)
     total = int(status.get("replicas") or 0)
     available = int(status.get("availableReplicas") or 0)
     if updated < want:
-        return RolloutState(False, message=f"{updated} of {want} new replicas updated")
+        return RolloutProgress(False, message=f"{updated} of {want} new replicas updated")
     if total > updated:
-        return RolloutState(False, message=f"{total - updated} old replicas pending termination")
+        return RolloutProgress(False, message=f"{total - updated} old replicas pending termination")
     if available < updated:
-        return RolloutState(False, message=f"{available} of {updated} updated replicas available")
-    return RolloutState(True, message=f"{available} of {want} replicas available with the new adapter")
+        return RolloutProgress(False, message=f"{available} of {updated} updated replicas available")
+    return RolloutProgress(True, message=f"{available} of {want} replicas available with the new adapter")

@@ -2,8 +2,9 @@
 
 A Job has a deterministic name; creating one that exists (409) adopts it, so a
 restarted operator never creates a duplicate. What a stage's success adds to the
-status comes from its entry in the stage table (``Success``); the eval stage's success is
-judged by ``spec.eval.gate`` first (``zthumb_contract.gate``).
+status comes from its entry in the stage table (``Success``). A stage's end is an outcome
+(``Done``, ``Failed``), which the controller writes into the status; it judges the eval's
+numbers by ``spec.eval.gate`` itself (``reconcile``), so a Job stage knows nothing of rollouts.
 """
 
 from __future__ import annotations
@@ -15,29 +16,26 @@ from typing import Any
 import kopf
 from zthumb_contract import crd
 from zthumb_contract import env as contract_env
-from zthumb_contract.gate import evaluate_gate
 from zthumb_contract.spec import LoRAFinetuneSpec
 from zthumb_contract.stages import PENDING, Stage, Success
 from zthumb_contract.steps import RunPaths, StepDefinition, deploy_env
 
 from zthumb_operator import builders as b
-from zthumb_operator import conditions, identity, metrics, queues, serverkey
+from zthumb_operator import conditions, identity, queues, readers, serverkey
 from zthumb_operator import multinode as mn
 from zthumb_operator.api import Api, ConflictError, ForbiddenError
 from zthumb_operator.cache import Cache
 from zthumb_operator.config import OperatorConfig
-from zthumb_operator.rollout import Rollouts
-from zthumb_operator.status import DONE, WAIT, Outcome, Pass, again_in, camel
+from zthumb_operator.status import WAIT, Done, Failed, Outcome, Pass, again_in, camel
 
 log = logging.getLogger("zthumb_operator")
 
 
 class JobStages:
-    def __init__(self, config: OperatorConfig, api: Api, cache: Cache, rollouts: Rollouts) -> None:
+    def __init__(self, config: OperatorConfig, api: Api, cache: Cache) -> None:
         self.config = config
         self.api = api
         self.cache = cache
-        self.rollouts = rollouts  # a failed eval gate rolls the Deployment back
 
     def job_settings(self, spec: LoRAFinetuneSpec) -> b.JobSettings:
         return b.JobSettings(
@@ -52,7 +50,7 @@ class JobStages:
     async def ensure_job(self, p: Pass, spec: LoRAFinetuneSpec, step: StepDefinition) -> dict[str, Any]:
         meta = p.run["metadata"]
         ns = meta["namespace"]
-        jname = mn.job_name(meta["name"], step)
+        jname = mn.step_job_name(meta["name"], step)
         job = self.cache.jobs.get((ns, jname))
         created = False
         if job is None:
@@ -142,15 +140,15 @@ class JobStages:
     async def drive(self, p: Pass, spec: LoRAFinetuneSpec, stage: Stage, step: StepDefinition) -> Outcome:
         """Drive one Job stage as far as it goes now."""
         if stage.calls_server:
-            keyed = await self.with_server_key(p, spec, stage, step)
-            if keyed is None:
-                return WAIT
+            keyed = await self.with_server_key(p, spec, step)
+            if isinstance(keyed, Failed):
+                return keyed
             step = keyed
         job = await self.ensure_job(p, spec, step)
         ns = p.run["metadata"]["namespace"]
         jname = job["metadata"]["name"]
         pods = list(self.cache.pods.get((ns, jname), {}).values())
-        state = b.job_state(job, pods)
+        state = readers.job_state(job, pods)
         cond = stage.condition
         if state.state == "succeeded":
             return await self.succeeded(p, spec, stage, job, pods)
@@ -158,13 +156,10 @@ class JobStages:
             reason = f"{camel(step.name)}Failed"
             message = state.message
             if step.nodes > 1:
-                if not mn.failed_node(pods):  # the failed pod's last event may not be cached yet
+                if not readers.failed_node(pods):  # the failed pod's last event may not be cached yet
                     pods = await self.api.list_job_pods(ns, jname)
-                message = mn.failure_message(job, pods)
-            p.fail(
-                stage.condition, reason, f"step {step.name}: Job {jname} failed ({state.reason}): {message}"
-            )
-            return WAIT
+                message = readers.failure_message(job, pods)
+            return Failed(reason, f"step {step.name}: Job {jname} failed ({state.reason}): {message}")
         if state.state == "suspended":
             p.condition(cond, "False", "Queued", f"Job {jname} is suspended")
             p.phase(
@@ -181,14 +176,12 @@ class JobStages:
             if waited >= deadline:
                 await self.api.delete_job(ns, jname)
                 p.condition(b.SCHEDULED, "False", "Unschedulable", scheduler)
-                p.fail(
-                    stage.condition,
+                return Failed(
                     "Unschedulable",
                     f"step {step.name}: no node could run Job {jname} for {int(waited)}s "
                     f"(deadline {deadline}s); the scheduler said: {scheduler}. Lower resources.gpus, "
                     "fix resources.nodeSelector/tolerations, or add capacity.",
                 )
-                return WAIT
             p.condition(b.SCHEDULED, "False", "Unschedulable", scheduler)
             p.condition(cond, "False", "Unschedulable", f"Job {jname} cannot be scheduled")
             p.phase(
@@ -208,13 +201,13 @@ class JobStages:
         return WAIT
 
     async def with_server_key(
-        self, p: Pass, spec: LoRAFinetuneSpec, stage: Stage, step: StepDefinition
-    ) -> StepDefinition | None:
-        """``step`` with the server's API key by reference, as its Deployment has it now; None when
-        the stage failed because the key cannot be referenced. Only before the Job exists: it
-        is what the Job was built with."""
+        self, p: Pass, spec: LoRAFinetuneSpec, step: StepDefinition
+    ) -> StepDefinition | Failed:
+        """``step`` with the server's API key by reference, as its Deployment has it now; ``Failed``
+        when the key cannot be referenced. Only before the Job exists: it is what the Job was built
+        with."""
         ns = p.run["metadata"]["namespace"]
-        if (ns, mn.job_name(p.run["metadata"]["name"], step)) in self.cache.jobs:
+        if (ns, mn.step_job_name(p.run["metadata"]["name"], step)) in self.cache.jobs:
             return step
         target = spec.deploy.deployment
         deployment = await self.api.get_deployment(ns, target)
@@ -226,8 +219,7 @@ class JobStages:
                 )
             ref = serverkey.eval_key_ref(deployment, spec.deploy.container, spec.deploy.service_url)
         except serverkey.ServerKeyError as error:
-            p.fail(stage.condition, error.reason, f"step {step.name}: {error.message}")
-            return None
+            return Failed(error.reason, f"step {step.name}: {error.message}")
         return serverkey.with_server_key(step, ref)
 
     @staticmethod
@@ -252,7 +244,8 @@ class JobStages:
         stage: Stage,
         job: Mapping[str, Any],
         pods: list[dict[str, Any]],
-    ) -> Outcome:
+    ) -> Done:
+        """The Job succeeded: what its stage's success adds to the status (the table's ``Success``)."""
         name = p.run["metadata"]["name"]
         ns = p.run["metadata"]["namespace"]
         paths = RunPaths(data_root=spec.storage.mount_path, run_name=name, spec=spec)
@@ -267,19 +260,19 @@ class JobStages:
                 deploy_env(RunPaths(self.config.server_data_root, name, spec))[contract_env.LORA_PATH],
             )
             message += f"; adapter exported to {paths.adapter_dir}"
-            if not b.terminated_messages(pods):  # the pod cache may not hold the finished pod yet
+            if not readers.terminated_messages(pods):  # the pod cache may not hold the finished pod yet
                 pods = await self.api.list_job_pods(ns, job["metadata"]["name"])
-            training = b.train_results(pods)  # steps/s, peak memory: the train pod's own numbers
+            training = readers.train_results(pods)  # steps/s, peak memory: the train pod's own numbers
             if training:
                 p.set("training", training)
         if stage.success is Success.REPORT:
-            summary = b.eval_summary(pods)
-            if summary is None and not b.terminated_messages(pods):
+            summary = readers.eval_summary(pods)
+            if summary is None and not readers.terminated_messages(pods):
                 fresh = await self.api.list_job_pods(ns, job["metadata"]["name"])
-                summary = b.eval_summary(fresh)
+                summary = readers.eval_summary(fresh)
                 if (
                     summary is None
-                    and not b.terminated_messages(fresh)
+                    and not readers.terminated_messages(fresh)
                     and self.config.simulated_eval_summary
                 ):
                     summary = dict(self.config.simulated_eval_summary)  # test hook: simulated pods
@@ -288,15 +281,5 @@ class JobStages:
             p.set("reportPath", paths.report)
             p.set("reportUrl", paths.report_url)
             message += f"; report {paths.report}"
-            verdict = evaluate_gate(spec.eval.gate, p.status.get("evalSummary") or {})
-            if verdict is not None:
-                p.set("evalGate", verdict.status())
-                if not verdict.passed:
-                    return await self.rollouts.revert(p, spec, verdict)
-                message += f"; gate {verdict.message}"
-        duration = b.step_duration_seconds(job)
-        if duration is not None:
-            metrics.STEP_DURATION.labels(step=stage.name).observe(duration)
-        p.condition(stage.condition, "True", "Completed", message)
-        p.event("Normal", f"{camel(stage.name)}Completed", message)
-        return DONE
+        duration = readers.step_duration_seconds(job)
+        return Done("Completed", message, f"{camel(stage.name)}Completed", duration_seconds=duration)

@@ -9,12 +9,13 @@ runs, and every pod starts torchrun with a static rendezvous on it (node rank =
 (``backoffLimit`` 0 + a ``FailJob`` rule), and the Job controller then stops the others: a static
 rendezvous cannot take a replacement pod, so nothing would be gained by retrying one index, and
 nobody is left waiting for a peer that will not come. Kueue sees one Job with one pod set of
-``nodes`` pods, so a queue admits all of them or none.
+``nodes`` pods, so a queue admits all of them or none. Which node failed is read back by
+``readers.failed_node``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from zthumb_contract import env as contract_env
@@ -23,18 +24,15 @@ from zthumb_contract.steps import RENDEZVOUS_PORT, StepDefinition
 
 from zthumb_operator import builders as b
 
-# Set by the Job controller on the pods of an Indexed Job.
-COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
-
-def job_name(run_name: str, step: StepDefinition) -> str:
-    """The step's Job name: ``builders.job_name``, except that a multi-node Job's name must leave
+def step_job_name(run_name: str, step: StepDefinition) -> str:
+    """Any step's Job name: ``builders.single_node_job_name``, except that a multi-node Job's name must leave
     room for ``-<index>`` in a 63-character host name, without dots (the Job controller sets each
     pod's hostname to ``<job>-<index>``; an invalid one would make every pod creation fail)."""
     if step.nodes <= 1:
-        return b.job_name(run_name, step.name)
+        return b.single_node_job_name(run_name, step.name)
     limit = b.MAX_NAME - len(f"-{step.nodes - 1}")
-    name = b.job_name(run_name, step.name)
+    name = b.single_node_job_name(run_name, step.name)
     if len(name) <= limit and "." not in name:
         return name
     # Hash the run name as given, so "a.b" and "a-b" never share a Job.
@@ -91,7 +89,7 @@ def build_indexed_job(
 ) -> dict[str, Any]:
     """The Indexed Job of a multi-node step: ``builders.build_job``'s pod, ``step.nodes`` times."""
     job = b.build_job(step, run=run, spec=spec, settings=settings)
-    name = job_name(run["metadata"]["name"], step)
+    name = step_job_name(run["metadata"]["name"], step)
     namespace = run["metadata"]["namespace"]
     job["metadata"]["name"] = name
     job_spec = job["spec"]
@@ -125,50 +123,3 @@ def build_indexed_job(
     ]
     container["ports"] = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"}]
     return job
-
-
-def _failures(pods: Iterable[Mapping[str, Any]]) -> list[tuple[str, str, str, Mapping[str, Any]]]:
-    """(finishedAt, index, pod name, terminated state) of every container that exited non-zero."""
-    out = []
-    for pod in pods:
-        meta = pod.get("metadata") or {}
-        index = (meta.get("annotations") or {}).get(COMPLETION_INDEX_ANNOTATION, "?")
-        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-            term = (cs.get("state") or {}).get("terminated") or {}
-            if term and term.get("exitCode") not in (None, 0):
-                out.append((term.get("finishedAt") or "", index, meta.get("name", "?"), term))
-    return out
-
-
-def failed_node(pods: Iterable[Mapping[str, Any]], job_message: str = "") -> str | None:
-    """Which pod (index) of a multi-node Job failed first, and why: its exit code, reason and the
-    tail of its termination message (the others usually fail or are stopped because of it).
-
-    First = the pod the Job's failure message names (the Job controller's ``FailJob`` verdict:
-    ``... for pod <ns>/<name> failed with exit code ...``), else the earliest ``finishedAt``: the
-    peers of a dead process often exit within the same second, and timestamps have seconds only.
-    """
-    failures = sorted(_failures(pods), key=lambda f: (f"/{f[2]} " not in job_message, f[0]))
-    if not failures:
-        return None
-    _, index, name, term = failures[0]
-    text = f"node {index} (pod {name}) failed first: exit code {term.get('exitCode')}"
-    if term.get("reason"):
-        text += f" ({term['reason']})"
-    message = (term.get("message") or "").strip()
-    if len(message) > 1000:  # the tail (a traceback ends with its cause), from a line start
-        message = message[-1000:].split("\n", 1)[-1]
-    if message:
-        text += f": {message}"
-    others = sorted({index_ for _, index_, _, _ in failures[1:]} - {index})
-    if others:
-        text += f"; also failed: node {', '.join(others)}"
-    return text
-
-
-def failure_message(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> str:
-    """A failed multi-node Job's status message: the Job's own reason, then the node that failed
-    (instead of ``job_state``'s newest pod, which is usually one the Job controller stopped)."""
-    message = b.job_state(job).message  # without pods: the Job's Failed condition only
-    node = failed_node(pods, message)
-    return f"{message}; {node}" if node else message

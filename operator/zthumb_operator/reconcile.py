@@ -13,9 +13,12 @@ Design:
 - All status changes of one reconcile go out as one merge patch of
   ``/status`` (``progress`` belongs to the train pod and is only touched at the
   start and end of training), plus one Event per transition (``status.Pass``).
+- Driving a stage comes to an outcome (``status``): ``Wait`` (look again later), ``Done`` (its
+  condition turns True, on to the next stage) or ``Failed`` (its condition turns False and the
+  run fails). The outcome is written here, in one place, into the pass's one status patch.
 - Deploy (``rollout``): one rollout per Deployment at a time, under a lock annotation
   on the Deployment; a failed rollout restores the previous adapter, and so does an
-  evaluation that fails ``spec.eval.gate``.
+  evaluation that fails ``spec.eval.gate``, judged here once the eval stage is done.
 """
 
 from __future__ import annotations
@@ -23,12 +26,24 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import kopf
 from pydantic import ValidationError
+from zthumb_contract.gate import evaluate_gate
 from zthumb_contract.spec import LoRAFinetuneSpec
-from zthumb_contract.stages import FAILED, SUCCEEDED, TERMINAL_PHASES, Runner, active_stages, build_steps
+from zthumb_contract.stages import (
+    FAILED,
+    SUCCEEDED,
+    TERMINAL_PHASES,
+    Runner,
+    Stage,
+    Success,
+    active_stages,
+    build_steps,
+)
+from zthumb_contract.steps import StepDefinition
 
 from zthumb_operator import admission, conditions, metrics
 from zthumb_operator.api import Api
@@ -36,7 +51,7 @@ from zthumb_operator.cache import Cache
 from zthumb_operator.config import OperatorConfig
 from zthumb_operator.jobstages import JobStages
 from zthumb_operator.rollout import Rollouts
-from zthumb_operator.status import Key, Pass
+from zthumb_operator.status import Done, Failed, Key, Outcome, Pass, Wait
 from zthumb_operator.workqueue import WorkQueue
 
 log = logging.getLogger("zthumb_operator")
@@ -54,7 +69,7 @@ class Controller:
         self.cache = Cache(self.queue)
         self.runs, self.jobs, self.pods = self.cache.runs, self.cache.jobs, self.cache.pods
         self.rollouts = Rollouts(config, api, self.cache, flush=self._flush)
-        self.job_stages = JobStages(config, api, self.cache, self.rollouts)
+        self.job_stages = JobStages(config, api, self.cache)
         # Runs (uids) whose spec the admission settings were checked against since this start.
         self.admitted: set[str] = set()
         # What the kopf handlers and the runtime call.
@@ -141,16 +156,46 @@ class Controller:
         for stage in stages:
             if conditions.condition_true(p.status.get("conditions"), stage.condition):
                 continue
-            if stage.runner is Runner.DEPLOY:
-                outcome = await self.rollouts.drive(p, spec)
-            else:
-                outcome = await self.job_stages.drive(p, spec, stage, steps[stage.name])
-            if not outcome.done:
-                return outcome.requeue_after
-            if p.status.get("phase") == FAILED:
-                return None
+            match await self._drive(p, spec, stage, steps):
+                case Wait(requeue_after=after):
+                    return after
+                case Failed(reason=reason, message=message):
+                    p.fail(stage.condition, reason, message)
+                    return None
+                case Done() as done:
+                    self._complete(p, stage, done)
         self._succeed(p, spec)
         return None
+
+    async def _drive(
+        self, p: Pass, spec: LoRAFinetuneSpec, stage: Stage, steps: Mapping[str, StepDefinition]
+    ) -> Outcome:
+        """Drive one stage as far as it goes now; a finished evaluation is judged by the gate."""
+        if stage.runner is Runner.DEPLOY:
+            return await self.rollouts.drive(p, spec)
+        outcome = await self.job_stages.drive(p, spec, stage, steps[stage.name])
+        if isinstance(outcome, Done) and stage.success is Success.REPORT:
+            return await self._judge_gate(p, spec, outcome)
+        return outcome
+
+    async def _judge_gate(self, p: Pass, spec: LoRAFinetuneSpec, evaluated: Done) -> Outcome:
+        """``spec.eval.gate`` on the numbers the eval stage copied into ``status.evalSummary`` (this
+        operator's own verdict, not the eval pod's): a failed check restores the previous adapter
+        and fails the run (``Rollouts.revert``)."""
+        verdict = evaluate_gate(spec.eval.gate, p.status.get("evalSummary") or {})
+        if verdict is None:
+            return evaluated
+        p.set("evalGate", verdict.status())
+        if not verdict.passed:
+            return await self.rollouts.revert(p, spec, verdict)
+        return replace(evaluated, message=f"{evaluated.message}; gate {verdict.message}")
+
+    @staticmethod
+    def _complete(p: Pass, stage: Stage, done: Done) -> None:
+        if done.duration_seconds is not None:
+            metrics.STEP_DURATION.labels(step=stage.name).observe(done.duration_seconds)
+        p.condition(stage.condition, "True", done.reason, done.message)
+        p.event("Normal", done.event, done.message)
 
     def _succeed(self, p: Pass, spec: LoRAFinetuneSpec) -> None:
         parts = []

@@ -6,32 +6,76 @@ released when the rollout ends. A lock whose owner is gone or finished is stale 
 may be taken over. Other runs wait in Deploying (reason WaitingForRollout). The
 previous adapter env is saved in the status before the patch, and restored when the
 rollout fails or times out, or when the evaluation fails ``spec.eval.gate`` (``revert``).
+
+The rollout goes through the named states of ``rollout_states`` (the table is in
+``operator/README.md``): each pass first checks what every state needs (the Deployment exists,
+the lock is this run's), then runs the step of the run's state, one method per state in
+``Rollouts.steps``; a step goes on to the next state in the same pass or ends the pass with an
+outcome.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from zthumb_contract import crd
 from zthumb_contract import env as contract_env
 from zthumb_contract.gate import GATE_FAILED_REASON, GateVerdict
 from zthumb_contract.spec import LoRAFinetuneSpec
-from zthumb_contract.stages import STAGE, TERMINAL_PHASES
+from zthumb_contract.stages import TERMINAL_PHASES
 from zthumb_contract.steps import RunPaths, deploy_env
 
-from zthumb_operator import admission, conditions, deployments, metrics, serverkey
+from zthumb_operator import admission, conditions, deployments
 from zthumb_operator.api import Api, ConflictError
 from zthumb_operator.cache import Cache
 from zthumb_operator.config import OperatorConfig
-from zthumb_operator.status import DONE, WAIT, Key, Outcome, Pass, again_in
-
-DEPLOY = STAGE["deploy"]
-EVAL = STAGE["eval"]
+from zthumb_operator.rollout_states import (
+    DEPLOY,
+    EVAL,
+    Lock,
+    RollBack,
+    RolloutState,
+    lock,
+    record_previous,
+    rollout_state,
+    watch_rollout,
+)
+from zthumb_operator.status import Done, Failed, Key, Outcome, Pass, Wait, again_in
 
 
 def describe_env(env: Mapping[str, str]) -> str:
     return ", ".join(f"{k}={v}" for k, v in env.items()) or f"no {contract_env.LORA_PATH}"
+
+
+@dataclass
+class Target:
+    """One pass over one run's rollout: the Deployment as last read or patched, ``status.deploy``
+    as this pass goes on changing it, and when the rollout started (or the wait for it)."""
+
+    p: Pass
+    spec: LoRAFinetuneSpec
+    deployment: dict[str, Any]
+    deploy: dict[str, Any]
+    started: float
+
+    @property
+    def namespace(self) -> str:
+        return str(self.p.run["metadata"]["namespace"])
+
+    @property
+    def run_name(self) -> str:
+        return str(self.p.run["metadata"]["name"])
+
+    def save(self) -> None:
+        # A copy: the status must not share the dict this pass goes on changing, or a later
+        # p.set of it would compare equal and never reach the patch.
+        self.p.set("deploy", dict(self.deploy))
+
+
+# A state's step: the next state, to go on with in the same pass, or the pass's outcome.
+Step = Callable[[Target], Awaitable[RolloutState | Outcome]]
 
 
 class Rollouts:
@@ -42,43 +86,59 @@ class Rollouts:
         self.api = api
         self.cache = cache
         self.flush = flush  # writes the pass's status patch now
+        # RELEASED and ROLLED_BACK have no step: the stage is done, or the run has failed.
+        self.steps: dict[RolloutState, Step] = {
+            RolloutState.WAITING: self.record_previous,
+            RolloutState.RECORDED: self.patch_adapter,
+            RolloutState.PATCHED: self.watch,
+        }
 
     async def drive(self, p: Pass, spec: LoRAFinetuneSpec) -> Outcome:
         """Drive the deploy stage as far as it goes now."""
+        state = rollout_state(p.status)
+        target = await self.target(p, spec, state)
+        if not isinstance(target, Target):
+            return target
+        for _ in RolloutState:  # bounded: every step moves forward or ends the pass
+            step = self.steps.get(state)
+            if step is None:
+                raise RuntimeError(f"the deploy stage of run {target.run_name} is over ({state})")
+            moved = await step(target)
+            if not isinstance(moved, RolloutState):
+                return moved
+            state = moved
+        raise RuntimeError(f"the rollout of run {target.run_name} did not settle in one pass")
+
+    async def target(self, p: Pass, spec: LoRAFinetuneSpec, state: RolloutState) -> Target | Outcome:
+        """What every state needs before its step: the Deployment exists (and, before anything was
+        changed on it, the admission settings allow it), and its rollout lock is this run's."""
         d = spec.deploy
-        meta = p.run["metadata"]
-        ns, name = meta["namespace"], meta["name"]
+        ns, name = p.run["metadata"]["namespace"], p.run["metadata"]["name"]
         poll = self.config.rollout_poll_seconds
-        state = dict(p.status.get("deploy") or {})
-        if not state.get("waitingSince"):
-            state["waitingSince"] = p.stamp
-            # A copy: the status must not share the dict this pass goes on changing, or a later
-            # p.set of it would compare equal and never reach the patch.
-            p.set("deploy", dict(state))
+        deploy = dict(p.status.get("deploy") or {})
+        if not deploy.get("waitingSince"):
+            deploy["waitingSince"] = p.stamp
+            p.set("deploy", dict(deploy))
         deployment = await self.api.get_deployment(ns, d.deployment)
-        started = crd.parse_time(state.get("startedAt") or state["waitingSince"])
+        started = crd.parse_time(deploy.get("startedAt") or deploy["waitingSince"])
         timeout = d.rollout_timeout_seconds
         if deployment is None:
             if p.now - started >= timeout:
-                p.fail(
-                    DEPLOY.condition,
-                    "DeploymentNotFound",
-                    f"deployment {d.deployment} not found in {ns} after {timeout}s",
+                return Failed(
+                    "DeploymentNotFound", f"deployment {d.deployment} not found in {ns} after {timeout}s"
                 )
-                return WAIT
             p.phase(
                 DEPLOY.phase, "DeploymentNotFound", f"waiting for deployment {d.deployment} to exist in {ns}"
             )
             return again_in(max(poll, 5.0))
-        refusal = (
-            admission.deployment_refusal(self.config, deployment) if not state.get("startedAt") else None
-        )
-        if refusal:  # it did not exist when the run was admitted, or its labels changed since
-            p.fail(DEPLOY.condition, admission.REASON, refusal)
-            return WAIT
+        if state is RolloutState.WAITING:
+            # It did not exist when the run was admitted, or its labels changed since.
+            refusal = admission.deployment_refusal(self.config, deployment)
+            if refusal:
+                return Failed(admission.REASON, refusal)
         owner = deployments.rollout_owner(deployment)
-        if owner != name:
-            if owner and self.holds_lock((ns, owner)):
+        match lock(deployment, name, lambda other: self.holds_lock((ns, other))):
+            case Lock.BUSY:
                 p.condition(
                     DEPLOY.condition,
                     "False",
@@ -92,94 +152,79 @@ class Rollouts:
                     "(one rollout per Deployment at a time)",
                 )
                 return again_in(poll)
-            if owner:
-                p.event("Normal", "RolloutLockTakenOver", f"took over the stale rollout lock of run {owner}")
-            try:
-                deployment = await self.api.patch_deployment(
-                    ns,
-                    d.deployment,
-                    deployments.deployment_env_patch(
-                        d.container,
-                        {},
-                        lock_owner=name,
-                        resource_version=deployment["metadata"]["resourceVersion"],
-                    ),
-                )
-            except ConflictError:
-                return again_in(0.2)  # someone changed the Deployment in between: look again
-        if not state.get("previousRecorded"):
-            env = deployments.container_env(deployment, d.container)
-            if env is None:
-                await self.release(ns, d.deployment, name)
-                p.fail(
-                    DEPLOY.condition,
-                    "ContainerNotFound",
-                    f"deployment {d.deployment} has no container {d.container!r}",
-                )
-                return WAIT
-            if EVAL.enabled(spec):
-                # Refused before the rollout, not after it: an adapter that eval cannot call the
-                # server about would stay deployed without its evaluation (and its gate).
-                try:
-                    serverkey.eval_key_ref(deployment, d.container, spec.deploy.service_url)
-                except serverkey.ServerKeyError as error:
-                    await self.release(ns, d.deployment, name)
-                    p.fail(
-                        DEPLOY.condition,
-                        error.reason,
-                        f"{error.message}. The adapter was not rolled out: step eval could not call "
-                        "the server with its key",
+            case Lock.TAKE:
+                if owner:
+                    p.event(
+                        "Normal", "RolloutLockTakenOver", f"took over the stale rollout lock of run {owner}"
                     )
-                    return WAIT
-            state.update(
-                deployment=d.deployment,
-                container=d.container,
-                previousEnv=deployments.lora_env_values(deployment, d.container),
-                previousRecorded=True,
-                startedAt=p.stamp,
-            )
-            p.set("deploy", dict(state))
-            started = p.now
-            await self.flush(p)  # the previous values are safe in the status before we change anything
-        if not state.get("patchedGeneration"):
-            new_env = deploy_env(RunPaths(self.config.server_data_root, name, spec))
-            deployment = await self.api.patch_deployment(
-                ns, d.deployment, deployments.deployment_env_patch(d.container, new_env)
-            )
-            state["patchedGeneration"] = int(deployment["metadata"].get("generation") or 0)
-            p.set("deploy", dict(state))
-            p.set("adapterPath", new_env[contract_env.LORA_PATH])
-            p.event(
-                "Normal",
-                "RolloutStarted",
-                f"set {contract_env.LORA_PATH}={new_env[contract_env.LORA_PATH]} "
-                f"{contract_env.LORA_SCALE}={new_env[contract_env.LORA_SCALE]} on "
-                f"deployment {d.deployment} (generation {state['patchedGeneration']})",
-            )
-        rollout = deployments.rollout_state(deployment, int(state["patchedGeneration"]))
-        if rollout.done:
-            await self.release(ns, d.deployment, name)
-            metrics.STEP_DURATION.labels(step=DEPLOY.name).observe(max(0.0, p.now - started))
-            message = f"deployment {d.deployment} rolled out: {rollout.message}"
-            p.condition(DEPLOY.condition, "True", "RolloutComplete", message)
-            p.event("Normal", "DeployCompleted", message)
-            return DONE
-        if rollout.failed or p.now - started >= timeout:
-            why = (
-                rollout.message if rollout.failed else f"not available within {timeout}s ({rollout.message})"
-            )
-            await self.rollback(p, d.deployment, d.container, state)
-            p.fail(
-                DEPLOY.condition,
-                "RolloutFailed",
-                f"deployment {d.deployment} did not roll out: {why}; restored the previous adapter "
-                f"({describe_env(state.get('previousEnv') or {})}). Check the server pods "
-                f"(kubectl describe deployment {d.deployment}).",
-            )
-            return WAIT
-        p.condition(DEPLOY.condition, "False", "RollingOut", rollout.message)
-        p.phase(DEPLOY.phase, "RollingOut", f"rolling out deployment {d.deployment}: {rollout.message}")
-        return again_in(poll)
+                patch = deployments.deployment_env_patch(
+                    d.container,
+                    {},
+                    lock_owner=name,
+                    resource_version=deployment["metadata"]["resourceVersion"],
+                )
+                try:
+                    deployment = await self.api.patch_deployment(ns, d.deployment, patch)
+                except ConflictError:
+                    return again_in(0.2)  # someone changed the Deployment in between: look again
+        return Target(p, spec, deployment, deploy, started)
+
+    async def record_previous(self, t: Target) -> RolloutState | Outcome:
+        """WAITING → RECORDED: the previous adapter env is safe in the status before anything changes."""
+        recorded = record_previous(t.deployment, t.spec, t.deploy, t.p.stamp)
+        if isinstance(recorded, Failed):
+            await self.release(t.namespace, t.spec.deploy.deployment, t.run_name)
+            return recorded
+        t.deploy = recorded
+        t.save()
+        t.started = t.p.now
+        await self.flush(t.p)  # written now, not at the end of the pass: the next step patches
+        return RolloutState.RECORDED
+
+    async def patch_adapter(self, t: Target) -> RolloutState | Outcome:
+        """RECORDED → PATCHED: the run's adapter env on the Deployment; its generation is recorded,
+        or the next pass would patch again and count a later change as this run's rollout."""
+        d = t.spec.deploy
+        new_env = deploy_env(RunPaths(self.config.server_data_root, t.run_name, t.spec))
+        t.deployment = await self.api.patch_deployment(
+            t.namespace, d.deployment, deployments.deployment_env_patch(d.container, new_env)
+        )
+        generation = int(t.deployment["metadata"].get("generation") or 0)
+        t.deploy["patchedGeneration"] = generation
+        t.save()
+        t.p.set("adapterPath", new_env[contract_env.LORA_PATH])
+        t.p.event(
+            "Normal",
+            "RolloutStarted",
+            f"set {contract_env.LORA_PATH}={new_env[contract_env.LORA_PATH]} "
+            f"{contract_env.LORA_SCALE}={new_env[contract_env.LORA_SCALE]} on "
+            f"deployment {d.deployment} (generation {generation})",
+        )
+        return RolloutState.PATCHED
+
+    async def watch(self, t: Target) -> RolloutState | Outcome:
+        """PATCHED → RELEASED (rolled out: the lock is released), ROLLED_BACK (failed or timed out:
+        the previous adapter is restored, the run fails), or PATCHED still (look again)."""
+        d = t.spec.deploy
+        timeout = d.rollout_timeout_seconds
+        match watch_rollout(t.deployment, t.deploy, waited=t.p.now - t.started, timeout=timeout):
+            case Done() as done:
+                await self.release(t.namespace, d.deployment, t.run_name)
+                return done
+            case RollBack(why=why):
+                await self.rollback(t.p, d.deployment, d.container, t.deploy)
+                return Failed(
+                    "RolloutFailed",
+                    f"deployment {d.deployment} did not roll out: {why}; restored the previous adapter "
+                    f"({describe_env(t.deploy.get('previousEnv') or {})}). Check the server pods "
+                    f"(kubectl describe deployment {d.deployment}).",
+                )
+            case rolling:
+                t.p.condition(DEPLOY.condition, "False", "RollingOut", rolling.message)
+                t.p.phase(
+                    DEPLOY.phase, "RollingOut", f"rolling out deployment {d.deployment}: {rolling.message}"
+                )
+                return again_in(self.config.rollout_poll_seconds)
 
     def holds_lock(self, key: Key) -> bool:
         """Does run ``key`` (the lock's owner) still need the lock?"""
@@ -206,8 +251,9 @@ class Rollouts:
         except ConflictError:
             await self.release(ns, deployment, owner)
 
-    async def revert(self, p: Pass, spec: LoRAFinetuneSpec, verdict: GateVerdict) -> Outcome:
-        """The evaluation failed ``spec.eval.gate``: restore the previous adapter and fail the run.
+    async def revert(self, p: Pass, spec: LoRAFinetuneSpec, verdict: GateVerdict) -> Wait | Failed:
+        """The evaluation failed ``spec.eval.gate``: restore the previous adapter; the outcome
+        (``Failed``, reason EvalGateFailed) fails the run.
 
         Only while the Deployment still serves this run's adapter: once another run has rolled out
         its own, that one stays. While another run holds the rollout lock, wait for it (it may be
@@ -228,9 +274,9 @@ class Rollouts:
         ours = deploy_env(RunPaths(self.config.server_data_root, name, spec))[contract_env.LORA_PATH]
         current = deployments.lora_env_values(deployment, d.container) if deployment else {}
         if deployment is None:
-            outcome = f"deployment {d.deployment} no longer exists, nothing to roll back"
+            rolled_back = f"deployment {d.deployment} no longer exists, nothing to roll back"
         elif current.get(contract_env.LORA_PATH) != ours:
-            outcome = (
+            rolled_back = (
                 f"deployment {d.deployment} already serves another adapter ({describe_env(current)}), "
                 "left as is"
             )
@@ -241,16 +287,12 @@ class Rollouts:
                 )
             except ConflictError:
                 return again_in(0.2)  # the Deployment changed in between: look again
-            outcome = (
+            rolled_back = (
                 f"restored the previous adapter ({describe_env(state.get('previousEnv') or {})}) "
                 f"on deployment {d.deployment}"
             )
-        p.fail(
-            EVAL.condition,
-            GATE_FAILED_REASON,
-            f"eval gate {verdict.message}; {outcome}; report {p.status.get('reportPath')}",
-        )
-        return WAIT
+        report = p.status.get("reportPath")
+        return Failed(GATE_FAILED_REASON, f"eval gate {verdict.message}; {rolled_back}; report {report}")
 
     async def rollback(
         self,
@@ -267,6 +309,6 @@ class Rollouts:
             container, env, lock_owner=None, resource_version=resource_version
         )
         await self.api.patch_deployment(ns, deployment, patch)
-        state["rolledBack"] = True
+        state["rolledBack"] = True  # → ROLLED_BACK
         p.set("deploy", dict(state))
         p.event("Warning", "RolledBack", f"restored {describe_env(previous)} on deployment {deployment}")

@@ -1,5 +1,5 @@
 """One reconcile pass of one run: the working status, the patch to write, the events to post;
-and ``Outcome``, what driving one stage came to."""
+and ``Outcome`` (``Wait``, ``Done`` or ``Failed``), what driving one stage came to."""
 
 from __future__ import annotations
 
@@ -27,20 +27,41 @@ def camel(step: str) -> str:
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """What driving one stage came to."""
+class Wait:
+    """The stage is not done yet: look again after ``requeue_after`` seconds, or (None) when an
+    event (Job, pod, run) comes."""
 
-    done: bool = False  # the stage is complete: the run goes on to the next one
-    # Not done: look again after this many seconds; None: when an event (Job, pod, run) comes.
     requeue_after: float | None = None
 
 
-DONE = Outcome(done=True)
-WAIT = Outcome()
+@dataclass(frozen=True)
+class Done:
+    """The stage is complete: its condition turns True (``reason``, ``message``), a Normal event
+    ``event`` tells it, and the run goes on to the next stage."""
+
+    reason: str
+    message: str
+    event: str
+    duration_seconds: float | None = None  # observed as the step's duration, when known
 
 
-def again_in(seconds: float) -> Outcome:
-    return Outcome(requeue_after=seconds)
+@dataclass(frozen=True)
+class Failed:
+    """The stage failed, and the run with it: the stage's condition turns False and the run's phase
+    Failed, both with ``reason`` and ``message`` (a Warning event)."""
+
+    reason: str
+    message: str
+
+
+# What driving one stage came to; ``reconcile.Controller`` acts on it in one place.
+Outcome = Wait | Done | Failed
+
+WAIT = Wait()
+
+
+def again_in(seconds: float) -> Wait:
+    return Wait(requeue_after=seconds)
 
 
 @dataclass
@@ -112,6 +133,6 @@ class Pass:
         self.events.append((type_, reason, message))
 
     def fail(self, condition: str, reason: str, message: str) -> None:
-        """The stage whose condition is ``condition`` failed: so does the run."""
+        """The stage whose condition is ``condition`` failed (a ``Failed`` outcome): so does the run."""
         self.condition(condition, "False", reason, message)
         self.phase(FAILED, reason, message, event="Warning")

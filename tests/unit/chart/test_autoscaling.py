@@ -211,7 +211,7 @@ def test_helm_lint_strict_autoscaling(helm_bin: list[str], helm_env: dict[str, s
 def test_operator_rollout_reaches_every_autoscaled_replica() -> None:
     """The operator patches the pod template only (never spec.replicas, which the HPA owns), and it
     waits for the live replica count, whatever the HPA made it."""
-    from zthumb_operator.deployments import deployment_env_patch, rollout_state
+    from zthumb_operator.deployments import deployment_env_patch, rollout_progress
 
     patch = deployment_env_patch(
         "zthumb", {"Z_LORA_PATH": "run-1", "Z_LORA_SCALE": "0.8"}, lock_owner="run-1"
@@ -229,9 +229,9 @@ def test_operator_rollout_reaches_every_autoscaled_replica() -> None:
             },
         }
 
-    assert not rollout_state(deployment(1, 3, 4), 2).done
-    assert not rollout_state(deployment(3, 3, 4), 2).done  # an old replica still serves the old adapter
-    assert rollout_state(deployment(3, 3, 3), 2).done
+    assert not rollout_progress(deployment(1, 3, 4), 2).done
+    assert not rollout_progress(deployment(3, 3, 4), 2).done  # an old replica still serves the old adapter
+    assert rollout_progress(deployment(3, 3, 3), 2).done
 
 
 @needs_helm

@@ -201,7 +201,7 @@ class Harness:
         return self.api.runs[key].get("status") or {}
 
     def complete(self, step: str, run: str = "z-style") -> None:
-        job = self.api.jobs[("ml", b.job_name(run, step))]
+        job = self.api.jobs[("ml", b.single_node_job_name(run, step))]
         job["status"] = {
             "conditions": [{"type": "Complete", "status": "True"}],
             "startTime": "2026-01-01T00:00:00Z",

@@ -1,8 +1,7 @@
-"""Pure builders: Jobs from the shared step definitions, Deployment patches, states, conditions."""
+"""Pure builders: Jobs from the shared step definitions, Deployment patches, conditions."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from lft_helpers import make_run
@@ -183,12 +182,12 @@ def test_kueue_queue_label_and_suspend() -> None:
 def test_long_names_are_hashed_deterministically_and_bounded() -> None:
     long_a = "a" * 60 + "-x"
     long_b = "a" * 60 + "-y"
-    name_a = b.job_name(long_a, "prepare-dataset")
+    name_a = b.single_node_job_name(long_a, "prepare-dataset")
     assert len(name_a) <= 63
     assert name_a.endswith("-prepare-dataset")
-    assert name_a == b.job_name(long_a, "prepare-dataset")
-    assert name_a != b.job_name(long_b, "prepare-dataset")
-    assert b.job_name("z-style", "train") == "z-style-train"
+    assert name_a == b.single_node_job_name(long_a, "prepare-dataset")
+    assert name_a != b.single_node_job_name(long_b, "prepare-dataset")
+    assert b.single_node_job_name("z-style", "train") == "z-style-train"
     assert len(b.label_value("r" * 200)) <= 63
     job = jobs_for(make_run(name="r" * 200))["train"]
     assert len(job["metadata"]["name"]) <= 63
@@ -215,55 +214,6 @@ def test_eval_job_calls_the_service_url() -> None:
     template = "http://{deployment}.{namespace}.svc.cluster.local:8080"
     args = eval_job_args(Harness({"deploy": {"deployment": "zthumb"}}, eval_server_url_template=template))
     assert args[args.index("--server-url") + 1] == "http://zthumb.ml.svc.cluster.local:8080"
-
-
-# --------------------------------------------------------------------------- states
-
-
-def test_job_state_reads_conditions_suspension_and_scheduling() -> None:
-    assert (
-        b.job_state({"status": {"conditions": [{"type": "Complete", "status": "True"}]}}).state == "succeeded"
-    )
-    failed = b.job_state(
-        {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}},
-        [{"status": {"containerStatuses": [{"state": {"terminated": {"message": "CUDA out of memory"}}}]}}],
-    )
-    assert (failed.state, failed.reason) == ("failed", "BackoffLimitExceeded")
-    assert "CUDA out of memory" in failed.message
-    assert b.job_state({"spec": {"suspend": True}}).state == "suspended"
-    pod = {
-        "status": {
-            "phase": "Pending",
-            "conditions": [
-                {
-                    "type": "PodScheduled",
-                    "status": "False",
-                    "reason": "Unschedulable",
-                    "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
-                    "lastTransitionTime": "2026-01-01T00:00:00Z",
-                }
-            ],
-        }
-    }
-    unsched = b.job_state({"spec": {}}, [pod])
-    assert unsched.state == "unschedulable"
-    assert "Insufficient nvidia.com/gpu" in unsched.message
-    assert unsched.since == "2026-01-01T00:00:00Z"
-    assert b.job_state({"spec": {}}, []).state == "running"
-
-
-def test_eval_summary_from_the_termination_message() -> None:
-    pods = [
-        {
-            "status": {
-                "containerStatuses": [
-                    {"state": {"terminated": {"message": '{"images": 8, "x": "s", "d": 0.5}'}}}
-                ]
-            }
-        }
-    ]
-    assert b.eval_summary(pods) == {"images": 8.0, "d": 0.5}
-    assert b.eval_summary([{"status": {}}]) is None
 
 
 # --------------------------------------------------------------------------- Deployment
@@ -332,16 +282,18 @@ def rollout(**status: Any) -> dict[str, Any]:
     return {"spec": {"replicas": 2}, "status": status}
 
 
-def test_rollout_state_like_kubectl_rollout_status() -> None:
-    assert not deployments.rollout_state(rollout(observedGeneration=3), 4).done
-    assert not deployments.rollout_state(rollout(observedGeneration=4, updatedReplicas=1, replicas=2), 4).done
-    assert not deployments.rollout_state(
+def test_rollout_progress_like_kubectl_rollout_status() -> None:
+    assert not deployments.rollout_progress(rollout(observedGeneration=3), 4).done
+    assert not deployments.rollout_progress(
+        rollout(observedGeneration=4, updatedReplicas=1, replicas=2), 4
+    ).done
+    assert not deployments.rollout_progress(
         rollout(observedGeneration=4, updatedReplicas=2, replicas=3, availableReplicas=2), 4
     ).done
-    assert not deployments.rollout_state(
+    assert not deployments.rollout_progress(
         rollout(observedGeneration=4, updatedReplicas=2, replicas=2, availableReplicas=1), 4
     ).done
-    assert deployments.rollout_state(
+    assert deployments.rollout_progress(
         rollout(observedGeneration=4, updatedReplicas=2, replicas=2, availableReplicas=2), 4
     ).done
     stuck = rollout(
@@ -350,7 +302,7 @@ def test_rollout_state_like_kubectl_rollout_status() -> None:
             {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "x"}
         ],
     )
-    assert deployments.rollout_state(stuck, 4).failed
+    assert deployments.rollout_progress(stuck, 4).failed
 
 
 # --------------------------------------------------------------------------- conditions
@@ -395,35 +347,3 @@ def test_transition_sets_ready_times_and_generation() -> None:
     assert conditions.condition_true(done["conditions"], "Ready")
     assert conditions.condition_true(done["conditions"], "Evaluated")
     assert done["observedGeneration"] == 1
-
-
-def _terminated(message: str, created: str = "2026-01-01T00:00:00Z") -> dict[str, Any]:
-    return {
-        "metadata": {"creationTimestamp": created},
-        "status": {"containerStatuses": [{"state": {"terminated": {"message": message}}}]},
-    }
-
-
-def test_train_results_from_the_termination_message() -> None:
-    block = {"stepsPerSecond": 2.5, "peakMemoryBytes": 21474836480, "memoryKind": "CUDAMaxAllocated",
-             "device": "cuda:0", "finalLoss": 0.12, "futureNumber": 3}  # fmt: skip
-    summary = {"run_name": "z", "steps_per_second": 2.0, "training": block}
-    earlier = _terminated("Traceback ...\nSIGTERM", "2026-01-01T00:00:00Z")  # a failed try: its log
-    pods = [earlier, _terminated(json.dumps(summary), "2026-01-01T00:01:00Z")]
-    assert b.train_results(pods) == {
-        "stepsPerSecond": 2.5,
-        "peakMemoryBytes": 21474836480,
-        "memoryKind": "CUDAMaxAllocated",
-        "device": "cuda:0",
-        "finalLoss": 0.12,
-    }  # an unknown key is left out (the API server would prune it anyway)
-    assert b.train_results([earlier]) is None
-    assert b.train_results([_terminated('{"run_name": "z"}')]) is None  # an older trainer: no block
-
-
-def test_train_results_drop_each_value_the_api_server_would_refuse() -> None:
-    """A NaN loss or an unknown memory kind must not lose the rest, nor fail the status patch."""
-    block = {"stepsPerSecond": 1.5, "peakMemoryBytes": -1, "memoryKind": "HBM", "finalLoss": float("nan")}
-    message = json.dumps({"training": block})  # json writes NaN, and reads it back
-    assert b.train_results([_terminated(message)]) == {"stepsPerSecond": 1.5}
-    assert b.train_results([_terminated('{"training": [1, 2]}')]) is None

@@ -114,98 +114,13 @@ def test_kueue_admits_the_indexed_job_as_one_workload_of_nodes_pods() -> None:
 def test_job_names_leave_room_for_the_index_in_a_valid_hostname(run_name: str) -> None:
     for nodes in (2, 10, 64):
         train = StepDefinition(name="train", args=(), gpu=True, nodes=nodes)
-        job = mn.job_name(run_name, train)
+        job = mn.step_job_name(run_name, train)
         hostname = f"{job}-{nodes - 1}"
         assert len(hostname) <= 63 and DNS_LABEL.match(hostname), hostname
         service = mn.service_name(job)
         assert len(service) <= 63 and DNS_LABEL.match(service) and service[0].isalpha(), service
-        assert job == mn.job_name(run_name, train)  # deterministic: adoption after a restart
-    assert mn.job_name("a.b", train) != mn.job_name("a-b", train)
-    # One node: exactly the name builders.job_name gives every other step.
+        assert job == mn.step_job_name(run_name, train)  # deterministic: adoption after a restart
+    assert mn.step_job_name("a.b", train) != mn.step_job_name("a-b", train)
+    # One node: exactly the name builders.single_node_job_name gives every other step.
     one = StepDefinition(name="train", args=(), gpu=True)
-    assert mn.job_name(run_name, one) == b.job_name(run_name, "train")
-
-
-def _pod(
-    name: str, index: str, code: int, finished: str, *, message: str = "", reason: str = "Error"
-) -> dict:
-    return {
-        "metadata": {"name": name, "annotations": {mn.COMPLETION_INDEX_ANNOTATION: index}},
-        "status": {
-            "phase": "Failed" if code else "Succeeded",
-            "containerStatuses": [
-                {
-                    "name": "train",
-                    "state": {
-                        "terminated": {
-                            "exitCode": code,
-                            "reason": reason,
-                            "message": message,
-                            "finishedAt": finished,
-                        }
-                    },
-                }
-            ],
-        },
-    }
-
-
-def test_the_status_names_the_node_that_failed_first_and_why() -> None:
-    pods = [
-        _pod("z-style-train-0-aaaaa", "0", 137, "2026-01-01T00:00:09Z", reason="Error"),
-        _pod(
-            "z-style-train-1-bbbbb",
-            "1",
-            1,
-            "2026-01-01T00:00:05Z",
-            message="RuntimeError: CUDA error: out of memory",
-        ),
-        _pod("z-style-train-2-ccccc", "2", 0, "2026-01-01T00:00:04Z"),
-    ]
-    text = mn.failed_node(pods)
-    assert text is not None
-    assert text.startswith("node 1 (pod z-style-train-1-bbbbb) failed first: exit code 1 (Error)")
-    assert "CUDA error: out of memory" in text
-    assert text.endswith("also failed: node 0")
-    job = {
-        "status": {
-            "conditions": [
-                {
-                    "type": "Failed",
-                    "status": "True",
-                    "reason": "PodFailurePolicy",
-                    "message": "Container train for pod ml/z-style-train-1-bbbbb failed with exit code 1 "
-                    "matching FailJob rule at index 0",
-                }
-            ]
-        }
-    }
-    message = mn.failure_message(job, pods)
-    assert message.startswith("Container train for pod ml/z-style-train-1-bbbbb failed with exit code 1")
-    assert "node 1 (pod z-style-train-1-bbbbb) failed first" in message
-    assert "last container message" not in message  # not the newest (killed) pod's
-    assert mn.failed_node([pods[2]]) is None
-    assert mn.failure_message(job, []) == job["status"]["conditions"][0]["message"]
-
-
-def test_the_pod_the_job_controller_blamed_comes_first_on_a_tie() -> None:
-    """Peers of a dead process exit within the same second: finishedAt cannot tell who was first,
-    the Job's FailJob message can."""
-    same = "2026-01-01T00:00:05Z"
-    pods = [
-        _pod("z-style-train-0-aaaaa", "0", 1, same, message="gloo: connection reset by peer"),
-        _pod("z-style-train-1-bbbbb", "1", 1, same, message="worker killed (SIGKILL)"),
-    ]
-    assert (mn.failed_node(pods) or "").startswith("node 0 ")  # no verdict: list order on a tie
-    verdict = "Container train for pod ml/z-style-train-1-bbbbb failed with exit code 1 matching FailJob rule"
-    text = mn.failed_node(pods, verdict) or ""
-    assert text.startswith("node 1 (pod z-style-train-1-bbbbb) failed first: exit code 1")
-    assert text.endswith("also failed: node 0")
-
-
-def test_a_long_termination_message_keeps_its_last_lines_whole() -> None:
-    log = "\n".join(f"line {i:04d} of a long torchrun traceback" for i in range(100))
-    text = mn.failed_node([_pod("j-1-x", "1", 1, "2026-01-01T00:00:05Z", message=log)]) or ""
-    tail = text.split(": ", 2)[-1]
-    assert tail.startswith("line ") and tail.endswith("line 0099 of a long torchrun traceback")
-    assert len(tail) <= 1000
+    assert mn.step_job_name(run_name, one) == b.single_node_job_name(run_name, "train")

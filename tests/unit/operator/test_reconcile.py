@@ -123,7 +123,7 @@ def test_job_of_an_earlier_run_with_the_same_name_is_waited_for() -> None:
 
 
 def unschedulable(h: Harness, step: str, since: str) -> None:
-    h.controller.pods[("ml", b.job_name("z-style", step))] = {
+    h.controller.pods[("ml", b.single_node_job_name("z-style", step))] = {
         "p": {
             "status": {
                 "phase": "Pending",

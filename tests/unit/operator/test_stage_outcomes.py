@@ -1,0 +1,89 @@
+"""A stage's end is an outcome (``Wait``, ``Done``, ``Failed``) that only the controller writes into
+the status: a stage that fails says so and leaves the run's phase alone."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from typing import Any
+
+from reconcile_harness import KEY, Harness
+from zthumb_contract.spec import LoRAFinetuneSpec
+from zthumb_contract.stages import STAGE, build_steps
+from zthumb_operator import conditions
+from zthumb_operator.status import Failed, Outcome, Pass
+
+FAILED_JOB = {
+    "conditions": [
+        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "backoff limit"}
+    ]
+}
+
+
+def to_training(h: Harness) -> None:
+    for step in ("fetch-model", "prepare-dataset"):
+        h.reconcile()
+        h.complete(step)
+    h.reconcile()
+
+
+def drive(h: Harness, stage: str) -> tuple[Outcome, Pass]:
+    """Drive one stage of the harness's run once, outside the controller's loop."""
+    run = copy.deepcopy(h.api.runs[KEY])
+    h.controller.runs[KEY] = copy.deepcopy(run)
+    for key, job in h.api.jobs.items():
+        h.controller.jobs[key] = copy.deepcopy(job)
+    spec = LoRAFinetuneSpec.from_manifest(run)
+    steps = {s.name: s for s in build_steps("z-style", spec, "/data", "http://zthumb.ml.svc:8080")}
+    p = Pass(run=run, now=h.now)
+
+    async def go() -> Outcome:
+        if stage == "deploy":
+            return await h.controller.rollouts.drive(p, spec)
+        return await h.controller.job_stages.drive(p, spec, STAGE[stage], steps[stage])
+
+    return asyncio.run(go()), p
+
+
+def test_a_failed_job_is_a_failed_outcome_and_the_stage_leaves_the_phase_alone() -> None:
+    h = Harness()
+    to_training(h)
+    h.api.jobs[("ml", "z-style-train")]["status"] = FAILED_JOB
+    outcome, p = drive(h, "train")
+    assert isinstance(outcome, Failed), outcome
+    assert outcome.reason == "TrainFailed"
+    assert "Job z-style-train failed (BackoffLimitExceeded): backoff limit" in outcome.message
+    assert p.status["phase"] == "Training" and "phase" not in p.patch
+
+
+def test_a_deploy_that_cannot_start_is_a_failed_outcome_and_releases_the_lock() -> None:
+    h = Harness()
+    to_training(h)
+    d = h.api.deployments[("ml", "zthumb")]
+    d["spec"]["template"]["spec"]["containers"][0]["name"] = "renamed"
+    outcome, p = drive(h, "deploy")
+    assert outcome == Failed("ContainerNotFound", "deployment zthumb has no container 'zthumb'")
+    assert p.status["phase"] == "Training" and "phase" not in p.patch
+    assert not d["metadata"]["annotations"]  # the lock it took is released
+
+
+def test_the_controller_writes_a_failed_outcome_in_the_passs_one_status_patch() -> None:
+    h = Harness()
+    to_training(h)
+    h.api.jobs[("ml", "z-style-train")]["status"] = FAILED_JOB
+    patches: list[dict[str, Any]] = []
+    patch_run_status = h.api.patch_run_status
+
+    async def counted(namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        patches.append(copy.deepcopy(status))
+        return await patch_run_status(namespace, name, status)
+
+    h.api.patch_run_status = counted  # type: ignore[method-assign]
+    assert h.reconcile() is None  # a failed run is not looked at again
+    (patch,) = patches
+    assert (patch["phase"], patch["reason"]) == ("Failed", "TrainFailed")
+    trained = conditions.get_condition(patch["conditions"], "Trained")
+    ready = conditions.get_condition(patch["conditions"], "Ready")
+    assert (trained["status"], trained["reason"]) == ("False", "TrainFailed")
+    assert (ready["status"], ready["reason"], ready["message"]) == ("False", "TrainFailed", patch["message"])
+    assert [(t, r) for t, r, _ in h.api.events][-1] == ("Warning", "TrainFailed")
