@@ -32,6 +32,8 @@ from zthumb.reports import error_page
 log = logging.getLogger("zthumb.errors")
 
 OPENAI_PREFIX = "/v1/"
+# The request id every answer carries (set by the access log middleware, ``middleware``).
+REQUEST_ID_HEADER = "x-request-id"
 REPORTS_PREFIX = f"{REPORTS_URL_PREFIX}/"
 
 
@@ -129,5 +131,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unexpected error: %s", type(exc).__name__)
-        return respond(request, 500, error_body("internal_error", "internal error; see the server log"))
+        # Starlette answers this one from its outermost middleware, outside the access log that
+        # stamps the request id on every other answer: stamp it here, and name it in the log line,
+        # so the details "in the server log" can be found for the request that got this 500.
+        request_id = request.scope.get("state", {}).get("request_id")
+        log.exception(
+            "unexpected error: %s",
+            type(exc).__name__,
+            extra={"request_id": request_id, "path": request.url.path},
+        )
+        headers = {REQUEST_ID_HEADER: request_id} if request_id else None
+        body = error_body("internal_error", "internal error; see the server log")
+        return respond(request, 500, body, headers)

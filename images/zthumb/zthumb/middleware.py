@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from zthumb.auth import refusal
-from zthumb.error_responses import http_error_response, zthumb_error_response
+from zthumb.error_responses import REQUEST_ID_HEADER, http_error_response, zthumb_error_response
 from zthumb.errors import BodyTooLargeError
 from zthumb.sessions import SessionCookies
 
@@ -33,7 +33,7 @@ class AccessLogMiddleware:
             return
         request_id = uuid.uuid4().hex[:16]
         for name, value in scope.get("headers", []):
-            if name == b"x-request-id" and value and len(value) <= 64:
+            if name == REQUEST_ID_HEADER.encode() and value and len(value) <= 64:
                 request_id = value.decode("latin-1")
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
@@ -44,7 +44,10 @@ class AccessLogMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode("latin-1"))]
+                message["headers"] = [
+                    *message["headers"],
+                    (REQUEST_ID_HEADER.encode(), request_id.encode("latin-1")),
+                ]
             await send(message)
 
         try:
