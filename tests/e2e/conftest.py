@@ -31,7 +31,15 @@ from typing import Any, NoReturn, TypeVar
 
 import pytest
 import yaml
-from operator_harness import CRD, OPERATOR_RBAC, SERVER, Kubectl, Operator, in_namespace
+from operator_harness import (
+    CRD,
+    OPERATOR_RBAC,
+    SERVER,
+    Kubectl,
+    Operator,
+    in_namespace,
+    service_account_credentials,
+)
 
 E2E_ENABLED = os.environ.get("ZTHUMB_E2E") == "1"
 SKIP_REASON = (
@@ -268,15 +276,7 @@ def setup(
     kubectl("apply", "-f", "-", input=SERVER.replace("NS", ns))
     kubectl("rollout", "status", "deployment/zthumb", "-n", ns, "--timeout=60s", timeout=90)
 
-    token = kubectl("create", "token", "zthumb-operator", "-n", ns, "--duration=1h").stdout.strip()
-    ca = kubectl(
-        "config",
-        "view",
-        "--raw",
-        "--minify",
-        "-o",
-        "jsonpath={.clusters[0].cluster.certificate-authority-data}",
-    ).stdout
+    token, ca = service_account_credentials(kubectl, ns, "zthumb-operator", "1h")
     kubeconfig = tmp_path / "operator.kubeconfig"
     kubeconfig.write_text(
         yaml.safe_dump(

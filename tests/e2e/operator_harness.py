@@ -102,6 +102,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def service_account_credentials(kubectl: Kubectl, ns: str, account: str, duration: str) -> tuple[str, str]:
+    """A token of ``account`` valid for ``duration`` and the cluster's CA (base64, as a kubeconfig
+    holds it): what a pod of that ServiceAccount would authenticate with."""
+    token = kubectl("create", "token", account, "-n", ns, f"--duration={duration}").stdout.strip()
+    ca = kubectl(
+        "config",
+        "view",
+        "--raw",
+        "--minify",
+        "-o",
+        "jsonpath={.clusters[0].cluster.certificate-authority-data}",
+    ).stdout
+    return token, ca
+
+
 def in_namespace(text: str, ns: str) -> str:
     return text.replace("namespace: ml", f"namespace: {ns}")
 

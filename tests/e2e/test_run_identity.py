@@ -15,7 +15,16 @@ from typing import Any
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from operator_harness import PHASE_TIMEOUT, Kubectl, Operator, example, jobs, lft, wait_phase
+from operator_harness import (
+    PHASE_TIMEOUT,
+    Kubectl,
+    Operator,
+    example,
+    jobs,
+    lft,
+    service_account_credentials,
+    wait_phase,
+)
 from zthumb_contract import crd
 
 pytestmark = pytest.mark.e2e
@@ -40,15 +49,7 @@ def apply_run(kubectl: Kubectl, ns: str, name: str, **spec: Any) -> None:
 def status_patcher(kubectl: Kubectl, server: str, ns: str, account: str) -> StatusPatch:
     """Patches a run's status as the train pod does (reporting.py in the trainer: one merge PATCH of
     ``/status``, nothing else), with a token of ``account``; returns the HTTP status."""
-    token = kubectl("create", "token", account, "-n", ns, "--duration=10m").stdout.strip()
-    ca = kubectl(
-        "config",
-        "view",
-        "--raw",
-        "--minify",
-        "-o",
-        "jsonpath={.clusters[0].cluster.certificate-authority-data}",
-    ).stdout
+    token, ca = service_account_credentials(kubectl, ns, account, "10m")
     configuration = client.Configuration(
         host=server, api_key={"authorization": f"Bearer {token}"}, ca_cert_data=base64.b64decode(ca).decode()
     )
