@@ -10,16 +10,18 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install k8s-bin demo test lint unit e2e images bench clean
+.PHONY: help install k8s-bin demo test lint unit e2e images release bench clean
 
 help:
 	@echo "make demo   - the whole pipeline on the tiny model, locally (no cluster, no GPU)"
 	@echo "make test   - lint + unit/integration tests + end-to-end tests on a local control plane"
-	@echo "make lint   - ruff, mypy, import contracts (lint-imports), hadolint, helm lint"
+	@echo "make lint   - ruff, mypy, import contracts (lint-imports), hadolint, helm lint, actionlint"
 	@echo "make unit   - tests that need no cluster"
 	@echo "make e2e    - tests against the local control plane (started and stopped here)"
 	@echo "make images - build the container images with buildah (no Docker) and import them"
 	@echo "              into the real node's containerd when it is up (hack/README-images.md)"
+	@echo "make release - images, chart, SBOMs and SHA256SUMS in dist/, and the commands that push"
+	@echo "              them (ZTHUMB_RELEASE_REGISTRY=ghcr.io/my-org; README, Install on your cluster)"
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +44,8 @@ lint: $(STAMP) k8s-bin
 	$(BIN)/hadolint images/base/Dockerfile images/zthumb/Dockerfile images/trainer/Dockerfile \
 	  images/trainer/Dockerfile.cpu images/helm-test/Dockerfile operator/Dockerfile
 	PATH="$$(hack/cluster.sh bindir):$$PATH" helm lint --strict charts/zthumb
+	hack/build-actionlint.sh
+	"$$(hack/cluster.sh bindir)/actionlint" .github/workflows/*.yml
 
 # The chart's template tests need helm: it is built with the control plane.
 k8s-bin:
@@ -74,6 +78,11 @@ test: lint unit e2e
 # Builds (or reuses) every image and imports it when the node's containerd is up.
 images:
 	hack/build-images.sh
+
+# hack/release.sh: every image (reused when cached), the chart, a CycloneDX SBOM per Python image
+# and SHA256SUMS in dist/; it prints the push commands (ZTHUMB_RELEASE_REGISTRY names the registry).
+release: $(STAMP) k8s-bin
+	hack/release.sh
 
 bench: $(STAMP)
 	$(BIN)/python hack/bench_server.py

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[3]
 NODE = "zthumb-real-0"
-VERSION = "0.1.0"
+# The images are tagged with the project version (hack/build-images.sh).
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 SERVER_IMAGE = f"ghcr.io/zthumb/zthumb:{VERSION}"
 TRAINER_IMAGE = f"ghcr.io/zthumb/trainer:{VERSION}"
 OPERATOR_IMAGE = f"ghcr.io/zthumb/operator:{VERSION}"
