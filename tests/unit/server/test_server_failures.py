@@ -71,10 +71,11 @@ def test_a_failing_batch_member_gets_its_500_and_its_batch_mates_their_images(tm
         finally:
             gate.set()
         assert [answer.status_code for answer in answers] == [200, 500, 200]
-        assert shared_calls == [["first", BOOM, "third"]]  # they did share a call
+        # They shared one call, in the order their threads reached the queue (not fixed).
+        assert len(shared_calls) == 1 and sorted(shared_calls[0]) == sorted(["first", BOOM, "third"])
         assert answers[1].json() == INTERNAL and SECRET not in answers[1].text
         assert [answers[0].json()["seed"], answers[2].json()["seed"]] == [1, 3]
-        assert client.app.state.engine.backends["full"].generated == ["first", "third"]
+        assert sorted(client.app.state.engine.backends["full"].generated) == ["first", "third"]
         assert _metric(client, "zthumb_batch_size_sum") == 3
         assert client.post("/generate", json={"prompt": "later", "seed": 4}).status_code == 200
 
