@@ -15,8 +15,11 @@ p50/p95 latency for:
 
 then the ratios (c)/(b) (target <= 1.05), (cached switch added cost) / (naive
 load+unload of the same adapter) (target <= 5%), (e)/(b) (what combining adapters costs),
-and the UNet weight bytes per backend (GGUF: quantized Linear weights must take <= 30% of
-their fp32 bytes).
+the UNet weight bytes per backend (GGUF: quantized Linear weights must take <= 30% of
+their fp32 bytes), and what encoding the answer's image costs: PNG, JPEG and WebP at the server's
+settings and the alternatives, 512x512, with output bytes (``bench_image_encoding.py``;
+``--encoding-only`` prints just that table). Every request has the same prompt, so after the
+first one its embeddings come from the prompt cache in every row alike.
 
 ``--compile MODE`` also loads a compiled engine (ZTHUMB_COMPILE=MODE, inductor; adapters as
 ``--compile-lora`` says: ``fuse``, merged into the weights, the default, or ``slot``) and times rows
@@ -45,6 +48,9 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling module, when loaded by path
+
+from bench_image_encoding import print_table as print_encoding_table
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -85,6 +91,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--tiny", action="store_true", help="small counts, no GGUF: seconds, for CI")
     parser.add_argument(
+        "--encoding-size", type=int, default=512, help="side of the image the encoding table encodes"
+    )
+    parser.add_argument(
+        "--encoding-rounds", type=int, default=40, help="interleaved rounds of the encoding table"
+    )
+    parser.add_argument(
+        "--encoding-only", action="store_true", help="print only the image encoding table (no model)"
+    )
+    parser.add_argument(
         "--clock",
         choices=["auto", "wall", "cpu"],
         default="auto",
@@ -93,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.tiny:
         args.requests, args.warmup, args.skip_gguf = 4, 2, True
+        args.encoding_size, args.encoding_rounds = 64, 2
+    if args.encoding_only:
+        print_encoding_table(args.encoding_size, args.encoding_rounds)
+        return 0
 
     from zthumb.backends import FullBackend
     from zthumb.backends.base import resolve_device, resolve_dtype
@@ -333,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| gguf (Q8_0) | {gguf['unet']:,} | {gguf['quantized']:,} | {gguf['quantized_fp32']:,} | "
             f"{ratio:.1%} (target <= 30%) |"
         )
+    print_encoding_table(args.encoding_size, args.encoding_rounds)
     return 0
 
 

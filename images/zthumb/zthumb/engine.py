@@ -18,7 +18,7 @@ from zthumb.backends import BACKENDS, AdapterApplied, AdapterUse, Backend, Gener
 from zthumb.backends.compiled import take_new_graphs
 from zthumb.errors import BadRequestError, InvalidRequestError, NotReadyError, ZThumbError
 from zthumb.lora import AdapterFiles, AdapterRef
-from zthumb.metrics import Metrics
+from zthumb.metrics import Metrics, PromptCacheCounts
 from zthumb.protocol import (
     BackendInfo,
     CachedAdapter,
@@ -87,6 +87,7 @@ class Engine:
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
+        self.metrics.prompt_caches.source = self.prompt_cache_counts
         self.registry = backends or BACKENDS
         self.files = AdapterFiles(settings.lora_root)
         self.backends: dict[str, Backend] = {}
@@ -311,6 +312,14 @@ class Engine:
         generate_seconds = time.perf_counter() - started
         self.metrics.generation_seconds.labels(backend=backend.name).observe(generate_seconds)
         return Result(plan, images, applied, adapter_seconds, generate_seconds, outcomes)
+
+    def prompt_cache_counts(self) -> dict[str, PromptCacheCounts]:
+        """Each loaded backend's prompt-cache counts (``/metrics`` reads them when scraped)."""
+        return {
+            name: backend.prompt_cache.counts()
+            for name, backend in list(self.backends.items())
+            if isinstance(backend, Backend)
+        }
 
     def models(self) -> ModelsResponse:
         infos = []

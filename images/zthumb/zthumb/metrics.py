@@ -2,11 +2,57 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+from typing import NamedTuple
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300, 600)
 BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 BATCH_WAIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+
+
+class PromptCacheCounts(NamedTuple):
+    """What a backend's prompt-embedding cache has counted since it was made."""
+
+    hits: int
+    misses: int
+    evictions: int
+    entries: int
+    bytes: int
+
+
+class PromptCacheCollector(Collector):
+    """The prompt caches' counts, read when scraped: the caches keep plain counters under their
+    own lock and know nothing of Prometheus; ``source`` maps backend name to counts."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Mapping[str, PromptCacheCounts]] = dict
+
+    def collect(self) -> Iterator[Metric]:
+        counters = {
+            "hits": "Prompts whose embeddings came from the cache (no text encoder ran).",
+            "misses": "Prompts that ran the text encoders.",
+            "evictions": "Prompt embeddings dropped to stay within ZTHUMB_PROMPT_CACHE_ENTRIES / _MB.",
+        }
+        gauges = {
+            "entries": "Prompt embeddings held in the cache.",
+            "bytes": "Bytes of prompt-embedding tensors held in the cache (on the backend's device).",
+        }
+        families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
+            name: CounterMetricFamily(f"zthumb_prompt_cache_{name}", text, labels=["backend"])
+            for name, text in counters.items()
+        }
+        families.update(
+            (name, GaugeMetricFamily(f"zthumb_prompt_cache_{name}", text, labels=["backend"]))
+            for name, text in gauges.items()
+        )
+        for backend, counts in self.source().items():
+            for name, family in families.items():
+                family.add_metric([backend], getattr(counts, name))
+        yield from families.values()
 
 
 class Metrics:
@@ -93,5 +139,8 @@ class Metrics:
             ["backend"],
             registry=r,
         )
+        # The engine points ``prompt_caches.source`` at its backends' caches.
+        self.prompt_caches = PromptCacheCollector()
+        r.register(self.prompt_caches)
         self.ready = Gauge("zthumb_ready", "1 once the default backend and adapter are loaded.", registry=r)
         self.backend_loaded = Gauge("zthumb_backend_loaded", "1 per loaded backend.", ["backend"], registry=r)

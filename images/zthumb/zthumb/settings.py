@@ -71,6 +71,21 @@ class Settings(BaseSettings):
         default=4, ge=1, le=32, description="Most adapters one request may combine (`loras`)."
     )
 
+    # --- prompt embeddings (zthumb.backends.prompt_cache) ---------------------------------
+    prompt_cache_entries: int = Field(
+        default=256,
+        ge=1,
+        le=65536,
+        description="Most encoded prompts (prompt + negative prompt) kept per backend (LRU).",
+    )
+    prompt_cache_mb: int = Field(
+        default=256,
+        ge=0,
+        le=65536,
+        description="Most MiB of prompt-embedding tensors kept per backend, on its device (LRU); "
+        "0 turns the cache off.",
+    )
+
     # --- compiled path (zthumb.backends.compiled) -----------------------------------------
     compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = Field(
         default="off",

@@ -88,3 +88,19 @@ def test_the_batching_knobs_reach_the_server_with_its_defaults(
     env = render(helm_env, {"server.maxBatch": "1", "server.batchWaitMs": "0"}).env
     assert (env["ZTHUMB_MAX_BATCH"], env["ZTHUMB_BATCH_WAIT_MS"]) == ("1", "0")
     assert "maxBatch" in render_fails(helm_env, {"server.maxBatch": "0"})
+
+
+@needs_helm
+def test_the_prompt_cache_bounds_reach_the_server_with_its_defaults(
+    helm_bin: list[str], helm_env: dict[str, str]
+) -> None:
+    from zthumb.settings import Settings
+
+    env = render(helm_env).env
+    assert int(env["ZTHUMB_PROMPT_CACHE_ENTRIES"]) == Settings().prompt_cache_entries
+    assert int(env["ZTHUMB_PROMPT_CACHE_MB"]) == Settings().prompt_cache_mb
+    env = render(helm_env, {"server.promptCacheEntries": "1", "server.promptCacheMb": "0"}).env
+    assert (env["ZTHUMB_PROMPT_CACHE_ENTRIES"], env["ZTHUMB_PROMPT_CACHE_MB"]) == ("1", "0")
+    assert Settings(prompt_cache_entries=1, prompt_cache_mb=0).prompt_cache_mb == 0
+    assert "promptCacheEntries" in render_fails(helm_env, {"server.promptCacheEntries": "0"})
+    assert "promptCacheMb" in render_fails(helm_env, {"server.promptCacheMb": "-1"})

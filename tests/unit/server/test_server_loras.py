@@ -138,7 +138,7 @@ def test_two_adapters_match_diffusers_set_adapters(client, tiny_model, lora_root
     plain.load_lora_weights(str(lora_root / B), adapter_name="b")
     stand_in = SimpleNamespace(pipe=plain, compel=CompelForSDXL(plain, device="cpu"))
     # Backend.generate encodes through the instance; a plain pipeline stands in for one here.
-    stand_in.encode_prompt = lambda params: Backend.encode_prompt(stand_in, params)
+    stand_in.encode_prompt = lambda params: Backend.encode_uncached(stand_in, params)
     params = GenerationParams(PROMPT, None, SIZE, SIZE, 2, 6.0, seed=7, num_images=1)
 
     def reference(names: list[str], weights: list[float]) -> np.ndarray:

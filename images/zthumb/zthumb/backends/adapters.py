@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from zthumb.backends.compiled import CompiledUNet, SlotError, adapter_rank
 from zthumb.backends.lora_keys import COMPONENTS
-from zthumb.backends.lora_load import AdapterMismatchError, inject_lora
+from zthumb.backends.lora_load import AdapterMismatchError, Injected, inject_lora
 from zthumb.errors import AdapterLoadError, InvalidRequestError
 
 if TYPE_CHECKING:
@@ -80,6 +80,9 @@ class AdapterCache:
         self._ranks: dict[tuple[str, str], int] = {}
         self._pinned: set[tuple[str, str]] = set()
         self._active: tuple[tuple[str, float], ...] | None = None
+        # Adapters with text-encoder layers, and those of them active now: (sha256, scale).
+        self._text_encoder_keys: set[tuple[str, str]] = set()
+        self._text_encoder_active: tuple[tuple[str, float], ...] = ()
         self._lora_enabled = False
         self._counter = 0
         self.adapter_loads = 0
@@ -104,7 +107,18 @@ class AdapterCache:
         with self._lock:
             return self._apply_adapters([use for use in uses if use.scale != 0])
 
+    def text_encoder_adapters(self) -> tuple[tuple[str, float], ...]:
+        """The active adapters that change the text encoders' output, as (sha256, scale), sorted.
+
+        The prompt cache keys by them. An adapter with UNet layers only (what the trainer exports)
+        leaves prompt embeddings as they are, so it is not part of the key; a kohya file with
+        text-encoder layers is, in eager mode (PEFT layers in the encoders) and with
+        ``ZTHUMB_COMPILE_LORA=fuse`` (merged into their weights); ``slot`` refuses such files.
+        """
+        return self._text_encoder_active
+
     def _apply_adapters(self, uses: list[AdapterUse]) -> AdapterApplied:
+        self._text_encoder_active = ()
         if not uses:
             if self.compiled is not None:  # same compiled graph, back to the base's output
                 self.compiled.silence()
@@ -151,6 +165,9 @@ class AdapterCache:
         if not self._lora_enabled and self.compiled is None:
             self.pipe.enable_lora()
             self._lora_enabled = True
+        self._text_encoder_active = tuple(
+            sorted((key[1], scale) for key, _, scale in pairs if key in self._text_encoder_keys)
+        )
         return AdapterApplied(
             active=True,
             hit=misses == 0,
@@ -206,7 +223,7 @@ class AdapterCache:
             with warnings.catch_warnings():
                 # PEFT warns that a model holding adapters gets another one: that is the cache.
                 warnings.filterwarnings("ignore", message=".*peft_config.*multiple adapters.*")
-                expected = self._inject_lora(weights.state_dict, weights.metadata, name)
+                expected, text_encoders = self._inject_lora(weights.state_dict, weights.metadata, name)
             self._layers = None
             if self.compiled is None and self._injected_layers(name) < expected:
                 # What PEFT really injected, not log text: a belt to check_matches' braces.
@@ -233,6 +250,8 @@ class AdapterCache:
         self._adapters[adapter.key] = name
         self._display[adapter.key] = adapter.display_path
         self._ranks[adapter.key] = adapter_rank(weights.state_dict)
+        if text_encoders:
+            self._text_encoder_keys.add(adapter.key)
         self._active = None  # loading activates the new adapter
         # The same path with an older sha256 is stale: drop it now.
         for stale in [k for k in self._adapters if k[0] == adapter.key[0] and k != adapter.key]:
@@ -246,7 +265,7 @@ class AdapterCache:
 
     def _inject_lora(
         self, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any] | None, name: str
-    ) -> int:
+    ) -> Injected:
         """Put one adapter's weights into the pipeline (or the compiled slot); see ``inject_lora``."""
         return inject_lora(self.pipe, self.compiled, state_dict, metadata, name)
 
@@ -283,6 +302,7 @@ class AdapterCache:
         name = self._adapters.pop(key)
         self._display.pop(key, None)
         self._ranks.pop(key, None)
+        self._text_encoder_keys.discard(key)
         if self.compiled is not None:
             self.compiled.forget(name)
         else:

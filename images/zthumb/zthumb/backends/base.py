@@ -17,6 +17,7 @@ from zthumb.backends.adapters import AdapterCache
 from zthumb.backends.compiled import CompiledUNet, configure_inductor_cache
 from zthumb.backends.compiled_fused import FusedUNet
 from zthumb.backends.compiled_slot import SlotUNet
+from zthumb.backends.prompt_cache import MIB, PromptCache
 from zthumb.errors import GenerationCancelledError, InvalidRequestError, ZThumbError
 
 if TYPE_CHECKING:
@@ -116,6 +117,7 @@ class Backend(AdapterCache):
         pipe.set_progress_bar_config(disable=True)
         self.pipe: Any = pipe.to(device)
         self.compel = CompelForSDXL(self.pipe, device=str(device))
+        self.prompt_cache = PromptCache(settings.prompt_cache_entries, settings.prompt_cache_mb * MIB)
         self._init_adapters()
         self.unet_weight_bytes = self.weight_bytes()
         self.compiled: CompiledUNet | None = None
@@ -222,6 +224,24 @@ class Backend(AdapterCache):
 
     # --- generation --------------------------------------------------------------------------
     def encode_prompt(self, params: GenerationParams) -> Any:
+        """compel's conditioning for the prompt and negative prompt, from the prompt cache if it is there.
+
+        The key is everything the text encoders' output depends on: this backend's model, the
+        prompt and negative prompt as written (compel parses them the same way every time), and
+        the active adapters that have text-encoder layers with their scales. The encoders' options
+        (penultimate hidden states, no truncation: ``CompelForSDXL``'s) and the device and dtype
+        are fixed for the backend's life; the server has no clip-skip or other per-request option.
+        """
+        key = (
+            self.name,
+            self.model_description,
+            params.prompt,
+            params.negative_prompt or None,
+            self.text_encoder_adapters(),
+        )
+        return self.prompt_cache.get_or_encode(key, lambda: self.encode_uncached(params))
+
+    def encode_uncached(self, params: GenerationParams) -> Any:
         """compel's conditioning for the (weighted) prompt and negative prompt; 422 when unparsable."""
         import torch
 

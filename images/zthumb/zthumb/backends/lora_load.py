@@ -17,7 +17,7 @@ refused (``lora_no_match`` / ``lora_partial_match``) with how many layers matche
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from zthumb.backends.compiled import CompiledUNet
 from zthumb.backends.lora_keys import COMPONENTS, peft_named
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 # The module a LoRA key belongs to is everything before its LoRA marker: ``.lora_A.`` (PEFT),
 # ``.lora_magnitude_vector`` (DoRA), or in keys of another prefix, which are not converted,
 # ``.lora.down.``, ``.lora_linear_layer.``, ``.lora_down.`` (kohya), ``_lora.down.``.
+TEXT_ENCODER_PREFIXES = tuple(f"{component}." for component in COMPONENTS if component != "unet")
 _LORA_MARKER = re.compile(r"[._]lora(?:_A|_B|_down|_up|\.down|\.up|_linear_layer|_magnitude_vector)(?:\.|$)")
 
 
@@ -90,13 +91,21 @@ def check_matches(pipe: Any, state_dict: dict[str, Any]) -> int:
     )
 
 
+class Injected(NamedTuple):
+    """What ``inject_lora`` put in: its LoRA layers, and whether any is in a text encoder (then the
+    adapter changes prompt embeddings, and the prompt cache keys by it)."""
+
+    layers: int
+    text_encoders: bool
+
+
 def inject_lora(
     pipe: Any,
     compiled: CompiledUNet | None,
     state_dict: dict[str, torch.Tensor],
     metadata: dict[str, Any] | None,
     name: str,
-) -> int:
+) -> Injected:
     """``pipe.load_lora_weights(<the file>, adapter_name=name)`` from weights already read.
 
     Given a dict, ``load_lora_weights`` has no safetensors header to take diffusers' adapter
@@ -107,7 +116,8 @@ def inject_lora(
     parsed from the very bytes that were hashed (``AdapterFiles.read``) in place of the one
     ``lora_state_dict`` would read from a file. ``lora_state_dict`` still does the format
     work (kohya/A1111 conversion with their alphas as ``network_alphas``, DoRA filtering).
-    Returns the number of LoRA layers the file has (all of which match the model).
+    Returns the number of LoRA layers the file has (all of which match the model) and whether
+    some are in a text encoder (kohya files often have them; the trainer's exports do not).
     """
     from diffusers.loaders.lora_pipeline import _LOW_CPU_MEM_USAGE_DEFAULT_LORA
 
@@ -118,9 +128,10 @@ def inject_lora(
             "Invalid LoRA checkpoint. Make sure all LoRA param names contain `'lora'` substring."
         )
     expected = check_matches(pipe, state_dict)
+    injected = Injected(expected, any(key.startswith(TEXT_ENCODER_PREFIXES) for key in state_dict))
     if compiled is not None:
         compiled.load(state_dict, network_alphas, metadata, name)
-        return expected
+        return injected
     common: dict[str, Any] = {
         "network_alphas": network_alphas,
         "adapter_name": name,
@@ -137,4 +148,4 @@ def inject_lora(
         pipe.load_lora_into_text_encoder(
             state_dict, text_encoder=text_encoder, prefix=prefix, lora_scale=pipe.lora_scale, **common
         )
-    return expected
+    return injected
