@@ -147,7 +147,7 @@ def bench_training(bench: Any, budget_s: float, variants: str = "all") -> None:
     ``variants`` names a list of ``VARIANT_SETS``."""
     import torch
     from zthumb_trainer.dataset import prepare_dataset
-    from zthumb_trainer.synthetic_dataset import write_synthetic_dataset
+    from zthumb_trainer.tiny.synthetic_dataset import write_synthetic_dataset
     from zthumb_trainer.train import run_training
     from zthumb_trainer.train_config import TrainConfig
 

@@ -339,8 +339,8 @@ def tiny_model(
 ) -> None:
     """Write the tiny random-weight SDXL (diffusers dir, single file, turbo copy) and the tiny CLIP
     of the eval's metrics, for demos and tests."""
-    from zthumb_trainer.tiny_clip import build_tiny_clip
-    from zthumb_trainer.tiny_model import build_tiny_model
+    from zthumb_trainer.tiny.tiny_clip import build_tiny_clip
+    from zthumb_trainer.tiny.tiny_model import build_tiny_model
 
     model = build_tiny_model(output, seed=seed)
     clip = build_tiny_clip(output)

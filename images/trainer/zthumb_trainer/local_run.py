@@ -38,8 +38,8 @@ from zthumb_contract.spec import LoRAFinetuneSpec
 from zthumb_contract.stages import Runner, Success, active_stages, build_steps
 from zthumb_contract.steps import RunPaths, StepDefinition, deploy_env
 
-from zthumb_trainer.tiny_clip import CONFIG_DIR_NAME as TINY_CLIP_CONFIG
-from zthumb_trainer.tiny_clip import WEIGHTS_NAME as TINY_CLIP_WEIGHTS
+from zthumb_trainer.tiny.tiny_clip import CONFIG_DIR_NAME as TINY_CLIP_CONFIG
+from zthumb_trainer.tiny.tiny_clip import WEIGHTS_NAME as TINY_CLIP_WEIGHTS
 
 DEFAULT_RUN_NAME = "demo"
 TINY_MAX_RESOLUTION = 256
@@ -273,9 +273,9 @@ def check_gate(spec: LoRAFinetuneSpec, summary_path: Path) -> None:
 def run_local(finetune: Path | None, workdir: Path, tiny: bool = True) -> LocalRunResult:
     from zthumb_trainer.fetch import sha256_of
     from zthumb_trainer.http_serve import StaticServer
-    from zthumb_trainer.synthetic_dataset import write_synthetic_dataset
-    from zthumb_trainer.tiny_clip import build_tiny_clip
-    from zthumb_trainer.tiny_model import build_tiny_model
+    from zthumb_trainer.tiny.synthetic_dataset import write_synthetic_dataset
+    from zthumb_trainer.tiny.tiny_clip import build_tiny_clip
+    from zthumb_trainer.tiny.tiny_model import build_tiny_model
 
     started = time.monotonic()
     workdir = workdir.resolve()

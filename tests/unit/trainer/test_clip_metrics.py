@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from zthumb_trainer.clip_metrics import ClipError, ClipScorer, clip_scores, spread
-from zthumb_trainer.tiny_clip import build_tiny_clip
+from zthumb_trainer.tiny.tiny_clip import build_tiny_clip
 
 
 @pytest.fixture(scope="module")

@@ -110,7 +110,7 @@ def test_two_gloo_processes_train_like_one_with_the_global_batch_and_resume(tmp_
 
     prepared = tmp_path / "prepared"
     data = tmp_path / "data"
-    from zthumb_trainer.synthetic_dataset import write_synthetic_dataset
+    from zthumb_trainer.tiny.synthetic_dataset import write_synthetic_dataset
 
     write_synthetic_dataset(data, count=6, size=(64, 64))
     prepare_dataset(data, prepared, resolution=64, trigger_word="zt")
@@ -169,7 +169,7 @@ def test_two_gloo_processes_train_like_one_with_the_global_batch_and_resume(tmp_
 def test_two_processes_with_validation_samples_do_not_deadlock(tmp_path, tiny_model):
     """Rank 0 renders each pass while rank 1 waits at the barrier; both finish, one grid per pass."""
     data = tmp_path / "data"
-    from zthumb_trainer.synthetic_dataset import write_synthetic_dataset
+    from zthumb_trainer.tiny.synthetic_dataset import write_synthetic_dataset
 
     write_synthetic_dataset(data, count=4, size=(64, 64))
     run_dir = tmp_path / "run"

@@ -233,7 +233,7 @@ def test_no_gate_no_verdict(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def clip_files(tmp_path_factory):
     from zthumb_trainer.fetch import sha256_of
-    from zthumb_trainer.tiny_clip import build_tiny_clip
+    from zthumb_trainer.tiny.tiny_clip import build_tiny_clip
 
     root = tmp_path_factory.mktemp("clip-source")
     clip = build_tiny_clip(root)
@@ -247,7 +247,7 @@ def _clip_config(tmp_path, clip_server, clip_files, sha256=None, **overrides):
     run_dir = tmp_path / "outputs" / "lora" / "style"
     run_dir.mkdir(parents=True)
     (run_dir / "summary.json").write_text("{}")
-    from zthumb_trainer.synthetic_dataset import write_synthetic_dataset
+    from zthumb_trainer.tiny.synthetic_dataset import write_synthetic_dataset
 
     write_synthetic_dataset(tmp_path / "dataset", count=6)
     prepare_once(tmp_path / "dataset", run_dir)

@@ -244,7 +244,7 @@ def test_status_reporter_only_when_the_operator_sets_the_env(monkeypatch):
 def test_batch_4_with_aspect_buckets_trains_one_bucket_per_batch(tmp_path, tiny_model):
     from zthumb_trainer.batches import epoch_batches
     from zthumb_trainer.dataset import load_manifest
-    from zthumb_trainer.synthetic_dataset import write_synthetic_dataset
+    from zthumb_trainer.tiny.synthetic_dataset import write_synthetic_dataset
 
     source = tmp_path / "mixed"
     source.mkdir()

@@ -24,7 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zthumb_trainer import ldm_layout
+from zthumb_trainer.tiny import ldm_layout
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionXLPipeline

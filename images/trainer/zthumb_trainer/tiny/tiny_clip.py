@@ -10,8 +10,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from zthumb_trainer import tiny_model
-from zthumb_trainer.tiny_model import _vocab, builder_stamp, write_tokenizer
+from zthumb_trainer.tiny import tiny_model
+from zthumb_trainer.tiny.tiny_model import _vocab, builder_stamp, write_tokenizer
 
 WEIGHTS_NAME = "tiny_clip.safetensors"
 CONFIG_DIR_NAME = "tiny_clip-config"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from zthumb_trainer.tiny_model import TOKENIZER_MAX_LENGTH, build_pipeline
+from zthumb_trainer.tiny.tiny_model import TOKENIZER_MAX_LENGTH, build_pipeline
 
 
 def _components(pipe):
@@ -75,7 +75,7 @@ def test_synthetic_dataset_has_a_caption_per_image(synthetic_dataset):
 def test_the_stamp_covers_the_builders_sources_and_packages(tmp_path):
     from importlib import metadata
 
-    from zthumb_trainer import ldm_layout, tiny_clip, tiny_model
+    from zthumb_trainer.tiny import ldm_layout, tiny_clip, tiny_model
 
     stamp = json.loads(tiny_model.builder_stamp(0, tiny_model.BUILDER_SOURCES, tiny_model.BUILDER_PACKAGES))
     assert set(stamp["sources"]) == {"tiny_model.py", "ldm_layout.py"}
@@ -95,7 +95,7 @@ def test_the_stamp_covers_the_builders_sources_and_packages(tmp_path):
 
 
 def test_a_cached_model_is_reused_only_while_its_stamp_matches(tmp_path, monkeypatch):
-    from zthumb_trainer import tiny_model
+    from zthumb_trainer.tiny import tiny_model
 
     class RebuiltError(Exception):
         pass
@@ -117,7 +117,7 @@ def test_a_cached_model_is_reused_only_while_its_stamp_matches(tmp_path, monkeyp
 
 
 def test_a_cached_tiny_clip_is_rebuilt_when_its_stamp_is_stale(tmp_path):
-    from zthumb_trainer.tiny_clip import COMPLETE_NAME, build_tiny_clip
+    from zthumb_trainer.tiny.tiny_clip import COMPLETE_NAME, build_tiny_clip
 
     clip = build_tiny_clip(tmp_path)
     marker = tmp_path / COMPLETE_NAME
