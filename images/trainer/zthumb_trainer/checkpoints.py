@@ -63,7 +63,7 @@ def save_checkpoint(
 ) -> Path:
     from safetensors.torch import save_file
 
-    from zthumb_trainer.export import _json_safe
+    from zthumb_trainer.export.adapter import _json_safe
 
     target = directory / f"{CHECKPOINT_PREFIX}{step}"
     staging = staging_directory(target, "tmp")
@@ -95,7 +95,7 @@ def _load_adapter(file: Path, models: dict[str, Any]) -> None:
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from zthumb_trainer.export import split_components
+    from zthumb_trainer.export.adapter import split_components
 
     parts = split_components(load_file(str(file)))
     for component, model in models.items():

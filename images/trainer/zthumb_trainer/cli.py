@@ -246,7 +246,7 @@ def export(  # noqa: PLR0917 - one option per flag
     from safetensors.torch import load_file
 
     from zthumb_trainer.checkpoints import EMA_WEIGHTS, list_checkpoints
-    from zthumb_trainer.export import AdapterInfo, export_adapter
+    from zthumb_trainer.export.adapter import AdapterInfo, export_adapter
 
     if checkpoint is None:
         found = list_checkpoints(run_dir / "checkpoints")

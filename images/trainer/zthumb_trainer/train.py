@@ -197,7 +197,7 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
     summary["validation"] = validation.summary()
     if is_main:
         if config.export_dir is not None:
-            from zthumb_trainer.export import AdapterInfo, export_adapter
+            from zthumb_trainer.export.adapter import AdapterInfo, export_adapter
 
             with ema_applied(session.ema):  # the EMA, when on, is what gets served
                 exported = adapter_state(unwrapped)

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 from zthumb_trainer.dataset import prepare_dataset
-from zthumb_trainer.export import DIFFUSERS_WEIGHTS
+from zthumb_trainer.export.adapter import DIFFUSERS_WEIGHTS
 from zthumb_trainer.train import list_checkpoints, run_training
 from zthumb_trainer.train_config import TrainConfig
 
@@ -32,7 +32,7 @@ WORKER = """
 import json, os, sys
 from pathlib import Path
 
-import zthumb_trainer.export as export
+import zthumb_trainer.export.adapter as export
 import zthumb_trainer.reporting as reporting
 import zthumb_trainer.train as train
 import zthumb_trainer.train_config as train_config

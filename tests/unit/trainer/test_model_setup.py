@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from train_helpers import copy_into_run_dir, prepare_once, tiny_config
 from zthumb_trainer.components import load_components
-from zthumb_trainer.export import DIFFUSERS_WEIGHTS
+from zthumb_trainer.export.adapter import DIFFUSERS_WEIGHTS
 from zthumb_trainer.model_setup import compile_unet, uses_cuda_graphs
 from zthumb_trainer.train import run_training
 

@@ -11,7 +11,7 @@ import torch
 from train_helpers import copy_into_run_dir, prepare_once, tiny_config
 from typer.testing import CliRunner
 from zthumb_trainer.dataset import prepare_dataset
-from zthumb_trainer.export import DIFFUSERS_WEIGHTS
+from zthumb_trainer.export.adapter import DIFFUSERS_WEIGHTS
 from zthumb_trainer.reporting import StatusReporter
 from zthumb_trainer.train import TrainingInterrupted, list_checkpoints, run_training
 

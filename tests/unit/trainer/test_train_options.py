@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from train_helpers import copy_into_run_dir, prepare_once, tiny_config
 from typer.testing import CliRunner
 from zthumb_trainer.checkpoints import EMA_WEIGHTS, list_checkpoints
-from zthumb_trainer.export import DIFFUSERS_WEIGHTS, KOHYA_SUFFIX
+from zthumb_trainer.export.adapter import DIFFUSERS_WEIGHTS, KOHYA_SUFFIX
 from zthumb_trainer.optim import LoraEma, OptimizerUnavailable, make_optimizer, require_available
 from zthumb_trainer.train import TrainingInterrupted, run_training
 
@@ -166,7 +166,7 @@ def test_ema_follows_the_formula_and_swaps_losslessly():
 
 def test_ema_is_exported_instead_of_the_weights_and_resumes_bit_identically(prepared, tiny_model, tmp_path):
     from diffusers.utils import convert_state_dict_to_diffusers
-    from zthumb_trainer.export import split_components
+    from zthumb_trainer.export.adapter import split_components
 
     decay = 0.8
     resumed, straight = _interrupted_then_resumed_and_straight(

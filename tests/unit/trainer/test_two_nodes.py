@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from zthumb_trainer.dataset import prepare_dataset
-from zthumb_trainer.export import DIFFUSERS_WEIGHTS
+from zthumb_trainer.export.adapter import DIFFUSERS_WEIGHTS
 from zthumb_trainer.tiny.synthetic_dataset import write_synthetic_dataset
 
 STEPS = 3

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from zthumb_trainer.checkpoints import adapter_state, lora_configs
-from zthumb_trainer.export import ADAPTER_INFO, DIFFUSERS_WEIGHTS, AdapterInfo, export_adapter
+from zthumb_trainer.export.adapter import ADAPTER_INFO, DIFFUSERS_WEIGHTS, AdapterInfo, export_adapter
 
 RANK, ALPHA = 4, 16.0
 
