@@ -62,21 +62,16 @@ def fetch_model(  # noqa: PLR0917 - one option per flag
     base_model: BaseModelSpec,
 ) -> None:
     """Download the base model (resumable, SHA256-verified, at most --max-bytes) and its config files."""
-    import httpx
+    from zthumb_trainer.download import FetchError
+    from zthumb_trainer.fetch.model import fetch_base_model
 
-    from zthumb_trainer.fetch import FetchError, download, fetch_config, token_from_env
-
-    token = token_from_env()
     try:
-        insecure = base_model.allow_insecure_http
-        result = download(url, sha256, output, token=token, progress=progress, max_bytes=base_model.max_bytes,
-                          allow_insecure_http=insecure)  # fmt: skip
-        if config_url and config_dir:
-            fetch_config(config_url, config_dir, token=token, allow_insecure_http=insecure)
+        result = fetch_base_model(
+            url, sha256, output, base_model=base_model, config_url=config_url, config_dir=config_dir,
+            progress=progress,
+        )  # fmt: skip
     except FetchError as error:
         raise _fail(str(error)) from error
-    except (OSError, httpx.HTTPError) as error:
-        raise _fail(f"download of {url} failed: {error}") from error
     state = "present" if result.skipped else f"downloaded {result.downloaded_bytes} bytes"
     typer.echo(f"{output}: {state}, sha256 {result.sha256}")
 

@@ -11,7 +11,7 @@ compares the served scale with the reference: ``clip_i_gain`` (higher is better)
 
 The model is a transformers ``CLIPModel``: its config, image processor and tokenizer from a
 directory, its weights from one safetensors file (``spec.eval.clip``; both fetched and verified
-by ``zthumb_trainer.fetch`` first).
+by ``zthumb_trainer.fetch.verified`` first).
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from zthumb_contract.spec import DatasetSourceSpec, HttpDatasetSource, S3Dataset
 
 from zthumb_trainer.archives import DEFAULT_LIMITS, Limits, SourceError, safe_name, unpack
 from zthumb_trainer.atomic import publish_new_directory, staging_directory
-from zthumb_trainer.fetch import FetchError, verified_download
+from zthumb_trainer.fetch.verified import FetchError, verified_download
 
 __all__ = ["COMPLETE", "KEEP_DATASETS", "Limits", "SourceError", "fetch_source", "prune_cache", "unpack"]
 

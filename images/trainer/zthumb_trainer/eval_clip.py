@@ -11,7 +11,7 @@ from zthumb_trainer.eval_config import EvalConfig, Sample
 
 def load_clip(config: EvalConfig) -> ClipScorer | None:
     """spec.eval.clip's model, fetched and verified on the volume first; None when it is off."""
-    from zthumb_trainer.fetch import FetchError, download, fetch_config, token_from_env
+    from zthumb_trainer.fetch.verified import FetchError, download, fetch_config, token_from_env
 
     if not config.clip.enabled or config.clip_model is None or config.clip_config is None:
         return None

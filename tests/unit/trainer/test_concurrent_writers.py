@@ -51,7 +51,7 @@ print(fetch_source(DatasetSourceSpec(http=HttpDatasetSource(url=url, sha256=sha2
 """
 )
 MODEL_WRITER = (
-    PREAMBLE.format(imports="from zthumb_trainer.fetch import download, fetch_config")
+    PREAMBLE.format(imports="from zthumb_trainer.fetch.verified import download, fetch_config")
     + """
 url, sha256, output, config_url, config_dir = sys.argv[1:]
 print(download(url, sha256, Path(output), progress=False).path)

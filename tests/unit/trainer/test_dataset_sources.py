@@ -26,7 +26,7 @@ from zthumb_trainer.dataset_sources import (
     prune_cache,
     unpack,
 )
-from zthumb_trainer.fetch import sha256_of
+from zthumb_trainer.fetch.verified import sha256_of
 from zthumb_trainer.http_serve import StaticServer
 from zthumb_trainer.local_run import free_port
 

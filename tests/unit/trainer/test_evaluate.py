@@ -232,7 +232,7 @@ def test_no_gate_no_verdict(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def clip_files(tmp_path_factory):
-    from zthumb_trainer.fetch import sha256_of
+    from zthumb_trainer.fetch.verified import sha256_of
     from zthumb_trainer.tiny.tiny_clip import build_tiny_clip
 
     root = tmp_path_factory.mktemp("clip-source")

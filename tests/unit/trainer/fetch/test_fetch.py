@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 from zthumb_trainer.cli import app
-from zthumb_trainer.fetch import FetchError, download, fetch_config
+from zthumb_trainer.fetch.verified import FetchError, download, fetch_config
 from zthumb_trainer.http_serve import RangeRequestHandler, StaticServer
 
 
@@ -213,7 +213,7 @@ def test_verified_file_is_not_hashed_again_until_it_changes(
 ):
     import os
 
-    from zthumb_trainer import fetch
+    from zthumb_trainer.fetch import verified as fetch
 
     target = tmp_path / "base.safetensors"
     download(f"{served.url}/{model_file.name}", model_sha, target, progress=False)
@@ -241,7 +241,7 @@ def test_verified_file_is_not_hashed_again_until_it_changes(
     [("a", "b", "a"), ("", "b", "b"), ("  ", "b", "b"), (" a ", None, "a"), (None, None, None)],
 )
 def test_token_is_the_first_non_blank_of_the_token_envs(monkeypatch, hf_token, hub_token, expected):
-    from zthumb_trainer.fetch import token_from_env
+    from zthumb_trainer.fetch.verified import token_from_env
 
     for name, value in (("HF_TOKEN", hf_token), ("HUGGINGFACE_HUB_TOKEN", hub_token)):
         if value is None:
