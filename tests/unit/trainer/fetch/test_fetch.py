@@ -208,6 +208,23 @@ def test_cli_fetches_model_and_config(served, model_file, model_sha, tmp_path):
     assert Path(tmp_path / "cfg" / "model_index.json").exists()
 
 
+def test_cli_names_the_url_when_the_server_cannot_be_reached(tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a loopback port nothing listens on once the probe closes
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/m.safetensors"
+    result = CliRunner().invoke(
+        app,
+        ["fetch-model", "--url", url, "--sha256", "0" * 64, "--output", str(tmp_path / "m.safetensors"),
+         "--no-progress"],
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert f"error: download of {url} failed:" in result.output
+    assert not (tmp_path / "m.safetensors").exists()
+
+
 def test_verified_file_is_not_hashed_again_until_it_changes(
     served, model_file, model_sha, tmp_path, monkeypatch
 ):
