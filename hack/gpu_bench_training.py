@@ -146,7 +146,7 @@ def bench_training(bench: Any, budget_s: float, variants: str = "all") -> None:
     """Run the variants of section 4 (``bench`` is gpu_bench's ``Bench``) within ``budget_s`` seconds:
     ``variants`` names a list of ``VARIANT_SETS``."""
     import torch
-    from zthumb_trainer.dataset import prepare_dataset
+    from zthumb_trainer.dataset.prepare import prepare_dataset
     from zthumb_trainer.tiny.synthetic_dataset import write_synthetic_dataset
     from zthumb_trainer.train import run_training
     from zthumb_trainer.train_config import TrainConfig

@@ -10,7 +10,7 @@ import random
 
 import torch
 
-from zthumb_trainer.dataset import ManifestEntry, PreparedDataset
+from zthumb_trainer.dataset.prepare import ManifestEntry, PreparedDataset
 
 
 def load_pixels(dataset: PreparedDataset, entry: ManifestEntry) -> torch.Tensor:

@@ -89,9 +89,9 @@ def prepare_dataset(
     spec: DatasetSpec,
 ) -> None:
     """Fetch a remote dataset (--source), then validate, normalise and bucket it; write the manifest."""
-    from zthumb_trainer.dataset import DatasetError
-    from zthumb_trainer.dataset import prepare_dataset as prepare
-    from zthumb_trainer.dataset_sources import SourceError, fetch_source
+    from zthumb_trainer.dataset.prepare import DatasetError
+    from zthumb_trainer.dataset.prepare import prepare_dataset as prepare
+    from zthumb_trainer.dataset.sources import SourceError, fetch_source
 
     if spec.source.remote:
         if dataset_cache is None:
@@ -162,7 +162,7 @@ def train(  # noqa: PLR0917 - one option per flag
         _relaunch_distributed(gpus, rendezvous)
     import json
 
-    from zthumb_trainer.dataset import DatasetError
+    from zthumb_trainer.dataset.prepare import DatasetError
     from zthumb_trainer.optim import OptimizerUnavailable
     from zthumb_trainer.train import TrainingInterrupted, run_training
     from zthumb_trainer.train_config import TrainConfig

@@ -33,7 +33,7 @@ def training_images(config: EvalConfig) -> list[Any]:
     """The prepared dataset's images (the run dir beside the train summary), spread out."""
     from PIL import Image
 
-    from zthumb_trainer.dataset import DatasetError, load_manifest
+    from zthumb_trainer.dataset.prepare import DatasetError, load_manifest
 
     if config.train_summary is None:
         raise ClipError("CLIP-I needs the training images: pass --train-summary (the run dir's summary.json)")

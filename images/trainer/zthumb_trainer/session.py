@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from zthumb_trainer.components import Components, load_components
-from zthumb_trainer.dataset import PreparedDataset
+from zthumb_trainer.dataset.prepare import PreparedDataset
 from zthumb_trainer.latent_cache import load_or_build_cache
 from zthumb_trainer.model_setup import add_lora, compile_unet, effective_precision, uses_cuda_graphs
 from zthumb_trainer.objective import diffusion_loss

@@ -15,7 +15,7 @@ import torch
 
 from zthumb_trainer.batches import load_pixels, time_ids
 from zthumb_trainer.components import encode_text, tokenize
-from zthumb_trainer.dataset import PreparedDataset
+from zthumb_trainer.dataset.prepare import PreparedDataset
 from zthumb_trainer.model_setup import to_device
 
 

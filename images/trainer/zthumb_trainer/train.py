@@ -54,7 +54,7 @@ from zthumb_trainer.checkpoints import (
     restore_checkpoint,
     save_checkpoint,
 )
-from zthumb_trainer.dataset import PreparedDataset, load_manifest
+from zthumb_trainer.dataset.prepare import PreparedDataset, load_manifest
 from zthumb_trainer.loss_log import LossLog
 from zthumb_trainer.measure import StepClock, training_block
 from zthumb_trainer.optim import ema_applied, require_available

@@ -43,7 +43,7 @@ sys.stdin.readline()
 DATASET_WRITER = (
     PREAMBLE.format(
         imports="from zthumb_contract.spec import DatasetSourceSpec, HttpDatasetSource\n"
-        "from zthumb_trainer.dataset_sources import fetch_source"
+        "from zthumb_trainer.dataset.sources import fetch_source"
     )
     + """
 url, sha256, cache = sys.argv[1:]

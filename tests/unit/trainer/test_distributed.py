@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from zthumb_trainer.dataset import prepare_dataset
+from zthumb_trainer.dataset.prepare import prepare_dataset
 from zthumb_trainer.export.adapter import DIFFUSERS_WEIGHTS
 from zthumb_trainer.train import list_checkpoints, run_training
 from zthumb_trainer.train_config import TrainConfig

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from train_helpers import copy_into_run_dir, prepare_once, tiny_config
-from zthumb_trainer.dataset import load_manifest
+from zthumb_trainer.dataset.prepare import load_manifest
 from zthumb_trainer.session import open_session
 from zthumb_trainer.step_inputs import StepInputs
 

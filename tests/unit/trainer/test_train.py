@@ -10,7 +10,7 @@ import pytest
 import torch
 from train_helpers import copy_into_run_dir, prepare_once, tiny_config
 from typer.testing import CliRunner
-from zthumb_trainer.dataset import prepare_dataset
+from zthumb_trainer.dataset.prepare import prepare_dataset
 from zthumb_trainer.export.adapter import DIFFUSERS_WEIGHTS
 from zthumb_trainer.reporting import StatusReporter
 from zthumb_trainer.train import TrainingInterrupted, list_checkpoints, run_training
@@ -243,7 +243,7 @@ def test_status_reporter_only_when_the_operator_sets_the_env(monkeypatch):
 
 def test_batch_4_with_aspect_buckets_trains_one_bucket_per_batch(tmp_path, tiny_model):
     from zthumb_trainer.batches import epoch_batches
-    from zthumb_trainer.dataset import load_manifest
+    from zthumb_trainer.dataset.prepare import load_manifest
     from zthumb_trainer.tiny.synthetic_dataset import write_synthetic_dataset
 
     source = tmp_path / "mixed"

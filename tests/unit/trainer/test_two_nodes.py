@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from zthumb_trainer.dataset import prepare_dataset
+from zthumb_trainer.dataset.prepare import prepare_dataset
 from zthumb_trainer.export.adapter import DIFFUSERS_WEIGHTS
 from zthumb_trainer.tiny.synthetic_dataset import write_synthetic_dataset
 

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from zthumb_trainer.dataset import prepare_dataset
+from zthumb_trainer.dataset.prepare import prepare_dataset
 from zthumb_trainer.train_config import TrainConfig
 
 

@@ -35,8 +35,8 @@ import httpx
 from zthumb_contract import env
 from zthumb_contract.spec import DatasetSourceSpec, HttpDatasetSource, S3DatasetSource
 
-from zthumb_trainer.archives import DEFAULT_LIMITS, Limits, SourceError, safe_name, unpack
 from zthumb_trainer.atomic import publish_new_directory, staging_directory
+from zthumb_trainer.dataset.archives import DEFAULT_LIMITS, Limits, SourceError, safe_name, unpack
 from zthumb_trainer.fetch.verified import FetchError, verified_download
 
 __all__ = ["COMPLETE", "KEEP_DATASETS", "Limits", "SourceError", "fetch_source", "prune_cache", "unpack"]

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 from zthumb_trainer.cli import app
-from zthumb_trainer.dataset import (
+from zthumb_trainer.dataset.prepare import (
     DatasetError,
     buckets_for,
     load_manifest,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from zthumb_contract.spec import DatasetSourceSpec, HttpDatasetSource, S3DatasetSource
-from zthumb_trainer.dataset_sources import (
+from zthumb_trainer.dataset.sources import (
     COMPLETE,
     KEEP_DATASETS,
     Limits,

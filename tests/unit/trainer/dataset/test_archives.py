@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from test_dataset_sources import write_tar, write_zip
-from zthumb_trainer.dataset_sources import Limits, SourceError, unpack
+from zthumb_trainer.dataset.sources import Limits, SourceError, unpack
 
 MiB = 2**20
 
@@ -55,7 +55,7 @@ def write_huge_header_tar(path: Path, kind: bytes, size: int) -> Path:
 MEASURE = """
 import json, resource, sys
 from pathlib import Path
-from zthumb_trainer.dataset_sources import Limits, SourceError, unpack
+from zthumb_trainer.dataset.sources import Limits, SourceError, unpack
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
     unpack(Path(sys.argv[1]), Path(sys.argv[2]), Limits(total_bytes=2**20, ratio=2))
