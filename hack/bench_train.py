@@ -48,8 +48,8 @@ def _one(args: argparse.Namespace) -> None:
     """Run one configuration in this process and print its numbers as JSON."""
     from zthumb_trainer.dataset.prepare import prepare_dataset
     from zthumb_trainer.tiny.synthetic_dataset import write_synthetic_dataset
-    from zthumb_trainer.train import run_training
-    from zthumb_trainer.train_config import TrainConfig
+    from zthumb_trainer.train.config import TrainConfig
+    from zthumb_trainer.train.loop import run_training
 
     work = Path(tempfile.mkdtemp(prefix="zthumb-bench-"))
     try:

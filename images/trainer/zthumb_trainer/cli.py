@@ -163,9 +163,9 @@ def train(  # noqa: PLR0917 - one option per flag
     import json
 
     from zthumb_trainer.dataset.prepare import DatasetError
-    from zthumb_trainer.optim import OptimizerUnavailable
-    from zthumb_trainer.train import TrainingInterrupted, run_training
-    from zthumb_trainer.train_config import TrainConfig
+    from zthumb_trainer.train.config import TrainConfig
+    from zthumb_trainer.train.loop import TrainingInterrupted, run_training
+    from zthumb_trainer.train.optim import OptimizerUnavailable
 
     config = TrainConfig(
         **training.model_dump(),
@@ -240,8 +240,8 @@ def export(  # noqa: PLR0917 - one option per flag
 
     from safetensors.torch import load_file
 
-    from zthumb_trainer.checkpoints import EMA_WEIGHTS, list_checkpoints
     from zthumb_trainer.export.adapter import AdapterInfo, export_adapter
+    from zthumb_trainer.train.checkpoints import EMA_WEIGHTS, list_checkpoints
 
     if checkpoint is None:
         found = list_checkpoints(run_dir / "checkpoints")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from zthumb_trainer.measure import training_markdown
+from zthumb_trainer.train.measure import training_markdown
 
 
 def render_markdown(summary: dict[str, Any]) -> str:

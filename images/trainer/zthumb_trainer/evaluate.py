@@ -34,10 +34,10 @@ from zthumb_trainer.eval_clip import clip_block, load_clip
 from zthumb_trainer.eval_config import EvalConfig, Sample
 from zthumb_trainer.eval_images import mean_pixel_difference, side_by_side
 from zthumb_trainer.eval_report import render_markdown
-from zthumb_trainer.measure import read_training_block
 from zthumb_trainer.prompts import expand_prompt
 from zthumb_trainer.reporting import write_termination_message
-from zthumb_trainer.validation import SAMPLES_DIR, read_index, summary_block
+from zthumb_trainer.train.measure import read_training_block
+from zthumb_trainer.train.validation import SAMPLES_DIR, read_index, summary_block
 
 
 class EvalError(Exception):

@@ -110,7 +110,7 @@ def test_report_pairs_differences_and_summary(tmp_path, monkeypatch):
 
 
 def test_report_says_when_the_training_numbers_are_missing(tmp_path):
-    from zthumb_trainer.measure import read_training_block, training_markdown
+    from zthumb_trainer.train.measure import read_training_block, training_markdown
 
     assert read_training_block(tmp_path / "absent.json") is None
     (tmp_path / "old.json").write_text('{"steps": 6}')  # a summary from before the training block
@@ -241,7 +241,7 @@ def clip_files(tmp_path_factory):
 
 
 def _clip_config(tmp_path, clip_server, clip_files, sha256=None, **overrides):
-    from train_helpers import prepare_once
+    from zthumb_trainer.dataset.prepare import prepare_dataset
 
     _root, clip, digest = clip_files
     run_dir = tmp_path / "outputs" / "lora" / "style"
@@ -250,7 +250,7 @@ def _clip_config(tmp_path, clip_server, clip_files, sha256=None, **overrides):
     from zthumb_trainer.tiny.synthetic_dataset import write_synthetic_dataset
 
     write_synthetic_dataset(tmp_path / "dataset", count=6)
-    prepare_once(tmp_path / "dataset", run_dir)
+    prepare_dataset(tmp_path / "dataset", run_dir, resolution=64, trigger_word="zt")
     clip_spec = {
         "url": f"{clip_server.url}/{clip.weights.name}",
         "sha256": sha256 or digest,

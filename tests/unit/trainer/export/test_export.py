@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-from zthumb_trainer.checkpoints import adapter_state, lora_configs
 from zthumb_trainer.export.adapter import ADAPTER_INFO, DIFFUSERS_WEIGHTS, AdapterInfo, export_adapter
+from zthumb_trainer.train.checkpoints import adapter_state, lora_configs
 
 RANK, ALPHA = 4, 16.0
 

@@ -15,7 +15,7 @@ import torch
 from zthumb_trainer.atomic import publish_directory, staging_directory
 
 if TYPE_CHECKING:
-    from zthumb_trainer.optim import LoraEma
+    from zthumb_trainer.train.optim import LoraEma
 
 CHECKPOINT_PREFIX = "step-"
 # In a checkpoint beside adapter.safetensors when emaDecay is set: the EMA in the same (PEFT) layout.

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from zthumb_trainer.dataset.prepare import prepare_dataset
 from zthumb_trainer.export.adapter import DIFFUSERS_WEIGHTS
 from zthumb_trainer.reporting import StatusReporter
-from zthumb_trainer.train import TrainingInterrupted, list_checkpoints, run_training
+from zthumb_trainer.train.loop import TrainingInterrupted, list_checkpoints, run_training
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_sigterm_checkpoints_the_current_step_and_the_next_pod_repeats_none(run_
 
 
 def test_second_run_reuses_the_latent_cache(run_dir, tiny_model, monkeypatch):
-    from zthumb_trainer import latent_cache
+    from zthumb_trainer.train import latent_cache
 
     first = run_training(_config(run_dir, tiny_model, max_train_steps=2, export_dir=None))
     assert first["latent_cache"] == "built"
@@ -242,9 +242,9 @@ def test_status_reporter_only_when_the_operator_sets_the_env(monkeypatch):
 
 
 def test_batch_4_with_aspect_buckets_trains_one_bucket_per_batch(tmp_path, tiny_model):
-    from zthumb_trainer.batches import epoch_batches
     from zthumb_trainer.dataset.prepare import load_manifest
     from zthumb_trainer.tiny.synthetic_dataset import write_synthetic_dataset
+    from zthumb_trainer.train.batches import epoch_batches
 
     source = tmp_path / "mixed"
     source.mkdir()

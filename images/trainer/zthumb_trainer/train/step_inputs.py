@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from zthumb_trainer.batches import load_pixels, time_ids
-from zthumb_trainer.components import encode_text, tokenize
 from zthumb_trainer.dataset.prepare import PreparedDataset
-from zthumb_trainer.model_setup import to_device
+from zthumb_trainer.train.batches import load_pixels, time_ids
+from zthumb_trainer.train.components import encode_text, tokenize
+from zthumb_trainer.train.model_setup import to_device
 
 
 @dataclass

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from zthumb_trainer.dataset.prepare import prepare_dataset
-from zthumb_trainer.train_config import TrainConfig
+from zthumb_trainer.train.config import TrainConfig
 
 
 def prepare_once(synthetic_dataset: Path, root: Path) -> Path:

@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from train_helpers import copy_into_run_dir, prepare_once, tiny_config
-from zthumb_trainer.components import load_components
 from zthumb_trainer.export.adapter import DIFFUSERS_WEIGHTS
-from zthumb_trainer.model_setup import compile_unet, uses_cuda_graphs
-from zthumb_trainer.train import run_training
+from zthumb_trainer.train.components import load_components
+from zthumb_trainer.train.loop import run_training
+from zthumb_trainer.train.model_setup import compile_unet, uses_cuda_graphs
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +56,8 @@ def test_the_whole_unet_with_lora_traces_as_one_graph_for_training(tiny_model):
     """CUDA graphs (``reduce-overhead``) capture only what dynamo traces in one piece: a graph break
     in the UNet's forward (a diffusers or PEFT change) would split every training step into
     several graphs with eager launches between them, the launch cost that scope ``unet`` removes."""
-    from zthumb_trainer.components import load_components
-    from zthumb_trainer.model_setup import add_lora
+    from zthumb_trainer.train.components import load_components
+    from zthumb_trainer.train.model_setup import add_lora
 
     components = load_components(tiny_model.single_file, tiny_model.diffusers_dir)
     components.unet.requires_grad_(False)

@@ -14,14 +14,14 @@ from typing import Any
 
 import torch
 
-from zthumb_trainer.components import Components, load_components
 from zthumb_trainer.dataset.prepare import PreparedDataset
-from zthumb_trainer.latent_cache import load_or_build_cache
-from zthumb_trainer.model_setup import add_lora, compile_unet, effective_precision, uses_cuda_graphs
-from zthumb_trainer.objective import diffusion_loss
-from zthumb_trainer.optim import LoraEma, make_optimizer
-from zthumb_trainer.step_inputs import MicroBatch
-from zthumb_trainer.train_config import TrainConfig
+from zthumb_trainer.train.components import Components, load_components
+from zthumb_trainer.train.config import TrainConfig
+from zthumb_trainer.train.latent_cache import load_or_build_cache
+from zthumb_trainer.train.model_setup import add_lora, compile_unet, effective_precision, uses_cuda_graphs
+from zthumb_trainer.train.objective import diffusion_loss
+from zthumb_trainer.train.optim import LoraEma, make_optimizer
+from zthumb_trainer.train.step_inputs import MicroBatch
 
 log = logging.getLogger("zthumb_trainer.train")
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from train_helpers import copy_into_run_dir, prepare_once, tiny_config
 from zthumb_trainer.dataset.prepare import load_manifest
-from zthumb_trainer.session import open_session
-from zthumb_trainer.step_inputs import StepInputs
+from zthumb_trainer.train.session import open_session
+from zthumb_trainer.train.step_inputs import StepInputs
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ from PIL import Image
 from safetensors.torch import load_file
 from train_helpers import copy_into_run_dir, prepare_once, tiny_config
 from zthumb_contract.spec import ValidationSpec
-from zthumb_trainer.train import TrainingInterrupted, run_training
-from zthumb_trainer.train_config import TrainConfig
-from zthumb_trainer.validation import Validation, grid_size, read_index
+from zthumb_trainer.train.config import TrainConfig
+from zthumb_trainer.train.loop import TrainingInterrupted, run_training
+from zthumb_trainer.train.validation import Validation, grid_size, read_index
 
 VALIDATION = {"prompts": ["a photo of {trigger}", "zt in snow"], "seeds": [0, 3], "every_n_steps": 3,
               "steps": 2, "width": 64, "height": 64}  # fmt: skip

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from zthumb_trainer.components import Components
+from zthumb_trainer.train.components import Components
 
 log = logging.getLogger("zthumb_trainer.train")
 

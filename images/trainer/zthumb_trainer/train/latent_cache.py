@@ -12,10 +12,10 @@ from typing import Any
 import torch
 
 from zthumb_trainer.atomic import staging_path
-from zthumb_trainer.batches import load_pixels
-from zthumb_trainer.components import Components, encode_text, tokenize
 from zthumb_trainer.dataset.prepare import PreparedDataset
-from zthumb_trainer.train_config import TrainConfig
+from zthumb_trainer.train.batches import load_pixels
+from zthumb_trainer.train.components import Components, encode_text, tokenize
+from zthumb_trainer.train.config import TrainConfig
 
 # Bumped when the cache's content changes meaning, so old caches on a volume are not reused.
 CACHE_VERSION = 1

@@ -30,8 +30,8 @@ import torch
 from zthumb_contract.spec import ValidationSpec
 
 from zthumb_trainer.atomic import staging_path, write_text_atomically
-from zthumb_trainer.components import Components
 from zthumb_trainer.prompts import expand_prompt
+from zthumb_trainer.train.components import Components
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ import pytest
 import torch
 from zthumb_trainer.dataset.prepare import prepare_dataset
 from zthumb_trainer.export.adapter import DIFFUSERS_WEIGHTS
-from zthumb_trainer.train import list_checkpoints, run_training
-from zthumb_trainer.train_config import TrainConfig
+from zthumb_trainer.train.config import TrainConfig
+from zthumb_trainer.train.loop import list_checkpoints, run_training
 
 WORKER = """
 import json, os, sys
@@ -34,8 +34,8 @@ from pathlib import Path
 
 import zthumb_trainer.export.adapter as export
 import zthumb_trainer.reporting as reporting
-import zthumb_trainer.train as train
-import zthumb_trainer.train_config as train_config
+import zthumb_trainer.train.loop as train
+import zthumb_trainer.train.config as train_config
 
 rank = int(os.environ["RANK"])
 calls = []

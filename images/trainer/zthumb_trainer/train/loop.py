@@ -45,8 +45,10 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from zthumb_trainer.batches import BatchSchedule
-from zthumb_trainer.checkpoints import (
+from zthumb_trainer.dataset.prepare import PreparedDataset, load_manifest
+from zthumb_trainer.reporting import ProgressLog, StatusReporter, write_termination_message
+from zthumb_trainer.train.batches import BatchSchedule
+from zthumb_trainer.train.checkpoints import (
     CHECKPOINT_PREFIX,
     adapter_state,
     list_checkpoints,
@@ -54,18 +56,16 @@ from zthumb_trainer.checkpoints import (
     restore_checkpoint,
     save_checkpoint,
 )
-from zthumb_trainer.dataset.prepare import PreparedDataset, load_manifest
-from zthumb_trainer.loss_log import LossLog
-from zthumb_trainer.measure import StepClock, training_block
-from zthumb_trainer.optim import ema_applied, require_available
-from zthumb_trainer.reporting import ProgressLog, StatusReporter, write_termination_message
-from zthumb_trainer.session import TrainingSession, open_session
-from zthumb_trainer.step_inputs import StepInputs
-from zthumb_trainer.stop_signal import StopSignal
-from zthumb_trainer.train_config import TrainConfig
-from zthumb_trainer.validation import Validation
+from zthumb_trainer.train.config import TrainConfig
+from zthumb_trainer.train.loss_log import LossLog
+from zthumb_trainer.train.measure import StepClock, training_block
+from zthumb_trainer.train.optim import ema_applied, require_available
+from zthumb_trainer.train.session import TrainingSession, open_session
+from zthumb_trainer.train.step_inputs import StepInputs
+from zthumb_trainer.train.stop_signal import StopSignal
+from zthumb_trainer.train.validation import Validation
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("zthumb_trainer.train")  # the name session, model_setup and stop_signal log under
 
 
 class TrainingInterrupted(Exception):  # noqa: N818 - an outcome, not an error

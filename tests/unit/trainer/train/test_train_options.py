@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import load_file
 from train_helpers import copy_into_run_dir, prepare_once, tiny_config
 from typer.testing import CliRunner
-from zthumb_trainer.checkpoints import EMA_WEIGHTS, list_checkpoints
 from zthumb_trainer.export.adapter import DIFFUSERS_WEIGHTS, KOHYA_SUFFIX
-from zthumb_trainer.optim import LoraEma, OptimizerUnavailable, make_optimizer, require_available
-from zthumb_trainer.train import TrainingInterrupted, run_training
+from zthumb_trainer.train.checkpoints import EMA_WEIGHTS, list_checkpoints
+from zthumb_trainer.train.loop import TrainingInterrupted, run_training
+from zthumb_trainer.train.optim import LoraEma, OptimizerUnavailable, make_optimizer, require_available
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +63,10 @@ def test_prodigy_resumes_bit_identically(prepared, tiny_model, tmp_path):
 
 def test_prodigy_warns_about_an_adamw_sized_learning_rate(caplog):
     params = [torch.nn.Parameter(torch.zeros(2))]
-    with caplog.at_level(logging.WARNING, logger="zthumb_trainer.optim"):
+    with caplog.at_level(logging.WARNING, logger="zthumb_trainer.train.optim"):
         make_optimizer("prodigy", params, 1.0, torch.device("cpu"))
     assert not caplog.records
-    with caplog.at_level(logging.WARNING, logger="zthumb_trainer.optim"):
+    with caplog.at_level(logging.WARNING, logger="zthumb_trainer.train.optim"):
         optimizer = make_optimizer("prodigy", params, 1e-4, torch.device("cpu"))
     assert type(optimizer).__name__ == "Prodigy"
     assert "learningRate is 0.0001 with optimizer prodigy" in caplog.text
@@ -95,7 +95,7 @@ def test_adamw8bit_is_refused_at_the_start_where_its_kernels_fail(
     prepared, tiny_model, tmp_path, monkeypatch
 ):
     import bitsandbytes as bnb
-    import zthumb_trainer.session as session_module
+    import zthumb_trainer.train.session as session_module
     from zthumb_trainer.cli import app
 
     def no_model_loading(*_args, **_kwargs):
@@ -286,7 +286,7 @@ def test_dora_adapter_is_served_by_the_eager_backend(prepared, tiny_model, tmp_p
 
 
 def test_steps_per_second_leaves_the_first_step_out(monkeypatch):
-    from zthumb_trainer import measure
+    from zthumb_trainer.train import measure
 
     # The pod's first step (compilation, warm-up) ends 10 s in; four more steps end at 12 s.
     times = iter([10.0, 12.0])
