@@ -299,8 +299,8 @@ def evaluate(  # noqa: PLR0917 - one option per flag
 
     The prompts, seeds, scales, steps and size are the fields of the LoRAFinetune's spec.eval.
     """
-    from zthumb_trainer.eval_config import EvalConfig
-    from zthumb_trainer.evaluate import EvalError, run_eval
+    from zthumb_trainer.eval.config import EvalConfig
+    from zthumb_trainer.eval.run import EvalError, run_eval
 
     settings = TrainerSettings()
     config = EvalConfig(

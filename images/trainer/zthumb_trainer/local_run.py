@@ -259,7 +259,7 @@ def start_server(server: LocalServer, url: str) -> float:
 def check_gate(spec: LoRAFinetuneSpec, summary_path: Path) -> None:
     """spec.eval.gate on the eval step's numbers, as the operator judges them (there it also rolls
     the Deployment back; here the local server stops with the run anyway)."""
-    from zthumb_trainer.evaluate import compact_summary
+    from zthumb_trainer.eval.run import compact_summary
 
     summary = json.loads(summary_path.read_text())
     verdict = evaluate_gate(spec.eval.gate, compact_summary(summary))

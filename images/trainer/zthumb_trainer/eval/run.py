@@ -29,11 +29,11 @@ from zthumb_contract import env
 from zthumb_contract.gate import evaluate_gate
 
 from zthumb_trainer.atomic import publish_directory, staging_directory
-from zthumb_trainer.clip_metrics import ClipError
-from zthumb_trainer.eval_clip import clip_block, load_clip
-from zthumb_trainer.eval_config import EvalConfig, Sample
-from zthumb_trainer.eval_images import mean_pixel_difference, side_by_side
-from zthumb_trainer.eval_report import render_markdown
+from zthumb_trainer.eval.clip import clip_block, load_clip
+from zthumb_trainer.eval.clip_metrics import ClipError
+from zthumb_trainer.eval.config import EvalConfig, Sample
+from zthumb_trainer.eval.images import mean_pixel_difference, side_by_side
+from zthumb_trainer.eval.report import render_markdown
 from zthumb_trainer.prompts import expand_prompt
 from zthumb_trainer.reporting import write_termination_message
 from zthumb_trainer.train.measure import read_training_block

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from zthumb_trainer.clip_metrics import ClipError, ClipScorer, clip_scores, spread
+from zthumb_trainer.eval.clip_metrics import ClipError, ClipScorer, clip_scores, spread
 from zthumb_trainer.tiny.tiny_clip import build_tiny_clip
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from zthumb_trainer.clip_metrics import ClipError, ClipScorer, clip_scores, spread
-from zthumb_trainer.eval_config import EvalConfig, Sample
+from zthumb_trainer.eval.clip_metrics import ClipError, ClipScorer, clip_scores, spread
+from zthumb_trainer.eval.config import EvalConfig, Sample
 
 
 def load_clip(config: EvalConfig) -> ClipScorer | None:

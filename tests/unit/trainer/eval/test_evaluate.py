@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 from zthumb_trainer.cli import app
-from zthumb_trainer.eval_config import EvalConfig
-from zthumb_trainer.evaluate import EvalError, run_eval
+from zthumb_trainer.eval.config import EvalConfig
+from zthumb_trainer.eval.run import EvalError, run_eval
 from zthumb_trainer.http_serve import StaticServer
 
 
