@@ -358,7 +358,7 @@ def run(
     ] = None,
 ) -> None:
     """Run the whole pipeline (fetch, prepare, train, deploy, eval) on this machine."""
-    from zthumb_trainer.local_run import LocalRunError, run_local
+    from zthumb_trainer.local.run import LocalRunError, run_local
 
     if not local:
         raise _fail("only --local is supported here; in a cluster, `kubectl apply -f` the LoRAFinetune", 2)

@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from zthumb_trainer.http_serve import StaticServer
+from zthumb_trainer.local.http_serve import StaticServer
 
 TRIALS = 10
 FILES = 1000  # enough small files that unpacking takes long enough to overlap

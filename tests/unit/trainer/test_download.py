@@ -17,7 +17,7 @@ import pytest
 from zthumb_trainer import download as download_module
 from zthumb_trainer.download import ClaimLostError, claim_partial, origin
 from zthumb_trainer.fetch.verified import FetchError, download, fetch_config
-from zthumb_trainer.http_serve import RangeRequestHandler, StaticServer
+from zthumb_trainer.local.http_serve import RangeRequestHandler, StaticServer
 
 MiB = 2**20
 SERVED_AT_MOST = 1024 * MiB  # what the endless server sends before giving up on a client that reads on

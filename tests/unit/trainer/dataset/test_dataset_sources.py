@@ -27,8 +27,8 @@ from zthumb_trainer.dataset.sources import (
     unpack,
 )
 from zthumb_trainer.fetch.verified import sha256_of
-from zthumb_trainer.http_serve import StaticServer
-from zthumb_trainer.local_run import free_port
+from zthumb_trainer.local.http_serve import StaticServer
+from zthumb_trainer.local.run import free_port
 
 ACCESS, SECRET = "ZTHUMBTESTKEY", "zthumb-test-secret-key"
 

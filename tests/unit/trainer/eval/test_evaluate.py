@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from zthumb_trainer.cli import app
 from zthumb_trainer.eval.config import EvalConfig
 from zthumb_trainer.eval.run import EvalError, run_eval
-from zthumb_trainer.http_serve import StaticServer
+from zthumb_trainer.local.http_serve import StaticServer
 
 
 def _fake_server(not_ready_for: int = 0, requests: list | None = None, key: str | None = None):

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 from zthumb_trainer.cli import app
 from zthumb_trainer.fetch.verified import FetchError, download, fetch_config
-from zthumb_trainer.http_serve import RangeRequestHandler, StaticServer
+from zthumb_trainer.local.http_serve import RangeRequestHandler, StaticServer
 
 
 @pytest.fixture(scope="module")

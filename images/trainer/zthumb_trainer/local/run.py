@@ -272,7 +272,7 @@ def check_gate(spec: LoRAFinetuneSpec, summary_path: Path) -> None:
 
 def run_local(finetune: Path | None, workdir: Path, tiny: bool = True) -> LocalRunResult:
     from zthumb_trainer.fetch.verified import sha256_of
-    from zthumb_trainer.http_serve import StaticServer
+    from zthumb_trainer.local.http_serve import StaticServer
     from zthumb_trainer.tiny.synthetic_dataset import write_synthetic_dataset
     from zthumb_trainer.tiny.tiny_clip import build_tiny_clip
     from zthumb_trainer.tiny.tiny_model import build_tiny_model

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from zthumb_contract.stages import STAGE, build_steps
 from zthumb_contract.steps import RunPaths
-from zthumb_trainer.local_run import (
+from zthumb_trainer.local.run import (
     EMBEDDED_DEFAULT,
     LocalRunError,
     load_finetune,
@@ -107,7 +107,7 @@ def test_a_failed_gate_fails_the_local_run_naming_the_reason_and_the_report(tmp_
     import json
 
     from zthumb_contract.spec import LoRAFinetuneSpec
-    from zthumb_trainer.local_run import check_gate
+    from zthumb_trainer.local.run import check_gate
 
     summary = tmp_path / "summary.json"
     summary.write_text(json.dumps({"requests": 2, "mean_pixel_difference": 0.4, "min_pixel_difference": 0.4,
