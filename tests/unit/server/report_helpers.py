@@ -1,4 +1,4 @@
-"""A real eval report on disk (written by the trainer's ``evaluate.write_report`` from synthetic
+"""A real eval report on disk (written by the trainer's ``eval.run.write_report`` from synthetic
 images), for the report pages' tests."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Datasets from where users keep them (``spec.dataset.source``): an HTTP(S) archive or an S3
 bucket prefix, fetched by the prepare step into ``datasets/cache/<content hash>/`` on the volume.
 
-* An archive is downloaded with the base model's code (``fetch.verified_download``: resumable,
+* An archive is downloaded with the base model's code (``fetch.verified.verified_download``: resumable,
   bounded by ``spec.dataset.source.http.maxBytes``, SHA256-verified before anything is unpacked,
   ``spec.dataset.source.http.sha256`` named on a mismatch) into this writer's own file, and
   unpacked (``archives.unpack``: bounded memory, bytes, names and ratios) into this writer's own

@@ -1,6 +1,6 @@
 """What the eval's modules share: one evaluation's configuration and one image it received.
 
-A leaf of its own so that the eval's parts (``evaluate.py``, ``eval_clip.py``) import it without
+A leaf of its own so that the eval's parts (``run.py``, ``clip.py``) import it without
 importing each other."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""report.md of an evaluation, rendered from its summary (``evaluate.write_report``): the gate's
+"""report.md of an evaluation, rendered from its summary (``run.write_report``): the gate's
 verdict under the title, the numbers, the metrics per LoRA scale, the pairs, the validation grids."""
 
 from __future__ import annotations

@@ -283,7 +283,7 @@ def run_local(finetune: Path | None, workdir: Path, tiny: bool = True) -> LocalR
     run_name, spec = load_finetune(finetune)
     if spec.resources.nodes > 1:
         # One machine is one node: the local runner does not pretend to be several (the unit test
-        # tests/unit/trainer/test_two_nodes.py runs two torchrun nodes on localhost instead).
+        # tests/unit/trainer/train/test_two_nodes.py runs two torchrun nodes on localhost instead).
         raise LocalRunError(
             f"spec.resources.nodes is {spec.resources.nodes}: the local runner runs on one node; "
             "set nodes: 1 here (multi-node training runs in a cluster, as an Indexed Job)"

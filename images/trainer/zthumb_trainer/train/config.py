@@ -1,6 +1,6 @@
 """One training run's configuration: ``spec.training`` plus where to read and write.
 
-A leaf of its own so that the loop (``train.py``), the setup (``session.py``) and the latent cache
+A leaf of its own so that the loop (``loop.py``), the setup (``session.py``) and the latent cache
 (``latent_cache.py``) all import it without importing each other."""
 
 from __future__ import annotations

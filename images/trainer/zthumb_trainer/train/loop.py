@@ -30,7 +30,7 @@ CUDA graphs, each step marked as a new iteration for them.
 The setup (accelerator, models, LoRA layers, compile, optimizer) and one micro-step's forward,
 backward and update live in ``session.py``, the optimizer choice and the EMA in ``optim.py``, the
 steps/s and peak memory in ``measure.py``, a micro-batch's inputs and noise in ``step_inputs.py``,
-the loss logging in ``loss_log.py``, the run's configuration (``TrainConfig``) in ``train_config.py``;
+the loss logging in ``loss_log.py``, the run's configuration (``TrainConfig``) in ``config.py``;
 this module holds the loop: resume, checkpoints, stop, export.
 """
 

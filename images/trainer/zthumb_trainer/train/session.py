@@ -1,7 +1,7 @@
 """One process's training session, built once before the first step: the accelerator, the SDXL
 parts on their devices and dtypes, the latent cache, the LoRA layers, compile, the optimizer.
 
-``train.run_training`` builds it with ``open_session`` and runs the loop over it; the loop's body
+``loop.run_training`` builds it with ``open_session`` and runs the loop over it; the loop's body
 (one micro-batch: forward, loss, backward, optimizer) is ``TrainingSession.micro_step``.
 """
 
@@ -180,7 +180,7 @@ def _accelerator(config: TrainConfig, precision: str) -> Any:
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
     accelerator = Accelerator(
-        # bf16 runs natively (bf16 weights and activations, fp32 LoRA master weights: see train.py's
+        # bf16 runs natively (bf16 weights and activations, fp32 LoRA master weights: see loop.py's
         # docstring), so accelerate adds no autocast; fp16 keeps autocast and its gradient scaler.
         mixed_precision="no" if precision == "bf16" else precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
