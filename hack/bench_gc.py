@@ -55,7 +55,7 @@ def full_collection_ms(repeats: int, request: Callable[[], Any]) -> tuple[list[f
 
 def tiny_pipeline() -> Any:
     from diffusers import StableDiffusionXLPipeline
-    from zthumb_trainer.tiny_model import build_tiny_model
+    from zthumb_trainer.tiny.tiny_model import build_tiny_model
 
     tiny = build_tiny_model(Path.home() / ".cache" / "zthumb" / "test-models" / "tiny-sdxl")
     pipe = StableDiffusionXLPipeline.from_pretrained(str(tiny.diffusers_dir), local_files_only=True)

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import httpx
     import zthumb
-    from zthumb_trainer.tiny_model import build_tiny_model
+    from zthumb_trainer.tiny.tiny_model import build_tiny_model
 
     config = {
         k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)

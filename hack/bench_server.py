@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="zthumb-bench-"))
     if args.model is None:
-        from zthumb_trainer.tiny_model import build_tiny_model
+        from zthumb_trainer.tiny.tiny_model import build_tiny_model
 
         tiny = build_tiny_model(Path.home() / ".cache" / "zthumb" / "test-models" / "tiny-sdxl")
         model, config = tiny.diffusers_dir, tiny.diffusers_dir

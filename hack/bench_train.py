@@ -46,10 +46,10 @@ from typing import Any
 
 def _one(args: argparse.Namespace) -> None:
     """Run one configuration in this process and print its numbers as JSON."""
-    from zthumb_trainer.dataset import prepare_dataset
-    from zthumb_trainer.synthetic_dataset import write_synthetic_dataset
-    from zthumb_trainer.train import run_training
-    from zthumb_trainer.train_config import TrainConfig
+    from zthumb_trainer.dataset.prepare import prepare_dataset
+    from zthumb_trainer.tiny.synthetic_dataset import write_synthetic_dataset
+    from zthumb_trainer.train.config import TrainConfig
+    from zthumb_trainer.train.loop import run_training
 
     work = Path(tempfile.mkdtemp(prefix="zthumb-bench-"))
     try:
@@ -153,7 +153,7 @@ def _one_example(args: argparse.Namespace) -> None:
     import importlib.util
 
     from tqdm.auto import tqdm
-    from zthumb_trainer.synthetic_dataset import write_synthetic_dataset
+    from zthumb_trainer.tiny.synthetic_dataset import write_synthetic_dataset
 
     step_times: list[float] = []
 
@@ -341,7 +341,7 @@ def main() -> None:
     compare = args.diffusers_example is not None
     gpu_mode = args.model is not None and not compare
     if args.model is None:
-        from zthumb_trainer.tiny_model import build_tiny_model
+        from zthumb_trainer.tiny.tiny_model import build_tiny_model
 
         tiny = build_tiny_model(Path.home() / ".cache" / "zthumb" / "test-models" / "tiny-sdxl")
         # The example loads a diffusers directory; the comparison gives ours the same one.

@@ -409,7 +409,7 @@ verify() {
       ;;
     trainer)
       in_image "${ref}" "${u}" zthumb-train --help >/dev/null
-      in_image "${ref}" "${u}" python -c 'import torch, diffusers, peft, zthumb_trainer.train; print("torch", torch.__version__)'
+      in_image "${ref}" "${u}" python -c 'import torch, diffusers, peft, zthumb_trainer.train.loop; print("torch", torch.__version__)'
       in_image "${ref}" "${u}" python -c "${py_ro}"
       ;;
     operator)

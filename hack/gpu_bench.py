@@ -126,7 +126,7 @@ def percentile(values: list[float], q: float) -> float:
 def build_model_dir(profile: Profile, root: Path, device: Any) -> Path:
     """A diffusers directory the backends and the trainer load, exactly as they would a real one."""
     if profile.tiny:
-        from zthumb_trainer.tiny_model import build_tiny_model
+        from zthumb_trainer.tiny.tiny_model import build_tiny_model
 
         return build_tiny_model(root / "tiny").diffusers_dir
 
@@ -139,7 +139,7 @@ def build_model_dir(profile: Profile, root: Path, device: Any) -> Path:
         UNet2DConditionModel,
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-    from zthumb_trainer.tiny_model import write_tokenizer
+    from zthumb_trainer.tiny.tiny_model import write_tokenizer
 
     torch.manual_seed(0)
     # Random init straight on the GPU: building 2.6 B parameters on the CPU takes minutes.

@@ -98,7 +98,7 @@ def training_step_flops(model_dir: Path, batch: int, resolution: int, rank: int)
     from diffusers import UNet2DConditionModel
     from peft import LoraConfig
     from torch.utils.flop_counter import FlopCounterMode
-    from zthumb_trainer.model_setup import UNET_TARGET_MODULES
+    from zthumb_trainer.train.model_setup import UNET_TARGET_MODULES
 
     config = json.loads((model_dir / "unet" / "config.json").read_text())
     with torch.device("meta"):
@@ -146,10 +146,10 @@ def bench_training(bench: Any, budget_s: float, variants: str = "all") -> None:
     """Run the variants of section 4 (``bench`` is gpu_bench's ``Bench``) within ``budget_s`` seconds:
     ``variants`` names a list of ``VARIANT_SETS``."""
     import torch
-    from zthumb_trainer.dataset import prepare_dataset
-    from zthumb_trainer.synthetic_dataset import write_synthetic_dataset
-    from zthumb_trainer.train import run_training
-    from zthumb_trainer.train_config import TrainConfig
+    from zthumb_trainer.dataset.prepare import prepare_dataset
+    from zthumb_trainer.tiny.synthetic_dataset import write_synthetic_dataset
+    from zthumb_trainer.train.config import TrainConfig
+    from zthumb_trainer.train.loop import run_training
 
     profile, work, results, cuda = bench.profile, bench.work, bench.results, bench.timer.cuda
     started = time.monotonic()

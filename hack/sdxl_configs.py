@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from zthumb_trainer.tiny_model import SCHEDULER_CONFIG
+from zthumb_trainer.tiny.tiny_model import SCHEDULER_CONFIG
 
 UNET: dict[str, Any] = {
     "act_fn": "silu",

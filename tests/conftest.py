@@ -19,7 +19,7 @@ CACHE_ROOT = Path(os.environ.get("ZTHUMB_TEST_CACHE", Path.home() / ".cache" / "
 @pytest.fixture(scope="session")
 def tiny_model():
     """The tiny SDXL model in its three layouts (diffusers dir, single file, turbo)."""
-    from zthumb_trainer.tiny_model import build_tiny_model
+    from zthumb_trainer.tiny.tiny_model import build_tiny_model
 
     return build_tiny_model(CACHE_ROOT / "tiny-sdxl")
 
@@ -27,7 +27,7 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def synthetic_dataset(tmp_path_factory):
     """Eight 96x96 images with same-name captions."""
-    from zthumb_trainer.synthetic_dataset import write_synthetic_dataset
+    from zthumb_trainer.tiny.synthetic_dataset import write_synthetic_dataset
 
     directory = tmp_path_factory.mktemp("dataset")
     write_synthetic_dataset(directory, count=8)

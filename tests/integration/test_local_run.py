@@ -62,7 +62,7 @@ def test_local_run_end_to_end(tmp_path, record_property):
 def test_a_local_run_whose_adapter_fails_the_gate_ends_with_eval_gate_failed(tmp_path):
     """The embedded demo's spec with an unreachable gate, as a YAML: the run fails after its eval."""
     import yaml
-    from zthumb_trainer.local_run import EMBEDDED_DEFAULT
+    from zthumb_trainer.local.run import EMBEDDED_DEFAULT
 
     spec = json.loads(json.dumps(EMBEDDED_DEFAULT))
     spec["training"]["validation"] = {}  # not what this test is about

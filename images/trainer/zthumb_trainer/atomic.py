@@ -9,13 +9,13 @@ in Kubernetes is the pod's name, plus random hex, never the PID. Every step pod'
 so two pods of the same step on one ReadWriteMany volume would otherwise share a staging name and
 delete or append to each other's half-written files. A writer only ever creates, fills and removes
 names carrying its own token; what a killed writer left behind is recognisable by the leading dot
-(``dataset_sources.prune_cache`` removes it after a grace period).
+(``dataset.sources.prune_cache`` removes it after a grace period).
 
 Two ways to publish, chosen by who owns the target:
 
 * replace (``publish_directory``, ``write_text_atomically``): the target is this run's own output,
-  which the same run legitimately writes again: its adapter (``export``), its eval report
-  (``evaluate``), its checkpoints and prepared dataset, its stamps and sample index;
+  which the same run legitimately writes again: its adapter (``export.adapter``), its eval report
+  (``eval.run``), its checkpoints and prepared dataset, its stamps and sample index;
 * no replace (``publish_new_directory``, ``publish_new_file``): the target is a shared cache entry
   that every writer fills with the same verified content: the dataset cache, the base model, the
   model configs, the CLIP model. The first complete one wins; a later writer discards its own

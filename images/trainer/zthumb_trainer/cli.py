@@ -62,21 +62,16 @@ def fetch_model(  # noqa: PLR0917 - one option per flag
     base_model: BaseModelSpec,
 ) -> None:
     """Download the base model (resumable, SHA256-verified, at most --max-bytes) and its config files."""
-    import httpx
+    from zthumb_trainer.download import FetchError
+    from zthumb_trainer.fetch.model import fetch_base_model
 
-    from zthumb_trainer.fetch import FetchError, download, fetch_config, token_from_env
-
-    token = token_from_env()
     try:
-        insecure = base_model.allow_insecure_http
-        result = download(url, sha256, output, token=token, progress=progress, max_bytes=base_model.max_bytes,
-                          allow_insecure_http=insecure)  # fmt: skip
-        if config_url and config_dir:
-            fetch_config(config_url, config_dir, token=token, allow_insecure_http=insecure)
+        result = fetch_base_model(
+            url, sha256, output, base_model=base_model, config_url=config_url, config_dir=config_dir,
+            progress=progress,
+        )  # fmt: skip
     except FetchError as error:
         raise _fail(str(error)) from error
-    except (OSError, httpx.HTTPError) as error:
-        raise _fail(f"download of {url} failed: {error}") from error
     state = "present" if result.skipped else f"downloaded {result.downloaded_bytes} bytes"
     typer.echo(f"{output}: {state}, sha256 {result.sha256}")
 
@@ -94,9 +89,9 @@ def prepare_dataset(
     spec: DatasetSpec,
 ) -> None:
     """Fetch a remote dataset (--source), then validate, normalise and bucket it; write the manifest."""
-    from zthumb_trainer.dataset import DatasetError
-    from zthumb_trainer.dataset import prepare_dataset as prepare
-    from zthumb_trainer.dataset_sources import SourceError, fetch_source
+    from zthumb_trainer.dataset.prepare import DatasetError
+    from zthumb_trainer.dataset.prepare import prepare_dataset as prepare
+    from zthumb_trainer.dataset.sources import SourceError, fetch_source
 
     if spec.source.remote:
         if dataset_cache is None:
@@ -167,10 +162,10 @@ def train(  # noqa: PLR0917 - one option per flag
         _relaunch_distributed(gpus, rendezvous)
     import json
 
-    from zthumb_trainer.dataset import DatasetError
-    from zthumb_trainer.optim import OptimizerUnavailable
-    from zthumb_trainer.train import TrainingInterrupted, run_training
-    from zthumb_trainer.train_config import TrainConfig
+    from zthumb_trainer.dataset.prepare import DatasetError
+    from zthumb_trainer.train.config import TrainConfig
+    from zthumb_trainer.train.loop import TrainingInterrupted, run_training
+    from zthumb_trainer.train.optim import OptimizerUnavailable
 
     config = TrainConfig(
         **training.model_dump(),
@@ -245,8 +240,8 @@ def export(  # noqa: PLR0917 - one option per flag
 
     from safetensors.torch import load_file
 
-    from zthumb_trainer.checkpoints import EMA_WEIGHTS, list_checkpoints
-    from zthumb_trainer.export import AdapterInfo, export_adapter
+    from zthumb_trainer.export.adapter import AdapterInfo, export_adapter
+    from zthumb_trainer.train.checkpoints import EMA_WEIGHTS, list_checkpoints
 
     if checkpoint is None:
         found = list_checkpoints(run_dir / "checkpoints")
@@ -304,8 +299,8 @@ def evaluate(  # noqa: PLR0917 - one option per flag
 
     The prompts, seeds, scales, steps and size are the fields of the LoRAFinetune's spec.eval.
     """
-    from zthumb_trainer.eval_config import EvalConfig
-    from zthumb_trainer.evaluate import EvalError, run_eval
+    from zthumb_trainer.eval.config import EvalConfig
+    from zthumb_trainer.eval.run import EvalError, run_eval
 
     settings = TrainerSettings()
     config = EvalConfig(
@@ -339,8 +334,8 @@ def tiny_model(
 ) -> None:
     """Write the tiny random-weight SDXL (diffusers dir, single file, turbo copy) and the tiny CLIP
     of the eval's metrics, for demos and tests."""
-    from zthumb_trainer.tiny_clip import build_tiny_clip
-    from zthumb_trainer.tiny_model import build_tiny_model
+    from zthumb_trainer.tiny.tiny_clip import build_tiny_clip
+    from zthumb_trainer.tiny.tiny_model import build_tiny_model
 
     model = build_tiny_model(output, seed=seed)
     clip = build_tiny_clip(output)
@@ -363,7 +358,7 @@ def run(
     ] = None,
 ) -> None:
     """Run the whole pipeline (fetch, prepare, train, deploy, eval) on this machine."""
-    from zthumb_trainer.local_run import LocalRunError, run_local
+    from zthumb_trainer.local.run import LocalRunError, run_local
 
     if not local:
         raise _fail("only --local is supported here; in a cluster, `kubectl apply -f` the LoRAFinetune", 2)

@@ -198,7 +198,7 @@ def operator(real_ns: str, cluster: Any) -> Iterator[str]:
 def tiny_model_server(real_ns: str, real_node: RealNode, cluster: Any) -> ModelServer:
     """A pod of the trainer image builds the tiny SDXL (``zthumb-train tiny-model``) and serves it.
 
-    Layout as ``local_run.with_tiny_model`` expects: ``<url>/tiny_sdxl.safetensors`` and the
+    Layout as ``local.run.with_tiny_model`` expects: ``<url>/tiny_sdxl.safetensors`` and the
     diffusers config files under ``<url>/diffusers/``. The SHA256 is computed in the pod.
     """
     kubectl: Kubectl = cluster.kubectl

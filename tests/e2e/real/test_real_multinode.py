@@ -73,7 +73,7 @@ def volume(real_ns: str, cluster: Any) -> Iterator[str]:
     }
     script = (
         "from pathlib import Path\n"
-        "from zthumb_trainer.synthetic_dataset import write_synthetic_dataset\n"
+        "from zthumb_trainer.tiny.synthetic_dataset import write_synthetic_dataset\n"
         f"print(len(write_synthetic_dataset(Path('/data/{DATASET}'), count=4, size=(256, 256))), 'images')\n"
         "import time; time.sleep(900)\n"
     )

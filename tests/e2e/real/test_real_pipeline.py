@@ -272,7 +272,7 @@ def test_helm_install_fetches_the_model_becomes_ready_and_helm_test_passes(
     # trainer image (while the server's init container fetches the model).
     script = (
         "from pathlib import Path\n"
-        "from zthumb_trainer.synthetic_dataset import write_synthetic_dataset\n"
+        "from zthumb_trainer.tiny.synthetic_dataset import write_synthetic_dataset\n"
         f"print(len(write_synthetic_dataset(Path('/data/{DATASET}'), count=8, size=(256, 256))), 'images')\n"
     )
     writer = pod_manifest(

@@ -1,4 +1,4 @@
-"""A real eval report on disk (written by the trainer's ``evaluate.write_report`` from synthetic
+"""A real eval report on disk (written by the trainer's ``eval.run.write_report`` from synthetic
 images), for the report pages' tests."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ def write_report(
     """``<reports_dir>/<run>/`` with pairs, summary.json and report.md; ``gate``: spec.eval.gate;
     ``clip``: add a CLIP block (the eval's shape) and a validation grid, as a full report has."""
     from PIL import Image
-    from zthumb_trainer.eval_config import EvalConfig, Sample
-    from zthumb_trainer.evaluate import write_report as write
+    from zthumb_trainer.eval.config import EvalConfig, Sample
+    from zthumb_trainer.eval.run import write_report as write
 
     config = EvalConfig(
         server_url="http://zthumb.ml.svc:8080", output=reports_dir / run, run_name=run, lora_path=run,

@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from zthumb_trainer.http_serve import StaticServer
+from zthumb_trainer.local.http_serve import StaticServer
 
 TRIALS = 10
 FILES = 1000  # enough small files that unpacking takes long enough to overlap
@@ -43,7 +43,7 @@ sys.stdin.readline()
 DATASET_WRITER = (
     PREAMBLE.format(
         imports="from zthumb_contract.spec import DatasetSourceSpec, HttpDatasetSource\n"
-        "from zthumb_trainer.dataset_sources import fetch_source"
+        "from zthumb_trainer.dataset.sources import fetch_source"
     )
     + """
 url, sha256, cache = sys.argv[1:]
@@ -51,7 +51,7 @@ print(fetch_source(DatasetSourceSpec(http=HttpDatasetSource(url=url, sha256=sha2
 """
 )
 MODEL_WRITER = (
-    PREAMBLE.format(imports="from zthumb_trainer.fetch import download, fetch_config")
+    PREAMBLE.format(imports="from zthumb_trainer.fetch.verified import download, fetch_config")
     + """
 url, sha256, output, config_url, config_dir = sys.argv[1:]
 print(download(url, sha256, Path(output), progress=False).path)

@@ -16,8 +16,8 @@ from typing import ClassVar
 import pytest
 from zthumb_trainer import download as download_module
 from zthumb_trainer.download import ClaimLostError, claim_partial, origin
-from zthumb_trainer.fetch import FetchError, download, fetch_config
-from zthumb_trainer.http_serve import RangeRequestHandler, StaticServer
+from zthumb_trainer.fetch.verified import FetchError, download, fetch_config
+from zthumb_trainer.local.http_serve import RangeRequestHandler, StaticServer
 
 MiB = 2**20
 SERVED_AT_MOST = 1024 * MiB  # what the endless server sends before giving up on a client that reads on
@@ -58,7 +58,7 @@ def endless(declared: str | None = None) -> type[Endless]:
 MEASURE = """
 import json, resource, sys
 from pathlib import Path
-from zthumb_trainer.fetch import FetchError, download, fetch_config
+from zthumb_trainer.fetch.verified import FetchError, download, fetch_config
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 kind, url, target = sys.argv[1:]
 try:

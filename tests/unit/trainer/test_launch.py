@@ -16,7 +16,7 @@ from zthumb_contract.steps import RENDEZVOUS_PORT, RENDEZVOUS_TIMEOUT_SECONDS, R
 from zthumb_trainer import launch
 from zthumb_trainer.cli import app
 from zthumb_trainer.launch import Rendezvous, processes_per_node, torchrun_argv, wait_for_host
-from zthumb_trainer.local_run import LocalRunError, run_local
+from zthumb_trainer.local.run import LocalRunError, run_local
 
 
 def test_one_node_is_standalone_with_one_process_per_gpu() -> None:

@@ -1,0 +1,110 @@
+"""report.md of an evaluation, rendered from its summary (``run.write_report``): the gate's
+verdict under the title, the numbers, the metrics per LoRA scale, the pairs, the validation grids."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zthumb_trainer.train.measure import training_markdown
+
+
+def render_markdown(summary: dict[str, Any]) -> str:
+    adapter = summary.get("adapter") or {}
+    base = summary.get("base_model") or {}
+    scales = " | ".join(f"{scale:g}" for scale in summary["scales"])
+    lines = [
+        f"# LoRA evaluation: {summary['run_name']}",
+        "",
+        f"- Server: `{summary['server_url']}`, backend `{summary.get('backend')}`"
+        f" ({base.get('device')}, {base.get('dtype')}), model `{base.get('model')}`",
+        f"- Adapter: `{adapter.get('path', summary['lora_path'])}` sha256 `{adapter.get('sha256', '?')}`",
+        f"- Scales compared: {scales}; image size {summary['image_size'][0]}x{summary['image_size'][1]}, "
+        f"{summary['steps']} steps",
+        f"- Mean pixel difference vs scale {summary['reference_scale']:g}: {summary['mean_pixel_difference']}"
+        f" (0–255; 0 means the adapter changed nothing)",
+        f"- Mean latency per request: {summary['mean_latency_s']} s over {summary['requests']} requests",
+        training_markdown(summary.get("training")),
+        "",
+    ]
+    for pair in summary["pairs"]:
+        differences = ", ".join(f"scale {k}: {v}" for k, v in pair["mean_pixel_difference"].items())
+        latencies = ", ".join(f"scale {k}: {v} s" for k, v in pair["latency_s"].items())
+        lines += [
+            f"## {pair['prompt']} — seed {pair['seed']}",
+            "",
+            f"![{pair['prompt']} seed {pair['seed']}]({pair['image']})",
+            "",
+            f"Mean pixel difference: {differences}. Latency: {latencies}.",
+            "",
+        ]
+    lines += clip_markdown(summary.get("clip"))
+    lines += validation_markdown(summary.get("validation"))
+    # The gate's verdict right under the title: it decides whether the adapter stays deployed.
+    return "\n".join([*lines[:2], *gate_markdown(summary.get("gate")), *lines[2:]])
+
+
+def gate_markdown(gate: dict[str, Any] | None) -> list[str]:
+    """The verdict of spec.eval.gate as a table of its checks."""
+    if not gate:
+        return []
+    if gate["passed"]:
+        verdict = "**Quality gate passed**: the adapter stays deployed."
+    else:
+        verdict = (
+            "**Quality gate failed** (EvalGateFailed): the operator rolls the server back to the "
+            "previous adapter and the run ends Failed."
+        )
+    lines = [verdict, "", "| check | threshold | measured | result |", "| --- | --- | --- | --- |"]
+    for check in gate["checks"]:
+        measured = f"{check['value']:.4g}" if "value" in check else "not measured"
+        lines.append(
+            f"| {check['metric']} | {check['kind']} {check['threshold']:g} | {measured} | "
+            f"{'pass' if check['passed'] else 'FAIL'} |"
+        )
+    return [*lines, ""]
+
+
+def validation_markdown(validation: dict[str, Any] | None) -> list[str]:
+    """The report's section on the validation samples: the grids in step order."""
+    if not validation:
+        return []
+    lines = [
+        "## Validation samples during training",
+        "",
+        f"Rendered by the train step with the adapter of each step (same prompts and seeds every time): "
+        f"{validation['passes']} passes, {validation['secondsPerPass']} s per pass.",
+        "",
+    ]
+    for sample in validation["samples"]:
+        lines += [
+            f"### Step {sample['step']} ({sample['seconds']} s)",
+            "",
+            f"![step {sample['step']}]({sample['image']})",
+            "",
+        ]
+    return lines
+
+
+def clip_markdown(clip: dict[str, Any] | None) -> list[str]:
+    """The CLIP metrics per scale, and the served scale's gain and drop against the reference."""
+    if not clip:
+        return []
+    lines = [
+        "## Quality metrics (CLIP)",
+        "",
+        f"`{clip['model']['name']}`; CLIP-T: image–prompt cosine similarity; CLIP-I: mean cosine "
+        f"similarity to {clip['training_images']} training images.",
+        "",
+        "| scale | CLIP-T | CLIP-I |",
+        "| --- | --- | --- |",
+    ]
+    for scale, values in clip["by_scale"].items():
+        lines.append(f"| {scale} | {values['clip_t']:.4f} | {values['clip_i']:.4f} |")
+    lines += [
+        "",
+        f"CLIP-I gain {clip['clip_i_gain']:+.4f} (served scale over scale {clip['reference_scale']:g}: "
+        f"positive means closer to the training images), CLIP-T drop {clip['clip_t_drop']:+.4f} "
+        "(positive means the prompt is followed less).",
+        "",
+    ]
+    return lines

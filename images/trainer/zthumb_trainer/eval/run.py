@@ -1,0 +1,277 @@
+"""eval: ask a running ZThumb server for the same seeds with and without the adapter, and report.
+
+For every prompt × seed it requests one image per LoRA scale (default 0 and 0.8), then
+writes ``<output>/`` (published atomically, like the adapter):
+
+* ``pairs/p<i>-s<seed>.png``: the images side by side, each labelled with its scale;
+* ``report.md``: the pairs, the mean absolute pixel difference against scale 0 for
+  each, the latency of each request, adapter + base model info, and the train step's
+  steps/s and peak memory (from its ``summary.json``, when given), and the validation samples
+  the train step rendered (``spec.training.validation``: the grids of ``<run-dir>/samples/``, the
+  run dir being the summary's directory), copied to ``samples/`` and shown in step order;
+* ``summary.json``: the same numbers for machines; a compact copy goes to the
+  termination message for the operator.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from zthumb_contract import env
+from zthumb_contract.gate import evaluate_gate
+
+from zthumb_trainer.atomic import publish_directory, staging_directory
+from zthumb_trainer.eval.clip import clip_block, load_clip
+from zthumb_trainer.eval.clip_metrics import ClipError
+from zthumb_trainer.eval.config import EvalConfig, Sample
+from zthumb_trainer.eval.images import mean_pixel_difference, side_by_side
+from zthumb_trainer.eval.report import render_markdown
+from zthumb_trainer.prompts import expand_prompt
+from zthumb_trainer.reporting import write_termination_message
+from zthumb_trainer.train.measure import read_training_block
+from zthumb_trainer.train.validation import SAMPLES_DIR, read_index, summary_block
+
+
+class EvalError(Exception):
+    """The evaluation could not run; the message says why."""
+
+
+def wait_until_ready(
+    client: httpx.Client, timeout: float, first_delay: float = 0.5, max_delay: float = 10.0
+) -> None:
+    """Poll ``GET /readyz`` with exponential backoff until 200 or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    delay = first_delay
+    last = "no answer"
+    while True:
+        try:
+            response = client.get("/readyz", timeout=10.0)
+            if response.status_code == 200:
+                return
+            last = f"HTTP {response.status_code}: {response.text[:200]}"
+        except httpx.HTTPError as error:
+            last = f"{type(error).__name__}: {error}"
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise EvalError(f"server {client.base_url} not ready after {timeout:.0f}s (last: {last})")
+        time.sleep(min(delay, remaining))
+        delay = min(delay * 2, max_delay)
+
+
+def _decode_image(payload: dict[str, Any]) -> Any:
+    from PIL import Image
+
+    images = payload.get("images") or []
+    if not images:
+        raise EvalError("the server answered without images")
+    first = images[0]
+    data = first["data"] if isinstance(first, dict) else first
+    return Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
+
+
+def unauthorized_reason(config: EvalConfig) -> str:
+    """Why the server said 401, in terms of what the eval step was given."""
+    if config.api_key:
+        return f"the server refused the API key in {env.API_KEY}: it is not the server's key"
+    return (
+        f"the server wants an API key and {env.API_KEY} is not set (in a cluster the operator "
+        "passes the server's own Secret reference to the eval Job)"
+    )
+
+
+def generate(
+    client: httpx.Client, config: EvalConfig, prompt: str, seed: int, scale: float
+) -> tuple[Any, float, dict[str, Any]]:
+    body: dict[str, Any] = {
+        "prompt": prompt,
+        "seed": seed,
+        "steps": config.steps,
+        "num_images": 1,
+        "lora_path": config.lora_path,
+        "lora_scale": scale,
+        "response_format": "json",
+        "output_format": "png",
+    }
+    optional = {
+        "width": config.width,
+        "height": config.height,
+        "guidance_scale": config.guidance_scale,
+        "negative_prompt": config.negative_prompt,
+    }
+    body.update({key: value for key, value in optional.items() if value is not None})
+    started = time.monotonic()
+    response = client.post("/generate", json=body, timeout=config.request_timeout)
+    latency = time.monotonic() - started
+    if response.status_code == 401:
+        raise EvalError(f"POST /generate failed with HTTP 401: {unauthorized_reason(config)}")
+    if response.status_code != 200:
+        raise EvalError(f"POST /generate failed with HTTP {response.status_code}: {response.text[:500]}")
+    payload = response.json()
+    return _decode_image(payload), latency, payload
+
+
+def run_eval(config: EvalConfig) -> dict[str, Any]:
+    if not config.prompts or not config.seeds or not config.scales:
+        raise EvalError("eval needs at least one prompt, one seed and one scale")
+    if config.served_scale is not None and config.served_scale not in config.scales:
+        config = config.model_copy(update={"scales": [*config.scales, config.served_scale]})
+    try:
+        scorer = load_clip(config)  # before the server: a bad CLIP spec fails in seconds
+    except ClipError as error:
+        raise EvalError(str(error)) from error
+    headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+    started = time.monotonic()
+    with httpx.Client(base_url=config.server_url.rstrip("/"), headers=headers) as client:
+        print(f"waiting for {config.server_url}/readyz (up to {config.ready_timeout:.0f}s)", file=sys.stderr)
+        wait_until_ready(client, config.ready_timeout)
+        models = _get_json(client, "/models")
+        samples: list[Sample] = []
+        for prompt_index, raw_prompt in enumerate(config.prompts):
+            prompt = expand_prompt(raw_prompt, config.trigger_word)
+            for seed in config.seeds:
+                for scale in config.scales:
+                    image, latency, payload = generate(client, config, prompt, seed, scale)
+                    print(f"prompt {prompt_index} seed {seed} scale {scale}: {latency:.2f}s", file=sys.stderr)
+                    payload.pop("images", None)
+                    samples.append(Sample(prompt_index, prompt, seed, scale, image, latency, payload))
+    try:
+        clip = clip_block(config, scorer, samples) if scorer is not None else None
+    except ClipError as error:
+        raise EvalError(str(error)) from error
+    summary = write_report(config, samples, models, time.monotonic() - started, clip)
+    write_termination_message(compact_summary(summary))
+    return summary
+
+
+def _get_json(client: httpx.Client, path: str) -> dict[str, Any]:
+    try:
+        response = client.get(path, timeout=30.0)
+        return response.json() if response.status_code == 200 else {}
+    except (httpx.HTTPError, ValueError):
+        return {}
+
+
+def write_report(
+    config: EvalConfig,
+    samples: list[Sample],
+    models: dict[str, Any],
+    seconds: float,
+    clip: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    staging = staging_directory(config.output, "tmp")
+    (staging / "pairs").mkdir()
+    reference_scale = config.scales[0]
+    pairs: list[dict[str, Any]] = []
+    adapter: dict[str, Any] | None = None
+    for prompt_index, prompt in enumerate(dict.fromkeys(s.prompt for s in samples)):
+        for seed in config.seeds:
+            group = [s for s in samples if s.prompt == prompt and s.seed == seed]
+            base = group[0]
+            name = f"pairs/p{prompt_index}-s{seed}.png"
+            side_by_side([s.image for s in group], [f"scale {s.scale:g}" for s in group]).save(staging / name)
+            differences = {
+                f"{s.scale:g}": round(mean_pixel_difference(base.image, s.image), 3) for s in group[1:]
+            }
+            pairs.append(
+                {
+                    "prompt": prompt,
+                    "seed": seed,
+                    "image": name,
+                    "mean_pixel_difference": differences,
+                    "latency_s": {f"{s.scale:g}": round(s.latency_s, 3) for s in group},
+                }
+            )
+            if clip is not None:
+                for metric in ("clip_t", "clip_i"):
+                    pairs[-1][metric] = {f"{s.scale:g}": s.response["clip"][metric] for s in group}
+            for sample in group:
+                adapter = adapter or (sample.response.get("adapter") if sample.scale else None)
+    latencies = [s.latency_s for s in samples]
+    all_diffs = [value for pair in pairs for value in pair["mean_pixel_difference"].values()]
+    first_response = samples[0].response if samples else {}
+    summary: dict[str, Any] = {
+        "run_name": config.run_name,
+        "server_url": config.server_url,
+        "lora_path": config.lora_path,
+        "reference_scale": reference_scale,
+        "scales": config.scales,
+        "served_scale": config.served_scale,
+        "requests": len(samples),
+        "mean_pixel_difference": round(sum(all_diffs) / len(all_diffs), 3) if all_diffs else None,
+        "min_pixel_difference": round(min(all_diffs), 3) if all_diffs else None,
+        "mean_latency_s": round(sum(latencies) / len(latencies), 3) if latencies else None,
+        "seconds": round(seconds, 2),
+        "adapter": adapter,
+        "backend": first_response.get("backend"),
+        "image_size": [first_response.get("width"), first_response.get("height")],
+        "steps": first_response.get("steps", config.steps),
+        "base_model": _base_model_info(models, first_response.get("backend")),
+        "training": read_training_block(config.train_summary),
+        "clip": clip,
+        "pairs": pairs,
+    }
+    summary["validation"] = copy_validation_samples(config.train_summary, staging)
+    verdict = evaluate_gate(config.gate, compact_summary(summary))
+    if verdict is not None:
+        summary["gate"] = verdict.status()
+    (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (staging / "report.md").write_text(render_markdown(summary))
+    publish_directory(staging, config.output)
+    return summary
+
+
+def copy_validation_samples(train_summary: Path | None, staging: Path) -> dict[str, Any] | None:
+    """The train step's validation grids (beside its summary.json) copied into the report, in step
+    order, with each pass's seconds; None when there are none."""
+    if train_summary is None:
+        return None
+    run_dir = train_summary.parent
+    passes = [entry for entry in read_index(run_dir) if (run_dir / SAMPLES_DIR / entry["image"]).exists()]
+    if not passes:
+        return None
+    (staging / SAMPLES_DIR).mkdir(exist_ok=True)
+    for entry in passes:
+        shutil.copyfile(run_dir / SAMPLES_DIR / entry["image"], staging / SAMPLES_DIR / entry["image"])
+    return {
+        **summary_block(passes),
+        "samples": [
+            {"step": entry["step"], "image": f"{SAMPLES_DIR}/{entry['image']}", "seconds": entry["seconds"]}
+            for entry in passes
+        ],
+    }
+
+
+def _base_model_info(models: dict[str, Any], backend: str | None) -> dict[str, Any] | None:
+    for info in models.get("backends", []):
+        if info.get("name") == backend:
+            return {key: info.get(key) for key in ("name", "model", "device", "dtype")}
+    return None
+
+
+def compact_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """What the operator copies into the LoRAFinetune status (the termination message)."""
+    adapter = summary.get("adapter") or {}
+    compact: dict[str, Any] = {
+        "report": "report.md",
+        "requests": summary["requests"],
+        "meanPixelDifference": summary["mean_pixel_difference"],
+        "minPixelDifference": summary["min_pixel_difference"],
+        "meanLatencySeconds": summary["mean_latency_s"],
+        "adapterSha256": adapter.get("sha256"),
+        "seconds": summary["seconds"],
+    }
+    if summary.get("served_scale") is not None:
+        compact["servedScale"] = summary["served_scale"]
+    clip = summary.get("clip")
+    if clip:
+        compact["clipIGain"] = clip["clip_i_gain"]
+        compact["clipTDrop"] = clip["clip_t_drop"]
+    return compact

@@ -1,0 +1,98 @@
+"""The inputs of one training micro-batch: latents, text conditioning and the noise, drawn so that a
+resumed or multi-process run sees exactly what one uninterrupted process would.
+
+One noise generator state on every rank: each draws the global batch's noise and keeps its own
+rows, so N processes draw what one process with the global batch draws (and any rank's state
+resumes them all). Latent distributions and text embeddings come from the cache when it is on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from zthumb_trainer.dataset.prepare import PreparedDataset
+from zthumb_trainer.train.batches import load_pixels, time_ids
+from zthumb_trainer.train.components import encode_text, tokenize
+from zthumb_trainer.train.model_setup import to_device
+
+
+@dataclass
+class MicroBatch:
+    latents: torch.Tensor
+    embeds: torch.Tensor
+    pooled: torch.Tensor
+    add_time_ids: torch.Tensor
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+
+
+class StepInputs:
+    def __init__(
+        self,
+        components: Any,
+        dataset: PreparedDataset,
+        cache: dict[str, torch.Tensor],
+        *,
+        device: torch.device,
+        seed: int,
+        world_size: int,
+        cache_latents: bool,
+        train_text_encoder: bool,
+        noise_offset: float,
+    ) -> None:
+        self.components, self.dataset, self.cache, self.device = components, dataset, cache, device
+        self.distributed = world_size > 1
+        self.cache_latents, self.train_text_encoder = cache_latents, train_text_encoder
+        self.noise_offset = noise_offset
+        # Saved in and restored from every checkpoint.
+        self.noise_generator = torch.Generator(device=device).manual_seed(seed)
+
+    def draw(
+        self, shape: tuple[int, ...], rows: list[int], size: int, integers: int | None = None
+    ) -> torch.Tensor:
+        """Noise for this rank's rows of a global batch of ``size`` (shape: this rank's)."""
+        full = (size, *shape[1:]) if self.distributed else shape
+        if integers is None:
+            values = torch.randn(full, generator=self.noise_generator, device=self.device)
+        else:
+            values = torch.randint(0, integers, full, generator=self.noise_generator, device=self.device)
+        return values[rows] if self.distributed else values
+
+    def conditioning(
+        self, indices: list[int], rows: list[int], size: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        components, cache, device = self.components, self.cache, self.device
+        entries = [self.dataset.entries[i] for i in indices]
+        if self.cache_latents:
+            dist = to_device(torch.stack([cache[f"latent_dist.{i}"] for i in indices]), device)
+        else:
+            with torch.no_grad():
+                pixels = torch.stack([load_pixels(self.dataset, e) for e in entries]).to(device)
+                dist = components.vae.encode(pixels).latent_dist.parameters.float()
+        mean, logvar = torch.chunk(dist, 2, dim=1)
+        std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+        latents = mean + std * self.draw(tuple(mean.shape), rows, size)
+        latents = latents * components.vae.config.scaling_factor
+        if self.cache_latents and not self.train_text_encoder:
+            embeds = to_device(torch.stack([cache[f"prompt_embeds.{i}"] for i in indices]), device)
+            pooled = to_device(torch.stack([cache[f"pooled.{i}"] for i in indices]), device)
+        else:
+            ids_1, ids_2 = tokenize(components, [e.caption for e in entries])
+            with torch.set_grad_enabled(self.train_text_encoder):
+                embeds, pooled = encode_text(components, ids_1, ids_2)
+        add_time_ids = to_device(torch.tensor([time_ids(e) for e in entries]), device)
+        return latents, embeds, pooled, add_time_ids
+
+    def micro_batch(self, indices: list[int], rows: list[int], size: int) -> MicroBatch:
+        """The conditioning, then the noise (with its offset) and the timesteps, in that draw order."""
+        latents, embeds, pooled, add_time_ids = self.conditioning(indices, rows, size)
+        noise = self.draw(tuple(latents.shape), rows, size)
+        if self.noise_offset:
+            offset = self.draw((latents.shape[0], latents.shape[1], 1, 1), rows, size)
+            noise = noise + self.noise_offset * offset
+        steps = self.components.noise_scheduler.config.num_train_timesteps
+        timesteps = self.draw((latents.shape[0],), rows, size, integers=steps).long()
+        return MicroBatch(latents, embeds, pooled, add_time_ids, noise, timesteps)
