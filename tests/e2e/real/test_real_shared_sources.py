@@ -64,7 +64,7 @@ def archive(real_ns: str, cluster: Any) -> Iterator[tuple[str, str]]:
     }
     script = (
         "python3 -c 'from pathlib import Path\n"
-        "from zthumb_trainer.synthetic_dataset import write_synthetic_dataset\n"
+        "from zthumb_trainer.tiny.synthetic_dataset import write_synthetic_dataset\n"
         f'write_synthetic_dataset(Path("/srv/team"), count={IMAGES}, size=(256, 256))\'\n'
         "tar -C /srv/team -czf /srv/team.tar.gz . && rm -rf /srv/team\n"
         "sha256sum /srv/team.tar.gz > /srv/team.sha256\n"
