@@ -10,7 +10,7 @@ the training loop's peak GPU memory, and the model FLOP utilisation: FLOPs of on
 device, so it costs no GPU time; model FLOPs, so checkpointing's recomputation is not counted)
 × it/s ÷ the card's dense bf16 peak.
 
-The variants run in the order of the issue's targets (batch 1 and 4 without checkpointing, eager
+The variants run in the order of their targets (batch 1 and 4 without checkpointing, eager
 then compiled, then with checkpointing) and each is skipped, with a note, when its estimated
 duration would end past the section's budget. A variant that fails is noted and the rest go on.
 """
