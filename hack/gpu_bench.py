@@ -8,10 +8,11 @@ the median of repeats:
 1. inference through the server's ``full`` backend at 1024², 30 steps, CFG on — with
    SDPA, with an unfused rank-16 LoRA, with it fused, and with ``torch.compile`` of
    the UNet when it compiles inside the time budget;
-2. turbo settings (512², 1 step, guidance 0) through the ``turbo`` backend;
-3. adapter switching: per-request alternation among 4 cached rank-16 adapters (the
-   server's adapter cache) against the naive load + unload per request (sections 1 to 3:
-   hack/gpu_bench_inference.py);
+2. thumbnails: the turbo path (512², 1 step, guidance 0) through the server's app, alone and
+   batched with 8 and 32 concurrent requests (hack/gpu_bench_thumbnails.py);
+3. adapter switching: one cached adapter, per-request alternation among 4 cached rank-16
+   adapters (the server's adapter cache) and the naive load + unload per request (sections 1
+   and 3: hack/gpu_bench_inference.py);
 4. training with the trainer's own loop at 1024², rank 16, bf16, from cached latents and text
    embeddings: batch 1 and 4, gradient checkpointing and ``compile`` off and on, with it/s,
    samples/s, peak memory and model FLOP utilisation (hack/gpu_bench_training.py);
@@ -20,6 +21,8 @@ the median of repeats:
    must stay 0), the switch cost, and first vs second start (warm inductor cache). It runs
    first and stops starting steps when ``--deadline-s`` comes near.
 
+Sections 1, 2, 3 and 5 time their variants in interleaved rounds (hack/gpu_bench_rounds.py):
+a ratio comes only from one call on one card, from the medians of the same rounds.
 ``--tiny`` runs the same code on the tiny fixture on the CPU (the test suite does),
 so the script is known to work before a GPU is lent. Writes ``gpu_bench.json`` and
 ``gpu_bench.md`` to ``--out`` (default ``$OUT`` or ./outputs/gpu_bench) and prints

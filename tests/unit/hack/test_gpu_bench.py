@@ -88,7 +88,8 @@ def test_tiny_run_measures_every_training_variant(tmp_path, hack_script):
 @pytest.mark.timeout(1500)  # up to three compilations on a 2-core CPU when the inductor cache is cold
 @pytest.mark.parametrize("lora", ["fuse", "slot"])
 def test_tiny_run_of_the_compiled_section(tmp_path, hack_script, lora):
-    """Section 5 on the CPU: every step runs, alternating adapters recompiles nothing."""
+    """Section 5 on the CPU: every step runs, the variants are interleaved, alternating adapters
+    recompiles nothing."""
     module = hack_script("gpu_bench")
     # The server tests' inductor cache and slot rank: each warms the cache for the other.
     cache = Path.home() / ".cache" / "zthumb" / "test-models" / "torchinductor"
@@ -122,6 +123,11 @@ def test_tiny_run_of_the_compiled_section(tmp_path, hack_script, lora):
     assert alternating["recompiles"] == 0 and alternating["switch_ms_p50"] > 0
     assert rows["second start (warm inductor cache, new process)"]["recompiles"] == 0
     assert rows["ratios"]["lora_over_compiled_base"] > 0
+    assert rows["ratios"]["basis"] == "medians of the same interleaved rounds"
+    # The per-image variants alternate in rounds, each with as many samples as the others.
+    per_image = {"eager base"} | expected
+    _assert_interleaved(report["orders"]["5 compiled"], per_image)
+    assert len({rows[name]["samples"] for name in per_image}) == 1
 
 
 def test_training_section_names_the_peak_it_divides_by(hack_script):
