@@ -8,10 +8,11 @@ the median of repeats:
 1. inference through the server's ``full`` backend at 1024², 30 steps, CFG on — with
    SDPA, with an unfused rank-16 LoRA, with it fused, and with ``torch.compile`` of
    the UNet when it compiles inside the time budget;
-2. turbo settings (512², 1 step, guidance 0) through the ``turbo`` backend;
-3. adapter switching: per-request alternation among 4 cached rank-16 adapters (the
-   server's adapter cache) against the naive load + unload per request (sections 1 to 3:
-   hack/gpu_bench_inference.py);
+2. thumbnails: the turbo path (512², 1 step, guidance 0) through the server's app, alone and
+   batched with 8 and 32 concurrent requests (hack/gpu_bench_thumbnails.py);
+3. adapter switching: one cached adapter, per-request alternation among 4 cached rank-16
+   adapters (the server's adapter cache) and the naive load + unload per request (sections 1
+   and 3: hack/gpu_bench_inference.py);
 4. training with the trainer's own loop at 1024², rank 16, bf16, from cached latents and text
    embeddings: batch 1 and 4, gradient checkpointing and ``compile`` off and on, with it/s,
    samples/s, peak memory and model FLOP utilisation (hack/gpu_bench_training.py);
@@ -20,6 +21,8 @@ the median of repeats:
    must stay 0), the switch cost, and first vs second start (warm inductor cache). It runs
    first and stops starting steps when ``--deadline-s`` comes near.
 
+Sections 1, 2, 3 and 5 time their variants in interleaved rounds (hack/gpu_bench_rounds.py):
+a ratio comes only from one call on one card, from the medians of the same rounds.
 ``--tiny`` runs the same code on the tiny fixture on the CPU (the test suite does),
 so the script is known to work before a GPU is lent. Writes ``gpu_bench.json`` and
 ``gpu_bench.md`` to ``--out`` (default ``$OUT`` or ./outputs/gpu_bench) and prints
@@ -62,14 +65,16 @@ class Profile:
     train_resolution: int
     train_steps: int
     train_warmup: int
+    rounds: int  # interleaved rounds of sections 1 and 5 (hack/gpu_bench_rounds.py)
+    thumbnail_rounds: int
     lora_rank: int = 16
     adapters: int = 4
 
     @classmethod
     def for_mode(cls, tiny: bool) -> Profile:
         if tiny:
-            return cls(tiny, 64, 64, 4, 6.0, 64, 2, 2, 4, 64, 3, 1)
-        return cls(tiny, 1024, 1024, 30, 6.0, 512, 4, 3, 8, 1024, 12, 3)
+            return cls(tiny, 64, 64, 4, 6.0, 32, 2, 2, 4, 64, 3, 1, 3, 2)
+        return cls(tiny, 1024, 1024, 30, 6.0, 512, 4, 3, 8, 1024, 12, 3, 5, 6)
 
 
 @dataclass
@@ -77,6 +82,9 @@ class Results:
     device: dict[str, Any] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Per interleaved section: the variants in the order they ran, and its printed table.
+    orders: dict[str, list[str]] = field(default_factory=dict)
+    tables: list[str] = field(default_factory=list)
 
     def add(self, section: str, variant: str, **numbers: Any) -> None:
         row = {"section": section, "variant": variant, **numbers}
@@ -90,34 +98,30 @@ class Timer:
     def __init__(self, cuda: bool):
         self.cuda = cuda
 
-    def measure(self, run: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
+    def once(self, run: Callable[[], Any]) -> float:
+        """Seconds of one call, the device's queued work included."""
         import torch
 
+        if not self.cuda:
+            began = time.perf_counter()
+            run()
+            return time.perf_counter() - began
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1000
+
+    def measure(self, run: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
+        """One block of repeats: only where nothing is compared with it (a ratio needs Rounds)."""
         for _ in range(warmup):
             run()
-        seconds = []
-        for _ in range(repeats):
-            if self.cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                run()
-                end.record()
-                torch.cuda.synchronize()
-                seconds.append(start.elapsed_time(end) / 1000)
-            else:
-                began = time.perf_counter()
-                run()
-                seconds.append(time.perf_counter() - began)
-        return seconds
+        return [self.once(run) for _ in range(repeats)]
 
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 # --- model -----------------------------------------------------------------------------------
@@ -248,11 +252,11 @@ def bench_inference(bench: Bench, deadline: float, compile_unet: bool) -> None:
     gpu_bench_inference.bench_inference(bench, deadline, compile_unet)
 
 
-def bench_turbo(bench: Bench) -> None:
-    """Section 2: the turbo backend (own module)."""
-    import gpu_bench_inference
+def bench_thumbnails(bench: Bench) -> None:
+    """Section 2: turbo thumbnails through the server, alone and batched (own module)."""
+    import gpu_bench_thumbnails
 
-    gpu_bench_inference.bench_turbo(bench)
+    gpu_bench_thumbnails.bench_thumbnails(bench)
 
 
 def bench_training(bench: Bench, budget_s: float, variants: str) -> None:
@@ -277,6 +281,8 @@ def markdown_table(results: Results) -> str:
     ]
     for row in results.rows:
         lines.append("| " + " | ".join(str(row.get(key, "")) for key in keys) + " |")
+    for table in results.tables:
+        lines += ["", table]
     lines += [""] + [f"- {note}" for note in results.notes]
     return "\n".join(lines)
 
@@ -366,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
             bench_inference(bench, started + args.budget_s, compile_unet=not args.no_compile and cuda)
             release_gpu_memory(cuda)
         if "turbo" not in args.skip:
-            bench_turbo(bench)
+            bench_thumbnails(bench)
             release_gpu_memory(cuda)
         if "training" not in args.skip:
             bench_training(bench, args.training_budget_s, args.training_variants)
