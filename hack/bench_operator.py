@@ -178,7 +178,7 @@ def main() -> int:
         "ZTHUMB_OPERATOR_NAMESPACES": ns,
         "ZTHUMB_OPERATOR_METRICS_PORT": str(metrics_port),
         "ZTHUMB_OPERATOR_LIVENESS_ENDPOINT": f"http://127.0.0.1:{free_port()}/healthz",
-        "ZTHUMB_OPERATOR_SIMULATED_EVAL_SUMMARY": '{"images": 8}',
+        "ZTHUMB_OPERATOR_SIMULATED_EVAL_SUMMARY": '{"requests": 8}',
         "ZTHUMB_OPERATOR_LOG_LEVEL": "WARNING",
     }
     log = open(f"/tmp/{ns}-operator.log", "wb")  # noqa: SIM115

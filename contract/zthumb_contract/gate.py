@@ -8,11 +8,10 @@ with reason EvalGateFailed), so a trainer image that predates a check cannot wav
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from zthumb_contract.results import EvalSummary
 from zthumb_contract.spec import EvalGateSpec
 
 GATE_FAILED_REASON = "EvalGateFailed"
@@ -21,15 +20,21 @@ GATE_FAILED_REASON = "EvalGateFailed"
 @dataclass(frozen=True)
 class GateRule:
     threshold: str  # the EvalGateSpec field
-    metric: str  # the key of the evaluation's compact summary (status.evalSummary)
+    field: str  # the EvalSummary field it bounds
     kind: Literal["min", "max"]
 
+    @property
+    def metric(self) -> str:
+        """The bounded number's name in status.evalSummary (and in the verdict's checks)."""
+        return EvalSummary.model_fields[self.field].alias or self.field
 
-# spec.eval.gate.<camel(threshold)> bounds status.evalSummary.<metric>.
+
+# spec.eval.gate.<threshold> bounds status.evalSummary.<field>.
 RULES = (
-    GateRule("min_clip_i_gain", "clipIGain", "min"),
-    GateRule("max_clip_t_drop", "clipTDrop", "max"),
-    GateRule("min_mean_pixel_difference", "meanPixelDifference", "min"),
+    GateRule("min_clip_i_gain", "clip_i_gain", "min"),
+    GateRule("max_clip_t_drop", "clip_t_drop", "max"),
+    GateRule("min_mean_pixel_difference", "mean_pixel_difference", "min"),
+    GateRule("max_leakage", "leakage", "max"),
 )
 
 
@@ -69,20 +74,16 @@ class GateVerdict:
         return {"passed": self.passed, "message": self.message, "checks": checks}
 
 
-def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return None if math.isnan(value) else float(value)  # NaN is not a measurement
-
-
-def evaluate_gate(gate: EvalGateSpec, summary: Mapping[str, Any]) -> GateVerdict | None:
-    """The verdict of ``gate`` on an evaluation's compact summary; None when no threshold is set."""
+def evaluate_gate(gate: EvalGateSpec, summary: EvalSummary) -> GateVerdict | None:
+    """The verdict of ``gate`` on an evaluation's compact summary; None when no threshold is set.
+    A number the summary lacks (not measured, or dropped as NaN by ``EvalSummary.from_report``)
+    fails its check."""
     checks = []
     for rule in RULES:
         threshold = getattr(gate, rule.threshold)
         if threshold is None:
             continue
-        value = _number(summary.get(rule.metric))
+        value: float | None = getattr(summary, rule.field)
         if value is None:
             passed = False
         elif rule.kind == "min":

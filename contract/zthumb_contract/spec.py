@@ -43,6 +43,15 @@ CLIP_MAX_BYTES = 4 * 2**30
 MAX_DOWNLOAD_BYTES = 2**40
 
 DEFAULT_EVAL_PROMPTS = ["a photo of {trigger}", "a watercolor painting of {trigger} in a garden"]
+# Prompts without the trigger word: an adapter should leave them close to the base model.
+DEFAULT_LEAKAGE_PROMPTS = [
+    "a photo of a city street",
+    "a bowl of fruit on a table",
+    "a portrait of an old man",
+]
+TRIGGER_PLACEHOLDER = "{trigger}"
+LEAKAGE_PROMPTS_MAX = 16
+LEAKAGE_PROMPT_MAX_LENGTH = 1000
 
 
 class _Spec(BaseModel):
@@ -258,6 +267,9 @@ class EvalGateSpec(_Spec):
     # Mean absolute pixel difference (0-255) against the reference scale: did the adapter change
     # anything at all (a cheap check that needs no CLIP model).
     min_mean_pixel_difference: float | None = Field(None, ge=0, le=255)
+    # Leakage: 1 - the mean CLIP image similarity of eval.leakagePrompts (no trigger) rendered at
+    # scale 0 and at the served scale, 0..2; a small adapter-induced change stays under ~0.1.
+    max_leakage: float | None = Field(None, ge=0, le=2)
 
     @property
     def active(self) -> bool:
@@ -266,15 +278,37 @@ class EvalGateSpec(_Spec):
 
 class EvalSpec(_Spec):
     enabled: bool = True
-    prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_EVAL_PROMPTS))
-    seeds: list[int] = Field(default_factory=lambda: [0, 1])
-    scales: list[float] = Field(default_factory=lambda: [0.0, 0.8])
+    # At least one each, as the CRD's minItems say (an empty list cannot be written as flags).
+    prompts: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_EVAL_PROMPTS), min_length=1, max_length=64
+    )
+    seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1, max_length=64)
+    scales: list[float] = Field(default_factory=lambda: [0.0, 0.8], min_length=1, max_length=16)
+    # Rendered without the trigger at scale 0 and the served scale, same seeds: how much the
+    # adapter changes images it was not asked for (needs clip; an empty list turns it off).
+    leakage_prompts: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_LEAKAGE_PROMPTS), max_length=LEAKAGE_PROMPTS_MAX
+    )
     steps: int = Field(30, ge=1, le=150)
     width: int | None = Field(None, ge=64, le=2048, multiple_of=8)
     height: int | None = Field(None, ge=64, le=2048, multiple_of=8)
     # One CLI option holding JSON each (``--gate '{"minClipIGain": 0.02}'``), as training.validation.
     clip: ClipSpec = Field(default_factory=ClipSpec)
     gate: EvalGateSpec = Field(default_factory=EvalGateSpec)
+
+    @field_validator("leakage_prompts")
+    @classmethod
+    def _leakage_prompts_without_trigger(cls, prompts: list[str]) -> list[str]:
+        for index, prompt in enumerate(prompts):
+            field = f"eval.leakagePrompts[{index}]"
+            if not prompt.strip() or len(prompt) > LEAKAGE_PROMPT_MAX_LENGTH:
+                raise ValueError(f"{field}: a prompt of 1 to {LEAKAGE_PROMPT_MAX_LENGTH} characters")
+            if TRIGGER_PLACEHOLDER in prompt:
+                raise ValueError(
+                    f"{field}: {TRIGGER_PLACEHOLDER} has no place here: leakage prompts measure what "
+                    "the adapter does to prompts without its trigger"
+                )
+        return prompts
 
 
 # A Secret's name: an RFC 1123 subdomain.
@@ -318,6 +352,21 @@ class LoRAFinetuneSpec(_Spec):
                 "eval.gate.minClipIGain and maxClipTDrop need eval.clip.enabled: without CLIP nothing "
                 "measures them"
             )
+        if gate.max_leakage is not None and not (self.eval.clip.enabled and self.eval.leakage_prompts):
+            raise ValueError(
+                "eval.gate.maxLeakage needs eval.clip.enabled and eval.leakagePrompts: they measure it"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _leakage_prompts_without_the_trigger_word(self) -> LoRAFinetuneSpec:
+        word = self.dataset.trigger_word.lower()
+        for index, prompt in enumerate(self.eval.leakage_prompts):
+            if word and word in prompt.lower().split():
+                raise ValueError(
+                    f"eval.leakagePrompts[{index}] holds dataset.triggerWord {self.dataset.trigger_word!r}: "
+                    "leakage prompts measure what the adapter does to prompts without its trigger"
+                )
         return self
 
     @model_validator(mode="after")

@@ -129,6 +129,16 @@ def option_name(name: str, info: FieldInfo) -> str:
     return name
 
 
+def emptied_list_option(name: str, info: FieldInfo) -> str | None:
+    """The flag-less option that empties a list field whose default is not empty (``--no-leakage-prompts``:
+    an empty list has no items to repeat), or None for a field that needs none."""
+    if typing.get_origin(info.annotation) is not list or not info.get_default(call_default_factory=True):
+        return None
+    if any(getattr(bound, "min_length", 0) for bound in info.metadata):
+        return None  # never empty
+    return f"no_{name}"
+
+
 def spec_args(model: BaseModel, exclude: Collection[str] = ()) -> list[str]:
     """The options of a spec section as command-line flags, one per field (the trainer CLI's
     options are generated from the same fields): ``--rank 16``, ``--bucketing``/``--no-bucketing``,
@@ -149,6 +159,9 @@ def spec_args(model: BaseModel, exclude: Collection[str] = ()) -> list[str]:
         elif isinstance(value, bool):
             args.append(_flag(flag, value))
         elif isinstance(value, list):
+            emptied = emptied_list_option(name, info)
+            if not value and emptied is not None:
+                args.append(f"--{emptied.replace('_', '-')}")
             for item in value:
                 args += [f"--{flag}", str(item)]
         else:

@@ -63,9 +63,10 @@ class OperatorConfig(BaseSettings):
     eval_server_url_template: str = "http://{deployment}.{namespace}.svc:8080"
     # Mount path of the server's volume, for Z_LORA_PATH (the chart mounts the PVC at /data).
     server_data_root: str = "/data"
-    # TEST HOOK: JSON object used as the eval summary when the eval pod terminated without
-    # a termination message (kwok-simulated pods). Never set in production.
-    simulated_eval_summary: dict[str, float] | None = None
+    # TEST HOOK: JSON object used as the eval summary (read through EvalSummary, as a real eval
+    # pod's message) when the eval pod terminated without a termination message (kwok-simulated
+    # pods). Never set in production.
+    simulated_eval_summary: dict[str, Any] | None = None
     # Worker threads for Kubernetes API calls.
     api_workers: int = Field(default=16, ge=1, le=256)
     # Log level of the operator and kopf.

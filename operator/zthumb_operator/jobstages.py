@@ -16,6 +16,7 @@ from typing import Any
 import kopf
 from zthumb_contract import crd
 from zthumb_contract import env as contract_env
+from zthumb_contract.results import EvalSummary
 from zthumb_contract.spec import LoRAFinetuneSpec
 from zthumb_contract.stages import PENDING, Stage, Success
 from zthumb_contract.steps import RunPaths, StepDefinition, deploy_env
@@ -275,7 +276,8 @@ class JobStages:
                     and not readers.terminated_messages(fresh)
                     and self.config.simulated_eval_summary
                 ):
-                    summary = dict(self.config.simulated_eval_summary)  # test hook: simulated pods
+                    simulated = EvalSummary.from_report(self.config.simulated_eval_summary)  # test hook
+                    summary = simulated.status() if simulated is not None else None
             if summary is not None:
                 p.set("evalSummary", summary)
             p.set("reportPath", paths.report)

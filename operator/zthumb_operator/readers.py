@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from zthumb_contract.crd import parse_time
-from zthumb_contract.results import TrainResults
+from zthumb_contract.results import EvalSummary, TrainResults
 
 
 @dataclass(frozen=True)
@@ -94,14 +94,13 @@ def _json_messages(pods: Sequence[Mapping[str, Any]]) -> Iterator[dict[str, Any]
             yield data
 
 
-def eval_summary(pods: Sequence[Mapping[str, Any]]) -> dict[str, float] | None:
-    """The numbers of the eval pod's termination message (a JSON object), if there is one."""
+def eval_summary(pods: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """``status.evalSummary``: the eval pod's termination message (a JSON object) read through
+    ``EvalSummary``, each bad value dropped on its own; None when there is none."""
     for data in _json_messages(pods):
-        return {
-            str(k): float(v)
-            for k, v in data.items()
-            if isinstance(v, int | float) and not isinstance(v, bool)
-        }
+        results = EvalSummary.from_report(data)
+        if results is not None:
+            return results.status()
     return None
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 from zthumb_contract.gate import evaluate_gate
+from zthumb_contract.results import EvalSummary
 from zthumb_contract.spec import LoRAFinetuneSpec
 from zthumb_contract.stages import (
     FAILED,
@@ -182,7 +183,8 @@ class Controller:
         """``spec.eval.gate`` on the numbers the eval stage copied into ``status.evalSummary`` (this
         operator's own verdict, not the eval pod's): a failed check restores the previous adapter
         and fails the run (``Rollouts.revert``)."""
-        verdict = evaluate_gate(spec.eval.gate, p.status.get("evalSummary") or {})
+        summary = EvalSummary.from_report(p.status.get("evalSummary")) or EvalSummary()
+        verdict = evaluate_gate(spec.eval.gate, summary)
         if verdict is None:
             return evaluated
         p.set("evalGate", verdict.status())

@@ -162,7 +162,7 @@ class Operator:
             "ZTHUMB_OPERATOR_NAMESPACES": self.ns,
             "ZTHUMB_OPERATOR_METRICS_PORT": str(free_port()),
             "ZTHUMB_OPERATOR_LIVENESS_ENDPOINT": f"http://127.0.0.1:{free_port()}/healthz",
-            "ZTHUMB_OPERATOR_SIMULATED_EVAL_SUMMARY": '{"images": 8, "meanAbsDiff": 0.12}',
+            "ZTHUMB_OPERATOR_SIMULATED_EVAL_SUMMARY": '{"requests": 8, "meanPixelDifference": 0.12}',
             "ZTHUMB_OPERATOR_ROLLOUT_POLL_SECONDS": "0.5",
             **self.extra,
         }

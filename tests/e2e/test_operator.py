@@ -61,7 +61,7 @@ def test_pipeline_succeeds_deploys_and_cascades(
         assert condition(obj, ctype)["status"] == "True", ctype
     assert status["adapterPath"] == "/data/models/lora/z-style"
     assert status["reportPath"] == "/data/outputs/lora_eval/z-style/report.md"
-    assert status["evalSummary"] == {"images": 8, "meanAbsDiff": 0.12}
+    assert status["evalSummary"] == {"requests": 8, "meanPixelDifference": 0.12}
     assert status["deploy"]["previousEnv"] == {"Z_LORA_PATH": "/data/models/lora/previous"}
     assert status["observedGeneration"] == 1
     assert status["startTime"] and status["completionTime"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
@@ -51,6 +52,11 @@ def test_local_run_end_to_end(tmp_path, record_property):
     assert (
         "## Quality metrics (CLIP)" in (tmp_path / "outputs" / "lora_eval" / "demo" / "report.md").read_text()
     )
+    # Leakage: the default prompts without the trigger, through the real server and tiny adapter.
+    leakage = summary["leakage"]
+    assert len(leakage["prompts"]) == 3 and leakage["scale"] == 0.8
+    assert math.isfinite(leakage["leakage"]) and 0 <= leakage["leakage"] <= 2
+    assert (tmp_path / "outputs" / "lora_eval" / "demo" / leakage["prompts"][0]["images"][0]).exists()
     # The demo's quality gate: passed, at the top of the report, said on stderr.
     assert summary["gate"]["passed"] is True, summary["gate"]
     assert (

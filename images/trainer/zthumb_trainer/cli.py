@@ -318,12 +318,13 @@ def evaluate(  # noqa: PLR0917 - one option per flag
         api_key=settings.api_key,
     )
     try:
-        summary = run_eval(config)
+        report = run_eval(config)
     except EvalError as error:
         raise _fail(str(error)) from error
+    leakage = f", leakage {report.leakage.leakage}" if report.leakage else ""
     typer.echo(
-        f"report: {output / 'report.md'} (mean pixel difference {summary['mean_pixel_difference']}, "
-        f"{summary['requests']} requests)"
+        f"report: {output / 'report.md'} (mean pixel difference {report.mean_pixel_difference}"
+        f"{leakage}, {report.requests} requests)"
     )
 
 

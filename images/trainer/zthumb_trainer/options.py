@@ -9,7 +9,9 @@ so the Job's argv and the CLI cannot drift.
 
 A field that may be None defaults to None on the command line (an absent flag is "unset",
 as ``spec_args`` leaves None fields out); the others default to the model's default. A nested
-model (``TrainingSpec.validation``) is one option holding its JSON; absent means its defaults.
+model (``TrainingSpec.validation``) is one option holding its JSON; absent means its defaults. A
+list that may be empty but defaults to items (``spec.eval.leakagePrompts``) also gets
+``--no-<field>``, which empties it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any, TypeVar
 import typer
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
-from zthumb_contract.steps import option_name
+from zthumb_contract.steps import emptied_list_option, option_name
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -68,6 +70,7 @@ def spec_options(model: type[BaseModel], param: str, exclude: Collection[str] = 
             if parameter.name != param
         ]
         options: dict[str, str] = {}  # CLI parameter name -> field name
+        emptiers: dict[str, str] = {}  # --no-<list> parameter name -> field name
         nested = {name for name, info in model.model_fields.items() if _nested(info) and name not in exclude}
         generated = []
         for name, info in model.model_fields.items():
@@ -83,10 +86,27 @@ def spec_options(model: type[BaseModel], param: str, exclude: Collection[str] = 
                     annotation=typing.Annotated[_option_type(info), typer.Option(help=info.description)],
                 )
             )
+            emptier = emptied_list_option(name, info)
+            if emptier is not None:
+                emptiers[emptier] = name
+                flag = "--" + option.replace("_", "-")
+                generated.append(
+                    inspect.Parameter(
+                        emptier,
+                        inspect.Parameter.KEYWORD_ONLY,
+                        default=False,
+                        annotation=typing.Annotated[
+                            bool, typer.Option(help=f"No {flag} at all (not its default).")
+                        ],
+                    )
+                )
 
         @functools.wraps(func)
         def command(**kwargs: Any) -> Any:
             values = {field: kwargs.pop(option) for option, field in options.items()}
+            for emptier, field in emptiers.items():
+                if kwargs.pop(emptier):
+                    values[field] = []
             for field in nested:
                 if values[field] is None:
                     del values[field]  # the model's default

@@ -26,6 +26,7 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
+from zthumb_contract.eval_report import EvalReport
 from zthumb_contract.steps import REPORTS_URL_PREFIX
 
 from zthumb.auth import REPORTS_LOGIN_PATH, REPORTS_STYLESHEET_PATH, configured_key, matches
@@ -114,22 +115,19 @@ def _scale_key(scale: float) -> str:
     return f"{scale:g}"
 
 
-def metrics_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+def metrics_rows(report: EvalReport) -> list[dict[str, Any]]:
     """One row per scale compared: pixel difference vs the reference, latency, CLIP-T and CLIP-I."""
-    pairs = summary.get("pairs") or []
-    clip = (summary.get("clip") or {}).get("by_scale") or {}
+    clip = report.clip.by_scale if report.clip else {}
     rows = []
-    for scale in summary.get("scales") or []:
+    for scale in report.scales:
         key = _scale_key(scale)
-        differences = [
-            p["mean_pixel_difference"][key] for p in pairs if key in p.get("mean_pixel_difference", {})
-        ]
-        latencies = [p["latency_s"][key] for p in pairs if key in p.get("latency_s", {})]
+        differences = [p.mean_pixel_difference[key] for p in report.pairs if key in p.mean_pixel_difference]
+        latencies = [p.latency_s[key] for p in report.pairs if key in p.latency_s]
         rows.append(
             {
                 "scale": key,
-                "reference": scale == summary.get("reference_scale"),
-                "served": scale == summary.get("served_scale"),
+                "reference": scale == report.reference_scale,
+                "served": scale == report.served_scale,
                 "pixel_difference": round(sum(differences) / len(differences), 3) if differences else None,
                 "latency_s": round(sum(latencies) / len(latencies), 3) if latencies else None,
                 "clip_t": (clip.get(key) or {}).get("clip_t"),
@@ -139,28 +137,32 @@ def metrics_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _read_summary(directory: Path) -> dict[str, Any]:
+def _read_summary(directory: Path) -> EvalReport:
+    """The run's summary.json through ``EvalReport``: a report of any version (the model reads the
+    keys every version wrote), each value it refuses dropped on its own."""
     try:
-        summary = json.loads((directory / "summary.json").read_text())
+        data = json.loads((directory / "summary.json").read_text())
     except (OSError, ValueError) as error:
         raise ReportNotFoundError(f"the report of {directory.name!r} cannot be read: {error}") from None
-    if not isinstance(summary, dict):
+    report = EvalReport.from_report(data)
+    if report is None:
         raise ReportNotFoundError(f"the report of {directory.name!r} is not a summary")
-    return summary
+    return report
 
 
 def _index_entry(directory: Path) -> dict[str, Any] | None:
     try:
-        summary = _read_summary(directory)
+        report = _read_summary(directory)
     except ReportNotFoundError:
         return None
     return {
         "run": directory.name,
         "mtime": (directory / "summary.json").stat().st_mtime,
-        "adapter_sha256": ((summary.get("adapter") or {}).get("sha256") or "")[:12],
-        "mean_pixel_difference": summary.get("mean_pixel_difference"),
-        "clip_i_gain": (summary.get("clip") or {}).get("clip_i_gain"),
-        "gate": summary.get("gate"),
+        "adapter_sha256": ((report.adapter or {}).get("sha256") or "")[:12],
+        "mean_pixel_difference": report.mean_pixel_difference,
+        "clip_i_gain": report.clip.clip_i_gain if report.clip else None,
+        "leakage": report.leakage.leakage if report.leakage else None,
+        "gate": report.gate,
     }
 
 
@@ -221,8 +223,9 @@ async def login(request: Request) -> Response:
 @router.get(REPORTS_URL_PREFIX + "/{run}/")
 async def report(run: str, request: Request) -> Response:
     directory = run_directory(reports_root(request), run)
-    summary = _read_summary(directory)
-    return _page("report.html", run=run, summary=summary, rows=metrics_rows(summary))
+    report = _read_summary(directory)
+    # The template reads the summary as summary.json spells it (snake_case keys).
+    return _page("report.html", run=run, summary=report.model_dump(), rows=metrics_rows(report))
 
 
 @router.get(REPORTS_URL_PREFIX + "/{run}/files/{path:path}")

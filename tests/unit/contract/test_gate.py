@@ -7,13 +7,14 @@ import json
 import pytest
 from pydantic import ValidationError
 from zthumb_contract.gate import RULES, evaluate_gate
+from zthumb_contract.results import EvalSummary
 from zthumb_contract.spec import EvalGateSpec, LoRAFinetuneSpec
 from zthumb_contract.steps import RunPaths, eval_step
 
 
 def test_no_threshold_means_no_gate() -> None:
     assert not EvalGateSpec().active
-    assert evaluate_gate(EvalGateSpec(), {"clipIGain": -1}) is None
+    assert evaluate_gate(EvalGateSpec(), EvalSummary(clip_i_gain=-1)) is None
 
 
 @pytest.mark.parametrize(
@@ -27,10 +28,15 @@ def test_no_threshold_means_no_gate() -> None:
         ({"minClipIGain": -0.5}, {}, False),  # not measured
         ({"minClipIGain": 0.0}, {"clipIGain": float("nan")}, False),
         ({"minClipIGain": 0.0}, {"clipIGain": True}, False),  # not a number
+        ({"maxLeakage": 0.1}, {"leakage": 0.1}, True),
+        ({"maxLeakage": 0.1}, {"leakage": 0.1001}, False),
+        ({"maxLeakage": 0.1}, {"clipIGain": 0.5}, False),  # not measured (no leakage prompts, no CLIP)
     ],
 )
 def test_each_check(gate: dict[str, float], summary: dict[str, object], passed: bool) -> None:
-    verdict = evaluate_gate(EvalGateSpec.model_validate(gate), summary)
+    verdict = evaluate_gate(
+        EvalGateSpec.model_validate(gate), EvalSummary.from_report(summary) or EvalSummary()
+    )
     assert verdict is not None
     assert verdict.passed is passed
     assert verdict.message.startswith("passed: " if passed else "failed: ")
@@ -38,7 +44,7 @@ def test_each_check(gate: dict[str, float], summary: dict[str, object], passed: 
 
 def test_the_message_names_the_failed_checks_with_values_and_thresholds() -> None:
     gate = EvalGateSpec(min_clip_i_gain=0.02, max_clip_t_drop=0.05, min_mean_pixel_difference=1)
-    verdict = evaluate_gate(gate, {"clipIGain": 0.001, "clipTDrop": 0.01, "meanPixelDifference": 0.2})
+    verdict = evaluate_gate(gate, EvalSummary(clip_i_gain=0.001, clip_t_drop=0.01, mean_pixel_difference=0.2))
     assert verdict is not None
     assert verdict.message == "failed: clipIGain 0.001 < min 0.02; meanPixelDifference 0.2 < min 1"
     assert verdict.status()["checks"][1] == {
@@ -66,7 +72,7 @@ def test_the_gate_reaches_the_eval_step_as_one_json_option() -> None:
     spec = LoRAFinetuneSpec.model_validate({"eval": {"gate": {"maxClipTDrop": 0.05}}})
     args = eval_step(RunPaths("/data", "r", spec), "http://s").args
     gate = args[args.index("--gate") + 1]
-    assert gate == '{"minClipIGain":null,"maxClipTDrop":0.05,"minMeanPixelDifference":null}'
+    assert gate == '{"minClipIGain":null,"maxClipTDrop":0.05,"minMeanPixelDifference":null,"maxLeakage":null}'
     assert "--gate" not in eval_step(RunPaths("/data", "r", LoRAFinetuneSpec()), "http://s").args
 
 

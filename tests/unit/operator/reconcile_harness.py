@@ -173,7 +173,7 @@ class Harness:
     def __init__(self, spec: dict[str, Any] | None = None, **config: Any) -> None:
         self.api = FakeApi()
         self.now = 1_800_000_000.0
-        cfg = {"simulated_eval_summary": {"images": 8}, **config}
+        cfg = {"simulated_eval_summary": {"requests": 8}, **config}
         self.controller = Controller(OperatorConfig(**cfg), self.api, clock=lambda: self.now)
         self.api.deployments[("ml", "zthumb")] = deployment(
             [{"name": "Z_LORA_PATH", "value": "/data/models/lora/old"}]

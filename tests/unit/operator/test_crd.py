@@ -11,7 +11,7 @@ import yaml
 from lft_helpers import EXAMPLE_PATH, apply_defaults, crd_schema, load_crd
 from pydantic import BaseModel
 from zthumb_contract import crd
-from zthumb_contract.results import TrainResults
+from zthumb_contract.results import EvalSummary, TrainResults
 from zthumb_contract.spec import LoRAFinetuneSpec
 from zthumb_contract.stages import PHASES
 
@@ -51,7 +51,8 @@ def test_printer_columns() -> None:
     assert cols["PHASE"]["jsonPath"] == ".status.phase"
     assert cols["PROGRESS"]["jsonPath"] == ".status.progress.percent"
     assert cols["STEPS/S"]["jsonPath"] == ".status.training.stepsPerSecond"
-    for wide in ("REPORT", "MESSAGE", "STEPS/S", "CLIP-I GAIN", "CLIP-T DROP"):
+    assert cols["LEAKAGE"]["jsonPath"] == ".status.evalSummary.leakage"
+    for wide in ("REPORT", "MESSAGE", "STEPS/S", "CLIP-I GAIN", "CLIP-T DROP", "LEAKAGE"):
         assert cols[wide]["priority"] == 1
     for col in cols.values():
         assert col.get("priority", 0) in (0, 1)
@@ -132,6 +133,25 @@ def test_status_shape() -> None:
     assert training["memoryKind"]["enum"] == list(
         typing.get_args(fields["memory_kind"].annotation)[0].__args__
     )
+
+
+_JSON_TYPES = {int: "integer", float: "number", str: "string"}
+
+
+def test_status_eval_summary_mirrors_the_results_model() -> None:
+    """status.evalSummary holds exactly what EvalSummary carries, each with its JSON type, so the
+    API server neither prunes a number the operator sets nor keeps one it never sets."""
+    summary = crd_schema()["properties"]["status"]["properties"]["evalSummary"]
+    assert "additionalProperties" not in summary
+    fields = EvalSummary.model_fields
+    expected = {}
+    for name, info in fields.items():
+        (kind,) = [arg for arg in typing.get_args(info.annotation) if arg is not type(None)]
+        expected[info.alias or name] = _JSON_TYPES[kind]
+    assert {key: node["type"] for key, node in summary["properties"].items()} == expected
+    assert all(node.get("description") for node in summary["properties"].values())
+    # The printer columns and the gate's checks name its numbers.
+    assert {"clipIGain", "clipTDrop", "meanPixelDifference", "leakage"} <= set(expected)
 
 
 def test_bounds_and_validations() -> None:

@@ -40,17 +40,19 @@ def test_job_state_reads_conditions_suspension_and_scheduling() -> None:
     assert readers.job_state({"spec": {}}, []).state == "running"
 
 
-def test_eval_summary_from_the_termination_message() -> None:
-    pods = [
-        {
-            "status": {
-                "containerStatuses": [
-                    {"state": {"terminated": {"message": '{"images": 8, "x": "s", "d": 0.5}'}}}
-                ]
-            }
-        }
-    ]
-    assert readers.eval_summary(pods) == {"images": 8.0, "d": 0.5}
+def test_eval_summary_is_read_through_the_results_model() -> None:
+    """Known numbers kept (the adapter's sha256 too), unknown keys ignored, a NaN or out-of-range
+    value dropped on its own without losing the others."""
+    message = (
+        '{"requests": 8, "meanPixelDifference": 12.5, "clipIGain": NaN, "leakage": 3.5, '
+        '"report": "report.md", "newerMetric": 1, "adapterSha256": "' + "ab" * 32 + '"}'
+    )
+    pods = [{"status": {"containerStatuses": [{"state": {"terminated": {"message": message}}}]}}]
+    assert readers.eval_summary(pods) == {
+        "requests": 8,
+        "meanPixelDifference": 12.5,
+        "adapterSha256": "ab" * 32,
+    }
     assert readers.eval_summary([{"status": {}}]) is None
 
 

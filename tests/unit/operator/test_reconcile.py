@@ -51,7 +51,7 @@ def test_happy_path_through_every_phase() -> None:
     h.reconcile()
     st = h.status()
     assert st["phase"] == "Succeeded"
-    assert st["evalSummary"] == {"images": 8}
+    assert st["evalSummary"] == {"requests": 8}
     assert st["reportPath"] == "/data/outputs/lora_eval/z-style/report.md"
     assert st["reportUrl"] == "/reports/z-style/"
     assert st["completionTime"]

@@ -9,11 +9,14 @@ from typing import Any
 
 
 def write_report(
-    reports_dir: Path, run: str, *, gate: dict[str, Any] | None = None, clip: bool = False
-) -> Path:
+    reports_dir: Path, run: str, *, gate: dict[str, Any] | None = None, clip: bool = False,
+    leakage: bool = False,
+) -> Path:  # fmt: skip
     """``<reports_dir>/<run>/`` with pairs, summary.json and report.md; ``gate``: spec.eval.gate;
-    ``clip``: add a CLIP block (the eval's shape) and a validation grid, as a full report has."""
+    ``clip``: add a CLIP block (the eval's shape) and a validation grid, as a full report has;
+    ``leakage``: a leakage block (two prompts, one seed) with its pictures."""
     from PIL import Image
+    from zthumb_contract.eval_report import LeakageBlock, LeakagePrompt
     from zthumb_trainer.eval.config import EvalConfig, Sample
     from zthumb_trainer.eval.run import write_report as write
 
@@ -27,8 +30,18 @@ def write_report(
                              "width": 64, "height": 64, "steps": 4})
         for seed in (0, 1) for scale in (0.0, 0.8)
     ]  # fmt: skip
+    leakage_prompts = ("a city street", "a bowl of fruit")
+    unasked = [
+        Sample(index, prompt, 0, scale, Image.new("RGB", (64, 64), (90, 99, 50 * index)), 0.5, {})
+        for index, prompt in enumerate(leakage_prompts) for scale in (0.0, 0.8)
+    ]  # fmt: skip
+    block = LeakageBlock(scale=0.8, seeds=[0], leakage=0.0825, prompts=[
+        LeakagePrompt(prompt=prompt, similarity=1 - value, leakage=value, images=[f"leakage/l{index}-s0.png"])
+        for index, (prompt, value) in enumerate(zip(leakage_prompts, (0.0588, 0.1062), strict=True))
+    ])  # fmt: skip
     write(config, samples, {"backends": [{"name": "full", "model": "/data/models/sdxl", "device": "cpu",
-                                          "dtype": "float32"}]}, 3.2)  # fmt: skip
+                                          "dtype": "float32"}]}, 3.2,
+          leakage=block if leakage else None, leakage_samples=unasked if leakage else None)  # fmt: skip
     directory = reports_dir / run
     if clip:
         summary = json.loads((directory / "summary.json").read_text())

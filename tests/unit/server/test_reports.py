@@ -18,6 +18,36 @@ def reports_dir(tmp_path):
     return root
 
 
+def test_a_report_page_shows_the_leakage_per_prompt_with_its_pictures(make_client, tmp_path):
+    root = tmp_path / "reports"
+    write_report(root, "leaky", gate={"maxLeakage": 0.05}, leakage=True)
+    client = make_client(reports_dir=root)
+    html = client.get("/reports/leaky/").text
+    assert "Leakage 0.0825" in html and "served scale 0.8" in html
+    assert "<td>a city street</td><td>0.9412</td><td>0.0588</td>" in html
+    assert "Quality gate failed" in html and "<td>leakage</td><td>max 0.05</td>" in html
+    for image in ("leakage/l0-s0.png", "leakage/l1-s0.png"):
+        assert f'src="/reports/leaky/files/{image}"' in html
+        assert client.get(f"/reports/leaky/files/{image}").content.startswith(b"\x89PNG")
+    assert "<td>0.0825</td>" in client.get("/reports/").text  # the index's leakage column
+
+
+def test_a_report_of_an_older_version_renders_and_a_bad_value_costs_only_itself(make_client, tmp_path):
+    """summary.json as versions before the results model wrote it (no leakage, keys this model does
+    not know), with a NaN that a broken metric could have left: the page shows the rest."""
+    import json
+
+    directory = write_report(tmp_path / "reports", "old", clip=True)
+    summary = json.loads((directory / "summary.json").read_text())
+    del summary["leakage"]
+    summary["retired_metric"] = {"x": 1}
+    summary["mean_latency_s"] = float("nan")
+    (directory / "summary.json").write_text(json.dumps(summary))  # NaN, as json.dumps writes it
+    html = make_client(reports_dir=tmp_path / "reports").get("/reports/old/").text
+    assert "CLIP-I gain 0.0312" in html and "Leakage" not in html
+    assert "LoRA evaluation: old" in html
+
+
 def test_a_report_page_shows_the_gate_the_metrics_and_every_image(make_client, reports_dir):
     client = make_client(reports_dir=reports_dir)
     page = client.get("/reports/z-style/")

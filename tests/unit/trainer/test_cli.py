@@ -132,3 +132,25 @@ def test_every_training_option_has_a_row_in_the_trainer_readme():
     rows = {line.split("`")[1] for line in readme.splitlines() if line.startswith("| `")}
     fields = {info.alias or name for name, info in TrainingSpec.model_fields.items()}
     assert fields <= rows, f"spec.training fields without a row in images/trainer/README.md: {fields - rows}"
+
+
+@pytest.mark.parametrize("prompts", [[], ["a red car"], None])
+def test_leakage_prompts_reach_the_eval_from_the_step_argv_even_when_empty(monkeypatch, prompts):
+    """An empty list has no items to repeat: the argv says --no-leakage-prompts, and the eval gets []
+    rather than the default prompts."""
+    import zthumb_trainer.eval.run as eval_run
+    from zthumb_contract.spec import DEFAULT_LEAKAGE_PROMPTS
+
+    seen = []
+
+    def capture(config):
+        seen.append(config.leakage_prompts)
+        raise eval_run.EvalError("captured")
+
+    monkeypatch.setattr(eval_run, "run_eval", capture)
+    spec = LoRAFinetuneSpec.model_validate({} if prompts is None else {"eval": {"leakagePrompts": prompts}})
+    step = next(step for step in build_steps("style", spec, "/data", "http://s") if step.name == "eval")
+    assert ("--no-leakage-prompts" in step.args) is (prompts == [])
+    result = CliRunner().invoke(app, list(step.args))
+    assert result.exit_code == 1 and "captured" in result.output
+    assert seen == [DEFAULT_LEAKAGE_PROMPTS if prompts is None else prompts]

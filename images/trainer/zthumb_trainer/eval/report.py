@@ -5,42 +5,45 @@ from __future__ import annotations
 
 from typing import Any
 
+from zthumb_contract.eval_report import ClipBlock, EvalReport, LeakageBlock
+
 from zthumb_trainer.train.measure import training_markdown
 
 
-def render_markdown(summary: dict[str, Any]) -> str:
-    adapter = summary.get("adapter") or {}
-    base = summary.get("base_model") or {}
-    scales = " | ".join(f"{scale:g}" for scale in summary["scales"])
+def render_markdown(report: EvalReport) -> str:
+    adapter = report.adapter or {}
+    base = report.base_model or {}
+    scales = " | ".join(f"{scale:g}" for scale in report.scales)
+    width, height = [*report.image_size, None, None][:2]
     lines = [
-        f"# LoRA evaluation: {summary['run_name']}",
+        f"# LoRA evaluation: {report.run_name}",
         "",
-        f"- Server: `{summary['server_url']}`, backend `{summary.get('backend')}`"
+        f"- Server: `{report.server_url}`, backend `{report.backend}`"
         f" ({base.get('device')}, {base.get('dtype')}), model `{base.get('model')}`",
-        f"- Adapter: `{adapter.get('path', summary['lora_path'])}` sha256 `{adapter.get('sha256', '?')}`",
-        f"- Scales compared: {scales}; image size {summary['image_size'][0]}x{summary['image_size'][1]}, "
-        f"{summary['steps']} steps",
-        f"- Mean pixel difference vs scale {summary['reference_scale']:g}: {summary['mean_pixel_difference']}"
+        f"- Adapter: `{adapter.get('path', report.lora_path)}` sha256 `{adapter.get('sha256', '?')}`",
+        f"- Scales compared: {scales}; image size {width}x{height}, {report.steps} steps",
+        f"- Mean pixel difference vs scale {report.reference_scale:g}: {report.mean_pixel_difference}"
         f" (0–255; 0 means the adapter changed nothing)",
-        f"- Mean latency per request: {summary['mean_latency_s']} s over {summary['requests']} requests",
-        training_markdown(summary.get("training")),
+        f"- Mean latency per request: {report.mean_latency_s} s over {report.requests} requests",
+        training_markdown(report.training),
         "",
     ]
-    for pair in summary["pairs"]:
-        differences = ", ".join(f"scale {k}: {v}" for k, v in pair["mean_pixel_difference"].items())
-        latencies = ", ".join(f"scale {k}: {v} s" for k, v in pair["latency_s"].items())
+    for pair in report.pairs:
+        differences = ", ".join(f"scale {k}: {v}" for k, v in pair.mean_pixel_difference.items())
+        latencies = ", ".join(f"scale {k}: {v} s" for k, v in pair.latency_s.items())
         lines += [
-            f"## {pair['prompt']} — seed {pair['seed']}",
+            f"## {pair.prompt} — seed {pair.seed}",
             "",
-            f"![{pair['prompt']} seed {pair['seed']}]({pair['image']})",
+            f"![{pair.prompt} seed {pair.seed}]({pair.image})",
             "",
             f"Mean pixel difference: {differences}. Latency: {latencies}.",
             "",
         ]
-    lines += clip_markdown(summary.get("clip"))
-    lines += validation_markdown(summary.get("validation"))
+    lines += clip_markdown(report.clip)
+    lines += leakage_markdown(report.leakage)
+    lines += validation_markdown(report.validation)
     # The gate's verdict right under the title: it decides whether the adapter stays deployed.
-    return "\n".join([*lines[:2], *gate_markdown(summary.get("gate")), *lines[2:]])
+    return "\n".join([*lines[:2], *gate_markdown(report.gate), *lines[2:]])
 
 
 def gate_markdown(gate: dict[str, Any] | None) -> list[str]:
@@ -85,26 +88,47 @@ def validation_markdown(validation: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def clip_markdown(clip: dict[str, Any] | None) -> list[str]:
+def clip_markdown(clip: ClipBlock | None) -> list[str]:
     """The CLIP metrics per scale, and the served scale's gain and drop against the reference."""
     if not clip:
         return []
     lines = [
         "## Quality metrics (CLIP)",
         "",
-        f"`{clip['model']['name']}`; CLIP-T: image–prompt cosine similarity; CLIP-I: mean cosine "
-        f"similarity to {clip['training_images']} training images.",
+        f"`{clip.model.get('name')}`; CLIP-T: image–prompt cosine similarity; CLIP-I: mean cosine "
+        f"similarity to {clip.training_images} training images.",
         "",
         "| scale | CLIP-T | CLIP-I |",
         "| --- | --- | --- |",
     ]
-    for scale, values in clip["by_scale"].items():
+    for scale, values in clip.by_scale.items():
         lines.append(f"| {scale} | {values['clip_t']:.4f} | {values['clip_i']:.4f} |")
     lines += [
         "",
-        f"CLIP-I gain {clip['clip_i_gain']:+.4f} (served scale over scale {clip['reference_scale']:g}: "
-        f"positive means closer to the training images), CLIP-T drop {clip['clip_t_drop']:+.4f} "
+        f"CLIP-I gain {clip.clip_i_gain:+.4f} (served scale over scale {clip.reference_scale:g}: "
+        f"positive means closer to the training images), CLIP-T drop {clip.clip_t_drop:+.4f} "
         "(positive means the prompt is followed less).",
         "",
     ]
     return lines
+
+
+def leakage_markdown(leakage: LeakageBlock | None) -> list[str]:
+    """The prompts without the trigger: how far the served scale moved them from scale 0."""
+    if not leakage:
+        return []
+    lines = [
+        "## Leakage (prompts without the trigger)",
+        "",
+        f"Leakage {leakage.leakage:.4f}: 1 - the mean CLIP image similarity between scale 0 and the "
+        f"served scale {leakage.scale:g} (0 means untouched; higher means the adapter changes images "
+        f"it was not asked for), seeds {', '.join(str(seed) for seed in leakage.seeds)}.",
+        "",
+        "| prompt | similarity | leakage |",
+        "| --- | --- | --- |",
+    ]
+    lines += [f"| {p.prompt} | {p.similarity:.4f} | {p.leakage:.4f} |" for p in leakage.prompts]
+    lines.append("")
+    for prompt in leakage.prompts:
+        lines += [f"![{prompt.prompt}]({image})" for image in prompt.images]
+    return [*lines, ""]

@@ -9,15 +9,16 @@ writes ``<output>/`` (published atomically, like the adapter):
   steps/s and peak memory (from its ``summary.json``, when given), and the validation samples
   the train step rendered (``spec.training.validation``: the grids of ``<run-dir>/samples/``, the
   run dir being the summary's directory), copied to ``samples/`` and shown in step order;
-* ``summary.json``: the same numbers for machines; a compact copy goes to the
-  termination message for the operator.
+* ``leakage/l<i>-s<seed>.png``: each ``spec.eval.leakagePrompts`` prompt at scale 0 and at the
+  served scale (``leakage.py``; with CLIP only, which measures it);
+* ``summary.json``: the same numbers for machines (``zthumb_contract.eval_report.EvalReport``); its
+  compact ``EvalSummary`` goes to the termination message for the operator.
 """
 
 from __future__ import annotations
 
 import base64
 import io
-import json
 import shutil
 import sys
 import time
@@ -26,6 +27,7 @@ from typing import Any
 
 import httpx
 from zthumb_contract import env
+from zthumb_contract.eval_report import EvalReport, LeakageBlock
 from zthumb_contract.gate import evaluate_gate
 
 from zthumb_trainer.atomic import publish_directory, staging_directory
@@ -33,6 +35,7 @@ from zthumb_trainer.eval.clip import clip_block, load_clip
 from zthumb_trainer.eval.clip_metrics import ClipError
 from zthumb_trainer.eval.config import EvalConfig, Sample
 from zthumb_trainer.eval.images import mean_pixel_difference, side_by_side
+from zthumb_trainer.eval.leakage import leakage_block, leakage_requests, save_leakage_pairs, served_scale
 from zthumb_trainer.eval.report import render_markdown
 from zthumb_trainer.prompts import expand_prompt
 from zthumb_trainer.reporting import write_termination_message
@@ -118,9 +121,7 @@ def generate(
     return _decode_image(payload), latency, payload
 
 
-def run_eval(config: EvalConfig) -> dict[str, Any]:
-    if not config.prompts or not config.seeds or not config.scales:
-        raise EvalError("eval needs at least one prompt, one seed and one scale")
+def run_eval(config: EvalConfig) -> EvalReport:
     if config.served_scale is not None and config.served_scale not in config.scales:
         config = config.model_copy(update={"scales": [*config.scales, config.served_scale]})
     try:
@@ -138,17 +139,34 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
             prompt = expand_prompt(raw_prompt, config.trigger_word)
             for seed in config.seeds:
                 for scale in config.scales:
-                    image, latency, payload = generate(client, config, prompt, seed, scale)
-                    print(f"prompt {prompt_index} seed {seed} scale {scale}: {latency:.2f}s", file=sys.stderr)
-                    payload.pop("images", None)
-                    samples.append(Sample(prompt_index, prompt, seed, scale, image, latency, payload))
+                    samples.append(_sample(client, config, (prompt_index, prompt, seed, scale)))
+        # Leakage prompts go out as written: no trigger word is added.
+        requests = leakage_requests(config) if scorer is not None else []
+        unasked = [_sample(client, config, request, label="leakage ") for request in requests]
     try:
         clip = clip_block(config, scorer, samples) if scorer is not None else None
+        leakage = None
+        if scorer is not None and unasked:
+            leakage = leakage_block(scorer, unasked, served_scale(config), config.seeds)
     except ClipError as error:
         raise EvalError(str(error)) from error
-    summary = write_report(config, samples, models, time.monotonic() - started, clip)
-    write_termination_message(compact_summary(summary))
-    return summary
+    seconds = time.monotonic() - started
+    report = write_report(
+        config, samples, models, seconds, clip=clip, leakage=leakage, leakage_samples=unasked
+    )
+    write_termination_message(report.summary().status())
+    return report
+
+
+def _sample(
+    client: httpx.Client, config: EvalConfig, request: tuple[int, str, int, float], label: str = ""
+) -> Sample:
+    """One image: ``request`` is (prompt index, prompt, seed, scale)."""
+    prompt_index, prompt, seed, scale = request
+    image, latency, payload = generate(client, config, prompt, seed, scale)
+    print(f"{label}prompt {prompt_index} seed {seed} scale {scale}: {latency:.2f}s", file=sys.stderr)
+    payload.pop("images", None)
+    return Sample(prompt_index, prompt, seed, scale, image, latency, payload)
 
 
 def _get_json(client: httpx.Client, path: str) -> dict[str, Any]:
@@ -164,8 +182,11 @@ def write_report(
     samples: list[Sample],
     models: dict[str, Any],
     seconds: float,
+    *,
     clip: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    leakage: LeakageBlock | None = None,
+    leakage_samples: list[Sample] | None = None,
+) -> EvalReport:
     staging = staging_directory(config.output, "tmp")
     (staging / "pairs").mkdir()
     reference_scale = config.scales[0]
@@ -216,16 +237,21 @@ def write_report(
         "base_model": _base_model_info(models, first_response.get("backend")),
         "training": read_training_block(config.train_summary),
         "clip": clip,
+        "leakage": leakage,
         "pairs": pairs,
+        "validation": copy_validation_samples(config.train_summary, staging),
     }
-    summary["validation"] = copy_validation_samples(config.train_summary, staging)
-    verdict = evaluate_gate(config.gate, compact_summary(summary))
+    if leakage is not None and leakage_samples:
+        save_leakage_pairs(leakage_samples, staging)
+    # Through the model: a value it refuses (NaN) is dropped on its own, not written.
+    report = EvalReport.from_report(summary) or EvalReport()
+    verdict = evaluate_gate(config.gate, report.summary())
     if verdict is not None:
-        summary["gate"] = verdict.status()
-    (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (staging / "report.md").write_text(render_markdown(summary))
+        report.gate = verdict.status()
+    (staging / "summary.json").write_text(report.to_json())
+    (staging / "report.md").write_text(render_markdown(report))
     publish_directory(staging, config.output)
-    return summary
+    return report
 
 
 def copy_validation_samples(train_summary: Path | None, staging: Path) -> dict[str, Any] | None:
@@ -254,24 +280,3 @@ def _base_model_info(models: dict[str, Any], backend: str | None) -> dict[str, A
         if info.get("name") == backend:
             return {key: info.get(key) for key in ("name", "model", "device", "dtype")}
     return None
-
-
-def compact_summary(summary: dict[str, Any]) -> dict[str, Any]:
-    """What the operator copies into the LoRAFinetune status (the termination message)."""
-    adapter = summary.get("adapter") or {}
-    compact: dict[str, Any] = {
-        "report": "report.md",
-        "requests": summary["requests"],
-        "meanPixelDifference": summary["mean_pixel_difference"],
-        "minPixelDifference": summary["min_pixel_difference"],
-        "meanLatencySeconds": summary["mean_latency_s"],
-        "adapterSha256": adapter.get("sha256"),
-        "seconds": summary["seconds"],
-    }
-    if summary.get("served_scale") is not None:
-        compact["servedScale"] = summary["served_scale"]
-    clip = summary.get("clip")
-    if clip:
-        compact["clipIGain"] = clip["clip_i_gain"]
-        compact["clipTDrop"] = clip["clip_t_drop"]
-    return compact

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from zthumb_contract import env as env_names
+from zthumb_contract.eval_report import EvalReport
 from zthumb_contract.gate import GATE_FAILED_REASON, evaluate_gate
 from zthumb_contract.spec import LoRAFinetuneSpec
 from zthumb_contract.stages import Runner, Success, active_stages, build_steps
@@ -259,10 +260,8 @@ def start_server(server: LocalServer, url: str) -> float:
 def check_gate(spec: LoRAFinetuneSpec, summary_path: Path) -> None:
     """spec.eval.gate on the eval step's numbers, as the operator judges them (there it also rolls
     the Deployment back; here the local server stops with the run anyway)."""
-    from zthumb_trainer.eval.run import compact_summary
-
-    summary = json.loads(summary_path.read_text())
-    verdict = evaluate_gate(spec.eval.gate, compact_summary(summary))
+    evaluation = EvalReport.from_report(json.loads(summary_path.read_text())) or EvalReport()
+    verdict = evaluate_gate(spec.eval.gate, evaluation.summary())
     if verdict is not None and not verdict.passed:
         report = summary_path.with_name("report.md")
         raise LocalRunError(f"{GATE_FAILED_REASON}: eval gate {verdict.message} (report: {report})")

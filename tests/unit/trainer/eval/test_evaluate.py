@@ -88,8 +88,8 @@ def test_report_pairs_differences_and_summary(tmp_path, monkeypatch):
     assert {(r["lora_scale"], r["lora_path"], r["output_format"]) for r in seen} == {
         (0.0, "style", "png"), (0.8, "style", "png")}  # fmt: skip
     assert seen[0]["prompt"] == "a photo of zt" and seen[-1]["prompt"] == "zt, a tree"
-    assert summary["requests"] == 8
-    assert summary["mean_pixel_difference"] == pytest.approx(80 / 3, abs=0.01)
+    assert summary.requests == 8
+    assert summary.mean_pixel_difference == pytest.approx(80 / 3, abs=0.01)
     report = (output / "report.md").read_text()
     assert "![a photo of zt seed 0](pairs/p0-s0.png)" in report
     assert "sha256 `" + "ee" * 32 in report
@@ -187,7 +187,7 @@ def test_report_shows_the_validation_samples_in_step_order(tmp_path, monkeypatch
                        prompts=["x"], seeds=[0], scales=[0.0, 0.8], steps=2,
                        train_summary=run_dir / "summary.json")
         )  # fmt: skip
-    assert summary["validation"]["passes"] == 2 and summary["validation"]["secondsPerPass"] == 1.5
+    assert summary.validation["passes"] == 2 and summary.validation["secondsPerPass"] == 1.5
     report = (output / "report.md").read_text()
     assert "## Validation samples during training" in report
     assert report.index("![step 3](samples/step-3.png)") < report.index("![step 6](samples/step-6.png)")
@@ -206,7 +206,7 @@ def test_the_report_and_summary_carry_the_gate_verdict(tmp_path, monkeypatch, th
                        gate={"minMeanPixelDifference": threshold})
         )  # fmt: skip
     gate = json.loads((output / "summary.json").read_text())["gate"]
-    assert gate == summary["gate"]
+    assert gate == summary.gate
     assert gate["passed"] is passed
     # 80 levels on one channel of three: 26.667
     assert gate["checks"] == [{"metric": "meanPixelDifference", "kind": "min", "threshold": threshold,
@@ -226,7 +226,7 @@ def test_no_gate_no_verdict(tmp_path, monkeypatch):
             EvalConfig(server_url=server.url, output=tmp_path / "eval", run_name="style", lora_path="style",
                        prompts=["a tree"], seeds=[0], scales=[0.0, 0.8], steps=2)
         )  # fmt: skip
-    assert "gate" not in summary
+    assert summary.gate is None
     assert "Quality gate" not in (tmp_path / "eval" / "report.md").read_text()
 
 
@@ -261,8 +261,7 @@ def _clip_config(tmp_path, clip_server, clip_files, sha256=None, **overrides):
         output=tmp_path / "eval", run_name="style", lora_path="style", prompts=["a tree"], seeds=[0, 1],
         scales=[0.0], served_scale=0.8, steps=2, clip=clip_spec, train_summary=run_dir / "summary.json",
         clip_model=tmp_path / "models" / "clip.safetensors", clip_config=tmp_path / "models" / "clip-config",
-        **overrides,
-    )  # fmt: skip
+    ) | overrides  # fmt: skip
 
 
 def test_clip_metrics_reach_the_summary_the_report_and_the_termination_message(
@@ -273,21 +272,23 @@ def test_clip_metrics_reach_the_summary_the_report_and_the_termination_message(
     with StaticServer(clip_files[0]) as clip_server, StaticServer(tmp_path, handler=_fake_server()) as server:
         config = _clip_config(tmp_path, clip_server, clip_files, gate={"minClipIGain": -2})
         summary = run_eval(EvalConfig(server_url=server.url, **config))
-    assert summary["scales"] == [0.0, 0.8]  # the served scale was added
-    clip = summary["clip"]
-    assert clip["training_images"] == 4 and clip["reference_scale"] == 0.0
-    assert set(clip["by_scale"]) == {"0", "0.8"}
-    by = clip["by_scale"]
-    assert clip["clip_i_gain"] == pytest.approx(by["0.8"]["clip_i"] - by["0"]["clip_i"], abs=2e-4)
-    assert clip["clip_t_drop"] == pytest.approx(by["0"]["clip_t"] - by["0.8"]["clip_t"], abs=2e-4)
-    assert set(summary["pairs"][0]["clip_t"]) == {"0", "0.8"} and set(summary["pairs"][0]["clip_i"]) == {
+    assert summary.scales == [0.0, 0.8]  # the served scale was added
+    clip = summary.clip
+    assert clip is not None
+    assert clip.training_images == 4 and clip.reference_scale == 0.0
+    assert set(clip.by_scale) == {"0", "0.8"}
+    by = clip.by_scale
+    assert clip.clip_i_gain == pytest.approx(by["0.8"]["clip_i"] - by["0"]["clip_i"], abs=2e-4)
+    assert clip.clip_t_drop == pytest.approx(by["0"]["clip_t"] - by["0.8"]["clip_t"], abs=2e-4)
+    assert set(summary.pairs[0].clip_t or {}) == {"0", "0.8"} and set(summary.pairs[0].clip_i or {}) == {
         "0",
         "0.8",
     }
     compact = json.loads((tmp_path / "termination-log").read_text())
-    assert compact["clipIGain"] == clip["clip_i_gain"] and compact["servedScale"] == 0.8
-    assert summary["gate"]["checks"][0] == {"metric": "clipIGain", "kind": "min", "threshold": -2.0,
-                                            "value": clip["clip_i_gain"], "passed": True}  # fmt: skip
+    assert compact["clipIGain"] == clip.clip_i_gain and compact["servedScale"] == 0.8
+    assert summary.gate is not None
+    assert summary.gate["checks"][0] == {"metric": "clipIGain", "kind": "min", "threshold": -2.0,
+                                         "value": clip.clip_i_gain, "passed": True}  # fmt: skip
     report = (tmp_path / "eval" / "report.md").read_text()
     assert "## Quality metrics (CLIP)" in report and f"| 0.8 | {by['0.8']['clip_t']:.4f} |" in report
     # Verified once: a second eval neither downloads nor re-hashes the CLIP weights.

@@ -1,0 +1,118 @@
+"""The eval's ``summary.json`` (``EvalReport``): written by the eval step, read by the server's
+report pages and by the local runner, and the source of the compact ``EvalSummary`` that goes to
+the operator (``status.evalSummary``).
+
+On disk the keys stay snake_case, as every version wrote them, so a server shows reports written
+before this model and an older server shows newer ones; the models accept camelCase too (the
+aliases of ``Results``). A value that fails validation (NaN, a wrong type) is dropped on its own
+by ``EvalReport.from_report``; the page then shows it as missing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from zthumb_contract.results import EvalSummary, Results, TrainResults
+
+# A number per LoRA scale, keyed by the scale as ``f"{scale:g}"`` ("0", "0.8").
+ByScale = dict[str, float]
+
+
+class EvalPair(Results):
+    """One prompt × seed rendered at every scale: ``image`` is the side-by-side picture."""
+
+    prompt: str
+    seed: int
+    image: str
+    mean_pixel_difference: ByScale = Field(default_factory=dict)
+    latency_s: ByScale = Field(default_factory=dict)
+    clip_t: ByScale | None = None
+    clip_i: ByScale | None = None
+
+
+class ClipBlock(Results):
+    """CLIP-T and CLIP-I per scale, and the served scale against the reference."""
+
+    model: dict[str, Any] = Field(default_factory=dict)  # the CLIP model's name, url, sha256
+    reference_scale: float = 0.0
+    training_images: int = 0
+    by_scale: dict[str, ByScale] = Field(default_factory=dict)
+    clip_i_gain: float = Field(allow_inf_nan=False)
+    clip_t_drop: float = Field(allow_inf_nan=False)
+
+
+class LeakagePrompt(Results):
+    """One prompt without the trigger, at scale 0 and at the served scale, over the eval's seeds."""
+
+    prompt: str
+    similarity: float = Field(ge=-1, le=1, allow_inf_nan=False)  # mean CLIP image cosine, 1 = same
+    leakage: float = Field(ge=0, le=2, allow_inf_nan=False)  # 1 - similarity
+    images: list[str] = Field(default_factory=list)  # side by side, one per seed
+
+
+class LeakageBlock(Results):
+    """How far the adapter moves images it was not asked for (``spec.eval.leakagePrompts``)."""
+
+    scale: float  # the served scale, compared with scale 0
+    seeds: list[int] = Field(default_factory=list)
+    leakage: float = Field(ge=0, le=2, allow_inf_nan=False)  # 1 - mean similarity over all pairs
+    prompts: list[LeakagePrompt] = Field(default_factory=list)
+
+
+class EvalReport(Results):
+    run_name: str = ""
+    server_url: str = ""
+    lora_path: str = ""
+    reference_scale: float = 0.0
+    scales: list[float] = Field(default_factory=list)
+    served_scale: float | None = None
+    requests: int = 0
+    mean_pixel_difference: float | None = Field(None, allow_inf_nan=False)
+    min_pixel_difference: float | None = Field(None, allow_inf_nan=False)
+    mean_latency_s: float | None = Field(None, allow_inf_nan=False)
+    seconds: float | None = Field(None, allow_inf_nan=False)
+    adapter: dict[str, Any] | None = None  # the server's adapter block: path, sha256, scale
+    backend: str | None = None
+    image_size: list[int | None] = Field(default_factory=lambda: list[int | None]([None, None]))
+    steps: int | None = None
+    base_model: dict[str, Any] | None = None  # the server's /models entry: name, model, device, dtype
+    # The train step's own block, kept in its status shape (camelCase, as TrainResults writes it).
+    training: dict[str, Any] | None = None
+    clip: ClipBlock | None = None
+    leakage: LeakageBlock | None = None
+    pairs: list[EvalPair] = Field(default_factory=list)
+    validation: dict[str, Any] | None = None  # the train step's validation grids (train.validation)
+    gate: dict[str, Any] | None = None  # GateVerdict.status() of spec.eval.gate
+
+    @field_validator("training", mode="before")
+    @classmethod
+    def _training_results(cls, block: object) -> dict[str, Any] | None:
+        results = TrainResults.from_report(block)
+        return results.status() if results is not None else None
+
+    def to_json(self) -> str:
+        """``summary.json``'s text: snake_case keys, as older readers expect."""
+        return self.model_dump_json(indent=2) + "\n"
+
+    def summary(self) -> EvalSummary:
+        """The compact numbers for ``status.evalSummary`` (the eval pod's termination message)."""
+        sha256 = (self.adapter or {}).get("sha256")
+        return (
+            EvalSummary.from_report(
+                {
+                    "requests": self.requests,
+                    "mean_pixel_difference": self.mean_pixel_difference,
+                    "min_pixel_difference": self.min_pixel_difference,
+                    "mean_latency_seconds": self.mean_latency_s,
+                    "seconds": self.seconds,
+                    "served_scale": self.served_scale,
+                    "clip_i_gain": self.clip.clip_i_gain if self.clip else None,
+                    "clip_t_drop": self.clip.clip_t_drop if self.clip else None,
+                    "leakage": self.leakage.leakage if self.leakage else None,
+                    "adapter_sha256": sha256,
+                }
+            )
+            or EvalSummary()
+        )
