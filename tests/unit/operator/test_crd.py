@@ -51,7 +51,9 @@ def test_printer_columns() -> None:
     assert cols["PHASE"]["jsonPath"] == ".status.phase"
     assert cols["PROGRESS"]["jsonPath"] == ".status.progress.percent"
     assert cols["STEPS/S"]["jsonPath"] == ".status.training.stepsPerSecond"
-    for wide in ("REPORT", "MESSAGE", "STEPS/S", "CLIP-I GAIN", "CLIP-T DROP"):
+    assert cols["ETA"]["jsonPath"] == ".status.progress.estimatedRemainingSeconds"
+    assert cols["ETA"]["type"] == "integer"
+    for wide in ("REPORT", "MESSAGE", "STEPS/S", "ETA", "CLIP-I GAIN", "CLIP-T DROP"):
         assert cols[wide]["priority"] == 1
     for col in cols.values():
         assert col.get("priority", 0) in (0, 1)
@@ -110,7 +112,21 @@ def test_status_shape() -> None:
         "lastTransitionTime",
         "observedGeneration",
     }
-    assert set(status["progress"]["properties"]) >= {"step", "totalSteps", "loss", "etaSeconds", "percent"}
+    progress = status["progress"]["properties"]
+    assert set(progress) >= {
+        "step",
+        "totalSteps",
+        "loss",
+        "estimatedRemainingSeconds",
+        "lastUpdateTime",
+        "percent",
+    }
+    assert progress["estimatedRemainingSeconds"]["type"] == "integer"
+    assert progress["lastUpdateTime"] == {
+        **progress["lastUpdateTime"],
+        "type": "string",
+        "format": "date-time",
+    }
     for key in (
         "jobs",
         "adapterPath",
