@@ -20,6 +20,9 @@ from zthumb_contract import env
 from zthumb_contract.spec import DatasetSourceSpec, LoRAFinetuneSpec, SecretKeyRef
 from zthumb_contract.volume_areas import DATASET_CACHE, LORA_ROOT, OUTPUTS
 
+# The train step's TensorBoard event files, below the run dir (``tensorboard --logdir`` on it).
+LOGS_DIR = "logs"
+
 TRAINER_COMMAND = ("zthumb-train",)
 # The TCP port of the static torchrun rendezvous on pod 0 (node rank 0) of a multi-node train
 # step: fixed, since each pod has its own network namespace (torch's own default).
@@ -74,6 +77,10 @@ class RunPaths:
     @property
     def run_dir(self) -> str:
         return self._under_root(f"{OUTPUTS}/lora/{self.run_name}")
+
+    @property
+    def logs_dir(self) -> str:
+        return f"{self.run_dir}/{LOGS_DIR}"
 
     @property
     def lora_root(self) -> str:

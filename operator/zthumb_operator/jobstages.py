@@ -254,7 +254,10 @@ class JobStages:
         if stage.success is Success.ADAPTER:
             total = spec.training.max_train_steps
             progress = dict(p.status.get("progress") or {})
-            progress.update({"step": total, "totalSteps": total, "percent": 100})
+            # Also when the pod's last report was lost: no stale estimate on a finished run.
+            progress.update(
+                {"step": total, "totalSteps": total, "percent": 100, "estimatedRemainingSeconds": 0}
+            )
             p.set("progress", progress)
             p.set(
                 "adapterPath",

@@ -26,6 +26,7 @@ def test_local_run_end_to_end(tmp_path, record_property):
     print(f"local run took {seconds:.0f}s")
     assert completed.returncode == 0, completed.stderr[-4000:]
     assert f"adapter: {tmp_path}/models/lora/demo" in completed.stdout
+    assert f"logs:    tensorboard --logdir {tmp_path}/outputs/lora/demo/logs" in completed.stdout
     assert f"report:  {tmp_path}/outputs/lora_eval/demo/report.md" in completed.stdout
 
     adapter = tmp_path / "models" / "lora" / "demo"
@@ -36,6 +37,7 @@ def test_local_run_end_to_end(tmp_path, record_property):
     assert summary["min_pixel_difference"] > 0  # the adapter changed every pair
     assert summary["adapter"]["sha256"]
     assert (tmp_path / "outputs" / "lora" / "demo" / "progress.jsonl").exists()
+    assert list((tmp_path / "outputs" / "lora" / "demo" / "logs").glob("events.out.tfevents.*"))
     # The train step's numbers reach the report through --train-summary.
     assert summary["training"]["memoryKind"] == "ProcessMaxRSS" and summary["training"]["stepsPerSecond"] > 0
     assert "- Training on `cpu`:" in (tmp_path / "outputs" / "lora_eval" / "demo" / "report.md").read_text()

@@ -367,7 +367,10 @@ def run(
         result = run_local(finetune, workdir, tiny=finetune is None if tiny is None else tiny)
     except LocalRunError as error:
         raise _fail(str(error)) from error
-    typer.echo(f"\nadapter: {result.adapter_dir}\nreport:  {result.report}\ntook {result.seconds:.0f}s")
+    typer.echo(
+        f"\nadapter: {result.adapter_dir}\nreport:  {result.report}\n"
+        f"logs:    tensorboard --logdir {result.logs}\ntook {result.seconds:.0f}s"
+    )
 
 
 def main() -> None:

@@ -67,8 +67,10 @@ class StatusReporter:
         return self._api
 
     def report(
-        self, step: int, total: int, loss: float | None, eta_seconds: float | None, force: bool = False
+        self, step: int, total: int, loss: float | None, remaining_seconds: float | None, force: bool = False
     ) -> bool:
+        """Patch ``status.progress``; ``remaining_seconds`` is the steady-state estimate
+        (``train/measure.py``), None before there is one."""
         now = time.monotonic()
         if not force and now - self._last_sent < self.min_interval:
             return False
@@ -77,8 +79,8 @@ class StatusReporter:
             "step": step,
             "totalSteps": total,
             "loss": None if loss is None else round(float(loss), 6),
-            "etaSeconds": None if eta_seconds is None else round(eta_seconds),
-            "updatedAt": crd.utc_now(),
+            "estimatedRemainingSeconds": None if remaining_seconds is None else round(remaining_seconds),
+            "lastUpdateTime": crd.utc_now(),
         }
         try:
             self._client().patch_namespaced_custom_object_status(

@@ -8,7 +8,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from lft_helpers import EXAMPLE_PATH, apply_defaults, crd_schema, load_crd
+from lft_helpers import CRD_PATH, EXAMPLE_PATH, apply_defaults, crd_schema, load_crd
 from pydantic import BaseModel
 from zthumb_contract import crd
 from zthumb_contract.results import EvalSummary, TrainResults
@@ -45,6 +45,21 @@ def test_names_scope_and_subresources() -> None:
     assert version["subresources"] == {"status": {}}
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a mapping with a key twice (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        repeated = {key for key in keys if keys.count(key) > 1}
+        if repeated:
+            raise yaml.constructor.ConstructorError(None, None, f"repeated keys {repeated}", node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def test_no_key_is_written_twice() -> None:
+    yaml.load(CRD_PATH.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
+
+
 def test_printer_columns() -> None:
     cols = {c["name"].upper(): c for c in load_crd()["spec"]["versions"][0]["additionalPrinterColumns"]}
     assert list(cols)[:3] == ["PHASE", "PROGRESS", "AGE"]
@@ -52,7 +67,9 @@ def test_printer_columns() -> None:
     assert cols["PROGRESS"]["jsonPath"] == ".status.progress.percent"
     assert cols["STEPS/S"]["jsonPath"] == ".status.training.stepsPerSecond"
     assert cols["LEAKAGE"]["jsonPath"] == ".status.evalSummary.leakage"
-    for wide in ("REPORT", "MESSAGE", "STEPS/S", "CLIP-I GAIN", "CLIP-T DROP", "LEAKAGE"):
+    assert cols["ETA"]["jsonPath"] == ".status.progress.estimatedRemainingSeconds"
+    assert cols["ETA"]["type"] == "integer"
+    for wide in ("REPORT", "MESSAGE", "STEPS/S", "ETA", "CLIP-I GAIN", "CLIP-T DROP", "LEAKAGE"):
         assert cols[wide]["priority"] == 1
     for col in cols.values():
         assert col.get("priority", 0) in (0, 1)
@@ -111,7 +128,21 @@ def test_status_shape() -> None:
         "lastTransitionTime",
         "observedGeneration",
     }
-    assert set(status["progress"]["properties"]) >= {"step", "totalSteps", "loss", "etaSeconds", "percent"}
+    progress = status["progress"]["properties"]
+    assert set(progress) >= {
+        "step",
+        "totalSteps",
+        "loss",
+        "estimatedRemainingSeconds",
+        "lastUpdateTime",
+        "percent",
+    }
+    assert progress["estimatedRemainingSeconds"]["type"] == "integer"
+    assert progress["lastUpdateTime"] == {
+        **progress["lastUpdateTime"],
+        "type": "string",
+        "format": "date-time",
+    }
     for key in (
         "jobs",
         "adapterPath",

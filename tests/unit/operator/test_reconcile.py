@@ -32,7 +32,7 @@ def test_happy_path_through_every_phase() -> None:
     st = h.status()
     assert st["phase"] == "Deploying"
     assert st["deploy"]["previousEnv"] == {"Z_LORA_PATH": "/data/models/lora/old"}
-    assert st["progress"]["percent"] == 100
+    assert st["progress"]["percent"] == 100 and st["progress"]["estimatedRemainingSeconds"] == 0
     d = h.api.deployments[("ml", "zthumb")]
     assert d["metadata"]["annotations"][deployments.ROLLOUT_OWNER_ANNOTATION] == "z-style"
     env = {e["name"]: e["value"] for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
@@ -288,15 +288,22 @@ def test_events_coalesce_into_one_reconcile_per_run() -> None:
 def test_progress_percent_is_derived_from_the_train_pods_reports() -> None:
     h = Harness()
     to_training(h)
-    # the train pod merge-patches step/totalSteps/loss/etaSeconds
-    h.api.runs[KEY]["status"]["progress"] = {"step": 250, "totalSteps": 1000, "loss": 0.1, "etaSeconds": 60}
+    # the train pod merge-patches step/totalSteps/loss/estimatedRemainingSeconds/lastUpdateTime
+    h.api.runs[KEY]["status"]["progress"] = {
+        "step": 250,
+        "totalSteps": 1000,
+        "loss": 0.1,
+        "estimatedRemainingSeconds": 60,
+        "lastUpdateTime": "2026-01-01T00:00:00Z",
+    }
     h.controller.runs[KEY] = copy.deepcopy(h.api.runs[KEY])
     h.reconcile()
     assert h.status()["progress"] == {
         "step": 250,
         "totalSteps": 1000,
         "loss": 0.1,
-        "etaSeconds": 60,
+        "estimatedRemainingSeconds": 60,
+        "lastUpdateTime": "2026-01-01T00:00:00Z",
         "percent": 25,
     }
 

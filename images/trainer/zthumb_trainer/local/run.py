@@ -94,6 +94,7 @@ class LocalRunResult:
     run_name: str
     adapter_dir: Path
     report: Path
+    logs: Path  # the train step's TensorBoard event files
     seconds: float
     step_seconds: dict[str, float]
 
@@ -331,6 +332,7 @@ def run_local(finetune: Path | None, workdir: Path, tiny: bool = True) -> LocalR
         run_name=run_name,
         adapter_dir=Path(paths.adapter_dir),
         report=Path(paths.report),
+        logs=Path(paths.logs_dir),
         seconds=time.monotonic() - started,
         step_seconds=timings,
     )

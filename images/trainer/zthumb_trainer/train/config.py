@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from zthumb_contract.spec import TrainingSpec
+from zthumb_contract.steps import LOGS_DIR
 
 
 class TrainConfig(TrainingSpec):
@@ -34,3 +35,7 @@ class TrainConfig(TrainingSpec):
     @property
     def checkpoints_dir(self) -> Path:
         return self.run_dir / "checkpoints"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.run_dir / LOGS_DIR

@@ -30,8 +30,9 @@ CUDA graphs, each step marked as a new iteration for them.
 The setup (accelerator, models, LoRA layers, compile, optimizer) and one micro-step's forward,
 backward and update live in ``session.py``, the optimizer choice and the EMA in ``optim.py``, the
 steps/s and peak memory in ``measure.py``, a micro-batch's inputs and noise in ``step_inputs.py``,
-the loss logging in ``loss_log.py``, the run's configuration (``TrainConfig``) in ``config.py``;
-this module holds the loop: resume, checkpoints, stop, export.
+the loss logging in ``loss_log.py``, the TensorBoard event files in ``tensorboard_log.py``, the
+run's configuration (``TrainConfig``) in ``config.py``; this module holds the loop: resume,
+checkpoints, stop, export.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ from zthumb_trainer.train.optim import ema_applied, require_available
 from zthumb_trainer.train.session import TrainingSession, open_session
 from zthumb_trainer.train.step_inputs import StepInputs
 from zthumb_trainer.train.stop_signal import StopSignal
-from zthumb_trainer.train.validation import Validation
+from zthumb_trainer.train.tensorboard_log import TensorBoardLog
+from zthumb_trainer.train.validation import Validation, image_name
 
 log = logging.getLogger("zthumb_trainer.train")  # the name session, model_setup and stop_signal log under
 
@@ -117,7 +119,10 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
         mininterval=1.0,
     )
     loss_value: float | None = None
-    loss_log = LossLog(accelerator, config.max_train_steps, progress_log, reporter, bar)
+    tensorboard = TensorBoardLog(config.logs_dir if is_main else None, resumed_from=first_step, device=device)
+    loss_log = LossLog(
+        accelerator, config.max_train_steps, progress_log, reporter, bar, tensorboard, first_step=first_step
+    )
     clock = StepClock(device)
     log_every = config.log_every_steps or (10 if device.type == "cuda" else 1)
 
@@ -133,6 +138,14 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
             keep=config.checkpoints_total_limit,
             ema=session.ema,
         )
+
+    def validate(at_step: int) -> float:
+        """A validation pass (rank 0 renders, the others wait); its grid into the TensorBoard log."""
+        seconds = validation.run(at_step, accelerator)
+        loss_log.rate.exclude(seconds)
+        if validation.rendered_step == at_step:
+            tensorboard.image(at_step, validation.directory / image_name(at_step))
+        return seconds
 
     def stop_requested() -> bool:
         stop = stop_signal.received is not None
@@ -152,7 +165,7 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
                 step_loss = step_loss + session.micro_step(batch) / config.gradient_accumulation_steps
             if session.ema is not None:
                 session.ema.update(step)
-            loss_log.add(step, step_loss, session.lr_scheduler.get_last_lr()[0])
+            loss_log.add(step, step_loss, session.lr_scheduler.get_last_lr()[0], session.grad_norm)
             clock.step_done()
             at_checkpoint = step % config.checkpointing_steps == 0 or step == config.max_train_steps
             stopping = config.stop_after_step is not None and step >= config.stop_after_step
@@ -162,14 +175,16 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
             if at_checkpoint and is_main:
                 assert loss_value is not None
                 checkpoint(step, loss_value)
+                tensorboard.flush()
             if validation.due(step) and step < config.max_train_steps:  # the last: after the loop
-                clock.exclude(validation.run(step, accelerator))
+                clock.exclude(validate(step))
             if step < config.max_train_steps and stop_requested():
                 if loss_log.pending:  # a collective on every rank: stop_requested() agreed on the step
                     loss_value = loss_log.flush()
                 if not at_checkpoint and is_main:
                     assert loss_value is not None
                     checkpoint(step, loss_value)
+                    tensorboard.flush()
                 accelerator.wait_for_everyone()
                 raise TrainingInterrupted(
                     f"stopped after step {step} on {stop_signal.received or 'a signal to another rank'}; "
@@ -179,6 +194,9 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
             if stopping:
                 accelerator.wait_for_everyone()
                 raise TrainingInterrupted(f"stopped after step {step} (test hook)")
+    except BaseException:
+        tensorboard.close()  # what it holds of the steps up to the error
+        raise
     finally:
         stop_signal.restore()
         bar.close()
@@ -186,7 +204,8 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
     accelerator.wait_for_everyone()
     clock.finish()
     train_seconds = time.monotonic() - loss_log.started - validation.seconds
-    validation.run(config.max_train_steps, accelerator)  # unless a resumed run has it on disk
+    validate(config.max_train_steps)  # unless a resumed run has it on disk
+    tensorboard.close()
     if loss_value is None and checkpoints:
         loss_value = json.loads((checkpoints[-1][1] / "state.json").read_text()).get("loss")
     summary = _summary(

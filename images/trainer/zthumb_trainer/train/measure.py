@@ -7,6 +7,11 @@ the eval report shows them (read from the run's ``summary.json``).
 * ``stepsPerSecond`` leaves the first step of the pod out: it carries the warm-up (cuDNN/kernel
   selection, allocator growth) and, with ``compile``, the compilation, which would make a short
   run look several times slower than it trains. Fewer than two steps: no steady state, None.
+* ``estimatedRemainingSeconds`` (``status.progress``, ``StepRate``) divides the steps left by the
+  rate over the last ``RATE_WINDOW_STEPS`` steps (or all since the warm-up, when fewer), measured
+  between logging points (where the host has waited for the device) from the end of the pod's
+  ``WARMUP_STEPS``-th step, validation passes left out. None until one logging point after
+  the warm-up follows another; 0 at the last step.
 * ``peakMemoryBytes`` is ``torch.cuda.max_memory_allocated`` on a GPU (the tensors' peak, what
   decides an out-of-memory) and the process's peak resident set size on a CPU, where the
   model's tensors are ordinary process memory; ``memoryKind`` says which.
@@ -67,6 +72,58 @@ class StepClock:
             return None
         elapsed = self._last - self._after_first - self._excluded
         return round((self.steps - 1) / elapsed, 4) if elapsed > 0 else None
+
+
+WARMUP_STEPS = 2  # a pod's first steps: compilation, CUDA-graph recording, kernel selection
+RATE_WINDOW_STEPS = 50  # long enough to even out the logging points, short enough to follow a change
+
+
+def estimate_remaining_seconds(
+    points: list[tuple[int, float]], total_steps: int, *, warmup_until: int, window: int = RATE_WINDOW_STEPS
+) -> float | None:
+    """Seconds left at the steady-state rate; ``points`` are (step, seconds) at logging points in
+    step order, ``warmup_until`` the step whose end starts the steady state."""
+    if points and points[-1][0] >= total_steps:
+        return 0.0
+    steady = [point for point in points if point[0] >= warmup_until]
+    if len(steady) < 2:
+        return None
+    last_step, last_time = steady[-1]
+    # The newest point at least ``window`` steps back, else the oldest steady one.
+    first_step, first_time = next(
+        (point for point in reversed(steady) if point[0] <= last_step - window), steady[0]
+    )
+    if last_time <= first_time or last_step <= first_step:
+        return None
+    return (total_steps - last_step) * (last_time - first_time) / (last_step - first_step)
+
+
+class StepRate:
+    """The logging points of one pod, for the remaining time and the recent steps/s."""
+
+    def __init__(self, first_step: int) -> None:
+        self.warmup_until = first_step + WARMUP_STEPS
+        self.points: list[tuple[int, float]] = []
+        self._excluded = 0.0
+
+    def exclude(self, seconds: float) -> None:
+        """Leave time that was not training (a validation pass) out of the rate."""
+        self._excluded += seconds
+
+    def mark(self, step: int) -> None:
+        self.points.append((step, time.monotonic() - self._excluded))
+        del self.points[: -(RATE_WINDOW_STEPS + 2)]  # bounded: a point per step at most
+
+    def remaining_seconds(self, total_steps: int) -> float | None:
+        return estimate_remaining_seconds(self.points, total_steps, warmup_until=self.warmup_until)
+
+    @property
+    def recent_steps_per_second(self) -> float | None:
+        """Between the last two logging points, once both are past the warm-up."""
+        if len(self.points) < 2 or self.points[-2][0] < self.warmup_until:
+            return None
+        (step_a, time_a), (step_b, time_b) = self.points[-2:]
+        return (step_b - step_a) / (time_b - time_a) if time_b > time_a else None
 
 
 def peak_memory(device: torch.device, setup_peak_bytes: int = 0) -> tuple[int, str]:

@@ -44,6 +44,9 @@ class TrainingSession:
     cache: dict[str, torch.Tensor]
     cache_hit: bool
     setup_peak_bytes: int  # the GPU peak before the loop (the cache build included); 0 on a CPU
+    # The gradient norm before clipping at the last optimizer step, on the device (None before one,
+    # or where accelerate's clipping returns none).
+    grad_norm: torch.Tensor | None = None
 
     @property
     def device(self) -> torch.device:
@@ -76,7 +79,8 @@ class TrainingSession:
             )  # fmt: skip
             accelerator.backward(loss)
             if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(self.params, 1.0)
+                norm = accelerator.clip_grad_norm_(self.params, 1.0)
+                self.grad_norm = norm.detach() if isinstance(norm, torch.Tensor) else None
             self.optimizer.step()
             self.lr_scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)

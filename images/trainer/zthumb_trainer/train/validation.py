@@ -143,6 +143,7 @@ class Validation:
         self.prompts = [expand_prompt(prompt, trigger_word) for prompt in spec.prompts]
         self.render = render
         self.seconds = 0.0  # this process's time in passes (left out of the summary's steps/s)
+        self.rendered_step: int | None = None  # the last pass this process rendered (not found on disk)
         self._pipe: Any = None
 
     @property
@@ -224,6 +225,7 @@ class Validation:
         staging = staging_path(self.directory / name, "tmp")
         make_grid(images, step, self.prompts, self.spec.seeds).save(staging, format="PNG")
         os.replace(staging, self.directory / name)
+        self.rendered_step = step
         seconds = round(time.monotonic() - started, 3)
         passes = [entry for entry in read_index(self.directory.parent) if entry["step"] != step]
         passes.append(

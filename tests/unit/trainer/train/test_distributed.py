@@ -4,7 +4,7 @@ Two processes with batch 1 each against one process with batch 2, from the same 
 data order (each global batch of 2 is split between the ranks), the same noise (every rank draws
 the global batch's noise from one generator state and keeps its rows), gradients averaged by DDP
 where one process averages in its loss. Only rank 0 writes, and a run killed after a checkpoint
-resumes with the same world size.
+resumes with the same world size (one TensorBoard event file per launch: rank 0's).
 
 Tolerance: the two runs do the same arithmetic in a different order (a batch-2 forward against two
 batch-1 forwards, DDP's all-reduce against the loss's mean), so fp32 results differ by rounding.
@@ -146,6 +146,14 @@ def test_two_gloo_processes_train_like_one_with_the_global_batch_and_resume(tmp_
     for rank in (0, 1):
         assert second[rank]["summary"]["resumed_from_step"] == 2
         assert second[rank]["summary"]["steps_this_run"] == 2
+
+    # One TensorBoard event file per launch (rank 0's) and one loss point per step after the resume.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert len(list((multi_dir / "logs").glob("events.out.tfevents.*"))) == 2
+    events = EventAccumulator(str(multi_dir / "logs"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [event.step for event in events.Scalars("train/loss")] == [1, 2, 3, 4]
 
     # The same trajectory: one progress line per step (rank 0's), losses equal within tolerance.
     single_losses, multi_losses = _losses(single_dir), _losses(multi_dir)

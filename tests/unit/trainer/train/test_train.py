@@ -10,6 +10,7 @@ import pytest
 import torch
 from train_helpers import copy_into_run_dir, prepare_once, tiny_config
 from typer.testing import CliRunner
+from zthumb_contract import crd
 from zthumb_trainer.dataset.prepare import prepare_dataset
 from zthumb_trainer.export.adapter import DIFFUSERS_WEIGHTS
 from zthumb_trainer.reporting import StatusReporter
@@ -223,8 +224,11 @@ def test_status_reporter_patches_progress_at_a_bounded_rate():
         "style",
     )
     progress = body["status"]["progress"]
-    assert progress["step"] == 10 and progress["totalSteps"] == 10 and progress["etaSeconds"] == 0
-    assert progress["updatedAt"].endswith("Z")
+    assert (
+        progress["step"] == 10 and progress["totalSteps"] == 10 and progress["estimatedRemainingSeconds"] == 0
+    )
+    assert crd.parse_time(progress["lastUpdateTime"]) > 0  # RFC 3339, as the operator writes times
+    assert progress["lastUpdateTime"] == crd.format_time(crd.parse_time(progress["lastUpdateTime"]))
 
 
 def test_status_reporter_failures_are_not_fatal(caplog):
