@@ -69,8 +69,9 @@ RUN_DIR="${IMAGES_DIR}/run"
 RECIPE_VERSION=1
 INPUTS_LABEL="io.zthumb.inputs"
 
-log() { echo "[images] $(date +%H:%M:%S) $*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+# shellcheck source=hack/lib/log.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/log.sh"
+LOG_TAG=images LOG_CLOCK=1
 
 TAG="${ZTHUMB_IMAGE_TAG:-$(python3 -c 'import tomllib,sys; print(tomllib.load(open(sys.argv[1],"rb"))["project"]["version"])' "${ROOT}/pyproject.toml")}"
 
@@ -307,7 +308,12 @@ ensure_wheelhouse() {
       ml server trainer operator
     python3 -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["build-system"]["requires"]))' \
       "${ROOT}/pyproject.toml"
-    [[ -z "${TRAINER_EXTRA_PIP}" ]] || printf '%s\n' ${TRAINER_EXTRA_PIP}
+    if [[ -n "${TRAINER_EXTRA_PIP}" ]]; then
+      # Space-separated requirements, one per line; no globbing ("pkg[extra]" is not a pattern).
+      local extra_pip
+      read -ra extra_pip <<<"${TRAINER_EXTRA_PIP}"
+      printf '%s\n' "${extra_pip[@]}"
+    fi
   } >"${reqs}.new"
   key=$(sha256sum <"${reqs}.new" | cut -c1-64)
   if [[ "$(cat "${WHEELHOUSE}/.complete" 2>/dev/null)" != "${key}" ]]; then
@@ -426,6 +432,7 @@ verify() {
   esac
   # No pip cache (nor anything else written at build time under a HOME) in the image.
   # (Mount points of the build's volumes may remain as empty files and directories.)
+  # shellcheck disable=SC2016 # the image's sh expands ${left}, not this script
   in_image "${ref}" 0:0 /bin/sh -ec \
     'left=$(find /root/.cache /root/.config /tmp -type f -size +0c 2>/dev/null | head -n 5)
      [ -z "${left}" ] || { echo "${left}"; exit 1; }' ||

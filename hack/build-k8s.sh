@@ -17,6 +17,8 @@
 # proxy), KWOK_VERSION, HELM_VERSION.
 set -euo pipefail
 
+# shellcheck source=hack/lib/log.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/log.sh"
 # shellcheck source=hack/lib/build-cache.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/build-cache.sh"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
@@ -193,14 +195,14 @@ main() {
   else
     etcd_version="$(resolve_etcd_version)"
     log "building etcd ${etcd_version}"
-    timed "etcd ${etcd_version}" build_etcd "${etcd_version}"
+    timed_build "etcd ${etcd_version}" build_etcd "${etcd_version}"
   fi
 
   missing=()
   for b in kwok kwokctl; do have "${b}" || missing+=("${b}"); done
   if ((${#missing[@]})); then
     log "building ${missing[*]} ${KWOK_VERSION}"
-    timed "${missing[*]} ${KWOK_VERSION}" build_kwok "${missing[@]}"
+    timed_build "${missing[*]} ${KWOK_VERSION}" build_kwok "${missing[@]}"
   else
     log "kwok, kwokctl present, skipping"
   fi
@@ -213,7 +215,7 @@ main() {
   done
   if ((${#missing[@]})); then
     log "building ${missing[*]} ${K8S_VERSION} (one go build; slow on few cores)"
-    timed "${missing[*]} ${K8S_VERSION}" build_k8s "${missing[@]}"
+    timed_build "${missing[*]} ${K8S_VERSION}" build_k8s "${missing[@]}"
   else
     log "kubernetes binaries present, skipping"
   fi
@@ -222,7 +224,7 @@ main() {
     log "helm present, skipping"
   else
     log "building helm ${HELM_VERSION}"
-    timed "helm ${HELM_VERSION}" build_helm
+    timed_build "helm ${HELM_VERSION}" build_helm
   fi
 
   # Record what is in the cache. Versions come from the binaries themselves

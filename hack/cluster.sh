@@ -28,9 +28,13 @@
 set -euo pipefail
 
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# K8S_VERSION, CACHE_ROOT, CACHE_DIR, BIN_DIR (cluster.sh defines its own log below).
+# log, die, wait_until.
+# shellcheck source=hack/lib/log.sh
+source "${HACK_DIR}/lib/log.sh"
+# K8S_VERSION, CACHE_ROOT, CACHE_DIR, BIN_DIR.
 # shellcheck source=hack/lib/build-cache.sh
 source "${HACK_DIR}/lib/build-cache.sh"
+LOG_TAG=cluster
 STAGES_DIR="${CACHE_DIR}/kwok-stages"
 STATE_DIR="${ZTHUMB_CLUSTER_DIR:-${CACHE_ROOT}/cluster}"
 PKI_DIR="${STATE_DIR}/pki"
@@ -75,25 +79,6 @@ BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwo
 source "${HACK_DIR}/node/real-node.sh"
 set_mode
 
-log() { printf '[cluster] %s\n' "$*" >&2; }
-die() {
-  log "ERROR: $*"
-  exit 1
-}
-
-# wait_until SECONDS DESCRIPTION CMD...: poll CMD every 0.5 s, bounded.
-wait_until() {
-  local timeout="$1" desc="$2" deadline
-  shift 2
-  deadline=$((SECONDS + timeout))
-  until "$@" >/dev/null 2>&1; do
-    if ((SECONDS >= deadline)); then
-      log "timed out after ${timeout}s waiting for ${desc}"
-      return 1
-    fi
-    sleep 0.5
-  done
-}
 
 # port_in_use PORT: true when something accepts TCP connections on it.
 port_in_use() { (exec 3<>"/dev/tcp/${HOST}/$1") 2>/dev/null; }
@@ -340,7 +325,7 @@ cmd_up() {
     --initial-advertise-peer-urls "http://${HOST}:${ETCD_PEER_PORT}" \
     --initial-cluster "zthumb=http://${HOST}:${ETCD_PEER_PORT}" \
     --unsafe-no-fsync --log-level warn
-  wait_until "${UP_TIMEOUT}" "etcd health" \
+  wait_until "${UP_TIMEOUT}" 0.5 "etcd health" \
     curl -fsS --max-time 2 "http://${HOST}:${ETCD_PORT}/health"
 
   # Without the real node: --endpoint-reconciler-type=none, since a loopback
@@ -356,7 +341,7 @@ cmd_up() {
       --kubelet-client-certificate "${PKI_DIR}/apiserver-kubelet-client.crt"
       --kubelet-client-key "${PKI_DIR}/apiserver-kubelet-client.key"
       --kubelet-certificate-authority "${PKI_DIR}/ca.crt"
-      --kubelet-preferred-address-types InternalIP,Hostname
+      --kubelet-preferred-address-types "InternalIP,Hostname"
     )
   fi
   start_component kube-apiserver \
@@ -383,7 +368,7 @@ cmd_up() {
     "${apiserver_mode_flags[@]}" \
     --allow-privileged=true \
     --profiling=false
-  wait_until "${UP_TIMEOUT}" "kube-apiserver /readyz" apiserver_ready
+  wait_until "${UP_TIMEOUT}" 0.5 "kube-apiserver /readyz" apiserver_ready
 
   # --flex-volume-plugin-dir: the default makes it mkdir
   # /usr/libexec/kubernetes/... on the host; keep everything in STATE_DIR.
@@ -426,13 +411,13 @@ cmd_up() {
     --node-lease-duration-seconds 40
 
   nodes_manifest | kubectl_admin apply -f - >/dev/null
-  wait_until "${UP_TIMEOUT}" "kwok nodes Ready" \
+  wait_until "${UP_TIMEOUT}" 0.5 "kwok nodes Ready" \
     kubectl_admin wait --for=condition=Ready node --all --timeout=5s
   # Pods cannot be created until the ServiceAccount controller has made the
   # namespace's "default" SA; wait so the first test does not race it.
-  wait_until "${UP_TIMEOUT}" "default ServiceAccount" \
+  wait_until "${UP_TIMEOUT}" 0.5 "default ServiceAccount" \
     kubectl_admin get serviceaccount default -n default
-  wait_until "${UP_TIMEOUT}" "kube-root-ca.crt ConfigMap" \
+  wait_until "${UP_TIMEOUT}" 0.5 "kube-root-ca.crt ConfigMap" \
     kubectl_admin get configmap kube-root-ca.crt -n default
   if [[ "${REAL_NODE}" == 1 ]]; then node_up; fi
   trap - ERR
@@ -539,8 +524,9 @@ cmd_status() {
 # so pods can use them with imagePullPolicy Never/IfNotPresent.
 cmd_import() {
   (($# > 0)) || die "usage: $0 import ARCHIVE..."
-  [[ "${REAL_NODE}" == 1 ]] && pid_of containerd >/dev/null ||
+  if [[ "${REAL_NODE}" != 1 ]] || ! pid_of containerd >/dev/null; then
     die "the real node is not running (hack/cluster.sh up as root)"
+  fi
   node_import "$@"
 }
 

@@ -36,8 +36,9 @@ shopt -s inherit_errexit
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "${ROOT}"
 
-log() { echo "[release] $*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+# shellcheck source=hack/lib/log.sh
+source "${ROOT}/hack/lib/log.sh"
+LOG_TAG=release
 
 # Python images -> the extras their Dockerfiles install (see step 4 above).
 declare -A SBOM_EXTRA=([zthumb]=server [trainer]=trainer [operator]=operator)
