@@ -279,12 +279,9 @@ on_up_failure() {
   cmd_down
 }
 
-cmd_up() {
-  local start="${SECONDS}" port stages
-  if is_up; then
-    log "already up at ${APISERVER_URL} (state ${STATE_DIR})"
-    return 0
-  fi
+# `up`, phase 1: the mode, the real node's host lock, no leftovers, the binaries, free ports.
+up_preflight() {
+  local port
   set_mode
   if [[ "${REAL_NODE}" == 1 ]] && ((EUID == 0)); then node_lock; fi
   # Leftovers of a crashed or half-started run: clear them first.
@@ -301,11 +298,11 @@ cmd_up() {
   done
 
   if [[ "${REAL_NODE}" == 1 ]]; then node_preflight; fi
+}
 
-  mkdir -p "${STATE_DIR}" "${PID_DIR}" "${LOG_DIR}"
-  touch "${MARKER}"
-  trap on_up_failure ERR
-  set -E  # the trap also fires inside functions (node_up, ...)
+# `up`, phase 2 (after the state directory is ours and failures clean up): the real node's
+# bridge, the certificates and a kubeconfig per client.
+up_credentials() {
   if [[ "${REAL_NODE}" == 1 ]]; then
     touch "${STATE_DIR}/.real-node"
     node_bridge_up
@@ -315,7 +312,10 @@ cmd_up() {
   write_kubeconfig "${STATE_DIR}/controller-manager.kubeconfig" system:kube-controller-manager controller-manager
   write_kubeconfig "${STATE_DIR}/scheduler.kubeconfig" system:kube-scheduler scheduler
   write_kubeconfig "${STATE_DIR}/kwok.kubeconfig" kwok-controller kwok
+}
 
+# `up`, phase 3: etcd, until healthy.
+up_etcd() {
   # --unsafe-no-fsync: throwaway test data, and fsync dominates on slow disks.
   start_component etcd \
     --name zthumb --data-dir "${STATE_DIR}/etcd" \
@@ -327,7 +327,10 @@ cmd_up() {
     --unsafe-no-fsync --log-level warn
   wait_until "${UP_TIMEOUT}" 0.5 "etcd health" \
     curl -fsS --max-time 2 "http://${HOST}:${ETCD_PORT}/health"
+}
 
+# `up`, phase 4: kube-apiserver, until /readyz.
+up_apiserver() {
   # Without the real node: --endpoint-reconciler-type=none, since a loopback
   # advertise address is not a valid Endpoints IP and nothing runs in-cluster.
   # With it: bound to and advertised on the bridge address, the `kubernetes`
@@ -369,7 +372,10 @@ cmd_up() {
     --allow-privileged=true \
     --profiling=false
   wait_until "${UP_TIMEOUT}" 0.5 "kube-apiserver /readyz" apiserver_ready
+}
 
+# `up`, phase 5: kube-controller-manager and kube-scheduler (their readiness shows in phase 6).
+up_controllers() {
   # --flex-volume-plugin-dir: the default makes it mkdir
   # /usr/libexec/kubernetes/... on the host; keep everything in STATE_DIR.
   start_component kube-controller-manager \
@@ -395,7 +401,12 @@ cmd_up() {
     --bind-address "${HOST}" --secure-port "${SCHEDULER_PORT}" \
     --cert-dir "${STATE_DIR}/scheduler-certs" \
     --leader-elect=false
+}
 
+# `up`, phase 6: kwok and its simulated nodes, until they are Ready and the default namespace
+# can take pods.
+up_kwok_nodes() {
+  local stages
   # kwok ships no built-in stages; feed it the release's "fast" ones (copied
   # by build-k8s.sh): nodes become Ready and keep a lease, pods go Running,
   # pods owned by a Job go Succeeded, deleted pods go away.
@@ -419,6 +430,24 @@ cmd_up() {
     kubectl_admin get serviceaccount default -n default
   wait_until "${UP_TIMEOUT}" 0.5 "kube-root-ca.crt ConfigMap" \
     kubectl_admin get configmap kube-root-ca.crt -n default
+}
+
+cmd_up() {
+  local start="${SECONDS}"
+  if is_up; then
+    log "already up at ${APISERVER_URL} (state ${STATE_DIR})"
+    return 0
+  fi
+  up_preflight
+  mkdir -p "${STATE_DIR}" "${PID_DIR}" "${LOG_DIR}"
+  touch "${MARKER}"
+  trap on_up_failure ERR
+  set -E  # the trap also fires inside functions (the phases, node_up, ...)
+  up_credentials
+  up_etcd
+  up_apiserver
+  up_controllers
+  up_kwok_nodes
   if [[ "${REAL_NODE}" == 1 ]]; then node_up; fi
   trap - ERR
 
