@@ -77,36 +77,7 @@ EOF
 # ---------------------------------------------------------------------------
 k8s_replace_lines() {
   local gomod="$1"
-  python3 - "${gomod}" "${STAGING_VERSION}" <<'PY'
-import re, sys
-
-path, staging_version = sys.argv[1], sys.argv[2]
-lines = open(path, encoding="utf-8").read().splitlines()
-entries, in_block = [], False
-for raw in lines:
-    line = raw.split("//", 1)[0].strip()
-    if not line:
-        continue
-    if in_block:
-        if line == ")":
-            in_block = False
-        else:
-            entries.append(line)
-    elif line == "replace (":
-        in_block = True
-    elif line.startswith("replace "):
-        entries.append(line[len("replace "):].strip())
-
-for entry in entries:
-    old, new = (s.strip() for s in entry.split("=>", 1))
-    m = re.fullmatch(r"\./staging/src/(k8s\.io/[^\s]+)", new)
-    if m:
-        print(f"replace {old} => {m.group(1)} {staging_version}")
-    elif new.startswith(("./", "../")):
-        sys.exit(f"unexpected local replace in k8s.io/kubernetes go.mod: {entry}")
-    else:
-        print(f"replace {entry}")  # copy verbatim
-PY
+  python3 "$(dirname "${BASH_SOURCE[0]}")/k8s_replaces.py" "${gomod}" "${STAGING_VERSION}"
 }
 
 build_k8s() {
