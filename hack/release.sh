@@ -59,7 +59,7 @@ while (($#)); do
       shift
       ;;
     -h | --help)
-      sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
+      sed -n '2,/^set -euo/p' "${ROOT}/hack/release.sh" | sed '$d; s/^# \{0,1\}//'
       exit 0
       ;;
     *) die "unknown argument $1 (hack/release.sh --help)" ;;
