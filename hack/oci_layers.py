@@ -26,20 +26,20 @@ class Archive:
     diff_ids: list[str]
 
 
-def _blob(tar: tarfile.TarFile, member: str) -> Any:
+def _json_member(tar: tarfile.TarFile, path: str, member: str) -> Any:
     data = tar.extractfile(member)
     if data is None:
-        raise SystemExit(f"{tar.name}: {member} is not a regular file")
+        raise SystemExit(f"{path}: {member} is not a regular file")
     return json.load(data)
 
 
 def read_archive(path: str) -> Archive:
     """The first manifest of an OCI layout tar (as `buildah push oci-archive:` writes it)."""
     with tarfile.open(path) as tar:
-        index = _blob(tar, "index.json")
+        index = _json_member(tar, path, "index.json")
         digest = index["manifests"][0]["digest"]
-        manifest = _blob(tar, "blobs/" + digest.replace(":", "/"))
-        config = _blob(tar, "blobs/" + manifest["config"]["digest"].replace(":", "/"))
+        manifest = _json_member(tar, path, "blobs/" + digest.replace(":", "/"))
+        config = _json_member(tar, path, "blobs/" + manifest["config"]["digest"].replace(":", "/"))
     return Archive(manifest["layers"], config["rootfs"]["diff_ids"])
 
 
