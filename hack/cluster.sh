@@ -79,7 +79,6 @@ BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwo
 source "${HACK_DIR}/node/real-node.sh"
 set_mode
 
-
 # port_in_use PORT: true when something accepts TCP connections on it.
 port_in_use() { (exec 3<>"/dev/tcp/${HOST}/$1") 2>/dev/null; }
 
