@@ -15,7 +15,7 @@ export PYTHONUNBUFFERED := 1
 help:
 	@echo "make demo   - the whole pipeline on the tiny model, locally (no cluster, no GPU)"
 	@echo "make test   - lint + unit/integration tests + end-to-end tests on a local control plane"
-	@echo "make lint   - ruff, mypy, import contracts (lint-imports), hadolint, helm lint, actionlint"
+	@echo "make lint   - ruff, mypy, import contracts (lint-imports), hadolint, shellcheck, helm lint, actionlint"
 	@echo "make unit   - tests that need no cluster"
 	@echo "make e2e    - tests against the local control plane (started and stopped here)"
 	@echo "make images - build the container images with buildah (no Docker) and import them"
@@ -43,6 +43,7 @@ lint: $(STAMP) k8s-bin
 	PYTHONPATH=contract:images/zthumb:images/trainer:operator $(BIN)/lint-imports --no-cache
 	$(BIN)/hadolint images/base/Dockerfile images/zthumb/Dockerfile images/trainer/Dockerfile \
 	  images/trainer/Dockerfile.cpu images/helm-test/Dockerfile operator/Dockerfile
+	$(BIN)/shellcheck --external-sources $$(find hack -name '*.sh' | sort) .ci/run
 	PATH="$$(hack/cluster.sh bindir):$$PATH" helm lint --strict charts/zthumb
 	hack/build-actionlint.sh
 	"$$(hack/cluster.sh bindir)/actionlint" .github/workflows/*.yml

@@ -10,6 +10,8 @@
 set -euo pipefail
 
 NAME=$1 PACKAGE=$2 VERSION=$3
+# shellcheck source=hack/lib/log.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/log.sh"
 # shellcheck source=hack/lib/build-cache.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/build-cache.sh"
 STAMP="${BIN_DIR}/.${NAME}-version"
@@ -22,5 +24,5 @@ fi
 
 unset GOFLAGS  # `go install module@version` builds with the module's own go.mod
 log "building ${NAME} ${VERSION} (${PACKAGE})"
-timed "${NAME} ${VERSION}" env GOBIN="${BIN_DIR}" go install -trimpath -ldflags "-s -w" "${PACKAGE}@${VERSION}"
+timed_build "${NAME} ${VERSION}" env GOBIN="${BIN_DIR}" go install -trimpath -ldflags "-s -w" "${PACKAGE}@${VERSION}"
 echo "${VERSION}" >"${STAMP}"

@@ -69,8 +69,9 @@ RUN_DIR="${IMAGES_DIR}/run"
 RECIPE_VERSION=1
 INPUTS_LABEL="io.zthumb.inputs"
 
-log() { echo "[images] $(date +%H:%M:%S) $*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+# shellcheck source=hack/lib/log.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/log.sh"
+LOG_TAG=images LOG_CLOCK=1
 
 TAG="${ZTHUMB_IMAGE_TAG:-$(python3 -c 'import tomllib,sys; print(tomllib.load(open(sys.argv[1],"rb"))["project"]["version"])' "${ROOT}/pyproject.toml")}"
 
@@ -207,62 +208,7 @@ ensure_debian_base() {
 # The build context files a Dockerfile reads: sources of COPY/ADD (not --from) and of
 # RUN --mount=type=bind (not from=), minus what .dockerignore drops. Prints "sha256  path".
 context_inputs() {
-  python3 - "${ROOT}" "$1" <<'PY'
-import fnmatch, hashlib, os, re, shlex, sys
-
-root, dockerfile = sys.argv[1], sys.argv[2]
-text = open(os.path.join(root, dockerfile)).read()
-lines = re.sub(r"\\\n", " ", text).splitlines()
-sources = set()
-for line in lines:
-    words = line.strip().split()
-    if not words:
-        continue
-    op = words[0].upper()
-    if op in ("COPY", "ADD"):
-        args = [w for w in shlex.split(line.strip())[1:]]
-        if any(a.startswith("--from") for a in args):
-            continue
-        args = [a for a in args if not a.startswith("--")]
-        sources.update(args[:-1])
-    if op == "RUN":
-        for m in re.finditer(r"--mount=(\S+)", line):
-            opts = dict(kv.split("=", 1) for kv in m.group(1).split(",") if "=" in kv)
-            if opts.get("type", "bind") == "bind" and "from" not in opts and "source" in opts:
-                sources.add(opts["source"])
-ignore = []
-ign_path = os.path.join(root, ".dockerignore")
-if os.path.exists(ign_path):
-    ignore = [l.strip() for l in open(ign_path) if l.strip() and not l.startswith("#")]
-
-def ignored(rel):
-    parts = rel.split("/")
-    for pat in ignore:
-        pat = pat.removeprefix("**/")
-        # a pattern matches the path or any of its leading directories' names
-        if fnmatch.fnmatch(rel, pat) or any(fnmatch.fnmatch(p, pat) for p in parts):
-            return True
-    return False
-
-files = set()
-for src in sorted(sources):
-    path = os.path.join(root, src)
-    if os.path.isfile(path):
-        files.add(os.path.normpath(src))
-        continue
-    if not os.path.isdir(path):
-        sys.exit(f"{dockerfile}: build context path {src!r} does not exist")
-    for dirpath, dirnames, filenames in os.walk(path):
-        rel_dir = os.path.relpath(dirpath, root)
-        dirnames[:] = [d for d in dirnames if not ignored(os.path.join(rel_dir, d))]
-        for name in filenames:
-            rel = os.path.normpath(os.path.join(rel_dir, name))
-            if not ignored(rel):
-                files.add(rel)
-for rel in sorted(files):
-    with open(os.path.join(root, rel), "rb") as f:
-        print(hashlib.sha256(f.read()).hexdigest(), rel)
-PY
+  python3 "${ROOT}/hack/image_inputs.py" "${ROOT}" "$1"
 }
 
 # inputs_hash NAME BASE_ID BUILD_ARG... : prints the hash; the listing it hashes is left in
@@ -307,7 +253,12 @@ ensure_wheelhouse() {
       ml server trainer operator
     python3 -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["build-system"]["requires"]))' \
       "${ROOT}/pyproject.toml"
-    [[ -z "${TRAINER_EXTRA_PIP}" ]] || printf '%s\n' ${TRAINER_EXTRA_PIP}
+    if [[ -n "${TRAINER_EXTRA_PIP}" ]]; then
+      # Space-separated requirements, one per line; no globbing ("pkg[extra]" is not a pattern).
+      local extra_pip
+      read -ra extra_pip <<<"${TRAINER_EXTRA_PIP}"
+      printf '%s\n' "${extra_pip[@]}"
+    fi
   } >"${reqs}.new"
   key=$(sha256sum <"${reqs}.new" | cut -c1-64)
   if [[ "$(cat "${WHEELHOUSE}/.complete" 2>/dev/null)" != "${key}" ]]; then
@@ -426,6 +377,7 @@ verify() {
   esac
   # No pip cache (nor anything else written at build time under a HOME) in the image.
   # (Mount points of the build's volumes may remain as empty files and directories.)
+  # shellcheck disable=SC2016 # the image's sh expands ${left}, not this script
   in_image "${ref}" 0:0 /bin/sh -ec \
     'left=$(find /root/.cache /root/.config /tmp -type f -size +0c 2>/dev/null | head -n 5)
      [ -z "${left}" ] || { echo "${left}"; exit 1; }' ||
@@ -544,43 +496,7 @@ layers_report() {
   if [[ -n "$(image_id "${REF[torch-base]}")" ]]; then
     base_layers=$(bh inspect --type image --format '{{range .OCIv1.RootFS.DiffIDs}}{{.}} {{end}}' "${REF[torch-base]}")
   fi
-  python3 - "${base_layers}" "${files[@]}" <<'PY'
-import json, sys, tarfile
-
-base = sys.argv[1].split()
-images = {}
-for arg in sys.argv[2:]:
-    name, path = arg.split("=", 1)
-    with tarfile.open(path) as tar:
-        index = json.load(tar.extractfile("index.json"))
-        digest = index["manifests"][0]["digest"]
-        manifest = json.load(tar.extractfile("blobs/" + digest.replace(":", "/")))
-        config = json.load(tar.extractfile("blobs/" + manifest["config"]["digest"].replace(":", "/")))
-    images[name] = (manifest["layers"], config["rootfs"]["diff_ids"])
-for name, (layers, _) in images.items():
-    total = sum(l["size"] for l in layers)
-    print(f"{name}: {len(layers)} layers, {total / 1e9:.2f} GB in the archive")
-    for l in layers:
-        print(f"  {l['digest'][:19]}  {l['size'] / 1e6:10.1f} MB  {l['mediaType'].rsplit('.', 1)[-1]}")
-ok = True
-if base and {"zthumb", "trainer"} <= images.keys():
-    for name in ("zthumb", "trainer"):
-        if images[name][1][: len(base)] != base:
-            print(f"NOT SHARED: {name}'s first layers are not torch-base's")
-            ok = False
-    z, t = (images[n][0][: len(base)] for n in ("zthumb", "trainer"))
-    if [l["digest"] for l in z] != [l["digest"] for l in t]:
-        print("NOT SHARED: zthumb and trainer archive the torch-base layers as different blobs")
-        ok = False
-    if ok:
-        size = sum(l["size"] for l in z)
-        print(f"shared: zthumb and trainer share torch-base's {len(base)} layers "
-              f"({size / 1e9:.2f} GB, identical digests)")
-if base and "operator" in images and set(base[1:]) & set(images["operator"][1]):
-    print("NOT OK: the operator image holds a torch-base layer")
-    ok = False
-sys.exit(0 if ok else 1)
-PY
+  python3 "${ROOT}/hack/oci_layers.py" "${base_layers}" "${files[@]}"
 }
 
 # --- main -------------------------------------------------------------------------------------

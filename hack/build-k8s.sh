@@ -17,6 +17,8 @@
 # proxy), KWOK_VERSION, HELM_VERSION.
 set -euo pipefail
 
+# shellcheck source=hack/lib/log.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/log.sh"
 # shellcheck source=hack/lib/build-cache.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/build-cache.sh"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
@@ -75,36 +77,7 @@ EOF
 # ---------------------------------------------------------------------------
 k8s_replace_lines() {
   local gomod="$1"
-  python3 - "${gomod}" "${STAGING_VERSION}" <<'PY'
-import re, sys
-
-path, staging_version = sys.argv[1], sys.argv[2]
-lines = open(path, encoding="utf-8").read().splitlines()
-entries, in_block = [], False
-for raw in lines:
-    line = raw.split("//", 1)[0].strip()
-    if not line:
-        continue
-    if in_block:
-        if line == ")":
-            in_block = False
-        else:
-            entries.append(line)
-    elif line == "replace (":
-        in_block = True
-    elif line.startswith("replace "):
-        entries.append(line[len("replace "):].strip())
-
-for entry in entries:
-    old, new = (s.strip() for s in entry.split("=>", 1))
-    m = re.fullmatch(r"\./staging/src/(k8s\.io/[^\s]+)", new)
-    if m:
-        print(f"replace {old} => {m.group(1)} {staging_version}")
-    elif new.startswith(("./", "../")):
-        sys.exit(f"unexpected local replace in k8s.io/kubernetes go.mod: {entry}")
-    else:
-        print(f"replace {entry}")  # copy verbatim
-PY
+  python3 "$(dirname "${BASH_SOURCE[0]}")/k8s_replaces.py" "${gomod}" "${STAGING_VERSION}"
 }
 
 build_k8s() {
@@ -193,14 +166,14 @@ main() {
   else
     etcd_version="$(resolve_etcd_version)"
     log "building etcd ${etcd_version}"
-    timed "etcd ${etcd_version}" build_etcd "${etcd_version}"
+    timed_build "etcd ${etcd_version}" build_etcd "${etcd_version}"
   fi
 
   missing=()
   for b in kwok kwokctl; do have "${b}" || missing+=("${b}"); done
   if ((${#missing[@]})); then
     log "building ${missing[*]} ${KWOK_VERSION}"
-    timed "${missing[*]} ${KWOK_VERSION}" build_kwok "${missing[@]}"
+    timed_build "${missing[*]} ${KWOK_VERSION}" build_kwok "${missing[@]}"
   else
     log "kwok, kwokctl present, skipping"
   fi
@@ -213,7 +186,7 @@ main() {
   done
   if ((${#missing[@]})); then
     log "building ${missing[*]} ${K8S_VERSION} (one go build; slow on few cores)"
-    timed "${missing[*]} ${K8S_VERSION}" build_k8s "${missing[@]}"
+    timed_build "${missing[*]} ${K8S_VERSION}" build_k8s "${missing[@]}"
   else
     log "kubernetes binaries present, skipping"
   fi
@@ -222,7 +195,7 @@ main() {
     log "helm present, skipping"
   else
     log "building helm ${HELM_VERSION}"
-    timed "helm ${HELM_VERSION}" build_helm
+    timed_build "helm ${HELM_VERSION}" build_helm
   fi
 
   # Record what is in the cache. Versions come from the binaries themselves

@@ -6,8 +6,11 @@
 # kueue-crds/*.yaml from the same module version. Env override: ZTHUMB_CACHE, KUEUE_VERSION.
 set -euo pipefail
 
+# shellcheck source=hack/lib/log.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/log.sh"
 # shellcheck source=hack/lib/build-cache.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/build-cache.sh"
+LOG_TAG=build-kueue
 KUEUE_VERSION="${KUEUE_VERSION:-v0.17.0}"
 CRD_DIR="${CACHE_DIR}/kueue-crds"
 
@@ -15,9 +18,9 @@ CRD_DIR="${CACHE_DIR}/kueue-crds"
 if [[ -f "${CRD_DIR}/.version" && "$(cat "${CRD_DIR}/.version")" == "${KUEUE_VERSION}" ]]; then
   exit 0
 fi
-module_dir="$(GOFLAGS= go env GOMODCACHE)/sigs.k8s.io/kueue@${KUEUE_VERSION}"
+module_dir="$(GOFLAGS='' go env GOMODCACHE)/sigs.k8s.io/kueue@${KUEUE_VERSION}"
 # The binary may be cached while the module cache was cleaned: fetch the module's files again.
-[[ -d "${module_dir}" ]] || (cd / && GOFLAGS= GOTOOLCHAIN=local go mod download "sigs.k8s.io/kueue@${KUEUE_VERSION}")
+[[ -d "${module_dir}" ]] || (cd / && GOFLAGS='' GOTOOLCHAIN=local go mod download "sigs.k8s.io/kueue@${KUEUE_VERSION}")
 rm -rf "${CRD_DIR}"
 mkdir -p "${CRD_DIR}"
 # The plain CRDs: no conversion-webhook patches, so both served versions work without the
@@ -25,4 +28,4 @@ mkdir -p "${CRD_DIR}"
 cp "${module_dir}"/config/components/crd/bases/*.yaml "${CRD_DIR}/"
 chmod -R u+w "${CRD_DIR}"
 echo "${KUEUE_VERSION}" >"${CRD_DIR}/.version"
-echo "[build-kueue] CRDs of kueue ${KUEUE_VERSION} in ${CRD_DIR}" >&2
+log "CRDs of kueue ${KUEUE_VERSION} in ${CRD_DIR}"

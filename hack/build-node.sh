@@ -24,6 +24,8 @@
 # PROVISIONER_LIB_VERSION, ZTHUMB_SKIP_APT=1 (never call apt-get).
 set -euo pipefail
 
+# shellcheck source=hack/lib/log.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/log.sh"
 # shellcheck source=hack/lib/build-cache.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/build-cache.sh"
 CONTAINERD_VERSION="${CONTAINERD_VERSION:-v2.3.7}"
@@ -206,33 +208,33 @@ main() {
     log "containerd present, skipping"
   else
     log "building containerd ${CONTAINERD_VERSION} (containerd, containerd-shim-runc-v2, ctr)"
-    timed "containerd ${CONTAINERD_VERSION}" build_containerd
+    timed_build "containerd ${CONTAINERD_VERSION}" build_containerd
   fi
 
   if have coredns; then
     log "coredns present, skipping"
   else
     log "building coredns ${COREDNS_VERSION} (bind errors health ready log cache kubernetes)"
-    timed "coredns ${COREDNS_VERSION}" build_coredns
+    timed_build "coredns ${COREDNS_VERSION}" build_coredns
   fi
 
   if have zthumb-hostpath-provisioner; then
     log "zthumb-hostpath-provisioner present, skipping"
   else
     log "building zthumb-hostpath-provisioner (sig-storage-lib-external-provisioner ${PROVISIONER_LIB_VERSION})"
-    timed "zthumb-hostpath-provisioner ${PROVISIONER_LIB_VERSION}" build_provisioner
+    timed_build "zthumb-hostpath-provisioner ${PROVISIONER_LIB_VERSION}" build_provisioner
   fi
 
   if ((packages_ok)) && ((EUID == 0)); then
     if [[ -f "${IMAGE_DIR}/pause.tar" ]]; then
       log "pause image present, skipping"
     else
-      timed "image ${PAUSE_IMAGE}" build_pause_image
+      timed_build "image ${PAUSE_IMAGE}" build_pause_image
     fi
     if [[ -f "${IMAGE_DIR}/busybox.tar" ]]; then
       log "busybox image present, skipping"
     else
-      timed "image ${BUSYBOX_IMAGE}" build_busybox_image
+      timed_build "image ${BUSYBOX_IMAGE}" build_busybox_image
     fi
   else
     log "skipping the node images (need root and the Debian packages above)"

@@ -28,9 +28,13 @@
 set -euo pipefail
 
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# K8S_VERSION, CACHE_ROOT, CACHE_DIR, BIN_DIR (cluster.sh defines its own log below).
+# log, die, wait_until.
+# shellcheck source=hack/lib/log.sh
+source "${HACK_DIR}/lib/log.sh"
+# K8S_VERSION, CACHE_ROOT, CACHE_DIR, BIN_DIR.
 # shellcheck source=hack/lib/build-cache.sh
 source "${HACK_DIR}/lib/build-cache.sh"
+LOG_TAG=cluster
 STAGES_DIR="${CACHE_DIR}/kwok-stages"
 STATE_DIR="${ZTHUMB_CLUSTER_DIR:-${CACHE_ROOT}/cluster}"
 PKI_DIR="${STATE_DIR}/pki"
@@ -74,26 +78,6 @@ BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwo
 # shellcheck source=hack/node/real-node.sh
 source "${HACK_DIR}/node/real-node.sh"
 set_mode
-
-log() { printf '[cluster] %s\n' "$*" >&2; }
-die() {
-  log "ERROR: $*"
-  exit 1
-}
-
-# wait_until SECONDS DESCRIPTION CMD...: poll CMD every 0.5 s, bounded.
-wait_until() {
-  local timeout="$1" desc="$2" deadline
-  shift 2
-  deadline=$((SECONDS + timeout))
-  until "$@" >/dev/null 2>&1; do
-    if ((SECONDS >= deadline)); then
-      log "timed out after ${timeout}s waiting for ${desc}"
-      return 1
-    fi
-    sleep 0.5
-  done
-}
 
 # port_in_use PORT: true when something accepts TCP connections on it.
 port_in_use() { (exec 3<>"/dev/tcp/${HOST}/$1") 2>/dev/null; }
@@ -294,12 +278,9 @@ on_up_failure() {
   cmd_down
 }
 
-cmd_up() {
-  local start="${SECONDS}" port stages
-  if is_up; then
-    log "already up at ${APISERVER_URL} (state ${STATE_DIR})"
-    return 0
-  fi
+# `up`, phase 1: the mode, the real node's host lock, no leftovers, the binaries, free ports.
+up_preflight() {
+  local port
   set_mode
   if [[ "${REAL_NODE}" == 1 ]] && ((EUID == 0)); then node_lock; fi
   # Leftovers of a crashed or half-started run: clear them first.
@@ -316,11 +297,11 @@ cmd_up() {
   done
 
   if [[ "${REAL_NODE}" == 1 ]]; then node_preflight; fi
+}
 
-  mkdir -p "${STATE_DIR}" "${PID_DIR}" "${LOG_DIR}"
-  touch "${MARKER}"
-  trap on_up_failure ERR
-  set -E  # the trap also fires inside functions (node_up, ...)
+# `up`, phase 2 (after the state directory is ours and failures clean up): the real node's
+# bridge, the certificates and a kubeconfig per client.
+up_credentials() {
   if [[ "${REAL_NODE}" == 1 ]]; then
     touch "${STATE_DIR}/.real-node"
     node_bridge_up
@@ -330,7 +311,10 @@ cmd_up() {
   write_kubeconfig "${STATE_DIR}/controller-manager.kubeconfig" system:kube-controller-manager controller-manager
   write_kubeconfig "${STATE_DIR}/scheduler.kubeconfig" system:kube-scheduler scheduler
   write_kubeconfig "${STATE_DIR}/kwok.kubeconfig" kwok-controller kwok
+}
 
+# `up`, phase 3: etcd, until healthy.
+up_etcd() {
   # --unsafe-no-fsync: throwaway test data, and fsync dominates on slow disks.
   start_component etcd \
     --name zthumb --data-dir "${STATE_DIR}/etcd" \
@@ -340,9 +324,12 @@ cmd_up() {
     --initial-advertise-peer-urls "http://${HOST}:${ETCD_PEER_PORT}" \
     --initial-cluster "zthumb=http://${HOST}:${ETCD_PEER_PORT}" \
     --unsafe-no-fsync --log-level warn
-  wait_until "${UP_TIMEOUT}" "etcd health" \
+  wait_until "${UP_TIMEOUT}" 0.5 "etcd health" \
     curl -fsS --max-time 2 "http://${HOST}:${ETCD_PORT}/health"
+}
 
+# `up`, phase 4: kube-apiserver, until /readyz.
+up_apiserver() {
   # Without the real node: --endpoint-reconciler-type=none, since a loopback
   # advertise address is not a valid Endpoints IP and nothing runs in-cluster.
   # With it: bound to and advertised on the bridge address, the `kubernetes`
@@ -356,7 +343,7 @@ cmd_up() {
       --kubelet-client-certificate "${PKI_DIR}/apiserver-kubelet-client.crt"
       --kubelet-client-key "${PKI_DIR}/apiserver-kubelet-client.key"
       --kubelet-certificate-authority "${PKI_DIR}/ca.crt"
-      --kubelet-preferred-address-types InternalIP,Hostname
+      --kubelet-preferred-address-types "InternalIP,Hostname"
     )
   fi
   start_component kube-apiserver \
@@ -383,8 +370,11 @@ cmd_up() {
     "${apiserver_mode_flags[@]}" \
     --allow-privileged=true \
     --profiling=false
-  wait_until "${UP_TIMEOUT}" "kube-apiserver /readyz" apiserver_ready
+  wait_until "${UP_TIMEOUT}" 0.5 "kube-apiserver /readyz" apiserver_ready
+}
 
+# `up`, phase 5: kube-controller-manager and kube-scheduler (their readiness shows in phase 6).
+up_controllers() {
   # --flex-volume-plugin-dir: the default makes it mkdir
   # /usr/libexec/kubernetes/... on the host; keep everything in STATE_DIR.
   start_component kube-controller-manager \
@@ -410,7 +400,12 @@ cmd_up() {
     --bind-address "${HOST}" --secure-port "${SCHEDULER_PORT}" \
     --cert-dir "${STATE_DIR}/scheduler-certs" \
     --leader-elect=false
+}
 
+# `up`, phase 6: kwok and its simulated nodes, until they are Ready and the default namespace
+# can take pods.
+up_kwok_nodes() {
+  local stages
   # kwok ships no built-in stages; feed it the release's "fast" ones (copied
   # by build-k8s.sh): nodes become Ready and keep a lease, pods go Running,
   # pods owned by a Job go Succeeded, deleted pods go away.
@@ -426,14 +421,32 @@ cmd_up() {
     --node-lease-duration-seconds 40
 
   nodes_manifest | kubectl_admin apply -f - >/dev/null
-  wait_until "${UP_TIMEOUT}" "kwok nodes Ready" \
+  wait_until "${UP_TIMEOUT}" 0.5 "kwok nodes Ready" \
     kubectl_admin wait --for=condition=Ready node --all --timeout=5s
   # Pods cannot be created until the ServiceAccount controller has made the
   # namespace's "default" SA; wait so the first test does not race it.
-  wait_until "${UP_TIMEOUT}" "default ServiceAccount" \
+  wait_until "${UP_TIMEOUT}" 0.5 "default ServiceAccount" \
     kubectl_admin get serviceaccount default -n default
-  wait_until "${UP_TIMEOUT}" "kube-root-ca.crt ConfigMap" \
+  wait_until "${UP_TIMEOUT}" 0.5 "kube-root-ca.crt ConfigMap" \
     kubectl_admin get configmap kube-root-ca.crt -n default
+}
+
+cmd_up() {
+  local start="${SECONDS}"
+  if is_up; then
+    log "already up at ${APISERVER_URL} (state ${STATE_DIR})"
+    return 0
+  fi
+  up_preflight
+  mkdir -p "${STATE_DIR}" "${PID_DIR}" "${LOG_DIR}"
+  touch "${MARKER}"
+  trap on_up_failure ERR
+  set -E  # the trap also fires inside functions (the phases, node_up, ...)
+  up_credentials
+  up_etcd
+  up_apiserver
+  up_controllers
+  up_kwok_nodes
   if [[ "${REAL_NODE}" == 1 ]]; then node_up; fi
   trap - ERR
 
@@ -539,8 +552,9 @@ cmd_status() {
 # so pods can use them with imagePullPolicy Never/IfNotPresent.
 cmd_import() {
   (($# > 0)) || die "usage: $0 import ARCHIVE..."
-  [[ "${REAL_NODE}" == 1 ]] && pid_of containerd >/dev/null ||
+  if [[ "${REAL_NODE}" != 1 ]] || ! pid_of containerd >/dev/null; then
     die "the real node is not running (hack/cluster.sh up as root)"
+  fi
   node_import "$@"
 }
 

@@ -36,8 +36,9 @@ shopt -s inherit_errexit
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "${ROOT}"
 
-log() { echo "[release] $*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+# shellcheck source=hack/lib/log.sh
+source "${ROOT}/hack/lib/log.sh"
+LOG_TAG=release
 
 # Python images -> the extras their Dockerfiles install (see step 4 above).
 declare -A SBOM_EXTRA=([zthumb]=server [trainer]=trainer [operator]=operator)
@@ -58,7 +59,7 @@ while (($#)); do
       shift
       ;;
     -h | --help)
-      sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
+      sed -n '2,/^set -euo/p' "${ROOT}/hack/release.sh" | sed '$d; s/^# \{0,1\}//'
       exit 0
       ;;
     *) die "unknown argument $1 (hack/release.sh --help)" ;;

@@ -25,8 +25,9 @@ TAG="${ZTHUMB_IMAGE_TAG:-$(python3 -c 'import tomllib,sys; print(tomllib.load(op
 PORT="${ZTHUMB_TEST_PORT:-18089}"
 BIN_DIR="$("${ROOT}/hack/cluster.sh" bindir)"
 
-log() { echo "[images-test] $(date +%H:%M:%S) $*" >&2; }
-die() { log "FAIL: $*"; exit 1; }
+# shellcheck source=hack/lib/log.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/log.sh"
+LOG_TAG=images-test LOG_CLOCK=1 DIE_WORD=FAIL
 
 for b in containerd containerd-shim-runc-v2 ctr; do
   [[ -x "${BIN_DIR}/${b}" ]] || die "${BIN_DIR}/${b} missing: build the node first (hack/build-node.sh)"
@@ -40,13 +41,11 @@ STATE="$(mktemp -d /tmp/zthumb-images-test.XXXXXX)"
 SOCK="${STATE}/containerd.sock"
 CONTAINERD_PID=""
 cleanup() {
-  local c
-  for c in zt-test-server; do
-    "${BIN_DIR}/ctr" -a "${SOCK}" -n k8s.io tasks kill -s SIGKILL "${c}" >/dev/null 2>&1 || true
-    sleep 1
-    "${BIN_DIR}/ctr" -a "${SOCK}" -n k8s.io tasks rm -f "${c}" >/dev/null 2>&1 || true
-    "${BIN_DIR}/ctr" -a "${SOCK}" -n k8s.io containers rm "${c}" >/dev/null 2>&1 || true
-  done
+  local c=zt-test-server
+  "${BIN_DIR}/ctr" -a "${SOCK}" -n k8s.io tasks kill -s SIGKILL "${c}" >/dev/null 2>&1 || true
+  sleep 1
+  "${BIN_DIR}/ctr" -a "${SOCK}" -n k8s.io tasks rm -f "${c}" >/dev/null 2>&1 || true
+  "${BIN_DIR}/ctr" -a "${SOCK}" -n k8s.io containers rm "${c}" >/dev/null 2>&1 || true
   if [[ -n "${CONTAINERD_PID}" ]]; then
     kill "${CONTAINERD_PID}" 2>/dev/null || true
     wait "${CONTAINERD_PID}" 2>/dev/null || true
@@ -71,11 +70,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime",
 EOF
 PATH="${BIN_DIR}:${PATH}" "${BIN_DIR}/containerd" --config "${STATE}/config.toml" >"${STATE}/containerd.log" 2>&1 &
 CONTAINERD_PID=$!
-for _ in $(seq 1 50); do
-  "${BIN_DIR}/ctr" -a "${SOCK}" version >/dev/null 2>&1 && break
-  sleep 0.2
-done
-"${BIN_DIR}/ctr" -a "${SOCK}" version >/dev/null 2>&1 || die "containerd did not start: $(tail -n 5 "${STATE}/containerd.log")"
+wait_until 10 0.2 "containerd's socket" "${BIN_DIR}/ctr" -a "${SOCK}" version ||
+  die "containerd did not start: $(tail -n 5 "${STATE}/containerd.log")"
 log "containerd pid ${CONTAINERD_PID}, state ${STATE}"
 
 ctr_() { PATH="${BIN_DIR}:${PATH}" "${BIN_DIR}/ctr" -a "${SOCK}" -n k8s.io "$@" 2> >(grep -v DEPRECATION >&2); }
@@ -116,22 +112,16 @@ ctr_ run -d --read-only --user 10001:10001 --net-host \
   --env ZTHUMB_DTYPE=float32 --env ZTHUMB_MODEL_PATH=/models/tiny/tiny_sdxl.safetensors \
   --env ZTHUMB_MODEL_CONFIG=/models/tiny/diffusers \
   "${REGISTRY}/zthumb:${TAG}" zt-test-server >/dev/null
-ready=0
-for _ in $(seq 1 90); do
-  if curl -fsS --max-time 3 "http://127.0.0.1:${PORT}/readyz" >/dev/null 2>&1; then
-    ready=1
-    break
-  fi
-  sleep 2
-done
-((ready)) || die "server: /readyz not ready after 180s"
+wait_until 180 2 "the server's /readyz" curl -fsS --max-time 3 "http://127.0.0.1:${PORT}/readyz" ||
+  die "server: /readyz not ready after 180s"
 log "server: ready ($((SECONDS - t0))s)"
 code=$(curl -sS --max-time 120 -o "${STATE}/generate.json" -w '%{http_code}' \
   -H 'Content-Type: application/json' \
   -d '{"prompt":"a red square","steps":2,"width":64,"height":64,"num_images":1,"seed":0}' \
   "http://127.0.0.1:${PORT}/generate")
-[[ "${code}" == 200 ]] && grep -q '"images"' "${STATE}/generate.json" ||
+if [[ "${code}" != 200 ]] || ! grep -q '"images"' "${STATE}/generate.json"; then
   die "server: POST /generate returned HTTP ${code}: $(head -c 300 "${STATE}/generate.json")"
+fi
 log "server: POST /generate 200"
 
 ctr_ "${RUN[@]}" --net-host "${REGISTRY}/helm-test:${TAG}" zt-test-helm \

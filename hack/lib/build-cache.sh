@@ -2,10 +2,14 @@
 # Sourced, never run: what the scripts that build into or read the local cluster's cache share
 # (build-k8s.sh, build-node.sh, build-go-tool.sh, build-kueue.sh, cluster.sh). The Kubernetes
 # version and the cache's layout are stated here once, so a version bump is one edit.
+# Needs hack/lib/log.sh sourced first (log, timed).
 
 K8S_VERSION="v1.36.3"
 # Staging modules (k8s.io/api, client-go, ...) are published as v0.<minor>.<patch>.
+# shellcheck disable=SC2034 # read by build-k8s.sh and build-node.sh, which source this file
 STAGING_VERSION="v0${K8S_VERSION#v1}"
+# shellcheck disable=SC2034 # read by log (hack/lib/log.sh), which this file does not source
+LOG_TAG="build-cache"
 CACHE_ROOT="${ZTHUMB_CACHE:-$HOME/.cache/zthumb}"
 CACHE_DIR="${CACHE_ROOT}/k8s-${K8S_VERSION}"
 BIN_DIR="${CACHE_DIR}/bin"
@@ -18,6 +22,8 @@ BIN_DIR="${CACHE_DIR}/bin"
 # on exit, is in WORK_DIR.
 build_setup() {
   BUILD_NAME="$1"
+  # shellcheck disable=SC2034 # read by log (hack/lib/log.sh)
+  LOG_TAG="build-${BUILD_NAME}"
   mkdir -p "${BIN_DIR}"
   exec {BUILD_LOCK_FD}>"${CACHE_DIR}/.build-${BUILD_NAME}.lock"
   if ! flock -w 3600 "${BUILD_LOCK_FD}"; then
@@ -29,18 +35,13 @@ build_setup() {
   trap 'rm -rf "${WORK_DIR}"' EXIT
 }
 
-log() { printf '[build-%s] %s\n' "${BUILD_NAME:-cache}" "$*" >&2; }
-
 # have NAME: true when the binary is already cached (and executable).
 have() { [[ -x "${BIN_DIR}/$1" ]]; }
 
-# timed LABEL CMD...: run CMD, say how long it took and add that to build-times.txt.
-timed() {
-  local label="$1" start seconds
+# timed_build LABEL CMD...: run CMD, log "built LABEL in Ns" and add that to build-times.txt.
+timed_build() {
+  local label="$1"
   shift
-  start="$(date +%s)"
-  "$@"
-  seconds=$(($(date +%s) - start))
-  log "built ${label} in ${seconds}s"
-  printf '%s build_seconds=%s\n' "${label}" "${seconds}" >>"${CACHE_DIR}/build-times.txt"
+  timed "built ${label}" "$@"
+  printf '%s build_seconds=%s\n' "${label}" "${TIMED_SECONDS}" >>"${CACHE_DIR}/build-times.txt"
 }

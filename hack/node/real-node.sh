@@ -43,6 +43,7 @@ NODE_OWNER_FILE="/run/zthumb-real-node.owner"
 # two of them (other worktrees, CI) never set up or tear down at once.
 NODE_LOCK_FILE="/run/zthumb-real-node.lock"
 NODE_NFT_TABLE="zthumb-node"
+# shellcheck disable=SC2034 # read by hack/cluster.sh, which sources this file
 NODE_COMPONENTS=(containerd kubelet kube-proxy coredns zthumb-hostpath-provisioner)
 NODE_BINARIES=(kubelet kube-proxy containerd containerd-shim-runc-v2 ctr coredns zthumb-hostpath-provisioner)
 NODE_PACKAGES=(runc catatonit containernetworking-plugins nftables iptables conntrack buildah busybox-static)
@@ -537,7 +538,7 @@ node_up() {
   node_write_configs
   mkdir -p "${NODE_CONTAINERD_ROOT}"
   PATH="${BIN_DIR}:${PATH}" start_component containerd --config "${NODE_DIR}/containerd.toml"
-  wait_until "${UP_TIMEOUT}" "containerd" ctr_node version
+  wait_until "${UP_TIMEOUT}" 0.5 "containerd" ctr_node version
   node_import "${IMAGE_DIR}/pause.tar" "${IMAGE_DIR}/busybox.tar"
   if [[ -d "${NODE_IMAGES_DIR}" ]]; then
     for f in "${NODE_IMAGES_DIR}"/*.tar; do
@@ -564,14 +565,14 @@ node_up() {
   start_component zthumb-hostpath-provisioner \
     --kubeconfig "${KUBECONFIG_FILE}" --root "${NODE_DIR}/volumes" --node "${NODE_NAME}"
 
-  wait_until 120 "node ${NODE_NAME} Ready" \
+  wait_until 120 0.5 "node ${NODE_NAME} Ready" \
     kubectl_admin wait --for=condition=Ready "node/${NODE_NAME}" --timeout=5s
   # The extended resource: capacity and allocatable, kept by kubelet after.
-  wait_until 30 "nvidia.com/gpu on ${NODE_NAME}" node_gpu_patch
-  wait_until 30 "nvidia.com/gpu allocatable on ${NODE_NAME}" node_gpu_ok
-  wait_until "${UP_TIMEOUT}" "kube-proxy healthz" \
+  wait_until 30 0.5 "nvidia.com/gpu on ${NODE_NAME}" node_gpu_patch
+  wait_until 30 0.5 "nvidia.com/gpu allocatable on ${NODE_NAME}" node_gpu_ok
+  wait_until "${UP_TIMEOUT}" 0.5 "kube-proxy healthz" \
     curl -fsS --max-time 2 "http://127.0.0.1:${KUBE_PROXY_HEALTHZ_PORT}/healthz"
-  wait_until "${UP_TIMEOUT}" "CoreDNS ready" \
+  wait_until "${UP_TIMEOUT}" 0.5 "CoreDNS ready" \
     curl -fsS --max-time 2 "http://127.0.0.1:${COREDNS_READY_PORT}/ready"
   log "real node ${NODE_NAME} Ready in $((SECONDS - start))s"
 }

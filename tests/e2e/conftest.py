@@ -10,7 +10,7 @@ Without ``ZTHUMB_E2E=1`` every e2e test is skipped with a reason. With it, an
 unreachable cluster is an error, never a skip: CI must not go green by
 silently testing nothing.
 
-Helpers are exposed as fixtures (``kubectl``, ``helm``, ``wait_for``,
+Helpers are exposed as fixtures (``kubectl``, ``helm``, ``wait_until``,
 ``namespace``, ``namespace_factory``) rather than importable functions, since
 several ``conftest.py`` files in the tree would clash as a module name.
 """
@@ -22,12 +22,11 @@ import json
 import os
 import shutil
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 import pytest
 import yaml
@@ -40,6 +39,7 @@ from operator_harness import (
     in_namespace,
     service_account_credentials,
 )
+from waiting import wait_until
 
 E2E_ENABLED = os.environ.get("ZTHUMB_E2E") == "1"
 SKIP_REASON = (
@@ -48,8 +48,6 @@ SKIP_REASON = (
 )
 # Every external command is bounded; a hung kubectl must not hang CI.
 COMMAND_TIMEOUT_S = 120
-
-T = TypeVar("T")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -96,32 +94,6 @@ def kubectl(
 
 def kubectl_json(*args: str) -> Any:
     return json.loads(kubectl(*args, "-o", "json").stdout)
-
-
-def wait_for(
-    predicate: Callable[[], T],
-    timeout: float = 60.0,
-    interval: float = 0.5,
-    description: str = "condition",
-) -> T:
-    """Poll ``predicate`` until it returns something truthy; return that value.
-
-    Exceptions raised by the predicate count as "not yet" (the last one is
-    reported on timeout), so predicates can call kubectl freely.
-    """
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            value = predicate()
-            if value:
-                return value
-            last = value
-        except Exception as exc:  # retried; the last one is reported on timeout
-            last = exc
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {description}; last: {last!r}")
-        time.sleep(interval)
 
 
 @dataclass
@@ -186,10 +158,10 @@ def helm_fixture(cluster: Cluster) -> Callable[..., subprocess.CompletedProcess[
     return cluster.helm
 
 
-@pytest.fixture(name="wait_for")
-def wait_for_fixture() -> Callable[..., Any]:
-    """``wait_for(predicate, timeout=60, interval=0.5, description=...)``."""
-    return wait_for
+@pytest.fixture(name="wait_until")
+def wait_until_fixture() -> Callable[..., Any]:
+    """``wait_until(predicate, timeout, description, interval=0.5)`` of waiting.py."""
+    return wait_until
 
 
 def _create_namespace(prefix: str, pod_security: str | None) -> str:
@@ -204,7 +176,7 @@ def _create_namespace(prefix: str, pod_security: str | None) -> str:
             "pod-security.kubernetes.io/enforce-version=latest",
         )
     # Pods are refused until the ServiceAccount controller made "default".
-    wait_for(
+    wait_until(
         lambda: kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
         timeout=30,
         description=f"default ServiceAccount in {name}",
@@ -253,14 +225,12 @@ def crd(cluster: Any) -> None:
     run("apply", "-f", str(CRD))
     # Polled from the JSON, not `kubectl wait`: it fails outright on a CRD created a moment ago
     # that has no conditions at all yet.
-    deadline = time.monotonic() + 90
-    while not crd_is_established(run, "lorafinetunes.zthumb.io"):
-        assert time.monotonic() < deadline, "the LoRAFinetune CRD was not Established in 90s"
-        time.sleep(0.5)
-    deadline = time.monotonic() + 30
-    while run("get", "lft", "-A", check=False).returncode != 0:  # discovery catches up
-        assert time.monotonic() < deadline, "lorafinetunes never became servable"
-        time.sleep(0.5)
+    wait_until(
+        lambda: crd_is_established(run, "lorafinetunes.zthumb.io"), 90, "the LoRAFinetune CRD Established"
+    )
+    wait_until(  # discovery catches up
+        lambda: run("get", "lft", "-A", check=False).returncode == 0, 30, "lorafinetunes to be servable"
+    )
 
 
 @pytest.fixture

@@ -191,7 +191,7 @@ class Operator:
 
 def wait_phase(
     kubectl: Kubectl,
-    wait_for: Callable[..., Any],
+    wait_until: Callable[..., Any],
     ns: str,
     phase: str,
     op: Operator,
@@ -203,7 +203,7 @@ def wait_phase(
         return obj if (obj.get("status") or {}).get("phase") == phase else None
 
     try:
-        return wait_for(reached, timeout=timeout, interval=0.5, description=f"phase {phase}")
+        return wait_until(reached, timeout=timeout, interval=0.5, description=f"phase {phase}")
     except AssertionError as exc:
         status = lft(kubectl, ns).get("status") or {}
         raise AssertionError(

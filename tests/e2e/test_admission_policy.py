@@ -37,7 +37,7 @@ def policy_status(kubectl: Kubectl, name: str) -> dict[str, Any]:
 
 @pytest.fixture
 def bind_policy(
-    crd: None, namespace: str, kubectl: Kubectl, wait_for: Callable[..., Any]
+    crd: None, namespace: str, kubectl: Kubectl, wait_until: Callable[..., Any]
 ) -> Iterator[BindPolicy]:
     """``bind_policy(**lists)``: the shipped policy, its allowed lists (variables) replaced by
     ``lists`` (CEL list literals), bound to ``namespace``; returns the namespace."""
@@ -62,7 +62,7 @@ def bind_policy(
         generation = json.loads(kubectl("get", "validatingadmissionpolicy", name, "-o", "json").stdout)[
             "metadata"
         ]["generation"]
-        wait_for(
+        wait_until(
             lambda: policy_status(kubectl, name).get("observedGeneration") == generation,
             timeout=POLICY_TIMEOUT,
             description="the policy's type check",
@@ -71,7 +71,7 @@ def bind_policy(
         assert not (status.get("typeChecking") or {}).get("expressionWarnings"), status
         # In force: a run with an image no list allows is refused, naming the field.
         bad = example(namespace, images={"trainer": "evil.example/trainer:1"})
-        wait_for(
+        wait_until(
             lambda: "spec.images.trainer" in dry_run(kubectl, bad).stderr,
             timeout=POLICY_TIMEOUT,
             description="the binding",
@@ -120,13 +120,15 @@ def test_a_toleration_key_outside_the_allowed_ones_is_refused(
 
 
 def test_node_selector_keys_follow_the_policys_list(
-    bind_policy: BindPolicy, kubectl: Kubectl, wait_for: Callable[..., Any]
+    bind_policy: BindPolicy, kubectl: Kubectl, wait_until: Callable[..., Any]
 ) -> None:
     ns = bind_policy()
     pinned = example(ns, resources__nodeSelector={"kubernetes.io/hostname": "node-1"})
     assert dry_run(kubectl, pinned).returncode == 0  # the shipped list allows any key
     bind_policy(allowedNodeSelectorKeys="['zthumb.io/pool']")
-    wait_for(lambda: dry_run(kubectl, pinned).returncode != 0, timeout=POLICY_TIMEOUT, description="new list")
+    wait_until(
+        lambda: dry_run(kubectl, pinned).returncode != 0, timeout=POLICY_TIMEOUT, description="new list"
+    )
     refused = dry_run(kubectl, pinned)
     assert refused.returncode != 0
     assert "spec.resources.nodeSelector: key(s) kubernetes.io/hostname not allowed here" in refused.stderr

@@ -193,7 +193,7 @@ def test_rendered_manifests_pass_server_side_dry_run(
 
 @pytest.mark.parametrize("namespace", ["restricted"], indirect=True)
 def test_install_in_restricted_namespace_schedules_on_gpu_node(
-    helm: Run, kubectl: Run, namespace: str, data_volume: dict[str, str], wait_for: Callable[..., Any]
+    helm: Run, kubectl: Run, namespace: str, data_volume: dict[str, str], wait_until: Callable[..., Any]
 ) -> None:
     out = install(helm, namespace, data_volume).stdout
     assert f"http://{RELEASE}.{namespace}.svc:8080/generate" in out  # NOTES.txt
@@ -207,7 +207,7 @@ def test_install_in_restricted_namespace_schedules_on_gpu_node(
     assert service["spec"]["ports"][0]["name"] == "http"
     assert service["spec"]["ports"][0]["port"] == 8080
 
-    pod = wait_for(
+    pod = wait_until(
         lambda: next((p for p in server_pods(kubectl, namespace) if is_ready(p)), None),
         timeout=60,
         description="a Ready server pod",
@@ -218,7 +218,7 @@ def test_install_in_restricted_namespace_schedules_on_gpu_node(
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
 
     # The Service routes to the pod: the operator's eval Jobs and `helm test` rely on it.
-    endpoints = wait_for(
+    endpoints = wait_until(
         lambda: get_json(
             kubectl, "endpointslices", "-n", namespace, "-l", f"kubernetes.io/service-name={RELEASE}"
         )["items"],
@@ -235,7 +235,7 @@ def test_helm_test_pod_is_created_with_the_right_spec(
     cluster: Any,
     namespace: str,
     data_volume: dict[str, str],
-    wait_for: Callable[..., Any],
+    wait_until: Callable[..., Any],
 ) -> None:
     install(cluster.helm, namespace, data_volume)
     test_pod = f"{RELEASE}-test-connection"
@@ -249,7 +249,7 @@ def test_helm_test_pod_is_created_with_the_right_spec(
         env=cluster.helm_env,
     )
     try:
-        pod = wait_for(
+        pod = wait_until(
             lambda: get_json(kubectl, "pod", test_pod, "-n", namespace),
             timeout=60,
             description="the helm test pod",
@@ -265,7 +265,7 @@ def test_helm_test_pod_is_created_with_the_right_spec(
         assert container["securityContext"]["allowPrivilegeEscalation"] is False
         assert pod["spec"]["restartPolicy"] == "Never"
         # Admitted by Pod Security "restricted" and scheduled (no GPU: any node).
-        wait_for(
+        wait_until(
             lambda: get_json(kubectl, "pod", test_pod, "-n", namespace)["status"].get("phase") == "Running",
             timeout=60,
             description="the helm test pod Running",

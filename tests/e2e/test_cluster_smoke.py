@@ -88,7 +88,7 @@ def test_fake_gpu_nodes_are_ready(kubectl: Callable[..., Any]) -> None:
 
 @pytest.mark.parametrize("namespace", ["restricted"], indirect=True)
 def test_gpu_job_runs_on_gpu_node_and_completes(
-    namespace: str, kubectl: Callable[..., Any], wait_for: Callable[..., Any]
+    namespace: str, kubectl: Callable[..., Any], wait_until: Callable[..., Any]
 ) -> None:
     kubectl("apply", "-n", namespace, "-f", "-", input=gpu_job("one-gpu", 1))
     kubectl("wait", "-n", namespace, "--for=condition=Complete", "job/one-gpu", "--timeout=90s", timeout=120)
@@ -102,7 +102,7 @@ def test_gpu_job_runs_on_gpu_node_and_completes(
 
 
 def test_job_asking_for_too_many_gpus_is_unschedulable(
-    namespace: str, kubectl: Callable[..., Any], wait_for: Callable[..., Any]
+    namespace: str, kubectl: Callable[..., Any], wait_until: Callable[..., Any]
 ) -> None:
     kubectl("apply", "-n", namespace, "-f", "-", input=gpu_job("sixteen-gpus", 16))
 
@@ -113,7 +113,7 @@ def test_job_asking_for_too_many_gpus_is_unschedulable(
                     return cond
         return None
 
-    cond = wait_for(unschedulable, timeout=60, description="PodScheduled=False on the 16-GPU pod")
+    cond = wait_until(unschedulable, timeout=60, description="PodScheduled=False on the 16-GPU pod")
     assert cond["reason"] == "Unschedulable"
     assert "nvidia.com/gpu" in cond.get("message", "")
     (pod,) = job_pods(kubectl, namespace, "sixteen-gpus")
@@ -192,7 +192,7 @@ def test_helm_install_with_kube_version_constraint(
 
 
 def test_serviceaccount_without_binding_is_forbidden(
-    namespace: str, cluster: Any, kubectl: Callable[..., Any], wait_for: Callable[..., Any], tmp_path: Path
+    namespace: str, cluster: Any, kubectl: Callable[..., Any], wait_until: Callable[..., Any], tmp_path: Path
 ) -> None:
     kubectl("create", "serviceaccount", "nobody", "-n", namespace)
     user = f"system:serviceaccount:{namespace}:nobody"
@@ -237,7 +237,7 @@ def test_serviceaccount_without_binding_is_forbidden(
         "-n",
         namespace,
     )
-    wait_for(
+    wait_until(
         lambda: as_sa("get", "pods", "-n", namespace).returncode == 0, timeout=30, description="RBAC grant"
     )
 

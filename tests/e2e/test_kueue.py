@@ -164,7 +164,7 @@ def test_kueue_admits_a_two_node_run_whole_once_its_queue_opens(
     setup: Callable[..., Operator],
     namespace: str,
     kubectl: Kubectl,
-    wait_for: Callable[..., Any],
+    wait_until: Callable[..., Any],
 ) -> None:
     ns = namespace
     cluster_queue = queue(kubectl, ns, gpus=2, stop_policy="Hold")
@@ -175,10 +175,10 @@ def test_kueue_admits_a_two_node_run_whole_once_its_queue_opens(
         obj = lft(kubectl, ns)
         return obj if (obj.get("status") or {}).get("reason") == "Queued" and workloads(kubectl, ns) else None
 
-    wait_for(held, timeout=PHASE_TIMEOUT, description="the first Job queued, its Workload pending")
+    wait_until(held, timeout=PHASE_TIMEOUT, description="the first Job queued, its Workload pending")
     assert kubectl("get", "pods", "-n", ns, "-l", "batch.kubernetes.io/job-name", "-o", "name").stdout == ""
     kubectl("patch", "clusterqueue", cluster_queue, "--type=merge", "-p", '{"spec":{"stopPolicy":"None"}}')
-    obj = wait_phase(kubectl, wait_for, ns, "Succeeded", op, timeout=PHASE_TIMEOUT * 2)
+    obj = wait_phase(kubectl, wait_until, ns, "Succeeded", op, timeout=PHASE_TIMEOUT * 2)
     assert obj["status"]["reason"] == "Succeeded"
     train_job = f"{RUN}-train"
     (train,) = [j for j in jobs(kubectl, ns) if j["metadata"]["name"] == train_job]
@@ -199,7 +199,7 @@ def test_a_run_its_queue_can_never_admit_fails_naming_the_field(
     setup: Callable[..., Operator],
     namespace: str,
     kubectl: Kubectl,
-    wait_for: Callable[..., Any],
+    wait_until: Callable[..., Any],
 ) -> None:
     ns = namespace
     cluster_queue = queue(kubectl, ns, gpus=1)
@@ -212,7 +212,7 @@ def test_a_run_its_queue_can_never_admit_fails_naming_the_field(
     try:
         op = setup()
         kubectl("apply", "-f", "-", input=example(ns, queueName="team-a", **TWO_NODES))
-        obj = wait_phase(kubectl, wait_for, ns, "Failed", op)
+        obj = wait_phase(kubectl, wait_until, ns, "Failed", op)
         assert obj["status"]["reason"] == "InvalidSpec"
         message = obj["status"]["message"]
         assert message.startswith("spec.resources.nodes: the Job asks for 2 nvidia.com/gpu (2 pod(s))"), (

@@ -45,7 +45,7 @@ def finished_reconciles(port: int) -> float:
 
 @pytest.mark.parametrize("namespace", ["restricted"], indirect=True)
 def test_pipeline_succeeds_deploys_and_cascades(
-    setup: Callable[..., Operator], namespace: str, kubectl: Kubectl, wait_for: Callable[..., Any]
+    setup: Callable[..., Operator], namespace: str, kubectl: Kubectl, wait_until: Callable[..., Any]
 ) -> None:
     ns = namespace
     op = setup()
@@ -54,7 +54,7 @@ def test_pipeline_succeeds_deploys_and_cascades(
         for rs in json.loads(kubectl("get", "rs", "-n", ns, "-o", "json").stdout)["items"]
     }
     kubectl("apply", "-f", "-", input=in_namespace(EXAMPLE.read_text(), ns))
-    obj = wait_phase(kubectl, wait_for, ns, "Succeeded", op)
+    obj = wait_phase(kubectl, wait_until, ns, "Succeeded", op)
     status = obj["status"]
     assert condition(obj, "Ready")["status"] == "True"
     for ctype in ("ModelFetched", "DatasetPrepared", "Trained", "Deployed", "Evaluated"):
@@ -116,7 +116,7 @@ def test_pipeline_succeeds_deploys_and_cascades(
 
     # deleting the run removes its Jobs (owner references + garbage collector)
     kubectl("delete", "lft", RUN, "-n", ns)
-    wait_for(lambda: not jobs(kubectl, ns), timeout=60, description="Jobs garbage-collected")
+    wait_until(lambda: not jobs(kubectl, ns), timeout=60, description="Jobs garbage-collected")
     assert op.proc is not None and op.proc.poll() is None, op.log()
     assert "Forbidden" not in op.log() and "forbidden" not in op.log(), op.log()
 
@@ -143,12 +143,12 @@ def test_bad_spec_is_refused_at_apply(crd: None, namespace: str, kubectl: Kubect
 
 @pytest.mark.parametrize("namespace", ["restricted"], indirect=True)
 def test_no_gpu_capacity_is_unschedulable_and_pending(
-    setup: Callable[..., Operator], namespace: str, kubectl: Kubectl, wait_for: Callable[..., Any]
+    setup: Callable[..., Operator], namespace: str, kubectl: Kubectl, wait_until: Callable[..., Any]
 ) -> None:
     op = setup()
     kubectl("apply", "-f", "-", input=example(namespace, resources__gpus=16))
-    obj = wait_phase(kubectl, wait_for, namespace, "Pending", op)
-    wait_for(
+    obj = wait_phase(kubectl, wait_until, namespace, "Pending", op)
+    wait_until(
         lambda: condition(lft(kubectl, namespace), "Scheduled"), timeout=30, description="Scheduled condition"
     )
     obj = lft(kubectl, namespace)
@@ -161,7 +161,7 @@ def test_no_gpu_capacity_is_unschedulable_and_pending(
 
 @pytest.mark.parametrize("namespace", ["restricted"], indirect=True)
 def test_failing_train_job_fails_the_run_with_a_reason(
-    setup: Callable[..., Operator], namespace: str, kubectl: Kubectl, wait_for: Callable[..., Any]
+    setup: Callable[..., Operator], namespace: str, kubectl: Kubectl, wait_until: Callable[..., Any]
 ) -> None:
     # The train pod can never run (no 16-GPU node) and the Jobs' activeDeadlineSeconds is
     # short, so the Job controller fails the train Job (DeadlineExceeded).
@@ -169,7 +169,7 @@ def test_failing_train_job_fails_the_run_with_a_reason(
         ZTHUMB_OPERATOR_ACTIVE_DEADLINE_SECONDS="5", ZTHUMB_OPERATOR_UNSCHEDULABLE_DEADLINE_SECONDS="600"
     )
     kubectl("apply", "-f", "-", input=example(namespace, resources__gpus=16))
-    obj = wait_phase(kubectl, wait_for, namespace, "Failed", op)
+    obj = wait_phase(kubectl, wait_until, namespace, "Failed", op)
     assert obj["status"]["reason"] == "TrainFailed"
     assert "DeadlineExceeded" in obj["status"]["message"]
     assert condition(obj, "Ready")["status"] == "False"
@@ -179,7 +179,7 @@ def test_failing_train_job_fails_the_run_with_a_reason(
 
 @pytest.mark.parametrize("namespace", ["restricted"], indirect=True)
 def test_rollout_that_never_becomes_available_is_rolled_back(
-    setup: Callable[..., Operator], namespace: str, kubectl: Kubectl, wait_for: Callable[..., Any]
+    setup: Callable[..., Operator], namespace: str, kubectl: Kubectl, wait_until: Callable[..., Any]
 ) -> None:
     ns = namespace
     op = setup()
@@ -189,7 +189,7 @@ def test_rollout_that_never_becomes_available_is_rolled_back(
         "-p", '{"spec":{"template":{"spec":{"nodeSelector":{"zthumb.io/pool":"nowhere"}}}}}',
     )  # fmt: skip
     kubectl("apply", "-f", "-", input=example(ns, deploy__rolloutTimeoutSeconds=10))
-    obj = wait_phase(kubectl, wait_for, ns, "Failed", op, timeout=PHASE_TIMEOUT + 20)
+    obj = wait_phase(kubectl, wait_until, ns, "Failed", op, timeout=PHASE_TIMEOUT + 20)
     assert obj["status"]["reason"] == "RolloutFailed"
     assert obj["status"]["deploy"]["rolledBack"] is True
     dep = json.loads(kubectl("get", "deployment", "zthumb", "-n", ns, "-o", "json").stdout)
@@ -203,13 +203,13 @@ def test_rollout_that_never_becomes_available_is_rolled_back(
 
 @pytest.mark.parametrize("namespace", ["restricted"], indirect=True)
 def test_a_failed_eval_gate_rolls_the_deployment_back(
-    setup: Callable[..., Operator], namespace: str, kubectl: Kubectl, wait_for: Callable[..., Any]
+    setup: Callable[..., Operator], namespace: str, kubectl: Kubectl, wait_until: Callable[..., Any]
 ) -> None:
     ns = namespace
     op = setup()
     # The simulated eval pods report no pixel difference: the check fails as "not measured".
     kubectl("apply", "-f", "-", input=example(ns, eval__gate={"minMeanPixelDifference": 1}))
-    obj = wait_phase(kubectl, wait_for, ns, "Failed", op, timeout=PHASE_TIMEOUT + 20)
+    obj = wait_phase(kubectl, wait_until, ns, "Failed", op, timeout=PHASE_TIMEOUT + 20)
     assert obj["status"]["reason"] == "EvalGateFailed", obj["status"]
     assert "meanPixelDifference was not measured" in obj["status"]["message"]
     assert obj["status"]["evalGate"]["passed"] is False
@@ -225,7 +225,7 @@ def test_a_failed_eval_gate_rolls_the_deployment_back(
 
 @pytest.mark.parametrize("namespace", ["restricted"], indirect=True)
 def test_a_literal_server_key_is_never_copied_and_stops_the_run_before_its_rollout(
-    setup: Callable[..., Operator], namespace: str, kubectl: Kubectl, wait_for: Callable[..., Any]
+    setup: Callable[..., Operator], namespace: str, kubectl: Kubectl, wait_until: Callable[..., Any]
 ) -> None:
     ns = namespace
     op = setup()
@@ -234,7 +234,7 @@ def test_a_literal_server_key_is_never_copied_and_stops_the_run_before_its_rollo
     kubectl("patch", "deployment", "zthumb", "-n", ns, "--type=json", "-p", json.dumps(patch))
     kubectl("rollout", "status", "deployment/zthumb", "-n", ns, "--timeout=60s", timeout=90)
     kubectl("apply", "-f", "-", input=example(ns))
-    obj = wait_phase(kubectl, wait_for, ns, "Failed", op)
+    obj = wait_phase(kubectl, wait_until, ns, "Failed", op)
     assert obj["status"]["reason"] == "ApiKeyNotInSecret", obj["status"]
     assert "literal value" in obj["status"]["message"] and "secretKeyRef" in obj["status"]["message"]
     assert "not rolled out" in obj["status"]["message"]
@@ -248,7 +248,7 @@ def test_a_literal_server_key_is_never_copied_and_stops_the_run_before_its_rollo
 
 @pytest.mark.parametrize("namespace", ["restricted"], indirect=True)
 def test_operator_killed_mid_run_resumes_without_duplicate_jobs(
-    setup: Callable[..., Operator], namespace: str, kubectl: Kubectl, wait_for: Callable[..., Any]
+    setup: Callable[..., Operator], namespace: str, kubectl: Kubectl, wait_until: Callable[..., Any]
 ) -> None:
     ns = namespace
     op = setup()
@@ -257,7 +257,7 @@ def test_operator_killed_mid_run_resumes_without_duplicate_jobs(
     kubectl(
         "apply", "-f", "-", input=example(ns, resources__gpus=16, resources__nodeSelector={node_label: "big"})
     )
-    wait_for(
+    wait_until(
         lambda: condition(lft(kubectl, ns), "Scheduled"),
         timeout=PHASE_TIMEOUT,
         description="train Job waiting",
@@ -267,7 +267,7 @@ def test_operator_killed_mid_run_resumes_without_duplicate_jobs(
 
     port = free_port()
     op2 = setup(ZTHUMB_OPERATOR_METRICS_PORT=str(port))  # restarted: must adopt the existing Jobs
-    wait_for(
+    wait_until(
         lambda: finished_reconciles(port) >= 1,
         timeout=PHASE_TIMEOUT,
         description="the restarted operator to reconcile the waiting run",
@@ -290,7 +290,7 @@ def test_operator_killed_mid_run_resumes_without_duplicate_jobs(
     }
     kubectl("apply", "-f", "-", input=json.dumps(big_node))
     try:
-        wait_phase(kubectl, wait_for, ns, "Succeeded", op2, timeout=PHASE_TIMEOUT + 30)
+        wait_phase(kubectl, wait_until, ns, "Succeeded", op2, timeout=PHASE_TIMEOUT + 30)
     finally:
         kubectl("delete", "node", node, "--wait=false", check=False)
     all_jobs = jobs(kubectl, ns)
@@ -302,7 +302,7 @@ def test_operator_killed_mid_run_resumes_without_duplicate_jobs(
 
 @pytest.mark.parametrize("namespace", ["restricted"], indirect=True)
 def test_kueue_queue_name_creates_suspended_jobs_shown_as_queued(
-    setup: Callable[..., Operator], namespace: str, kubectl: Kubectl, wait_for: Callable[..., Any]
+    setup: Callable[..., Operator], namespace: str, kubectl: Kubectl, wait_until: Callable[..., Any]
 ) -> None:
     op = setup()
     kubectl("apply", "-f", "-", input=example(namespace, queueName="team-a"))
@@ -311,7 +311,7 @@ def test_kueue_queue_name_creates_suspended_jobs_shown_as_queued(
         obj = lft(kubectl, namespace)
         return obj if (obj.get("status") or {}).get("reason") == "Queued" else None
 
-    obj = wait_for(queued, timeout=PHASE_TIMEOUT, description="reason Queued")
+    obj = wait_until(queued, timeout=PHASE_TIMEOUT, description="reason Queued")
     assert obj["status"]["phase"] == "Pending", op.log()
     (job,) = jobs(kubectl, namespace)
     assert job["spec"]["suspend"] is True

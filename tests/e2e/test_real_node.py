@@ -101,14 +101,14 @@ def apply(kubectl: Callable[..., Any], namespace: str, *objects: dict[str, Any])
 
 
 def wait_finished(
-    kubectl: Callable[..., Any], wait_for: Callable[..., Any], namespace: str, name: str
+    kubectl: Callable[..., Any], wait_until: Callable[..., Any], namespace: str, name: str
 ) -> dict[str, Any]:
     def finished() -> dict[str, Any] | None:
         pod: dict[str, Any] = get_json(kubectl, "pod", name, "-n", namespace)
         return pod if pod["status"].get("phase") in ("Succeeded", "Failed") else None
 
     try:
-        pod: dict[str, Any] = wait_for(
+        pod: dict[str, Any] = wait_until(
             finished, timeout=POD_TIMEOUT_S, interval=1, description=f"pod {name} to finish"
         )
     except AssertionError:
@@ -146,7 +146,7 @@ def test_node_is_real_gpu_node(real_node: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("namespace", ["restricted"], indirect=True)
 def test_restricted_pod_runs_on_real_node(
-    real_node: dict[str, Any], kubectl: Callable[..., Any], wait_for: Callable[..., Any], namespace: str
+    real_node: dict[str, Any], kubectl: Callable[..., Any], wait_until: Callable[..., Any], namespace: str
 ) -> None:
     name = "hello"
     pod_spec = restricted_pod(
@@ -155,7 +155,7 @@ def test_restricted_pod_runs_on_real_node(
     # Like the trainer: one of the node's (advertised) GPUs.
     pod_spec["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": "1"}}
     apply(kubectl, namespace, pod_spec)
-    pod = wait_finished(kubectl, wait_for, namespace, name)
+    pod = wait_finished(kubectl, wait_until, namespace, name)
 
     assert pod["spec"]["nodeName"] == NODE
     assert pod["status"]["phase"] == "Succeeded", pod["status"]
@@ -170,7 +170,7 @@ def test_restricted_pod_runs_on_real_node(
 
 @pytest.mark.parametrize("namespace", ["restricted"], indirect=True)
 def test_service_clusterip_and_dns_from_pod(
-    real_node: dict[str, Any], kubectl: Callable[..., Any], wait_for: Callable[..., Any], namespace: str
+    real_node: dict[str, Any], kubectl: Callable[..., Any], wait_until: Callable[..., Any], namespace: str
 ) -> None:
     # Server: busybox httpd on 8080 behind a ClusterIP Service on port 80.
     server = restricted_pod(
@@ -230,7 +230,7 @@ echo "== apiserver"
 printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 kubernetes.default.svc 443 2>&1 || true
 """
     apply(kubectl, namespace, restricted_pod("client", script))
-    pod = wait_finished(kubectl, wait_for, namespace, "client")
+    pod = wait_finished(kubectl, wait_until, namespace, "client")
     assert pod["spec"]["nodeName"] == NODE
     out = logs(kubectl, namespace, "client")
 
@@ -250,7 +250,7 @@ printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 kubernetes.default.svc 443 2>&1 ||
 
 @pytest.mark.parametrize("namespace", ["restricted"], indirect=True)
 def test_default_storageclass_provisions_volume(
-    real_node: dict[str, Any], kubectl: Callable[..., Any], wait_for: Callable[..., Any], namespace: str
+    real_node: dict[str, Any], kubectl: Callable[..., Any], wait_until: Callable[..., Any], namespace: str
 ) -> None:
     classes = get_json(kubectl, "storageclass")["items"]
     defaults = [
@@ -275,7 +275,7 @@ def test_default_storageclass_provisions_volume(
         mounts=[{"name": "data", "mountPath": "/data"}],
     )
     apply(kubectl, namespace, claim, writer)
-    pod = wait_finished(kubectl, wait_for, namespace, "writer")
+    pod = wait_finished(kubectl, wait_until, namespace, "writer")
     assert pod["status"]["phase"] == "Succeeded", kubectl("describe", "pod", "writer", "-n", namespace).stdout
     assert marker in logs(kubectl, namespace, "writer")
 
@@ -294,5 +294,5 @@ def test_default_storageclass_provisions_volume(
         mounts=[{"name": "data", "mountPath": "/data"}],
     )
     apply(kubectl, namespace, reader)
-    wait_finished(kubectl, wait_for, namespace, "reader")
+    wait_finished(kubectl, wait_until, namespace, "reader")
     assert marker in logs(kubectl, namespace, "reader")

@@ -74,7 +74,7 @@ def test_a_runs_identity_patches_its_own_status_and_no_other_runs(
     cluster: Any,
     namespace: str,
     kubectl: Kubectl,
-    wait_for: Callable[..., Any],
+    wait_until: Callable[..., Any],
 ) -> None:
     ns = namespace
     op = setup()
@@ -82,7 +82,7 @@ def test_a_runs_identity_patches_its_own_status_and_no_other_runs(
     for name in (RUN_A, RUN_B):
         apply_run(kubectl, ns, name, resources__gpus=16)
     for name in (RUN_A, RUN_B):
-        wait_for(
+        wait_until(
             lambda name=name: "train" in ((lft(kubectl, ns, name).get("status") or {}).get("jobs") or {}),
             timeout=2 * PHASE_TIMEOUT,  # fetch-model and prepare-dataset first
             description=f"the train Job of {name}",
@@ -107,7 +107,7 @@ def test_a_runs_identity_patches_its_own_status_and_no_other_runs(
 
     # Deleting the run deletes its identity (owner references + garbage collector).
     kubectl("delete", "lft", RUN_A, "-n", ns)
-    wait_for(
+    wait_until(
         lambda: (
             kubectl("get", "serviceaccount,role,rolebinding", account, "-n", ns, check=False).stdout.strip()
             == ""
@@ -120,13 +120,13 @@ def test_a_runs_identity_patches_its_own_status_and_no_other_runs(
 
 @pytest.mark.parametrize("namespace", ["restricted"], indirect=True)
 def test_an_unlabelled_secret_fails_the_run_naming_the_field_before_any_job(
-    setup: Callable[..., Operator], namespace: str, kubectl: Kubectl, wait_for: Callable[..., Any]
+    setup: Callable[..., Operator], namespace: str, kubectl: Kubectl, wait_until: Callable[..., Any]
 ) -> None:
     ns = namespace
     op = setup()
     kubectl("create", "secret", "generic", "hf-token", "-n", ns, "--from-literal=token=not-a-token")
     kubectl("apply", "-f", "-", input=example(ns, baseModel__tokenSecretRef={"name": "hf-token"}))
-    obj = wait_phase(kubectl, wait_for, ns, "Failed", op)
+    obj = wait_phase(kubectl, wait_until, ns, "Failed", op)
     assert obj["status"]["reason"] == "NotAllowed", obj["status"]
     assert "spec.baseModel.tokenSecretRef: Secret hf-token is not labelled" in obj["status"]["message"]
     assert not jobs(kubectl, ns)
@@ -134,7 +134,7 @@ def test_an_unlabelled_secret_fails_the_run_naming_the_field_before_any_job(
     # Labelled by an admin, the Secret may be used by a run.
     kubectl("label", "secret", "hf-token", "-n", ns, "zthumb.io/allow-runs=true")
     apply_run(kubectl, ns, RUN_B, baseModel__tokenSecretRef={"name": "hf-token"})
-    wait_for(
+    wait_until(
         lambda: "fetch-model" in ((lft(kubectl, ns, RUN_B).get("status") or {}).get("jobs") or {}),
         timeout=PHASE_TIMEOUT,
         description="the labelled Secret's run to start",

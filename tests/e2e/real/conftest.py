@@ -151,6 +151,7 @@ def real_ns(real_node: RealNode, cluster: Any) -> Iterator[str]:
         lambda: kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
         30,
         f"default ServiceAccount in {name}",
+        1,
     )
     try:
         yield name

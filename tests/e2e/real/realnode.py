@@ -6,12 +6,21 @@ import base64
 import json
 import os
 import subprocess
+import sys
 import time
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+# waiting.py, in tests/e2e, holds the polling every e2e test shares. pytest puts only each test's
+# own folder on sys.path (these folders are no packages), so add the parent, once.
+_E2E_DIR = str(Path(__file__).resolve().parents[1])
+if _E2E_DIR not in sys.path:
+    sys.path.insert(0, _E2E_DIR)
+# The tests import wait_until from here with the other helpers; after the path, hence E402.
+from waiting import wait_until  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[3]
 NODE = "zthumb-real-0"
@@ -60,23 +69,6 @@ def log(message: str) -> None:
 
 def get_json(kubectl: Kubectl, *args: str) -> Any:
     return json.loads(kubectl("get", *args, "-o", "json").stdout)
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, description: str, interval: float = 1.0) -> Any:
-    """Poll (bounded) until ``predicate`` returns something truthy; exceptions count as "not yet"."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            value = predicate()
-            if value:
-                return value
-            last = value
-        except (AssertionError, subprocess.SubprocessError, ValueError, KeyError) as exc:
-            last = exc
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {description}; last: {last!r}")
-        time.sleep(interval)
 
 
 def pod_ready(pod: dict[str, Any]) -> bool:

@@ -235,6 +235,7 @@ def test_a_failed_node_fails_the_whole_job_at_once_and_the_status_names_it(
         ),
         60,
         f"Job {job_name} Failed",
+        1,
     )
     assert not job["status"].get("active"), job["status"]
     log(f"node 1 killed: run Failed after {failed_after:.0f}s, every pod stopped after {stopped_after:.0f}s")

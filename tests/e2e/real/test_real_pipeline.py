@@ -249,6 +249,7 @@ def test_operator_runs_as_a_real_pod_with_its_own_service_account(shared: Shared
         ),
         60,
         "the operator to log in",
+        1,
     )
     assert "starting (cluster-wide)" in out, out[-3000:]
     assert "orbidden" not in out, out[-3000:]

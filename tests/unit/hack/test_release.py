@@ -142,3 +142,13 @@ def test_a_tag_that_is_not_the_version_is_refused_before_anything_is_built(tmp_p
     assert proc.returncode != 0
     assert f"the tag v0.0.0-other is not v{VERSION}" in proc.stderr
     assert not dist.exists()
+
+
+def test_help_works_from_any_directory():
+    # The script changes to the repository root first; its help must not read itself by a
+    # path relative to where it was started.
+    result = subprocess.run(
+        ["./release.sh", "--help"], cwd=SCRIPT.parent, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Package a ZThumb release into dist/" in result.stdout
