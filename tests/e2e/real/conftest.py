@@ -39,14 +39,13 @@ from realnode import (
     NODE,
     OPERATOR_MANIFESTS,
     OPERATOR_NS,
-    TRAINER_IMAGE,
     Kubectl,
     ModelServer,
     assert_ran_on_real_node,
     get_json,
+    http_file_server,
     log,
     operator_pods,
-    pod_manifest,
     pod_ready,
     wait_until,
 )
@@ -206,34 +205,14 @@ def tiny_model_server(real_ns: str, real_node: RealNode, cluster: Any) -> ModelS
     script = (
         "zthumb-train tiny-model /srv/tiny && cd /srv/tiny && exec python3 -m http.server 8000 --bind 0.0.0.0"
     )
-    pod = pod_manifest(
-        "tiny-model",
-        image=TRAINER_IMAGE,
-        command=["/bin/sh", "-ec", script],
-        labels={"app.kubernetes.io/name": "tiny-model"},
-        env={"HF_HOME": "/tmp/hf"},
-        volumes=[{"name": "srv", "emptyDir": {}}],
-        mounts=[{"name": "srv", "mountPath": "/srv"}],
-        restart="Always",
-        ports=[{"name": "http", "containerPort": 8000}],
-        readiness={"tcpSocket": {"port": "http"}, "periodSeconds": 2},
-    )
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": "tiny-model"},
-        "spec": {
-            "selector": {"app.kubernetes.io/name": "tiny-model"},
-            "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
-        },
-    }
+    items = http_file_server("tiny-model", script, env={"HF_HOME": "/tmp/hf"})
     kubectl(
         "apply",
         "-n",
         real_ns,
         "-f",
         "-",
-        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [pod, service]}),
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}),
     )
     started = time.monotonic()
     wait_until(

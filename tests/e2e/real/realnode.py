@@ -144,6 +144,41 @@ def pod_manifest(
     }
 
 
+def http_file_server(
+    name: str,
+    script: str,
+    *,
+    env: dict[str, str] | None = None,
+    volumes: list[dict[str, Any]] | None = None,
+    mounts: list[dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """A pod of the trainer image that runs the shell ``script`` (which ends by serving HTTP on port
+    8000) and a Service ``name`` on port 80 in front of it: the in-cluster origin of what the runs
+    under test download. Ready once the port answers."""
+    pod = pod_manifest(
+        name,
+        image=TRAINER_IMAGE,
+        command=["/bin/sh", "-ec", script],
+        labels={"app.kubernetes.io/name": name},
+        env=env,
+        volumes=[{"name": "srv", "emptyDir": {}}, *(volumes or [])],
+        mounts=[{"name": "srv", "mountPath": "/srv"}, *(mounts or [])],
+        restart="Always",
+        ports=[{"name": "http", "containerPort": 8000}],
+        readiness={"tcpSocket": {"port": "http"}, "periodSeconds": 2},
+    )
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {
+            "selector": {"app.kubernetes.io/name": name},
+            "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+        },
+    }
+    return [pod, service]
+
+
 def operator_pods(kubectl: Kubectl) -> list[dict[str, Any]]:
     return get_json(kubectl, "pods", "-n", OPERATOR_NS, "-l", "app.kubernetes.io/name=zthumb-operator")[
         "items"

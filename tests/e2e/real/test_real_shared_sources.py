@@ -27,12 +27,11 @@ from typing import Any
 import pytest
 from realnode import (
     MODEL_PATH,
-    TRAINER_IMAGE,
     ModelServer,
     assert_ran_on_real_node,
     get_json,
+    http_file_server,
     log,
-    pod_manifest,
     pod_ready,
     tiny_finetune,
     wait_phase,
@@ -70,30 +69,13 @@ def archive(real_ns: str, cluster: Any) -> Iterator[tuple[str, str]]:
         "sha256sum /srv/team.tar.gz > /srv/team.sha256\n"
         "cd /srv && exec python3 -m http.server 8000 --bind 0.0.0.0"
     )
-    server = pod_manifest(
-        ARCHIVE_POD,
-        image=TRAINER_IMAGE,
-        command=["/bin/sh", "-ec", script],
-        labels={"app.kubernetes.io/name": ARCHIVE_POD},
-        volumes=[
-            {"name": "srv", "emptyDir": {}},
-            {"name": "data", "persistentVolumeClaim": {"claimName": CLAIM}},
-        ],
-        mounts=[{"name": "srv", "mountPath": "/srv"}, {"name": "data", "mountPath": "/data"}],
-        restart="Always",
-        ports=[{"name": "http", "containerPort": 8000}],
-        readiness={"tcpSocket": {"port": "http"}, "periodSeconds": 2},
-    )
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": ARCHIVE_POD},
-        "spec": {
-            "selector": {"app.kubernetes.io/name": ARCHIVE_POD},
-            "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
-        },
-    }
-    items = [claim, server, service]
+    data = {"name": "data", "persistentVolumeClaim": {"claimName": CLAIM}}
+    items = [
+        claim,
+        *http_file_server(
+            ARCHIVE_POD, script, volumes=[data], mounts=[{"name": "data", "mountPath": "/data"}]
+        ),
+    ]
     kubectl(
         "apply", "-n", ns, "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
     )
