@@ -315,15 +315,22 @@ class EvalSpec(_Spec):
 SECRET_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 
+class _SecretNames:
+    """Marks a field that lists Secret names: the operator checks each like a ``*SecretRef``."""
+
+
+SECRET_NAMES = _SecretNames()
+
+
 class ImagesSpec(_Spec):
     # Unset: the operator's ZTHUMB_OPERATOR_TRAINER_IMAGE.
     trainer: str | None = None
     pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     # The step pods' imagePullSecrets, for a trainer image in a private registry. Each is one of
     # the Secrets the operator checks (the allow-runs label, where the operator requires it).
-    pull_secrets: list[Annotated[str, Field(pattern=SECRET_NAME, max_length=253)]] = Field(
-        default_factory=list, max_length=8
-    )
+    pull_secrets: Annotated[
+        list[Annotated[str, Field(pattern=SECRET_NAME, max_length=253)]], SECRET_NAMES
+    ] = Field(default_factory=list, max_length=8)
 
 
 class LoRAFinetuneSpec(_Spec):

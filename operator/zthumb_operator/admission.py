@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from pydantic import BaseModel
-from zthumb_contract.spec import LoRAFinetuneSpec
+from zthumb_contract.spec import SECRET_NAMES, LoRAFinetuneSpec
 
 from zthumb_operator.api import Api
 from zthumb_operator.config import ANY, ENV_PREFIX, OperatorConfig
@@ -25,7 +25,6 @@ from zthumb_operator.config import ANY, ENV_PREFIX, OperatorConfig
 REASON = "NotAllowed"
 # The label an admin puts on a Secret that every run in its namespace may use.
 SECRET_ALLOW_LABEL = "zthumb.io/allow-runs"
-PULL_SECRETS_FIELD = "spec.images.pullSecrets"
 SECRET_ALLOW_VALUE = "true"
 # Fields of the spec that name a Secret end in this (tokenSecretRef, credentialsSecretRef, ...).
 SECRET_REF_SUFFIX = "SecretRef"
@@ -73,13 +72,13 @@ def spec_refusals(config: OperatorConfig, spec: LoRAFinetuneSpec) -> list[str]:
 
 def secret_refs(model: BaseModel, path: str = "spec") -> Iterator[tuple[str, str]]:
     """(field path, Secret name) of every Secret the spec names, wherever the model declares one:
-    its ``*SecretRef`` fields and the step pods' image pull Secrets."""
+    its ``*SecretRef`` fields and every list of Secret names (marked ``SECRET_NAMES``)."""
     for name, field in type(model).model_fields.items():
         value = getattr(model, name)
         here = f"{path}.{field.alias or name}"
         if here.endswith(SECRET_REF_SUFFIX) and value is not None:
             yield here, str(value.name)
-        elif here == PULL_SECRETS_FIELD:
+        elif SECRET_NAMES in field.metadata:
             yield from ((f"{here}[{index}]", str(secret)) for index, secret in enumerate(value))
         elif isinstance(value, BaseModel):
             yield from secret_refs(value, here)
