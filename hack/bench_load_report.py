@@ -8,7 +8,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench_load_harness import Outcome, metric_sum, percentile, status_sum
+from bench_load_harness import Outcome, metric_sum, status_sum
+from bench_stats import percentile
 
 
 # --- the run -------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench_load_harness import HOST, percentile
+from bench_load_harness import HOST
+from bench_stats import percentile
 
 BATCHING = {"off": 1, "on": 8}  # ZTHUMB_MAX_BATCH of the two servers
 

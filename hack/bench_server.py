@@ -51,12 +51,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling module, when loaded by path
 
 from bench_image_encoding import print_table as print_encoding_table
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
+from bench_stats import percentile
 
 
 def make_adapters(unet_dir: Path, root: Path, count: int, rank: int) -> list[str]:

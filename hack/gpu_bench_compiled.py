@@ -95,8 +95,9 @@ def bench_compiled(
     tests: the server tests' cache) replaces it with a directory that may be warm already.
     """
     import torch
+    from bench_stats import percentile
     from gpu_bench import median, release_gpu_memory
-    from gpu_bench_rounds import Rounds, percentile
+    from gpu_bench_rounds import Rounds
     from zthumb.backends.adapters import AdapterUse
     from zthumb.backends.compiled import compiled_graphs, take_new_graphs
     from zthumb.backends.full import FullBackend
@@ -256,7 +257,7 @@ def bench_compiled(
                 SECTION,
                 f"alternating {len(bench.adapters)} adapters, scales {scales}",
                 switch_ms_p50=round(median(switch) * 1000, 2),
-                switch_ms_p95=round(percentile(switch, 0.95) * 1000, 2),
+                switch_ms_p95=round(percentile(switch, 95) * 1000, 2),
                 request_p50_s=round(median(total), 4),
                 requests=requests,
                 steps=profile.switch_steps,

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from bench_stats import percentile
 from gpu_bench import median
-from gpu_bench_rounds import percentile
 
 if TYPE_CHECKING:
     from gpu_bench import Bench
@@ -135,7 +135,7 @@ def bench_switching(bench: Bench, backend: Any, naive: Any, params: Any) -> None
             name,
             switch_s=round(median(switches[name]), 5),
             request_p50_s=round(rounds.median(name), 4),
-            request_p95_s=round(percentile(rounds.samples[name], 0.95), 4),
+            request_p95_s=round(percentile(rounds.samples[name], 95), 4),
             steps=profile.switch_steps,
             **summary,
         )

@@ -16,13 +16,7 @@ import statistics
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile, ``q`` in [0, 1]; NaN for no values."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+from bench_stats import percentile
 
 
 class Rounds:
@@ -56,7 +50,7 @@ class Rounds:
         return statistics.median(values) if values else float("nan")
 
     def p90(self, name: str) -> float:
-        return percentile(self.samples[name], 0.9)
+        return percentile(self.samples[name], 90)
 
     def ratio(self, name: str, base: str) -> float:
         """Median over median, both from the same rounds."""

@@ -23,7 +23,8 @@ import statistics
 import time
 from typing import TYPE_CHECKING, Any
 
-from gpu_bench_rounds import Rounds, percentile
+from bench_stats import percentile
+from gpu_bench_rounds import Rounds
 
 if TYPE_CHECKING:
     from gpu_bench import Bench
@@ -140,7 +141,7 @@ async def _drive(app: Any, bench: Bench, batch_wait_ms: float) -> None:
             concurrency=concurrency[name],
             requests=len(latencies[name]),
             latency_p50_ms=round(statistics.median(latencies[name]) * 1000, 1),
-            latency_p95_ms=round(percentile(latencies[name], 0.95) * 1000, 1),
+            latency_p95_ms=round(percentile(latencies[name], 95) * 1000, 1),
             images_per_s=round(statistics.median(per_s), 2),
             mean_batch=round(statistics.fmean(batches[name]), 1) if batches[name] else "-",
             size=f"{size}x{size}",
