@@ -24,6 +24,9 @@ def hack_script(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], Mod
         module = importlib.util.module_from_spec(spec)
         # dataclasses look their module up in sys.modules while the class is created.
         monkeypatch.setitem(sys.modules, name, module)
+        # `python hack/x.py` puts hack/ first on the path, so a script imports its siblings
+        # (bench_stats) by name; the test loads it the same way.
+        monkeypatch.syspath_prepend(str(HACK))
         spec.loader.exec_module(module)
         return module
 
