@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install k8s-bin demo test lint unit e2e images release bench clean
+.PHONY: help install k8s-bin demo test lint unit e2e images release bench clean manifests
 
 help:
 	@echo "make demo   - the whole pipeline on the tiny model, locally (no cluster, no GPU)"
@@ -18,6 +18,7 @@ help:
 	@echo "make lint   - ruff, mypy, import contracts (lint-imports), hadolint, shellcheck, helm lint, actionlint"
 	@echo "make unit   - tests that need no cluster"
 	@echo "make e2e    - tests against the local control plane (started and stopped here)"
+	@echo "make manifests - render manifests/operator/ from the operator chart (charts/zthumb-operator)"
 	@echo "make images - build the container images with buildah (no Docker) and import them"
 	@echo "              into the real node's containerd when it is up (hack/README-images.md)"
 	@echo "make release - images, chart, SBOMs and SHA256SUMS in dist/, and the commands that push"
@@ -45,6 +46,7 @@ lint: $(STAMP) k8s-bin
 	  images/trainer/Dockerfile.cpu images/helm-test/Dockerfile operator/Dockerfile
 	$(BIN)/shellcheck --external-sources $$(find hack -name '*.sh' | sort) .ci/run
 	PATH="$$(hack/cluster.sh bindir):$$PATH" helm lint --strict charts/zthumb
+	PATH="$$(hack/cluster.sh bindir):$$PATH" helm lint --strict charts/zthumb-operator
 	hack/build-actionlint.sh
 	"$$(hack/cluster.sh bindir)/actionlint" .github/workflows/*.yml
 
@@ -75,6 +77,11 @@ e2e: $(STAMP) k8s-bin
 	  ZTHUMB_E2E=1 $(BIN)/pytest -m e2e -p no:cacheprovider
 
 test: lint unit e2e
+
+# manifests/operator/ (for `kubectl apply`) is the operator chart rendered; a unit test fails when
+# the checked-in files differ from a fresh render.
+manifests: k8s-bin
+	PATH="$$(hack/cluster.sh bindir):$$PATH" $(PYTHON) hack/render_operator_manifests.py
 
 # Builds (or reuses) every image and imports it when the node's containerd is up.
 images:
