@@ -21,6 +21,9 @@ REPO = Path(__file__).resolve().parents[3]
 CHART = REPO / "charts" / "zthumb"
 
 
+OPERATOR_CHART = REPO / "charts" / "zthumb-operator"
+
+
 VALUES = CHART / "values.yaml"
 
 

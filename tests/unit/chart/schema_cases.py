@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import copy
 import json
+import pathlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
 import yaml
-from chart_render import SCHEMA, VALUES
+from chart_render import CHART
 
 Path = tuple[str | int, ...]
 # Written to the values file as null: helm then drops the key from the chart's defaults.
@@ -51,14 +52,18 @@ def pointer(path: Path) -> str:
     return "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in path)
 
 
-def load() -> tuple[dict[str, Any], dict[str, Any]]:
-    return json.loads(SCHEMA.read_text()), yaml.safe_load(VALUES.read_text())
+def load(chart: pathlib.Path = CHART) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A chart's values.schema.json and values.yaml."""
+    schema = json.loads((chart / "values.schema.json").read_text())
+    return schema, yaml.safe_load((chart / "values.yaml").read_text())
 
 
 def valid_sample(schema: dict[str, Any]) -> Any:
     """A value the schema accepts (for list items and siblings the walk has to create)."""
     if "const" in schema:
         return schema["const"]
+    if "examples" in schema:  # a pattern "a" does not match names its example
+        return schema["examples"][0]
     if "enum" in schema:
         return schema["enum"][0]
     if "oneOf" in schema:
@@ -179,9 +184,9 @@ def wanted(path: Path, node: dict[str, Any]) -> Iterator[tuple[str, str | None, 
         yield "required", None, node, (*path, name), DELETE
 
 
-def generate() -> tuple[list[Case], list[str]]:
-    """The cases, and the constraints no candidate breaks as meant (must be empty)."""
-    schema, defaults = load()
+def generate(chart: pathlib.Path = CHART) -> tuple[list[Case], list[str]]:
+    """A chart's cases, and the constraints no candidate breaks as meant (must be empty)."""
+    schema, defaults = load(chart)
     cases: list[Case] = []
     unbroken: list[str] = []
     for path, node in constraints(schema):

@@ -15,15 +15,21 @@ from pathlib import Path
 
 import pytest
 import schema_cases
-from chart_render import CHART, HELM, needs_helm
+from chart_render import CHART, HELM, OPERATOR_CHART, needs_helm
 from schema_cases import Case
 
-# Counted when these tests were written: 427 cases. The walk must never find fewer (a walk that
-# silently yields nothing would otherwise pass).
-MIN_CASES = 427
+# Per chart, counted when these tests were written: the walk must never find fewer cases (a walk
+# that silently yields nothing would otherwise pass), and each keyword the schema uses is covered.
+MIN_CASES = {CHART: 427, OPERATOR_CHART: 134}
 KINDS = {
-    "type", "enum", "minimum", "maximum", "multipleOf", "pattern", "minLength", "maxLength",
-    "minItems", "uniqueItems", "additionalProperties", "required", "oneOf",
+    CHART: {
+        "type", "enum", "minimum", "maximum", "multipleOf", "pattern", "minLength", "maxLength",
+        "minItems", "uniqueItems", "additionalProperties", "required", "oneOf",
+    },
+    OPERATOR_CHART: {
+        "type", "enum", "minimum", "maximum", "pattern", "minLength", "maxLength", "uniqueItems",
+        "additionalProperties", "required",
+    },
 }  # fmt: skip
 BOUNDS = (
     "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
@@ -44,16 +50,21 @@ HELM_SAYS = {
 POOL = 3
 
 
+@pytest.fixture(scope="module", params=[CHART, OPERATOR_CHART], ids=lambda chart: chart.name)
+def chart(request: pytest.FixtureRequest) -> Path:
+    return Path(request.param)
+
+
 @pytest.fixture(scope="module")
-def generated() -> tuple[list[Case], list[str]]:
-    return schema_cases.generate()
+def generated(chart: Path) -> tuple[list[Case], list[str]]:
+    return schema_cases.generate(chart)
 
 
-def test_every_constraint_of_the_schema_has_a_case(generated) -> None:
+def test_every_constraint_of_the_schema_has_a_case(chart, generated) -> None:
     cases, unbroken = generated
     assert unbroken == [], "constraints no candidate value breaks as meant (add a candidate)"
-    assert len(cases) >= MIN_CASES, f"the schema walk found {len(cases)} cases, fewer than {MIN_CASES}"
-    assert {case.keyword for case in cases} >= KINDS
+    assert len(cases) >= MIN_CASES[chart], f"the schema walk found {len(cases)} cases, fewer than expected"
+    assert {case.keyword for case in cases} >= KINDS[chart]
 
 
 def missed(case: Case, stderr: str) -> str | None:
@@ -70,16 +81,16 @@ def missed(case: Case, stderr: str) -> str | None:
     return f"{case.id}: expected {expected} at {at!r}, helm said {said}"
 
 
-def helm_refusals(tmp_path: Path, groups: Sequence[Sequence[Case]], tag: str) -> list[str]:
+def helm_refusals(chart: Path, tmp_path: Path, groups: Sequence[Sequence[Case]], tag: str) -> list[str]:
     """Render each group of bad values with helm; what helm failed to refuse as expected."""
     assert HELM is not None
-    schema, defaults = schema_cases.load()
+    schema, defaults = schema_cases.load(chart)
 
     def run(index: int) -> list[str]:
         values = tmp_path / f"{tag}-{index}.yaml"
         values.write_text(schema_cases.values_file(defaults, schema, groups[index]))
         proc = subprocess.run(
-            [HELM, "template", "zthumb", str(CHART), "-f", str(values), "--kube-version", "1.36.3"],
+            [HELM, "template", chart.name, str(chart), "-f", str(values), "--kube-version", "1.36.3"],
             capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
         if not groups[index]:
@@ -93,18 +104,18 @@ def helm_refusals(tmp_path: Path, groups: Sequence[Sequence[Case]], tag: str) ->
 
 
 @needs_helm
-def test_helm_refuses_every_bad_value_naming_it(helm_bin, generated, tmp_path) -> None:
+def test_helm_refuses_every_bad_value_naming_it(helm_bin, chart, generated, tmp_path) -> None:
     cases, _ = generated
     groups = schema_cases.disjoint_groups(cases)
     assert sum(len(group) for group in groups) == len(cases)
-    assert helm_refusals(tmp_path, [[], *groups], "packed") == []
+    assert helm_refusals(chart, tmp_path, [[], *groups], "packed") == []
 
 
 @needs_helm
-def test_helm_refuses_one_bad_value_of_each_kind_alone(helm_bin, generated, tmp_path) -> None:
+def test_helm_refuses_one_bad_value_of_each_kind_alone(helm_bin, chart, generated, tmp_path) -> None:
     cases, _ = generated
     first_of_kind: dict[tuple[str, str | None], Case] = {}
     for case in cases:
         first_of_kind.setdefault((case.keyword, case.branch_keyword), case)
-    assert {keyword for keyword, _ in first_of_kind} >= KINDS
-    assert helm_refusals(tmp_path, [[case] for case in first_of_kind.values()], "alone") == []
+    assert {keyword for keyword, _ in first_of_kind} >= KINDS[chart]
+    assert helm_refusals(chart, tmp_path, [[case] for case in first_of_kind.values()], "alone") == []

@@ -9,16 +9,20 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 import yaml
-from chart_render import CHART, SCHEMA, VALUES, helm, needs_helm, render_fails, set_args
+from chart_render import CHART, OPERATOR_CHART, SCHEMA, VALUES, helm, needs_helm, render_fails, set_args
+
+# The checks of @param lines, values.yaml and values.schema.json hold for each of our charts.
+each_chart = pytest.mark.parametrize("chart", [CHART, OPERATOR_CHART], ids=lambda chart: chart.name)
 
 
-def param_keys() -> list[str]:
-    return re.findall(r"^\s*## @param (\S+)", VALUES.read_text(), flags=re.MULTILINE)
+def param_keys(chart: Path = CHART) -> list[str]:
+    return re.findall(r"^\s*## @param (\S+)", (chart / "values.yaml").read_text(), flags=re.MULTILINE)
 
 
 def schema_paths(node: dict[str, Any], prefix: str = "") -> Iterator[str]:
@@ -38,18 +42,20 @@ def value_leaves(node: Any, params: set[str], prefix: str = "") -> Iterator[str]
             yield from value_leaves(sub, params, f"{path}.")
 
 
-def test_every_value_has_a_param_line() -> None:
-    params = param_keys()
+@each_chart
+def test_every_value_has_a_param_line(chart: Path) -> None:
+    params = param_keys(chart)
     assert len(params) == len(set(params)), "duplicate @param lines"
-    values = yaml.safe_load(VALUES.read_text())
+    values = yaml.safe_load((chart / "values.yaml").read_text())
     leaves = set(value_leaves(values, set(params)))
     assert leaves - set(params) == set(), "values without a `## @param` line"
     assert set(params) - leaves == set(), "@param lines for keys that are not in values.yaml"
 
 
-def test_params_and_schema_are_in_sync() -> None:
-    params = set(param_keys())
-    schema = json.loads(SCHEMA.read_text())
+@each_chart
+def test_params_and_schema_are_in_sync(chart: Path) -> None:
+    params = set(param_keys(chart))
+    schema = json.loads((chart / "values.schema.json").read_text())
     paths = set(schema_paths(schema))
     assert params - paths == set(), "@param keys missing from values.schema.json"
     # Every schema property is a @param, a group above one, or structure below one.
@@ -72,10 +78,11 @@ def test_params_and_schema_are_in_sync() -> None:
     assert schema.get("additionalProperties") is False
 
 
-def test_defaults_validate_against_schema() -> None:
-    schema = json.loads(SCHEMA.read_text())
+@each_chart
+def test_defaults_validate_against_schema(chart: Path) -> None:
+    schema = json.loads((chart / "values.schema.json").read_text())
     jsonschema.Draft7Validator.check_schema(schema)
-    jsonschema.validate(yaml.safe_load(VALUES.read_text()), schema)
+    jsonschema.validate(yaml.safe_load((chart / "values.yaml").read_text()), schema)
 
 
 @pytest.mark.parametrize(
@@ -107,8 +114,9 @@ def test_schema_refuses_bad_values_python(path: tuple[str, ...], bad: Any, field
 
 
 @needs_helm
-def test_helm_lint_strict(helm_bin: list[str], helm_env: dict[str, str]) -> None:
-    out = helm(helm_env, "lint", "--strict", str(CHART))
+@each_chart
+def test_helm_lint_strict(chart: Path, helm_bin: list[str], helm_env: dict[str, str]) -> None:
+    out = helm(helm_env, "lint", "--strict", str(chart))
     assert "1 chart(s) linted, 0 chart(s) failed" in out.stdout
 
 
