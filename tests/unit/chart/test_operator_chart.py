@@ -100,7 +100,9 @@ def test_the_cluster_role_and_each_role_grant_the_same_apart_from_cluster_queues
     assert namespaced <= cluster
 
 
-def test_the_operator_and_the_admission_policy_get_the_same_run_policy(helm_env, tmp_path) -> None:
+def test_the_operator_and_the_admission_policy_get_the_same_run_policy(
+    helm_env, tmp_path, monkeypatch
+) -> None:
     values = tmp_path / "policy.yaml"
     values.write_text(
         "runPolicy:\n"
@@ -111,9 +113,9 @@ def test_the_operator_and_the_admission_policy_get_the_same_run_policy(helm_env,
         "  deploymentSelector: {app.kubernetes.io/name: thumbs, tier: gpu}\n"
     )
     rendered = render_operator(helm_env, None, "-f", str(values))
-    config = OperatorConfig(
-        **{name.removeprefix("ZTHUMB_OPERATOR_").lower(): v for name, v in env_of(rendered).items()}
-    )
+    for name, value in env_of(rendered).items():  # read as the operator reads its environment
+        monkeypatch.setenv(name, value)
+    config = OperatorConfig()
     assert config.allowed_trainer_images == ("registry.example/ml/", "ghcr.io/zthumb/trainer@")
     assert config.allowed_node_selector_keys == ()
     assert config.allowed_toleration_keys == ("*",)
