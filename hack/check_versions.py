@@ -32,6 +32,8 @@ SPELLINGS: tuple[tuple[str, str, re.Pattern[str]], ...] = (
     ("helm-test tag override", "*", re.compile(r"repository=zthumb/helm-test,tests\.image\.tag=" + _TAG)),
     ("chart version", "charts/zthumb/Chart.yaml", re.compile(r"^version:\s*\"?" + _TAG)),
     ("chart appVersion", "charts/zthumb/Chart.yaml", re.compile(r"^appVersion:\s*\"?" + _TAG)),
+    ("chart version", "charts/zthumb-operator/Chart.yaml", re.compile(r"^version:\s*\"?" + _TAG)),
+    ("chart appVersion", "charts/zthumb-operator/Chart.yaml", re.compile(r"^appVersion:\s*\"?" + _TAG)),
     ("version label", "*.yaml", re.compile(r"app\.kubernetes\.io/version:\s*\"?" + _TAG)),
     ("server __version__", "images/zthumb/zthumb/version.py", re.compile(r"^__version__ = \"" + _TAG)),
     ("newest changelog section", "CHANGELOG.md", re.compile(r"^## \[" + _TAG + r"\]")),
@@ -40,6 +42,7 @@ SPELLINGS: tuple[tuple[str, str, re.Pattern[str]], ...] = (
 # reworded, a field renamed) would otherwise pass silently.
 REQUIRED = (
     "charts/zthumb/Chart.yaml",
+    "charts/zthumb-operator/Chart.yaml",
     "manifests/operator/deployment.yaml",
     "images/zthumb/zthumb/version.py",
     "CHANGELOG.md",

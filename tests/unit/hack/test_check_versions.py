@@ -46,6 +46,7 @@ def test_a_disagreeing_file_is_named_with_its_line(versions, tmp_path):
         tmp_path,
         {
             "charts/zthumb/Chart.yaml": f'version: {version}\nappVersion: "9.9.9"\n',
+            "charts/zthumb-operator/Chart.yaml": f'version: 0.0.8\nappVersion: "{version}"\n',
             "manifests/operator/deployment.yaml": (
                 f'    app.kubernetes.io/version: "{version}"\n'
                 f"          image: ghcr.io/zthumb/operator:{version}\n"
@@ -58,6 +59,7 @@ def test_a_disagreeing_file_is_named_with_its_line(versions, tmp_path):
     mismatches, missing = versions.check(tmp_path, paths)
     assert [str(m) for m in mismatches] == [
         "charts/zthumb/Chart.yaml:2: chart appVersion is 9.9.9",
+        "charts/zthumb-operator/Chart.yaml:1: chart version is 0.0.8",
         "manifests/operator/deployment.yaml:3: image tag is 0.0.9",
     ]
     assert missing == []
@@ -70,9 +72,15 @@ def test_a_changelog_without_this_version_on_top_fails(versions, tmp_path):
 
 
 def test_a_required_file_that_spells_no_version_is_reported(versions, tmp_path):
-    paths = _tree(tmp_path, {"charts/zthumb/Chart.yaml": "version: {{ .Version }}\n"})
+    paths = _tree(
+        tmp_path,
+        {
+            "charts/zthumb/Chart.yaml": "version: {{ .Version }}\n",
+            "charts/zthumb-operator/Chart.yaml": "name: zthumb-operator\n",
+        },
+    )
     mismatches, missing = versions.check(tmp_path, paths)
-    assert mismatches == [] and missing == ["charts/zthumb/Chart.yaml"]
+    assert mismatches == [] and missing == ["charts/zthumb/Chart.yaml", "charts/zthumb-operator/Chart.yaml"]
 
 
 def test_a_longer_version_is_not_taken_for_this_one(versions, tmp_path):
