@@ -8,7 +8,8 @@
 #      as <image>-<version>.oci.tar (hard links where the cache is on the same disk: the
 #      archives are GBs, and build-images.sh replaces an archive by renaming a new file over it,
 #      so a link never sees a later build);
-#   3. `helm package charts/zthumb` -> dist/zthumb-<version>.tgz (helm from hack/cluster.sh bindir);
+#   3. `helm package` of charts/zthumb (the server) and charts/zthumb-operator -> dist/zthumb-<version>.tgz
+#      and dist/zthumb-operator-<version>.tgz (helm from hack/cluster.sh bindir);
 #   4. a CycloneDX SBOM (JSON) per Python image, dist/<image>-<version>.cdx.json, made by
 #      `cyclonedx-py requirements` from the pinned requirements that image's Dockerfile installs
 #      (hack/extra_requirements.py with the same extras: zthumb = server, trainer = trainer +
@@ -24,7 +25,7 @@
 #
 # --skip-images leaves out step 2 (the chart, the SBOMs and SHA256SUMS only: no buildah, seconds).
 # REGISTRY is where the images go, e.g. ghcr.io/my-org: images as REGISTRY/<image>:<version>, the
-# chart as oci://REGISTRY/charts/zthumb. Without one the commands carry a <registry> placeholder.
+# charts as oci://REGISTRY/charts/zthumb and .../zthumb-operator. Without one the commands carry a <registry> placeholder.
 #
 # Env: ZTHUMB_RELEASE_REGISTRY (= --registry), ZTHUMB_RELEASE_TAG (a git tag that must be
 # v<version>), ZTHUMB_CYCLONEDX [.venv/bin/cyclonedx-py, else on PATH],
@@ -74,10 +75,11 @@ if [[ -n "${REGISTRY}" && ! "${REGISTRY}" =~ ^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0
 fi
 
 VERSION=$(python3 -c 'import tomllib,sys; print(tomllib.load(open(sys.argv[1],"rb"))["project"]["version"])' pyproject.toml)
-CHART="zthumb-${VERSION}.tgz"
+# Our charts (directories under charts/), each packaged as <name>-<version>.tgz.
+CHARTS=(zthumb zthumb-operator)
 
 print_push_commands() {
-  local reg=${REGISTRY:-<registry>} archive image n=0
+  local reg=${REGISTRY:-<registry>} archive image chart n=0
   echo "# Push ZThumb ${VERSION} from ${DIST}/ (log in first: skopeo login / helm registry login)"
   for archive in "${DIST}"/*-"${VERSION}".oci.tar; do
     [[ -e "${archive}" ]] || continue
@@ -86,8 +88,10 @@ print_push_commands() {
     n=$((n + 1))
   done
   ((n)) || echo "# (no image archives in ${DIST}/: they were skipped)"
-  [[ -s "${DIST}/${CHART}" ]] || die "no ${DIST}/${CHART}; run hack/release.sh first"
-  echo "helm push ${DIST}/${CHART} oci://${reg}/charts"
+  for chart in "${CHARTS[@]}"; do
+    [[ -s "${DIST}/${chart}-${VERSION}.tgz" ]] || die "no ${DIST}/${chart}-${VERSION}.tgz; run hack/release.sh first"
+    echo "helm push ${DIST}/${chart}-${VERSION}.tgz oci://${reg}/charts"
+  done
   [[ -n "${REGISTRY}" ]] ||
     echo "# <registry>: pass --registry REGISTRY (or ZTHUMB_RELEASE_REGISTRY) to print runnable commands"
 }
@@ -135,9 +139,11 @@ else
   done < <(hack/build-images.sh list)
 fi
 
-# --- 3. chart ---------------------------------------------------------------------------------
-"${HELM}" package charts/zthumb --destination "${DIST}" >&2
-[[ -s "${DIST}/${CHART}" ]] || die "helm package did not write ${DIST}/${CHART}"
+# --- 3. charts --------------------------------------------------------------------------------
+for chart in "${CHARTS[@]}"; do
+  "${HELM}" package "charts/${chart}" --destination "${DIST}" >&2
+  [[ -s "${DIST}/${chart}-${VERSION}.tgz" ]] || die "helm package did not write ${DIST}/${chart}-${VERSION}.tgz"
+done
 
 # --- 4. SBOMs ---------------------------------------------------------------------------------
 export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}"

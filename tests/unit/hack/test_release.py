@@ -17,6 +17,7 @@ SCRIPT = ROOT / "hack" / "release.sh"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 VERSION = PYPROJECT["project"]["version"]
 CHART = f"zthumb-{VERSION}.tgz"
+OPERATOR_CHART = f"zthumb-operator-{VERSION}.tgz"
 
 
 def _helm_bindir() -> str:
@@ -72,6 +73,7 @@ def test_skip_images_writes_the_chart_sboms_and_checksums(skip_images_release):
     assert sorted(p.name for p in dist.iterdir()) == sorted(
         [
             CHART,
+            OPERATOR_CHART,
             "SHA256SUMS",
             "NOTES.txt",
             *(f"{i}-{VERSION}.cdx.json" for i in ("zthumb", "trainer", "operator")),
@@ -81,10 +83,17 @@ def test_skip_images_writes_the_chart_sboms_and_checksums(skip_images_release):
     assert listed == sorted(p.name for p in dist.iterdir() if p.name != "SHA256SUMS")
     subprocess.run(["sha256sum", "--strict", "-c", "SHA256SUMS"], cwd=dist, check=True, capture_output=True)
 
-    chart = subprocess.run(
-        ["tar", "-xOzf", str(dist / CHART), "zthumb/Chart.yaml"], check=True, capture_output=True
-    )
-    assert f"version: {VERSION}" in chart.stdout.decode()
+    for archive, name in ((CHART, "zthumb"), (OPERATOR_CHART, "zthumb-operator")):
+        chart = subprocess.run(
+            ["tar", "-xOzf", str(dist / archive), f"{name}/Chart.yaml"], check=True, capture_output=True
+        )
+        assert f"version: {VERSION}" in chart.stdout.decode()
+    # Helm installs a chart's CRDs from its crds/ folder: the archive must carry the file itself.
+    crd = subprocess.run(
+        ["tar", "-xOzf", str(dist / OPERATOR_CHART), "zthumb-operator/crds/lorafinetunes.zthumb.io.yaml"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    assert crd.stdout == (ROOT / "crds" / "lorafinetunes.zthumb.io.yaml").read_bytes()
 
 
 @pytest.mark.slow
@@ -110,13 +119,16 @@ def test_each_sbom_lists_the_pins_its_image_installs(skip_images_release):
 def test_the_push_commands_name_the_registry(skip_images_release):
     _, stdout = skip_images_release
     commands = [line for line in stdout.splitlines() if not line.startswith("#")]
-    assert commands == [f"helm push {skip_images_release[0]}/{CHART} oci://ghcr.io/example/charts"]
+    assert commands == [
+        f"helm push {skip_images_release[0]}/{chart} oci://ghcr.io/example/charts"
+        for chart in (CHART, OPERATOR_CHART)
+    ]
 
 
 def test_push_commands_list_each_archive_in_dist(tmp_path):
     dist = tmp_path / "dist"
     dist.mkdir()
-    for name in (f"operator-{VERSION}.oci.tar", f"zthumb-{VERSION}.oci.tar", CHART):
+    for name in (f"operator-{VERSION}.oci.tar", f"zthumb-{VERSION}.oci.tar", CHART, OPERATOR_CHART):
         (dist / name).write_text("x")
     proc = release(tmp_path, "push-commands", "--dist", str(dist))
     assert proc.returncode == 0, proc.stderr
@@ -125,6 +137,7 @@ def test_push_commands_list_each_archive_in_dist(tmp_path):
         f"skopeo copy oci-archive:{dist}/operator-{VERSION}.oci.tar docker://<registry>/operator:{VERSION}",
         f"skopeo copy oci-archive:{dist}/zthumb-{VERSION}.oci.tar docker://<registry>/zthumb:{VERSION}",
         f"helm push {dist}/{CHART} oci://<registry>/charts",
+        f"helm push {dist}/{OPERATOR_CHART} oci://<registry>/charts",
     ]
     assert "--registry" in proc.stdout  # says how to fill the placeholder
 
