@@ -78,6 +78,12 @@ def test_params_and_schema_are_in_sync(chart: Path) -> None:
     assert schema.get("additionalProperties") is False
 
 
+def test_the_operator_charts_readme_has_a_table_row_for_every_param() -> None:
+    readme = (OPERATOR_CHART / "README.md").read_text()
+    rows = set(re.findall(r"^\| `([^`]+)` \|", readme, flags=re.MULTILINE))
+    assert rows == set(param_keys(OPERATOR_CHART))
+
+
 @each_chart
 def test_defaults_validate_against_schema(chart: Path) -> None:
     schema = json.loads((chart / "values.schema.json").read_text())
