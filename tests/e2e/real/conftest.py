@@ -10,9 +10,10 @@ containerd. For the duration of the module:
   ``zthumb.io/pool: gpu`` and requests ``nvidia.com/gpu``) and its CPU pool (the
   operator, the CPU steps and the helm test pod tolerate no GPU taint, as on a real
   cluster with a CPU pool). Both are restored in teardown;
-* the operator runs from manifests/operator/ (cluster-wide, its own image and
-  ServiceAccount), the tiny SDXL model is served over HTTP by a pod of the trainer
-  image, and one namespace enforcing Pod Security ``restricted`` holds the rest.
+* the operator is installed with its chart, charts/zthumb-operator (cluster-wide, its
+  own image and ServiceAccount; ``helm test`` checks it), the tiny SDXL model is served
+  over HTTP by a pod of the trainer image, and one namespace enforcing Pod Security
+  ``restricted`` holds the rest.
 
 The helpers live in realnode.py (the tests import nothing from conftest). Every fixture
 is module-scoped: one test module holds the real tests, so the slow parts (images
@@ -37,14 +38,17 @@ from realnode import (
     GPU_TAINT,
     IMAGES,
     NODE,
-    OPERATOR_MANIFESTS,
+    OPERATOR_CHART,
+    OPERATOR_NAMESPACE,
     OPERATOR_NS,
+    OPERATOR_RELEASE,
     Kubectl,
     ModelServer,
     assert_ran_on_real_node,
     get_json,
     http_file_server,
     log,
+    operator_chart_args,
     operator_pods,
     pod_ready,
     wait_until,
@@ -163,16 +167,19 @@ def real_ns(real_node: RealNode, cluster: Any) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def operator(real_ns: str, cluster: Any) -> Iterator[str]:
-    """The operator from manifests/operator (cluster-wide), running as a real pod; yields its namespace.
+    """The operator from its chart (cluster-wide), running as a real pod; yields its namespace.
 
     The train pod's ServiceAccount, Role and RoleBinding are the operator's to create, per run.
     """
     kubectl: Kubectl = cluster.kubectl
     kubectl("apply", "-f", str(CRD))
     kubectl("wait", "--for=condition=Established", "crd/lorafinetunes.zthumb.io", "--timeout=60s", timeout=90)
-    for path in OPERATOR_MANIFESTS:
-        kubectl("apply", "-f", str(path))
+    kubectl("apply", "-f", str(OPERATOR_NAMESPACE))
     try:
+        cluster.helm(
+            "upgrade", "--install", OPERATOR_RELEASE, str(OPERATOR_CHART), "-n", OPERATOR_NS,
+            *operator_chart_args(), timeout=120,
+        )  # fmt: skip
         kubectl(
             "rollout",
             "status",
@@ -182,11 +189,15 @@ def operator(real_ns: str, cluster: Any) -> Iterator[str]:
             "--timeout=180s",
             timeout=200,
         )
+        # The chart's own check: the CRD is served and the operator answers through its Service.
+        test = cluster.helm(
+            "test", OPERATOR_RELEASE, "-n", OPERATOR_NS, "--logs", "--timeout", "120s", timeout=180
+        )
+        log(f"operator helm test: {test.stdout.strip().splitlines()[-1] if test.stdout.strip() else ''}")
         yield OPERATOR_NS
     finally:
         if os.environ.get("ZTHUMB_REAL_KEEP") != "1":
-            for path in reversed(OPERATOR_MANIFESTS[1:]):
-                kubectl("delete", "-f", str(path), "--ignore-not-found", "--wait=false", check=False)
+            cluster.helm("uninstall", OPERATOR_RELEASE, "-n", OPERATOR_NS, "--ignore-not-found", check=False)
             # A cluster-wide operator still shutting down must not act on the kwok tests' runs.
             wait_until(lambda: not operator_pods(kubectl), 120, "the operator pods to be gone", 1)
 

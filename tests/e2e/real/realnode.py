@@ -34,13 +34,10 @@ HELM_TEST_IMAGE = os.environ.get("ZTHUMB_HELM_TEST_IMAGE", f"ghcr.io/zthumb/helm
 IMAGES = (SERVER_IMAGE, TRAINER_IMAGE, OPERATOR_IMAGE, HELM_TEST_IMAGE)
 GPU_TAINT = "nvidia.com/gpu"
 OPERATOR_NS = "zthumb-system"
-OPERATOR_MANIFESTS = [
-    ROOT / "manifests/operator/00-namespace.yaml",
-    ROOT / "manifests/operator/serviceaccount.yaml",
-    ROOT / "manifests/operator/clusterrole.yaml",
-    ROOT / "manifests/operator/clusterrolebinding.yaml",
-    ROOT / "manifests/operator/deployment.yaml",
-]
+# The operator's namespace (Pod Security restricted), applied before the chart is installed in it.
+OPERATOR_NAMESPACE = ROOT / "manifests/operator/00-namespace.yaml"
+OPERATOR_CHART = ROOT / "charts/zthumb-operator"
+OPERATOR_RELEASE = "zthumb-operator"
 CRD = ROOT / "crds/lorafinetunes.zthumb.io.yaml"
 # Restricted-compliant security settings for the pods the tests create themselves.
 POD_SECURITY = {
@@ -177,6 +174,19 @@ def http_file_server(
         },
     }
     return [pod, service]
+
+
+def operator_chart_args() -> list[str]:
+    """`helm install` arguments of the operator chart: cluster-wide, its default images, the CRD
+    applied by the test itself (from crds/, upgraded in place), no admission policy (as before the
+    chart), and the helm test pod from the image the tests imported."""
+    registry, _, rest = HELM_TEST_IMAGE.partition("/")
+    repository, _, tag = rest.rpartition(":")
+    return [
+        "--skip-crds",
+        "--set", "admission.enabled=false",
+        "--set", f"tests.image.registry={registry},tests.image.repository={repository},tests.image.tag={tag}",
+    ]  # fmt: skip
 
 
 def operator_pods(kubectl: Kubectl) -> list[dict[str, Any]]:

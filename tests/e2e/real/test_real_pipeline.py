@@ -1,7 +1,7 @@
 """The whole product in real containers on the real node.
 
 In order, sharing one namespace (Pod Security ``restricted``), one Helm release and
-the operator pod of manifests/operator:
+the operator pod of charts/zthumb-operator:
 
 1. the operator is a real pod running its own image as its own ServiceAccount;
 2. ``helm install`` provisions the tiny model from an in-cluster HTTP Service (the
