@@ -61,6 +61,23 @@ class LeakageBlock(Results):
     prompts: list[LeakagePrompt] = Field(default_factory=list)
 
 
+class CurvesBlock(Results):
+    """The training curves drawn by the eval step: each image path (relative to the report) is
+    there only when that image was written."""
+
+    loss: str | None = None  # the loss, raw and smoothed, over the steps
+    learning_rate: str | None = None
+    validation_strip: str | None = None  # the validation grids side by side, in step order
+    logged_steps: int | None = Field(None, ge=0)  # the steps of the train step's progress log
+    points: int | None = Field(None, ge=0)  # the points drawn (a long log is averaged down)
+    first_step: int | None = None
+    last_step: int | None = None
+    strip_steps: list[int] = Field(default_factory=list)
+
+    def images(self) -> list[str]:
+        return [path for path in (self.loss, self.learning_rate, self.validation_strip) if path]
+
+
 class EvalReport(Results):
     run_name: str = ""
     server_url: str = ""
@@ -84,6 +101,7 @@ class EvalReport(Results):
     leakage: LeakageBlock | None = None
     pairs: list[EvalPair] = Field(default_factory=list)
     validation: dict[str, Any] | None = None  # the train step's validation grids (train.validation)
+    curves: CurvesBlock | None = None  # drawn from the train step's progress log and grids
     gate: dict[str, Any] | None = None  # GateVerdict.status() of spec.eval.gate
 
     @field_validator("training", mode="before")

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 # The writer of status.progress in the LoRAFinetune's managedFields (the operator: "zthumb-operator").
 FIELD_MANAGER = "zthumb-trainer"
+# The ProgressLog of a run, in its run dir (the eval step draws the report's curves from it).
+PROGRESS_LOG = "progress.jsonl"
 # Kubernetes keeps at most 4096 bytes of a termination message.
 TERMINATION_MESSAGE_LIMIT = 4096
 

@@ -1,8 +1,9 @@
 """The eval reports as pages a browser opens (``kubectl port-forward svc/zthumb 8080:8080``).
 
-``GET /reports/`` lists the runs, ``GET /reports/<run>/`` renders one report's ``summary.json``
-(gate verdict, metrics per scale, training numbers, the pairs side by side, the validation grids in
-step order) and ``GET /reports/<run>/files/<path>`` serves its images. Read-only and confined to
+``GET /reports/`` lists the newest runs (at most ``report_store.MAX_INDEX_RUNS``) with their key
+numbers and a thumbnail, ``GET /reports/<run>/`` renders one report's ``summary.json`` (gate
+verdict, metrics per scale, training numbers and curves, the pairs side by side, the validation
+grids in step order) and ``GET /reports/<run>/files/<path>`` serves its images. Read-only and confined to
 ``ZTHUMB_REPORTS_DIR`` (``outputs/lora_eval`` on the volume): a run name is a Kubernetes object
 name, a file path stays inside its run's directory after resolving symlinks, and only image and
 report types are served.
@@ -16,10 +17,8 @@ https (directly or behind a TLS-terminating proxy).
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Mapping
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -31,17 +30,16 @@ from zthumb_contract.steps import REPORTS_URL_PREFIX
 
 from zthumb.auth import REPORTS_LOGIN_PATH, REPORTS_STYLESHEET_PATH, configured_key, matches
 from zthumb.errors import LoginRequiredError, LoginThrottledError, ReportNotFoundError
+from zthumb.report_store import (
+    FILE_TYPES,
+    MAX_INDEX_RUNS,
+    index_entries,
+    read_summary,
+    report_file,
+    run_directory,
+)
 from zthumb.sessions import SESSION_COOKIE, SESSION_SECONDS, LoginThrottle, SessionCookies
 
-# A LoRAFinetune's name (DNS subdomain), which is the report's directory name.
-RUN_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
-FILE_TYPES = {
-    ".png": "image/png",
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".json": "application/json",
-    ".md": "text/markdown; charset=utf-8",
-}
 STYLESHEET = Path(__file__).with_name("templates") / "report.css"
 # No script anywhere; styles and images from this server only; forms post only here.
 SECURITY_HEADERS = {
@@ -68,27 +66,6 @@ def reports_root(request: Request) -> Path:
     if root is None:
         raise ReportNotFoundError("this server serves no reports (ZTHUMB_REPORTS_DIR is not set)")
     return root.resolve()
-
-
-def run_directory(root: Path, run: str) -> Path:
-    """The report directory of ``run``: a valid name, inside ``root``, holding a summary."""
-    if not RUN_NAME.fullmatch(run):
-        raise ReportNotFoundError(f"no report {run!r}: not a LoRAFinetune name")
-    directory = (root / run).resolve()
-    if not directory.is_relative_to(root) or not (directory / "summary.json").is_file():
-        raise ReportNotFoundError(f"no report for run {run!r} (yet): its eval step writes it")
-    return directory
-
-
-def report_file(directory: Path, relative: str) -> Path:
-    """A file of the report: relative, without '..', inside ``directory`` after symlinks, a known type."""
-    parts = PurePosixPath(relative).parts
-    if not parts or relative.startswith("/") or ".." in parts or "\\" in relative:
-        raise ReportNotFoundError(f"no file {relative!r} in this report")
-    path = (directory / relative).resolve()
-    if not path.is_relative_to(directory) or path.suffix.lower() not in FILE_TYPES or not path.is_file():
-        raise ReportNotFoundError(f"no file {relative!r} in this report")
-    return path
 
 
 def _page(
@@ -137,35 +114,6 @@ def metrics_rows(report: EvalReport) -> list[dict[str, Any]]:
     return rows
 
 
-def _read_summary(directory: Path) -> EvalReport:
-    """The run's summary.json through ``EvalReport``: a report of any version (the model reads the
-    keys every version wrote), each value it refuses dropped on its own."""
-    try:
-        data = json.loads((directory / "summary.json").read_text())
-    except (OSError, ValueError) as error:
-        raise ReportNotFoundError(f"the report of {directory.name!r} cannot be read: {error}") from None
-    report = EvalReport.from_report(data)
-    if report is None:
-        raise ReportNotFoundError(f"the report of {directory.name!r} is not a summary")
-    return report
-
-
-def _index_entry(directory: Path) -> dict[str, Any] | None:
-    try:
-        report = _read_summary(directory)
-    except ReportNotFoundError:
-        return None
-    return {
-        "run": directory.name,
-        "mtime": (directory / "summary.json").stat().st_mtime,
-        "adapter_sha256": ((report.adapter or {}).get("sha256") or "")[:12],
-        "mean_pixel_difference": report.mean_pixel_difference,
-        "clip_i_gain": report.clip.clip_i_gain if report.clip else None,
-        "leakage": report.leakage.leakage if report.leakage else None,
-        "gate": report.gate,
-    }
-
-
 router = APIRouter(tags=["reports"], include_in_schema=False)
 
 
@@ -176,14 +124,8 @@ async def stylesheet() -> Response:
 
 @router.get(f"{REPORTS_URL_PREFIX}/")
 async def index(request: Request) -> Response:
-    root = reports_root(request)
-    entries = [
-        entry
-        for directory in (sorted(root.iterdir()) if root.is_dir() else [])
-        if RUN_NAME.fullmatch(directory.name) and (entry := _index_entry(directory)) is not None
-    ]
-    entries.sort(key=lambda entry: entry["mtime"], reverse=True)
-    return _page("index.html", runs=entries)
+    entries = index_entries(reports_root(request))
+    return _page("index.html", runs=entries, most=MAX_INDEX_RUNS)
 
 
 def _client_address(request: Request) -> str:
@@ -223,7 +165,7 @@ async def login(request: Request) -> Response:
 @router.get(REPORTS_URL_PREFIX + "/{run}/")
 async def report(run: str, request: Request) -> Response:
     directory = run_directory(reports_root(request), run)
-    report = _read_summary(directory)
+    report = read_summary(directory)
     # The template reads the summary as summary.json spells it (snake_case keys).
     return _page("report.html", run=run, summary=report.model_dump(), rows=metrics_rows(report))
 

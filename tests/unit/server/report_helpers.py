@@ -10,11 +10,13 @@ from typing import Any
 
 def write_report(
     reports_dir: Path, run: str, *, gate: dict[str, Any] | None = None, clip: bool = False,
-    leakage: bool = False,
+    leakage: bool = False, curves: bool = False,
 ) -> Path:  # fmt: skip
     """``<reports_dir>/<run>/`` with pairs, summary.json and report.md; ``gate``: spec.eval.gate;
     ``clip``: add a CLIP block (the eval's shape) and a validation grid, as a full report has;
-    ``leakage``: a leakage block (two prompts, one seed) with its pictures."""
+    ``leakage``: a leakage block (two prompts, one seed) with its pictures; ``curves``: a train run
+    beside the reports (its summary, a 300-step progress.jsonl, three validation grids), so the
+    report has its training curves."""
     from PIL import Image
     from zthumb_contract.eval_report import LeakageBlock, LeakagePrompt
     from zthumb_trainer.eval.config import EvalConfig, Sample
@@ -23,6 +25,7 @@ def write_report(
     config = EvalConfig(
         server_url="http://zthumb.ml.svc:8080", output=reports_dir / run, run_name=run, lora_path=run,
         prompts=["a photo of zt"], seeds=[0, 1], scales=[0.0, 0.8], gate=gate or {},
+        train_summary=write_train_run(reports_dir.parent / "lora" / run) if curves else None,
     )  # fmt: skip
     samples = [
         Sample(0, "a photo of zt", seed, scale, Image.new("RGB", (64, 64), (int(scale * 200), 60 + seed, 90)),
@@ -60,3 +63,23 @@ def write_report(
         summary["validation"] = {"passes": 1, "secondsPerPass": 1.5, "samples": [sample]}
         (directory / "summary.json").write_text(json.dumps(summary, indent=2))
     return directory
+
+
+def write_train_run(run_dir: Path, steps: int = 300) -> Path:
+    """What the train step leaves in its run dir for the eval's curves; its summary.json."""
+    from PIL import Image
+
+    (run_dir / "samples").mkdir(parents=True)
+    training = {"stepsPerSecond": 2.5, "device": "cpu", "finalLoss": 0.1234}
+    (run_dir / "summary.json").write_text(json.dumps({"steps": steps, "training": training}))
+    records = (
+        {"step": step, "loss": 0.5 / step**0.3 + 0.05 * (step % 7) / 7, "lr": 1e-4 * min(1, step / 50)}
+        for step in range(1, steps + 1)
+    )
+    (run_dir / "progress.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    passes = [{"step": step, "image": f"step-{step}.png", "prompts": ["zt"], "seeds": [0], "seconds": 1.0}
+              for step in (100, 200, 300)]  # fmt: skip
+    for index, entry in enumerate(passes):
+        Image.new("RGB", (256, 144), (40 + 80 * index, 120, 200)).save(run_dir / "samples" / entry["image"])
+    (run_dir / "samples" / "samples.json").write_text(json.dumps({"passes": passes}))
+    return run_dir / "summary.json"

@@ -61,3 +61,53 @@ def test_the_report_page_in_a_real_browser(chromium, tiny_model, lora_root, tmp_
         page.close()
     print(f"screenshot: {screenshot}")
     assert screenshot.read_bytes().startswith(b"\x89PNG") and screenshot.stat().st_size > 10_000
+
+
+def test_the_curves_and_the_index_thumbnails_load_in_a_real_browser(
+    chromium, tiny_model, lora_root, tmp_path
+):
+    """The training curves on the report page and one thumbnail per run on the index are images
+    the browser decoded (naturalWidth > 0), not broken links; both pages kept as screenshots."""
+    from zthumb.app import build_app
+
+    reports_dir = tmp_path / "outputs" / "lora_eval"
+    write_report(reports_dir, "plain")
+    write_report(reports_dir, "z-curves", gate={"minMeanPixelDifference": 1}, curves=True)
+    settings = server_settings(tiny_model, lora_root, reports_dir=reports_dir, api_key=KEY)
+    loaded = (
+        "(id => { const i = document.getElementById(id);"
+        " return i !== null && i.complete && i.naturalWidth > 0 })"
+    )
+    with serve_on_loopback(build_app(settings)) as url:
+        page = chromium.new_page()
+        page.navigate(f"{url}/reports/z-curves/")
+        page.submit(
+            f"document.getElementById('api_key').value = {KEY!r};"
+            "document.getElementById('login').requestSubmit(); true"
+        )
+        assert page.evaluate("location.pathname") == "/reports/z-curves/"
+        for image in ("loss-curve", "learning-rate-curve", "validation-strip"):
+            assert page.evaluate(f"{loaded}({image!r})"), image
+        widths = page.evaluate(
+            "['loss-curve', 'validation-strip'].map(id => document.getElementById(id).naturalWidth)"
+        )
+        assert widths[0] == 800 and widths[1] > 3 * 200  # the fixed-size curve; three grids side by side
+        report_shot = ARTIFACTS / "report-curves.png"
+        page.screenshot(report_shot)
+        page.navigate(f"{url}/reports/")
+        thumbnails = page.evaluate(
+            "Array.from(document.querySelectorAll('img.thumb'))"
+            ".map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0])"
+        )
+        assert [src for src, _ in thumbnails] == [
+            "/reports/z-curves/files/curves/loss.png",
+            "/reports/plain/files/pairs/p0-s0.png",
+        ]
+        assert all(ok for _, ok in thumbnails), thumbnails
+        assert "0.1234" in page.evaluate("document.getElementById('runs').innerText")  # final loss
+        index_shot = ARTIFACTS / "report-index.png"
+        page.screenshot(index_shot)
+        page.close()
+    print(f"screenshots: {report_shot} {index_shot}")
+    for shot in (report_shot, index_shot):
+        assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 10_000

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from zthumb_contract.eval_report import ClipBlock, EvalReport, LeakageBlock
+from zthumb_contract.eval_report import ClipBlock, CurvesBlock, EvalReport, LeakageBlock
 
 from zthumb_trainer.train.measure import training_markdown
 
@@ -27,6 +27,7 @@ def render_markdown(report: EvalReport) -> str:
         f"- Mean latency per request: {report.mean_latency_s} s over {report.requests} requests",
         training_markdown(report.training),
         "",
+        *curves_markdown(report.curves),
     ]
     for pair in report.pairs:
         differences = ", ".join(f"scale {k}: {v}" for k, v in pair.mean_pixel_difference.items())
@@ -65,6 +66,32 @@ def gate_markdown(gate: dict[str, Any] | None) -> list[str]:
             f"{'pass' if check['passed'] else 'FAIL'} |"
         )
     return [*lines, ""]
+
+
+def curves_markdown(curves: CurvesBlock | None) -> list[str]:
+    """The training curves and the validation strip, as the eval step drew them."""
+    if not curves or not curves.images():
+        return []
+    lines = ["## Training curves", ""]
+    if curves.loss:
+        lines += [
+            f"Loss over steps {curves.first_step}–{curves.last_step} ({curves.logged_steps} steps logged, "
+            f"drawn as {curves.points} points), raw and smoothed:",
+            "",
+            f"![training loss]({curves.loss})",
+            "",
+        ]
+    if curves.learning_rate:
+        lines += [f"![learning rate]({curves.learning_rate})", ""]
+    if curves.validation_strip:
+        steps = ", ".join(str(step) for step in curves.strip_steps)
+        lines += [
+            f"Validation grids at steps {steps}:",
+            "",
+            f"![validation grids across steps]({curves.validation_strip})",
+            "",
+        ]
+    return lines
 
 
 def validation_markdown(validation: dict[str, Any] | None) -> list[str]:

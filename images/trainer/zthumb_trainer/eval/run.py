@@ -11,6 +11,8 @@ writes ``<output>/`` (published atomically, like the adapter):
   run dir being the summary's directory), copied to ``samples/`` and shown in step order;
 * ``leakage/l<i>-s<seed>.png``: each ``spec.eval.leakagePrompts`` prompt at scale 0 and at the
   served scale (``leakage.py``; with CLIP only, which measures it);
+* ``curves/``: the loss (raw and smoothed) and the learning rate over the steps, from the train
+  step's ``progress.jsonl`` beside its summary, and the validation grids as one strip (``curves.py``);
 * ``summary.json``: the same numbers for machines (``zthumb_contract.eval_report.EvalReport``); its
   compact ``EvalSummary`` goes to the termination message for the operator.
 """
@@ -34,11 +36,12 @@ from zthumb_trainer.atomic import publish_directory, staging_directory
 from zthumb_trainer.eval.clip import clip_block, load_clip
 from zthumb_trainer.eval.clip_metrics import ClipError
 from zthumb_trainer.eval.config import EvalConfig, Sample
+from zthumb_trainer.eval.curves import write_curves
 from zthumb_trainer.eval.images import mean_pixel_difference, side_by_side
 from zthumb_trainer.eval.leakage import leakage_block, leakage_requests, save_leakage_pairs, served_scale
 from zthumb_trainer.eval.report import render_markdown
 from zthumb_trainer.prompts import expand_prompt
-from zthumb_trainer.reporting import write_termination_message
+from zthumb_trainer.reporting import PROGRESS_LOG, write_termination_message
 from zthumb_trainer.train.measure import read_training_block
 from zthumb_trainer.train.validation import SAMPLES_DIR, read_index, summary_block
 
@@ -239,7 +242,12 @@ def write_report(
         "clip": clip,
         "leakage": leakage,
         "pairs": pairs,
-        "validation": copy_validation_samples(config.train_summary, staging),
+        "validation": (validation := copy_validation_samples(config.train_summary, staging)),
+        "curves": write_curves(
+            config.train_summary.parent / PROGRESS_LOG if config.train_summary else None,
+            [(s["step"], staging / s["image"]) for s in (validation or {}).get("samples", [])],
+            staging,
+        ),
     }
     if leakage is not None and leakage_samples:
         save_leakage_pairs(leakage_samples, staging)
