@@ -31,7 +31,7 @@ from typing import Any
 
 import kopf
 from pydantic import ValidationError
-from zthumb_contract.gate import evaluate_gate
+from zthumb_contract.gate import GATE_FAILED_REASON, evaluate_gate
 from zthumb_contract.results import EvalSummary
 from zthumb_contract.spec import LoRAFinetuneSpec
 from zthumb_contract.stages import (
@@ -177,6 +177,12 @@ class Controller:
         outcome = await self.job_stages.drive(p, spec, stage, steps[stage.name])
         if isinstance(outcome, Done) and stage.success is Success.REPORT:
             return await self._judge_gate(p, spec, outcome)
+        gated = spec.eval.gate.active and spec.deploy.enabled
+        if isinstance(outcome, Failed) and stage.success is Success.REPORT and gated:
+            # The gate cannot judge an adapter the evaluation never measured: it fails closed, so an
+            # unevaluated adapter is not left served behind a gate the user asked for.
+            why = f"{outcome.message}; the eval gate could not judge the adapter"
+            return await self.rollouts.revert(p, spec, outcome.reason, why)
         return outcome
 
     async def _judge_gate(self, p: Pass, spec: LoRAFinetuneSpec, evaluated: Done) -> Outcome:
@@ -189,7 +195,7 @@ class Controller:
             return evaluated
         p.set("evalGate", verdict.status())
         if not verdict.passed:
-            return await self.rollouts.revert(p, spec, verdict)
+            return await self.rollouts.revert(p, spec, GATE_FAILED_REASON, f"eval gate {verdict.message}")
         return replace(evaluated, message=f"{evaluated.message}; gate {verdict.message}")
 
     @staticmethod

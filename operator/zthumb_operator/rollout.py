@@ -22,7 +22,6 @@ from typing import Any
 
 from zthumb_contract import crd
 from zthumb_contract import env as contract_env
-from zthumb_contract.gate import GATE_FAILED_REASON, GateVerdict
 from zthumb_contract.spec import LoRAFinetuneSpec
 from zthumb_contract.stages import TERMINAL_PHASES
 from zthumb_contract.steps import RunPaths, deploy_env
@@ -251,9 +250,10 @@ class Rollouts:
         except ConflictError:
             await self.release(ns, deployment, owner)
 
-    async def revert(self, p: Pass, spec: LoRAFinetuneSpec, verdict: GateVerdict) -> Wait | Failed:
-        """The evaluation failed ``spec.eval.gate``: restore the previous adapter; the outcome
-        (``Failed``, reason EvalGateFailed) fails the run.
+    async def revert(self, p: Pass, spec: LoRAFinetuneSpec, reason: str, why: str) -> Wait | Failed:
+        """The evaluation failed ``spec.eval.gate``, or could not judge the adapter (the eval Job
+        failed): restore the previous adapter; the outcome (``Failed`` with ``reason``, its message
+        ``why`` and what was restored) fails the run.
 
         Only while the Deployment still serves this run's adapter: once another run has rolled out
         its own, that one stays. While another run holds the rollout lock, wait for it (it may be
@@ -267,7 +267,7 @@ class Rollouts:
             p.phase(
                 EVAL.phase,
                 "WaitingForRollout",
-                f"eval gate {verdict.message}; waiting for run {owner} to finish its rollout of "
+                f"{why}; waiting for run {owner} to finish its rollout of "
                 f"deployment {d.deployment} before rolling back",
             )
             return again_in(self.config.rollout_poll_seconds)
@@ -292,7 +292,7 @@ class Rollouts:
                 f"on deployment {d.deployment}"
             )
         report = p.status.get("reportPath")
-        return Failed(GATE_FAILED_REASON, f"eval gate {verdict.message}; {rolled_back}; report {report}")
+        return Failed(reason, f"{why}; {rolled_back}" + (f"; report {report}" if report else ""))
 
     async def rollback(
         self,

@@ -166,6 +166,7 @@ def train(  # noqa: PLR0917 - one option per flag
     from zthumb_trainer.train.config import TrainConfig
     from zthumb_trainer.train.loop import TrainingInterrupted, run_training
     from zthumb_trainer.train.optim import OptimizerUnavailable
+    from zthumb_trainer.train.resume import DatasetChangedError
 
     config = TrainConfig(
         **training.model_dump(),
@@ -181,7 +182,7 @@ def train(  # noqa: PLR0917 - one option per flag
     )
     try:
         summary = run_training(config)
-    except (DatasetError, FileNotFoundError, OptimizerUnavailable) as error:
+    except (DatasetError, DatasetChangedError, FileNotFoundError, OptimizerUnavailable) as error:
         raise _fail(str(error)) from error
     except TrainingInterrupted as error:
         raise _fail(str(error), 3) from error
@@ -241,13 +242,14 @@ def export(  # noqa: PLR0917 - one option per flag
     from safetensors.torch import load_file
 
     from zthumb_trainer.export.adapter import AdapterInfo, export_adapter
-    from zthumb_trainer.train.checkpoints import EMA_WEIGHTS, list_checkpoints
+    from zthumb_trainer.train.checkpoints import EMA_WEIGHTS
+    from zthumb_trainer.train.resume import newest_intact
 
     if checkpoint is None:
-        found = list_checkpoints(run_dir / "checkpoints")
-        if not found:
-            raise _fail(f"no complete checkpoint under {run_dir / 'checkpoints'}")
-        checkpoint = found[-1][1]
+        found = newest_intact(run_dir / "checkpoints")
+        if found is None:
+            raise _fail(f"no intact checkpoint under {run_dir / 'checkpoints'}")
+        checkpoint = found.path
     state = json.loads((checkpoint / "state.json").read_text())
     configs = json.loads((checkpoint / "lora_config.json").read_text())
     unet_config = configs["unet"]

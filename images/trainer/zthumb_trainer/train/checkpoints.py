@@ -3,6 +3,7 @@ written to a temporary name and renamed (a half-written one never counts), the l
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -20,6 +21,9 @@ if TYPE_CHECKING:
 CHECKPOINT_PREFIX = "step-"
 # In a checkpoint beside adapter.safetensors when emaDecay is set: the EMA in the same (PEFT) layout.
 EMA_WEIGHTS = "ema.safetensors"
+# In state.json: {file name: {"bytes", "sha256"}} of every other file, so that a resumed run can
+# tell a truncated or damaged checkpoint from an intact one (resume.py).
+DIGESTS_KEY = "files"
 
 
 def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
@@ -84,11 +88,28 @@ def save_checkpoint(
     }
     torch.save(rng, staging / "rng.pt")
     # state.json last: its presence is what makes a checkpoint complete.
-    (staging / "state.json").write_text(json.dumps({"step": step, **state}))
+    digests = {DIGESTS_KEY: file_digests(staging)}
+    (staging / "state.json").write_text(json.dumps({"step": step, **state, **digests}))
     publish_directory(staging, target)
-    for _, old in list_checkpoints(directory)[:-keep]:
+    # The last K up to this step: a newer one is a damaged checkpoint this run resumed past (resume.py),
+    # which it replaces on reaching that step; counting it would delete the fresh ones instead.
+    for _, old in [(at, path) for at, path in list_checkpoints(directory) if at <= step][:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def file_digest(file: Path) -> str:
+    with file.open("rb") as stream:
+        return hashlib.file_digest(stream, "sha256").hexdigest()
+
+
+def file_digests(directory: Path) -> dict[str, dict[str, Any]]:
+    """Size and SHA-256 of each file in a staged checkpoint (state.json is written after)."""
+    return {
+        file.name: {"bytes": file.stat().st_size, "sha256": file_digest(file)}
+        for file in sorted(directory.iterdir())
+        if file.is_file()
+    }
 
 
 def _load_adapter(file: Path, models: dict[str, Any]) -> None:

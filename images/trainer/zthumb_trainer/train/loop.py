@@ -52,7 +52,7 @@ from zthumb_trainer.train.batches import BatchSchedule
 from zthumb_trainer.train.checkpoints import (
     CHECKPOINT_PREFIX,
     adapter_state,
-    list_checkpoints,
+    list_checkpoints,  # noqa: F401 - tests import it from here
     lora_configs,
     restore_checkpoint,
     save_checkpoint,
@@ -61,6 +61,7 @@ from zthumb_trainer.train.config import TrainConfig
 from zthumb_trainer.train.loss_log import LossLog
 from zthumb_trainer.train.measure import StepClock, training_block
 from zthumb_trainer.train.optim import ema_applied, require_available
+from zthumb_trainer.train.resume import resume_point, warn_on_ema_change
 from zthumb_trainer.train.session import TrainingSession, open_session
 from zthumb_trainer.train.step_inputs import StepInputs
 from zthumb_trainer.train.stop_signal import StopSignal
@@ -83,6 +84,9 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
     # Before minutes of model loading; the device accelerate picks below (CUDA when there is one).
     require_available(config.optimizer, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     dataset = load_manifest(config.run_dir)
+    resume = resume_point(config.checkpoints_dir, dataset.dataset_hash)  # refuses a changed dataset
+    if resume is not None:
+        warn_on_ema_change(resume, config.ema_decay)
     session = open_session(config, dataset)
     accelerator, device, unwrapped = session.accelerator, session.device, session.unwrapped
     validation = Validation(  # samples with the current adapter (validation.py): rank 0 renders
@@ -95,14 +99,13 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
         train_text_encoder=config.train_text_encoder, noise_offset=config.noise_offset,
     )  # fmt: skip
     first_step = 0
-    checkpoints = list_checkpoints(config.checkpoints_dir)
-    if checkpoints:
-        step, path = checkpoints[-1]
+    if resume is not None:
         restore_checkpoint(
-            path, unwrapped, session.optimizer, session.lr_scheduler, inputs.noise_generator, session.ema
-        )
-        first_step = step
-        log.info("resumed from %s", path)
+            resume.path, unwrapped, session.optimizer, session.lr_scheduler, inputs.noise_generator,
+            session.ema,
+        )  # fmt: skip
+        first_step = resume.step
+        log.info("resumed from %s", resume.path)
 
     schedule = BatchSchedule(
         dataset, config.batch_size, config.seed, accelerator.num_processes, accelerator.process_index
@@ -206,8 +209,8 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
     train_seconds = time.monotonic() - loss_log.started - validation.seconds
     validate(config.max_train_steps)  # unless a resumed run has it on disk
     tensorboard.close()
-    if loss_value is None and checkpoints:
-        loss_value = json.loads((checkpoints[-1][1] / "state.json").read_text()).get("loss")
+    if loss_value is None and resume is not None:
+        loss_value = resume.state.get("loss")
     summary = _summary(
         session, dataset, resumed_from=first_step, loss_log=loss_log, loss_value=loss_value,
         seconds=time.monotonic() - started, train_seconds=train_seconds,
