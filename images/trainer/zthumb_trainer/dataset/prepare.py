@@ -95,6 +95,13 @@ def nearest_bucket(width: int, height: int, buckets: list[tuple[int, int]]) -> t
     return min(buckets, key=lambda bucket: abs(math.log(bucket[0] / bucket[1]) - ratio))
 
 
+def resized_size(width: int, height: int, bucket_w: int, bucket_h: int) -> tuple[int, int]:
+    """The size an image of ``width`` x ``height`` is resized to before its bucket is cropped from
+    it (the frame of ``ManifestEntry.crop_left``/``crop_top``): the smallest that covers the bucket."""
+    scale = max(bucket_w / width, bucket_h / height)
+    return max(bucket_w, round(width * scale)), max(bucket_h, round(height * scale))
+
+
 def with_trigger(caption: str, trigger_word: str) -> str:
     """Put the trigger word first unless the caption already has it (as a whole word)."""
     caption = " ".join(caption.split())
@@ -204,8 +211,7 @@ def prepare_dataset(
         caption = captions[image_path]
         caption = with_trigger(caption if caption is not None else "", trigger_word)
         bucket_w, bucket_h = nearest_bucket(width, height, buckets)
-        scale = max(bucket_w / width, bucket_h / height)
-        resized_w, resized_h = max(bucket_w, round(width * scale)), max(bucket_h, round(height * scale))
+        resized_w, resized_h = resized_size(width, height, bucket_w, bucket_h)
         resized = image.resize((resized_w, resized_h), Image.Resampling.LANCZOS)
         left, top = (resized_w - bucket_w) // 2, (resized_h - bucket_h) // 2
         cropped = resized.crop((left, top, left + bucket_w, top + bucket_h))
