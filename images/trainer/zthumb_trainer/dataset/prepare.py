@@ -3,7 +3,8 @@
 Output under the run directory (``outputs/lora/<run>/dataset/``):
 
 * ``images/<index>.png``: each source image EXIF-transposed, converted to RGB, resized to
-  cover its aspect-ratio bucket and centre-cropped to it;
+  cover its aspect-ratio bucket and centre-cropped to it (and ``images/<index>.mask.png``, its
+  loss mask resized and cropped the same way, where the source has one: ``masks.py``);
 * ``manifest.json``: one entry per image with caption, bucket and the SDXL
   micro-conditioning numbers (original size, crop top-left, target size), plus a
   dataset hash that ties an exported adapter to the exact data it saw;
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from zthumb_trainer.atomic import publish_directory, staging_directory
+from zthumb_trainer.dataset.masks import MASK_SUFFIX, MaskError, is_mask, mask_for, prepare_mask
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 MANIFEST_VERSION = 1
@@ -57,6 +59,8 @@ class ManifestEntry:
     original_height: int
     crop_top: int
     crop_left: int
+    # The prepared loss mask (``<image>.mask.png`` beside the source image; ``masks.py``), if any.
+    mask: str | None = None
 
 
 @dataclass
@@ -142,7 +146,10 @@ def _find_images(directory: Path) -> list[Path]:
     return sorted(
         path
         for path in directory.rglob("*")
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+        if path.is_file()
+        and path.suffix.lower() in IMAGE_SUFFIXES
+        and not path.name.startswith(".")
+        and not is_mask(path)
     )
 
 
@@ -214,8 +221,19 @@ def prepare_dataset(
         resized_w, resized_h = resized_size(width, height, bucket_w, bucket_h)
         resized = image.resize((resized_w, resized_h), Image.Resampling.LANCZOS)
         left, top = (resized_w - bucket_w) // 2, (resized_h - bucket_h) // 2
-        cropped = resized.crop((left, top, left + bucket_w, top + bucket_h))
+        box = (left, top, left + bucket_w, top + bucket_h)
+        cropped = resized.crop(box)
         name = f"images/{len(entries):06d}.png"
+        mask_name, mask_source = None, mask_for(image_path)
+        if mask_source is not None:
+            try:
+                mask = prepare_mask(mask_source, (width, height), (resized_w, resized_h), box)
+            except MaskError as error:
+                unreadable.append(str(error))
+                continue
+            mask_name = f"images/{len(entries):06d}{MASK_SUFFIX}"
+            mask.save(staging / mask_name)
+            digest.update(hashlib.sha256(mask_source.read_bytes()).digest())
         cropped.save(staging / name)
         entries.append(
             ManifestEntry(
@@ -228,6 +246,7 @@ def prepare_dataset(
                 original_height=height,
                 crop_top=top,
                 crop_left=left,
+                mask=mask_name,
             )
         )
         digest.update(hashlib.sha256(image_path.read_bytes()).digest())

@@ -76,7 +76,7 @@ class TrainingSession:
             )[0]
             loss = diffusion_loss(
                 noise_scheduler, prediction, latents=batch.latents, noise=batch.noise,
-                timesteps=batch.timesteps, snr_gamma=config.snr_gamma,
+                timesteps=batch.timesteps, snr_gamma=config.snr_gamma, weights=batch.loss_weights,
             )  # fmt: skip
             accelerator.backward(loss)
             if accelerator.sync_gradients:

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from zthumb_trainer.dataset.masks import latent_mask
 from zthumb_trainer.dataset.prepare import PreparedDataset
 from zthumb_trainer.train.augment import SampleChoice, sample_choices
 from zthumb_trainer.train.batches import load_pixels, time_ids
@@ -29,6 +30,8 @@ class MicroBatch:
     add_time_ids: torch.Tensor
     noise: torch.Tensor
     timesteps: torch.Tensor
+    # The loss masks at the latents' resolution (B x 1 x H x W); None when no sample has one.
+    loss_weights: torch.Tensor | None = None
 
 
 class StepInputs:
@@ -122,4 +125,20 @@ class StepInputs:
             noise = noise + self.noise_offset * offset
         steps = self.components.noise_scheduler.config.num_train_timesteps
         timesteps = self.draw((latents.shape[0],), rows, size, integers=steps).long()
-        return MicroBatch(latents, embeds, pooled, add_time_ids, noise, timesteps)
+        weights = self.loss_weights(indices, choices, (latents.shape[-2], latents.shape[-1]))
+        return MicroBatch(latents, embeds, pooled, add_time_ids, noise, timesteps, weights)
+
+    def loss_weights(
+        self, indices: list[int], choices: list[SampleChoice], latent_size: tuple[int, int]
+    ) -> torch.Tensor | None:
+        """The samples' loss masks (flipped with their images; 1 where a sample has none)."""
+        entries = [self.dataset.entries[i] for i in indices]
+        if all(entry.mask is None for entry in entries):
+            return None
+        masks = [
+            latent_mask(self.dataset.directory / entry.mask, latent_size, choice.flip)
+            if entry.mask is not None
+            else torch.ones((1, *latent_size))
+            for entry, choice in zip(entries, choices, strict=True)
+        ]
+        return to_device(torch.stack(masks), self.device)
