@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from zthumb_contract.schedules import LrScheduler, schedule_refusal
 from zthumb_contract.volume_areas import check_apart, on_volume
 
 SDXL_BASE_URL = (
@@ -156,10 +157,6 @@ class ValidationSpec(_Spec):
     guidance: float = Field(5.0, ge=0, le=30)
 
 
-# Where diffusers' polynomial schedule ends (its ``lr_end``, which it requires below the learning rate).
-POLYNOMIAL_LR_END = 1e-7
-
-
 class TrainingSpec(_Spec):
     rank: int = Field(16, ge=1, le=256)
     alpha: float = Field(16, gt=0)
@@ -191,39 +188,18 @@ class TrainingSpec(_Spec):
     use_dora: bool = False
     # None: no EMA. Set: an EMA of the LoRA weights with this decay is trained alongside and exported.
     ema_decay: float | None = Field(None, gt=0, lt=1)
-    # The learning-rate schedule: diffusers.optimization.get_scheduler, stepped once per optimizer
-    # step over maxTrainSteps; the warm-up ramps linearly from 0 over lrWarmupSteps steps.
-    lr_scheduler: Literal[
-        "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"
-    ] = "constant"
+    lr_scheduler: LrScheduler = "constant"  # schedules.py
     lr_warmup_steps: int = Field(0, ge=0)
-    # The gradient norm is clipped to this before each optimizer step; None: no clipping.
-    max_grad_norm: float | None = Field(1.0, gt=0)
-    # The probability of training a sample on the empty caption (its trigger word dropped too).
-    caption_dropout: float = Field(0.0, ge=0, le=1)
-    # Horizontal flips of half the samples, with SDXL's crop conditioning mirrored to match.
-    random_flip: bool = False
+    max_grad_norm: float | None = Field(1.0, gt=0)  # None: no gradient clipping
+    caption_dropout: float = Field(0.0, ge=0, le=1)  # of a sample's caption, trigger word included
+    random_flip: bool = False  # half the samples, SDXL's crop conditioning mirrored with them
     # One CLI option holding JSON (``--validation '{"prompts": [...]}'``): see steps.spec_args.
     validation: ValidationSpec = Field(default_factory=ValidationSpec)
 
     @model_validator(mode="after")
     def _a_schedule_that_runs(self) -> TrainingSpec:
-        # The CRD's CEL rules on spec.training say the same, for a spec that bypassed the API server.
-        if self.lr_warmup_steps and self.lr_scheduler == "constant":
-            raise ValueError(
-                f"spec.training.lrWarmupSteps {self.lr_warmup_steps} needs a schedule with a warm-up: "
-                "lrScheduler constant has none (use constant_with_warmup)"
-            )
-        if self.lr_warmup_steps >= self.max_train_steps:
-            raise ValueError(
-                f"spec.training.lrWarmupSteps {self.lr_warmup_steps} must be below maxTrainSteps "
-                f"{self.max_train_steps}: a run that only warms up never trains at its learning rate"
-            )
-        if self.lr_scheduler == "polynomial" and self.learning_rate <= POLYNOMIAL_LR_END:
-            raise ValueError(
-                f"spec.training.learningRate {self.learning_rate:g} must be above {POLYNOMIAL_LR_END:g} "
-                "with lrScheduler polynomial: it decays to that"
-            )
+        if refusal := schedule_refusal(self):
+            raise ValueError(refusal)
         return self
 
 
