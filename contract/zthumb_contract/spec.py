@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from zthumb_contract.schedules import LrScheduler, schedule_refusal
 from zthumb_contract.volume_areas import check_apart, on_volume
 
 SDXL_BASE_URL = (
@@ -187,8 +188,19 @@ class TrainingSpec(_Spec):
     use_dora: bool = False
     # None: no EMA. Set: an EMA of the LoRA weights with this decay is trained alongside and exported.
     ema_decay: float | None = Field(None, gt=0, lt=1)
+    lr_scheduler: LrScheduler = "constant"  # schedules.py
+    lr_warmup_steps: int = Field(0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)  # None: no gradient clipping
+    caption_dropout: float = Field(0.0, ge=0, le=1)  # of a sample's caption, trigger word included
+    random_flip: bool = False  # half the samples, SDXL's crop conditioning mirrored with them
     # One CLI option holding JSON (``--validation '{"prompts": [...]}'``): see steps.spec_args.
     validation: ValidationSpec = Field(default_factory=ValidationSpec)
+
+    @model_validator(mode="after")
+    def _a_schedule_that_runs(self) -> TrainingSpec:
+        if refusal := schedule_refusal(self):
+            raise ValueError(refusal)
+        return self
 
 
 MAX_NODES = 64

@@ -121,6 +121,8 @@ def spec_options(model: type[BaseModel], param: str, exclude: Collection[str] = 
             except ValidationError as error:
                 first = error.errors()[0]
                 field = str(first["loc"][0]) if first["loc"] else ""
+                if not field:  # a rule over several fields: its message names them
+                    raise typer.BadParameter(first["msg"]) from None
                 flag = next((o for o, f in options.items() if f == field), field).replace("_", "-")
                 raise typer.BadParameter(first["msg"], param_hint=f"'--{flag}'") from None
             return func(**kwargs)

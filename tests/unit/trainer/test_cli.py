@@ -154,3 +154,25 @@ def test_leakage_prompts_reach_the_eval_from_the_step_argv_even_when_empty(monke
     result = CliRunner().invoke(app, list(step.args))
     assert result.exit_code == 1 and "captured" in result.output
     assert seen == [DEFAULT_LEAKAGE_PROMPTS if prompts is None else prompts]
+
+
+def test_the_schedule_and_augmentation_options_round_trip_and_cross_field_refusals_name_the_field(tmp_path):
+    from zthumb_contract.spec import TrainingSpec
+    from zthumb_contract.steps import option_name
+
+    spec = LoRAFinetuneSpec.model_validate(
+        {"training": {"lrScheduler": "cosine_with_restarts", "lrWarmupSteps": 5, "maxGradNorm": None,
+                      "captionDropout": 0.25, "randomFlip": True}}
+    )  # fmt: skip
+    (train,) = [step for step in build_steps("style", spec, "/data", "http://s") if step.name == "train"]
+    command = typer.main.get_command(app).commands[train.args[0]]  # type: ignore[attr-defined]
+    params = command.make_context(train.args[0], list(train.args[1:])).params
+    fields = ("lr_scheduler", "lr_warmup_steps", "max_grad_norm", "caption_dropout", "random_flip")
+    info = TrainingSpec.model_fields
+    assert {field: params[option_name(field, info[field])] for field in fields} == {
+        field: getattr(spec.training, field) for field in fields
+    }
+    base = ["train", "--run-name", "r", "--base-model", str(tmp_path / "m"), "--run-dir", str(tmp_path / "d")]
+    result = CliRunner().invoke(app, [*base, "--lr-warmup-steps", "3"])
+    text = " ".join(result.output.replace("│", " ").split())  # unwrapped from rich's error box
+    assert result.exit_code == 2 and "spec.training.lrWarmupSteps 3 needs a schedule with a warm-up" in text

@@ -3,7 +3,8 @@
 Output under the run directory (``outputs/lora/<run>/dataset/``):
 
 * ``images/<index>.png``: each source image EXIF-transposed, converted to RGB, resized to
-  cover its aspect-ratio bucket and centre-cropped to it;
+  cover its aspect-ratio bucket and centre-cropped to it (and ``images/<index>.mask.png``, its
+  loss mask resized and cropped the same way, where the source has one: ``masks.py``);
 * ``manifest.json``: one entry per image with caption, bucket and the SDXL
   micro-conditioning numbers (original size, crop top-left, target size), plus a
   dataset hash that ties an exported adapter to the exact data it saw;
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from zthumb_trainer.atomic import publish_directory, staging_directory
+from zthumb_trainer.dataset.masks import MASK_SUFFIX, MaskError, is_mask, mask_for, prepare_mask
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 MANIFEST_VERSION = 1
@@ -57,6 +59,8 @@ class ManifestEntry:
     original_height: int
     crop_top: int
     crop_left: int
+    # The prepared loss mask (``<image>.mask.png`` beside the source image; ``masks.py``), if any.
+    mask: str | None = None
 
 
 @dataclass
@@ -93,6 +97,13 @@ def buckets_for(resolution: int) -> list[tuple[int, int]]:
 def nearest_bucket(width: int, height: int, buckets: list[tuple[int, int]]) -> tuple[int, int]:
     ratio = math.log(width / height)
     return min(buckets, key=lambda bucket: abs(math.log(bucket[0] / bucket[1]) - ratio))
+
+
+def resized_size(width: int, height: int, bucket_w: int, bucket_h: int) -> tuple[int, int]:
+    """The size an image of ``width`` x ``height`` is resized to before its bucket is cropped from
+    it (the frame of ``ManifestEntry.crop_left``/``crop_top``): the smallest that covers the bucket."""
+    scale = max(bucket_w / width, bucket_h / height)
+    return max(bucket_w, round(width * scale)), max(bucket_h, round(height * scale))
 
 
 def with_trigger(caption: str, trigger_word: str) -> str:
@@ -135,7 +146,10 @@ def _find_images(directory: Path) -> list[Path]:
     return sorted(
         path
         for path in directory.rglob("*")
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+        if path.is_file()
+        and path.suffix.lower() in IMAGE_SUFFIXES
+        and not path.name.startswith(".")
+        and not is_mask(path)
     )
 
 
@@ -204,12 +218,22 @@ def prepare_dataset(
         caption = captions[image_path]
         caption = with_trigger(caption if caption is not None else "", trigger_word)
         bucket_w, bucket_h = nearest_bucket(width, height, buckets)
-        scale = max(bucket_w / width, bucket_h / height)
-        resized_w, resized_h = max(bucket_w, round(width * scale)), max(bucket_h, round(height * scale))
+        resized_w, resized_h = resized_size(width, height, bucket_w, bucket_h)
         resized = image.resize((resized_w, resized_h), Image.Resampling.LANCZOS)
         left, top = (resized_w - bucket_w) // 2, (resized_h - bucket_h) // 2
-        cropped = resized.crop((left, top, left + bucket_w, top + bucket_h))
+        box = (left, top, left + bucket_w, top + bucket_h)
+        cropped = resized.crop(box)
         name = f"images/{len(entries):06d}.png"
+        mask_name, mask_source = None, mask_for(image_path)
+        if mask_source is not None:
+            try:
+                mask = prepare_mask(mask_source, (width, height), (resized_w, resized_h), box)
+            except MaskError as error:
+                unreadable.append(str(error))
+                continue
+            mask_name = f"images/{len(entries):06d}{MASK_SUFFIX}"
+            mask.save(staging / mask_name)
+            digest.update(hashlib.sha256(mask_source.read_bytes()).digest())
         cropped.save(staging / name)
         entries.append(
             ManifestEntry(
@@ -222,6 +246,7 @@ def prepare_dataset(
                 original_height=height,
                 crop_top=top,
                 crop_left=left,
+                mask=mask_name,
             )
         )
         digest.update(hashlib.sha256(image_path.read_bytes()).digest())

@@ -10,7 +10,7 @@ import random
 
 import torch
 
-from zthumb_trainer.dataset.prepare import ManifestEntry, PreparedDataset
+from zthumb_trainer.dataset.prepare import ManifestEntry, PreparedDataset, resized_size
 
 
 def load_pixels(dataset: PreparedDataset, entry: ManifestEntry) -> torch.Tensor:
@@ -23,13 +23,24 @@ def load_pixels(dataset: PreparedDataset, entry: ManifestEntry) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
 
 
-def time_ids(entry: ManifestEntry) -> list[int]:
-    """(original size, crop top-left, target size), each as (height, width)/(top, left)."""
+def time_ids(entry: ManifestEntry, flipped: bool = False) -> list[int]:
+    """(original size, crop top-left, target size), each as (height, width)/(top, left).
+
+    A horizontally flipped sample is the mirror image of the crop, so its crop's left edge is
+    mirrored too: the crop lies as far from the resized image's right edge as it did from its left
+    (``resized_width - crop_left - width``, in the resized frame that ``crop_left`` is measured in;
+    where the image was not resized that is ``original_width - crop_left - width``)."""
+    crop_left = entry.crop_left
+    if flipped:
+        resized_width, _ = resized_size(
+            entry.original_width, entry.original_height, entry.width, entry.height
+        )
+        crop_left = resized_width - entry.crop_left - entry.width
     return [
         entry.original_height,
         entry.original_width,
         entry.crop_top,
-        entry.crop_left,
+        crop_left,
         entry.height,
         entry.width,
     ]

@@ -97,6 +97,7 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
         session.components, dataset, session.cache, device=device, seed=config.seed,
         world_size=accelerator.num_processes, cache_latents=config.cache_latents,
         train_text_encoder=config.train_text_encoder, noise_offset=config.noise_offset,
+        caption_dropout=config.caption_dropout, random_flip=config.random_flip,
     )  # fmt: skip
     first_step = 0
     if resume is not None:
@@ -161,14 +162,15 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
     try:
         for step in range(first_step + 1, config.max_train_steps + 1):
             step_loss = torch.zeros((), device=device)
+            step_lr = session.lr_scheduler.get_last_lr()[0]  # the rate this step's update uses
             for micro in range(config.gradient_accumulation_steps):
                 micro_step = (step - 1) * config.gradient_accumulation_steps + micro
                 rows, size = schedule.rows(micro_step)
-                batch = inputs.micro_batch(schedule.batch(micro_step), rows, size)
+                batch = inputs.micro_batch(schedule.batch(micro_step), rows, size, micro_step)
                 step_loss = step_loss + session.micro_step(batch) / config.gradient_accumulation_steps
             if session.ema is not None:
                 session.ema.update(step)
-            loss_log.add(step, step_loss, session.lr_scheduler.get_last_lr()[0], session.grad_norm)
+            loss_log.add(step, step_loss, step_lr, session.grad_norm)
             clock.step_done()
             at_checkpoint = step % config.checkpointing_steps == 0 or step == config.max_train_steps
             stopping = config.stop_after_step is not None and step >= config.stop_after_step

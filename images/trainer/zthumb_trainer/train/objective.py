@@ -28,13 +28,20 @@ def diffusion_loss(
     noise: torch.Tensor,
     timesteps: torch.Tensor,
     snr_gamma: float | None,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """The loss; ``weights`` (B x 1 x H x W, the loss masks at the latents' resolution) weight each
+    latent pixel's error, so a pixel of weight 0 gets no gradient."""
     if noise_scheduler.config.prediction_type == "v_prediction":
         target = noise_scheduler.get_velocity(latents, noise, timesteps)
     else:
         target = noise
-    if not snr_gamma:
+    if not snr_gamma and weights is None:
         return F.mse_loss(prediction.float(), target.float(), reduction="mean")
-    per_item = F.mse_loss(prediction.float(), target.float(), reduction="none")
-    per_item = per_item.mean(dim=list(range(1, per_item.ndim)))
-    return (per_item * min_snr_weights(noise_scheduler, timesteps, snr_gamma)).mean()
+    per_element = F.mse_loss(prediction.float(), target.float(), reduction="none")
+    if weights is not None:
+        per_element = per_element * weights
+    per_item = per_element.mean(dim=list(range(1, per_element.ndim)))
+    if snr_gamma:
+        per_item = per_item * min_snr_weights(noise_scheduler, timesteps, snr_gamma)
+    return per_item.mean()

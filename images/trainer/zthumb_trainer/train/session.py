@@ -8,6 +8,7 @@ parts on their devices and dtypes, the latent cache, the LoRA layers, compile, t
 from __future__ import annotations
 
 import logging
+import math
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -75,11 +76,14 @@ class TrainingSession:
             )[0]
             loss = diffusion_loss(
                 noise_scheduler, prediction, latents=batch.latents, noise=batch.noise,
-                timesteps=batch.timesteps, snr_gamma=config.snr_gamma,
+                timesteps=batch.timesteps, snr_gamma=config.snr_gamma, weights=batch.loss_weights,
             )  # fmt: skip
             accelerator.backward(loss)
             if accelerator.sync_gradients:
-                norm = accelerator.clip_grad_norm_(self.params, 1.0)
+                # No clipping (maxGradNorm null) still measures the norm: an infinite bound scales
+                # the gradients by exactly 1.
+                max_norm = config.max_grad_norm if config.max_grad_norm is not None else math.inf
+                norm = accelerator.clip_grad_norm_(self.params, max_norm)
                 self.grad_norm = norm.detach() if isinstance(norm, torch.Tensor) else None
             self.optimizer.step()
             self.lr_scheduler.step()
@@ -145,8 +149,13 @@ def open_session(config: TrainConfig, dataset: PreparedDataset) -> TrainingSessi
     params = [p for model in models.values() for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(config.optimizer, params, config.learning_rate, device)
     ema = LoraEma(params, config.ema_decay) if config.ema_decay is not None else None
+    # accelerate steps a prepared scheduler once per process at each optimizer step, so its
+    # step counts are per process (as in diffusers' training scripts).
     lr_scheduler = get_scheduler(
-        "constant", optimizer=optimizer, num_training_steps=config.max_train_steps * accelerator.num_processes
+        config.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=config.max_train_steps * accelerator.num_processes,
     )
     prepared = accelerator.prepare(*models.values(), optimizer, lr_scheduler)
     models = dict(zip(models, prepared[: len(models)], strict=True))

@@ -84,6 +84,11 @@ def _config_values(run_dir: Path, tiny_model, **overrides) -> dict:
         "checkpointing_steps": 2,
         "snr_gamma": 5.0,
         "noise_offset": 0.05,
+        # Per optimizer step, whatever the number of processes: the schedule and the choices.
+        "lr_scheduler": "cosine",
+        "lr_warmup_steps": 1,
+        "caption_dropout": 0.5,
+        "random_flip": True,
         "progress_bar": False,
     }
     return values | overrides
@@ -102,6 +107,10 @@ def _launch(tmp_path: Path, values: dict) -> subprocess.CompletedProcess:
 def _losses(run_dir: Path) -> list[tuple[int, float]]:
     lines = (run_dir / "progress.jsonl").read_text().splitlines()
     return [(record["step"], record["loss"]) for record in map(json.loads, lines)]
+
+
+def _rates(run_dir: Path) -> list[float]:
+    return [json.loads(line)["lr"] for line in (run_dir / "progress.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.slow
@@ -161,6 +170,7 @@ def test_two_gloo_processes_train_like_one_with_the_global_batch_and_resume(tmp_
     assert [step for step, _ in single_losses] == [1, 2, 3, 4]
     for (_, a), (_, b) in zip(single_losses, multi_losses, strict=True):
         assert b == pytest.approx(a, rel=1e-5)
+    assert _rates(multi_dir) == _rates(single_dir) and _rates(single_dir)[0] == 0  # a warm-up step
 
     # The same adapter.
     a = load_file(str(single_dir / "export" / DIFFUSERS_WEIGHTS))

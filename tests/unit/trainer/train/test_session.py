@@ -68,3 +68,17 @@ def test_a_micro_step_updates_the_lora_layers_and_nothing_else(prepared, tiny_mo
     changed = {name for name, p in unet.named_parameters() if not torch.equal(p, before[name])}
     assert changed and all("lora_" in name for name in changed)
     assert all(p.grad is None for p in session.params)  # zeroed after the update
+
+
+def test_the_loss_masks_weight_the_step_loss(prepared, tiny_model, tmp_path):
+    session, dataset = _session(prepared, tiny_model, tmp_path)
+    inputs = StepInputs(
+        session.components, dataset, session.cache, device=session.device, seed=0, world_size=1,
+        cache_latents=True, train_text_encoder=False, noise_offset=0.0,
+    )  # fmt: skip
+    batch = inputs.micro_batch([0], [0], 1)
+    batch.loss_weights = torch.zeros((1, 1, *batch.latents.shape[-2:]))  # every pixel masked out
+
+    loss = session.micro_step(batch)
+
+    assert loss.item() == 0.0
