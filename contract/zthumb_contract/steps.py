@@ -8,6 +8,7 @@ a laptop); nothing imports torch or kubernetes.
 
 from __future__ import annotations
 
+import types
 import typing
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -136,20 +137,32 @@ def option_name(name: str, info: FieldInfo) -> str:
     return name
 
 
-def emptied_list_option(name: str, info: FieldInfo) -> str | None:
-    """The flag-less option that empties a list field whose default is not empty (``--no-leakage-prompts``:
-    an empty list has no items to repeat), or None for a field that needs none."""
-    if typing.get_origin(info.annotation) is not list or not info.get_default(call_default_factory=True):
-        return None
-    if any(getattr(bound, "min_length", 0) for bound in info.metadata):
-        return None  # never empty
-    return f"no_{name}"
+def unset_option(name: str, info: FieldInfo) -> str | None:
+    """The flag-less ``--no-<field>`` of a field whose default an absent flag cannot say apart from
+    its "nothing": a list whose default has items (``--no-leakage-prompts`` empties it: an empty
+    list has no items to repeat) and a field that may be None but defaults to a value
+    (``--no-max-grad-norm`` is None: no clipping). None for a field that needs none."""
+    default = info.get_default(call_default_factory=True)
+    if typing.get_origin(info.annotation) is list:
+        if not default or any(getattr(bound, "min_length", 0) for bound in info.metadata):
+            return None  # empty by default, or never empty
+        return f"no_{name}"
+    if default is not None and _may_be_none(info):
+        return f"no_{name}"
+    return None
+
+
+def _may_be_none(info: FieldInfo) -> bool:
+    return typing.get_origin(info.annotation) in (typing.Union, types.UnionType) and type(
+        None
+    ) in typing.get_args(info.annotation)
 
 
 def spec_args(model: BaseModel, exclude: Collection[str] = ()) -> list[str]:
     """The options of a spec section as command-line flags, one per field (the trainer CLI's
     options are generated from the same fields): ``--rank 16``, ``--bucketing``/``--no-bucketing``,
-    ``--seed 0 --seed 1`` for a list; a field that is None is left out.
+    ``--seed 0 --seed 1`` for a list; a field that is None is left out, or ``--no-<field>`` where
+    None (or an empty list) is not what an absent flag means (``unset_option``).
 
     A nested section (``spec.training.validation``) is one flag whose value is its JSON (camelCase,
     as in the CRD), left out while it equals its defaults: flattening it into prefixed flags
@@ -157,7 +170,12 @@ def spec_args(model: BaseModel, exclude: Collection[str] = ()) -> list[str]:
     args: list[str] = []
     for name, info in type(model).model_fields.items():
         value = getattr(model, name)
-        if name in exclude or value is None:
+        if name in exclude:
+            continue
+        unset = unset_option(name, info)
+        if value is None:
+            if unset is not None:
+                args.append(f"--{unset.replace('_', '-')}")
             continue
         flag = option_name(name, info).replace("_", "-")
         if isinstance(value, BaseModel):
@@ -166,9 +184,8 @@ def spec_args(model: BaseModel, exclude: Collection[str] = ()) -> list[str]:
         elif isinstance(value, bool):
             args.append(_flag(flag, value))
         elif isinstance(value, list):
-            emptied = emptied_list_option(name, info)
-            if not value and emptied is not None:
-                args.append(f"--{emptied.replace('_', '-')}")
+            if not value and unset is not None:
+                args.append(f"--{unset.replace('_', '-')}")
             for item in value:
                 args += [f"--{flag}", str(item)]
         else:

@@ -7,11 +7,12 @@ model (bounds included: a bad value exits with code 2 and names the option). The
 definitions write the same flags from the same fields (``zthumb_contract.steps.spec_args``),
 so the Job's argv and the CLI cannot drift.
 
-A field that may be None defaults to None on the command line (an absent flag is "unset",
-as ``spec_args`` leaves None fields out); the others default to the model's default. A nested
-model (``TrainingSpec.validation``) is one option holding its JSON; absent means its defaults. A
-list that may be empty but defaults to items (``spec.eval.leakagePrompts``) also gets
-``--no-<field>``, which empties it.
+A field that may be None and defaults to None is None when its flag is absent (``spec_args``
+leaves None fields out); the others default to the model's default. A nested model
+(``TrainingSpec.validation``) is one option holding its JSON; absent means its defaults. A list
+that may be empty but defaults to items (``spec.eval.leakagePrompts``) and a field that may be None
+but defaults to a value (``spec.training.maxGradNorm``) also get ``--no-<field>``, which empties
+the list or sets None (``unset_option``, which ``spec_args`` writes too).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any, TypeVar
 import typer
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
-from zthumb_contract.steps import emptied_list_option, option_name
+from zthumb_contract.steps import option_name, unset_option
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -53,9 +54,10 @@ def _option_type(info: FieldInfo) -> Any:
 
 
 def _option_default(info: FieldInfo) -> Any:
-    if _optional(info) or _nested(info):
+    default = info.get_default(call_default_factory=True)
+    if _nested(info) or (_optional(info) and default is None):
         return None  # an absent flag is "unset": spec_args leaves None fields out
-    return info.get_default(call_default_factory=True)
+    return default
 
 
 def spec_options(model: type[BaseModel], param: str, exclude: Collection[str] = ()) -> Callable[[F], F]:
@@ -70,7 +72,7 @@ def spec_options(model: type[BaseModel], param: str, exclude: Collection[str] = 
             if parameter.name != param
         ]
         options: dict[str, str] = {}  # CLI parameter name -> field name
-        emptiers: dict[str, str] = {}  # --no-<list> parameter name -> field name
+        emptiers: dict[str, str] = {}  # --no-<field> parameter name -> field name
         nested = {name for name, info in model.model_fields.items() if _nested(info) and name not in exclude}
         generated = []
         for name, info in model.model_fields.items():
@@ -86,7 +88,7 @@ def spec_options(model: type[BaseModel], param: str, exclude: Collection[str] = 
                     annotation=typing.Annotated[_option_type(info), typer.Option(help=info.description)],
                 )
             )
-            emptier = emptied_list_option(name, info)
+            emptier = unset_option(name, info)
             if emptier is not None:
                 emptiers[emptier] = name
                 flag = "--" + option.replace("_", "-")
@@ -106,7 +108,9 @@ def spec_options(model: type[BaseModel], param: str, exclude: Collection[str] = 
             values = {field: kwargs.pop(option) for option, field in options.items()}
             for emptier, field in emptiers.items():
                 if kwargs.pop(emptier):
-                    values[field] = []
+                    values[field] = (
+                        [] if typing.get_origin(model.model_fields[field].annotation) is list else None
+                    )
             for field in nested:
                 if values[field] is None:
                     del values[field]  # the model's default

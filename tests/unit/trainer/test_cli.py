@@ -51,7 +51,10 @@ def test_every_step_argv_parses(name):
             assert list(context.params["prompt"]) == spec.eval.prompts
             assert list(context.params["scale"]) == spec.eval.scales
         if step.name == "train":
-            assert context.params["snr_gamma"] == spec.training.snr_gamma
+            # None is --no-snr-gamma (its default is 5.0): the flag's own value stays the default.
+            assert context.params["no_snr_gamma"] is (spec.training.snr_gamma is None)
+            if spec.training.snr_gamma is not None:
+                assert context.params["snr_gamma"] == spec.training.snr_gamma
             assert context.params["train_text_encoder"] == spec.training.train_text_encoder
             assert context.params["optimizer"] == spec.training.optimizer
             assert context.params["use_dora"] == spec.training.use_dora
@@ -62,6 +65,17 @@ def test_every_step_argv_parses(name):
                 assert json.loads(context.params["validation"]) == spec.training.validation.model_dump(
                     by_alias=True
                 )
+
+
+def _parsed(params, field, info):
+    """A field's value from a command's parsed flags: ``--no-<field>`` (None, or an empty list)
+    wins over the flag's own value, which stays its default."""
+    from zthumb_contract.steps import option_name, unset_option
+
+    unset = unset_option(field, info)
+    if unset is not None and params[unset]:
+        return [] if isinstance(params[option_name(field, info)], (list, tuple)) else None
+    return params[option_name(field, info)]
 
 
 def test_help_lists_every_subcommand():
@@ -85,7 +99,6 @@ def test_run_needs_local():
 def test_spec_options_round_trip_through_the_step_argv():
     """Every spec.training / spec.eval field is a CLI option, and the argv carries its value."""
     from zthumb_contract.spec import EvalSpec, TrainingSpec
-    from zthumb_contract.steps import option_name
 
     spec = LoRAFinetuneSpec.model_validate(
         {"training": {"rank": 7, "alpha": 3.5, "snrGamma": None, "gradientCheckpointing": False,
@@ -102,7 +115,7 @@ def test_spec_options_round_trip_through_the_step_argv():
         args = steps[name].args
         params = command.commands[args[0]].make_context(args[0], list(args[1:])).params  # type: ignore[attr-defined]
         values = {
-            field: params[option_name(field, info)]
+            field: _parsed(params, field, info)
             for field, info in model.model_fields.items()
             if field != "enabled"
         }
@@ -158,7 +171,6 @@ def test_leakage_prompts_reach_the_eval_from_the_step_argv_even_when_empty(monke
 
 def test_the_schedule_and_augmentation_options_round_trip_and_cross_field_refusals_name_the_field(tmp_path):
     from zthumb_contract.spec import TrainingSpec
-    from zthumb_contract.steps import option_name
 
     spec = LoRAFinetuneSpec.model_validate(
         {"training": {"lrScheduler": "cosine_with_restarts", "lrWarmupSteps": 5, "maxGradNorm": None,
@@ -169,10 +181,36 @@ def test_the_schedule_and_augmentation_options_round_trip_and_cross_field_refusa
     params = command.make_context(train.args[0], list(train.args[1:])).params
     fields = ("lr_scheduler", "lr_warmup_steps", "max_grad_norm", "caption_dropout", "random_flip")
     info = TrainingSpec.model_fields
-    assert {field: params[option_name(field, info[field])] for field in fields} == {
+    assert {field: _parsed(params, field, info[field]) for field in fields} == {
         field: getattr(spec.training, field) for field in fields
     }
     base = ["train", "--run-name", "r", "--base-model", str(tmp_path / "m"), "--run-dir", str(tmp_path / "d")]
     result = CliRunner().invoke(app, [*base, "--lr-warmup-steps", "3"])
     text = " ".join(result.output.replace("│", " ").split())  # unwrapped from rich's error box
     assert result.exit_code == 2 and "spec.training.lrWarmupSteps 3 needs a schedule with a warm-up" in text
+
+
+@pytest.mark.parametrize(("training", "flag"), [({}, None), ({"maxGradNorm": None}, "--no-max-grad-norm"),
+                                                ({"snrGamma": None}, "--no-snr-gamma"),
+                                                ({"maxGradNorm": 0.5}, "--max-grad-norm")])  # fmt: skip
+def test_an_absent_flag_is_the_spec_default_and_no_flag_is_null(monkeypatch, training, flag):
+    """A field that defaults to a value but may be null (maxGradNorm 1.0, null: no clipping) is its
+    default when the flag is absent, as in the spec, and null only with --no-<field>: the CLI run by
+    hand and the Job's argv train the same."""
+    from zthumb_contract.spec import TrainingSpec
+    from zthumb_trainer.train import loop
+
+    seen = []
+    monkeypatch.setattr(loop, "run_training", lambda config: seen.append(config) or {})
+    spec = LoRAFinetuneSpec.model_validate({"training": training})
+    step = next(step for step in build_steps("style", spec, "/data", "http://s") if step.name == "train")
+    assert flag is None or flag in step.args
+    args = list(step.args)
+    for option in ("--max-grad-norm", "--snr-gamma"):  # as a user who leaves them to their defaults
+        if flag is None and option in args:
+            del args[args.index(option) : args.index(option) + 2]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert seen[0].max_grad_norm == spec.training.max_grad_norm
+    assert seen[0].snr_gamma == spec.training.snr_gamma
+    assert TrainingSpec().max_grad_norm == 1.0  # the default the hand-run CLI gets

@@ -47,7 +47,7 @@ import torch
 from tqdm import tqdm
 
 from zthumb_trainer.dataset.prepare import PreparedDataset, load_manifest
-from zthumb_trainer.reporting import ProgressLog, StatusReporter, write_termination_message
+from zthumb_trainer.reporting import PROGRESS_LOG, ProgressLog, StatusReporter, write_termination_message
 from zthumb_trainer.train.batches import BatchSchedule
 from zthumb_trainer.train.checkpoints import (
     CHECKPOINT_PREFIX,
@@ -112,7 +112,7 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
         dataset, config.batch_size, config.seed, accelerator.num_processes, accelerator.process_index
     )
     is_main = accelerator.is_main_process
-    progress_log = ProgressLog(config.run_dir / "progress.jsonl") if is_main else None
+    progress_log = ProgressLog(config.run_dir / PROGRESS_LOG) if is_main else None
     reporter = StatusReporter.from_env(config.report_interval_seconds) if is_main else None
     bar = tqdm(
         total=config.max_train_steps,
