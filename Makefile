@@ -20,7 +20,7 @@ help:
 	@echo "make e2e    - tests against the local control plane (started and stopped here)"
 	@echo "make manifests - render manifests/operator/ from the operator chart (charts/zthumb-operator)"
 	@echo "make images - build the container images with buildah (no Docker) and import them"
-	@echo "              into the real node's containerd when it is up (hack/README-images.md)"
+	@echo "              into the real node's containerd when it is up (hack/images/README-images.md)"
 	@echo "make release - images, chart, SBOMs and SHA256SUMS in dist/, and the commands that push"
 	@echo "              them (ZTHUMB_RELEASE_REGISTRY=ghcr.io/my-org; README, Install on your cluster)"
 
@@ -45,14 +45,14 @@ lint: $(STAMP) k8s-bin
 	$(BIN)/hadolint images/base/Dockerfile images/zthumb/Dockerfile images/trainer/Dockerfile \
 	  images/trainer/Dockerfile.cpu images/helm-test/Dockerfile operator/Dockerfile
 	$(BIN)/shellcheck --external-sources $$(find hack -name '*.sh' | sort) .ci/run
-	PATH="$$(hack/cluster.sh bindir):$$PATH" helm lint --strict charts/zthumb
-	PATH="$$(hack/cluster.sh bindir):$$PATH" helm lint --strict charts/zthumb-operator
-	hack/build-actionlint.sh
-	"$$(hack/cluster.sh bindir)/actionlint" .github/workflows/*.yml
+	PATH="$$(hack/cluster/cluster.sh bindir):$$PATH" helm lint --strict charts/zthumb
+	PATH="$$(hack/cluster/cluster.sh bindir):$$PATH" helm lint --strict charts/zthumb-operator
+	hack/tools/build-actionlint.sh
+	"$$(hack/cluster/cluster.sh bindir)/actionlint" .github/workflows/*.yml
 
 # The chart's template tests need helm: it is built with the control plane.
 k8s-bin:
-	hack/build-k8s.sh
+	hack/cluster/build-k8s.sh
 
 # In random order (pytest-randomly; it prints its seed): a test that needs another one first fails
 # here. Replay an order with `$(BIN)/pytest -m "not e2e" -p randomly --randomly-seed=N`.
@@ -62,18 +62,18 @@ k8s-bin:
 RANDOMLY_SEED ?= 1343200256
 
 unit: $(STAMP) k8s-bin
-	hack/ensure-chromium.sh
-	PATH="$$(hack/cluster.sh bindir):$$PATH" $(BIN)/pytest -m "not e2e" -p no:cacheprovider -p randomly \
+	hack/tools/ensure-chromium.sh
+	PATH="$$(hack/cluster/cluster.sh bindir):$$PATH" $(BIN)/pytest -m "not e2e" -p no:cacheprovider -p randomly \
 	  $(if $(RANDOMLY_SEED),--randomly-seed=$(RANDOMLY_SEED))
 
 # The real-node tests (tests/e2e/real) run our images in the node's containerd: they are built
 # (or reused, by inputs hash) before the cluster starts and imported once it is up.
 # ZTHUMB_REAL_NODE=0 (a cluster without the real node) skips both and those tests say so.
 e2e: $(STAMP) k8s-bin
-	if [ "$${ZTHUMB_REAL_NODE:-1}" != 0 ]; then hack/build-images.sh --no-import; fi
-	hack/cluster.sh up
-	trap 'hack/cluster.sh down' EXIT; eval "$$(hack/cluster.sh env)"; \
-	  if [ "$${ZTHUMB_REAL_NODE:-1}" != 0 ]; then hack/build-images.sh import; fi; \
+	if [ "$${ZTHUMB_REAL_NODE:-1}" != 0 ]; then hack/images/build-images.sh --no-import; fi
+	hack/cluster/cluster.sh up
+	trap 'hack/cluster/cluster.sh down' EXIT; eval "$$(hack/cluster/cluster.sh env)"; \
+	  if [ "$${ZTHUMB_REAL_NODE:-1}" != 0 ]; then hack/images/build-images.sh import; fi; \
 	  ZTHUMB_E2E=1 $(BIN)/pytest -m e2e -p no:cacheprovider
 
 test: lint unit e2e
@@ -81,20 +81,20 @@ test: lint unit e2e
 # manifests/operator/ (for `kubectl apply`) is the operator chart rendered; a unit test fails when
 # the checked-in files differ from a fresh render.
 manifests: k8s-bin
-	PATH="$$(hack/cluster.sh bindir):$$PATH" $(PYTHON) hack/render_operator_manifests.py
+	PATH="$$(hack/cluster/cluster.sh bindir):$$PATH" $(PYTHON) hack/release/render_operator_manifests.py
 
 # Builds (or reuses) every image and imports it when the node's containerd is up.
 images:
-	hack/build-images.sh
+	hack/images/build-images.sh
 
-# hack/release.sh: every image (reused when cached), the chart, a CycloneDX SBOM per Python image
+# hack/release/release.sh: every image (reused when cached), the chart, a CycloneDX SBOM per Python image
 # and SHA256SUMS in dist/; it prints the push commands (ZTHUMB_RELEASE_REGISTRY names the registry).
 release: $(STAMP) k8s-bin
-	hack/release.sh
+	hack/release/release.sh
 
 bench: $(STAMP)
-	$(BIN)/python hack/bench_server.py
-	$(BIN)/python hack/bench_train.py
+	$(BIN)/python hack/bench/bench_server.py
+	$(BIN)/python hack/bench/bench_train.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache build *.egg-info artifacts

@@ -1,9 +1,9 @@
-"""Fixtures for end-to-end tests against the local control plane (hack/README-cluster.md).
+"""Fixtures for end-to-end tests against the local control plane (hack/cluster/README-cluster.md).
 
 The cluster is started outside pytest::
 
-    hack/cluster.sh up
-    eval "$(hack/cluster.sh env)"      # KUBECONFIG + PATH with kubectl/helm
+    hack/cluster/cluster.sh up
+    eval "$(hack/cluster/cluster.sh env)"      # KUBECONFIG + PATH with kubectl/helm
     ZTHUMB_E2E=1 python -m pytest tests/e2e -m e2e
 
 Without ``ZTHUMB_E2E=1`` every e2e test is skipped with a reason. With it, an
@@ -43,8 +43,8 @@ from waiting import wait_until
 
 E2E_ENABLED = os.environ.get("ZTHUMB_E2E") == "1"
 SKIP_REASON = (
-    "e2e tests need the local control plane: run `hack/cluster.sh up`, "
-    '`eval "$(hack/cluster.sh env)"` and set ZTHUMB_E2E=1'
+    "e2e tests need the local control plane: run `hack/cluster/cluster.sh up`, "
+    '`eval "$(hack/cluster/cluster.sh env)"` and set ZTHUMB_E2E=1'
 )
 # Every external command is bounded; a hung kubectl must not hang CI.
 COMMAND_TIMEOUT_S = 120

@@ -1,4 +1,4 @@
-"""charts/zthumb against the local control plane (hack/cluster.sh, hack/README-cluster.md).
+"""charts/zthumb against the local control plane (hack/cluster/cluster.sh, hack/cluster/README-cluster.md).
 
 Real kube-apiserver, controllers and scheduler, real helm and kubectl; kwok
 plays the kubelet (pods on its fake GPU nodes go Running/Ready, nothing runs).

@@ -1,4 +1,4 @@
-"""Smoke tests of the local control plane itself (hack/cluster.sh).
+"""Smoke tests of the local control plane itself (hack/cluster/cluster.sh).
 
 They prove the pieces later e2e tests lean on: GPU scheduling onto the kwok
 nodes, Job completion, unschedulable GPU requests, Helm against a semver

@@ -1,4 +1,4 @@
-"""A real Kueue (built by hack/build-kueue.sh, run as a process beside the local control plane)
+"""A real Kueue (built by hack/cluster/build-kueue.sh, run as a process beside the local control plane)
 admitting LoRAFinetune runs: all pods of a multi-node train Job or none, and a run its queue can
 never admit refused up front, naming the field.
 
@@ -61,9 +61,9 @@ def crd_established(cluster: Any, name: str) -> bool:
 @pytest.fixture(scope="module")
 def kueue(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     binary = shutil.which("kueue")
-    assert binary, "kueue not on PATH: run hack/build-k8s.sh (it calls hack/build-kueue.sh)"
+    assert binary, "kueue not on PATH: run hack/cluster/build-k8s.sh (it calls hack/cluster/build-kueue.sh)"
     crds = sorted((Path(binary).parent.parent / "kueue-crds").glob("*.yaml"))
-    assert crds, "Kueue's CRDs are missing: run hack/build-kueue.sh"
+    assert crds, "Kueue's CRDs are missing: run hack/cluster/build-kueue.sh"
     for crd in crds:
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
     # Polled from the JSON, not `kubectl wait` or a jsonpath filter: both fail outright on a CRD

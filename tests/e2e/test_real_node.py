@@ -2,8 +2,8 @@
 cluster DNS and dynamically provisioned volumes work, and the node looks like
 a GPU node to the scheduler.
 
-Needs `hack/cluster.sh up` as root (the real node is on by default there). The
-pods use the tiny busybox image that `hack/build-node.sh` builds and `up`
+Needs `hack/cluster/cluster.sh up` as root (the real node is on by default there). The
+pods use the tiny busybox image that `hack/cluster/build-node.sh` builds and `up`
 imports; nothing is pulled.
 """
 
@@ -34,12 +34,12 @@ def get_json(kubectl: Callable[..., Any], *args: str) -> Any:
 def real_node(cluster: Any) -> dict[str, Any]:
     proc = cluster.kubectl("get", "node", NODE, "-o", "json", check=False)
     if proc.returncode != 0:
-        # hack/cluster.sh starts the node by default only as root, same rule here.
+        # hack/cluster/cluster.sh starts the node by default only as root, same rule here.
         wanted = os.environ.get("ZTHUMB_REAL_NODE", "1" if os.geteuid() == 0 else "0")
         if wanted == "0":
             pytest.skip("the cluster runs without the real node (ZTHUMB_REAL_NODE=0, or not root)")
         pytest.fail(
-            f"node {NODE} is missing: start the cluster as root with `hack/cluster.sh up` "
+            f"node {NODE} is missing: start the cluster as root with `hack/cluster/cluster.sh up` "
             "(or set ZTHUMB_REAL_NODE=0 to skip these tests)",
             pytrace=False,
         )

@@ -31,7 +31,7 @@ def freeze_loaded_objects() -> None:
     """Move every object alive now (the loaded pipelines: modules, parameters, configs) out of the
     cyclic collector's reach, as vLLM does after start-up. Without it a full collection walks the
     whole model graph, and the request running at that moment pauses for it (on the tiny model, one
-    request in ~50 by 0.35 s: hack/bench_server.py); frozen, it walks what requests allocate."""
+    request in ~50 by 0.35 s: hack/bench/bench_server.py); frozen, it walks what requests allocate."""
     gc.collect()  # garbage of the loading itself goes first: frozen objects are never collected
     gc.freeze()
     log.info("froze the loaded objects for the collector", extra={"objects": gc.get_freeze_count()})

@@ -50,7 +50,7 @@ log = logging.getLogger("zthumb.app")
 MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
-# Pillow's format and save options per output format, chosen from hack/bench_server.py's encoding
+# Pillow's format and save options per output format, chosen from hack/bench/bench_server.py's encoding
 # table (server README, "Image encoding"): PNG level 1 takes half of level 6's time for 14% more
 # bytes, the same pixels; JPEG 90 about half the bytes of 95; WebP 90 with method 0 a quarter of
 # the time of Pillow's default (95, method 4) and under half its bytes.

@@ -1,8 +1,8 @@
 """Fixtures for the real-node end-to-end tests.
 
 Everything here runs in real containers on the local cluster's real node
-``zthumb-real-0`` (kubelet + containerd + runc, see hack/README-cluster.md), from the
-images hack/build-images.sh builds from our Dockerfiles and imports into its
+``zthumb-real-0`` (kubelet + containerd + runc, see hack/cluster/README-cluster.md), from the
+images hack/images/build-images.sh builds from our Dockerfiles and imports into its
 containerd. For the duration of the module:
 
 * the kwok nodes are cordoned and the real node's ``nvidia.com/gpu`` taint is
@@ -84,7 +84,7 @@ def real_node(cluster: Any) -> Iterator[RealNode]:
             pytest.skip("ZTHUMB_REAL_NODE=0: the cluster was started without the real node")
         pytest.fail(
             f"node {NODE} is missing, so nothing here can run for real: start the local cluster "
-            "WITH its real node (`hack/cluster.sh up` as root; see hack/README-cluster.md). "
+            "WITH its real node (`hack/cluster/cluster.sh up` as root; see hack/cluster/README-cluster.md). "
             f"kubectl said: {proc.stderr.strip()}",
             pytrace=False,
         )
@@ -107,7 +107,7 @@ def real_node(cluster: Any) -> Iterator[RealNode]:
     if missing:
         pytest.fail(
             f"node {NODE} lacks the images {missing}: build and import them with "
-            f"`hack/build-images.sh` (it needs the cluster up). The node has: {sorted(images)}",
+            f"`hack/images/build-images.sh` (it needs the cluster up). The node has: {sorted(images)}",
             pytrace=False,
         )
 

@@ -24,12 +24,12 @@ from waiting import wait_until  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[3]
 NODE = "zthumb-real-0"
-# The images are tagged with the project version (hack/build-images.sh).
+# The images are tagged with the project version (hack/images/build-images.sh).
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 SERVER_IMAGE = f"ghcr.io/zthumb/zthumb:{VERSION}"
 TRAINER_IMAGE = f"ghcr.io/zthumb/trainer:{VERSION}"
 OPERATOR_IMAGE = f"ghcr.io/zthumb/operator:{VERSION}"
-# The chart's helm test pod needs curl + sh; hack/build-images.sh builds it locally.
+# The chart's helm test pod needs curl + sh; hack/images/build-images.sh builds it locally.
 HELM_TEST_IMAGE = os.environ.get("ZTHUMB_HELM_TEST_IMAGE", f"ghcr.io/zthumb/helm-test:{VERSION}")
 IMAGES = (SERVER_IMAGE, TRAINER_IMAGE, OPERATOR_IMAGE, HELM_TEST_IMAGE)
 GPU_TAINT = "nvidia.com/gpu"

@@ -1,5 +1,5 @@
 """Rendering charts/zthumb for the template tests: the real `helm` binary (built from Go modules by
-hack/build-k8s.sh; CI puts its bin dir on PATH), `helm template` parsed into documents, and
+hack/cluster/build-k8s.sh; CI puts its bin dir on PATH), `helm template` parsed into documents, and
 NOTES.txt made visible. Without helm on PATH the tests that need it skip locally (``needs_helm``),
 but with CI set they fail: CI must not go green by testing nothing.
 """
@@ -46,7 +46,7 @@ RESTRICTED_CONTAINER = {
 
 needs_helm = pytest.mark.skipif(
     HELM is None and not IN_CI,
-    reason="helm is not on PATH (build it with hack/build-k8s.sh and put "
+    reason="helm is not on PATH (build it with hack/cluster/build-k8s.sh and put "
     "~/.cache/zthumb/k8s-v1.36.3/bin on PATH); with CI set this is a failure instead",
 )
 

@@ -1,4 +1,4 @@
-"""manifests/operator/ is the operator chart rendered (hack/render_operator_manifests.py, `make
+"""manifests/operator/ is the operator chart rendered (hack/release/render_operator_manifests.py, `make
 manifests`): a checked-in file that differs from a fresh render fails here."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ pytestmark = needs_helm
 @pytest.fixture(scope="module")
 def renderer() -> ModuleType:
     spec = importlib.util.spec_from_file_location(
-        "render_operator_manifests", REPO / "hack" / "render_operator_manifests.py"
+        "render_operator_manifests", REPO / "hack" / "release" / "render_operator_manifests.py"
     )
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)

@@ -1,6 +1,6 @@
 """A small client of Chromium's DevTools protocol (a websocket per page), enough to open a page,
 fill a form, evaluate JavaScript and take a full-page screenshot. No browser download: Chromium
-from Debian (hack/ensure-chromium.sh), driven as it is."""
+from Debian (hack/tools/ensure-chromium.sh), driven as it is."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ def chromium(tmp_path):
     if binary is None:
         if os.environ.get("ZTHUMB_ALLOW_NO_BROWSER") == "1":
             pytest.skip("no Chromium (ZTHUMB_ALLOW_NO_BROWSER=1)")
-        pytest.fail("Chromium is missing: run hack/ensure-chromium.sh (apt-get install chromium)")
+        pytest.fail("Chromium is missing: run hack/tools/ensure-chromium.sh (apt-get install chromium)")
     browser = Chromium(binary, tmp_path / "profile")
     yield browser
     browser.close()

@@ -1,4 +1,4 @@
-"""Worker: what a client that gives up leaves behind (found by hack/bench_load.py)."""
+"""Worker: what a client that gives up leaves behind (found by hack/bench/bench_load.py)."""
 
 from __future__ import annotations
 

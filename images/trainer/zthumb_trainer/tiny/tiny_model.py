@@ -76,7 +76,7 @@ VAE_CONFIG: dict[str, Any] = {
     "force_upcast": False,
 }
 
-# SDXL base 1.0's own scheduler configuration (hack/sdxl_configs.py reuses it).
+# SDXL base 1.0's own scheduler configuration (hack/gpu/sdxl_configs.py reuses it).
 SCHEDULER_CONFIG: dict[str, Any] = {
     "beta_start": 0.00085,
     "beta_end": 0.012,

@@ -1,6 +1,6 @@
 """spec.dataset.source: HTTP(S) archives (verified, unpacked safely, cached by content) and S3
 prefixes, the latter against a real S3-compatible server process (versitygw, built by
-hack/build-versitygw.sh) on loopback."""
+hack/cluster/build-versitygw.sh) on loopback."""
 
 from __future__ import annotations
 
@@ -228,7 +228,9 @@ def test_the_size_and_count_limits_name_themselves(tmp_path):
 @pytest.fixture(scope="module")
 def s3_endpoint(tmp_path_factory) -> Iterator[str]:
     binary = shutil.which("versitygw")
-    assert binary, "versitygw is missing: run hack/build-versitygw.sh (make unit's k8s-bin target builds it)"
+    assert binary, (
+        "versitygw is missing: run hack/cluster/build-versitygw.sh (make unit's k8s-bin target builds it)"
+    )
     root = tmp_path_factory.mktemp("s3-root")
     port = free_port()
     log = (root.parent / "versitygw.log").open("wb")
