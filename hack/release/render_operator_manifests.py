@@ -1,7 +1,7 @@
 """Render manifests/operator/ from the operator chart (charts/zthumb-operator), for `kubectl apply`.
 
-    python3 hack/release/render_operator_manifests.py            # rewrites the rendered files (make manifests)
-    python3 hack/release/render_operator_manifests.py --check    # exit 1 naming each file that differs
+    python3 hack/release/render_operator_manifests.py          # rewrites them (make manifests)
+    python3 hack/release/render_operator_manifests.py --check  # exit 1 naming each file that differs
 
 The chart is the one source: the files here are `helm template` of its defaults (release
 zthumb-operator in zthumb-system, cluster-wide) and, for namespaced/, of a namespace-scoped install
@@ -25,7 +25,8 @@ RELEASE = "zthumb-operator"
 NAMESPACE = "zthumb-system"
 KUBE_VERSION = "1.36.3"
 HEADER = (
-    "# Rendered from charts/zthumb-operator by `make manifests` (hack/release/render_operator_manifests.py):\n"
+    "# Rendered from charts/zthumb-operator by `make manifests` "
+    "(hack/release/render_operator_manifests.py):\n"
     "# edit the chart, not this file.\n"
 )
 # (values of one `helm template`, {chart template: file under manifests/operator/}).
