@@ -40,7 +40,9 @@ def policy_lists(rendered: Rendered) -> dict[str, list[str]]:
 def test_the_crd_in_the_chart_is_the_repositorys_crd_byte_for_byte() -> None:
     # Helm packages a chart's crds/ only from inside the chart, and not through a symlink.
     name = "lorafinetunes.zthumb.io.yaml"
-    assert (OPERATOR_CHART / "crds" / name).read_bytes() == (REPO / "crds" / name).read_bytes()
+    assert (OPERATOR_CHART / "crds" / name).read_bytes() == (REPO / "crds" / name).read_bytes(), (
+        "charts/zthumb-operator/crds/ is not crds/: run `make manifests`"
+    )
     assert sorted(p.name for p in (OPERATOR_CHART / "crds").iterdir()) == [name]
 
 
