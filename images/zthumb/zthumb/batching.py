@@ -38,15 +38,24 @@ def batch_key(plan: Plan, backend: Backend) -> BatchKey | None:
     """Requests with equal keys may share a pipeline call; None: the request always runs alone.
 
     The key: backend (and with it the model and its scheduler, fixed per backend), width, height,
-    steps, guidance scale, and the active adapter set with scales (by resolved file and sha256,
-    order-free, scale-0 entries left out: exactly what ``apply_adapters`` activates). A compiled
-    UNet runs alone: a new batch size would compile a new graph.
+    steps, guidance scale, the decoder (full VAE or tiny: one call decodes all its images alike),
+    and the active adapter set with scales (by resolved file and sha256, order-free, scale-0
+    entries left out: exactly what ``apply_adapters`` activates). A compiled UNet runs alone: a
+    new batch size would compile a new graph.
     """
     if backend.compiled is not None:
         return None
     params = plan.params
     adapters = tuple(sorted((use.ref.key, use.scale, use.pin) for use in plan.adapters if use.scale > 0))
-    return (plan.backend, params.width, params.height, params.steps, params.guidance_scale, adapters)
+    return (
+        plan.backend,
+        params.width,
+        params.height,
+        params.steps,
+        params.guidance_scale,
+        params.decoder,
+        adapters,
+    )
 
 
 class Batchable(Protocol):

@@ -246,6 +246,14 @@ class Engine:
                 field="response_format",
             )
         seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
+        decoder = request.decoder or s.decoder
+        if decoder == "tiny" and backend.tiny_decoder is None:
+            raise BadRequestError(
+                "decoder 'tiny' is not available: this server has no tiny decoder weights "
+                "(ZTHUMB_TINY_DECODER_PATH); use decoder 'full'",
+                field="decoder",
+                code="decoder_unavailable",
+            )
 
         uses, source = requested_adapters(request, backend, self.files, s, self.default_adapter)
         return Plan(
@@ -259,6 +267,7 @@ class Engine:
                 guidance_scale=guidance,
                 seed=seed,
                 num_images=request.num_images,
+                decoder=decoder,
             ),
             adapters=uses,
             adapter_source=source,
@@ -345,6 +354,7 @@ class Engine:
                 info.quantized_weight_bytes = weights["quantized"] or None
                 info.quantized_weight_fp32_bytes = weights["quantized_fp32"] or None
                 info.defaults = backend.defaults()
+                info.decoders = ["full", "tiny"] if backend.tiny_decoder is not None else ["full"]
             infos.append(info)
         cached = [CachedAdapter(**entry) for b in self.backends.values() for entry in b.cached_adapters()]
         return ModelsResponse(

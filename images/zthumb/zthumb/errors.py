@@ -36,6 +36,13 @@ class InvalidRequestError(ZThumbError):
     code = "invalid_request"
 
 
+class ModelConfigError(ZThumbError):
+    """A backend's model files are missing or unusable (a deployment problem)."""
+
+    status = 503
+    code = "backend_unavailable"
+
+
 class BadRequestError(ZThumbError):
     status = 400
     code = "bad_request"

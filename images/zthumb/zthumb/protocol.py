@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
+from zthumb.settings import DecoderName
+
 ImageFormat = Literal["png", "jpeg", "webp"]
 MAX_SEED = 2**63 - 1
 
@@ -54,6 +56,11 @@ class GenerateRequest(BaseModel):
         "ZTHUMB_MAX_LORAS_PER_REQUEST, no duplicates); not together with lora_path/lora_scale. "
         "An empty list means no adapter (not even the env default).",
     )
+    decoder: DecoderName | None = Field(
+        default=None,
+        description="full: the model's VAE; tiny: the tiny autoencoder (TAESD-XL), faster and a little "
+        "softer, where the server has its weights. Default: ZTHUMB_DECODER.",
+    )
     output_format: ImageFormat = Field(
         default="png", validation_alias=AliasChoices("output_format", "format")
     )
@@ -93,6 +100,7 @@ class GenerateResponse(BaseModel):
     height: int
     steps: int
     guidance_scale: float
+    decoder: DecoderName = Field(description="What decoded the latents: full (the VAE) or tiny.")
     adapter: AdapterUsed | None = Field(description="The first of `adapters` (the single-adapter API).")
     adapters: list[AdapterUsed] = Field(
         description="Every adapter applied, with its scale, in request order."
@@ -109,6 +117,9 @@ class BackendInfo(BaseModel):
     dtype: str | None
     error: str | None = None
     supports_lora: bool = True
+    decoders: list[DecoderName] = Field(
+        default_factory=list, description="The decoders a request may name on this backend."
+    )
     unet_weight_bytes: int | None = None
     quantized_weight_bytes: int | None = Field(
         default=None, description="Bytes of the quantized (GGUF) UNet weights as stored in memory."
@@ -189,6 +200,7 @@ class OpenAIImageRequest(BaseModel):
     steps: int | None = Field(default=None, ge=1)
     guidance_scale: float | None = Field(default=None, ge=0.0, le=30.0)
     loras: list[LoraSpec] | None = None
+    decoder: DecoderName | None = None
 
 
 class OpenAIImage(BaseModel):

@@ -147,6 +147,7 @@ def generate_request_from_openai(body: OpenAIImageRequest, backends: list[str]) 
         "num_images": body.n,
         "backend": body.model if body.model in backends else None,
         "loras": body.loras,
+        "decoder": body.decoder,
         "output_format": "png",
         "response_format": "json",
     }
@@ -183,6 +184,7 @@ class Serving:
             headers = {
                 "X-ZThumb-Seed": str(plan.params.seed),
                 "X-ZThumb-Backend": plan.backend,
+                "X-ZThumb-Decoder": plan.params.decoder,
                 "X-ZThumb-Timings": timings.model_dump_json(),
                 **adapter_headers(adapters),
             }
@@ -196,6 +198,7 @@ class Serving:
             height=plan.params.height,
             steps=plan.params.steps,
             guidance_scale=plan.params.guidance_scale,
+            decoder=plan.params.decoder,
             adapter=adapters[0] if adapters else None,
             adapters=adapters,
             timings=timings,

@@ -17,6 +17,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 # are kept in step with this by a unit test.
 BackendName = Literal["full", "turbo", "gguf"]
 BACKEND_NAMES: tuple[str, ...] = get_args(BackendName)
+# What turns latents into pixels: the model's own VAE, or the tiny autoencoder (TAESD-XL,
+# zthumb.backends.tiny_decoder). The request field and the chart's schema derive from this.
+DecoderName = Literal["full", "tiny"]
+DECODER_NAMES: tuple[str, ...] = get_args(DecoderName)
+TINY_DECODER_MAX_BYTES = 1024**3  # the most ZTHUMB_TINY_DECODER_MAX_BYTES may allow
 
 
 class Settings(BaseSettings):
@@ -50,6 +55,25 @@ class Settings(BaseSettings):
         description="Config directory for a single-file turbo checkpoint.",
     )
     gguf_unet_path: Path | None = Field(default=None, description="gguf: the UNet as a .gguf file.")
+    decoder: DecoderName = Field(
+        default="full", description="Decoder for requests that name none: full (the VAE) or tiny."
+    )
+    tiny_decoder_path: Path | None = Field(
+        default=None,
+        description="A diffusers AutoencoderTiny directory (TAESD-XL): diffusion_pytorch_model.safetensors "
+        "and optionally config.json; unset: requests for decoder tiny are refused.",
+    )
+    tiny_decoder_sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="SHA256 of the tiny decoder's weights file; required with ZTHUMB_TINY_DECODER_PATH.",
+    )
+    tiny_decoder_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1,
+        le=TINY_DECODER_MAX_BYTES,
+        description="Largest tiny-decoder weights file accepted (TAESD-XL's is about 10 MB).",
+    )
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
 
@@ -192,7 +216,7 @@ class Settings(BaseSettings):
     def _empty_cache_dir_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("reports_dir", mode="before")
+    @field_validator("reports_dir", "tiny_decoder_path", "tiny_decoder_sha256", mode="before")
     @classmethod
     def _empty_reports_dir_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
@@ -213,6 +237,12 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(
                 f"ZTHUMB_ENABLED_BACKENDS: unknown backend(s) {unknown}; choose from {list(BACKEND_NAMES)}"
+            )
+        if self.tiny_decoder_path is not None and self.tiny_decoder_sha256 is None:
+            raise ValueError("ZTHUMB_TINY_DECODER_SHA256 is required with ZTHUMB_TINY_DECODER_PATH")
+        if self.decoder == "tiny" and self.tiny_decoder_path is None:
+            raise ValueError(
+                "ZTHUMB_DECODER=tiny needs ZTHUMB_TINY_DECODER_PATH (the tiny decoder's weights)"
             )
         if self.min_size > self.max_size:
             raise ValueError("ZTHUMB_MIN_SIZE must not exceed ZTHUMB_MAX_SIZE")

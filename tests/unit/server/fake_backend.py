@@ -22,6 +22,7 @@ class FakeBackend:
     max_steps: ClassVar[int | None] = None
     fixed_guidance_scale: ClassVar[float | None] = None
     model_description = "fake"
+    tiny_decoder = None
     # Set by a test to hold the loading of this class's backend until it is set.
     load_gate: ClassVar[threading.Event | None] = None
     load_error: ClassVar[Exception | None] = None

@@ -147,3 +147,29 @@ def write_loras_with_text_encoders(tiny_model, root: Path, name: str) -> dict[st
     )
     save_file({k: v.contiguous() for k, v in kohya.items()}, str(root / f"{name}_kohya.safetensors"))
     return layers
+
+
+# A random AutoencoderTiny for the tiny SDXL model: four levels (8x upsampling, like its VAE and
+# like TAESD-XL), 4 latent channels, a few hundred weights.
+TINY_DECODER_CONFIG: dict[str, Any] = {
+    "encoder_block_out_channels": [8, 8, 8, 8],
+    "decoder_block_out_channels": [8, 8, 8, 8],
+    "num_encoder_blocks": [1, 1, 1, 1],
+    "num_decoder_blocks": [1, 1, 1, 1],
+    "latent_channels": 4,
+}
+
+
+def write_tiny_decoder(directory: Path, seed: int = 0, *, config: bool = True) -> str:
+    """Save a random ``AutoencoderTiny`` as a diffusers directory; returns its weights' sha256.
+
+    Without ``config`` only the weights file is written (what the chart's init container fetches).
+    """
+    import torch
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(seed)
+    AutoencoderTiny(**TINY_DECODER_CONFIG).save_pretrained(str(directory), safe_serialization=True)
+    if not config:
+        (directory / "config.json").unlink()
+    return sha256_of(directory / "diffusion_pytorch_model.safetensors")

@@ -171,7 +171,7 @@ def test_adapter_metadata_alpha_not_equal_to_rank_matches_diffusers(tiny_model, 
     plain.set_progress_bar_config(disable=True)
     plain.load_lora_weights(str(directory), adapter_name="from_file")
     plain.load_lora_weights(load_file(str(directory / ADAPTER_FILE)), adapter_name="no_metadata")
-    stand_in = SimpleNamespace(pipe=plain, compel=CompelForSDXL(plain, device="cpu"))
+    stand_in = SimpleNamespace(pipe=plain, compel=CompelForSDXL(plain, device="cpu"), tiny_decoder=None)
     # Backend.generate encodes through the instance; a plain pipeline stands in for one here.
     stand_in.encode_prompt = lambda params: Backend.encode_uncached(stand_in, params)
     params = GenerationParams(**PARAMS, steps=2, guidance_scale=6.0, num_images=1)

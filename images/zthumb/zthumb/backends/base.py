@@ -18,22 +18,16 @@ from zthumb.backends.compiled import CompiledUNet, configure_inductor_cache
 from zthumb.backends.compiled_fused import FusedUNet
 from zthumb.backends.compiled_slot import SlotUNet
 from zthumb.backends.prompt_cache import MIB, PromptCache
-from zthumb.errors import GenerationCancelledError, InvalidRequestError, ZThumbError
+from zthumb.backends.tiny_decoder import load_tiny_decoder, pipeline_output_type, to_images
+from zthumb.errors import GenerationCancelledError, InvalidRequestError, ModelConfigError
 
 if TYPE_CHECKING:
     import torch
     from PIL.Image import Image
 
-    from zthumb.settings import Settings
+    from zthumb.settings import DecoderName, Settings
 
 log = logging.getLogger("zthumb.backends")
-
-
-class ModelConfigError(ZThumbError):
-    """The backend's model paths are missing or unusable (a deployment problem)."""
-
-    status = 503
-    code = "backend_unavailable"
 
 
 @dataclass(frozen=True)
@@ -46,6 +40,7 @@ class GenerationParams:
     guidance_scale: float
     seed: int
     num_images: int
+    decoder: DecoderName = "full"
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -116,6 +111,7 @@ class Backend(AdapterCache):
         pipe = self.load_pipeline()
         pipe.set_progress_bar_config(disable=True)
         self.pipe: Any = pipe.to(device)
+        self.tiny_decoder: Any | None = load_tiny_decoder(settings, device, dtype)
         self.compel = CompelForSDXL(self.pipe, device=str(device))
         self.prompt_cache = PromptCache(settings.prompt_cache_entries, settings.prompt_cache_mb * MIB)
         self._init_adapters()
@@ -279,6 +275,6 @@ class Backend(AdapterCache):
             num_images_per_prompt=params.num_images,
             generator=generator,
             callback_on_step_end=on_step_end,
-            output_type="pil",
+            output_type=pipeline_output_type(params.decoder),
         )
-        return list(result.images)
+        return to_images(self.pipe, self.tiny_decoder, result.images, params.decoder)

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from zthumb.backends.tiny_decoder import pipeline_output_type, to_images
 from zthumb.errors import GenerationCancelledError
 
 if TYPE_CHECKING:
@@ -96,9 +97,9 @@ def _one_call(
         num_images_per_prompt=1,
         generator=generators,
         callback_on_step_end=on_step_end,
-        output_type="pil",
+        output_type=pipeline_output_type(first.decoder),
     )
-    images = list(result.images)
+    images = to_images(backend.pipe, backend.tiny_decoder, result.images, first.decoder)
     out: list[list[Image]] = []
     for count in counts:
         out.append(images[:count])
