@@ -104,6 +104,58 @@ are joined. Usage: include "zthumb.path" (list BASE PATH)
 {{- end }}
 
 {{/*
+The tiny decoder's weights file (what the server's AutoencoderTiny loader reads in its directory).
+*/}}
+{{- define "zthumb.tinyDecoderWeights" -}}
+{{- include "zthumb.path" (list .Values.persistence.mountPath (printf "%s/diffusion_pytorch_model.safetensors" .Values.tinyDecoder.path)) }}
+{{- end }}
+
+{{/*
+An init container running the trainer image's `zthumb-train fetch-model ARGS` (resumable,
+SHA256-verified, a no-op once the file is there and verified), writing to the data volume; its
+image, token and resources are model.fetch's.
+Usage: include "zthumb.fetchInitContainer" (dict "root" $ "name" NAME "args" LIST)
+*/}}
+{{- define "zthumb.fetchInitContainer" -}}
+{{- $root := .root }}
+{{- $fetch := $root.Values.model.fetch -}}
+- name: {{ .name }}
+  image: {{ include "zthumb.image" (dict "image" $fetch.image "default" $root.Chart.AppVersion) | quote }}
+  imagePullPolicy: {{ $fetch.image.pullPolicy }}
+  args:
+    - fetch-model
+    {{- range .args }}
+    - {{ . | quote }}
+    {{- end }}
+  env:
+    - name: HOME
+      value: /tmp
+    {{- if $fetch.tokenSecret.name }}
+    - name: HF_TOKEN
+      valueFrom:
+        secretKeyRef:
+          name: {{ $fetch.tokenSecret.name }}
+          key: {{ $fetch.tokenSecret.key }}
+    {{- end }}
+  {{- with $fetch.resources }}
+  resources:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $root.Values.containerSecurityContext }}
+  securityContext:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  volumeMounts:
+    - name: data
+      mountPath: {{ $root.Values.persistence.mountPath }}
+      {{- with $root.Values.persistence.subPath }}
+      subPath: {{ . }}
+      {{- end }}
+    - name: tmp
+      mountPath: /tmp
+{{- end }}
+
+{{/*
 The LoRA root as the server sees it.
 */}}
 {{- define "zthumb.loraRoot" -}}
@@ -288,6 +340,12 @@ The schema checks types and ranges; this checks combinations.
 {{- end }}
 {{- if and .Values.model.fetch.enabled (not (hasSuffix ".safetensors" .Values.model.path)) }}
 {{- $errors = append $errors (printf "model.fetch.enabled=true downloads one single-file checkpoint, but model.path=%s is not a .safetensors file: point model.path at the file, or set model.fetch.enabled=false for a diffusers directory provisioned another way" .Values.model.path) }}
+{{- end }}
+{{- if and .Values.tinyDecoder.enabled (not .Values.tinyDecoder.sha256) }}
+{{- $errors = append $errors "tinyDecoder.enabled=true needs tinyDecoder.sha256: the SHA256 of the weights file at tinyDecoder.url (the download and the server refuse any other file)" }}
+{{- end }}
+{{- if and (eq .Values.tinyDecoder.default "tiny") (not .Values.tinyDecoder.enabled) }}
+{{- $errors = append $errors "tinyDecoder.default=tiny needs tinyDecoder.enabled=true (the server has no tiny decoder otherwise)" }}
 {{- end }}
 {{- $as := .Values.autoscaling }}
 {{- if and $as.enabled $as.keda.enabled }}

@@ -105,6 +105,10 @@ def test_defaults_validate_against_schema(chart: Path) -> None:
         (("lora", "maxPerRequest"), 33, "maxPerRequest"),
         (("image", "digest"), "md5:abc", "digest"),
         (("pdb", "maxUnavailable"), "lots", "maxUnavailable"),
+        (("tinyDecoder", "default"), "huge", "default"),
+        (("tinyDecoder", "sha256"), "ABC", "sha256"),
+        (("tinyDecoder", "maxBytes"), 2**31, "maxBytes"),
+        (("tinyDecoder", "url"), "ftp://x", "url"),
     ],
 )
 def test_schema_refuses_bad_values_python(path: tuple[str, ...], bad: Any, field: str) -> None:
@@ -204,6 +208,8 @@ def test_schema_refuses_bad_values_helm(
         ({"server.backend": "gguf"}, "model.ggufUnetPath is empty"),
         ({"gpu.enabled": "false", "server.dtype": "float16"}, "float16 on a CPU"),
         ({"metrics.serviceMonitor.enabled": "true"}, "monitoring.coreos.com/v1"),
+        ({"tinyDecoder.enabled": "true"}, "tinyDecoder.enabled=true needs tinyDecoder.sha256"),
+        ({"tinyDecoder.default": "tiny"}, "tinyDecoder.default=tiny needs tinyDecoder.enabled=true"),
     ],
 )
 def test_validate_values_fails(
