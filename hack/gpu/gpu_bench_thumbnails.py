@@ -7,6 +7,8 @@ bytes in the server's default format. Variants, interleaved per round (hack/gpu/
 
 - the turbo backend alone, batch 1 (``generate`` on the app's own backend: no HTTP, queue, encoding);
 - the server, one request at a time (a batch of one);
+- the same with ``decoder: "tiny"``: a TAESD-XL-architecture ``AutoencoderTiny`` (random weights:
+  the time does not depend on them) decodes instead of SDXL's VAE;
 - the server, 8 and 32 concurrent requests (batched up to ``ZTHUMB_MAX_BATCH`` = 32).
 
 Per variant: per-image latency p50/p95 (each request from sending to its answer) and images/s
@@ -39,6 +41,7 @@ TARGET_ONE_MS = 60.0
 TARGET_BATCHED_PER_S = 60.0
 READY_TIMEOUT_S = 600.0  # loading the turbo model (full SDXL size on a GPU)
 ALONE, ONE = "turbo backend alone, batch 1", "server, 1 request at a time"
+ONE_TINY = "server, 1 request at a time, tiny decoder"
 
 
 def concurrent_name(count: int) -> str:
@@ -53,8 +56,11 @@ def bench_thumbnails(bench: Bench) -> None:
     profile = bench.profile
     no_adapters = bench.work / "thumbnail-lora"  # thumbnails use none; the root must exist
     no_adapters.mkdir(exist_ok=True)
+    tiny_decoder = bench.work / "taesdxl"
     settings = Settings(
         backend="turbo",
+        tiny_decoder_path=tiny_decoder,
+        tiny_decoder_sha256=_write_random_tiny_decoder(tiny_decoder),
         turbo_model_path=bench.model_dir,
         lora_root=no_adapters,
         device="cuda" if bench.timer.cuda else "cpu",
@@ -69,15 +75,34 @@ def bench_thumbnails(bench: Bench) -> None:
         bench.results.notes.append("2 thumbnails: tiny (CPU): not a measurement")
 
 
+def _write_random_tiny_decoder(directory: Path) -> str:
+    """diffusers' default AutoencoderTiny (TAESD-XL's architecture) with random weights, the weights
+    file alone (as the chart fetches it); its sha256."""
+    import hashlib
+
+    import torch
+    from diffusers import AutoencoderTiny
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = directory / "diffusion_pytorch_model.safetensors"
+    model: Any = AutoencoderTiny()  # diffusers' stubs do not show nn.Module's methods
+    save_file(model.state_dict(), str(weights))
+    return hashlib.sha256(weights.read_bytes()).hexdigest()
+
+
 async def _drive(app: Any, bench: Bench, batch_wait_ms: float) -> None:
     import httpx
 
     profile, results = bench.profile, bench.results
     size = profile.turbo_size
     sequential = 1 if profile.tiny else 8  # batch-1 requests per round, one after another
-    names = [ALONE, ONE, *(concurrent_name(count) for count in CONCURRENT)]
-    images = {ALONE: sequential, ONE: sequential} | {concurrent_name(n): n for n in CONCURRENT}
-    concurrency = {ALONE: 1, ONE: 1} | {concurrent_name(n): n for n in CONCURRENT}
+    names = [ALONE, ONE, ONE_TINY, *(concurrent_name(count) for count in CONCURRENT)]
+    images = {ALONE: sequential, ONE: sequential, ONE_TINY: sequential} | {
+        concurrent_name(n): n for n in CONCURRENT
+    }
+    concurrency = {ALONE: 1, ONE: 1, ONE_TINY: 1} | {concurrent_name(n): n for n in CONCURRENT}
     # The tiny CPU run skips the warm-up round: it checks the path, its numbers mean nothing.
     rounds = Rounds(names, profile.thumbnail_rounds, warmup=0 if profile.tiny else 1)
     latencies: dict[str, list[float]] = {name: [] for name in names}
@@ -94,7 +119,7 @@ async def _drive(app: Any, bench: Bench, batch_wait_ms: float) -> None:
         backend = engine.backends["turbo"]
         histogram = engine.metrics.registry.get_sample_value
 
-        async def post(number: int) -> float:
+        async def post(number: int, decoder: str = "full") -> float:
             body = {
                 "prompt": f"a thumbnail of product {number}, studio photo",
                 "width": size,
@@ -103,6 +128,7 @@ async def _drive(app: Any, bench: Bench, batch_wait_ms: float) -> None:
                 "guidance_scale": 0.0,
                 "seed": number,
                 "response_format": "bytes",
+                "decoder": decoder,
             }
             began = time.perf_counter()
             answer = await client.post("/generate", json=body)
@@ -126,6 +152,8 @@ async def _drive(app: Any, bench: Bench, batch_wait_ms: float) -> None:
                 seconds = [alone(next(serial)) for _ in range(sequential)]
             elif name == ONE:
                 seconds = [await post(next(serial)) for _ in range(sequential)]
+            elif name == ONE_TINY:
+                seconds = [await post(next(serial), "tiny") for _ in range(sequential)]
             else:
                 seconds = list(await asyncio.gather(*(post(next(serial)) for _ in range(images[name]))))
             wall = time.perf_counter() - began

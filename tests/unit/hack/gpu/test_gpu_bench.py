@@ -46,6 +46,8 @@ def test_tiny_run_interleaves_the_variants_and_serves_thumbnails(tmp_path, hack_
         assert 1 < row["mean_batch"] <= row["concurrency"]  # the worker did batch them
         assert 0 < row["latency_p50_ms"] <= row["latency_p95_ms"]
     assert thumbnails["server, 1 request at a time"]["mean_batch"] == 1
+    tiny_decoder = thumbnails["server, 1 request at a time, tiny decoder"]
+    assert tiny_decoder["mean_batch"] == 1 and tiny_decoder["latency_p50_ms"] > 0
     table = (tmp_path / "gpu_bench.md").read_text()
     assert "one thumbnail <= 60 ms end to end in the server, >= 60 thumbnails/s batched" in table
     assert "tiny (CPU): not a measurement" in table
