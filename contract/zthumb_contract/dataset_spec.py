@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from zthumb_contract.spec_base import MAX_DOWNLOAD_BYTES, SecretKeyRef, SpecModel
 from zthumb_contract.volume_areas import on_volume
 
 # A dataset archive may hold what ``dataset_sources.Limits`` lets it unpack (50 GiB).
 DATASET_ARCHIVE_MAX_BYTES = 50 * 2**30
+# The most images ``holdout`` may name as a count; the holdout loss looks at a bounded few of them.
+HOLDOUT_MAX = 10_000
 
 S3_BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 
@@ -74,5 +76,18 @@ class DatasetSpec(SpecModel):
     trigger_word: str = "zthumb"
     resolution: int = Field(1024, ge=256, le=2048, multiple_of=64)
     bucketing: bool = True
+    # Images kept out of training to measure the denoising loss on (an overfitting signal): a
+    # count (a whole number >= 1) or a fraction (below 1) of the usable images; 0: none.
+    holdout: float = Field(0, ge=0, le=HOLDOUT_MAX)
     # One CLI option holding JSON (``--source '{"http": {...}}'``), as training.validation.
     source: DatasetSourceSpec = Field(default_factory=DatasetSourceSpec)
+
+    @field_validator("holdout")
+    @classmethod
+    def _a_count_or_a_fraction(cls, holdout: float) -> float:
+        if holdout >= 1 and not holdout.is_integer():
+            raise ValueError(
+                f"dataset.holdout: {holdout} is neither a fraction (below 1) nor a count of images "
+                "(a whole number)"
+            )
+        return holdout

@@ -83,7 +83,8 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
     started = time.monotonic()
     # Before minutes of model loading; the device accelerate picks below (CUDA when there is one).
     require_available(config.optimizer, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    dataset = load_manifest(config.run_dir)
+    prepared = load_manifest(config.run_dir)
+    dataset = prepared.for_training()  # the held-out images (spec.dataset.holdout) never reach a batch
     resume = resume_point(config.checkpoints_dir, dataset.dataset_hash)  # refuses a changed dataset
     if resume is not None:
         warn_on_ema_change(resume, config.ema_decay)
@@ -219,6 +220,7 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
     )  # fmt: skip
     summary["training"] = training_block(clock, device, session.setup_peak_bytes, loss_value)
     summary["validation"] = validation.summary()
+    summary["held_out_images"] = len(prepared.holdout_entries)
     if is_main:
         if config.export_dir is not None:
             from zthumb_trainer.export.adapter import AdapterInfo, export_adapter
