@@ -61,6 +61,38 @@ class LeakageBlock(Results):
     prompts: list[LeakagePrompt] = Field(default_factory=list)
 
 
+# The held-out loss is "rising" when its last pass is more than this fraction above the lowest pass
+# before it: noise between passes at fixed timesteps and seeded noise is far below 5 %, while an
+# adapter that memorises its training images drifts well past it.
+HOLDOUT_RISE_FRACTION = 0.05
+
+
+class HoldoutTrend(Results):
+    """The held-out loss over the passes of the train step (``spec.dataset.holdout``)."""
+
+    passes: int = Field(ge=1)
+    min_step: int
+    min_loss: float = Field(allow_inf_nan=False)
+    last_step: int
+    last_loss: float = Field(allow_inf_nan=False)
+    rising: bool  # last_loss > min_loss * (1 + HOLDOUT_RISE_FRACTION), the minimum before the last
+
+    @classmethod
+    def of(cls, steps: list[int], losses: list[float]) -> HoldoutTrend:
+        """The trend of passes in step order (at least one)."""
+        lowest = min(range(len(losses)), key=lambda index: (losses[index], steps[index]))
+        last = len(losses) - 1
+        rising = lowest < last and losses[last] > losses[lowest] * (1 + HOLDOUT_RISE_FRACTION)
+        return cls(
+            passes=len(losses),
+            min_step=steps[lowest],
+            min_loss=losses[lowest],
+            last_step=steps[last],
+            last_loss=losses[last],
+            rising=rising,
+        )
+
+
 class CurvesBlock(Results):
     """The training curves drawn by the eval step: each image path (relative to the report) is
     there only when that image was written."""
@@ -73,6 +105,7 @@ class CurvesBlock(Results):
     first_step: int | None = None
     last_step: int | None = None
     strip_steps: list[int] = Field(default_factory=list)
+    holdout: HoldoutTrend | None = None  # the held-out loss, drawn on the loss curve too
 
     def images(self) -> list[str]:
         return [path for path in (self.loss, self.learning_rate, self.validation_strip) if path]

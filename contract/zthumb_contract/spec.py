@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from zthumb_contract.dataset_spec import DatasetSpec
 from zthumb_contract.schedules import LrScheduler, schedule_refusal
+from zthumb_contract.spec_base import MAX_DOWNLOAD_BYTES, SecretKeyRef, SpecModel
 from zthumb_contract.volume_areas import check_apart, on_volume
 
 SDXL_BASE_URL = (
@@ -37,11 +38,9 @@ CLIP_CONFIG_PATH = "models/clip-vit-large-patch14-config"
 
 # Download limits (``maxBytes``): a server that sends more (or never stops) cannot fill the shared
 # volume. Each default leaves room above what it is for: SDXL base is 6.94 GB, the eval's CLIP
-# 1.71 GB; a dataset archive may hold what ``dataset_sources.Limits`` lets it unpack (50 GiB).
+# 1.71 GB; a dataset archive's is in ``dataset_spec``.
 BASE_MODEL_MAX_BYTES = 16 * 2**30
-DATASET_ARCHIVE_MAX_BYTES = 50 * 2**30
 CLIP_MAX_BYTES = 4 * 2**30
-MAX_DOWNLOAD_BYTES = 2**40
 
 DEFAULT_EVAL_PROMPTS = ["a photo of {trigger}", "a watercolor painting of {trigger} in a garden"]
 # Prompts without the trigger word: an adapter should leave them close to the base model.
@@ -55,16 +54,7 @@ LEAKAGE_PROMPTS_MAX = 16
 LEAKAGE_PROMPT_MAX_LENGTH = 1000
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
-
-
-class SecretKeyRef(_Spec):
-    name: str
-    key: str = "token"
-
-
-class BaseModelSpec(_Spec):
+class BaseModelSpec(SpecModel):
     url: str = SDXL_BASE_URL
     sha256: str = Field(SDXL_BASE_SHA256, pattern=r"^[0-9a-f]{64}$")
     path: Annotated[str, on_volume("baseModel.path")] = SDXL_BASE_PATH
@@ -76,72 +66,7 @@ class BaseModelSpec(_Spec):
     allow_insecure_http: bool = False
 
 
-S3_BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
-
-
-class HttpDatasetSource(_Spec):
-    """A zip or tar archive (gzip, bzip2 or xz compressed, or not) over HTTP(S), verified before it
-    is unpacked."""
-
-    url: str
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    # Sent as ``Authorization: Bearer`` to the URL's origin only (env ZTHUMB_DATASET_TOKEN).
-    token_secret_ref: SecretKeyRef | None = None
-    max_bytes: int = Field(DATASET_ARCHIVE_MAX_BYTES, ge=1, le=MAX_DOWNLOAD_BYTES)
-    allow_insecure_http: bool = False
-
-
-class S3Credentials(_Spec):
-    name: str
-    access_key_id_key: str = "accessKeyId"
-    secret_access_key_key: str = "secretAccessKey"
-
-
-class S3DatasetSource(_Spec):
-    """Every object under ``prefix`` of an S3 (or S3-compatible) bucket."""
-
-    bucket: str = Field(pattern=S3_BUCKET)
-    prefix: str = ""
-    # Unset: AWS. An S3-compatible server: its URL (MinIO, Ceph, versitygw, ...).
-    endpoint: str | None = None
-    region: str = "us-east-1"
-    # Unset: anonymous requests (a public bucket).
-    credentials_secret_ref: S3Credentials | None = None
-
-
-class DatasetSourceSpec(_Spec):
-    """Where the dataset comes from: the volume (``spec.dataset.path``, nothing set), an HTTP(S)
-    archive, or an S3 bucket prefix. A remote one is fetched by the prepare step into
-    ``datasets/cache/<content hash>/`` on the volume (``RunPaths.dataset_cache``) and reused while
-    its content is the same."""
-
-    http: HttpDatasetSource | None = None
-    s3: S3DatasetSource | None = None
-
-    @model_validator(mode="after")
-    def _one_source(self) -> DatasetSourceSpec:
-        if self.http is not None and self.s3 is not None:
-            raise ValueError("dataset.source: set http or s3, not both")
-        return self
-
-    @property
-    def remote(self) -> bool:
-        return self.http is not None or self.s3 is not None
-
-
-class DatasetSpec(_Spec):
-    # The dataset on the volume (a source of its own unless ``source`` names a remote one).
-    path: Annotated[str, on_volume("dataset.path")] = "datasets/default"
-    caption_format: Literal["txt", "jsonl"] = "txt"
-    missing_caption: Literal["fail", "trigger"] = "fail"
-    trigger_word: str = "zthumb"
-    resolution: int = Field(1024, ge=256, le=2048, multiple_of=64)
-    bucketing: bool = True
-    # One CLI option holding JSON (``--source '{"http": {...}}'``), as training.validation.
-    source: DatasetSourceSpec = Field(default_factory=DatasetSourceSpec)
-
-
-class ValidationSpec(_Spec):
+class ValidationSpec(SpecModel):
     """Sample images rendered by the train step itself with the current adapter (no server): a
     labelled grid (prompts x seeds) every ``every_n_steps`` steps and at the end, under
     ``<run-dir>/samples/``. No prompts (the default): off."""
@@ -157,7 +82,7 @@ class ValidationSpec(_Spec):
     guidance: float = Field(5.0, ge=0, le=30)
 
 
-class TrainingSpec(_Spec):
+class TrainingSpec(SpecModel):
     rank: int = Field(16, ge=1, le=256)
     alpha: float = Field(16, gt=0)
     learning_rate: float = Field(1e-4, gt=0, le=1)
@@ -206,7 +131,7 @@ class TrainingSpec(_Spec):
 MAX_NODES = 64
 
 
-class ResourcesSpec(_Spec):
+class ResourcesSpec(SpecModel):
     gpus: int = Field(1, ge=0, le=16)
     # Pods of the train step (one per node, each with ``gpus`` GPUs): >1 runs an Indexed Job with
     # a static torchrun rendezvous (docs/ARCHITECTURE.md, "Multi-node training").
@@ -232,12 +157,12 @@ class ResourcesSpec(_Spec):
         return nodes
 
 
-class StorageSpec(_Spec):
+class StorageSpec(SpecModel):
     claim_name: str = "zthumb-data"
     mount_path: str = "/data"
 
 
-class DeploySpec(_Spec):
+class DeploySpec(SpecModel):
     enabled: bool = True
     deployment: str = "zthumb"
     container: str = "zthumb"
@@ -246,7 +171,7 @@ class DeploySpec(_Spec):
     service_url: str | None = None
 
 
-class ClipSpec(_Spec):
+class ClipSpec(SpecModel):
     """The CLIP model of the eval's quality metrics, fetched and SHA256-verified like the base model
     and cached on the volume. Off: no CLIP-T / CLIP-I (and no gate on them)."""
 
@@ -263,7 +188,7 @@ class ClipSpec(_Spec):
     max_training_images: int = Field(64, ge=1, le=1024)
 
 
-class EvalGateSpec(_Spec):
+class EvalGateSpec(SpecModel):
     """Thresholds the evaluated adapter must meet to stay deployed (``zthumb_contract.gate``): a
     failed check rolls the Deployment back to the previous adapter and fails the run with reason
     EvalGateFailed. No threshold set (the default): no gate, every run that evaluates stays rolled
@@ -288,7 +213,7 @@ class EvalGateSpec(_Spec):
         return any(value is not None for value in self.model_dump().values())
 
 
-class EvalSpec(_Spec):
+class EvalSpec(SpecModel):
     enabled: bool = True
     # At least one each, as the CRD's minItems say (an empty list cannot be written as flags).
     prompts: list[str] = Field(
@@ -334,7 +259,7 @@ class _SecretNames:
 SECRET_NAMES = _SecretNames()
 
 
-class ImagesSpec(_Spec):
+class ImagesSpec(SpecModel):
     # Unset: the operator's ZTHUMB_OPERATOR_TRAINER_IMAGE.
     trainer: str | None = None
     pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
@@ -345,7 +270,7 @@ class ImagesSpec(_Spec):
     ] = Field(default_factory=list, max_length=8)
 
 
-class LoRAFinetuneSpec(_Spec):
+class LoRAFinetuneSpec(SpecModel):
     base_model: BaseModelSpec = Field(default_factory=BaseModelSpec)
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)

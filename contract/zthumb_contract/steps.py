@@ -18,7 +18,8 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from zthumb_contract import env
-from zthumb_contract.spec import DatasetSourceSpec, LoRAFinetuneSpec, SecretKeyRef
+from zthumb_contract.dataset_spec import DatasetSourceSpec
+from zthumb_contract.spec import LoRAFinetuneSpec, SecretKeyRef
 from zthumb_contract.volume_areas import DATASET_CACHE, LORA_ROOT, OUTPUTS
 
 # The train step's TensorBoard event files, below the run dir (``tensorboard --logdir`` on it).

@@ -109,12 +109,14 @@ def prepare_dataset(
             caption_format=spec.caption_format,
             missing_caption=spec.missing_caption,
             bucketing=spec.bucketing,
+            holdout=spec.holdout,
         )
     except DatasetError as error:
         raise _fail(str(error)) from error
     typer.echo(
         f"{len(prepared.entries)} images ready in {prepared.directory} "
-        f"({len(prepared.flagged)} flagged), dataset hash {prepared.dataset_hash[:12]}"
+        f"({len(prepared.flagged)} flagged, {len(prepared.holdout_entries)} held out), "
+        f"dataset hash {prepared.dataset_hash[:12]}"
     )
 
 

@@ -42,7 +42,7 @@ sys.stdin.readline()
 """
 DATASET_WRITER = (
     PREAMBLE.format(
-        imports="from zthumb_contract.spec import DatasetSourceSpec, HttpDatasetSource\n"
+        imports="from zthumb_contract.dataset_spec import DatasetSourceSpec, HttpDatasetSource\n"
         "from zthumb_trainer.dataset.sources import fetch_source"
     )
     + """

@@ -10,6 +10,9 @@ Output under the run directory (``outputs/lora/<run>/dataset/``):
   dataset hash that ties an exported adapter to the exact data it saw;
 * ``stats.json``: counts, bucket histogram and every flagged file.
 
+Images ``spec.dataset.holdout`` keeps out of training (``holdout.py``) are prepared like the rest
+and marked ``holdout`` in the manifest: train measures the denoising loss on them, never trains on them.
+
 The directory is written to a staging sibling of this writer's own and renamed (replacing what
 an earlier attempt of the run published), so ``train`` never reads half a dataset.
 """
@@ -21,11 +24,12 @@ import json
 import math
 import shutil
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from zthumb_trainer.atomic import publish_directory, staging_directory
+from zthumb_trainer.dataset.holdout import HoldoutError, held_out
 from zthumb_trainer.dataset.masks import MASK_SUFFIX, MaskError, is_mask, mask_for, prepare_mask
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -61,6 +65,8 @@ class ManifestEntry:
     crop_left: int
     # The prepared loss mask (``<image>.mask.png`` beside the source image; ``masks.py``), if any.
     mask: str | None = None
+    # Kept out of training (``spec.dataset.holdout``): only the holdout loss sees it.
+    holdout: bool = False
 
 
 @dataclass
@@ -75,6 +81,14 @@ class PreparedDataset:
     @property
     def manifest_path(self) -> Path:
         return self.directory / "manifest.json"
+
+    def for_training(self) -> PreparedDataset:
+        """This dataset without its held-out images: what training batches are drawn from."""
+        return replace(self, entries=[entry for entry in self.entries if not entry.holdout])
+
+    @property
+    def holdout_entries(self) -> list[ManifestEntry]:
+        return [entry for entry in self.entries if entry.holdout]
 
 
 def dataset_dir(run_dir: Path) -> Path:
@@ -168,6 +182,7 @@ def prepare_dataset(
     missing_caption: str = "fail",
     bucketing: bool = True,
     min_side: int | None = None,
+    holdout: float = 0,
 ) -> PreparedDataset:
     """Validate and normalise ``source`` into ``<run_dir>/dataset``; raise DatasetError naming files."""
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -260,7 +275,15 @@ def prepare_dataset(
         reasons = [f"{item['file']}: {item['reason']}" for item in flagged]
         raise DatasetError(f"no usable images in {source}:{_short(reasons)}")
 
+    try:
+        held = held_out([entry.source for entry in entries], holdout)
+    except HoldoutError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise DatasetError(str(error)) from error
+    entries = [replace(entry, holdout=entry.source in held) for entry in entries]
     digest.update(f"{resolution}:{bucketing}".encode())
+    if held:  # the split is part of what training saw (no holdout: the hash of earlier releases)
+        digest.update(f":holdout:{holdout:g}".encode())
     prepared = PreparedDataset(
         directory=target,
         entries=entries,
@@ -274,6 +297,7 @@ def prepare_dataset(
         "source": str(source),
         "resolution": resolution,
         "bucketing": bucketing,
+        "holdout": holdout,
         "trigger_word": trigger_word,
         "dataset_hash": prepared.dataset_hash,
         "entries": [asdict(entry) for entry in entries],
@@ -295,6 +319,7 @@ def dataset_stats(prepared: PreparedDataset, found: int) -> dict[str, Any]:
     return {
         "images_found": found,
         "images_used": len(prepared.entries),
+        "images_held_out": len(prepared.holdout_entries),
         "flagged": prepared.flagged,
         "buckets": histogram,
         "caption_words": {"min": min(words), "max": max(words), "mean": sum(words) / len(words)},

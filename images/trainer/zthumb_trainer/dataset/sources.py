@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 import httpx
 from zthumb_contract import env
-from zthumb_contract.spec import DatasetSourceSpec, HttpDatasetSource, S3DatasetSource
+from zthumb_contract.dataset_spec import DatasetSourceSpec, HttpDatasetSource, S3DatasetSource
 
 from zthumb_trainer.atomic import publish_new_directory, staging_directory
 from zthumb_trainer.dataset.archives import DEFAULT_LIMITS, Limits, SourceError, safe_name, unpack

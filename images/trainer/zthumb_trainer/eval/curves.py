@@ -1,6 +1,7 @@
 """The training curves of an eval report, as PNG images a person can look at: the loss (raw and
-smoothed) and the learning rate over the steps, from the train step's ``progress.jsonl``, and the
-validation grids side by side in step order (one strip).
+smoothed, with the held-out loss where the run had held-out images) and the learning rate over the
+steps, from the train step's ``progress.jsonl``, and the validation grids side by side in step
+order (one strip). The held-out loss's trend (``HoldoutTrend``: is it rising?) goes to the block.
 
 Bounded whatever the run left behind: at most ``MAX_PROGRESS_BYTES`` of the log are read (its
 newest part), a line longer than ``MAX_LINE_BYTES`` is skipped, the curves are drawn from at most
@@ -12,13 +13,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import matplotlib
 import numpy as np
 from PIL import Image
+from zthumb_contract.eval_report import HoldoutTrend
 
 matplotlib.use("Agg")  # headless: the eval pod has no display
 from matplotlib.figure import Figure
@@ -42,11 +44,19 @@ STRIP_GAP = 8
 
 @dataclass(frozen=True)
 class Progress:
-    """The logged steps in step order, each with its loss and learning rate (NaN: not logged)."""
+    """The logged steps in step order, each with its loss and learning rate (NaN: not logged), and
+    the held-out loss passes (``holdout_loss`` records) in step order."""
 
     steps: np.ndarray
     losses: np.ndarray
     learning_rates: np.ndarray
+    holdout_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    holdout_losses: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def holdout_trend(self) -> HoldoutTrend | None:
+        if not len(self.holdout_steps):
+            return None
+        return HoldoutTrend.of(self.holdout_steps.tolist(), self.holdout_losses.tolist())
 
 
 def read_progress(path: Path) -> Progress | None:
@@ -59,9 +69,14 @@ def read_progress(path: Path) -> Progress | None:
             if size > MAX_PROGRESS_BYTES:
                 handle.readline(MAX_LINE_BYTES)  # a partial first line
             records: dict[int, tuple[float, float]] = {}
+            holdout: dict[int, float] = {}
             while line := handle.readline(MAX_LINE_BYTES + 1):
-                if len(line) <= MAX_LINE_BYTES and (record := _record(line)) is not None:
+                if len(line) > MAX_LINE_BYTES:
+                    continue
+                if (record := _record(line)) is not None:
                     records[record[0]] = record[1:]
+                elif (point := _holdout_record(line)) is not None:
+                    holdout[point[0]] = point[1]
     except OSError:
         return None
     if not records:
@@ -71,6 +86,8 @@ def read_progress(path: Path) -> Progress | None:
         steps=np.asarray(steps, dtype=np.int64),
         losses=np.asarray([records[step][0] for step in steps], dtype=np.float64),
         learning_rates=np.asarray([records[step][1] for step in steps], dtype=np.float64),
+        holdout_steps=np.asarray(sorted(holdout), dtype=np.int64),
+        holdout_losses=np.asarray([holdout[step] for step in sorted(holdout)], dtype=np.float64),
     )
 
 
@@ -82,6 +99,15 @@ def _record(line: bytes) -> tuple[int, float, float] | None:
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
         return None
     return (step, loss, learning_rate) if step >= 0 and math.isfinite(loss) else None
+
+
+def _holdout_record(line: bytes) -> tuple[int, float] | None:
+    try:
+        record = json.loads(line)
+        step, loss = int(record["step"]), float(record["holdout_loss"])
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
+        return None
+    return (step, loss) if step >= 0 and math.isfinite(loss) else None
 
 
 def smoothed(values: np.ndarray, weight: float = SMOOTHING) -> np.ndarray:
@@ -123,9 +149,13 @@ def _figure(title: str, ylabel: str) -> tuple[Figure, Any]:
 
 def draw_loss(progress: Progress, path: Path) -> None:
     steps, raw, smooth = downsample(progress.steps, progress.losses, smoothed(progress.losses))
-    figure, axes = _figure("Training loss", "loss")
+    held_out = len(progress.holdout_steps) > 0
+    figure, axes = _figure("Training and held-out loss" if held_out else "Training loss", "loss")
     axes.plot(steps, raw, color="tab:blue", alpha=0.35, linewidth=1, label="raw")
     axes.plot(steps, smooth, color="tab:blue", linewidth=2, label=f"smoothed ({SMOOTHING:g} EMA)")
+    if held_out:
+        holdout_steps, holdout_losses = downsample(progress.holdout_steps, progress.holdout_losses)
+        axes.plot(holdout_steps, holdout_losses, color="tab:red", marker="o", linewidth=2, label="held-out")
     axes.legend(loc="upper right")
     figure.savefig(path)
 
@@ -194,6 +224,8 @@ def write_curves(
             "first_step": int(progress.steps[0]),
             "last_step": int(progress.steps[-1]),
         }
+        if (trend := progress.holdout_trend()) is not None:
+            block["holdout"] = trend.model_dump()
         if draw_learning_rate(progress, staging / LEARNING_RATE_IMAGE):
             block["learning_rate"] = LEARNING_RATE_IMAGE
     if grids and (drawn := draw_validation_strip(grids, staging / VALIDATION_STRIP_IMAGE)):

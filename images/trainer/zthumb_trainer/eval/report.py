@@ -3,9 +3,17 @@ verdict under the title, the numbers, the metrics per LoRA scale, the pairs, the
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from zthumb_contract.eval_report import ClipBlock, CurvesBlock, EvalReport, LeakageBlock
+from zthumb_contract.eval_report import (
+    HOLDOUT_RISE_FRACTION,
+    ClipBlock,
+    CurvesBlock,
+    EvalReport,
+    HoldoutTrend,
+    LeakageBlock,
+)
 
 from zthumb_trainer.train.measure import training_markdown
 
@@ -81,6 +89,7 @@ def curves_markdown(curves: CurvesBlock | None) -> list[str]:
             f"![training loss]({curves.loss})",
             "",
         ]
+    lines += holdout_markdown(curves.holdout)
     if curves.learning_rate:
         lines += [f"![learning rate]({curves.learning_rate})", ""]
     if curves.validation_strip:
@@ -89,6 +98,26 @@ def curves_markdown(curves: CurvesBlock | None) -> list[str]:
             f"Validation grids at steps {steps}:",
             "",
             f"![validation grids across steps]({curves.validation_strip})",
+            "",
+        ]
+    return lines
+
+
+def holdout_markdown(trend: HoldoutTrend | None) -> list[str]:
+    """The held-out loss in numbers, and a call-out when it is rising (``HoldoutTrend.rising``)."""
+    if trend is None:
+        return []
+    lines = [
+        f"Held-out loss ({trend.passes} passes): lowest {trend.min_loss:.5f} at step {trend.min_step}, "
+        f"last {trend.last_loss:.5f} at step {trend.last_step}.",
+        "",
+    ]
+    if trend.rising:
+        rise = (trend.last_loss / trend.min_loss - 1) * 100 if trend.min_loss > 0 else math.inf
+        lines += [
+            f"> **Held-out loss rising**: {rise:.1f} % above its lowest (step {trend.min_step}), more "
+            f"than {HOLDOUT_RISE_FRACTION:.0%}: the adapter may be overfitting its training images; "
+            f"the checkpoint nearest step {trend.min_step} may generalise better.",
             "",
         ]
     return lines

@@ -58,6 +58,7 @@ from zthumb_trainer.train.checkpoints import (
     save_checkpoint,
 )
 from zthumb_trainer.train.config import TrainConfig
+from zthumb_trainer.train.holdout_loss import HoldoutLoss, holdout_due
 from zthumb_trainer.train.loss_log import LossLog
 from zthumb_trainer.train.measure import StepClock, training_block
 from zthumb_trainer.train.optim import ema_applied, require_available
@@ -83,7 +84,8 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
     started = time.monotonic()
     # Before minutes of model loading; the device accelerate picks below (CUDA when there is one).
     require_available(config.optimizer, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    dataset = load_manifest(config.run_dir)
+    prepared = load_manifest(config.run_dir)
+    dataset = prepared.for_training()  # the held-out images (spec.dataset.holdout) never reach a batch
     resume = resume_point(config.checkpoints_dir, dataset.dataset_hash)  # refuses a changed dataset
     if resume is not None:
         warn_on_ema_change(resume, config.ema_decay)
@@ -92,6 +94,10 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
     validation = Validation(  # samples with the current adapter (validation.py): rank 0 renders
         config.validation, config.run_dir, session.components, unwrapped["unet"], device,
         dataset.resolution, config.trigger_word, render=accelerator.is_main_process,
+    )  # fmt: skip
+    holdout = HoldoutLoss(  # the loss on the held-out images (holdout_loss.py): rank 0 measures
+        session.components, unwrapped["unet"], prepared, device=device, seed=config.seed,
+        weight_dtype=session.weight_dtype,
     )  # fmt: skip
     inputs = StepInputs(
         session.components, dataset, session.cache, device=device, seed=config.seed,
@@ -151,6 +157,11 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
             tensorboard.image(at_step, validation.directory / image_name(at_step))
         return seconds
 
+    def measure_holdout(at_step: int) -> float:
+        seconds = holdout.record(at_step, progress_log, tensorboard) if is_main else 0.0
+        loss_log.rate.exclude(seconds)
+        return seconds
+
     def stop_requested() -> bool:
         stop = stop_signal.received is not None
         if accelerator.num_processes > 1:  # every rank stops at the same step, or a collective hangs
@@ -183,6 +194,8 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
                 tensorboard.flush()
             if validation.due(step) and step < config.max_train_steps:  # the last: after the loop
                 clock.exclude(validate(step))
+            if holdout_due(config.validation.every_n_steps, step) and step < config.max_train_steps:
+                clock.exclude(measure_holdout(step))
             if step < config.max_train_steps and stop_requested():
                 if loss_log.pending:  # a collective on every rank: stop_requested() agreed on the step
                     loss_value = loss_log.flush()
@@ -210,6 +223,7 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
     clock.finish()
     train_seconds = time.monotonic() - loss_log.started - validation.seconds
     validate(config.max_train_steps)  # unless a resumed run has it on disk
+    measure_holdout(config.max_train_steps)
     tensorboard.close()
     if loss_value is None and resume is not None:
         loss_value = resume.state.get("loss")
@@ -219,6 +233,7 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
     )  # fmt: skip
     summary["training"] = training_block(clock, device, session.setup_peak_bytes, loss_value)
     summary["validation"] = validation.summary()
+    summary["holdout"] = holdout.summary()
     if is_main:
         if config.export_dir is not None:
             from zthumb_trainer.export.adapter import AdapterInfo, export_adapter

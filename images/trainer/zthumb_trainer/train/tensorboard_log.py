@@ -41,6 +41,7 @@ GRAD_NORM = "train/grad_norm"
 STEPS_PER_SECOND = "perf/steps_per_second"
 PEAK_MEMORY = "perf/peak_memory_gib"
 VALIDATION_SAMPLES = "validation/samples"
+HOLDOUT_LOSS = "holdout/loss"
 SMOOTHING = 0.9
 
 
@@ -117,6 +118,10 @@ class TensorBoardLog:
             writer.add_scalar(PEAK_MEMORY, peak_memory(self.device)[0] / 2**30, step)
 
         self._write(write)
+
+    def holdout(self, step: int, loss: float) -> None:
+        """The loss on the held-out images (``holdout_loss.py``) at its step."""
+        self._write(lambda writer: writer.add_scalar(HOLDOUT_LOSS, loss, step))
 
     def image(self, step: int, path: Path) -> None:
         """A validation grid (the PNG the pass wrote) at its step."""

@@ -100,7 +100,7 @@ def summary_block(passes: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-class _RngState:
+class RngState:
     """The global RNG states a render could touch, restored bit for bit afterwards."""
 
     def __init__(self) -> None:
@@ -202,7 +202,7 @@ class Validation:
         modes = [module.training for module in modules]
         # On a GPU the VAE and text encoders may wait on the CPU (the latent cache made them idle).
         homes = [next(module.parameters()).device for module in modules[1:]]
-        rng = _RngState()
+        rng = RngState()
         try:
             for module in modules:
                 module.eval()

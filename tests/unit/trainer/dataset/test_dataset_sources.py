@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from zthumb_contract.spec import DatasetSourceSpec, HttpDatasetSource, S3DatasetSource
+from zthumb_contract.dataset_spec import DatasetSourceSpec, HttpDatasetSource, S3DatasetSource
 from zthumb_trainer.dataset.sources import (
     COMPLETE,
     KEEP_DATASETS,
