@@ -36,6 +36,23 @@ def test_the_report_page_shows_the_curves_and_serves_them(make_client, reports_d
     assert "Training curves" not in client.get("/reports/plain/").text
 
 
+@pytest.mark.parametrize(("losses", "rising"), [((0.30, 0.20, 0.25), True), ((0.30, 0.25, 0.20), False)])
+def test_the_page_shows_the_held_out_loss_and_calls_out_a_rise(make_client, reports_dir, losses, rising):
+    from zthumb_contract.eval_report import HoldoutTrend
+
+    summary_file = reports_dir / "curvy" / "summary.json"
+    summary = json.loads(summary_file.read_text())
+    summary["curves"]["holdout"] = HoldoutTrend.of([100, 200, 300], list(losses)).model_dump()
+    summary_file.write_text(json.dumps(summary))
+    html = make_client(reports_dir=reports_dir).get("/reports/curvy/").text
+    assert 'id="holdout"' in html and "the held-out images' loss in red" in html
+    assert f"last {losses[-1]:.5f} at step 300" in html
+    assert ('id="holdout-rising"' in html) is rising
+    if rising:
+        assert "25.0 % above its lowest (step 200)" in html
+    assert 'id="holdout"' not in make_client(reports_dir=reports_dir).get("/reports/plain/").text
+
+
 def test_the_index_shows_key_numbers_and_a_thumbnail_newest_first(make_client, reports_dir):
     client = make_client(reports_dir=reports_dir)
     html = client.get("/reports/").text
