@@ -136,7 +136,7 @@ def test_two_adapters_match_diffusers_set_adapters(client, tiny_model, lora_root
     plain.set_progress_bar_config(disable=True)
     plain.load_lora_weights(str(lora_root / A), adapter_name="a")
     plain.load_lora_weights(str(lora_root / B), adapter_name="b")
-    stand_in = SimpleNamespace(pipe=plain, compel=CompelForSDXL(plain, device="cpu"))
+    stand_in = SimpleNamespace(pipe=plain, compel=CompelForSDXL(plain, device="cpu"), tiny_decoder=None)
     # Backend.generate encodes through the instance; a plain pipeline stands in for one here.
     stand_in.encode_prompt = lambda params: Backend.encode_uncached(stand_in, params)
     params = GenerationParams(PROMPT, None, SIZE, SIZE, 2, 6.0, seed=7, num_images=1)
