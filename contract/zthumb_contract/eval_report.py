@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, computed_field, field_validator
 
 from zthumb_contract.results import EvalSummary, Results, TrainResults
 
@@ -76,6 +76,13 @@ class HoldoutTrend(Results):
     last_step: int
     last_loss: float = Field(allow_inf_nan=False)
     rising: bool  # last_loss > min_loss * (1 + HOLDOUT_RISE_FRACTION), the minimum before the last
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def rise_percent(self) -> float | None:
+        """How far the last pass is above the lowest, in percent (None when the lowest is 0:
+        no finite ratio). Dumped with the model, so the report page reads the same number."""
+        return (self.last_loss / self.min_loss - 1) * 100 if self.min_loss > 0 else None
 
     @classmethod
     def of(cls, steps: list[int], losses: list[float]) -> HoldoutTrend:

@@ -3,7 +3,6 @@ verdict under the title, the numbers, the metrics per LoRA scale, the pairs, the
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from zthumb_contract.eval_report import (
@@ -113,9 +112,9 @@ def holdout_markdown(trend: HoldoutTrend | None) -> list[str]:
         "",
     ]
     if trend.rising:
-        rise = (trend.last_loss / trend.min_loss - 1) * 100 if trend.min_loss > 0 else math.inf
+        rise = "∞" if trend.rise_percent is None else f"{trend.rise_percent:.1f}"
         lines += [
-            f"> **Held-out loss rising**: {rise:.1f} % above its lowest (step {trend.min_step}), more "
+            f"> **Held-out loss rising**: {rise} % above its lowest (step {trend.min_step}), more "
             f"than {HOLDOUT_RISE_FRACTION:.0%}: the adapter may be overfitting its training images; "
             f"the checkpoint nearest step {trend.min_step} may generalise better.",
             "",

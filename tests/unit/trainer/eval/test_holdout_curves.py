@@ -78,3 +78,11 @@ def test_the_report_calls_out_a_rising_held_out_loss_and_not_a_falling_one(tmp_p
     falling, _ = _drawn(tmp_path / "falling", [0.5, 0.4, 0.3, 0.25])
     text = "\n".join(curves_markdown(falling))
     assert "Held-out loss (4 passes)" in text and "rising" not in text
+
+
+def test_the_rise_in_percent_is_dumped_with_the_trend_for_the_page_and_read_back_without_it():
+    trend = HoldoutTrend.of([10, 20, 30], [0.4, 0.2, 0.25])
+    dumped = trend.model_dump()
+    assert dumped["rise_percent"] == pytest.approx(25.0)
+    assert HoldoutTrend.model_validate(json.loads(trend.model_dump_json(by_alias=True))) == trend
+    assert HoldoutTrend.of([1, 2], [0.0, 0.1]).rise_percent is None  # no finite ratio from 0
