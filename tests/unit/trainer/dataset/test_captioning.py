@@ -11,6 +11,8 @@ from PIL import Image
 from pydantic import ValidationError
 from typer.testing import CliRunner
 from zthumb_contract.dataset_spec import CaptioningSpec, DatasetSpec
+from zthumb_contract.spec import LoRAFinetuneSpec
+from zthumb_contract.steps import RunPaths, prepare_dataset_step
 from zthumb_trainer.cli import app
 from zthumb_trainer.dataset.captioning import SAMPLE_SIZE, CaptioningError, CaptioningRun
 from zthumb_trainer.dataset.prepare import DatasetError, load_manifest, prepare_dataset
@@ -188,17 +190,21 @@ def test_enabled_needs_a_pinned_model(field):
     assert CaptioningSpec.model_validate({}).enabled is False  # off: nothing needed
 
 
-def test_the_cli_captions_and_needs_the_model_paths(tmp_path, blip_server, blip_files):
-    source = _dataset(tmp_path / "data", [None, "a blue disc"])
-    option = json.dumps(_spec(blip_server, blip_files))
-    base = ["prepare-dataset", "--dataset", str(source), "--output", str(tmp_path / "run"),
-            "--resolution", "256", "--trigger-word", "zt", "--captioning", option]  # fmt: skip
-    refused = CliRunner().invoke(app, base)
-    assert refused.exit_code == 1 and "--captioning-model" in refused.output
-    models = tmp_path / "models"
-    result = CliRunner().invoke(
-        app, [*base, "--captioning-model", str(models / "c.safetensors"), "--captioning-config", str(models / "c")]
+def test_the_prepare_step_argv_captions_through_the_cli(tmp_path, blip_server, blip_files):
+    """The operator's (and the local runner's) prepare-dataset argv, run through the trainer CLI."""
+    data = tmp_path / "data"
+    _dataset(data / "datasets" / "default", [None, "a blue disc"])
+    spec = LoRAFinetuneSpec.model_validate(
+        {"dataset": {"resolution": 256, "triggerWord": "zt", "captioning": _spec(blip_server, blip_files)}}
     )
+    step = prepare_dataset_step(RunPaths(str(data), "run", spec))
+    without_paths = [arg for arg in step.args if not arg.startswith(str(data / "models"))]
+    without_paths = [arg for arg in without_paths if arg not in ("--captioning-model", "--captioning-config")]
+    refused = CliRunner().invoke(app, without_paths)
+    assert refused.exit_code == 1 and "--captioning-model" in refused.output
+    result = CliRunner().invoke(app, list(step.args))
     assert result.exit_code == 0, result.output
-    entries = load_manifest(tmp_path / "run").entries
+    entries = load_manifest(data / "outputs" / "lora" / "run").entries
     assert [entry.caption_generated for entry in entries] == [True, False]
+    assert entries[1].caption == "zt, a blue disc"
+    assert (data / "models" / "captioner.safetensors.verified").exists()  # verified once, cached
