@@ -163,3 +163,27 @@ def test_another_authorization_scheme_is_refused_not_ignored(make_client, report
     # A header that is not a valid bearer token is an answer of its own, the cookie aside.
     assert client.get("/reports/", headers={"Authorization": f"Basic {KEY}"}).status_code == 401
     assert client.get("/models", headers={"Authorization": f"Basic {KEY}"}).status_code == 401
+
+
+def test_a_report_page_shows_the_generated_captions_escaped(make_client, tmp_path):
+    import json
+
+    directory = write_report(tmp_path / "reports", "captioned")
+    summary = json.loads((directory / "summary.json").read_text())
+    summary["captioning"] = {
+        "model": {"name": "blip.safetensors", "url": "http://x/blip.safetensors", "sha256": "ef" * 32},
+        "mode": "missing",
+        "generated": 12,
+        "samples": [
+            {"source": "cats/001.jpg", "caption": "zt, a cat on a sofa"},
+            {"source": "cats/002.jpg", "caption": "zt, <script>alert(1)</script>"},
+        ],
+    }
+    (directory / "summary.json").write_text(json.dumps(summary))
+    html = make_client(reports_dir=tmp_path / "reports").get("/reports/captioned/").text
+    assert "12 caption(s) written by blip.safetensors" in html and "mode missing" in html
+    assert "<tr><td>cats/001.jpg</td><td>zt, a cat on a sofa</td></tr>" in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script" not in html
+    plain = make_client(reports_dir=tmp_path / "reports")
+    write_report(tmp_path / "reports", "plain")
+    assert "Generated captions" not in plain.get("/reports/plain/").text

@@ -14,6 +14,7 @@ of ``batchSize``, each opened, captioned and released, with one progress line pe
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -159,3 +160,14 @@ def captioning_stats(run: CaptioningRun, entries: Sequence[Any]) -> dict[str, An
         "generated": len(generated),
         "samples": [{"source": entry.source, "caption": entry.caption} for entry in generated[:SAMPLE_SIZE]],
     }
+
+
+def read_captioning_stats(dataset_dir: Path) -> dict[str, Any] | None:
+    """The ``captioning`` block of a prepared dataset's stats.json; None without one (no captioning,
+    or no prepared dataset: the eval reports what there is)."""
+    try:
+        stats = json.loads((dataset_dir / "stats.json").read_text())
+    except (OSError, ValueError):
+        return None
+    block = stats.get("captioning") if isinstance(stats, dict) else None
+    return block if isinstance(block, dict) else None

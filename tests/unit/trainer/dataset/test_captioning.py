@@ -208,3 +208,38 @@ def test_the_prepare_step_argv_captions_through_the_cli(tmp_path, blip_server, b
     assert [entry.caption_generated for entry in entries] == [True, False]
     assert entries[1].caption == "zt, a blue disc"
     assert (data / "models" / "captioner.safetensors.verified").exists()  # verified once, cached
+
+
+def test_the_eval_report_shows_a_sample_of_the_generated_captions(tmp_path, blip_server, blip_files):
+    from zthumb_trainer.eval.config import EvalConfig
+    from zthumb_trainer.eval.run import write_report
+
+    run_dir = tmp_path / "outputs" / "lora" / "run"
+    source = _dataset(tmp_path / "data", [None] * (SAMPLE_SIZE + 1) + ["a blue disc"])
+    prepared = _prepare(source, run_dir, _run(tmp_path, blip_server, blip_files, batchSize=4))
+    (run_dir / "summary.json").write_text("{}")
+    config = EvalConfig(server_url="http://127.0.0.1:9", output=tmp_path / "eval", run_name="run", lora_path="run",
+                        train_summary=run_dir / "summary.json", clip={"enabled": False})  # fmt: skip
+    report = write_report(config, [], {}, 1.0)
+    assert report.captioning is not None
+    assert report.captioning.generated == SAMPLE_SIZE + 1 and report.captioning.mode == "missing"
+    expected = [(e.source, e.caption) for e in prepared.entries if e.caption_generated][:SAMPLE_SIZE]
+    assert [(s.source, s.caption) for s in report.captioning.samples] == expected
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert len(summary["captioning"]["samples"]) == SAMPLE_SIZE
+    markdown = (tmp_path / "eval" / "report.md").read_text()
+    assert f"## Generated captions\n\n{SAMPLE_SIZE + 1} caption(s) written by `captioner.safetensors`" in markdown
+    assert f"| `000.png` | {expected[0][1]} |" in markdown
+
+
+def test_no_captioning_no_report_section(tmp_path):
+    from zthumb_trainer.eval.config import EvalConfig
+    from zthumb_trainer.eval.run import write_report
+
+    run_dir = tmp_path / "run"
+    _prepare(_dataset(tmp_path / "data", ["a red square"]), run_dir)
+    (run_dir / "summary.json").write_text("{}")
+    config = EvalConfig(server_url="http://127.0.0.1:9", output=tmp_path / "eval", run_name="run", lora_path="run",
+                        train_summary=run_dir / "summary.json", clip={"enabled": False})  # fmt: skip
+    assert write_report(config, [], {}, 1.0).captioning is None
+    assert "Generated captions" not in (tmp_path / "eval" / "report.md").read_text()
