@@ -20,7 +20,7 @@ S3_BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 # Where the captioning model (``spec.dataset.captioning``) lives on the volume by default.
 CAPTIONER_PATH = "models/captioner.safetensors"
 CAPTIONER_CONFIG_PATH = "models/captioner-config"
-# BLIP large's weights are 1.88 GB; the default leaves room above it.
+# The default leaves room for BLIP large's weights (at most 1 TiB may be set, as for every download).
 CAPTIONER_MAX_BYTES = 4 * 2**30
 # Bounds of one caption and of one batch: the prepare step runs on a CPU with 4 GiB.
 CAPTION_MAX_NEW_TOKENS = 128
