@@ -110,7 +110,8 @@ class CaptioningSpec(SpecModel):
                 if getattr(self, name) is None:
                     raise ValueError(
                         f"dataset.captioning.{alias} is required when dataset.captioning.enabled: the "
-                        "captioning model is downloaded from url, verified by sha256, configured from configUrl"
+                        "captioning model is downloaded from url, verified by sha256, configured from "
+                        "configUrl"
                     )
         return self
 

@@ -78,7 +78,7 @@ def fetch_model(  # noqa: PLR0917 - one option per flag
 
 @app.command("prepare-dataset")
 @spec_options(DatasetSpec, "spec", exclude={"path", "trigger_word"})
-def prepare_dataset(
+def prepare_dataset(  # noqa: PLR0917 - one option per flag
     dataset: Annotated[Path, typer.Option(help="Directory with images and captions (see DATASETS.md).")],
     output: Annotated[Path, typer.Option(help="The run directory; the dataset goes to <output>/dataset.")],
     trigger_word: Annotated[str, typer.Option(help="Put in front of every caption that lacks it.")] = "",
@@ -104,7 +104,9 @@ def prepare_dataset(
     captioning = None
     if spec.captioning.enabled:
         if captioning_model is None or captioning_config is None:
-            raise _fail("--captioning with enabled needs --captioning-model and --captioning-config (below models/)")
+            raise _fail(
+                "--captioning with enabled needs --captioning-model and --captioning-config (below models/)"
+            )
         captioning = CaptioningRun(spec.captioning, captioning_model, captioning_config)
 
     if spec.source.remote:

@@ -13,7 +13,11 @@ from pydantic import ValidationError
 from zthumb_contract.spec import LoRAFinetuneSpec
 
 _CEL = celpy.Environment()
-PINNED = {"url": "https://example.com/blip/model.safetensors", "sha256": "a" * 64, "configUrl": "https://example.com/blip/"}
+PINNED = {
+    "url": "https://example.com/blip/model.safetensors",
+    "sha256": "a" * 64,
+    "configUrl": "https://example.com/blip/",
+}
 
 
 def _captioning_node() -> dict[str, Any]:
@@ -43,7 +47,10 @@ def test_enabled_with_a_pinned_model_is_accepted_by_both() -> None:
     captioning = {"enabled": True, "mode": "all", **PINNED}
     assert _refusing_rules(captioning) == []
     jsonschema.Draft4Validator(_captioning_node()).validate(captioning)
-    assert LoRAFinetuneSpec.model_validate({"dataset": {"captioning": captioning}}).dataset.captioning.mode == "all"
+    assert (
+        LoRAFinetuneSpec.model_validate({"dataset": {"captioning": captioning}}).dataset.captioning.mode
+        == "all"
+    )
 
 
 @pytest.mark.parametrize("field", ["url", "sha256", "configUrl"])

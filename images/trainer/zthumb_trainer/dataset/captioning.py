@@ -120,7 +120,9 @@ class Captioner:
             output = self.model.generate(
                 **inputs, max_new_tokens=self.spec.max_new_tokens, do_sample=False, num_beams=1
             )
-        return [" ".join(text.split()) for text in self.processor.batch_decode(output, skip_special_tokens=True)]
+        return [
+            " ".join(text.split()) for text in self.processor.batch_decode(output, skip_special_tokens=True)
+        ]
 
 
 def generate_captions(

@@ -183,7 +183,8 @@ def prepare_dataset(
     if missing and missing_caption == "fail":
         raise DatasetError(
             f"{len(missing)} image(s) have no caption (missingCaption: fail; set it to 'trigger' to "
-            f"caption them with the trigger word, or enable captioning to caption them with a model):{_short(missing)}"
+            "caption them with the trigger word, or enable captioning to caption them with a model):"
+            f"{_short(missing)}"
         )
     if missing and not trigger_word:
         raise DatasetError(f"images without captions and no trigger word to use instead:{_short(missing)}")

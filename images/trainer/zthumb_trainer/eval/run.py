@@ -242,7 +242,9 @@ def write_report(
         "base_model": _base_model_info(models, first_response.get("backend")),
         "training": read_training_block(config.train_summary),
         # The prepared dataset beside the train summary: its generated captions, if a model wrote any.
-        "captioning": read_captioning_stats(dataset_dir(config.train_summary.parent)) if config.train_summary else None,
+        "captioning": read_captioning_stats(dataset_dir(config.train_summary.parent))
+        if config.train_summary
+        else None,
         "clip": clip,
         "leakage": leakage,
         "pairs": pairs,

@@ -23,9 +23,10 @@ SEED = 0
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]")
 # Mostly whole words, so that a random decoder mostly picks words rather than special tokens.
 WORDS = (
-    "a photo of the cat dog red blue green small large house tree sky river man woman car street "
-    "with on in and near old new bright dark sitting standing flower mountain boat window"
-).split()
+    *("a", "photo", "of", "the", "cat", "dog", "red", "blue", "green", "small", "large", "house"),
+    *("tree", "sky", "river", "man", "woman", "car", "street", "with", "on", "in", "and", "near"),
+    *("old", "new", "bright", "dark", "sitting", "standing", "flower", "mountain", "boat", "window"),
+)
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,10 @@ def build_tiny_blip(root: Path) -> TinyBlip:
     config_dir.mkdir(parents=True)
     vocab = _vocab()
     common = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    # BLIP's decoder starts from [DEC] and stops at [SEP], as the published checkpoints do.
     text = {"vocab_size": len(vocab), "max_position_embeddings": 64, "bos_token_id": vocab["[DEC]"],
-            "pad_token_id": vocab["[PAD]"], "sep_token_id": vocab["[SEP]"], "eos_token_id": vocab["[SEP]"]}  # fmt: skip
+            "pad_token_id": vocab["[PAD]"], "sep_token_id": vocab["[SEP]"],
+            "eos_token_id": vocab["[SEP]"]}  # fmt: skip
     config = BlipConfig(
         text_config={**common, **text},
         vision_config={**common, "image_size": IMAGE_SIDE, "patch_size": 8},

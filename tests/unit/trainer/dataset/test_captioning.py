@@ -64,7 +64,9 @@ def _dataset(directory, captions):
 
 
 def _prepare(source, run_dir, captioning=None, **options):
-    return prepare_dataset(source, run_dir, resolution=64, trigger_word="zt", captioning=captioning, **options)
+    return prepare_dataset(
+        source, run_dir, resolution=64, trigger_word="zt", captioning=captioning, **options
+    )
 
 
 def test_missing_mode_captions_only_the_images_without_one(tmp_path, blip_server, blip_files):
@@ -104,7 +106,9 @@ def test_generated_captions_change_the_dataset_hash(tmp_path, blip_server, blip_
 def test_nothing_to_caption_loads_no_model(tmp_path):
     """Mode missing on a fully captioned dataset neither downloads nor loads anything."""
     source = _dataset(tmp_path / "data", ["a red square", "a blue disc"])
-    spec = CaptioningSpec(enabled=True, url="http://127.0.0.1:9/none", sha256="0" * 64, config_url="http://127.0.0.1:9/")
+    spec = CaptioningSpec(
+        enabled=True, url="http://127.0.0.1:9/none", sha256="0" * 64, config_url="http://127.0.0.1:9/"
+    )
     run = CaptioningRun(spec, tmp_path / "models" / "w.safetensors", tmp_path / "models" / "c")
     prepared = _prepare(source, tmp_path / "run", run)
     assert not any(entry.caption_generated for entry in prepared.entries)
@@ -113,9 +117,11 @@ def test_nothing_to_caption_loads_no_model(tmp_path):
 
 def test_a_jsonl_dataset_without_metadata_is_captioned_whole(tmp_path, blip_server, blip_files):
     source = _dataset(tmp_path / "data", [None, None])
-    with pytest.raises(DatasetError, match="metadata.jsonl"):
+    with pytest.raises(DatasetError, match=r"metadata\.jsonl"):
         _prepare(source, tmp_path / "run0", caption_format="jsonl")
-    prepared = _prepare(source, tmp_path / "run", _run(tmp_path, blip_server, blip_files), caption_format="jsonl")
+    prepared = _prepare(
+        source, tmp_path / "run", _run(tmp_path, blip_server, blip_files), caption_format="jsonl"
+    )
     assert all(entry.caption_generated for entry in prepared.entries)
 
 
@@ -210,16 +216,23 @@ def test_the_prepare_step_argv_captions_through_the_cli(tmp_path, blip_server, b
     assert (data / "models" / "captioner.safetensors.verified").exists()  # verified once, cached
 
 
-def test_the_eval_report_shows_a_sample_of_the_generated_captions(tmp_path, blip_server, blip_files):
+def _eval_config(tmp_path, run_dir):
     from zthumb_trainer.eval.config import EvalConfig
+
+    return EvalConfig(
+        server_url="http://127.0.0.1:9", output=tmp_path / "eval", run_name="run", lora_path="run",
+        train_summary=run_dir / "summary.json", clip={"enabled": False},
+    )  # fmt: skip
+
+
+def test_the_eval_report_shows_a_sample_of_the_generated_captions(tmp_path, blip_server, blip_files):
     from zthumb_trainer.eval.run import write_report
 
     run_dir = tmp_path / "outputs" / "lora" / "run"
     source = _dataset(tmp_path / "data", [None] * (SAMPLE_SIZE + 1) + ["a blue disc"])
     prepared = _prepare(source, run_dir, _run(tmp_path, blip_server, blip_files, batchSize=4))
     (run_dir / "summary.json").write_text("{}")
-    config = EvalConfig(server_url="http://127.0.0.1:9", output=tmp_path / "eval", run_name="run", lora_path="run",
-                        train_summary=run_dir / "summary.json", clip={"enabled": False})  # fmt: skip
+    config = _eval_config(tmp_path, run_dir)
     report = write_report(config, [], {}, 1.0)
     assert report.captioning is not None
     assert report.captioning.generated == SAMPLE_SIZE + 1 and report.captioning.mode == "missing"
@@ -228,18 +241,19 @@ def test_the_eval_report_shows_a_sample_of_the_generated_captions(tmp_path, blip
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert len(summary["captioning"]["samples"]) == SAMPLE_SIZE
     markdown = (tmp_path / "eval" / "report.md").read_text()
-    assert f"## Generated captions\n\n{SAMPLE_SIZE + 1} caption(s) written by `captioner.safetensors`" in markdown
+    assert (
+        f"## Generated captions\n\n{SAMPLE_SIZE + 1} caption(s) written by `captioner.safetensors`"
+        in markdown
+    )
     assert f"| `000.png` | {expected[0][1]} |" in markdown
 
 
 def test_no_captioning_no_report_section(tmp_path):
-    from zthumb_trainer.eval.config import EvalConfig
     from zthumb_trainer.eval.run import write_report
 
     run_dir = tmp_path / "run"
     _prepare(_dataset(tmp_path / "data", ["a red square"]), run_dir)
     (run_dir / "summary.json").write_text("{}")
-    config = EvalConfig(server_url="http://127.0.0.1:9", output=tmp_path / "eval", run_name="run", lora_path="run",
-                        train_summary=run_dir / "summary.json", clip={"enabled": False})  # fmt: skip
+    config = _eval_config(tmp_path, run_dir)
     assert write_report(config, [], {}, 1.0).captioning is None
     assert "Generated captions" not in (tmp_path / "eval" / "report.md").read_text()
