@@ -180,10 +180,11 @@ def test_a_report_page_shows_the_generated_captions_escaped(make_client, tmp_pat
         ],
     }
     (directory / "summary.json").write_text(json.dumps(summary))
-    html = make_client(reports_dir=tmp_path / "reports").get("/reports/captioned/").text
+    write_report(tmp_path / "reports", "plain")
+    # One app per test: two in one process would load the model on two threads at once.
+    client = make_client(reports_dir=tmp_path / "reports")
+    html = client.get("/reports/captioned/").text
     assert "12 caption(s) written by blip.safetensors" in html and "mode missing" in html
     assert "<tr><td>cats/001.jpg</td><td>zt, a cat on a sofa</td></tr>" in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script" not in html
-    plain = make_client(reports_dir=tmp_path / "reports")
-    write_report(tmp_path / "reports", "plain")
-    assert "Generated captions" not in plain.get("/reports/plain/").text
+    assert "Generated captions" not in client.get("/reports/plain/").text

@@ -92,9 +92,11 @@ class Captioner:
             os.symlink(config_dir / "config.json", Path(folder) / "config.json")
             os.symlink(weights.resolve(), Path(folder) / "model.safetensors")
             try:
-                model, info = BlipForConditionalGeneration.from_pretrained(
+                # With output_loading_info, a (model, info) pair (transformers' stubs say a model).
+                loaded: Any = BlipForConditionalGeneration.from_pretrained(
                     folder, use_safetensors=True, output_loading_info=True
                 )
+                model, info = loaded
             except (OSError, ValueError, RuntimeError, SafetensorError) as error:
                 raise CaptioningError(
                     f"{FIELD}: {weights} is not a BLIP captioning model of {config_dir} in safetensors "
