@@ -78,6 +78,7 @@ class Captioner:
     """A loaded captioning model on the CPU (the prepare step has no GPU)."""
 
     def __init__(self, weights: Path, config_dir: Path, spec: CaptioningSpec) -> None:
+        import torch
         from safetensors import SafetensorError
         from transformers import BlipForConditionalGeneration, BlipProcessor
 
@@ -93,8 +94,9 @@ class Captioner:
             os.symlink(weights.resolve(), Path(folder) / "model.safetensors")
             try:
                 # With output_loading_info, a (model, info) pair (transformers' stubs say a model).
+                # float32 whatever the checkpoint's dtype: half precision is slow or missing on a CPU.
                 loaded: Any = BlipForConditionalGeneration.from_pretrained(
-                    folder, use_safetensors=True, output_loading_info=True
+                    folder, use_safetensors=True, output_loading_info=True, dtype=torch.float32
                 )
                 model, info = loaded
             except (OSError, ValueError, RuntimeError, SafetensorError) as error:
