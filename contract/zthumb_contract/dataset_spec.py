@@ -17,6 +17,16 @@ HOLDOUT_MAX = 10_000
 
 S3_BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 
+# Where the captioning model (``spec.dataset.captioning``) lives on the volume by default.
+CAPTIONER_PATH = "models/captioner.safetensors"
+CAPTIONER_CONFIG_PATH = "models/captioner-config"
+# The default leaves room for BLIP large's weights (at most 1 TiB may be set, as for every download).
+CAPTIONER_MAX_BYTES = 4 * 2**30
+# Bounds of one caption and of one batch: the prepare step runs on a CPU with 4 GiB.
+CAPTION_MAX_NEW_TOKENS = 128
+CAPTION_BATCH_MAX = 64
+CAPTION_PROMPT_MAX_LENGTH = 200
+
 
 class HttpDatasetSource(SpecModel):
     """A zip or tar archive (gzip, bzip2 or xz compressed, or not) over HTTP(S), verified before it
@@ -68,6 +78,44 @@ class DatasetSourceSpec(SpecModel):
         return self.http is not None or self.s3 is not None
 
 
+class CaptioningSpec(SpecModel):
+    """Captions written by an image-captioning model in the prepare step (a transformers
+    ``BlipForConditionalGeneration``: weights in one safetensors file, fetched and SHA256-verified
+    like the base model and cached on the volume). Off by default: nothing is captioned."""
+
+    enabled: bool = False
+    # ``missing``: only images without a caption; ``all``: every image (its own caption replaced).
+    mode: Literal["missing", "all"] = "missing"
+    # No default model: its URL, SHA256 and config URL are required when enabled (the spec's and the
+    # CRD's rule), so that what captions the data is always a file someone pinned.
+    url: str | None = None
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    path: Annotated[str, on_volume("dataset.captioning.path")] = CAPTIONER_PATH
+    config_url: str | None = None
+    config_path: Annotated[str, on_volume("dataset.captioning.configPath")] = CAPTIONER_CONFIG_PATH
+    token_secret_ref: SecretKeyRef | None = None
+    max_bytes: int = Field(CAPTIONER_MAX_BYTES, ge=1, le=MAX_DOWNLOAD_BYTES)
+    allow_insecure_http: bool = False
+    # Generation is greedy (the same weights caption the same image the same way) and bounded.
+    max_new_tokens: int = Field(40, ge=1, le=CAPTION_MAX_NEW_TOKENS)
+    batch_size: int = Field(8, ge=1, le=CAPTION_BATCH_MAX)
+    # BLIP's conditional captioning: the caption continues this text (e.g. "a photography of").
+    prompt: str = Field("", max_length=CAPTION_PROMPT_MAX_LENGTH)
+
+    @model_validator(mode="after")
+    def _a_pinned_model_when_enabled(self) -> CaptioningSpec:
+        # The CRD's CEL rules on spec.dataset.captioning say the same.
+        if self.enabled:
+            for name, alias in (("url", "url"), ("sha256", "sha256"), ("config_url", "configUrl")):
+                if getattr(self, name) is None:
+                    raise ValueError(
+                        f"dataset.captioning.{alias} is required when dataset.captioning.enabled: the "
+                        "captioning model is downloaded from url, verified by sha256, configured from "
+                        "configUrl"
+                    )
+        return self
+
+
 class DatasetSpec(SpecModel):
     # The dataset on the volume (a source of its own unless ``source`` names a remote one).
     path: Annotated[str, on_volume("dataset.path")] = "datasets/default"
@@ -81,6 +129,8 @@ class DatasetSpec(SpecModel):
     holdout: float = Field(0, ge=0, le=HOLDOUT_MAX)
     # One CLI option holding JSON (``--source '{"http": {...}}'``), as training.validation.
     source: DatasetSourceSpec = Field(default_factory=DatasetSourceSpec)
+    # One CLI option holding JSON too (``--captioning '{"enabled": true, ...}'``).
+    captioning: CaptioningSpec = Field(default_factory=CaptioningSpec)
 
     @field_validator("holdout")
     @classmethod

@@ -118,6 +118,27 @@ class CurvesBlock(Results):
         return [path for path in (self.loss, self.learning_rate, self.validation_strip) if path]
 
 
+# At most this many generated captions are shown (the prepare step samples 8), each bounded: the
+# report page reads what a pod wrote.
+CAPTION_SAMPLES_MAX = 16
+CAPTION_MAX_LENGTH = 2000
+
+
+class CaptionSample(Results):
+    source: str = Field(max_length=1024)  # the image's path in the dataset
+    caption: str = Field(max_length=CAPTION_MAX_LENGTH)  # as trained on, trigger word first
+
+
+class CaptioningBlock(Results):
+    """The captions a model wrote in the prepare step (``spec.dataset.captioning``), from the
+    prepared dataset's ``stats.json``: how many, with which model, and a sample of them."""
+
+    model: dict[str, Any] = Field(default_factory=dict)  # the weights' url, sha256 and file name
+    mode: str = ""
+    generated: int = Field(0, ge=0)
+    samples: list[CaptionSample] = Field(default_factory=list, max_length=CAPTION_SAMPLES_MAX)
+
+
 class EvalReport(Results):
     run_name: str = ""
     server_url: str = ""
@@ -142,6 +163,7 @@ class EvalReport(Results):
     pairs: list[EvalPair] = Field(default_factory=list)
     validation: dict[str, Any] | None = None  # the train step's validation grids (train.validation)
     curves: CurvesBlock | None = None  # drawn from the train step's progress log and grids
+    captioning: CaptioningBlock | None = None  # the prepare step's generated captions, if any
     gate: dict[str, Any] | None = None  # GateVerdict.status() of spec.eval.gate
 
     @field_validator("training", mode="before")

@@ -77,6 +77,14 @@ class RunPaths:
         return self._under_root(self.spec.eval.clip.config_path)
 
     @property
+    def captioning_model(self) -> str:
+        return self._under_root(self.spec.dataset.captioning.path)
+
+    @property
+    def captioning_config(self) -> str:
+        return self._under_root(self.spec.dataset.captioning.config_path)
+
+    @property
     def run_dir(self) -> str:
         return self._under_root(f"{OUTPUTS}/lora/{self.run_name}")
 
@@ -232,6 +240,15 @@ def dataset_secret_env(source: DatasetSourceSpec) -> dict[str, SecretKeyRef]:
 
 def prepare_dataset_step(paths: RunPaths) -> StepDefinition:
     dataset = paths.spec.dataset
+    captioning = dataset.captioning
+    secret_env = dataset_secret_env(dataset.source)
+    captioner: tuple[str, ...] = ()
+    if captioning.enabled:
+        # The captioner's files below the data root, as the eval's CLIP (its token as HF_TOKEN).
+        captioner = ("--captioning-model", paths.captioning_model,
+                     "--captioning-config", paths.captioning_config)  # fmt: skip
+        if captioning.token_secret_ref is not None:
+            secret_env = {**secret_env, "HF_TOKEN": captioning.token_secret_ref}
     return StepDefinition(
         name="prepare-dataset",
         args=(
@@ -239,9 +256,10 @@ def prepare_dataset_step(paths: RunPaths) -> StepDefinition:
             "--dataset", paths.dataset,
             "--output", paths.run_dir,
             "--dataset-cache", paths.dataset_cache,
+            *captioner,
             *spec_args(dataset, exclude={"path"}),
         ),
-        secret_env=dataset_secret_env(dataset.source),
+        secret_env=secret_env,
     )  # fmt: skip
 
 

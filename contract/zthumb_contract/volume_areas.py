@@ -92,6 +92,15 @@ PATH_FIELDS: tuple[PathField, ...] = (
     PathField("dataset.path", DATASETS, "directory", "prepare-dataset reads the images and captions in it"),
     PathField("eval.clip.path", MODELS, "file", "eval downloads the CLIP weights to it"),
     PathField("eval.clip.configPath", MODELS, "directory", "eval replaces it whole with CLIP's configs"),
+    PathField(
+        "dataset.captioning.path", MODELS, "file", "prepare-dataset downloads the captioner's weights to it"
+    ),
+    PathField(
+        "dataset.captioning.configPath",
+        MODELS,
+        "directory",
+        "prepare-dataset replaces it whole with the captioner's configs",
+    ),
 )
 FIELDS_BY_NAME = {field.name: field for field in PATH_FIELDS}
 

@@ -78,20 +78,36 @@ def fetch_model(  # noqa: PLR0917 - one option per flag
 
 @app.command("prepare-dataset")
 @spec_options(DatasetSpec, "spec", exclude={"path", "trigger_word"})
-def prepare_dataset(
+def prepare_dataset(  # noqa: PLR0917 - one option per flag
     dataset: Annotated[Path, typer.Option(help="Directory with images and captions (see DATASETS.md).")],
     output: Annotated[Path, typer.Option(help="The run directory; the dataset goes to <output>/dataset.")],
     trigger_word: Annotated[str, typer.Option(help="Put in front of every caption that lacks it.")] = "",
     dataset_cache: Annotated[
         Path | None, typer.Option(help="Where a remote --source is fetched to: datasets/cache on the volume.")
     ] = None,
+    captioning_model: Annotated[
+        Path | None, typer.Option(help="Where --captioning's weights are (fetched here when missing).")
+    ] = None,
+    captioning_config: Annotated[
+        Path | None, typer.Option(help="Where --captioning's config files are (fetched here when missing).")
+    ] = None,
     *,
     spec: DatasetSpec,
 ) -> None:
-    """Fetch a remote dataset (--source), then validate, normalise and bucket it; write the manifest."""
+    """Fetch a remote dataset (--source), caption it (--captioning), then validate, normalise and
+    bucket it; write the manifest."""
+    from zthumb_trainer.dataset.captioning import CaptioningError, CaptioningRun
     from zthumb_trainer.dataset.prepare import DatasetError
     from zthumb_trainer.dataset.prepare import prepare_dataset as prepare
     from zthumb_trainer.dataset.sources import SourceError, fetch_source
+
+    captioning = None
+    if spec.captioning.enabled:
+        if captioning_model is None or captioning_config is None:
+            raise _fail(
+                "--captioning with enabled needs --captioning-model and --captioning-config (below models/)"
+            )
+        captioning = CaptioningRun(spec.captioning, captioning_model, captioning_config)
 
     if spec.source.remote:
         if dataset_cache is None:
@@ -110,8 +126,9 @@ def prepare_dataset(
             missing_caption=spec.missing_caption,
             bucketing=spec.bucketing,
             holdout=spec.holdout,
+            captioning=captioning,
         )
-    except DatasetError as error:
+    except (DatasetError, CaptioningError) as error:
         raise _fail(str(error)) from error
     typer.echo(
         f"{len(prepared.entries)} images ready in {prepared.directory} "

@@ -128,7 +128,10 @@ def spec_options(model: type[BaseModel], param: str, exclude: Collection[str] = 
                 if not field:  # a rule over several fields: its message names them
                     raise typer.BadParameter(first["msg"]) from None
                 flag = next((o for o, f in options.items() if f == field), field).replace("_", "-")
-                raise typer.BadParameter(first["msg"], param_hint=f"'--{flag}'") from None
+                # Inside a nested section's JSON: name the key too (``--captioning``: batchSize: ...).
+                inner = ".".join(str(part) for part in first["loc"][1:])
+                message = f"{inner}: {first['msg']}" if inner else first["msg"]
+                raise typer.BadParameter(message, param_hint=f"'--{flag}'") from None
             return func(**kwargs)
 
         del command.__wrapped__  # typer must see the generated signature, not func's

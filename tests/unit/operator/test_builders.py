@@ -115,6 +115,21 @@ def test_a_remote_dataset_s_credentials_reach_the_prepare_job_from_their_secret(
     assert args[args.index("--dataset-cache") + 1] == "/data/datasets/cache"
 
 
+def test_the_captioner_s_token_and_volume_paths_reach_the_prepare_job_only_when_enabled() -> None:
+    captioning = {"url": "https://hf.example/blip/model.safetensors", "sha256": "a" * 64,
+                  "configUrl": "https://hf.example/blip/", "tokenSecretRef": {"name": "hf"}}  # fmt: skip
+    off = container(jobs_for(make_run({"dataset": {"captioning": captioning}}))["prepare-dataset"])
+    assert "--captioning-model" not in off["args"] and "HF_TOKEN" not in {e["name"] for e in off["env"]}
+    run = make_run({"dataset": {"captioning": {**captioning, "enabled": True}}})
+    on = container(jobs_for(run)["prepare-dataset"])
+    env = {e["name"]: e for e in on["env"]}
+    assert env["HF_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
+    args = on["args"]
+    assert args[args.index("--captioning-model") + 1] == "/data/models/captioner.safetensors"
+    assert args[args.index("--captioning-config") + 1] == "/data/models/captioner-config"
+    assert '"enabled":true' in args[args.index("--captioning") + 1]
+
+
 def test_labels_owner_reference_and_volume(run: dict[str, Any]) -> None:
     job = jobs_for(run)["train"]
     meta = job["metadata"]

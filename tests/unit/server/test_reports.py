@@ -163,3 +163,28 @@ def test_another_authorization_scheme_is_refused_not_ignored(make_client, report
     # A header that is not a valid bearer token is an answer of its own, the cookie aside.
     assert client.get("/reports/", headers={"Authorization": f"Basic {KEY}"}).status_code == 401
     assert client.get("/models", headers={"Authorization": f"Basic {KEY}"}).status_code == 401
+
+
+def test_a_report_page_shows_the_generated_captions_escaped(make_client, tmp_path):
+    import json
+
+    directory = write_report(tmp_path / "reports", "captioned")
+    summary = json.loads((directory / "summary.json").read_text())
+    summary["captioning"] = {
+        "model": {"name": "blip.safetensors", "url": "http://x/blip.safetensors", "sha256": "ef" * 32},
+        "mode": "missing",
+        "generated": 12,
+        "samples": [
+            {"source": "cats/001.jpg", "caption": "zt, a cat on a sofa"},
+            {"source": "cats/002.jpg", "caption": "zt, <script>alert(1)</script>"},
+        ],
+    }
+    (directory / "summary.json").write_text(json.dumps(summary))
+    write_report(tmp_path / "reports", "plain")
+    # One app per test: two in one process would load the model on two threads at once.
+    client = make_client(reports_dir=tmp_path / "reports")
+    html = client.get("/reports/captioned/").text
+    assert "12 caption(s) written by blip.safetensors" in html and "mode missing" in html
+    assert "<tr><td>cats/001.jpg</td><td>zt, a cat on a sofa</td></tr>" in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script" not in html
+    assert "Generated captions" not in client.get("/reports/plain/").text

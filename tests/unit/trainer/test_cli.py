@@ -8,9 +8,12 @@ import pytest
 import typer
 from pydantic import BaseModel
 from typer.testing import CliRunner
+from zthumb_contract.dataset_spec import DatasetSpec
 from zthumb_contract.spec import LoRAFinetuneSpec
 from zthumb_contract.stages import build_steps
+from zthumb_contract.steps import spec_args
 from zthumb_trainer.cli import app
+from zthumb_trainer.options import spec_options
 
 SPECS = {
     "defaults": {},
@@ -136,15 +139,42 @@ def test_the_validation_option_parses_its_json_and_refuses_bad_values(tmp_path):
     assert result.exit_code == 2 and "--validation" in result.output
 
 
-def test_every_training_option_has_a_row_in_the_trainer_readme():
+@pytest.mark.parametrize("section", ["training", "dataset.captioning"])
+def test_every_training_and_captioning_option_has_a_row_in_the_trainer_readme(section):
     from pathlib import Path
 
+    from zthumb_contract.dataset_spec import CaptioningSpec
     from zthumb_contract.spec import TrainingSpec
 
+    model = {"training": TrainingSpec, "dataset.captioning": CaptioningSpec}[section]
     readme = (Path(__file__).parents[3] / "images" / "trainer" / "README.md").read_text()
     rows = {line.split("`")[1] for line in readme.splitlines() if line.startswith("| `")}
-    fields = {info.alias or name for name, info in TrainingSpec.model_fields.items()}
-    assert fields <= rows, f"spec.training fields without a row in images/trainer/README.md: {fields - rows}"
+    fields = {info.alias or name for name, info in model.model_fields.items()}
+    assert fields <= rows, f"spec.{section} fields without a row in images/trainer/README.md: {fields - rows}"
+
+
+def test_the_captioning_option_round_trips_through_the_step_argv():
+    """spec.dataset.captioning is one --captioning option holding its JSON, parsed back by the CLI
+    into the same model; left out of the argv while it is off and default."""
+    captioning = {"enabled": True, "mode": "all", "url": "https://hf.example/blip/model.safetensors",
+                  "sha256": "b" * 64, "configUrl": "https://hf.example/blip/", "maxNewTokens": 12,
+                  "batchSize": 3, "prompt": "a photography of", "tokenSecretRef": {"name": "hf"}}  # fmt: skip
+    spec = DatasetSpec.model_validate({"captioning": captioning})
+    assert "--captioning" not in spec_args(DatasetSpec())
+    seen = []
+
+    @spec_options(DatasetSpec, "dataset", exclude={"path"})
+    def command(*, dataset: DatasetSpec) -> None:
+        seen.append(dataset)
+
+    probe = typer.Typer()
+    probe.command()(command)
+    result = CliRunner().invoke(probe, spec_args(spec, exclude={"path"}))
+    assert result.exit_code == 0, result.output
+    assert seen == [spec]
+    bad = json.dumps({**captioning, "batchSize": 65})
+    refused = CliRunner().invoke(probe, ["--captioning", bad])
+    assert refused.exit_code == 2 and "batchSize" in refused.output
 
 
 @pytest.mark.parametrize("prompts", [[], ["a red car"], None])

@@ -5,10 +5,12 @@ Output under the run directory (``outputs/lora/<run>/dataset/``):
 * ``images/<index>.png``: each source image EXIF-transposed, converted to RGB, resized to
   cover its aspect-ratio bucket and centre-cropped to it (and ``images/<index>.mask.png``, its
   loss mask resized and cropped the same way, where the source has one: ``masks.py``);
-* ``manifest.json``: one entry per image with caption, bucket and the SDXL
-  micro-conditioning numbers (original size, crop top-left, target size), plus a
-  dataset hash that ties an exported adapter to the exact data it saw;
-* ``stats.json``: counts, bucket histogram and every flagged file.
+* ``manifest.json``: one entry per image with caption (``caption_generated`` where a captioning
+  model wrote it: ``captioning.py``), bucket and the SDXL micro-conditioning numbers (original
+  size, crop top-left, target size), plus a dataset hash that ties an exported adapter to the
+  exact data it saw (captions included, so generated captions change it);
+* ``stats.json``: counts, bucket histogram, every flagged file and, with captioning, a sample of
+  the generated captions (which the eval report shows).
 
 Images ``spec.dataset.holdout`` keeps out of training (``holdout.py``) are prepared like the rest
 and marked ``holdout`` in the manifest: train measures the denoising loss on them, never trains on them.
@@ -29,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from zthumb_trainer.atomic import publish_directory, staging_directory
+from zthumb_trainer.dataset.captioning import CaptioningRun, captioning_stats, generate_captions
+from zthumb_trainer.dataset.captions import DatasetError, read_captions, with_trigger
 from zthumb_trainer.dataset.holdout import HoldoutError, held_out
 from zthumb_trainer.dataset.masks import MASK_SUFFIX, MaskError, is_mask, mask_for, prepare_mask
 
@@ -48,10 +52,6 @@ SDXL_BUCKETS_1024 = (
 )
 
 
-class DatasetError(Exception):
-    """The dataset cannot be used; the message names the files."""
-
-
 @dataclass(frozen=True)
 class ManifestEntry:
     image: str  # relative to the manifest's directory
@@ -67,6 +67,8 @@ class ManifestEntry:
     mask: str | None = None
     # Kept out of training (``spec.dataset.holdout``): only the holdout loss sees it.
     holdout: bool = False
+    # Written by the captioning model (``spec.dataset.captioning``), not by the dataset's files.
+    caption_generated: bool = False
 
 
 @dataclass
@@ -77,6 +79,7 @@ class PreparedDataset:
     resolution: int
     trigger_word: str
     flagged: list[dict[str, str]] = field(default_factory=list)
+    captioning: dict[str, Any] | None = None  # captioning.captioning_stats, when a model captioned
 
     @property
     def manifest_path(self) -> Path:
@@ -120,42 +123,6 @@ def resized_size(width: int, height: int, bucket_w: int, bucket_h: int) -> tuple
     return max(bucket_w, round(width * scale)), max(bucket_h, round(height * scale))
 
 
-def with_trigger(caption: str, trigger_word: str) -> str:
-    """Put the trigger word first unless the caption already has it (as a whole word)."""
-    caption = " ".join(caption.split())
-    if not trigger_word:
-        return caption
-    if trigger_word.lower() in caption.lower().replace(",", " ").split():
-        return caption
-    return f"{trigger_word}, {caption}" if caption else trigger_word
-
-
-def _read_captions_txt(images: list[Path]) -> dict[Path, str | None]:
-    captions: dict[Path, str | None] = {}
-    for image in images:
-        caption_file = image.with_suffix(".txt")
-        captions[image] = caption_file.read_text(encoding="utf-8").strip() if caption_file.exists() else None
-    return captions
-
-
-def _read_captions_jsonl(directory: Path, images: list[Path]) -> dict[Path, str | None]:
-    metadata = directory / "metadata.jsonl"
-    if not metadata.exists():
-        raise DatasetError(f"{metadata}: not found (captionFormat is jsonl)")
-    by_name: dict[str, str] = {}
-    for number, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            by_name[str(record["file_name"])] = str(record.get("text") or record.get("caption") or "")
-        except (ValueError, KeyError, TypeError) as error:
-            raise DatasetError(
-                f"{metadata}:{number}: expected a JSON object with file_name and text ({error})"
-            ) from error
-    return {image: by_name.get(image.relative_to(directory).as_posix()) for image in images}
-
-
 def _find_images(directory: Path) -> list[Path]:
     return sorted(
         path
@@ -165,6 +132,18 @@ def _find_images(directory: Path) -> list[Path]:
         and not path.name.startswith(".")
         and not is_mask(path)
     )
+
+
+def _open_for_captioning(path: Path) -> Any:
+    """The image as the captioner sees it (EXIF-transposed RGB); None when it cannot be read."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            return ImageOps.exif_transpose(opened).convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
 
 
 def _short(paths: list[str], limit: int = 20) -> str:
@@ -183,6 +162,7 @@ def prepare_dataset(
     bucketing: bool = True,
     min_side: int | None = None,
     holdout: float = 0,
+    captioning: CaptioningRun | None = None,
 ) -> PreparedDataset:
     """Validate and normalise ``source`` into ``<run_dir>/dataset``; raise DatasetError naming files."""
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -192,14 +172,19 @@ def prepare_dataset(
     images = _find_images(source)
     if not images:
         raise DatasetError(f"{source}: no images found (expected {', '.join(IMAGE_SUFFIXES)} files)")
-    captions = (
-        _read_captions_jsonl(source, images) if caption_format == "jsonl" else _read_captions_txt(images)
-    )
+    captioning = captioning if captioning is not None and captioning.spec.enabled else None
+    captions = read_captions(source, images, caption_format, optional=captioning is not None)
+    generated: dict[Path, str] = {}
+    if captioning is not None:
+        targets = [image for image, caption in captions.items() if captioning.wants(caption)]
+        generated = generate_captions(captioning, targets, _open_for_captioning)
+        captions.update(generated)
     missing = [str(image) for image, caption in captions.items() if caption is None]
     if missing and missing_caption == "fail":
         raise DatasetError(
             f"{len(missing)} image(s) have no caption (missingCaption: fail; set it to 'trigger' to "
-            f"caption them with the trigger word):{_short(missing)}"
+            "caption them with the trigger word, or enable captioning to caption them with a model):"
+            f"{_short(missing)}"
         )
     if missing and not trigger_word:
         raise DatasetError(f"images without captions and no trigger word to use instead:{_short(missing)}")
@@ -262,6 +247,7 @@ def prepare_dataset(
                 crop_top=top,
                 crop_left=left,
                 mask=mask_name,
+                caption_generated=image_path in generated,
             )
         )
         digest.update(hashlib.sha256(image_path.read_bytes()).digest())
@@ -292,6 +278,8 @@ def prepare_dataset(
         trigger_word=trigger_word,
         flagged=flagged,
     )
+    if captioning is not None:
+        prepared.captioning = captioning_stats(captioning, entries)
     manifest = {
         "version": MANIFEST_VERSION,
         "source": str(source),
@@ -300,6 +288,7 @@ def prepare_dataset(
         "holdout": holdout,
         "trigger_word": trigger_word,
         "dataset_hash": prepared.dataset_hash,
+        "captioning": prepared.captioning,
         "entries": [asdict(entry) for entry in entries],
     }
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -324,6 +313,7 @@ def dataset_stats(prepared: PreparedDataset, found: int) -> dict[str, Any]:
         "buckets": histogram,
         "caption_words": {"min": min(words), "max": max(words), "mean": sum(words) / len(words)},
         "dataset_hash": prepared.dataset_hash,
+        **({"captioning": prepared.captioning} if prepared.captioning is not None else {}),
     }
 
 
@@ -343,4 +333,5 @@ def load_manifest(run_dir: Path) -> PreparedDataset:
         resolution=manifest["resolution"],
         trigger_word=manifest.get("trigger_word", ""),
         flagged=stats.get("flagged", []),
+        captioning=manifest.get("captioning"),
     )

@@ -7,6 +7,7 @@ from typing import Any
 
 from zthumb_contract.eval_report import (
     HOLDOUT_RISE_FRACTION,
+    CaptioningBlock,
     ClipBlock,
     CurvesBlock,
     EvalReport,
@@ -50,6 +51,7 @@ def render_markdown(report: EvalReport) -> str:
     lines += clip_markdown(report.clip)
     lines += leakage_markdown(report.leakage)
     lines += validation_markdown(report.validation)
+    lines += captioning_markdown(report.captioning)
     # The gate's verdict right under the title: it decides whether the adapter stays deployed.
     return "\n".join([*lines[:2], *gate_markdown(report.gate), *lines[2:]])
 
@@ -187,3 +189,27 @@ def leakage_markdown(leakage: LeakageBlock | None) -> list[str]:
     for prompt in leakage.prompts:
         lines += [f"![{prompt.prompt}]({image})" for image in prompt.images]
     return [*lines, ""]
+
+
+def captioning_markdown(captioning: CaptioningBlock | None) -> list[str]:
+    """A sample of the captions the prepare step's model wrote (``spec.dataset.captioning``)."""
+    if not captioning:
+        return []
+    lines = [
+        "## Generated captions",
+        "",
+        f"{captioning.generated} caption(s) written by `{captioning.model.get('name')}` (sha256 "
+        f"`{captioning.model.get('sha256')}`, mode {captioning.mode}); "
+        f"{len(captioning.samples)} of them, as trained on:",
+        "",
+        "| image | caption |",
+        "| --- | --- |",
+    ]
+    for sample in captioning.samples:
+        lines.append(f"| `{_cell(sample.source)}` | {_cell(sample.caption)} |")
+    return [*lines, ""]
+
+
+def _cell(text: str) -> str:
+    """``text`` inside one markdown table cell: a '|' or a line break would end it."""
+    return " ".join(text.split()).replace("|", "\\|")

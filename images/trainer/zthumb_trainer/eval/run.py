@@ -33,6 +33,8 @@ from zthumb_contract.eval_report import EvalReport, LeakageBlock
 from zthumb_contract.gate import evaluate_gate
 
 from zthumb_trainer.atomic import publish_directory, staging_directory
+from zthumb_trainer.dataset.captioning import read_captioning_stats
+from zthumb_trainer.dataset.prepare import dataset_dir
 from zthumb_trainer.eval.clip import clip_block, load_clip
 from zthumb_trainer.eval.clip_metrics import ClipError
 from zthumb_trainer.eval.config import EvalConfig, Sample
@@ -239,6 +241,10 @@ def write_report(
         "steps": first_response.get("steps", config.steps),
         "base_model": _base_model_info(models, first_response.get("backend")),
         "training": read_training_block(config.train_summary),
+        # The prepared dataset beside the train summary: its generated captions, if a model wrote any.
+        "captioning": read_captioning_stats(dataset_dir(config.train_summary.parent))
+        if config.train_summary
+        else None,
         "clip": clip,
         "leakage": leakage,
         "pairs": pairs,

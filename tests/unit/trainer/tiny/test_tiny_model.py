@@ -126,3 +126,28 @@ def test_a_cached_tiny_clip_is_rebuilt_when_its_stamp_is_stale(tmp_path):
     marker.write_text(built[0].replace('"seed": 0', '"seed": 99'))
     assert build_tiny_clip(tmp_path).weights.stat().st_ino != built[1]  # rebuilt
     assert marker.read_text() == built[0]
+
+
+def test_the_tiny_blip_is_a_loadable_blip_rebuilt_when_its_stamp_is_stale(tmp_path):
+    """The tiny captioner has the files of a published BLIP (one safetensors file without the tied
+    copies; config.json, preprocessor_config.json and tokenizer.json) and is reused while its stamp
+    matches."""
+    from safetensors import safe_open
+    from transformers import BlipProcessor
+    from zthumb_trainer.tiny.tiny_blip import BUILDER_SOURCES, COMPLETE_NAME, build_tiny_blip
+
+    assert {path.name for path in BUILDER_SOURCES} == {"tiny_blip.py"}
+    blip = build_tiny_blip(tmp_path)
+    assert {"config.json", "preprocessor_config.json", "tokenizer.json"} <= {
+        p.name for p in blip.config_dir.iterdir()
+    }
+    with safe_open(str(blip.weights), framework="pt") as weights:
+        assert "text_decoder.bert.embeddings.word_embeddings.weight" in set(weights.keys())
+    processor = BlipProcessor.from_pretrained(blip.config_dir)
+    assert processor.tokenizer("a photo of").input_ids[1:4] != [processor.tokenizer.unk_token_id] * 3
+    marker = tmp_path / COMPLETE_NAME
+    built = (marker.read_text(), blip.weights.stat().st_ino)
+    assert build_tiny_blip(tmp_path).weights.stat().st_ino == built[1]  # reused
+    marker.write_text(built[0].replace('"seed": 0', '"seed": 99'))
+    assert build_tiny_blip(tmp_path).weights.stat().st_ino != built[1]  # rebuilt
+    assert marker.read_text() == built[0]
