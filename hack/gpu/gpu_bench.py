@@ -9,7 +9,8 @@ the median of repeats:
    SDPA, with an unfused rank-16 LoRA, with it fused, and with ``torch.compile`` of
    the UNet when it compiles inside the time budget;
 2. thumbnails: the turbo path (512², 1 step, guidance 0) through the server's app, alone and
-   batched with 8 and 32 concurrent requests (hack/gpu/gpu_bench_thumbnails.py);
+   batched with 8 and 32 concurrent requests, and one at a time on a second app whose turbo UNet
+   is compiled (``--thumbnail-compile``) (hack/gpu/gpu_bench_thumbnails.py);
 3. adapter switching: one cached adapter, per-request alternation among 4 cached rank-16
    adapters (the server's adapter cache) and the naive load + unload per request (sections 1
    and 3: hack/gpu/gpu_bench_inference.py);
@@ -252,11 +253,11 @@ def bench_inference(bench: Bench, deadline: float, compile_unet: bool) -> None:
     gpu_bench_inference.bench_inference(bench, deadline, compile_unet)
 
 
-def bench_thumbnails(bench: Bench) -> None:
-    """Section 2: turbo thumbnails through the server, alone and batched (own module)."""
+def bench_thumbnails(bench: Bench, compile_mode: str, compile_cache: Path | None) -> None:
+    """Section 2: turbo thumbnails through the server, alone, batched and compiled (own module)."""
     import gpu_bench_thumbnails
 
-    gpu_bench_thumbnails.bench_thumbnails(bench)
+    gpu_bench_thumbnails.bench_thumbnails(bench, compile_mode, compile_cache)
 
 
 def bench_training(bench: Bench, budget_s: float, variants: str) -> None:
@@ -313,7 +314,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--compile-cache",
         type=Path,
-        help="one inductor cache for all of section 5 (default: fresh, cold ones)",
+        help="one inductor cache for all of sections 2 and 5 (default: fresh, cold ones)",
+    )
+    parser.add_argument(
+        "--thumbnail-compile",
+        default="reduce-overhead",
+        choices=["off", "default", "reduce-overhead", "max-autotune"],
+        help="ZTHUMB_COMPILE of section 2's compiled turbo server (reduce-overhead: CUDA graphs); off: none",
     )
     parser.add_argument(
         "--training-budget-s", type=float, default=240.0, help="section 4 skips variants past this many s"
@@ -372,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             bench_inference(bench, started + args.budget_s, compile_unet=not args.no_compile and cuda)
             release_gpu_memory(cuda)
         if "turbo" not in args.skip:
-            bench_thumbnails(bench)
+            bench_thumbnails(bench, args.thumbnail_compile, args.compile_cache)
             release_gpu_memory(cuda)
         if "training" not in args.skip:
             bench_training(bench, args.training_budget_s, args.training_variants)

@@ -157,7 +157,9 @@ def _together(engine: Engine, plans: Sequence[Plan], cancels: Sequence[threading
             results.append(outcome)
             continue
         # Counted per request, as a request served alone is: one generation each.
-        engine.metrics.generation_seconds.labels(backend=backend.name).observe(generate_seconds)
+        engine.metrics.generation_seconds.labels(backend=backend.name, decoder=plan.params.decoder).observe(
+            generate_seconds
+        )
         outcomes_of_plan = engine.adapter_outcomes(plan, applied)
         results.append(Result(plan, outcome, applied, adapter_seconds, generate_seconds, outcomes_of_plan))
     return results

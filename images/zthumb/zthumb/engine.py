@@ -319,7 +319,9 @@ class Engine:
                 self.metrics.compiled_requests.labels(backend=backend.name).inc()
                 self.metrics.compile_recompiles.labels(backend=backend.name).inc(take_new_graphs())
         generate_seconds = time.perf_counter() - started
-        self.metrics.generation_seconds.labels(backend=backend.name).observe(generate_seconds)
+        self.metrics.generation_seconds.labels(backend=backend.name, decoder=plan.params.decoder).observe(
+            generate_seconds
+        )
         return Result(plan, images, applied, adapter_seconds, generate_seconds, outcomes)
 
     def prompt_cache_counts(self) -> dict[str, PromptCacheCounts]:

@@ -72,10 +72,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        # ``decoder``: full (the model's VAE) or tiny (settings.DECODER_NAMES, two values): the
+        # requests of both decoders differ only in the decoding, so their difference is its cost.
         self.generation_seconds = Histogram(
             "zthumb_generation_seconds",
-            "Time the device spent on one generation.",
-            ["backend"],
+            "Time the device spent on one generation, decoding the latents included, by decoder.",
+            ["backend", "decoder"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

@@ -113,8 +113,8 @@ class Settings(BaseSettings):
     # --- compiled path (zthumb.backends.compiled) -----------------------------------------
     compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = Field(
         default="off",
-        description="torch.compile the UNet at startup (a torch.compile mode); adapters then reach it "
-        "without recompiling, as ZTHUMB_COMPILE_LORA says.",
+        description="torch.compile the UNet of the full and turbo backends at startup (a torch.compile "
+        "mode; gguf stays eager); adapters then reach it without recompiling, as ZTHUMB_COMPILE_LORA says.",
     )
     compile_lora: Literal["fuse", "slot"] = Field(
         default="fuse",

@@ -14,6 +14,9 @@ import numpy as np
 SIZE = 64
 # Inductor's cache for the compiled-path tests: beside the tiny model, so a second run reuses it.
 INDUCTOR_CACHE_DIR = Path.home() / ".cache" / "zthumb" / "test-models" / "torchinductor"
+# Compiled against eager images (0-255): merging rounds W0 + ΔW once (fp32 here), compiling reorders
+# sums. Both backends' compiled-path tests hold to it.
+TOLERANCE_MAX, TOLERANCE_MEAN = 2, 0.05
 
 
 def write_compiled_path_loras(tiny_model, root: Path, first_seed: int) -> dict[str, Any]:

@@ -182,4 +182,4 @@ def test_concurrent_http_requests_share_a_call_and_keep_their_own_metrics_and_se
         == 1
     )
     assert value("zthumb_requests_total", {"backend": "full", "status": "200"}) == 6
-    assert value("zthumb_generation_seconds_count", {"backend": "full"}) == 6
+    assert value("zthumb_generation_seconds_count", {"backend": "full", "decoder": "full"}) == 6

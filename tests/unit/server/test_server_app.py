@@ -323,7 +323,7 @@ def test_metrics(client, lora_root):
     assert grew(before, after, "zthumb_requests_total", **ok) == 2
     assert grew(before, after, "zthumb_request_seconds_count", **ok) == 2
     assert grew(before, after, "zthumb_requests_total", **refused) == 1
-    assert grew(before, after, "zthumb_generation_seconds_count", backend="full") == 2
+    assert grew(before, after, "zthumb_generation_seconds_count", backend="full", decoder="full") == 2
     assert grew(before, after, "zthumb_adapter_cache_misses_total", backend="full") == 1
     assert grew(before, after, "zthumb_adapter_loads_total", backend="full") == 1
     assert grew(before, after, "zthumb_adapter_load_seconds_count", backend="full") == 1

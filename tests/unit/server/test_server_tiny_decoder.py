@@ -94,6 +94,37 @@ def test_the_decoder_is_part_of_the_batch_key(tiny_model, lora_root, tiny_decode
     assert keys[0] == keys[1] != keys[2]
 
 
+def test_generation_seconds_are_counted_per_decoder(tiny_model, lora_root, tiny_decoder, backend):
+    """Alone (``Engine.execute``) and batched (``run_batch``), each generation lands in its own
+    decoder's series of ``zthumb_generation_seconds`` (read from a registry made here)."""
+    from prometheus_client import CollectorRegistry
+    from zthumb.batching import run_batch
+    from zthumb.engine import Engine
+    from zthumb.metrics import Metrics
+    from zthumb.protocol import GenerateRequest
+
+    registry = CollectorRegistry()
+    engine = Engine(server_settings(tiny_model, lora_root, **tiny_decoder), Metrics(registry))
+    engine.backends["full"] = backend
+    engine.ready = True
+
+    def plan(decoder: str, seed: int):
+        return engine.prepare(GenerateRequest(prompt="p", seed=seed, decoder=decoder))
+
+    engine.execute(plan("full", 1))
+    engine.execute(plan("tiny", 2))
+    batched = run_batch(engine, [plan("tiny", 3), plan("tiny", 4)], [threading.Event(), threading.Event()])
+    assert not any(isinstance(result, Exception) for result in batched), batched
+
+    def sample(suffix: str, decoder: str) -> float | None:
+        labels = {"backend": "full", "decoder": decoder}
+        return registry.get_sample_value(f"zthumb_generation_seconds_{suffix}", labels)
+
+    assert (sample("count", "full"), sample("count", "tiny")) == (1, 3)
+    assert (sample("sum", "full") or 0.0) > 0 and (sample("sum", "tiny") or 0.0) > 0
+    assert registry.get_sample_value("zthumb_generation_seconds_count", {"backend": "full"}) is None
+
+
 def test_http_decoder_field_default_header_and_models(make_client, tiny_decoder):
     client = make_client(decoder="tiny", **tiny_decoder)
     assert wait_ready(client)["ready"]

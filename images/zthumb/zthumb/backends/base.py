@@ -139,7 +139,10 @@ class Backend(AdapterCache):
 
     def _compile(self) -> CompiledUNet:
         """``ZTHUMB_COMPILE``: the adapter strategy (``ZTHUMB_COMPILE_LORA``), ``torch.compile`` of
-        the UNet, one warm-up generation."""
+        the UNet, warm-up with the backend's default request (every backend that supports compile:
+        full, turbo). That request fixes the compiled shapes: the default size, one image, and
+        CFG as the backend's guidance says (full: on, a UNet batch of 2; turbo: off, a batch of 1).
+        The step count changes no UNet input, so at most 2 warm-up steps cover any count."""
         s = self.settings
         compiled: CompiledUNet
         if s.compile_lora == "fuse":

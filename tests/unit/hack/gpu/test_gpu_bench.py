@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# The server tests' inductor cache: the compiled runs here warm it for them and the other way round.
+SERVER_TESTS_INDUCTOR_CACHE = Path.home() / ".cache" / "zthumb" / "test-models" / "torchinductor"
+
 
 def _assert_interleaved(order: list[str], variants: set[str]) -> None:
     """Every round runs each variant once, and the first of a round is not always the same one."""
@@ -17,12 +20,15 @@ def _assert_interleaved(order: list[str], variants: set[str]) -> None:
     assert len({one_round[0] for one_round in rounds}) > 1, order
 
 
-@pytest.mark.slow  # about half a minute of tiny-model generations on a busy 2-core CPU
+@pytest.mark.slow  # tiny-model generations and one compile of the tiny turbo UNet on a busy 2-core CPU
+@pytest.mark.timeout(1500)  # the compile, when the inductor cache is cold
 def test_tiny_run_interleaves_the_variants_and_serves_thumbnails(tmp_path, hack_script):
     """Sections 1 to 3: variants alternate per round with equal sample counts, ratios come from
-    those rounds, and the thumbnail rows run through the server alone and batched (8 and 32)."""
+    those rounds, and the thumbnail rows run through the server alone and batched (8 and 32), and
+    one at a time on a compiled turbo server that compiles nothing after its warm-up."""
     module = hack_script("gpu_bench")
     args = ["--tiny", "--out", str(tmp_path), "--skip", "compiled", "--skip", "training"]
+    args += ["--compile-cache", str(SERVER_TESTS_INDUCTOR_CACHE)]
     assert module.main(args) == 0
 
     report = json.loads((tmp_path / "gpu_bench.json").read_text())
@@ -48,10 +54,18 @@ def test_tiny_run_interleaves_the_variants_and_serves_thumbnails(tmp_path, hack_
     assert thumbnails["server, 1 request at a time"]["mean_batch"] == 1
     tiny_decoder = thumbnails["server, 1 request at a time, tiny decoder"]
     assert tiny_decoder["mean_batch"] == 1 and tiny_decoder["latency_p50_ms"] > 0
+    for name in (
+        "server, 1 request at a time, compiled",
+        "server, 1 request at a time, compiled, tiny decoder",
+    ):
+        row = thumbnails[name]
+        assert (row["compile"], row["recompiles"], row["mean_batch"]) == ("reduce-overhead", 0, "-"), row
+        assert row["compile_s"] > 0 and row["latency_p50_ms"] > 0
     table = (tmp_path / "gpu_bench.md").read_text()
     assert "one thumbnail <= 60 ms end to end in the server, >= 60 thumbnails/s batched" in table
     assert "tiny (CPU): not a measurement" in table
     assert "| server, 32 concurrent (batched) | 32 |" in table
+    assert "| server, 1 request at a time, compiled | 1 |" in table
 
 
 @pytest.mark.slow
@@ -94,8 +108,8 @@ def test_tiny_run_of_the_compiled_section(tmp_path, hack_script, lora):
     recompiles nothing."""
     module = hack_script("gpu_bench")
     # The server tests' inductor cache and slot rank: each warms the cache for the other.
-    cache = Path.home() / ".cache" / "zthumb" / "test-models" / "torchinductor"
-    args = ["--tiny", "--out", str(tmp_path), "--compile-cache", str(cache), "--slot-rank", "16"]
+    args = ["--tiny", "--out", str(tmp_path), "--compile-cache", str(SERVER_TESTS_INDUCTOR_CACHE)]
+    args += ["--slot-rank", "16"]
     args += ["--compile-lora", lora, "--skip", "inference", "--skip", "turbo", "--skip", "training"]
     assert module.main(args) == 0
 
