@@ -31,8 +31,8 @@ def served_scale(config: EvalConfig) -> float:
 
 
 def leakage_scales(config: EvalConfig) -> list[float]:
-    """Scale 0 first, then the served scale and the sweep's other scales, each once."""
-    return list(dict.fromkeys([REFERENCE_SCALE, served_scale(config), *config.scales]))
+    """Scale 0 first, then the sweep's scales and the served scale, each once."""
+    return list(dict.fromkeys([REFERENCE_SCALE, *config.scales, served_scale(config)]))
 
 
 def leakage_requests(config: EvalConfig) -> list[tuple[int, str, int, float]]:

@@ -89,9 +89,11 @@ def sweep_block(
     return block
 
 
-def draw_scale_chart(groups: dict[str, dict[str, ByScale]], recommended: float | None, path: Path) -> int:
+def draw_scale_chart(
+    groups: dict[str, dict[str, ByScale]], recommended: float | None, path: Path
+) -> list[str]:
     """One panel per metric (every metric of any group), each group a line over the scales, the
-    recommended scale a dashed line; the number of panels drawn."""
+    recommended scale a dashed line; the titles of the panels drawn."""
     metrics = ordered_metrics([name for by_metric in groups.values() for name in by_metric])[:MAX_PANELS]
     columns = min(PANEL_COLUMNS, len(metrics))
     rows = math.ceil(len(metrics) / columns)
@@ -116,4 +118,4 @@ def draw_scale_chart(groups: dict[str, dict[str, ByScale]], recommended: float |
     for axes in panels[len(metrics) :]:
         axes.set_visible(False)
     figure.savefig(path)
-    return len(metrics)
+    return [axes.get_title() for axes in figure.axes if axes.get_visible()]
