@@ -100,3 +100,18 @@ def test_the_recommended_scale_reaches_the_compact_summary():
     assert report.summary().status()["recommendedScale"] == 0.8
     assert EvalReport.from_report({"sweep": {"recommended_scale": 7}}).summary().recommended_scale is None
     assert sweep.metrics() == [CLIP_T, CLIP_I]
+
+
+def test_the_out_of_distribution_prompts_are_bounded_naming_the_field():
+    from pydantic import ValidationError
+    from zthumb_contract.spec import DEFAULT_OOD_PROMPTS, EvalSpec, LoRAFinetuneSpec
+
+    assert EvalSpec().out_of_distribution_prompts == DEFAULT_OOD_PROMPTS
+    # A spec written before the groups: its prompts stay the in-distribution group.
+    before = LoRAFinetuneSpec.model_validate({"eval": {"prompts": ["a photo of {trigger}"]}})
+    assert before.eval.prompts == ["a photo of {trigger}"]
+    assert EvalSpec.model_validate({"outOfDistributionPrompts": []}).out_of_distribution_prompts == []
+    with pytest.raises(ValidationError, match=r"eval\.outOfDistributionPrompts\[1\]: a prompt of 1 to 1000"):
+        EvalSpec.model_validate({"outOfDistributionPrompts": ["ok", " "]})
+    with pytest.raises(ValidationError, match="at most 16 items"):
+        EvalSpec.model_validate({"outOfDistributionPrompts": ["p"] * 17})
