@@ -15,9 +15,7 @@ from typing import Any
 from pydantic import Field, computed_field, field_validator
 
 from zthumb_contract.results import EvalSummary, Results, TrainResults
-
-# A number per LoRA scale, keyed by the scale as ``f"{scale:g}"`` ("0", "0.8").
-ByScale = dict[str, float]
+from zthumb_contract.scale_sweep import IN_DISTRIBUTION, ByScale, ScaleSweep
 
 
 class EvalPair(Results):
@@ -26,6 +24,7 @@ class EvalPair(Results):
     prompt: str
     seed: int
     image: str
+    group: str = IN_DISTRIBUTION  # zthumb_contract.scale_sweep.PROMPT_GROUPS; older reports had one
     mean_pixel_difference: ByScale = Field(default_factory=dict)
     latency_s: ByScale = Field(default_factory=dict)
     clip_t: ByScale | None = None
@@ -164,6 +163,7 @@ class EvalReport(Results):
     validation: dict[str, Any] | None = None  # the train step's validation grids (train.validation)
     curves: CurvesBlock | None = None  # drawn from the train step's progress log and grids
     captioning: CaptioningBlock | None = None  # the prepare step's generated captions, if any
+    sweep: ScaleSweep | None = None  # every metric per group and scale, the recommended scale
     gate: dict[str, Any] | None = None  # GateVerdict.status() of spec.eval.gate
 
     @field_validator("training", mode="before")
@@ -192,6 +192,7 @@ class EvalReport(Results):
                     "clip_t_drop": self.clip.clip_t_drop if self.clip else None,
                     "leakage": self.leakage.leakage if self.leakage else None,
                     "adapter_sha256": sha256,
+                    "recommended_scale": self.sweep.recommended_scale if self.sweep else None,
                 }
             )
             or EvalSummary()

@@ -90,3 +90,5 @@ class EvalSummary(Results):
     # served scale: 0 = untouched, up to 2.
     leakage: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
     adapter_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    # The scale the sweep over spec.eval.scales recommends serving (zthumb_contract.scale_sweep).
+    recommended_scale: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)

@@ -42,7 +42,13 @@ CLIP_CONFIG_PATH = "models/clip-vit-large-patch14-config"
 BASE_MODEL_MAX_BYTES = 16 * 2**30
 CLIP_MAX_BYTES = 4 * 2**30
 
-DEFAULT_EVAL_PROMPTS = ["a photo of {trigger}", "a watercolor painting of {trigger} in a garden"]
+# In-distribution: like the training captions. Out-of-distribution: the subject in new contexts.
+DEFAULT_EVAL_PROMPTS = ["a photo of {trigger}", "a close-up photo of {trigger}"]
+DEFAULT_OOD_PROMPTS = [
+    "a watercolor painting of {trigger} in a garden",
+    "a photo of {trigger} on a beach at sunset",
+]
+OOD_PROMPTS_MAX = 16
 # Prompts without the trigger word: an adapter should leave them close to the base model.
 DEFAULT_LEAKAGE_PROMPTS = [
     "a photo of a city street",
@@ -219,6 +225,12 @@ class EvalSpec(SpecModel):
     prompts: list[str] = Field(
         default_factory=lambda: list(DEFAULT_EVAL_PROMPTS), min_length=1, max_length=64
     )
+    # The subject in new contexts, rendered like ``prompts`` (same seeds and scales) and reported
+    # as a group of its own; a list beside ``prompts`` so that every spec written before stays valid
+    # and means what it meant (``prompts`` is the in-distribution group). Empty: no such group.
+    out_of_distribution_prompts: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_OOD_PROMPTS), max_length=OOD_PROMPTS_MAX
+    )
     seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1, max_length=64)
     scales: list[float] = Field(default_factory=lambda: [0.0, 0.8], min_length=1, max_length=16)
     # Rendered without the trigger at scale 0 and the served scale, same seeds: how much the
@@ -245,6 +257,15 @@ class EvalSpec(SpecModel):
                     f"{field}: {TRIGGER_PLACEHOLDER} has no place here: leakage prompts measure what "
                     "the adapter does to prompts without its trigger"
                 )
+        return prompts
+
+    @field_validator("out_of_distribution_prompts")
+    @classmethod
+    def _ood_prompts_bounded(cls, prompts: list[str]) -> list[str]:
+        for index, prompt in enumerate(prompts):
+            if not prompt.strip() or len(prompt) > LEAKAGE_PROMPT_MAX_LENGTH:
+                field = f"eval.outOfDistributionPrompts[{index}]"
+                raise ValueError(f"{field}: a prompt of 1 to {LEAKAGE_PROMPT_MAX_LENGTH} characters")
         return prompts
 
 

@@ -33,7 +33,8 @@ def test_local_run_end_to_end(tmp_path, record_property):
     assert (adapter / "pytorch_lora_weights.safetensors").exists()
     assert json.loads((adapter / "adapter.json").read_text())["steps"] == 30
     summary = json.loads((tmp_path / "outputs" / "lora_eval" / "demo" / "summary.json").read_text())
-    assert summary["requests"] == 4
+    # One prompt in each group, two seeds, three scales.
+    assert summary["requests"] == 12
     assert summary["min_pixel_difference"] > 0  # the adapter changed every pair
     assert summary["adapter"]["sha256"]
     assert (tmp_path / "outputs" / "lora" / "demo" / "progress.jsonl").exists()
@@ -50,7 +51,7 @@ def test_local_run_end_to_end(tmp_path, record_property):
         in (tmp_path / "outputs" / "lora_eval" / "demo" / "report.md").read_text()
     )
     # CLIP-T / CLIP-I with the tiny CLIP the runner served, fetched and verified like the model.
-    assert set(summary["clip"]["by_scale"]) == {"0", "0.8"} and summary["clip"]["training_images"] == 8
+    assert set(summary["clip"]["by_scale"]) == {"0", "0.4", "0.8"} and summary["clip"]["training_images"] == 8
     assert (
         "## Quality metrics (CLIP)" in (tmp_path / "outputs" / "lora_eval" / "demo" / "report.md").read_text()
     )
@@ -59,6 +60,17 @@ def test_local_run_end_to_end(tmp_path, record_property):
     assert len(leakage["prompts"]) == 3 and leakage["scale"] == 0.8
     assert math.isfinite(leakage["leakage"]) and 0 <= leakage["leakage"] <= 2
     assert (tmp_path / "outputs" / "lora_eval" / "demo" / leakage["prompts"][0]["images"][0]).exists()
+    # The scale sweep: both prompt groups and the prompts without the trigger, every metric at every
+    # scale, the chart, and the recommendation (a rule's answer, or why none) in the report.
+    sweep = summary["sweep"]
+    assert list(sweep["groups"]) == ["in_distribution", "out_of_distribution", "without_trigger"]
+    for group in ("in_distribution", "out_of_distribution"):
+        assert set(sweep["groups"][group]) == {"pixel_difference", "clip_t", "clip_i"}
+        assert all(set(values) == {"0", "0.4", "0.8"} for values in sweep["groups"][group].values())
+    assert set(sweep["groups"]["without_trigger"]["leakage"]) == {"0", "0.4", "0.8"}
+    assert (tmp_path / "outputs" / "lora_eval" / "demo" / sweep["chart"]).stat().st_size > 10_000
+    assert summary["pairs"][-1]["image"] == "pairs/ood-p0-s1.png"
+    assert "Recommended scale" in (tmp_path / "outputs" / "lora_eval" / "demo" / "report.md").read_text()
     # The demo's quality gate: passed, at the top of the report, said on stderr.
     assert summary["gate"]["passed"] is True, summary["gate"]
     assert (

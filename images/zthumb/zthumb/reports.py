@@ -26,6 +26,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 from zthumb_contract.eval_report import EvalReport
+from zthumb_contract.scale_sweep import GROUP_TITLES, IN_DISTRIBUTION, METRIC_TITLES
 from zthumb_contract.steps import REPORTS_URL_PREFIX
 
 from zthumb.auth import REPORTS_LOGIN_PATH, REPORTS_STYLESHEET_PATH, configured_key, matches
@@ -98,7 +99,12 @@ def metrics_rows(report: EvalReport) -> list[dict[str, Any]]:
     rows = []
     for scale in report.scales:
         key = _scale_key(scale)
-        differences = [p.mean_pixel_difference[key] for p in report.pairs if key in p.mean_pixel_difference]
+        # As the summary's number: the in-distribution prompts' (the sweep's tables have each group's).
+        differences = [
+            p.mean_pixel_difference[key]
+            for p in report.pairs
+            if key in p.mean_pixel_difference and p.group == IN_DISTRIBUTION
+        ]
         latencies = [p.latency_s[key] for p in report.pairs if key in p.latency_s]
         rows.append(
             {
@@ -112,6 +118,32 @@ def metrics_rows(report: EvalReport) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def sweep_tables(report: EvalReport) -> list[dict[str, Any]]:
+    """The scale sweep as one table per group: its metrics' titles and a row per scale (a cell per
+    metric, None where not measured), whatever metrics the report holds."""
+    sweep = report.sweep
+    if sweep is None:
+        return []
+    tables = []
+    for group, by_metric in sweep.groups.items():
+        metrics = list(by_metric)
+        scales = sorted({key for values in by_metric.values() for key in values}, key=float)
+        rows = [
+            {
+                "scale": scale,
+                "reference": float(scale) == sweep.reference_scale,
+                "recommended": float(scale) == sweep.recommended_scale,
+                "values": [by_metric[metric].get(scale) for metric in metrics],
+            }
+            for scale in scales
+        ]
+        titles = [METRIC_TITLES.get(metric, metric) for metric in metrics]
+        tables.append(
+            {"group": group, "title": GROUP_TITLES.get(group, group), "metrics": titles, "rows": rows}
+        )
+    return tables
 
 
 router = APIRouter(tags=["reports"], include_in_schema=False)
@@ -167,7 +199,10 @@ async def report(run: str, request: Request) -> Response:
     directory = run_directory(reports_root(request), run)
     report = read_summary(directory)
     # The template reads the summary as summary.json spells it (snake_case keys).
-    return _page("report.html", run=run, summary=report.model_dump(), rows=metrics_rows(report))
+    return _page(
+        "report.html", run=run, summary=report.model_dump(), rows=metrics_rows(report),
+        sweep_tables=sweep_tables(report),
+    )  # fmt: skip
 
 
 @router.get(REPORTS_URL_PREFIX + "/{run}/files/{path:path}")

@@ -69,7 +69,17 @@ def test_printer_columns() -> None:
     assert cols["LEAKAGE"]["jsonPath"] == ".status.evalSummary.leakage"
     assert cols["ETA"]["jsonPath"] == ".status.progress.estimatedRemainingSeconds"
     assert cols["ETA"]["type"] == "integer"
-    for wide in ("REPORT", "MESSAGE", "STEPS/S", "ETA", "CLIP-I GAIN", "CLIP-T DROP", "LEAKAGE"):
+    assert cols["RECOMMENDED"]["jsonPath"] == ".status.evalSummary.recommendedScale"
+    for wide in (
+        "REPORT",
+        "MESSAGE",
+        "STEPS/S",
+        "ETA",
+        "CLIP-I GAIN",
+        "CLIP-T DROP",
+        "LEAKAGE",
+        "RECOMMENDED",
+    ):
         assert cols[wide]["priority"] == 1
     for col in cols.values():
         assert col.get("priority", 0) in (0, 1)
@@ -330,6 +340,9 @@ def test_example_is_valid_for_spec_py_and_the_crd() -> None:
         (("baseModel", "allowInsecureHttp"), "yes"),
         (("images", "pullSecrets"), ["Team_Registry"]),
         (("images", "pullSecrets"), [f"s{i}" for i in range(9)]),
+        (("eval", "outOfDistributionPrompts"), [""]),
+        (("eval", "outOfDistributionPrompts"), ["x" * 1001]),
+        (("eval", "outOfDistributionPrompts"), [f"{{trigger}} {i}" for i in range(17)]),
     ],
 )
 def test_schema_refuses_bad_values(path: tuple[str, ...], value: Any) -> None:

@@ -188,3 +188,34 @@ def test_a_report_page_shows_the_generated_captions_escaped(make_client, tmp_pat
     assert "<tr><td>cats/001.jpg</td><td>zt, a cat on a sofa</td></tr>" in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script" not in html
     assert "Generated captions" not in client.get("/reports/plain/").text
+
+
+def test_the_scale_sweep_shows_one_table_per_group_with_every_metric(make_client, tmp_path):
+    """The sweep's chart, its recommendation and a table per prompt group, with whatever metrics
+    the report holds (a metric this page does not know is shown by its key); a report from before
+    the sweep has no such section."""
+    import json
+
+    directory = write_report(tmp_path / "reports", "swept")
+    summary = json.loads((directory / "summary.json").read_text())
+    assert summary["sweep"]["chart"] == "curves/scales.png"
+    summary["sweep"]["groups"]["out_of_distribution"] = {
+        "clip_t": {"0": 0.2811, "0.8": 0.2533},
+        "dino": {"0": 0.4, "0.8": 0.6172},
+    }
+    summary["sweep"]["recommended_scale"] = None
+    summary["sweep"]["rule"] = "no scale has a positive CLIP-I gain with these limits"
+    (directory / "summary.json").write_text(json.dumps(summary))
+    old = write_report(tmp_path / "reports", "old")
+    before = json.loads((old / "summary.json").read_text())
+    del before["sweep"]
+    (old / "summary.json").write_text(json.dumps(before))
+    client = make_client(reports_dir=tmp_path / "reports")
+    html = client.get("/reports/swept/").text
+    assert 'id="sweep-in_distribution"' in html and 'id="sweep-out_of_distribution"' in html
+    assert "<th>dino</th>" in html and "<td>0.6172</td>" in html and "<td>0.2533</td>" in html
+    assert "No recommended scale: no scale has a positive CLIP-I gain" in html
+    assert 'src="/reports/swept/files/curves/scales.png"' in html
+    assert client.get("/reports/swept/files/curves/scales.png").content.startswith(b"\x89PNG")
+    old_html = client.get("/reports/old/").text
+    assert "LoRA evaluation: old" in old_html and 'id="sweep"' not in old_html

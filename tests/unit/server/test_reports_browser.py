@@ -50,7 +50,8 @@ def test_the_report_page_in_a_real_browser(chromium, tiny_model, lora_root, tmp_
         images = page.evaluate(
             "Array.from(document.images).map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0])"
         )
-        assert len(images) == 3 and all(loaded for _, loaded in images), images  # 2 pairs + 1 grid
+        # 2 pairs + 1 grid + the scale chart
+        assert len(images) == 4 and all(loaded for _, loaded in images), images
         assert page.evaluate("document.cookie") == ""  # HttpOnly: no script can read the session
         screenshot = ARTIFACTS / "report-page.png"
         page.screenshot(screenshot)
@@ -86,12 +87,20 @@ def test_the_curves_and_the_index_thumbnails_load_in_a_real_browser(
             "document.getElementById('login').requestSubmit(); true"
         )
         assert page.evaluate("location.pathname") == "/reports/z-curves/"
-        for image in ("loss-curve", "learning-rate-curve", "validation-strip"):
+        for image in ("loss-curve", "learning-rate-curve", "validation-strip", "scale-chart"):
             assert page.evaluate(f"{loaded}({image!r})"), image
-        widths = page.evaluate(
-            "['loss-curve', 'validation-strip'].map(id => document.getElementById(id).naturalWidth)"
+        # The sweep: its recommendation and one table per prompt group, beside the chart.
+        assert "Recommended scale: 0.8" in page.evaluate(
+            "document.getElementById('recommended-scale').innerText"
         )
-        assert widths[0] == 800 and widths[1] > 3 * 200  # the fixed-size curve; three grids side by side
+        # The helper's images differ by 160 in one channel of three.
+        assert "53.33" in page.evaluate("document.getElementById('sweep-in_distribution').innerText")
+        widths = page.evaluate(
+            "['loss-curve', 'validation-strip', 'scale-chart']"
+            ".map(id => document.getElementById(id).naturalWidth)"
+        )
+        # The fixed-size curve; three grids side by side; the chart as wide as a curve.
+        assert widths[0] == 800 and widths[1] > 3 * 200 and widths[2] == 800
         report_shot = ARTIFACTS / "report-curves.png"
         page.screenshot(report_shot)
         page.navigate(f"{url}/reports/")

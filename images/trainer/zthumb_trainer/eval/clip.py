@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from zthumb_contract.scale_sweep import CLIP_I, CLIP_T, IN_DISTRIBUTION
+
 from zthumb_trainer.eval.clip_metrics import ClipError, ClipScorer, clip_scores, spread
 from zthumb_trainer.eval.config import EvalConfig, Sample
 
@@ -46,18 +48,19 @@ def training_images(config: EvalConfig) -> list[Any]:
 
 
 def clip_block(config: EvalConfig, scorer: Any, samples: list[Sample]) -> dict[str, Any]:
-    """The summary's ``clip`` block; each sample's CLIP-T and CLIP-I go into ``sample.response``."""
+    """The summary's ``clip`` block, of the in-distribution prompts (``spec.eval.prompts``, what the
+    gate judges); every sample's CLIP-T and CLIP-I go into its ``scores`` (the sweep's, per group)."""
     training = training_images(config)
     clip_t, clip_i = clip_scores(scorer, [s.image for s in samples], [s.prompt for s in samples], training)
     by_scale: dict[str, dict[str, float]] = {}
     for scale in config.scales:
-        picked = [i for i, sample in enumerate(samples) if sample.scale == scale]
+        picked = [i for i, s in enumerate(samples) if s.scale == scale and s.group == IN_DISTRIBUTION]
         by_scale[f"{scale:g}"] = {
             "clip_t": round(sum(clip_t[i] for i in picked) / len(picked), 4),
             "clip_i": round(sum(clip_i[i] for i in picked) / len(picked), 4),
         }
     for sample, t, i in zip(samples, clip_t, clip_i, strict=True):
-        sample.response["clip"] = {"clip_t": round(t, 4), "clip_i": round(i, 4)}
+        sample.scores |= {CLIP_T: round(t, 4), CLIP_I: round(i, 4)}
     reference = f"{config.scales[0]:g}"
     served = f"{config.served_scale if config.served_scale is not None else config.scales[-1]:g}"
     return {

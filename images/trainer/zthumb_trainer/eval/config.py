@@ -5,10 +5,11 @@ importing each other."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zthumb_contract.scale_sweep import IN_DISTRIBUTION
 from zthumb_contract.spec import EvalSpec
 
 
@@ -44,3 +45,7 @@ class Sample:
     image: Any  # PIL.Image.Image
     latency_s: float
     response: dict[str, Any]
+    group: str = IN_DISTRIBUTION  # zthumb_contract.scale_sweep: the prompt group it belongs to
+    # Its per-image metrics ("clip_t", "clip_i", ...): the sweep averages every key per group and
+    # scale, so a metric that writes one here shows in the report's tables and chart.
+    scores: dict[str, float] = field(default_factory=dict)

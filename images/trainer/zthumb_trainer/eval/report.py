@@ -14,6 +14,7 @@ from zthumb_contract.eval_report import (
     HoldoutTrend,
     LeakageBlock,
 )
+from zthumb_contract.scale_sweep import GROUP_TITLES, METRIC_TITLES, ScaleSweep
 
 from zthumb_trainer.train.measure import training_markdown
 
@@ -34,14 +35,19 @@ def render_markdown(report: EvalReport) -> str:
         f" (0–255; 0 means the adapter changed nothing)",
         f"- Mean latency per request: {report.mean_latency_s} s over {report.requests} requests",
         training_markdown(report.training),
+        *recommended_markdown(report.sweep),
         "",
         *curves_markdown(report.curves),
+        *sweep_markdown(report.sweep),
     ]
     for pair in report.pairs:
         differences = ", ".join(f"scale {k}: {v}" for k, v in pair.mean_pixel_difference.items())
         latencies = ", ".join(f"scale {k}: {v} s" for k, v in pair.latency_s.items())
+        group = (
+            "" if pair.group == report.pairs[0].group else f" ({GROUP_TITLES.get(pair.group, pair.group)})"
+        )
         lines += [
-            f"## {pair.prompt} — seed {pair.seed}",
+            f"## {pair.prompt} — seed {pair.seed}{group}",
             "",
             f"![{pair.prompt} seed {pair.seed}]({pair.image})",
             "",
@@ -75,6 +81,40 @@ def gate_markdown(gate: dict[str, Any] | None) -> list[str]:
             f"{'pass' if check['passed'] else 'FAIL'} |"
         )
     return [*lines, ""]
+
+
+def recommended_markdown(sweep: ScaleSweep | None) -> list[str]:
+    """The recommended scale in the report's list of facts, with the rule that chose it."""
+    if sweep is None:
+        return []
+    if sweep.recommended_scale is None:
+        return [f"- Recommended scale: none ({sweep.rule})"]
+    return [f"- **Recommended scale: {sweep.recommended_scale:g}** ({sweep.rule})"]
+
+
+def sweep_markdown(sweep: ScaleSweep | None) -> list[str]:
+    """The scale sweep: its chart, then one table per group (a row per scale, a column per metric)."""
+    if sweep is None or not sweep.groups:
+        return []
+    lines = ["## Metrics by LoRA scale", ""]
+    if sweep.chart:
+        lines += [f"![every metric against the LoRA scale]({sweep.chart})", ""]
+    for group, by_metric in sweep.groups.items():
+        metrics = list(by_metric)
+        scales = sorted({key for values in by_metric.values() for key in values}, key=float)
+        lines += [
+            f"### {GROUP_TITLES.get(group, group).capitalize()}",
+            "",
+            "| scale | " + " | ".join(METRIC_TITLES.get(m, m) for m in metrics) + " |",
+            "| --- |" + " --- |" * len(metrics),
+        ]
+        for scale in scales:
+            marks = " (reference)" if float(scale) == sweep.reference_scale else ""
+            marks += " (recommended)" if float(scale) == sweep.recommended_scale else ""
+            cells = [f"{by_metric[m][scale]:.4g}" if scale in by_metric[m] else "–" for m in metrics]
+            lines.append(f"| {scale}{marks} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
 def curves_markdown(curves: CurvesBlock | None) -> list[str]:

@@ -1,9 +1,11 @@
 """eval: ask a running ZThumb server for the same seeds with and without the adapter, and report.
 
-For every prompt × seed it requests one image per LoRA scale (default 0 and 0.8), then
-writes ``<output>/`` (published atomically, like the adapter):
+For every prompt × seed of both prompt groups (``spec.eval.prompts``, in-distribution, and
+``spec.eval.outOfDistributionPrompts``: ``prompt_groups.py``) it requests one image per LoRA scale
+(default 0 and 0.8), then writes ``<output>/`` (published atomically, like the adapter):
 
-* ``pairs/p<i>-s<seed>.png``: the images side by side, each labelled with its scale;
+* ``pairs/p<i>-s<seed>.png`` (``pairs/ood-p<i>-s<seed>.png`` out of distribution): the images side
+  by side, each labelled with its scale;
 * ``report.md``: the pairs, the mean absolute pixel difference against scale 0 for
   each, the latency of each request, adapter + base model info, and the train step's
   steps/s and peak memory (from its ``summary.json``, when given), and the validation samples
@@ -13,6 +15,8 @@ writes ``<output>/`` (published atomically, like the adapter):
   served scale (``leakage.py``; with CLIP only, which measures it);
 * ``curves/``: the loss (raw and smoothed) and the learning rate over the steps, from the train
   step's ``progress.jsonl`` beside its summary, and the validation grids as one strip (``curves.py``);
+  ``scales.png``, every per-scale metric of every group against the scale (``scale_sweep.py``, which
+  also recommends a scale);
 * ``summary.json``: the same numbers for machines (``zthumb_contract.eval_report.EvalReport``); its
   compact ``EvalSummary`` goes to the termination message for the operator.
 """
@@ -31,6 +35,7 @@ import httpx
 from zthumb_contract import env
 from zthumb_contract.eval_report import EvalReport, LeakageBlock
 from zthumb_contract.gate import evaluate_gate
+from zthumb_contract.scale_sweep import IN_DISTRIBUTION
 
 from zthumb_trainer.atomic import publish_directory, staging_directory
 from zthumb_trainer.dataset.captioning import read_captioning_stats
@@ -39,10 +44,17 @@ from zthumb_trainer.eval.clip import clip_block, load_clip
 from zthumb_trainer.eval.clip_metrics import ClipError
 from zthumb_trainer.eval.config import EvalConfig, Sample
 from zthumb_trainer.eval.curves import write_curves
-from zthumb_trainer.eval.images import mean_pixel_difference, side_by_side
-from zthumb_trainer.eval.leakage import leakage_block, leakage_requests, save_leakage_pairs, served_scale
+from zthumb_trainer.eval.leakage import (
+    leakage_block,
+    leakage_by_scale,
+    leakage_requests,
+    save_leakage_pairs,
+    served_scale,
+    similarities,
+)
+from zthumb_trainer.eval.prompt_groups import prompt_requests, score_pixel_differences, write_pairs
 from zthumb_trainer.eval.report import render_markdown
-from zthumb_trainer.prompts import expand_prompt
+from zthumb_trainer.eval.scale_sweep import sweep_block
 from zthumb_trainer.reporting import PROGRESS_LOG, write_termination_message
 from zthumb_trainer.train.measure import read_training_block
 from zthumb_trainer.train.validation import SAMPLES_DIR, read_index, summary_block
@@ -140,38 +152,42 @@ def run_eval(config: EvalConfig) -> EvalReport:
         wait_until_ready(client, config.ready_timeout)
         models = _get_json(client, "/models")
         samples: list[Sample] = []
-        for prompt_index, raw_prompt in enumerate(config.prompts):
-            prompt = expand_prompt(raw_prompt, config.trigger_word)
+        for group, prompt_index, prompt in prompt_requests(config):  # same seeds and scales per group
             for seed in config.seeds:
                 for scale in config.scales:
-                    samples.append(_sample(client, config, (prompt_index, prompt, seed, scale)))
+                    samples.append(_sample(client, config, (prompt_index, prompt, seed, scale), group=group))
         # Leakage prompts go out as written: no trigger word is added.
         requests = leakage_requests(config) if scorer is not None else []
         unasked = [_sample(client, config, request, label="leakage ") for request in requests]
     try:
         clip = clip_block(config, scorer, samples) if scorer is not None else None
-        leakage = None
+        leakage, by_scale = None, None
         if scorer is not None and unasked:
-            leakage = leakage_block(scorer, unasked, served_scale(config), config.seeds)
+            similar = similarities(scorer, unasked)
+            leakage = leakage_block(similar, unasked, served_scale(config), config.seeds)
+            by_scale = leakage_by_scale(similar)
     except ClipError as error:
         raise EvalError(str(error)) from error
     seconds = time.monotonic() - started
     report = write_report(
-        config, samples, models, seconds, clip=clip, leakage=leakage, leakage_samples=unasked
-    )
+        config, samples, models, seconds, clip=clip, leakage=leakage, leakage_samples=unasked,
+        leakage_by_scale=by_scale,
+    )  # fmt: skip
     write_termination_message(report.summary().status())
     return report
 
 
 def _sample(
-    client: httpx.Client, config: EvalConfig, request: tuple[int, str, int, float], label: str = ""
-) -> Sample:
+    client: httpx.Client, config: EvalConfig, request: tuple[int, str, int, float], label: str = "",
+    group: str = IN_DISTRIBUTION,
+) -> Sample:  # fmt: skip
     """One image: ``request`` is (prompt index, prompt, seed, scale)."""
     prompt_index, prompt, seed, scale = request
     image, latency, payload = generate(client, config, prompt, seed, scale)
+    label = label or ("" if group == IN_DISTRIBUTION else "out-of-distribution ")
     print(f"{label}prompt {prompt_index} seed {seed} scale {scale}: {latency:.2f}s", file=sys.stderr)
     payload.pop("images", None)
-    return Sample(prompt_index, prompt, seed, scale, image, latency, payload)
+    return Sample(prompt_index, prompt, seed, scale, image, latency, payload, group=group)
 
 
 def _get_json(client: httpx.Client, path: str) -> dict[str, Any]:
@@ -191,37 +207,17 @@ def write_report(
     clip: dict[str, Any] | None = None,
     leakage: LeakageBlock | None = None,
     leakage_samples: list[Sample] | None = None,
+    leakage_by_scale: dict[float, float] | None = None,
 ) -> EvalReport:
     staging = staging_directory(config.output, "tmp")
-    (staging / "pairs").mkdir()
     reference_scale = config.scales[0]
-    pairs: list[dict[str, Any]] = []
-    adapter: dict[str, Any] | None = None
-    for prompt_index, prompt in enumerate(dict.fromkeys(s.prompt for s in samples)):
-        for seed in config.seeds:
-            group = [s for s in samples if s.prompt == prompt and s.seed == seed]
-            base = group[0]
-            name = f"pairs/p{prompt_index}-s{seed}.png"
-            side_by_side([s.image for s in group], [f"scale {s.scale:g}" for s in group]).save(staging / name)
-            differences = {
-                f"{s.scale:g}": round(mean_pixel_difference(base.image, s.image), 3) for s in group[1:]
-            }
-            pairs.append(
-                {
-                    "prompt": prompt,
-                    "seed": seed,
-                    "image": name,
-                    "mean_pixel_difference": differences,
-                    "latency_s": {f"{s.scale:g}": round(s.latency_s, 3) for s in group},
-                }
-            )
-            if clip is not None:
-                for metric in ("clip_t", "clip_i"):
-                    pairs[-1][metric] = {f"{s.scale:g}": s.response["clip"][metric] for s in group}
-            for sample in group:
-                adapter = adapter or (sample.response.get("adapter") if sample.scale else None)
+    score_pixel_differences(samples)
+    pairs, adapter = write_pairs(samples, staging)
     latencies = [s.latency_s for s in samples]
-    all_diffs = [value for pair in pairs for value in pair["mean_pixel_difference"].values()]
+    # The gate's pixel difference, as CLIP's numbers: of the in-distribution prompts (spec.eval.prompts).
+    all_diffs = [
+        value for p in pairs if p["group"] == IN_DISTRIBUTION for value in p["mean_pixel_difference"].values()
+    ]
     first_response = samples[0].response if samples else {}
     summary: dict[str, Any] = {
         "run_name": config.run_name,
@@ -254,9 +250,10 @@ def write_report(
             [(s["step"], staging / s["image"]) for s in (validation or {}).get("samples", [])],
             staging,
         ),
+        "sweep": sweep_block(config, samples, staging, leakage_by_scale),
     }
     if leakage is not None and leakage_samples:
-        save_leakage_pairs(leakage_samples, staging)
+        save_leakage_pairs(leakage_samples, staging, leakage.scale)
     # Through the model: a value it refuses (NaN) is dropped on its own, not written.
     report = EvalReport.from_report(summary) or EvalReport()
     verdict = evaluate_gate(config.gate, report.summary())

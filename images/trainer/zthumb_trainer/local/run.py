@@ -15,7 +15,7 @@ played locally:
 
 Without a YAML it runs the embedded default: the tiny model, a synthetic dataset, a
 few dozen steps at 256 px with 64 px validation samples midway and at the end, and a 64 px
-evaluation, in a couple of minutes on a laptop CPU.
+evaluation (one prompt in each group, three scales), in a couple of minutes on a laptop CPU.
 """
 
 from __future__ import annotations
@@ -74,6 +74,9 @@ EMBEDDED_DEFAULT: dict[str, Any] = {
     "resources": {"gpus": 0},
     "eval": {
         "prompts": ["a photo of {trigger}"],
+        "outOfDistributionPrompts": ["a watercolor painting of {trigger}"],
+        # Three scales: the report's chart of every metric against the scale has a middle point.
+        "scales": [0.0, 0.4, 0.8],
         "seeds": [0, 1],
         "steps": 4,
         "width": 64,

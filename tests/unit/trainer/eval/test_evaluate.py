@@ -82,7 +82,8 @@ def test_report_pairs_differences_and_summary(tmp_path, monkeypatch):
         summary = run_eval(
             EvalConfig(server_url=server.url, output=output, run_name="style", lora_path="style",
                        prompts=["a photo of {trigger}", "a tree"], seeds=[0, 1], scales=[0.0, 0.8],
-                       trigger_word="zt", steps=4, width=64, height=64, train_summary=train_summary)
+                       trigger_word="zt", steps=4, width=64, height=64, train_summary=train_summary,
+                       out_of_distribution_prompts=[])
         )  # fmt: skip
     assert len(seen) == 8
     assert {(r["lora_scale"], r["lora_path"], r["output_format"]) for r in seen} == {
@@ -127,7 +128,8 @@ def test_never_ready_exits_non_zero_saying_so(tmp_path, monkeypatch):
         result = CliRunner().invoke(
             app,
             ["eval", "--server-url", server.url, "--run-name", "s", "--output", str(tmp_path / "out"),
-             "--lora-path", "s", "--trigger-word", "zt", "--steps", "2", "--prompt", "x", "--seed", "0"],
+             "--lora-path", "s", "--trigger-word", "zt", "--steps", "2", "--prompt", "x", "--seed", "0",
+                 "--no-out-of-distribution-prompts"],
         )  # fmt: skip
     assert result.exit_code == 1
     assert "not ready after" in result.output and "HTTP 503" in result.output
@@ -154,7 +156,8 @@ def test_eval_sends_the_key_of_its_env_as_a_bearer_token(tmp_path, monkeypatch, 
         result = CliRunner().invoke(
             app,
             ["eval", "--server-url", server.url, "--output", str(tmp_path / "out"), "--run-name", "s",
-             "--lora-path", "s", "--trigger-word", "zt", "--steps", "2", "--prompt", "x", "--seed", "0"],
+             "--lora-path", "s", "--trigger-word", "zt", "--steps", "2", "--prompt", "x", "--seed", "0",
+                 "--no-out-of-distribution-prompts"],
         )  # fmt: skip
     assert result.exit_code == exit_code, result.output
     assert says in result.output
@@ -259,6 +262,7 @@ def _clip_config(tmp_path, clip_server, clip_files, sha256=None, **overrides):
     }
     return dict(
         output=tmp_path / "eval", run_name="style", lora_path="style", prompts=["a tree"], seeds=[0, 1],
+        out_of_distribution_prompts=[],
         scales=[0.0], served_scale=0.8, steps=2, clip=clip_spec, train_summary=run_dir / "summary.json",
         clip_model=tmp_path / "models" / "clip.safetensors", clip_config=tmp_path / "models" / "clip-config",
     ) | overrides  # fmt: skip
