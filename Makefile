@@ -43,7 +43,7 @@ lint: $(STAMP) k8s-bin
 	$(BIN)/mypy
 	PYTHONPATH=contract:images/zthumb:images/trainer:operator $(BIN)/lint-imports --no-cache
 	$(BIN)/hadolint images/base/Dockerfile images/zthumb/Dockerfile images/trainer/Dockerfile \
-	  images/trainer/Dockerfile.cpu images/helm-test/Dockerfile operator/Dockerfile
+	  images/helm-test/Dockerfile operator/Dockerfile
 	$(BIN)/shellcheck --external-sources $$(find hack -name '*.sh' | sort) .ci/run
 	PATH="$$(hack/cluster/cluster.sh bindir):$$PATH" helm lint --strict charts/zthumb
 	PATH="$$(hack/cluster/cluster.sh bindir):$$PATH" helm lint --strict charts/zthumb-operator

@@ -2,10 +2,12 @@
 # Build the project's container images for real, from its own Dockerfiles, without Docker or a
 # registry (hack/images/README-images.md: a Debian base made with mmdebstrap, buildah bud, OCI archives):
 #
-#   1. a Debian bookworm base made by `mmdebstrap --variant=minbase` (+ python3, python3-venv,
-#      ca-certificates), cached as a tarball and turned into a local image;
-#   2. `buildah bud --pull=never --isolation=chroot` of every Dockerfile with its base image as a
-#      build argument (the Dockerfiles' production defaults, CUDA bases, stay as they are);
+#   1. a Debian bookworm base made by `mmdebstrap --variant=minbase`, the local stand-in for the
+#      Dockerfiles' default base (debian:bookworm-<date>-slim, pinned by digest, which no registry
+#      here can serve), cached as a tarball and turned into a local image;
+#   2. `buildah bud --pull=never --isolation=chroot` of every Dockerfile with that base as its
+#      BASE_IMAGE (TORCH_BASE for zthumb and trainer): the Dockerfiles' own recipe, nothing else
+#      (the packages, Python, the venv are the Dockerfiles' own, as for `docker build`);
 #   3. `buildah push IMG oci-archive:FILE:IMG` into $ZTHUMB_IMAGES_DIR/*.tar;
 #   4. `ctr -n k8s.io images import FILE` into the real node's containerd, when it is up.
 #
@@ -13,6 +15,9 @@
 #   hack/images/build-images.sh import [IMAGE...]      only import the exported archives
 #   hack/images/build-images.sh layers                 show and check the layers the archives share
 #   hack/images/build-images.sh list                   print "IMAGE REF ARCHIVE" per image
+#   hack/images/build-images.sh storage                print buildah's global options for the
+#                                                      project's storage, one word a line
+#                                                      (hack/images/image_checks.py runs them)
 #
 # IMAGE is one of: zthumb trainer operator helm-test (torch-base, the server's and trainer's
 # shared base, is built whenever one of them needs it; it is not exported on its own).
@@ -66,7 +71,7 @@ WHEELHOUSE="${ZTHUMB_WHEELHOUSE:-${IMAGES_DIR}/wheels}"
 STORAGE_DIR="${IMAGES_DIR}/storage"
 RUN_DIR="${IMAGES_DIR}/run"
 # Bump when a change here alters what an image contains (build flags, base recipe).
-RECIPE_VERSION=1
+RECIPE_VERSION=2
 INPUTS_LABEL="io.zthumb.inputs"
 
 # shellcheck source=hack/lib/log.sh
@@ -147,11 +152,13 @@ image_label() {
 
 # --- the Debian base --------------------------------------------------------------------------
 
-DEBIAN_INCLUDE="python3,python3-venv,ca-certificates"
+# The Debian release of the Dockerfiles' default base (debian:bookworm-<date>-slim); nothing
+# beyond minbase, as in that image: the Dockerfiles install what they need.
+DEBIAN_SUITE=bookworm
 debian_sources() {
-  printf '%s\n' "deb ${DEBIAN_MIRROR} bookworm main" \
-    "deb ${DEBIAN_MIRROR} bookworm-updates main" \
-    "deb ${DEBIAN_SECURITY_MIRROR} bookworm-security main"
+  printf '%s\n' "deb ${DEBIAN_MIRROR} ${DEBIAN_SUITE} main" \
+    "deb ${DEBIAN_MIRROR} ${DEBIAN_SUITE}-updates main" \
+    "deb ${DEBIAN_SECURITY_MIRROR} ${DEBIAN_SUITE}-security main"
 }
 
 # Prints the local reference of the bookworm base image, building tarball and image as needed.
@@ -159,7 +166,7 @@ ensure_debian_base() {
   local key tarball sum ref
   key=$(
     {
-      echo "minbase bookworm ${DEBIAN_INCLUDE} recipe=${RECIPE_VERSION}"
+      echo "minbase ${DEBIAN_SUITE} recipe=${RECIPE_VERSION}"
       debian_sources
     } | sha256sum | cut -c1-12
   )
@@ -168,18 +175,18 @@ ensure_debian_base() {
   tarball="${IMAGES_DIR}/base/debian-bookworm-minbase-${key}.tar"
   if [[ "${REFRESH_BASE}" == 1 ]]; then rm -f "${tarball}" "${tarball}.sha256"; fi
   if [[ ! -s "${tarball}" ]]; then
-    log "mmdebstrap: Debian bookworm minbase + ${DEBIAN_INCLUDE} -> ${tarball}"
+    log "mmdebstrap: Debian bookworm minbase -> ${tarball}"
     local t0=$SECONDS
     local sources=()
     mapfile -t sources < <(debian_sources)
     # Docs, man pages and translations are of no use in an image.
-    mmdebstrap --variant=minbase --format=tar --include="${DEBIAN_INCLUDE}" \
+    mmdebstrap --variant=minbase --format=tar \
       --dpkgopt='path-exclude=/usr/share/man/*' \
       --dpkgopt='path-exclude=/usr/share/locale/*' \
       --dpkgopt='path-include=/usr/share/locale/locale.alias' \
       --dpkgopt='path-exclude=/usr/share/doc/*' \
       --dpkgopt='path-include=/usr/share/doc/*/copyright' \
-      bookworm "${tarball}.tmp" "${sources[@]}" >"${IMAGES_DIR}/base/mmdebstrap.log" 2>&1 ||
+      "${DEBIAN_SUITE}" "${tarball}.tmp" "${sources[@]}" >"${IMAGES_DIR}/base/mmdebstrap.log" 2>&1 ||
       die "mmdebstrap failed, see ${IMAGES_DIR}/base/mmdebstrap.log"
     mv "${tarball}.tmp" "${tarball}"
     rm -f "${tarball}.sha256"
@@ -196,7 +203,7 @@ ensure_debian_base() {
     bh add --quiet "${ctr}" "${tarball}" / >/dev/null
     bh config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
       --env LANG=C.UTF-8 --cmd /bin/bash \
-      --label "org.opencontainers.image.description=Debian bookworm minbase + ${DEBIAN_INCLUDE}" \
+      --label "org.opencontainers.image.description=Debian bookworm minbase" \
       "${ctr}"
     bh commit --quiet --rm "${ctr}" "${ref}" >/dev/null
   fi
@@ -509,7 +516,7 @@ while (($#)); do
     --force) FORCE=1 ;;
     --no-verify) VERIFY=0 ;;
     --refresh-base) REFRESH_BASE=1 ;;
-    import | layers | list) CMD=$1 ;;
+    import | layers | list | storage) CMD=$1 ;;
     -h | --help)
       sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
       exit 0
@@ -527,6 +534,10 @@ done
 
 if [[ "${CMD}" == list ]]; then
   for name in "${WANT[@]}"; do echo "${name} ${REF[${name}]} $(archive_of "${name}")"; done
+  exit 0
+fi
+if [[ "${CMD}" == storage ]]; then
+  printf '%s\n' --root "${STORAGE_DIR}" --runroot "${RUN_DIR}" --storage-driver "$(storage_driver)"
   exit 0
 fi
 
@@ -563,15 +574,14 @@ DEBIAN_BASE=$(ensure_debian_base)
 ensure_wheelhouse
 
 want() { [[ " ${WANT[*]} " == *" $1 "* ]]; }
-# The bookworm base has python3 + python3-venv already: nothing to apt-get install.
-if want zthumb || want trainer; then
-  build torch-base "${DEBIAN_BASE}" "BASE_IMAGE=${DEBIAN_BASE}" PYTHON=python3 PYTHON_APT= COMPILER_APT=
-fi
+# Only the base differs from `docker build` (a registry image there, this local rootfs here); the
+# other build arguments keep their defaults (EXTRA_PIP: ZTHUMB_TRAINER_EXTRA_PIP, empty unless set).
+if want zthumb || want trainer; then build torch-base "${DEBIAN_BASE}" "BASE_IMAGE=${DEBIAN_BASE}"; fi
 if want zthumb; then build zthumb "${REF[torch-base]}" "TORCH_BASE=${REF[torch-base]}"; fi
 if want trainer; then
   build trainer "${REF[torch-base]}" "TORCH_BASE=${REF[torch-base]}" "EXTRA_PIP=${TRAINER_EXTRA_PIP}"
 fi
-if want operator; then build operator "${DEBIAN_BASE}" "PYTHON_BASE=${DEBIAN_BASE}" PYTHON=python3; fi
+if want operator; then build operator "${DEBIAN_BASE}" "BASE_IMAGE=${DEBIAN_BASE}"; fi
 if want helm-test; then build helm-test "${DEBIAN_BASE}" "BASE_IMAGE=${DEBIAN_BASE}"; fi
 
 if ((${#BUILT[@]})); then
