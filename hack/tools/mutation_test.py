@@ -12,13 +12,18 @@ mutmut names a mutant after its file's path (``src/`` stripped), and the package
 import), the tests, the files they read (the CRD, the manifests) and a ``pyproject.toml`` holding
 the pytest settings and the ``[tool.mutmut]`` section written here. The packages that are not
 mutated come from the worktree through PYTHONPATH. Prints the score per package and the surviving
-mutants, and writes both to ``<staging>/report.md``.
+mutants, and writes both to ``<staging>/report.md`` (and ``results.json``).
+
+A whole run is slow, so a file can be measured again alone after its tests changed
+(``--only operator/zthumb_operator/api.py --tests tests/unit/operator/test_kube_api.py``) and the
+runs combined (``--combine .mutation/contract-operator .mutation/operator-<hash>``).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import json
 import os
 import re
@@ -29,7 +34,7 @@ import sys
 import time
 import tomllib
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -278,9 +283,23 @@ def collect(stage: Path) -> tuple[dict[str, str], dict[str, str]]:
     return status, diffs
 
 
-def report(stage: Path, packages: list[Package], status: dict[str, str], diffs: dict[str, str]) -> str:
+def combine(runs: list[dict[str, dict[str, str]]]) -> tuple[dict[str, str], dict[str, str]]:
+    """Several runs' results as one: a mutant any run killed is killed (runs only add tests, so a
+    kill stays a kill); otherwise the status of a run that ran it, else "not checked"."""
+    status: dict[str, str] = {}
+    diffs: dict[str, str] = {}
+    for run in runs:
+        for mutant, outcome in run["status"].items():
+            known = status.get(mutant)
+            if known is None or known in NOT_RUN or (outcome in KILLED and known not in KILLED):
+                status[mutant] = outcome
+        diffs.update(run["diffs"])
+    return status, {m: d for m, d in diffs.items() if status.get(m) not in KILLED}
+
+
+def report(status: dict[str, str], diffs: dict[str, str]) -> str:
     by_package = scores(status)
-    roots = {p.name: p.import_root for p in packages}
+    roots = {p.name: p.import_root for p in PACKAGES.values()}
     lines = ["| package | killed / ran | score | not run |", "| --- | --- | --- | --- |"]
     for name, score in by_package.items():
         ran = f"{score.killed} / {score.total}"
@@ -291,7 +310,7 @@ def report(stage: Path, packages: list[Package], status: dict[str, str], diffs: 
     for name, score in by_package.items():
         for mutant in score.survivors:
             relative = module_path(mutant)
-            source = (stage / "src" / relative).read_text()
+            source = (ROOT / roots[name] / relative).read_text()
             removed, added = changed_lines(diffs.get(mutant, ""))
             line = mutated_line(source, qualname_of(mutant), removed)
             where = f"{roots[name]}/{relative}:{line}"
@@ -301,6 +320,26 @@ def report(stage: Path, packages: list[Package], status: dict[str, str], diffs: 
     return "\n".join(lines) + "\n"
 
 
+def narrowed(names: list[str], only: list[str], tests: list[str]) -> list[Package]:
+    """The packages of ``names``, or of the files in ``only`` (repository paths) mutating those
+    files alone; ``tests`` replaces their test selection."""
+    packages = [PACKAGES[n] for n in names]
+    if only:
+        packages = []
+        for name, package in PACKAGES.items():
+            prefix = f"{package.import_root}/{package.name}/"
+            files = tuple(f.removeprefix(prefix) for f in only if f.startswith(prefix))
+            if files:
+                packages.append(replace(package, only=files))
+                names.append(name)
+        unknown = [f for f in only if not any(f.startswith(f"{p.import_root}/{p.name}/") for p in packages)]
+        if unknown:
+            raise ValueError(f"--only {unknown}: not in a package of {sorted(PACKAGES)}")
+    if tests:
+        packages = [replace(p, tests=tuple(tests)) for p in packages]
+    return packages
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -308,16 +347,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--package", action="append", choices=sorted(PACKAGES), help="default: contract, operator"
     )
+    parser.add_argument(
+        "--only", action="append", default=[], help="mutate this file alone (repository path; repeatable)"
+    )
+    parser.add_argument(
+        "--tests", action="append", default=[], help="run these tests instead (with --only; repeatable)"
+    )
     parser.add_argument("--max-children", type=int, default=2, help="parallel mutant runs (default 2)")
     parser.add_argument(
         "--time-limit", type=float, default=3 * 3600, help="seconds before the run is stopped"
     )
     parser.add_argument("--resume", action="store_true", help="keep the staging folder's earlier results")
     parser.add_argument("--report-only", action="store_true", help="only read the staging folder's results")
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        type=Path,
+        metavar="STAGE",
+        help="report the union of these staging folders' results.json (a kill in any is a kill)",
+    )
     args = parser.parse_args(argv)
-    names = args.package or ["contract", "operator"]
-    packages = [PACKAGES[n] for n in names]
-    stage = ROOT / ".mutation" / "-".join(names)
+    if args.combine:
+        runs = [json.loads((stage / "results.json").read_text()) for stage in args.combine]
+        status, diffs = combine(runs)
+        print(f"Combined: {', '.join(str(s) for s in args.combine)}\n\n" + report(status, diffs))
+        return 0
+    names: list[str] = [] if args.only else (args.package or ["contract", "operator"])
+    try:
+        packages = narrowed(names, args.only, args.tests)
+    except ValueError as error:
+        parser.error(str(error))
+    label = "-".join(names)
+    if args.only or args.tests:
+        label += "-" + hashlib.sha256(json.dumps([args.only, args.tests]).encode()).hexdigest()[:8]
+    stage = ROOT / ".mutation" / label
     elapsed = 0.0
     if not args.report_only:
         if args.max_children < 1 or args.time_limit <= 0:
@@ -332,12 +395,12 @@ def main(argv: list[str] | None = None) -> int:
             limit = f"{args.time_limit:.0f} s"
             print(f"stopped after --time-limit {limit}: the rest is 'not run'", file=sys.stderr)
     status, diffs = collect(stage)
-    text = f"Packages: {', '.join(names)}; mutmut run took {elapsed:.0f} s.\n\n" + report(
-        stage, packages, status, diffs
-    )
+    (stage / "results.json").write_text(json.dumps({"status": status, "diffs": diffs}, indent=1))
+    took = "results read again" if args.report_only else f"mutmut run took {elapsed:.0f} s"
+    text = f"Packages: {', '.join(names)}; {took}.\n\n" + report(status, diffs)
     (stage / "report.md").write_text(text)
     print(text)
-    print(f"written to {stage / 'report.md'}")
+    print(f"written to {stage / 'report.md'} and results.json (for --combine)")
     return 0
 
 
