@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from zthumb_contract.crd import TIME_FORMAT, utc_now
+from zthumb_contract.crd import TIME_FORMAT, format_time, parse_time, utc_now
 from zthumb_contract.eval_report import HOLDOUT_RISE_FRACTION, HoldoutTrend
 
 
@@ -44,3 +44,9 @@ def test_utc_now_is_the_crd_time_format_in_utc() -> None:
     parsed = datetime.strptime(stamp, TIME_FORMAT).replace(tzinfo=UTC)
     assert stamp.endswith("Z")
     assert before <= parsed <= after
+
+
+def test_crd_times_are_utc_seconds_both_ways() -> None:
+    assert format_time(86400 + 3661.9) == "1970-01-02T01:01:01Z"
+    assert parse_time("1970-01-02T01:01:01Z") == 86400 + 3661
+    assert parse_time("1970-01-02T02:01:01+01:00") == 86400 + 3661
