@@ -34,6 +34,7 @@ import sys
 import time
 import tomllib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -95,11 +96,12 @@ def package_of(mutant: str) -> str:
     return mutant.split(".", 1)[0]
 
 
-def scores(status_by_mutant: dict[str, str]) -> dict[str, Score]:
-    """The score per top-level package; "no tests", "suspicious" and "segfault" count as survivors."""
+def scores(status_by_mutant: dict[str, str], group: Callable[[str], str] = package_of) -> dict[str, Score]:
+    """The score per top-level package (or per ``group`` of a mutant's name); "no tests",
+    "suspicious" and "segfault" count as survivors."""
     result: dict[str, Score] = {}
     for mutant, status in sorted(status_by_mutant.items()):
-        score = result.setdefault(package_of(mutant), Score())
+        score = result.setdefault(group(mutant), Score())
         if status in NOT_RUN:
             score.not_run += 1
             continue
@@ -304,6 +306,10 @@ def report(status: dict[str, str], diffs: dict[str, str]) -> str:
     for name, score in by_package.items():
         ran = f"{score.killed} / {score.total}"
         lines.append(f"| `{name}` | {ran} | {score.percent:.1f} % | {score.not_run} |")
+    lines += ["", "| module | killed / ran | score | not run |", "| --- | --- | --- | --- |"]
+    for module, score in scores(status, lambda mutant: str(module_path(mutant))).items():
+        ran = f"{score.killed} / {score.total}"
+        lines.append(f"| `{module}` | {ran} | {score.percent:.1f} % | {score.not_run} |")
     counts = Counter(status.values())
     lines += ["", "Statuses: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), ""]
     lines += ["| mutant | where | status | removed | added |", "| --- | --- | --- | --- | --- |"]

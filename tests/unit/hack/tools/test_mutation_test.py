@@ -85,3 +85,49 @@ def test_the_staging_pyproject_has_the_tests_and_the_packages(mt, tmp_path: Path
     assert "tests/unit/contract" in mutmut["pytest_add_cli_args_test_selection"]
     # The repository's pytest settings travel with it (markers, strictness).
     assert "--strict-markers" in config["tool"]["pytest"]["ini_options"]["addopts"]
+
+
+def test_combined_runs_keep_every_kill(mt) -> None:
+    whole = {
+        "status": {
+            "p.m.x_f__mutmut_1": "killed",
+            "p.m.x_f__mutmut_2": "survived",
+            "p.m.x_g__mutmut_1": "no tests",
+        },
+        "diffs": {"p.m.x_f__mutmut_2": "d2", "p.m.x_g__mutmut_1": "g1"},
+    }
+    # A later run of one file with its new tests: it kills g's mutant, and does not run f's.
+    again = {
+        "status": {
+            "p.m.x_f__mutmut_1": "no tests",
+            "p.m.x_g__mutmut_1": "killed",
+            "p.m.x_h__mutmut_1": "not checked",
+        },
+        "diffs": {},
+    }
+    status, diffs = mt.combine([whole, again])
+    assert status == {
+        "p.m.x_f__mutmut_1": "killed",
+        "p.m.x_f__mutmut_2": "survived",
+        "p.m.x_g__mutmut_1": "killed",
+        "p.m.x_h__mutmut_1": "not checked",
+    }
+    assert diffs == {"p.m.x_f__mutmut_2": "d2"}
+
+
+def test_only_narrows_a_run_to_files_and_their_tests(mt) -> None:
+    names: list[str] = []
+    [package] = mt.narrowed(
+        names, ["operator/zthumb_operator/api.py"], ["tests/unit/operator/test_kube_api.py"]
+    )
+    assert (names, package.name, package.only) == (["operator"], "zthumb_operator", ("api.py",))
+    assert package.tests == ("tests/unit/operator/test_kube_api.py",)
+    assert [p.name for p in mt.narrowed(["contract"], [], [])] == ["zthumb_contract"]
+    with pytest.raises(ValueError, match=r"elsewhere\.py"):
+        mt.narrowed([], ["elsewhere.py"], [])
+
+
+def test_scores_group_by_module_on_request(mt) -> None:
+    status = {"p.a.x_f__mutmut_1": "killed", "p.b.x_f__mutmut_1": "survived"}
+    by_module = mt.scores(status, lambda m: str(mt.module_path(m)))
+    assert {k: (v.killed, v.total) for k, v in by_module.items()} == {"p/a.py": (1, 1), "p/b.py": (0, 1)}
