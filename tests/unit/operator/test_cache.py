@@ -144,3 +144,21 @@ def test_our_own_writes_are_cached_unless_a_newer_version_is() -> None:
     assert cache.jobs[KEY]["metadata"]["resourceVersion"] == "7"
     cache.store_job(KEY, job("7", name="same-version"))
     assert cache.jobs[KEY]["metadata"]["name"] == "same-version"
+
+
+def test_deleting_what_was_never_cached_is_no_error() -> None:
+    queue = Queue()
+    cache = Cache(queue)
+    cache.on_run_event("DELETED", run("1"))
+    cache.on_job_event("DELETED", job("1", owner=None))
+    cache.on_pod_event("DELETED", pod("p", {"job-name": "r-train"}))
+    assert queue.forgotten == [KEY]
+    assert (cache.runs, cache.jobs) == ({}, {})
+    assert "p" not in cache.pods.get(("ml", "r-train"), {})
+
+
+def test_a_pod_event_keeps_the_pod_itself() -> None:
+    cache = Cache(Queue())
+    obj = pod("r-train-0", {"job-name": "r-train"})
+    cache.on_pod_event("MODIFIED", obj)
+    assert cache.pods[("ml", "r-train")]["r-train-0"] is obj

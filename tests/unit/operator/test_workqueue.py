@@ -170,3 +170,10 @@ def test_idle_returns_after_stop_cancelled_the_running_reconcile() -> None:
         assert not queue._workers
 
     asyncio.run(scenario())
+
+
+def test_forgetting_a_run_that_never_failed_is_no_error() -> None:
+    async def reconcile(key):
+        return None
+
+    WorkQueue(reconcile).forget(KEY)
