@@ -1,0 +1,414 @@
+"""Mutation testing (mutmut) of chosen packages: the share of mutants their unit tests kill.
+
+Not in CI: a run re-executes the tests that cover a function once per mutant of it (tens of
+minutes on two cores). Run it by hand from the repository root:
+
+    .venv/bin/python hack/tools/mutation_test.py                    # contract and operator
+    .venv/bin/python hack/tools/mutation_test.py --package server   # the server's error and adapter modules
+
+mutmut names a mutant after its file's path (``src/`` stripped), and the packages live under
+``contract/``, ``operator/`` and ``images/zthumb/``, so each run works in a staging folder,
+``.mutation/<packages>/``, with the packages copied to ``src/<package>/`` (the names the tests
+import), the tests, the files they read (the CRD, the manifests) and a ``pyproject.toml`` holding
+the pytest settings and the ``[tool.mutmut]`` section written here. The packages that are not
+mutated come from the worktree through PYTHONPATH. Prints the score per package and the surviving
+mutants, and writes both to ``<staging>/report.md`` (and ``results.json``).
+
+A whole run is slow, so a file can be measured again alone after its tests changed
+(``--only operator/zthumb_operator/api.py --tests tests/unit/operator/test_kube_api.py``) and the
+runs combined (``--combine .mutation/contract-operator .mutation/operator-<hash>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+# Every folder a first-party package is imported from (docs/ARCHITECTURE.md, the PYTHONPATH).
+IMPORT_ROOTS = ("contract", "images/zthumb", "images/trainer", "operator")
+# The operator's tests exercise the contract's models and steps through the builders, so both
+# packages run against both test folders.
+CONTRACT_OPERATOR_TESTS = ("tests/unit/contract", "tests/unit/operator")
+
+
+@dataclass(frozen=True)
+class Package:
+    import_root: str  # the folder on PYTHONPATH
+    name: str  # the top-level package in it
+    tests: tuple[str, ...]
+    only: tuple[str, ...] = ()  # files of the package to mutate; all when empty
+    read_files: tuple[str, ...] = ("crds", "manifests")  # what the tests open from the repository
+
+
+PACKAGES = {
+    "contract": Package("contract", "zthumb_contract", CONTRACT_OPERATOR_TESTS),
+    "operator": Package("operator", "zthumb_operator", CONTRACT_OPERATOR_TESTS),
+    # The server's error and adapter modules only: the rest of the server is the models' and
+    # the HTTP layer's, covered by slower tests.
+    "server": Package(
+        "images/zthumb",
+        "zthumb",
+        (
+            "tests/unit/server/test_error_responses.py",
+            "tests/unit/server/test_server_failures.py",
+            "tests/unit/server/test_server_loras.py",
+            "tests/unit/server/test_server_units.py",
+        ),
+        only=("errors.py", "error_responses.py", "backends/adapters.py"),
+    ),
+}
+
+# mutmut's exit code per mutant (mutmut/stats.py status_by_exit_code), reduced to three
+# outcomes: a timeout is a kill (the mutant changed behaviour: it did not finish).
+KILLED = frozenset({"killed", "timeout", "caught by type check"})
+NOT_RUN = frozenset({"not checked", "skipped", "check was interrupted by user"})
+
+
+@dataclass
+class Score:
+    killed: int = 0
+    total: int = 0  # mutants that ran
+    not_run: int = 0
+    survivors: list[str] = field(default_factory=list)
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.killed / self.total if self.total else 0.0
+
+
+def package_of(mutant: str) -> str:
+    """``zthumb_contract.gate.x_evaluate__mutmut_3`` -> ``zthumb_contract``."""
+    return mutant.split(".", 1)[0]
+
+
+def scores(status_by_mutant: dict[str, str], group: Callable[[str], str] = package_of) -> dict[str, Score]:
+    """The score per top-level package (or per ``group`` of a mutant's name); "no tests",
+    "suspicious" and "segfault" count as survivors."""
+    result: dict[str, Score] = {}
+    for mutant, status in sorted(status_by_mutant.items()):
+        score = result.setdefault(group(mutant), Score())
+        if status in NOT_RUN:
+            score.not_run += 1
+            continue
+        score.total += 1
+        if status in KILLED:
+            score.killed += 1
+        else:
+            score.survivors.append(mutant)
+    return result
+
+
+_HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+\d+(?:,\d+)? @@")
+
+
+def changed_lines(diff: str) -> tuple[list[str], list[str]]:
+    """The removed and the added lines of a unified diff, without their ``-``/``+``."""
+    removed: list[str] = []
+    added: list[str] = []
+    in_hunk = False
+    for line in diff.splitlines():
+        if _HUNK.match(line):
+            in_hunk = True
+        elif in_hunk and line.startswith("-"):
+            removed.append(line[1:])
+        elif in_hunk and line.startswith("+"):
+            added.append(line[1:])
+    return removed, added
+
+
+def function_span(source: str, qualname: str) -> tuple[int, int] | None:
+    """The first and last line of function ``qualname`` (``f`` or ``Class.f``), or None."""
+    nodes: list[ast.AST] = [ast.parse(source)]
+    found: ast.AST | None = None
+    for part in qualname.split("."):
+        found = next(
+            (
+                child
+                for node in nodes
+                for child in ast.iter_child_nodes(node)
+                if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+                and child.name == part
+            ),
+            None,
+        )
+        if found is None:
+            return None
+        nodes = [found]
+    assert isinstance(found, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+    return found.lineno, found.end_lineno or found.lineno
+
+
+def mutated_line(source: str, qualname: str, removed: list[str]) -> int | None:
+    """The line of the source that the mutant's first removed line is, searched in its function."""
+    span = function_span(source, qualname)
+    if span is None or not removed:
+        return span[0] if span else None
+    lines = source.splitlines()
+    wanted = removed[0].strip()
+    for number in range(span[0], span[1] + 1):
+        if lines[number - 1].strip() == wanted:
+            return number
+    return span[0]
+
+
+def qualname_of(mutant: str) -> str:
+    """``pkg.mod.xǁClassǁmethod__mutmut_2`` -> ``Class.method``; ``pkg.mod.x_f__mutmut_1`` -> ``f``."""
+    mangled = mutant.rpartition(".")[2].partition("__mutmut_")[0]
+    if "ǁ" in mangled:
+        _, cls, method = mangled.split("ǁ")
+        return f"{cls}.{method}"
+    return mangled.removeprefix("x_")
+
+
+def module_path(mutant: str) -> Path:
+    """``zthumb_contract.gate.x_f__mutmut_1`` -> ``zthumb_contract/gate.py`` (or ``.../__init__.py``)."""
+    module = mutant.rpartition(".")[0]
+    return Path(*module.split(".")).with_suffix(".py")
+
+
+def write_pyproject(stage: Path, packages: list[Package]) -> None:
+    pytest_options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    tests = sorted({t for p in packages for t in p.tests})
+    mutmut = {
+        "source_paths": [f"src/{p.name}" for p in packages],
+        "only_mutate": [f"src/{p.name}/{f}" for p in packages for f in p.only]
+        + [f"src/{p.name}/*" for p in packages if not p.only],
+        "also_copy": sorted({f for p in packages for f in p.read_files}),
+        "pytest_add_cli_args_test_selection": tests,
+        # No random order (a mutant's tests run in one order every time), no cache folder.
+        "pytest_add_cli_args": ["-p", "no:randomly", "-p", "no:cacheprovider"],
+    }
+    text = "# Written by hack/tools/mutation_test.py for one run.\n"
+    for table, values in (("tool.pytest.ini_options", pytest_options), ("tool.mutmut", mutmut)):
+        text += f"[{table}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()) + "\n"
+    (stage / "pyproject.toml").write_text(text)
+
+
+def stage_run(stage: Path, packages: list[Package], fresh: bool) -> None:
+    if fresh and stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for package in packages:
+        shutil.rmtree(stage / "src" / package.name, ignore_errors=True)
+        source = ROOT / package.import_root / package.name
+        shutil.copytree(source, stage / "src" / package.name, ignore=ignore)
+        for read in package.read_files:
+            shutil.rmtree(stage / read, ignore_errors=True)
+            shutil.copytree(ROOT / read, stage / read, ignore=ignore)
+    # The test folders with every conftest.py above them (pytest loads those first).
+    shutil.rmtree(stage / "tests", ignore_errors=True)
+    for test in {t for p in packages for t in p.tests}:
+        source = ROOT / test
+        if source.is_dir():
+            shutil.copytree(source, stage / test, ignore=ignore, dirs_exist_ok=True)
+        else:
+            # A single test file brings its folder's helpers (conftest, *_helpers, fakes).
+            for sibling in source.parent.glob("*.py"):
+                if not sibling.name.startswith("test_") or sibling == source:
+                    (stage / test).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(sibling, stage / sibling.relative_to(ROOT))
+        for parent in Path(test).parents:
+            if (ROOT / parent / "conftest.py").exists():
+                (stage / parent).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / parent / "conftest.py", stage / parent / "conftest.py")
+    write_pyproject(stage, packages)
+
+
+def run_mutmut(
+    stage: Path, packages: list[Package], max_children: int, time_limit: float
+) -> tuple[int, float]:
+    """Runs ``mutmut run`` in the staging folder, killed after ``time_limit`` seconds (what ran is kept)."""
+    mutated = {p.import_root for p in packages}
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        PYTHONPATH=os.pathsep.join(str(ROOT / r) for r in IMPORT_ROOTS if r not in mutated),
+    )
+    mutmut = Path(sys.executable).parent / "mutmut"
+    started = time.monotonic()
+    with (stage / "mutmut.log").open("w") as log:
+        process = subprocess.Popen(
+            [str(mutmut), "run", "--max-children", str(max_children)],
+            cwd=stage,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            code = process.wait(timeout=time_limit)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            code = -1
+    return code, time.monotonic() - started
+
+
+def collect(stage: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """Every mutant's status and every survivor's diff, read with mutmut's own code."""
+    os.chdir(stage)
+    # Imported here: mutmut reads ./pyproject.toml (the staging folder's) when first used.
+    from mutmut.mutation.data import SourceFileMutationData
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+    from mutmut.stats import status_by_exit_code
+    from mutmut.utils.file_utils import walk_mutatable_files
+
+    status: dict[str, str] = {}
+    diffs: dict[str, str] = {}
+    for path in walk_mutatable_files():
+        data = SourceFileMutationData(path=path)
+        data.load()
+        for mutant, code in data.exit_code_by_key.items():
+            status[mutant] = status_by_exit_code[code]
+            if status[mutant] not in KILLED | NOT_RUN:
+                diffs[mutant] = get_diff_for_mutant(mutant, path=path)
+    return status, diffs
+
+
+def combine(runs: list[dict[str, dict[str, str]]]) -> tuple[dict[str, str], dict[str, str]]:
+    """Several runs' results as one: a mutant any run killed is killed (runs only add tests, so a
+    kill stays a kill); otherwise the status of a run that ran it, else "not checked"."""
+    status: dict[str, str] = {}
+    diffs: dict[str, str] = {}
+    for run in runs:
+        for mutant, outcome in run["status"].items():
+            known = status.get(mutant)
+            if known is None or known in NOT_RUN or (outcome in KILLED and known not in KILLED):
+                status[mutant] = outcome
+        diffs.update(run["diffs"])
+    return status, {m: d for m, d in diffs.items() if status.get(m) not in KILLED}
+
+
+def report(status: dict[str, str], diffs: dict[str, str]) -> str:
+    by_package = scores(status)
+    roots = {p.name: p.import_root for p in PACKAGES.values()}
+    lines = ["| package | killed / ran | score | not run |", "| --- | --- | --- | --- |"]
+    for name, score in by_package.items():
+        ran = f"{score.killed} / {score.total}"
+        lines.append(f"| `{name}` | {ran} | {score.percent:.1f} % | {score.not_run} |")
+    lines += ["", "| module | killed / ran | score | not run |", "| --- | --- | --- | --- |"]
+    for module, score in scores(status, lambda mutant: str(module_path(mutant))).items():
+        ran = f"{score.killed} / {score.total}"
+        lines.append(f"| `{module}` | {ran} | {score.percent:.1f} % | {score.not_run} |")
+    counts = Counter(status.values())
+    lines += ["", "Statuses: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), ""]
+    lines += ["| mutant | where | status | removed | added |", "| --- | --- | --- | --- | --- |"]
+    for name, score in by_package.items():
+        for mutant in score.survivors:
+            relative = module_path(mutant)
+            source = (ROOT / roots[name] / relative).read_text()
+            removed, added = changed_lines(diffs.get(mutant, ""))
+            line = mutated_line(source, qualname_of(mutant), removed)
+            where = f"{roots[name]}/{relative}:{line}"
+            cells = [" / ".join(f"`{x.strip()}`" for x in side) or "-" for side in (removed, added)]
+            short = mutant.rpartition(".")[2]
+            lines.append(f"| `{short}` | {where} | {status[mutant]} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n"
+
+
+def narrowed(names: list[str], only: list[str], tests: list[str]) -> list[Package]:
+    """The packages of ``names``, or of the files in ``only`` (repository paths) mutating those
+    files alone; ``tests`` replaces their test selection."""
+    packages = [PACKAGES[n] for n in names]
+    if only:
+        packages = []
+        for name, package in PACKAGES.items():
+            prefix = f"{package.import_root}/{package.name}/"
+            files = tuple(f.removeprefix(prefix) for f in only if f.startswith(prefix))
+            if files:
+                packages.append(replace(package, only=files))
+                names.append(name)
+        unknown = [f for f in only if not any(f.startswith(f"{p.import_root}/{p.name}/") for p in packages)]
+        if unknown:
+            raise ValueError(f"--only {unknown}: not in a package of {sorted(PACKAGES)}")
+    if tests:
+        packages = [replace(p, tests=tuple(tests)) for p in packages]
+    return packages
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--package", action="append", choices=sorted(PACKAGES), help="default: contract, operator"
+    )
+    parser.add_argument(
+        "--only", action="append", default=[], help="mutate this file alone (repository path; repeatable)"
+    )
+    parser.add_argument(
+        "--tests", action="append", default=[], help="run these tests instead (with --only; repeatable)"
+    )
+    parser.add_argument("--max-children", type=int, default=2, help="parallel mutant runs (default 2)")
+    parser.add_argument(
+        "--time-limit", type=float, default=3 * 3600, help="seconds before the run is stopped"
+    )
+    parser.add_argument("--resume", action="store_true", help="keep the staging folder's earlier results")
+    parser.add_argument("--report-only", action="store_true", help="only read the staging folder's results")
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        type=Path,
+        metavar="STAGE",
+        help="report the union of these staging folders' results.json (a kill in any is a kill)",
+    )
+    args = parser.parse_args(argv)
+    if args.combine:
+        runs = [json.loads((stage / "results.json").read_text()) for stage in args.combine]
+        status, diffs = combine(runs)
+        print(f"Combined: {', '.join(str(s) for s in args.combine)}\n\n" + report(status, diffs))
+        return 0
+    names: list[str] = [] if args.only else (args.package or ["contract", "operator"])
+    try:
+        packages = narrowed(names, args.only, args.tests)
+    except ValueError as error:
+        parser.error(str(error))
+    label = "-".join(names)
+    if args.only or args.tests:
+        label += "-" + hashlib.sha256(json.dumps([args.only, args.tests]).encode()).hexdigest()[:8]
+    stage = ROOT / ".mutation" / label
+    elapsed = 0.0
+    if not args.report_only:
+        if args.max_children < 1 or args.time_limit <= 0:
+            parser.error("--max-children and --time-limit must be positive")
+        stage_run(stage, packages, fresh=not args.resume)
+        code, elapsed = run_mutmut(stage, packages, args.max_children, args.time_limit)
+        if code not in (0, -1):
+            print((stage / "mutmut.log").read_text()[-4000:], file=sys.stderr)
+            print(f"mutmut run failed with exit code {code}", file=sys.stderr)
+            return 1
+        if code == -1:
+            limit = f"{args.time_limit:.0f} s"
+            print(f"stopped after --time-limit {limit}: the rest is 'not run'", file=sys.stderr)
+    status, diffs = collect(stage)
+    (stage / "results.json").write_text(json.dumps({"status": status, "diffs": diffs}, indent=1))
+    took = "results read again" if args.report_only else f"mutmut run took {elapsed:.0f} s"
+    text = f"Packages: {', '.join(names)}; {took}.\n\n" + report(status, diffs)
+    (stage / "report.md").write_text(text)
+    print(text)
+    print(f"written to {stage / 'report.md'} and results.json (for --combine)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
