@@ -9,69 +9,38 @@ talks to the server, so a slow or dead server never slows a step. Each request i
 growing pause while the points wait in a bounded queue (the oldest dropped past ``MAX_PENDING``),
 and the problem is logged once and shown in ``status.progress.trackingWarning`` and the summary.
 
-One MLflow run per LoRAFinetune run: ``mlflow_run.json`` in the run dir holds a tracking id (written
-before the run is created, and set as its tag) and the run's id, so a resumed pod continues the same
-MLflow run. MLflow cannot delete points, and a resumed pod trains again the steps after its
-checkpoint: a point whose step the run already has for that metric is not sent again.
+Which MLflow run (one per LoRAFinetune run, continued by a resumed pod without a step logged twice)
+and its params: ``tracking_mlflow_run.py``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from zthumb_contract.spec import TrainingSpec
 from zthumb_contract.tracking_spec import MlflowTrackingSpec
 
-from zthumb_trainer.atomic import write_text_atomically
 from zthumb_trainer.reporting import StatusReporter
+from zthumb_trainer.train.tracking_mlflow_run import find_or_create_run, spec_params
 
 log = logging.getLogger(__name__)
 
-RUN_FILE = "mlflow_run.json"
-TRACKING_ID_TAG = "zthumb.trackingId"
-RUN_NAME_TAG = "zthumb.run"
 # Per request: a server that does not answer costs the tracking thread this, never a step.
 REQUEST_TIMEOUT_SECONDS = 10
-MAX_PENDING = 100_000  # points (a few MB) waiting for the server; the oldest go first
+MAX_PENDING = 100_000  # points waiting for the server (a bounded memory); the oldest go first
 MAX_PENDING_IMAGES = 2  # validation grids can be large arrays
 BATCH = 1000  # MLflow's limit of metrics per log_batch
-PARAMS_BATCH = 100  # and of params
-PARAM_VALUE_MAX = 6000  # MLflow's limit of a param value's length
 RETRY_SECONDS = (2.0, 60.0)  # the first pause after a failure, doubled up to the second
 FINISH_SECONDS = 300.0  # the end waits this long at most for the last points and the adapter
 # After SIGTERM the pod has its grace period (30 s by default) and its checkpoint is written.
 INTERRUPTED_FINISH_SECONDS = 15.0
 WARNING_MAX = 1000
-
-
-def spec_params(config: TrainingSpec, trigger_word: str, base_model_sha256: str) -> dict[str, str]:
-    """The training spec as MLflow params: camelCase names, nested sections flattened with dots
-    (``validation.steps``), lists and null as JSON; the tracking section itself left out."""
-    params: dict[str, str] = {"triggerWord": trigger_word, "baseModelSha256": base_model_sha256}
-
-    def add(name: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for key, item in value.items():
-                add(f"{name}.{key}", item)
-        else:
-            text = value if isinstance(value, str) else json.dumps(value)
-            params[name] = text[:PARAM_VALUE_MAX]
-
-    for name, value in config.model_dump(
-        by_alias=True, mode="json", include=set(TrainingSpec.model_fields)
-    ).items():
-        if name != "tracking":
-            add(name, value)
-    return params
 
 
 def _prepare_client_env() -> None:
@@ -267,70 +236,9 @@ class MlflowRun:
             self._client.set_terminated(self.run_id, status=item)
 
     def _start(self) -> None:
-        """Find this run's MLflow run (or create it), note the steps it already has, log the params."""
-        from mlflow.entities import Param
-
-        client = self._client
-        experiment = client.get_experiment_by_name(self.spec.experiment)
-        self.experiment_id = (
-            experiment.experiment_id if experiment else client.create_experiment(self.spec.experiment)
-        )
-        identity = self._identity()
-        run = None
-        if identity.get("runId"):
-            from mlflow.exceptions import RestException
-
-            try:
-                run = client.get_run(identity["runId"])
-            except RestException:  # deleted for good on the server: a new one
-                run = None
-            if run is not None and run.info.lifecycle_stage != "active":
-                run = None
-        else:
-            found = client.search_runs(
-                [self.experiment_id], f"tags.`{TRACKING_ID_TAG}` = '{identity['trackingId']}'", max_results=1
-            )
-            run = found[0] if found else None
-        if run is None:
-            tags = {TRACKING_ID_TAG: identity["trackingId"], RUN_NAME_TAG: self.run_name}
-            run = client.create_run(self.experiment_id, run_name=self.run_name, tags=tags)
-        else:
-            client.update_run(run.info.run_id, status="RUNNING")
-            for key in run.data.metrics:
-                self._floor[key] = max(
-                    point.step for point in client.get_metric_history(run.info.run_id, key)
-                )
-        run_id = run.info.run_id
-        write_text_atomically(self.run_dir / RUN_FILE, json.dumps({**identity, "runId": run_id}) + "\n")
-        logged = run.data.params
-        for key, value in self.params.items():
-            if key in logged and logged[key] != value:
-                log.warning(
-                    "MLflow run %s keeps param %s=%r (this pod has %r)", run_id, key, logged[key], value
-                )
-        missing = [Param(key, value) for key, value in self.params.items() if key not in logged]
-        for start in range(0, len(missing), PARAMS_BATCH):
-            client.log_batch(run_id, params=missing[start : start + PARAMS_BATCH], synchronous=True)
-        self.run_id = run_id
-        log.info("MLflow run %s in experiment %s at %s", run_id, self.spec.experiment, self.spec.tracking_uri)
-
-    def _identity(self) -> dict[str, str]:
-        """This run's tracking id (and MLflow run id, once known) for this server and experiment:
-        the run file's, or a new id written before any run is created."""
-        path = self.run_dir / RUN_FILE
-        place = {"trackingUri": self.spec.tracking_uri, "experimentId": str(self.experiment_id)}
-        try:
-            stored = json.loads(path.read_text())
-        except (OSError, ValueError):
-            stored = {}
-        same_place = isinstance(stored, dict) and all(
-            stored.get(key) == value for key, value in place.items()
-        )
-        if same_place and isinstance(stored.get("trackingId"), str):
-            return {key: str(value) for key, value in stored.items()}
-        identity = {**place, "trackingId": uuid.uuid4().hex}
-        write_text_atomically(path, json.dumps(identity) + "\n")
-        return identity
+        found = find_or_create_run(self._client, self.spec, self.run_dir, self.run_name, self.params)
+        self.experiment_id, self._floor = found.experiment_id, found.last_steps
+        self.run_id = found.run_id  # last: the run is ready for points
 
 
 def open_mlflow_run(config: Any, reporter: StatusReporter | None) -> MlflowRun | None:

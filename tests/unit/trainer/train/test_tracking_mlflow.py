@@ -24,7 +24,7 @@ from zthumb_contract.steps import RunPaths, train_step
 from zthumb_trainer.reporting import StatusReporter
 from zthumb_trainer.train import loop
 from zthumb_trainer.train.loop import TrainingInterrupted, run_training
-from zthumb_trainer.train.tracking_mlflow import RUN_FILE, TRACKING_ID_TAG
+from zthumb_trainer.train.tracking_mlflow_run import RUN_FILE, TRACKING_ID_TAG
 
 # A cold `mlflow server` start (database migrations, imports) took 58 s on the shared 2-core test
 # machine under load; the wait is bounded well above that.
