@@ -44,9 +44,12 @@ WARNING_MAX = 1000
 
 
 def _prepare_client_env() -> None:
-    """Bounded requests before the client reads its env (a value the pod sets wins)."""
+    """Bounded requests, no telemetry, before the client reads its env (a value the pod sets wins)."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(REQUEST_TIMEOUT_SECONDS))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    # MLflow 3's client reports usage to MLflow's own endpoint unless told not to: a train pod talks
+    # to the user's server only.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 class MlflowRun:
@@ -247,7 +250,16 @@ def open_mlflow_run(config: Any, reporter: StatusReporter | None) -> MlflowRun |
     if spec is None:
         return None
     params = spec_params(config, config.trigger_word, config.base_model_sha256)
-    return MlflowRun(spec, run_dir=config.run_dir, run_name=config.run_name, params=params, reporter=reporter)
+    try:
+        return MlflowRun(
+            spec, run_dir=config.run_dir, run_name=config.run_name, params=params, reporter=reporter
+        )
+    except ImportError as error:  # a trainer image without the client: train, and say so
+        warning = f"no MLflow tracking (training goes on): the MLflow client is not installed: {error}"
+        log.warning("%s", warning)
+        if reporter is not None:
+            reporter.tracking_warning = warning
+        return None
 
 
 def log_run_artifacts(run: MlflowRun, adapter_dir: Path | None, summary: Path) -> None:

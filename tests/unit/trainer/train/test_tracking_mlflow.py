@@ -7,9 +7,11 @@ server (a closed port) never fails training and is reported; a rank other than 0
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -21,9 +23,11 @@ from pydantic import ValidationError
 from train_helpers import copy_into_run_dir, prepare_once, tiny_config
 from zthumb_contract.spec import LoRAFinetuneSpec
 from zthumb_contract.steps import RunPaths, train_step
+from zthumb_contract.tracking_spec import MlflowTrackingSpec
 from zthumb_trainer.reporting import StatusReporter
-from zthumb_trainer.train import loop
+from zthumb_trainer.train import loop, tracking_mlflow
 from zthumb_trainer.train.loop import TrainingInterrupted, run_training
+from zthumb_trainer.train.tracking_mlflow import MlflowRun
 from zthumb_trainer.train.tracking_mlflow_run import RUN_FILE, TRACKING_ID_TAG
 
 # A cold `mlflow server` start (database migrations, imports) took 58 s on the shared 2-core test
@@ -60,7 +64,8 @@ def mlflow_server(tmp_path_factory):
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]  # fmt: skip
     with (root / "server.log").open("wb") as server_log:
-        process = subprocess.Popen(command, stdout=server_log, stderr=subprocess.STDOUT)
+        quiet = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}  # no usage reports from tests
+        process = subprocess.Popen(command, stdout=server_log, stderr=subprocess.STDOUT, env=quiet)
     try:
         deadline = time.monotonic() + SERVER_START_SECONDS
         while not _healthy(url):
@@ -258,3 +263,25 @@ def test_the_train_job_gets_the_credentials_from_the_secret_never_their_values()
     assert "mlflow-creds" in tracking and "https://mlflow.example/" in tracking
     no_tracking = train_step(RunPaths("/data", "style", LoRAFinetuneSpec()))
     assert no_tracking.optional_secret_env == {} and "--tracking" not in no_tracking.args
+
+
+def test_points_wait_in_a_bounded_queue_while_the_server_does_not_answer(tmp_path, monkeypatch):
+    monkeypatch.setattr(tracking_mlflow, "MAX_PENDING", 10)
+    entered, release = threading.Event(), threading.Event()
+
+    class _Hanging:  # the first request hangs until released, then fails as a refused connection would
+        def get_experiment_by_name(self, name: str) -> None:
+            entered.set()
+            release.wait(timeout=60)
+            raise ConnectionError("connection refused")
+
+    spec = MlflowTrackingSpec(tracking_uri="http://127.0.0.1:9")
+    run = MlflowRun(spec, run_dir=tmp_path, run_name="run", params={}, client=_Hanging())
+    run.add_scalar("train/loss", 1.0, 1)
+    assert entered.wait(timeout=60)  # the tracking thread holds step 1 in its hanging request
+    for step in range(2, 101):  # the training thread goes on: every call returns at once
+        run.add_scalar("train/loss", 1.0, step)
+    assert run.dropped == 89 and len(run._ops) == 10  # steps 91-100 wait, the oldest went first
+    release.set()
+    run.finish("FINISHED")  # returns once the request failed: the server is away
+    assert "unreachable" in run.summary()["mlflow"]["warning"] and run.run_id is None
