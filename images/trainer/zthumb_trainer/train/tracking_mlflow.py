@@ -123,12 +123,7 @@ class MlflowRun:
             self._abandoned = True
             self._cond.notify_all()
         if unsent:
-            log.warning(
-                "MLflow run %s ended with %d items unsent (%s)",
-                self.run_id,
-                unsent,
-                self.problem or "timeout",
-            )
+            log.warning("MLflow tracking ended with %d items unsent: %s", unsent, self.problem or "timed out")
         self._thread.join(timeout=REQUEST_TIMEOUT_SECONDS * 2)
 
     def summary(self) -> dict[str, Any]:
