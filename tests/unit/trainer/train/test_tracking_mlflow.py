@@ -30,8 +30,8 @@ from zthumb_trainer.train.loop import TrainingInterrupted, run_training
 from zthumb_trainer.train.tracking_mlflow import MlflowRun
 from zthumb_trainer.train.tracking_mlflow_run import RUN_FILE, TRACKING_ID_TAG
 
-# A cold `mlflow server` start (database migrations, imports) took 58 s on the shared 2-core test
-# machine under load; the wait is bounded well above that.
+# A cold `mlflow server` start (database migrations, imports) took 50 to 132 s on the shared 2-core
+# test machine under load (load average about 20); the wait is bounded well above that.
 SERVER_START_SECONDS = 300
 TRAIN_TAGS = ("train/loss", "train/loss_smoothed", "train/learning_rate", "train/grad_norm")
 
