@@ -14,7 +14,8 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from zthumb_contract.dataset_spec import DatasetSpec
 from zthumb_contract.schedules import LrScheduler, schedule_refusal
-from zthumb_contract.spec_base import MAX_DOWNLOAD_BYTES, SecretKeyRef, SpecModel
+from zthumb_contract.spec_base import MAX_DOWNLOAD_BYTES, SECRET_NAME, SecretKeyRef, SpecModel
+from zthumb_contract.tracking_spec import TrackingSpec
 from zthumb_contract.volume_areas import check_apart, on_volume
 
 SDXL_BASE_URL = (
@@ -126,6 +127,8 @@ class TrainingSpec(SpecModel):
     random_flip: bool = False  # half the samples, SDXL's crop conditioning mirrored with them
     # One CLI option holding JSON (``--validation '{"prompts": [...]}'``): see steps.spec_args.
     validation: ValidationSpec = Field(default_factory=ValidationSpec)
+    # MLflow besides TensorBoard (tracking_spec.py); one JSON option as validation.
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
 
     @model_validator(mode="after")
     def _a_schedule_that_runs(self) -> TrainingSpec:
@@ -267,10 +270,6 @@ class EvalSpec(SpecModel):
                 field = f"eval.outOfDistributionPrompts[{index}]"
                 raise ValueError(f"{field}: a prompt of 1 to {LEAKAGE_PROMPT_MAX_LENGTH} characters")
         return prompts
-
-
-# A Secret's name: an RFC 1123 subdomain.
-SECRET_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 
 class _SecretNames:

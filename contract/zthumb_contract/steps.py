@@ -20,6 +20,7 @@ from pydantic.fields import FieldInfo
 from zthumb_contract import env
 from zthumb_contract.dataset_spec import DatasetSourceSpec
 from zthumb_contract.spec import LoRAFinetuneSpec, SecretKeyRef
+from zthumb_contract.tracking_spec import MLFLOW_CREDENTIAL_KEYS, TrackingSpec
 from zthumb_contract.volume_areas import DATASET_CACHE, LORA_ROOT, OUTPUTS
 
 # The train step's TensorBoard event files, below the run dir (``tensorboard --logdir`` on it).
@@ -123,6 +124,9 @@ class StepDefinition:
     env: dict[str, str] = field(default_factory=dict)
     # Env vars whose values come from a Secret (never inlined into a Job spec or a log).
     secret_env: dict[str, SecretKeyRef] = field(default_factory=dict)
+    # The same, from keys a Secret may lack (``secretKeyRef.optional``): MLflow's credentials are a
+    # username and password or a token, and the pod starts with whichever the Secret holds.
+    optional_secret_env: dict[str, SecretKeyRef] = field(default_factory=dict)
     gpu: bool = False
     reports_progress: bool = False
     # Pods that run the step together (one per node, a static torchrun rendezvous): >1 only for
@@ -263,6 +267,14 @@ def prepare_dataset_step(paths: RunPaths) -> StepDefinition:
     )  # fmt: skip
 
 
+def tracking_secret_env(tracking: TrackingSpec) -> dict[str, SecretKeyRef]:
+    """The MLflow credentials' env, each from the key of the same name in their Secret (optional)."""
+    ref = tracking.mlflow.credentials_secret_ref if tracking.mlflow is not None else None
+    if ref is None:
+        return {}
+    return {key: SecretKeyRef(name=ref.name, key=key) for key in MLFLOW_CREDENTIAL_KEYS}
+
+
 def train_step(paths: RunPaths) -> StepDefinition:
     args = (
         "train",
@@ -278,7 +290,12 @@ def train_step(paths: RunPaths) -> StepDefinition:
         *spec_args(paths.spec.training),
     )  # fmt: skip
     return StepDefinition(
-        name="train", args=args, gpu=True, reports_progress=True, nodes=paths.spec.resources.nodes
+        name="train",
+        args=args,
+        optional_secret_env=tracking_secret_env(paths.spec.training.tracking),
+        gpu=True,
+        reports_progress=True,
+        nodes=paths.spec.resources.nodes,
     )
 
 

@@ -128,6 +128,9 @@ def _env(step: StepDefinition) -> list[dict[str, Any]]:
     env += [{"name": k, "value": v} for k, v in step.env.items()]
     for name, ref in step.secret_env.items():
         env.append({"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    for name, ref in step.optional_secret_env.items():
+        optional = {"name": ref.name, "key": ref.key, "optional": True}
+        env.append({"name": name, "valueFrom": {"secretKeyRef": optional}})
     if step.reports_progress:
         env += [
             {

@@ -50,6 +50,9 @@ class StatusReporter:
         self._api = api
         self._last_sent = -float("inf")
         self.sent = 0
+        # Set by the MLflow run (train/tracking_mlflow.py) while its server does not take the
+        # points; sent with every report, None (which removes it) once all is well again.
+        self.tracking_warning: str | None = None
 
     @classmethod
     def from_env(cls, min_interval: float = 10.0) -> StatusReporter | None:
@@ -83,6 +86,7 @@ class StatusReporter:
             "loss": None if loss is None else round(float(loss), 6),
             "estimatedRemainingSeconds": None if remaining_seconds is None else round(remaining_seconds),
             "lastUpdateTime": crd.utc_now(),
+            "trackingWarning": self.tracking_warning,
         }
         try:
             self._client().patch_namespaced_custom_object_status(

@@ -28,6 +28,13 @@ SECRET_FIELDS = {
     },
     "spec.eval.clip.tokenSecretRef": {"eval": {"clip": {"tokenSecretRef": {"name": "s"}}}},
     "spec.images.pullSecrets[0]": {"images": {"pullSecrets": ["s"]}},
+    "spec.training.tracking.mlflow.credentialsSecretRef": {
+        "training": {
+            "tracking": {
+                "mlflow": {"trackingUri": "https://mlflow.example", "credentialsSecretRef": {"name": "s"}}
+            }
+        }
+    },
 }
 
 

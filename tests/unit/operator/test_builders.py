@@ -99,6 +99,22 @@ def test_secret_env_is_a_secret_key_ref_never_a_value() -> None:
     assert SecretKeyRef(name="hf").key == "token"
 
 
+def test_mlflow_credentials_reach_the_train_job_as_optional_secret_keys() -> None:
+    tracking = {"mlflow": {"trackingUri": "https://mlflow.example", "credentialsSecretRef": {"name": "ml"}}}
+    env = {
+        e["name"]: e
+        for e in container(jobs_for(make_run({"training": {"tracking": tracking}}))["train"])["env"]
+    }
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+        # optional: a Secret with a token only (or a username and password only) starts the pod
+        assert env[key] == {
+            "name": key,
+            "valueFrom": {"secretKeyRef": {"name": "ml", "key": key, "optional": True}},
+        }
+    plain = container(jobs_for(make_run({}))["train"])["env"]
+    assert not [e for e in plain if e["name"].startswith("MLFLOW_")]
+
+
 def test_a_remote_dataset_s_credentials_reach_the_prepare_job_from_their_secret() -> None:
     source = {"s3": {"bucket": "my-data", "endpoint": "http://s3.local:9000",
                      "credentialsSecretRef": {"name": "s3-creds"}}}  # fmt: skip

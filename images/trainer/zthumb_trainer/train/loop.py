@@ -67,6 +67,11 @@ from zthumb_trainer.train.session import TrainingSession, open_session
 from zthumb_trainer.train.step_inputs import StepInputs
 from zthumb_trainer.train.stop_signal import StopSignal
 from zthumb_trainer.train.tensorboard_log import TensorBoardLog
+from zthumb_trainer.train.tracking_mlflow import (
+    INTERRUPTED_FINISH_SECONDS,
+    log_run_artifacts,
+    open_mlflow_run,
+)
 from zthumb_trainer.train.validation import Validation, image_name
 
 log = logging.getLogger("zthumb_trainer.train")  # the name session, model_setup and stop_signal log under
@@ -129,7 +134,10 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
         mininterval=1.0,
     )
     loss_value: float | None = None
-    tensorboard = TensorBoardLog(config.logs_dir if is_main else None, resumed_from=first_step, device=device)
+    mlflow_run = open_mlflow_run(config, reporter) if is_main else None  # spec.training.tracking.mlflow
+    tensorboard = TensorBoardLog(
+        config.logs_dir if is_main else None, resumed_from=first_step, device=device, mirror=mlflow_run
+    )
     loss_log = LossLog(
         accelerator, config.max_train_steps, progress_log, reporter, bar, tensorboard, first_step=first_step
     )
@@ -212,8 +220,11 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
             if stopping:
                 accelerator.wait_for_everyone()
                 raise TrainingInterrupted(f"stopped after step {step} (test hook)")
-    except BaseException:
+    except BaseException as error:
         tensorboard.close()  # what it holds of the steps up to the error
+        if mlflow_run is not None:  # a resumed pod sets it RUNNING again
+            status = "KILLED" if isinstance(error, TrainingInterrupted) else "FAILED"
+            mlflow_run.finish(status, timeout=INTERRUPTED_FINISH_SECONDS)
         raise
     finally:
         stop_signal.restore()
@@ -234,6 +245,8 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
     summary["training"] = training_block(clock, device, session.setup_peak_bytes, loss_value)
     summary["validation"] = validation.summary()
     summary["holdout"] = holdout.summary()
+    if mlflow_run is not None:
+        summary["tracking"] = mlflow_run.summary()
     if is_main:
         if config.export_dir is not None:
             from zthumb_trainer.export.adapter import AdapterInfo, export_adapter
@@ -245,6 +258,8 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
             summary["adapter_dir"] = str(config.export_dir)
         (config.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         write_termination_message(summary)
+    if mlflow_run is not None:
+        log_run_artifacts(mlflow_run, config.export_dir, config.run_dir / "summary.json")
     if reporter and loss_value is not None:
         reporter.report(config.max_train_steps, config.max_train_steps, loss_value, 0, force=True)
     return summary

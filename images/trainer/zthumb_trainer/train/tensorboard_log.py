@@ -13,9 +13,10 @@ Only rank 0 writes (the loop opens a disabled log on the other ranks). The tags:
 
 A resumed pod opens the writer with ``purge_step`` = the checkpoint's step + 1: TensorBoard hides
 the points the interrupted pod wrote after that checkpoint (this pod trains those steps again),
-so each curve keeps one point per step. The log is a convenience: its first error is logged, the
-writer dropped, and training goes on; the writer thread flushes every two minutes, and the loop
-flushes at each checkpoint and at the end.
+so each curve keeps one point per step. With ``spec.training.tracking.mlflow`` the same points go to
+the run's MLflow run too (``tracking_mlflow.py``, which takes ``SummaryWriter``'s calls). The log is
+a convenience: a writer's first error is logged, that writer dropped, and training goes on; the
+writer thread flushes every two minutes, and the loop flushes at each checkpoint and at the end.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def open_summary_writer(logs_dir: Path, purge_step: int) -> Any:
 
 
 class TensorBoardLog:
-    """The event files of one train process; ``logs_dir=None`` (ranks other than 0) writes nothing."""
+    """The event files of one train process (and its ``mirror``); ``logs_dir=None`` and no mirror
+    (ranks other than 0) writes nothing."""
 
     def __init__(
         self,
@@ -62,33 +64,34 @@ class TensorBoardLog:
         resumed_from: int,
         device: torch.device,
         open_writer: Callable[[Path, int], Any] | None = None,  # tests: a stand-in for SummaryWriter
+        mirror: Any = None,  # takes the same calls: the MLflow run (tracking_mlflow.py), or None
     ) -> None:
         self.logs_dir, self.device = logs_dir, device
-        self._writer: Any = None
+        self._writers: list[tuple[str, Any]] = []  # (what the warning calls it, the writer)
         self._smoothed = 0.0
         self._smoothing_weight = 0.0  # the EMA's total weight so far, to debias it
         if logs_dir is not None:
             try:
-                self._writer = (open_writer or open_summary_writer)(logs_dir, resumed_from + 1)
+                writer = (open_writer or open_summary_writer)(logs_dir, resumed_from + 1)
+                self._writers.append((f"TensorBoard log in {logs_dir}", writer))
             except Exception as error:  # e.g. an unwritable volume: the run trains without a log
                 log.warning("no TensorBoard log in %s (training goes on): %s", logs_dir, error)
+        if mirror is not None:
+            self._writers.append(("MLflow run", mirror))
 
     @property
     def active(self) -> bool:
-        return self._writer is not None
+        return bool(self._writers)
 
     def _write(self, action: Callable[[Any], object]) -> None:
-        if self._writer is None:
-            return
-        try:
-            action(self._writer)
-        except Exception as error:
-            log.warning(
-                "TensorBoard log in %s stopped after an error (training goes on): %s", self.logs_dir, error
-            )
-            writer, self._writer = self._writer, None
-            with contextlib.suppress(Exception):
-                writer.close()
+        for name, writer in list(self._writers):
+            try:
+                action(writer)
+            except Exception as error:
+                log.warning("%s stopped after an error (training goes on): %s", name, error)
+                self._writers.remove((name, writer))
+                with contextlib.suppress(Exception):
+                    writer.close()
 
     def steps(
         self,
@@ -99,25 +102,28 @@ class TensorBoardLog:
     ) -> None:
         """One point per optimizer step for the loss, its smoothed curve, the LR and the grad norm."""
 
+        points: list[tuple[str, float, int]] = []  # computed once, whatever the number of writers
+        for step, loss, rate, norm in zip(steps, losses, rates, norms, strict=True):
+            self._smoothed = SMOOTHING * self._smoothed + (1 - SMOOTHING) * loss
+            self._smoothing_weight = SMOOTHING * self._smoothing_weight + (1 - SMOOTHING)
+            points += [(LOSS, loss, step), (LOSS_SMOOTHED, self._smoothed / self._smoothing_weight, step)]
+            points.append((LEARNING_RATE, rate, step))
+            if norm is not None:
+                points.append((GRAD_NORM, norm, step))
+        self._scalars(points)
+
+    def _scalars(self, points: Sequence[tuple[str, float, int]]) -> None:
         def write(writer: Any) -> None:
-            for step, loss, rate, norm in zip(steps, losses, rates, norms, strict=True):
-                self._smoothed = SMOOTHING * self._smoothed + (1 - SMOOTHING) * loss
-                self._smoothing_weight = SMOOTHING * self._smoothing_weight + (1 - SMOOTHING)
-                writer.add_scalar(LOSS, loss, step)
-                writer.add_scalar(LOSS_SMOOTHED, self._smoothed / self._smoothing_weight, step)
-                writer.add_scalar(LEARNING_RATE, rate, step)
-                if norm is not None:
-                    writer.add_scalar(GRAD_NORM, norm, step)
+            for tag, value, step in points:
+                writer.add_scalar(tag, value, step)
 
         self._write(write)
 
     def throughput(self, step: int, steps_per_second: float | None) -> None:
-        def write(writer: Any) -> None:
-            if steps_per_second is not None:
-                writer.add_scalar(STEPS_PER_SECOND, steps_per_second, step)
-            writer.add_scalar(PEAK_MEMORY, peak_memory(self.device)[0] / 2**30, step)
-
-        self._write(write)
+        if not self._writers:
+            return
+        points = [] if steps_per_second is None else [(STEPS_PER_SECOND, steps_per_second, step)]
+        self._scalars([*points, (PEAK_MEMORY, peak_memory(self.device)[0] / 2**30, step)])
 
     def holdout(self, step: int, loss: float) -> None:
         """The loss on the held-out images (``holdout_loss.py``) at its step."""
@@ -137,4 +143,4 @@ class TensorBoardLog:
 
     def close(self) -> None:
         self._write(lambda writer: writer.close())
-        self._writer = None
+        self._writers = []
