@@ -317,9 +317,12 @@ build() {
     printf 'no-index = true\nfind-links = /root/.cache/zthumb-wheels\n' >>"${pipconf}"
     volumes+=(--volume "${WHEELHOUSE}:/root/.cache/zthumb-wheels:ro")
   fi
+  # The bundle goes beside pip's config, not over /etc/ssl/certs/ca-certificates.crt: the
+  # Dockerfiles install Debian's ca-certificates, whose post-install script rewrites that file
+  # (a read-only mount there fails the install).
   if [[ -s "${BUILD_CA_BUNDLE}" ]]; then
-    printf 'cert = /etc/ssl/certs/ca-certificates.crt\n' >>"${pipconf}"
-    volumes+=(--volume "${BUILD_CA_BUNDLE}:/etc/ssl/certs/ca-certificates.crt:ro")
+    printf 'cert = /root/.config/pip/build-ca.crt\n' >>"${pipconf}"
+    volumes+=(--volume "${BUILD_CA_BUNDLE}:/root/.config/pip/build-ca.crt:ro")
   fi
   log "${name}: building ${ref} from ${DOCKERFILE[${name}]} on ${base_ref}"
   local t0=$SECONDS
