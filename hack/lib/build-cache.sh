@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Sourced, never run: what the scripts that build into or read the local cluster's cache share
-# (build-k8s.sh, build-node.sh, build-go-tool.sh, build-kueue.sh, cluster/lib/state.sh). The Kubernetes
+# (build-k8s.sh, build-node.sh, build-go-tool.sh, build-kueue.sh, cluster.sh). The Kubernetes
 # version and the cache's layout are stated here once, so a version bump is one edit.
 # Needs hack/lib/log.sh sourced first (log, timed).
 
