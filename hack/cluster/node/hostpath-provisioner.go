@@ -10,7 +10,8 @@
 // it creates directories through helper pods that need an image. On a single
 // real node a host process can simply mkdir.
 //
-// hack/cluster/build-node.sh builds it (module generated there); hack/cluster/cluster.sh runs it.
+// hack/cluster/build-node.sh builds it (module generated there); hack/cluster/node/real-node.sh runs it
+// (at hack/cluster/cluster.sh up).
 package main
 
 import (

@@ -1,15 +1,35 @@
-# shellcheck shell=bash
-# The local cluster's REAL node, sourced by hack/cluster/cluster.sh (it uses that
-# script's variables and helpers: STATE_DIR, PKI_DIR, PID_DIR, LOG_DIR,
-# BIN_DIR, CACHE_DIR, KUBECONFIG_FILE, log, die, wait_until, pid_of,
-# start_component, stop_component, kubectl_admin, sign_cert, write_kubeconfig).
+#!/usr/bin/env bash
+# The local cluster's REAL node. One kubelet (node zthumb-real-0) with containerd + runc + the
+# Debian CNI plugins on a bridge zt0 (10.88.0.1/16), kube-proxy in nftables mode, CoreDNS for
+# cluster.local and a hostPath storage provisioner, all host processes started from the cached
+# binaries. Everything the node writes lives under ${STATE_DIR}/node, except the few host paths
+# that cannot be moved; those are removed by node_host_cleanup (see the list in node-host.sh).
 #
-# One kubelet (node zthumb-real-0) with containerd + runc + the Debian CNI
-# plugins on a bridge zt0 (10.88.0.1/16), kube-proxy in nftables mode, CoreDNS
-# for cluster.local and a hostPath storage provisioner, all host processes
-# started from the cached binaries. Everything the node writes lives under
-# ${STATE_DIR}/node, except the few host paths that cannot be moved; those are
-# removed by node_host_cleanup (see the list there).
+# hack/cluster/cluster.sh sources this file and calls its phases: node_lock, node_preflight,
+# node_bridge_up, node_generate_pki, node_up, node_stop, node_host_cleanup, node_import. It also
+# runs on its own (the cluster's env overrides apply, ZTHUMB_CLUSTER_DIR and ZTHUMB_CACHE first):
+#
+#   hack/cluster/node/real-node.sh status   the node's processes, who owns the host state, and
+#                                           the Node object; exit 1 unless every process runs
+#
+# Needs nothing but its own files: hack/cluster/lib/state.sh (the state dirs, log, die,
+# wait_until, pid_of, start_component, stop_component, kubectl_admin, sign_cert,
+# write_kubeconfig) and its parts, sourced below:
+#   node-host.sh     host setup and cleanup: lock, owner, preflight, bridge, leftovers
+#   node-configs.sh  the node's certificates and configuration files
+#   node-objects.sh  the node's objects in the cluster (kube-dns, StorageClass, GPU capacity)
+# This file holds the node's settings and its lifecycle (node_up, node_stop, node_import).
+#
+# Env overrides (defaults in brackets), beside those of hack/cluster/cluster.sh:
+#   ZTHUMB_NODE_GPUS [2]  ZTHUMB_NODE_IMAGES [$ZTHUMB_CACHE/node-images]
+#   ZTHUMB_NODE_CONTAINERD_ROOT [$ZTHUMB_CACHE/node-containerd]
+#   ZTHUMB_KUBELET_HEALTHZ_PORT [10248]  ZTHUMB_KUBE_PROXY_HEALTHZ_PORT [10256]
+#   ZTHUMB_KUBE_PROXY_METRICS_PORT [10249]  ZTHUMB_COREDNS_HEALTH_PORT [16054]
+#   ZTHUMB_COREDNS_READY_PORT [16181]
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then set -euo pipefail; fi
+
+# shellcheck source=hack/cluster/lib/state.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/state.sh"
 
 NODE_NAME="zthumb-real-0"
 NODE_BRIDGE="zt0"
@@ -43,7 +63,7 @@ NODE_OWNER_FILE="/run/zthumb-real-node.owner"
 # two of them (other worktrees, CI) never set up or tear down at once.
 NODE_LOCK_FILE="/run/zthumb-real-node.lock"
 NODE_NFT_TABLE="zthumb-node"
-# shellcheck disable=SC2034 # read by hack/cluster/cluster.sh, which sources this file
+# Its processes, in start order (`status` lists them, and so does cluster.sh).
 NODE_COMPONENTS=(containerd kubelet kube-proxy coredns zthumb-hostpath-provisioner)
 NODE_BINARIES=(kubelet kube-proxy containerd containerd-shim-runc-v2 ctr coredns zthumb-hostpath-provisioner)
 NODE_PACKAGES=(runc catatonit containernetworking-plugins nftables iptables conntrack buildah busybox-static)
@@ -59,461 +79,13 @@ node_missing_parts() {
   done
 }
 
-# ---------------------------------------------------------------------------
-# PKI for the node (called from generate_pki)
-# ---------------------------------------------------------------------------
-node_generate_pki() {
-  local client="basicConstraints=CA:FALSE
-keyUsage=critical,digitalSignature,keyEncipherment
-extendedKeyUsage=clientAuth"
-  # The kubelet's own identity: the Node authorizer and NodeRestriction then
-  # limit it to its node and the pods bound to it.
-  sign_cert kubelet "/O=system:nodes/CN=system:node:${NODE_NAME}" "${client}"
-  sign_cert kubelet-serving "/CN=${NODE_NAME}" "basicConstraints=CA:FALSE
-keyUsage=critical,digitalSignature,keyEncipherment
-extendedKeyUsage=serverAuth
-subjectAltName=IP:${NODE_IP},DNS:${NODE_NAME}"
-  sign_cert apiserver-kubelet-client "/CN=kube-apiserver-kubelet-client" "${client}"
-  # The bootstrap ClusterRoleBinding system:node-proxier names this user.
-  sign_cert kube-proxy "/CN=system:kube-proxy" "${client}"
-}
+# shellcheck source=hack/cluster/node/node-host.sh
+source "$(dirname "${BASH_SOURCE[0]}")/node-host.sh"
+# shellcheck source=hack/cluster/node/node-configs.sh
+source "$(dirname "${BASH_SOURCE[0]}")/node-configs.sh"
+# shellcheck source=hack/cluster/node/node-objects.sh
+source "$(dirname "${BASH_SOURCE[0]}")/node-objects.sh"
 
-# ---------------------------------------------------------------------------
-# Host state: bridge, forwarding guard, and the leftovers of a crashed run.
-# ---------------------------------------------------------------------------
-node_owner_alive() {
-  # The owner file names a state dir; it is alive when its kubelet or
-  # containerd pid file points at a live process of that state dir.
-  local owner="$1" name pid
-  for name in kubelet containerd kube-apiserver; do
-    [[ -f "${owner}/pids/${name}.pid" ]] || continue
-    pid="$(<"${owner}/pids/${name}.pid")"
-    [[ "${pid}" =~ ^[0-9]+$ && -r "/proc/${pid}/cmdline" ]] || continue
-    tr '\0' ' ' <"/proc/${pid}/cmdline" | grep -qF -- "${owner}" && return 0
-  done
-  return 1
-}
-
-# node_lock: take the host-wide lock (fd 7; start_component keeps it from the
-# components). Held until this script exits. Children that run cluster.sh
-# again get NODE_LOCK_HELD=1 and share it.
-node_lock() {
-  [[ -z "${NODE_LOCK_HELD:-}" ]] || return 0
-  exec 7>"${NODE_LOCK_FILE}"
-  if ! flock -w 900 7; then
-    die "another hack/cluster/cluster.sh held ${NODE_LOCK_FILE} for 15 minutes; giving up"
-  fi
-  export NODE_LOCK_HELD=1
-}
-
-# node_owns_host: true when no cluster or this one owns the node's host state.
-node_owns_host() {
-  [[ ! -f "${NODE_OWNER_FILE}" || "$(<"${NODE_OWNER_FILE}")" == "${STATE_DIR}" ]]
-}
-
-# node_preflight: build what is missing, refuse when another live cluster owns
-# the node, clean a crashed run's leftovers. Runs before `up` arms its
-# failure trap (the cleanup is best effort and may fail harmlessly).
-node_preflight() {
-  local owner missing
-  ((EUID == 0)) || die "the real node needs root (or run with ZTHUMB_REAL_NODE=0)"
-  mapfile -t missing < <(node_missing_parts)
-  if ((${#missing[@]})); then
-    log "real node parts missing (${missing[*]}); running hack/cluster/build-k8s.sh"
-    "${HACK_DIR}/cluster/build-k8s.sh"
-  fi
-  # Pod -> Service -> pod on the same bridge needs bridged packets to pass
-  # netfilter (conntrack undoes the DNAT on the reply).
-  if [[ ! -e /proc/sys/net/bridge/bridge-nf-call-iptables ]]; then
-    modprobe br_netfilter 2>/dev/null ||
-      log "WARNING: no br_netfilter; pod-to-Service traffic between pods will fail"
-  elif [[ "$(</proc/sys/net/bridge/bridge-nf-call-iptables)" != 1 ]]; then
-    log "WARNING: net.bridge.bridge-nf-call-iptables=0; pod-to-Service traffic between pods will fail"
-  fi
-  if [[ -f "${NODE_OWNER_FILE}" ]]; then
-    owner="$(<"${NODE_OWNER_FILE}")"
-    if [[ "${owner}" != "${STATE_DIR}" ]]; then
-      if node_owner_alive "${owner}"; then
-        die "another local cluster (${owner}) runs the real node; stop it first (ZTHUMB_CLUSTER_DIR=${owner} hack/cluster/cluster.sh down)"
-      fi
-      if [[ -f "${owner}/.zthumb-cluster" ]]; then
-        log "the real node of a crashed cluster in ${owner} is left over; taking that cluster down"
-        ZTHUMB_CLUSTER_DIR="${owner}" "${HACK_DIR}/cluster/cluster.sh" down
-      fi
-    fi
-  fi
-  if [[ -f "${NODE_OWNER_FILE}" ]] || ip link show "${NODE_BRIDGE}" >/dev/null 2>&1 ||
-    nft list table ip kube-proxy >/dev/null 2>&1 || [[ -d /run/containerd/s ]]; then
-    log "leftovers of an earlier real node found; cleaning them first"
-    node_host_cleanup
-  fi
-}
-
-# node_bridge_up: the bridge zt0 with the node's address, and the guards.
-node_bridge_up() {
-  echo "${STATE_DIR}" >"${NODE_OWNER_FILE}"
-  ip link add "${NODE_BRIDGE}" type bridge
-  ip addr add "${NODE_IP}/16" dev "${NODE_BRIDGE}"
-  ip link set "${NODE_BRIDGE}" up
-  # Host traffic to a ClusterIP leaves through the bridge (kube-proxy DNATs it
-  # there). Safety net: if the bridge ever goes away while something still
-  # dials the pod or Service range, these blackholes (higher metric, so
-  # unused while zt0 is up) keep the packets on this machine.
-  ip route add "${SERVICE_CIDR}" dev "${NODE_BRIDGE}" src "${NODE_IP}"
-  ip route add blackhole "${POD_CIDR}" metric 4000
-  ip route add blackhole "${SERVICE_CIDR}" metric 4000
-  # Forwarding on the bridge only (ClusterIP traffic from pod to pod needs it);
-  # the host-wide net.ipv4.ip_forward is left alone.
-  sysctl -qw "net.ipv4.conf.${NODE_BRIDGE}.forwarding=1"
-  # And nothing that enters from the bridge is forwarded anywhere but back to
-  # the bridge: pods can never reach beyond this machine.
-  nft -f - <<EOF
-table inet ${NODE_NFT_TABLE} {
-  chain forward {
-    type filter hook forward priority filter; policy accept;
-    iifname "${NODE_BRIDGE}" oifname != "${NODE_BRIDGE}" counter drop
-  }
-}
-EOF
-}
-
-# node_unmount_under DIR: unmount every mount point below DIR, deepest first.
-node_unmount_under() {
-  local dir="$1" i mp
-  [[ -n "${dir}" && "${dir}" == /* ]] || return 0
-  for ((i = 0; i < 3; i++)); do
-    # Field 5 of mountinfo is the mount point (octal escapes for spaces).
-    mapfile -t mps < <(awk -v d="${dir}/" 'index($5, d) == 1 {print $5}' /proc/self/mountinfo | sort -r)
-    ((${#mps[@]})) || return 0
-    for mp in "${mps[@]}"; do
-      mp="$(printf '%b' "${mp}")"
-      umount "${mp}" 2>/dev/null || umount -l "${mp}" 2>/dev/null || true
-    done
-  done
-}
-
-# node_kill_shims: containerd shims of OUR containerd (their command line names
-# our socket), never anyone else's.
-node_kill_shims() {
-  local sig="$1" pid cmd
-  for pid in /proc/[0-9]*; do
-    pid="${pid#/proc/}"
-    cmd="$(tr '\0' ' ' 2>/dev/null <"/proc/${pid}/cmdline")" || continue
-    [[ "${cmd}" == *containerd-shim-runc-v2* && "${cmd}" == *"${CONTAINERD_SOCK}"* ]] || continue
-    kill "-${sig}" "${pid}" 2>/dev/null || true
-  done
-}
-
-# The shim runs runc with --root <Root>/<containerd namespace>.
-node_runc() { runc --root "${RUNC_ROOT}/k8s.io" "$@"; }
-
-# node_kill_pod_processes: every process in the pods' cgroups (kubelet's
-# cgroupfs layout puts them all under kubepods), whatever runc still knows.
-node_kill_pod_processes() {
-  local i pids
-  for ((i = 0; i < 3; i++)); do
-    pids="$(find /sys/fs/cgroup/pids/kubepods /sys/fs/cgroup/memory/kubepods -name cgroup.procs \
-      -exec cat {} + 2>/dev/null | sort -u | tr '\n' ' ')"
-    [[ -n "${pids// /}" ]] || return 0
-    # shellcheck disable=SC2086
-    kill -KILL ${pids} 2>/dev/null
-    sleep 0.5
-  done
-}
-
-# node_host_cleanup: everything the node leaves on the host, idempotent. Safe
-# to run when nothing is there.
-node_host_cleanup() {
-  # Best effort all the way through: one failing step must not skip the rest.
-  local - id i t chain ipt
-  set +e +o pipefail
-  # Containers first (kubelet is stopped by now, so nothing restarts them).
-  if [[ -d "${RUNC_ROOT}/k8s.io" ]]; then
-    for id in $(node_runc list -q 2>/dev/null); do
-      node_runc kill --all "${id}" KILL 2>/dev/null || true
-    done
-  fi
-  node_kill_pod_processes
-  node_kill_shims TERM
-  for ((i = 0; i < 20; i++)); do
-    pgrep -f -- "containerd-shim-runc-v2.*${CONTAINERD_SOCK}" >/dev/null || break
-    sleep 0.25
-  done
-  node_kill_shims KILL
-  if [[ -d "${RUNC_ROOT}/k8s.io" ]]; then
-    for id in $(node_runc list -q 2>/dev/null); do
-      node_runc delete --force "${id}" 2>/dev/null || true
-    done
-  fi
-  node_kill_pod_processes
-  node_unmount_under "${NODE_DIR}"
-  node_unmount_under "${NODE_CONTAINERD_ROOT}"
-  # Pod veths die with their network namespaces; drop any that did not.
-  if ip link show "${NODE_BRIDGE}" >/dev/null 2>&1; then
-    for id in $(ip -o link show master "${NODE_BRIDGE}" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
-      ip link del "${id}" 2>/dev/null || true
-    done
-    ip link del "${NODE_BRIDGE}" 2>/dev/null || true
-  fi
-  nft delete table inet "${NODE_NFT_TABLE}" 2>/dev/null || true
-  nft delete table ip kube-proxy 2>/dev/null || true
-  nft delete table ip6 kube-proxy 2>/dev/null || true
-  # KUBE-* chains that kubelet (and kube-proxy's iptables cleanup) add.
-  for ipt in iptables ip6tables; do
-    command -v "${ipt}" >/dev/null || continue
-    for t in mangle nat filter; do
-      # Rules that jump to KUBE-* chains from other chains, then the chains.
-      "${ipt}" -w 5 -t "${t}" -S 2>/dev/null | grep -E '^-A [^ ]+ .*-j KUBE-' | grep -vE '^-A KUBE-' |
-        while read -r _ rest; do
-          # shellcheck disable=SC2086
-          "${ipt}" -w 5 -t "${t}" -D ${rest} 2>/dev/null || true
-        done
-      for chain in $("${ipt}" -w 5 -t "${t}" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^KUBE-/ {print $2}'); do
-        "${ipt}" -w 5 -t "${t}" -F "${chain}" 2>/dev/null || true
-      done
-      for chain in $("${ipt}" -w 5 -t "${t}" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^KUBE-/ {print $2}'); do
-        "${ipt}" -w 5 -t "${t}" -X "${chain}" 2>/dev/null || true
-      done
-    done
-  done
-  conntrack -D -s "${POD_CIDR}" >/dev/null 2>&1 || true
-  conntrack -D -d "${SERVICE_CIDR}" >/dev/null 2>&1 || true
-  # Paths kubelet, the shims and the CNI plugins use whatever we configure.
-  rm -rf /var/lib/kubelet/device-plugins /var/lib/kubelet/pod-resources
-  rmdir /var/lib/kubelet 2>/dev/null || true
-  rm -rf /run/containerd/s /run/containerd/fifo
-  rmdir /run/containerd 2>/dev/null || true
-  # libcni's result cache (our network "zthumb" and containerd's loopback).
-  rm -rf /var/lib/cni/results/zthumb-* /var/lib/cni/results/cni-loopback-* /var/lib/cni/networks/zthumb
-  rmdir /var/lib/cni/results /var/lib/cni/networks /var/lib/cni 2>/dev/null || true
-  if [[ -d /var/log/containers ]]; then
-    find /var/log/containers -maxdepth 1 -type l -lname "${NODE_DIR}/*" -delete 2>/dev/null || true
-    rmdir /var/log/containers 2>/dev/null || true
-  fi
-  # Pod cgroups (cgroupfs driver, cgroup v1): empty ones only, deepest first.
-  for t in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/unified/kubepods; do
-    [[ -d "${t}" ]] && find "${t}" -depth -type d -exec rmdir {} \; 2>/dev/null
-  done
-  # Last: the safety-net routes (nothing of ours runs any more).
-  ip route del blackhole "${POD_CIDR}" metric 4000 2>/dev/null
-  ip route del blackhole "${SERVICE_CIDR}" metric 4000 2>/dev/null
-  rm -f "${NODE_OWNER_FILE}"
-  return 0
-}
-
-# ---------------------------------------------------------------------------
-# Configuration files
-# ---------------------------------------------------------------------------
-node_write_configs() {
-  mkdir -p "${NODE_DIR}"/{cni/net.d,cni/ipam,run,containerd-state,kubelet/pki,pod-logs,volumes,certs.d/_default}
-  write_kubeconfig "${NODE_DIR}/kubelet.kubeconfig" "system:node:${NODE_NAME}" kubelet
-  write_kubeconfig "${NODE_DIR}/kube-proxy.kubeconfig" system:kube-proxy kube-proxy
-
-  # Registry lookups go to a closed loopback port: a missing image fails at
-  # once and nothing is ever pulled from outside this machine.
-  cat >"${NODE_DIR}/certs.d/_default/hosts.toml" <<'EOF'
-server = "http://127.0.0.1:1"
-[host."http://127.0.0.1:1"]
-  capabilities = ["pull", "resolve"]
-EOF
-
-  cat >"${NODE_DIR}/containerd.toml" <<EOF
-version = 3
-root = "${NODE_CONTAINERD_ROOT}"
-state = "${NODE_DIR}/containerd-state"
-# opt writes /opt/containerd, nri listens on /var/run/nri: neither is needed.
-disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.nri.v1.nri"]
-
-[grpc]
-  address = "${CONTAINERD_SOCK}"
-[ttrpc]
-  address = "${NODE_RUN}/containerd-ttrpc.sock"
-[debug]
-  address = ""
-[metrics]
-  address = ""
-
-[plugins.'io.containerd.cri.v1.images']
-  snapshotter = "overlayfs"
-  [plugins.'io.containerd.cri.v1.images'.pinned_images]
-    sandbox = "${PAUSE_IMAGE}"
-  [plugins.'io.containerd.cri.v1.images'.registry]
-    config_path = "${NODE_DIR}/certs.d"
-
-[plugins.'io.containerd.cri.v1.runtime']
-  netns_mounts_under_state_dir = true
-  # This machine withholds CAP_SYS_RESOURCE: lowering oom_score_adj fails.
-  restrict_oom_score_adj = true
-  [plugins.'io.containerd.cri.v1.runtime'.cni]
-    bin_dirs = ["/usr/lib/cni"]
-    conf_dir = "${NODE_DIR}/cni/net.d"
-    max_conf_num = 1
-  [plugins.'io.containerd.cri.v1.runtime'.containerd]
-    default_runtime_name = "runc"
-    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
-        BinaryName = "$(command -v runc)"
-        Root = "${RUNC_ROOT}"
-        SystemdCgroup = false
-
-[plugins.'io.containerd.grpc.v1.cri']
-  disable_tcp_service = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-EOF
-
-  # Bridge without gateway mode (that would switch on host-wide forwarding):
-  # the script put 10.88.0.1 on zt0 itself. Pods get routes to the pod and
-  # Service ranges only, and no default route.
-  cat >"${NODE_DIR}/cni/net.d/10-zthumb.conflist" <<EOF
-{
-  "cniVersion": "1.0.0",
-  "name": "zthumb",
-  "plugins": [
-    {
-      "type": "bridge",
-      "bridge": "${NODE_BRIDGE}",
-      "isGateway": false,
-      "ipMasq": false,
-      "hairpinMode": true,
-      "ipam": {
-        "type": "host-local",
-        "dataDir": "${NODE_DIR}/cni/ipam",
-        "ranges": [[{"subnet": "${POD_CIDR}", "gateway": "${NODE_IP}", "rangeStart": "10.88.1.1"}]],
-        "routes": [{"dst": "${SERVICE_CIDR}", "gw": "${NODE_IP}"}]
-      }
-    },
-    {"type": "portmap", "capabilities": {"portMappings": true}}
-  ]
-}
-EOF
-
-  cat >"${NODE_DIR}/kubelet.yaml" <<EOF
-apiVersion: kubelet.config.k8s.io/v1beta1
-kind: KubeletConfiguration
-# cgroup v1 hosts are refused from 1.35 on unless this is false.
-failCgroupV1: false
-cgroupDriver: cgroupfs
-containerRuntimeEndpoint: unix://${CONTAINERD_SOCK}
-address: ${NODE_IP}
-port: 10250
-readOnlyPort: 0
-healthzBindAddress: 127.0.0.1
-healthzPort: ${KUBELET_HEALTHZ_PORT}
-tlsCertFile: ${PKI_DIR}/kubelet-serving.crt
-tlsPrivateKeyFile: ${PKI_DIR}/kubelet-serving.key
-authentication:
-  anonymous: {enabled: false}
-  webhook: {enabled: false}
-  x509: {clientCAFile: ${PKI_DIR}/ca.crt}
-# Only holders of a certificate of the cluster CA get this far (the apiserver
-# and the admin); they may do everything.
-authorization: {mode: AlwaysAllow}
-clusterDNS: [${CLUSTER_DNS_IP}]
-clusterDomain: cluster.local
-resolvConf: ""
-failSwapOn: false
-oomScoreAdj: 0
-maxPods: 50
-podLogsDir: ${NODE_DIR}/pod-logs
-volumePluginDir: ${NODE_DIR}/kubelet/volume-plugins
-# Imported images are never garbage-collected.
-imageGCHighThresholdPercent: 100
-imageGCLowThresholdPercent: 99
-evictionHard: {memory.available: 100Mi, nodefs.available: "1%", nodefs.inodesFree: "1%", imagefs.available: "1%"}
-serializeImagePulls: false
-shutdownGracePeriod: 0s
-EOF
-
-  cat >"${NODE_DIR}/kube-proxy.yaml" <<EOF
-apiVersion: kubeproxy.config.k8s.io/v1alpha1
-kind: KubeProxyConfiguration
-mode: nftables
-clientConnection:
-  kubeconfig: ${NODE_DIR}/kube-proxy.kubeconfig
-hostnameOverride: ${NODE_NAME}
-bindAddress: ${NODE_IP}
-clusterCIDR: ${POD_CIDR}
-nodePortAddresses: ["${NODE_IP}/32"]
-healthzBindAddress: 127.0.0.1:${KUBE_PROXY_HEALTHZ_PORT}
-metricsBindAddress: 127.0.0.1:${KUBE_PROXY_METRICS_PORT}
-# Leave the host-wide conntrack settings alone.
-conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
-EOF
-
-  # No forward plugin: names outside the cluster zones are REFUSED at once.
-  cat >"${NODE_DIR}/Corefile" <<EOF
-cluster.local:53 in-addr.arpa:53 ip6.arpa:53 {
-    bind ${NODE_IP}
-    errors
-    health 127.0.0.1:${COREDNS_HEALTH_PORT}
-    ready 127.0.0.1:${COREDNS_READY_PORT}
-    kubernetes cluster.local in-addr.arpa ip6.arpa {
-        kubeconfig ${KUBECONFIG_FILE} zthumb-local
-        pods insecure
-        fallthrough in-addr.arpa ip6.arpa
-        ttl 5
-    }
-    cache 5
-}
-EOF
-}
-
-node_cluster_objects() {
-  cat <<EOF
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: kube-dns
-  namespace: kube-system
-  labels: {k8s-app: kube-dns, kubernetes.io/name: CoreDNS}
-spec:
-  clusterIP: ${CLUSTER_DNS_IP}
-  ports:
-  - {name: dns, port: 53, protocol: UDP, targetPort: 53}
-  - {name: dns-tcp, port: 53, protocol: TCP, targetPort: 53}
----
-# CoreDNS runs on the host, bound to the bridge address: a hand-made slice.
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: kube-dns-host
-  namespace: kube-system
-  labels:
-    kubernetes.io/service-name: kube-dns
-    endpointslice.kubernetes.io/managed-by: hack-cluster.zthumb.io
-addressType: IPv4
-ports:
-- {name: dns, port: 53, protocol: UDP}
-- {name: dns-tcp, port: 53, protocol: TCP}
-endpoints:
-- addresses: ["${NODE_IP}"]
-  conditions: {ready: true}
-  nodeName: ${NODE_NAME}
----
-apiVersion: storage.k8s.io/v1
-kind: StorageClass
-metadata:
-  name: ${STORAGE_CLASS}
-  annotations:
-    storageclass.kubernetes.io/is-default-class: "true"
-provisioner: zthumb.io/hostpath
-reclaimPolicy: Delete
-volumeBindingMode: WaitForFirstConsumer
-# Only the real node has the volumes' directory; kwok's nodes must never be
-# picked for a pod whose claim is still unbound.
-allowedTopologies:
-- matchLabelExpressions:
-  - key: kubernetes.io/hostname
-    values: [${NODE_NAME}]
-EOF
-}
-
-# ---------------------------------------------------------------------------
-# up / down
-# ---------------------------------------------------------------------------
 # node_import ARCHIVE...: OCI (or docker) archives into the node's containerd.
 node_import() {
   local f
@@ -522,15 +94,6 @@ node_import() {
     log "importing ${f} into ${NODE_NAME}'s containerd (k8s.io namespace)"
     ctr_node images import "${f}" >&2
   done
-}
-
-node_gpu_patch() {
-  kubectl_admin patch node "${NODE_NAME}" --subresource=status --type=merge \
-    -p "{\"status\":{\"capacity\":{\"nvidia.com/gpu\":\"${NODE_GPUS}\"},\"allocatable\":{\"nvidia.com/gpu\":\"${NODE_GPUS}\"}}}" >/dev/null
-}
-
-node_gpu_ok() {
-  [[ "$(kubectl_admin get node "${NODE_NAME}" -o jsonpath='{.status.allocatable.nvidia\.com/gpu}')" == "${NODE_GPUS}" ]]
 }
 
 node_up() {
@@ -611,3 +174,38 @@ node_purge_pods() {
     timeout 10 "${BIN_DIR}/ctr" --address "${CONTAINERD_SOCK}" --namespace k8s.io containers rm "${id}" >/dev/null 2>&1 || true
   done
 }
+
+# node_status: the `status` command (see the header).
+node_status() {
+  local name pid rc=0 owner="none"
+  if [[ -f "${NODE_OWNER_FILE}" ]]; then owner="$(<"${NODE_OWNER_FILE}")"; fi
+  for name in "${NODE_COMPONENTS[@]}"; do
+    pid_of "${name}" >/dev/null || rc=1
+  done
+  if ((rc == 0)); then echo "${NODE_NAME}: up (state ${STATE_DIR})"; else echo "${NODE_NAME}: down (state ${STATE_DIR})"; fi
+  echo "  host state owner: ${owner}"
+  for name in "${NODE_COMPONENTS[@]}"; do
+    if pid="$(pid_of "${name}")"; then
+      echo "  ${name}: running (pid ${pid})"
+    elif [[ -f "${PID_DIR}/${name}.pid" ]]; then
+      echo "  ${name}: DEAD (see ${LOG_DIR}/${name}.log)"
+    else
+      echo "  ${name}: not started"
+    fi
+  done
+  # The apiserver listens on the bridge address: never dial it without the bridge.
+  if ((rc == 0)) && ip -4 -o addr show dev "${NODE_BRIDGE}" 2>/dev/null | grep -qF " ${NODE_IP}/"; then
+    kubectl_admin get node "${NODE_NAME}" -o wide 2>&1 | sed 's/^/  /' || rc=1
+  fi
+  return "${rc}"
+}
+
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+  case "${1:-}" in
+    status) node_status ;;
+    *)
+      echo "usage: $0 status" >&2
+      exit 2
+      ;;
+  esac
+fi
