@@ -539,6 +539,12 @@ def test_finetune_runs_in_real_pods_through_train_pod_and_operator_deletion(
         head = volume(kubectl, ns, "python3", "-c", f"print(open({png!r}, 'rb').read(8))")
         assert "PNG" in head, head
     assert f"http://{RELEASE}.{ns}.svc:8080" in report, report[:2000]  # eval called the Service by name
+    # The training curves the eval drew from the train pod's progress log are among them, and the
+    # train pod's TensorBoard event files are beside its checkpoints (`tensorboard --logdir`).
+    assert f"{eval_dir}/curves/loss.png" in pngs, pngs
+    run_dir = f"/data/outputs/lora/{RUN}"
+    events = volume(kubectl, ns, "find", f"{run_dir}/logs", "-name", "events.out.tfevents.*").split()
+    assert events, volume(kubectl, ns, "find", run_dir, "-maxdepth", "2", check=False)
     # The server serves the same report as a page (the chart's ZTHUMB_REPORTS_DIR), at status.reportUrl.
     assert status["reportUrl"] == f"/reports/{RUN}/"
     name = pod["metadata"]["name"]
