@@ -165,6 +165,8 @@ class EvalReport(Results):
     captioning: CaptioningBlock | None = None  # the prepare step's generated captions, if any
     sweep: ScaleSweep | None = None  # every metric per group and scale, the recommended scale
     gate: dict[str, Any] | None = None  # GateVerdict.status() of spec.eval.gate
+    # The report's upload to the train step's MLflow run (spec.training.tracking): its warning, if any.
+    tracking: dict[str, Any] | None = None
 
     @field_validator("training", mode="before")
     @classmethod

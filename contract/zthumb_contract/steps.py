@@ -317,9 +317,16 @@ def eval_step(paths: RunPaths, server_url: str) -> StepDefinition:
         "--clip-model", paths.clip_model,
         "--clip-config", paths.clip_config,
         *spec_args(paths.spec.eval, exclude={"enabled"}),
+        # spec.training.tracking, as train's: the report goes to the train step's MLflow run too.
+        *spec_args(paths.spec.training, exclude=set(type(paths.spec.training).model_fields) - {"tracking"}),
     )  # fmt: skip
     secret_env = {"HF_TOKEN": clip.token_secret_ref} if clip.enabled and clip.token_secret_ref else {}
-    return StepDefinition(name="eval", args=args, secret_env=secret_env)
+    return StepDefinition(
+        name="eval",
+        args=args,
+        secret_env=secret_env,
+        optional_secret_env=tracking_secret_env(paths.spec.training.tracking),
+    )
 
 
 def deploy_env(paths: RunPaths) -> dict[str, str]:

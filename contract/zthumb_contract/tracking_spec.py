@@ -4,7 +4,7 @@ user's (``mlflow server``), reached over HTTP(S) from the train pod (rank 0 only
 
 The credentials never appear in the spec or the argv: ``credentialsSecretRef`` names a Secret whose
 keys ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` (basic auth) or
-``MLFLOW_TRACKING_TOKEN`` (bearer) the train Job gets as env (``steps.tracking_secret_env``), each
+``MLFLOW_TRACKING_TOKEN`` (bearer) the train and eval Jobs get as env (``steps.tracking_secret_env``), each
 optional, and which the MLflow client reads itself."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from zthumb_contract.spec_base import SECRET_NAME, SpecModel
 TRACKING_URI_MAX_LENGTH = 2048
 # MLflow's own bound on an experiment name is larger; 256 keeps it readable and the argv short.
 EXPERIMENT_MAX_LENGTH = 256
-# The keys the train Job takes from the credentials Secret, as the env names the MLflow client reads.
+# The keys the train and eval Jobs take from the credentials Secret, as the env names the MLflow client reads.
 MLFLOW_CREDENTIAL_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 

@@ -292,6 +292,8 @@ def export(  # noqa: PLR0917 - one option per flag
 
 
 @app.command("eval")
+# spec.training.tracking (--tracking, as train's): the report goes to the train step's MLflow run.
+@spec_options(TrainingSpec, "training", exclude=set(TrainingSpec.model_fields) - {"tracking"})
 @spec_options(EvalSpec, "evaluation", exclude={"enabled"})
 def evaluate(  # noqa: PLR0917 - one option per flag
     server_url: Annotated[str, typer.Option(help="Base URL of the ZThumb server.")],
@@ -315,6 +317,7 @@ def evaluate(  # noqa: PLR0917 - one option per flag
     ] = None,
     *,
     evaluation: EvalSpec,
+    training: TrainingSpec,
 ) -> None:
     """Generate with and without the adapter on the same seeds; write report.md + summary.json.
 
@@ -337,6 +340,7 @@ def evaluate(  # noqa: PLR0917 - one option per flag
         clip_config=clip_config,
         ready_timeout=ready_timeout if settings.eval_ready_timeout is None else settings.eval_ready_timeout,
         api_key=settings.api_key,
+        tracking=training.tracking,
     )
     try:
         report = run_eval(config)

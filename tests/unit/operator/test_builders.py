@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from lft_helpers import make_run
 from reconcile_harness import Harness
 from zthumb_contract.spec import LoRAFinetuneSpec, SecretKeyRef
@@ -99,11 +100,11 @@ def test_secret_env_is_a_secret_key_ref_never_a_value() -> None:
     assert SecretKeyRef(name="hf").key == "token"
 
 
-def test_mlflow_credentials_reach_the_train_job_as_optional_secret_keys() -> None:
+@pytest.mark.parametrize("job", ["train", "eval"])  # eval logs its report to the same MLflow run
+def test_mlflow_credentials_reach_the_train_and_eval_jobs_as_optional_secret_keys(job: str) -> None:
     tracking = {"mlflow": {"trackingUri": "https://mlflow.example", "credentialsSecretRef": {"name": "ml"}}}
     env = {
-        e["name"]: e
-        for e in container(jobs_for(make_run({"training": {"tracking": tracking}}))["train"])["env"]
+        e["name"]: e for e in container(jobs_for(make_run({"training": {"tracking": tracking}}))[job])["env"]
     }
     for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
         # optional: a Secret with a token only (or a username and password only) starts the pod
@@ -111,7 +112,7 @@ def test_mlflow_credentials_reach_the_train_job_as_optional_secret_keys() -> Non
             "name": key,
             "valueFrom": {"secretKeyRef": {"name": "ml", "key": key, "optional": True}},
         }
-    plain = container(jobs_for(make_run({}))["train"])["env"]
+    plain = container(jobs_for(make_run({}))[job])["env"]
     assert not [e for e in plain if e["name"].startswith("MLFLOW_")]
 
 

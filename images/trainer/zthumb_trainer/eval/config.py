@@ -11,6 +11,7 @@ from typing import Any
 
 from zthumb_contract.scale_sweep import IN_DISTRIBUTION
 from zthumb_contract.spec import EvalSpec
+from zthumb_contract.tracking_spec import TrackingSpec
 
 
 class EvalConfig(EvalSpec):
@@ -34,6 +35,8 @@ class EvalConfig(EvalSpec):
     ready_timeout: float = 600.0
     request_timeout: float = 600.0
     api_key: str | None = None
+    # spec.training.tracking: the report goes to the train step's MLflow run too (tracking_report.py).
+    tracking: TrackingSpec = TrackingSpec()
 
 
 @dataclass

@@ -19,6 +19,9 @@ For every prompt × seed of both prompt groups (``spec.eval.prompts``, in-distri
   also recommends a scale);
 * ``summary.json``: the same numbers for machines (``zthumb_contract.eval_report.EvalReport``); its
   compact ``EvalSummary`` goes to the termination message for the operator.
+
+With ``spec.training.tracking.mlflow``, the report also goes to the train step's MLflow run
+(``tracking_report.py``), never failing the eval.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from zthumb_trainer.eval.leakage import (
 from zthumb_trainer.eval.prompt_groups import prompt_requests, score_pixel_differences, write_pairs
 from zthumb_trainer.eval.report import render_markdown
 from zthumb_trainer.eval.scale_sweep import sweep_block
+from zthumb_trainer.eval.tracking_report import log_report
 from zthumb_trainer.reporting import PROGRESS_LOG, write_termination_message
 from zthumb_trainer.train.measure import read_training_block
 from zthumb_trainer.train.validation import SAMPLES_DIR, read_index, summary_block
@@ -261,6 +265,9 @@ def write_report(
         report.gate = verdict.status()
     (staging / "summary.json").write_text(report.to_json())
     (staging / "report.md").write_text(render_markdown(report))
+    if config.tracking.mlflow is not None and config.train_summary is not None:
+        report.tracking = log_report(config.tracking.mlflow, config.train_summary.parent, staging, report)
+        (staging / "summary.json").write_text(report.to_json())  # with the upload's outcome
     publish_directory(staging, config.output)
     return report
 

@@ -43,7 +43,7 @@ INTERRUPTED_FINISH_SECONDS = 15.0
 WARNING_MAX = 1000
 
 
-def _prepare_client_env() -> None:
+def prepare_client_env() -> None:
     """Bounded requests, no telemetry, before the client reads its env (a value the pod sets wins)."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(REQUEST_TIMEOUT_SECONDS))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -63,7 +63,7 @@ class MlflowRun:
         reporter: StatusReporter | None = None,
         client: Any = None,  # tests: an MlflowClient of their own
     ) -> None:
-        _prepare_client_env()
+        prepare_client_env()
         from mlflow.tracking import MlflowClient  # the trainer imports mlflow only when tracking
 
         self.spec, self.run_dir, self.run_name, self.params = spec, run_dir, run_name, dict(params)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ TRACKING_ID_TAG = "zthumb.trackingId"
 RUN_NAME_TAG = "zthumb.run"
 PARAMS_BATCH = 100  # MLflow's limit of params per log_batch
 PARAM_VALUE_MAX = 6000  # and of a param value's length
+# A run id read back from the volume goes into the server's URLs: only an id's characters.
+RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
 
 def spec_params(config: TrainingSpec, trigger_word: str, base_model_sha256: str) -> dict[str, str]:
@@ -117,3 +120,16 @@ def _identity(path: Path, spec: MlflowTrackingSpec, experiment_id: str) -> dict[
     identity = {**place, "trackingId": uuid.uuid4().hex}
     write_text_atomically(path, json.dumps(identity) + "\n")
     return identity
+
+
+def recorded_run_id(run_dir: Path, spec: MlflowTrackingSpec) -> str | None:
+    """The MLflow run the train step logged to on this server (its run file's), for the steps after
+    it (the eval's report); None when it created none there."""
+    try:
+        stored = json.loads((run_dir / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(stored, dict) or stored.get("trackingUri") != spec.tracking_uri:
+        return None
+    run_id = stored.get("runId")
+    return run_id if isinstance(run_id, str) and RUN_ID.fullmatch(run_id) else None

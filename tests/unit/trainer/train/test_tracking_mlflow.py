@@ -7,18 +7,12 @@ server (a closed port) never fails training and is reported; a rank other than 0
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import subprocess
-import sys
 import threading
-import time
-import urllib.request
-from pathlib import Path
 from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
+from mlflow_helpers import free_port
 from pydantic import ValidationError
 from train_helpers import copy_into_run_dir, prepare_once, tiny_config
 from zthumb_contract.spec import LoRAFinetuneSpec
@@ -30,56 +24,7 @@ from zthumb_trainer.train.loop import TrainingInterrupted, run_training
 from zthumb_trainer.train.tracking_mlflow import MlflowRun
 from zthumb_trainer.train.tracking_mlflow_run import RUN_FILE, TRACKING_ID_TAG
 
-# A cold `mlflow server` start (database migrations, imports) took 50 to 132 s on the shared 2-core
-# test machine under load (load average about 20); the wait is bounded well above that.
-SERVER_START_SECONDS = 300
 TRAIN_TAGS = ("train/loss", "train/loss_smoothed", "train/learning_rate", "train/grad_norm")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """One real tracking server for the module (it takes seconds to start), killed at teardown."""
-    root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [
-        str(Path(sys.executable).parent / "mlflow"), "server",
-        "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-        "--artifacts-destination", str(root / "artifacts"),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
-    with (root / "server.log").open("wb") as server_log:
-        quiet = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}  # no usage reports from tests
-        process = subprocess.Popen(command, stdout=server_log, stderr=subprocess.STDOUT, env=quiet)
-    try:
-        deadline = time.monotonic() + SERVER_START_SECONDS
-        while not _healthy(url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +121,7 @@ def test_an_unreachable_server_never_fails_training(run_dir, tiny_model, monkeyp
     api = _FakeStatusApi()
     reporter = StatusReporter("run", "ml", api=api, min_interval=0)
     monkeypatch.setattr(StatusReporter, "from_env", classmethod(lambda cls, interval: reporter))
-    closed = f"http://127.0.0.1:{_free_port()}"  # nothing listens there any more
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there any more
     caplog.set_level(logging.WARNING)
 
     summary = run_training(tiny_config(run_dir, tiny_model, tracking=_tracking(closed, "away")))
