@@ -21,6 +21,7 @@ from pathlib import Path
 
 from image_checks import (
     COMMAND_TIMEOUT_S,
+    FIND_MESSAGE,
     ML_IMAGES,
     NO_COMPILER_PROBE,
     PYTHON_IMAGES,
@@ -133,16 +134,26 @@ def uid_problems(ctr: Container) -> list[str]:
     return []
 
 
-def scan_writable(ctr: Container) -> list[str]:
-    """Every path of the root filesystem the image's user may write.
+def scan_writable(ctr: Container, volumes: Sequence[str] = ()) -> list[str]:
+    """Every path of the root filesystem the image's user may write, and those of the image's
+    VOLUMES it may write.
 
     find exits 1 on the directories the user may not read (/root, ...); nothing inside one is
-    writable to it either. Any other error fails the scan."""
+    writable to it either. Any other error fails the scan. buildah mounts each volume of the
+    image on its own, so -xdev does not enter a volume below another one (/models/lora below
+    /models): each volume is asked directly."""
     proc = ctr.run(WRITABLE_SCAN)
-    errors = [line for line in proc.stderr.splitlines() if line and not line.endswith("Permission denied")]
+    # Only find's own messages count: buildah adds its own lines about the exit status.
+    errors = [
+        line
+        for line in proc.stderr.splitlines()
+        if FIND_MESSAGE.match(line) and not line.endswith("Permission denied")
+    ]
     if proc.returncode != 0 and errors:
         raise RuntimeError(_failed("find / -writable", proc))
-    return sorted(line for line in proc.stdout.splitlines() if line)
+    writable = {line for line in proc.stdout.splitlines() if line}
+    writable |= {volume for volume in volumes if ctr.run(["test", "-w", volume]).returncode == 0}
+    return sorted(writable)
 
 
 def torch_cuda(ctr: Container) -> str:
@@ -167,7 +178,7 @@ def check_image(image: ArchivedImage, buildah: list[str] | None = None) -> dict[
     results = {"user": user_problems(config), "entrypoint": entrypoint_problems(config)}
     with container(image, buildah) as ctr:
         results["uid"] = uid_problems(ctr)
-        results["writable"] = writable_problems(scan_writable(ctr), volumes_of(config))
+        results["writable"] = writable_problems(scan_writable(ctr, volumes_of(config)), volumes_of(config))
         if not results["entrypoint"]:
             results["entrypoint"] = run_problems(ctr, " ".join(entry_argv(config)), entry_argv(config))
         if image.name in PYTHON_IMAGES:

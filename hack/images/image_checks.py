@@ -20,6 +20,7 @@ Standard library only.
 from __future__ import annotations
 
 import json
+import re
 import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ WRITABLE_SCAN = [
     "(", "-path", "/proc", "-o", "-path", "/sys", "-o", "-path", "/dev", ")", "-prune",
     "-o", "-writable", "-print",
 ]  # fmt: skip
+# A message of find itself on stderr ("/usr/bin/find: '/root': Permission denied").
+FIND_MESSAGE = re.compile(r"^(?:\S*/)?find: ")
 # What Triton does before the first compiled kernel runs on a GPU (triton.runtime.build: the C
 # compiler from CC or PATH, Python's include directory from sysconfig), here on a C extension of
 # its own: it needs neither a GPU nor the CUDA driver.

@@ -66,8 +66,9 @@ def test_the_entrypoint_resolves_and_answers(image, ctr):
 
 
 def test_only_tmp_and_the_volumes_are_writable(image, ctr):
-    writable = check_images.scan_writable(ctr)
-    assert image_checks.writable_problems(writable, image_checks.volumes_of(image.config)) == []
+    volumes = image_checks.volumes_of(image.config)
+    writable = check_images.scan_writable(ctr, volumes)
+    assert image_checks.writable_problems(writable, volumes) == []
 
 
 def test_pip_check(image, ctr):

@@ -102,7 +102,7 @@ def test_pipeline_succeeds_deploys_and_cascades(
     wide = kubectl("get", "lft", "-n", ns, "-o", "wide").stdout.splitlines()[0].split()
     assert wide == [
         "NAME", "PHASE", "PROGRESS", "AGE", "ETA", "REPORT", "STEPS/S", "CLIP-I", "GAIN", "CLIP-T", "DROP",
-        "LEAKAGE", "MESSAGE",
+        "LEAKAGE", "RECOMMENDED", "MESSAGE",
     ]  # fmt: skip
     described = kubectl("describe", "lft", RUN, "-n", ns).stdout
     for reason in (
