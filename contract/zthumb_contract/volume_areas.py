@@ -92,6 +92,9 @@ PATH_FIELDS: tuple[PathField, ...] = (
     PathField("dataset.path", DATASETS, "directory", "prepare-dataset reads the images and captions in it"),
     PathField("eval.clip.path", MODELS, "file", "eval downloads the CLIP weights to it"),
     PathField("eval.clip.configPath", MODELS, "directory", "eval replaces it whole with CLIP's configs"),
+    PathField("eval.dino.path", MODELS, "file", "eval downloads the DINOv2 weights to it"),
+    PathField("eval.dino.configPath", MODELS, "directory", "eval replaces it whole with DINOv2's configs"),
+    PathField("eval.aesthetic.path", MODELS, "file", "eval downloads the aesthetic head's weights to it"),
 )
 FIELDS_BY_NAME = {field.name: field for field in PATH_FIELDS}
 

@@ -296,6 +296,15 @@ def evaluate(  # noqa: PLR0917 - one option per flag
     clip_config: Annotated[
         Path | None, typer.Option(help="Where spec.eval.clip's config and tokenizer files live.")
     ] = None,
+    dino_model: Annotated[
+        Path | None, typer.Option(help="Where spec.eval.dino's weights live (fetched when missing).")
+    ] = None,
+    dino_config: Annotated[
+        Path | None, typer.Option(help="Where spec.eval.dino's config and image processor files live.")
+    ] = None,
+    aesthetic_model: Annotated[
+        Path | None, typer.Option(help="Where spec.eval.aesthetic's head lives (fetched when missing).")
+    ] = None,
     *,
     evaluation: EvalSpec,
 ) -> None:
@@ -318,6 +327,9 @@ def evaluate(  # noqa: PLR0917 - one option per flag
         served_scale=served_scale,
         clip_model=clip_model,
         clip_config=clip_config,
+        dino_model=dino_model,
+        dino_config=dino_config,
+        aesthetic_model=aesthetic_model,
         ready_timeout=ready_timeout if settings.eval_ready_timeout is None else settings.eval_ready_timeout,
         api_key=settings.api_key,
     )

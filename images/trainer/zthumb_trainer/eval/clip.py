@@ -3,10 +3,13 @@ images, score every sample and summarise per scale (``clip_metrics`` computes th
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zthumb_trainer.eval.clip_metrics import ClipError, ClipScorer, clip_scores, spread
 from zthumb_trainer.eval.config import EvalConfig, Sample
+
+if TYPE_CHECKING:
+    import torch
 
 
 def load_clip(config: EvalConfig) -> ClipScorer | None:
@@ -29,26 +32,51 @@ def load_clip(config: EvalConfig) -> ClipScorer | None:
         raise ClipError(f"spec.eval.clip: {error}") from error
 
 
-def training_images(config: EvalConfig) -> list[Any]:
-    """The prepared dataset's images (the run dir beside the train summary), spread out."""
+def training_images(config: EvalConfig, most: int, metric: str = "CLIP-I") -> list[Any]:
+    """At most ``most`` of the prepared dataset's images (the run dir beside the train summary),
+    spread out; ``metric`` names what needs them in the error."""
     from PIL import Image
 
     from zthumb_trainer.dataset.prepare import DatasetError, load_manifest
 
     if config.train_summary is None:
-        raise ClipError("CLIP-I needs the training images: pass --train-summary (the run dir's summary.json)")
+        raise ClipError(
+            f"{metric} needs the training images: pass --train-summary (the run dir's summary.json)"
+        )
     try:
         dataset = load_manifest(config.train_summary.parent)
     except DatasetError as error:
-        raise ClipError(f"CLIP-I needs the prepared dataset: {error}") from error
-    entries = spread(dataset.entries, config.clip.max_training_images)
+        raise ClipError(f"{metric} needs the prepared dataset: {error}") from error
+    entries = spread(dataset.entries, most)
     return [Image.open(dataset.directory / entry.image).convert("RGB") for entry in entries]
 
 
-def clip_block(config: EvalConfig, scorer: Any, samples: list[Sample]) -> dict[str, Any]:
-    """The summary's ``clip`` block; each sample's CLIP-T and CLIP-I go into ``sample.response``."""
-    training = training_images(config)
-    clip_t, clip_i = clip_scores(scorer, [s.image for s in samples], [s.prompt for s in samples], training)
+def served_key(config: EvalConfig) -> str:
+    """The served scale as the per-scale blocks key it: the last compared scale when not given."""
+    return f"{config.served_scale if config.served_scale is not None else config.scales[-1]:g}"
+
+
+def per_scale(
+    config: EvalConfig, samples: list[Sample], values: list[float], metric: str
+) -> tuple[dict[str, dict[str, float]], float]:
+    """``{scale: {metric: mean}}`` over the samples of each scale (the shape of every metric's
+    ``by_scale``), and the served scale's mean minus the reference's (the first scale)."""
+    by_scale: dict[str, dict[str, float]] = {}
+    for scale in config.scales:
+        picked = [value for sample, value in zip(samples, values, strict=True) if sample.scale == scale]
+        by_scale[f"{scale:g}"] = {metric: round(sum(picked) / len(picked), 4)}
+    served, reference = by_scale[served_key(config)][metric], by_scale[f"{config.scales[0]:g}"][metric]
+    return by_scale, round(served - reference, 4)
+
+
+def clip_block(
+    config: EvalConfig, scorer: Any, samples: list[Sample], embeddings: torch.Tensor | None = None
+) -> dict[str, Any]:
+    """The summary's ``clip`` block; each sample's CLIP-T and CLIP-I go into ``sample.response``.
+    ``embeddings``: the samples' CLIP image embeddings when already computed."""
+    training = training_images(config, config.clip.max_training_images)
+    images, prompts = [s.image for s in samples], [s.prompt for s in samples]
+    clip_t, clip_i = clip_scores(scorer, images, prompts, training, embeddings)
     by_scale: dict[str, dict[str, float]] = {}
     for scale in config.scales:
         picked = [i for i, sample in enumerate(samples) if sample.scale == scale]
@@ -59,7 +87,7 @@ def clip_block(config: EvalConfig, scorer: Any, samples: list[Sample]) -> dict[s
     for sample, t, i in zip(samples, clip_t, clip_i, strict=True):
         sample.response["clip"] = {"clip_t": round(t, 4), "clip_i": round(i, 4)}
     reference = f"{config.scales[0]:g}"
-    served = f"{config.served_scale if config.served_scale is not None else config.scales[-1]:g}"
+    served = served_key(config)
     return {
         "model": {"name": config.clip_model.name if config.clip_model else "", "url": config.clip.url,
                   "sha256": config.clip.sha256},

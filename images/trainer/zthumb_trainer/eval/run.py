@@ -29,17 +29,16 @@ from typing import Any
 
 import httpx
 from zthumb_contract import env
-from zthumb_contract.eval_report import EvalReport, LeakageBlock
+from zthumb_contract.eval_report import EvalReport
 from zthumb_contract.gate import evaluate_gate
 
 from zthumb_trainer.atomic import publish_directory, staging_directory
-from zthumb_trainer.eval.clip import clip_block, load_clip
-from zthumb_trainer.eval.clip_metrics import ClipError
 from zthumb_trainer.eval.config import EvalConfig, Sample
 from zthumb_trainer.eval.curves import write_curves
 from zthumb_trainer.eval.images import mean_pixel_difference, side_by_side
-from zthumb_trainer.eval.leakage import leakage_block, leakage_requests, save_leakage_pairs, served_scale
+from zthumb_trainer.eval.leakage import leakage_requests, save_leakage_pairs
 from zthumb_trainer.eval.report import render_markdown
+from zthumb_trainer.eval.scorers import ScorerError, Scores, load_scorers, score
 from zthumb_trainer.prompts import expand_prompt
 from zthumb_trainer.reporting import PROGRESS_LOG, write_termination_message
 from zthumb_trainer.train.measure import read_training_block
@@ -128,8 +127,8 @@ def run_eval(config: EvalConfig) -> EvalReport:
     if config.served_scale is not None and config.served_scale not in config.scales:
         config = config.model_copy(update={"scales": [*config.scales, config.served_scale]})
     try:
-        scorer = load_clip(config)  # before the server: a bad CLIP spec fails in seconds
-    except ClipError as error:
+        scorers = load_scorers(config)  # before the server: a bad model spec fails in seconds
+    except ScorerError as error:
         raise EvalError(str(error)) from error
     headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
     started = time.monotonic()
@@ -144,19 +143,14 @@ def run_eval(config: EvalConfig) -> EvalReport:
                 for scale in config.scales:
                     samples.append(_sample(client, config, (prompt_index, prompt, seed, scale)))
         # Leakage prompts go out as written: no trigger word is added.
-        requests = leakage_requests(config) if scorer is not None else []
+        requests = leakage_requests(config) if scorers.clip is not None else []
         unasked = [_sample(client, config, request, label="leakage ") for request in requests]
     try:
-        clip = clip_block(config, scorer, samples) if scorer is not None else None
-        leakage = None
-        if scorer is not None and unasked:
-            leakage = leakage_block(scorer, unasked, served_scale(config), config.seeds)
-    except ClipError as error:
+        scores = score(config, scorers, samples, unasked)
+    except ScorerError as error:
         raise EvalError(str(error)) from error
     seconds = time.monotonic() - started
-    report = write_report(
-        config, samples, models, seconds, clip=clip, leakage=leakage, leakage_samples=unasked
-    )
+    report = write_report(config, samples, models, seconds, scores=scores, leakage_samples=unasked)
     write_termination_message(report.summary().status())
     return report
 
@@ -186,10 +180,10 @@ def write_report(
     models: dict[str, Any],
     seconds: float,
     *,
-    clip: dict[str, Any] | None = None,
-    leakage: LeakageBlock | None = None,
+    scores: Scores | None = None,
     leakage_samples: list[Sample] | None = None,
 ) -> EvalReport:
+    scores = scores or Scores()
     staging = staging_directory(config.output, "tmp")
     (staging / "pairs").mkdir()
     reference_scale = config.scales[0]
@@ -213,9 +207,8 @@ def write_report(
                     "latency_s": {f"{s.scale:g}": round(s.latency_s, 3) for s in group},
                 }
             )
-            if clip is not None:
-                for metric in ("clip_t", "clip_i"):
-                    pairs[-1][metric] = {f"{s.scale:g}": s.response["clip"][metric] for s in group}
+            for metric in scores.per_sample:  # clip_t and clip_i sit in the response's clip block
+                pairs[-1][metric] = {f"{s.scale:g}": _sample_score(s, metric) for s in group}
             for sample in group:
                 adapter = adapter or (sample.response.get("adapter") if sample.scale else None)
     latencies = [s.latency_s for s in samples]
@@ -239,8 +232,10 @@ def write_report(
         "steps": first_response.get("steps", config.steps),
         "base_model": _base_model_info(models, first_response.get("backend")),
         "training": read_training_block(config.train_summary),
-        "clip": clip,
-        "leakage": leakage,
+        "clip": scores.clip,
+        "leakage": scores.leakage,
+        "dino": scores.dino,
+        "aesthetic": scores.aesthetic,
         "pairs": pairs,
         "validation": (validation := copy_validation_samples(config.train_summary, staging)),
         "curves": write_curves(
@@ -249,7 +244,7 @@ def write_report(
             staging,
         ),
     }
-    if leakage is not None and leakage_samples:
+    if scores.leakage is not None and leakage_samples:
         save_leakage_pairs(leakage_samples, staging)
     # Through the model: a value it refuses (NaN) is dropped on its own, not written.
     report = EvalReport.from_report(summary) or EvalReport()
@@ -260,6 +255,13 @@ def write_report(
     (staging / "report.md").write_text(render_markdown(report))
     publish_directory(staging, config.output)
     return report
+
+
+def _sample_score(sample: Sample, metric: str) -> float:
+    """One metric of one render, as ``scorers.score`` left it in the response."""
+    block = sample.response["clip"] if metric in {"clip_t", "clip_i"} else sample.response
+    value: float = block[metric]
+    return value
 
 
 def copy_validation_samples(train_summary: Path | None, staging: Path) -> dict[str, Any] | None:

@@ -21,6 +21,7 @@ COMPLETE_NAME = ".tiny_clip.complete"
 BUILDER_SOURCES = (Path(__file__), Path(tiny_model.__file__))
 BUILDER_PACKAGES = ("torch", "transformers", "safetensors")
 IMAGE_SIDE = 32
+PROJECTION_DIM = 32  # the width of its image embeddings (what the eval's aesthetic head takes)
 SEED = 0
 
 
@@ -51,7 +52,7 @@ def build_tiny_clip(root: Path) -> TinyClip:
     config = CLIPConfig(
         text_config={**common, **text},
         vision_config={**common, "image_size": IMAGE_SIDE, "patch_size": 8},
-        projection_dim=32,
+        projection_dim=PROJECTION_DIM,
     )
     torch.manual_seed(SEED)
     model = CLIPModel(config)
