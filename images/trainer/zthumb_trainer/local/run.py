@@ -40,6 +40,7 @@ from zthumb_contract.stages import Runner, Success, active_stages, build_steps
 from zthumb_contract.steps import RunPaths, StepDefinition, deploy_env
 
 from zthumb_trainer.tiny.tiny_clip import CONFIG_DIR_NAME as TINY_CLIP_CONFIG
+from zthumb_trainer.tiny.tiny_clip import HEAD_NAME as TINY_HEAD_NAME
 from zthumb_trainer.tiny.tiny_clip import PROJECTION_DIM as TINY_CLIP_WIDTH
 from zthumb_trainer.tiny.tiny_clip import WEIGHTS_NAME as TINY_CLIP_WEIGHTS
 from zthumb_trainer.tiny.tiny_dino import CONFIG_DIR_NAME as TINY_DINO_CONFIG
@@ -50,8 +51,6 @@ TINY_MAX_RESOLUTION = 256
 TINY_MAX_EVAL_SIZE = 128
 TINY_MAX_EVAL_STEPS = 8
 SERVER_READY_TIMEOUT = 180.0
-# A random LAION-architecture aesthetic head for the tiny CLIP's embeddings (eval/aesthetic.py).
-TINY_AESTHETIC = "tiny_aesthetic.safetensors"
 
 # The embedded default: small enough for a 2-core CPU, big enough that the LoRA visibly
 # changes the tiny model's output.
@@ -149,8 +148,8 @@ def with_tiny_model(
     aesthetic_on = scorers is not None and (scorers.aesthetic_on or evaluation["aesthetic"]["enabled"])
     if scorers is not None and aesthetic_on and evaluation["clip"]["enabled"]:
         evaluation["aesthetic"].update(
-            enabled=True, url=f"{model_url}/{TINY_AESTHETIC}", sha256=scorers.aesthetic,
-            path=f"models/{TINY_AESTHETIC}",
+            enabled=True, url=f"{model_url}/{TINY_HEAD_NAME}", sha256=scorers.aesthetic,
+            path=f"models/{TINY_HEAD_NAME}",
         )  # fmt: skip
     data["baseModel"] = {
         "url": f"{model_url}/tiny_sdxl.safetensors",
@@ -326,7 +325,7 @@ def run_local(finetune: Path | None, workdir: Path, tiny: bool = True) -> LocalR
     with StaticServer(tiny_root if model else workdir) as model_server:
         if model:
             clip, dino = build_tiny_clip(tiny_root), build_tiny_dino(tiny_root)
-            head = save_random_head(tiny_root / TINY_AESTHETIC, TINY_CLIP_WIDTH)
+            head = save_random_head(tiny_root / TINY_HEAD_NAME, TINY_CLIP_WIDTH)
             digests = TinyScorers(
                 sha256_of(clip.weights), sha256_of(dino.weights), sha256_of(head),
                 aesthetic_on=finetune is None,  # the demo; a YAML turns it on itself

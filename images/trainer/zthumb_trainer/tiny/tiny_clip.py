@@ -22,6 +22,8 @@ BUILDER_SOURCES = (Path(__file__), Path(tiny_model.__file__))
 BUILDER_PACKAGES = ("torch", "transformers", "safetensors")
 IMAGE_SIDE = 32
 PROJECTION_DIM = 32  # the width of its image embeddings (what the eval's aesthetic head takes)
+# The demo's random aesthetic head for those embeddings (written by eval.aesthetic.save_random_head).
+HEAD_NAME = "tiny_aesthetic.safetensors"
 SEED = 0
 
 
