@@ -215,7 +215,8 @@ def test_the_scale_sweep_shows_one_table_per_group_with_every_metric(make_client
     assert summary["sweep"]["chart"] == "curves/scales.png"
     summary["sweep"]["groups"]["out_of_distribution"] = {
         "clip_t": {"0": 0.2811, "0.8": 0.2533},
-        "dino": {"0": 0.4, "0.8": 0.6172},
+        "sharpness": {"0": 0.4, "0.8": 0.6172},
+        "dino": {"0": 0.5, "0.8": 0.5123},
     }
     summary["sweep"]["recommended_scale"] = None
     summary["sweep"]["rule"] = "no scale has a positive CLIP-I gain with these limits"
@@ -227,7 +228,8 @@ def test_the_scale_sweep_shows_one_table_per_group_with_every_metric(make_client
     client = make_client(reports_dir=tmp_path / "reports")
     html = client.get("/reports/swept/").text
     assert 'id="sweep-in_distribution"' in html and 'id="sweep-out_of_distribution"' in html
-    assert "<th>dino</th>" in html and "<td>0.6172</td>" in html and "<td>0.2533</td>" in html
+    assert "<th>sharpness</th>" in html and "<td>0.6172</td>" in html and "<td>0.2533</td>" in html
+    assert "<th>DINO (cosine to the training images)</th>" in html and "<td>0.5123</td>" in html
     assert "No recommended scale: no scale has a positive CLIP-I gain" in html
     assert 'src="/reports/swept/files/curves/scales.png"' in html
     assert client.get("/reports/swept/files/curves/scales.png").content.startswith(b"\x89PNG")
