@@ -29,6 +29,8 @@ class EvalPair(Results):
     latency_s: ByScale = Field(default_factory=dict)
     clip_t: ByScale | None = None
     clip_i: ByScale | None = None
+    dino: ByScale | None = None
+    aesthetic: ByScale | None = None
 
 
 class ClipBlock(Results):
@@ -40,6 +42,27 @@ class ClipBlock(Results):
     by_scale: dict[str, ByScale] = Field(default_factory=dict)
     clip_i_gain: float = Field(allow_inf_nan=False)
     clip_t_drop: float = Field(allow_inf_nan=False)
+
+
+class DinoBlock(Results):
+    """DINO similarity to the training images per scale (``by_scale[scale]["dino"]``, as CLIP's
+    blocks), and the served scale against the reference."""
+
+    model: dict[str, Any] = Field(default_factory=dict)  # the DINOv2 model's name, url, sha256
+    reference_scale: float = 0.0
+    training_images: int = 0
+    by_scale: dict[str, ByScale] = Field(default_factory=dict)
+    dino_gain: float = Field(allow_inf_nan=False)
+
+
+class AestheticBlock(Results):
+    """The LAION aesthetic score per scale (``by_scale[scale]["aesthetic"]``), and how much lower the
+    served scale scores than the reference."""
+
+    model: dict[str, Any] = Field(default_factory=dict)  # the head's name, url, sha256
+    reference_scale: float = 0.0
+    by_scale: dict[str, ByScale] = Field(default_factory=dict)
+    aesthetic_drop: float = Field(allow_inf_nan=False)
 
 
 class LeakagePrompt(Results):
@@ -159,6 +182,8 @@ class EvalReport(Results):
     training: dict[str, Any] | None = None
     clip: ClipBlock | None = None
     leakage: LeakageBlock | None = None
+    dino: DinoBlock | None = None
+    aesthetic: AestheticBlock | None = None
     pairs: list[EvalPair] = Field(default_factory=list)
     validation: dict[str, Any] | None = None  # the train step's validation grids (train.validation)
     curves: CurvesBlock | None = None  # drawn from the train step's progress log and grids
@@ -193,6 +218,8 @@ class EvalReport(Results):
                     "clip_i_gain": self.clip.clip_i_gain if self.clip else None,
                     "clip_t_drop": self.clip.clip_t_drop if self.clip else None,
                     "leakage": self.leakage.leakage if self.leakage else None,
+                    "dino_gain": self.dino.dino_gain if self.dino else None,
+                    "aesthetic_drop": self.aesthetic.aesthetic_drop if self.aesthetic else None,
                     "adapter_sha256": sha256,
                     "recommended_scale": self.sweep.recommended_scale if self.sweep else None,
                 }

@@ -35,6 +35,8 @@ RULES = (
     GateRule("max_clip_t_drop", "clip_t_drop", "max"),
     GateRule("min_mean_pixel_difference", "mean_pixel_difference", "min"),
     GateRule("max_leakage", "leakage", "max"),
+    GateRule("min_dino_gain", "dino_gain", "min"),
+    GateRule("max_aesthetic_drop", "aesthetic_drop", "max"),
 )
 
 

@@ -89,6 +89,11 @@ class EvalSummary(Results):
     # 1 - the mean CLIP image similarity of prompts without the trigger at scale 0 and at the
     # served scale: 0 = untouched, up to 2.
     leakage: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
+    # DINO similarity to the training images (a cosine) at the served scale minus the reference's.
+    dino_gain: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
+    # The LAION aesthetic score at the reference scale minus the served scale's (positive: worse
+    # looking); the head is a linear regressor, so its scores have no hard bounds.
+    aesthetic_drop: float | None = Field(None, allow_inf_nan=False)
     adapter_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     # The scale the sweep over spec.eval.scales recommends serving (zthumb_contract.scale_sweep).
     recommended_scale: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)

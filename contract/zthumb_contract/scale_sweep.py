@@ -36,12 +36,16 @@ PIXEL_DIFFERENCE = "pixel_difference"
 CLIP_T = "clip_t"
 CLIP_I = "clip_i"
 LEAKAGE = "leakage"
+DINO = "dino"
+AESTHETIC = "aesthetic"
 # How the report names a metric; a metric missing here is shown by its key.
 METRIC_TITLES = {
     PIXEL_DIFFERENCE: "mean pixel difference vs reference (0–255)",
     CLIP_T: "CLIP-T (image–prompt cosine)",
     CLIP_I: "CLIP-I (cosine to the training images)",
     LEAKAGE: "leakage (1 − CLIP image similarity to scale 0)",
+    DINO: "DINO (cosine to the training images)",
+    AESTHETIC: "aesthetic score (LAION predictor, about 1–10)",
 }
 
 # The tolerances of the recommendation where spec.eval.gate sets no threshold of its own: a CLIP-T

@@ -14,6 +14,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from zthumb_contract.dataset_spec import DatasetSpec
 from zthumb_contract.schedules import LrScheduler, schedule_refusal
+from zthumb_contract.scorer_spec import AestheticSpec, DinoSpec
 from zthumb_contract.spec_base import MAX_DOWNLOAD_BYTES, SECRET_NAME, SecretKeyRef, SpecModel
 from zthumb_contract.tracking_spec import TrackingSpec
 from zthumb_contract.volume_areas import check_apart, on_volume
@@ -216,6 +217,12 @@ class EvalGateSpec(SpecModel):
     # Leakage: 1 - the mean CLIP image similarity of eval.leakagePrompts (no trigger) rendered at
     # scale 0 and at the served scale, 0..2; a small adapter-induced change stays under ~0.1.
     max_leakage: float | None = Field(None, ge=0, le=2)
+    # DINO: mean cosine similarity of the generated images' DINOv2 embeddings to the training
+    # images' (-1..1), served scale minus reference, so -2..2; needs eval.dino.enabled.
+    min_dino_gain: float | None = Field(None, ge=-2, le=2)
+    # The LAION aesthetic score (about 1-10) at the reference scale minus the served scale's: how much
+    # worse the adapter makes images look; needs eval.aesthetic.enabled.
+    max_aesthetic_drop: float | None = Field(None, ge=-10, le=10)
 
     @property
     def active(self) -> bool:
@@ -246,6 +253,8 @@ class EvalSpec(SpecModel):
     height: int | None = Field(None, ge=64, le=2048, multiple_of=8)
     # One CLI option holding JSON each (``--gate '{"minClipIGain": 0.02}'``), as training.validation.
     clip: ClipSpec = Field(default_factory=ClipSpec)
+    dino: DinoSpec = Field(default_factory=DinoSpec)
+    aesthetic: AestheticSpec = Field(default_factory=AestheticSpec)
     gate: EvalGateSpec = Field(default_factory=EvalGateSpec)
 
     @field_validator("leakage_prompts")
@@ -319,6 +328,20 @@ class LoRAFinetuneSpec(SpecModel):
         if gate.max_leakage is not None and not (self.eval.clip.enabled and self.eval.leakage_prompts):
             raise ValueError(
                 "eval.gate.maxLeakage needs eval.clip.enabled and eval.leakagePrompts: they measure it"
+            )
+        if gate.min_dino_gain is not None and not self.eval.dino.enabled:
+            raise ValueError(
+                "eval.gate.minDinoGain needs eval.dino.enabled: without DINO nothing measures it"
+            )
+        if gate.max_aesthetic_drop is not None and not self.eval.aesthetic.enabled:
+            raise ValueError(
+                "eval.gate.maxAestheticDrop needs eval.aesthetic.enabled: without the aesthetic head "
+                "nothing measures it"
+            )
+        if self.eval.aesthetic.enabled and not self.eval.clip.enabled:
+            raise ValueError(
+                "eval.aesthetic.enabled needs eval.clip.enabled: the aesthetic head scores CLIP's "
+                "image embeddings"
             )
         return self
 

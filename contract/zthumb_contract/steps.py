@@ -86,6 +86,18 @@ class RunPaths:
         return self._under_root(self.spec.dataset.captioning.config_path)
 
     @property
+    def dino_model(self) -> str:
+        return self._under_root(self.spec.eval.dino.path)
+
+    @property
+    def dino_config(self) -> str:
+        return self._under_root(self.spec.eval.dino.config_path)
+
+    @property
+    def aesthetic_model(self) -> str:
+        return self._under_root(self.spec.eval.aesthetic.path)
+
+    @property
     def run_dir(self) -> str:
         return self._under_root(f"{OUTPUTS}/lora/{self.run_name}")
 
@@ -316,6 +328,9 @@ def eval_step(paths: RunPaths, server_url: str) -> StepDefinition:
         "--served-scale", str(paths.spec.deploy.lora_scale),
         "--clip-model", paths.clip_model,
         "--clip-config", paths.clip_config,
+        "--dino-model", paths.dino_model,
+        "--dino-config", paths.dino_config,
+        "--aesthetic-model", paths.aesthetic_model,
         *spec_args(paths.spec.eval, exclude={"enabled"}),
         # spec.training.tracking, as train's: the report goes to the train step's MLflow run too.
         *spec_args(paths.spec.training, exclude=set(type(paths.spec.training).model_fields) - {"tracking"}),

@@ -101,6 +101,9 @@ PATH_FIELDS: tuple[PathField, ...] = (
         "directory",
         "prepare-dataset replaces it whole with the captioner's configs",
     ),
+    PathField("eval.dino.path", MODELS, "file", "eval downloads the DINOv2 weights to it"),
+    PathField("eval.dino.configPath", MODELS, "directory", "eval replaces it whole with DINOv2's configs"),
+    PathField("eval.aesthetic.path", MODELS, "file", "eval downloads the aesthetic head's weights to it"),
 )
 FIELDS_BY_NAME = {field.name: field for field in PATH_FIELDS}
 

@@ -65,12 +65,24 @@ def test_local_run_end_to_end(tmp_path, record_property):
     sweep = summary["sweep"]
     assert list(sweep["groups"]) == ["in_distribution", "out_of_distribution", "without_trigger"]
     for group in ("in_distribution", "out_of_distribution"):
-        assert set(sweep["groups"][group]) == {"pixel_difference", "clip_t", "clip_i"}
+        assert set(sweep["groups"][group]) == {"pixel_difference", "clip_t", "clip_i", "dino", "aesthetic"}
         assert all(set(values) == {"0", "0.4", "0.8"} for values in sweep["groups"][group].values())
     assert set(sweep["groups"]["without_trigger"]["leakage"]) == {"0", "0.4", "0.8"}
     assert (tmp_path / "outputs" / "lora_eval" / "demo" / sweep["chart"]).stat().st_size > 10_000
     assert summary["pairs"][-1]["image"] == "pairs/ood-p0-s1.png"
     assert "Recommended scale" in (tmp_path / "outputs" / "lora_eval" / "demo" / "report.md").read_text()
+    # DINO and the aesthetic score with the tiny DINOv2 and head the runner served, per scale.
+    dino, aesthetic = summary["dino"], summary["aesthetic"]
+    assert (
+        set(dino["by_scale"]) == set(aesthetic["by_scale"]) == {"0", "0.4", "0.8"}
+        and dino["training_images"] == 8
+    )
+    assert -2 <= dino["dino_gain"] <= 2 and math.isfinite(aesthetic["aesthetic_drop"])
+    assert set(summary["pairs"][0]["dino"]) == set(summary["pairs"][0]["aesthetic"]) == {"0", "0.4", "0.8"}
+    assert (
+        "## Subject fidelity and aesthetics"
+        in (tmp_path / "outputs" / "lora_eval" / "demo" / "report.md").read_text()
+    )
     # The demo's quality gate: passed, at the top of the report, said on stderr.
     assert summary["gate"]["passed"] is True, summary["gate"]
     assert (
@@ -86,7 +98,14 @@ def test_a_local_run_whose_adapter_fails_the_gate_ends_with_eval_gate_failed(tmp
 
     spec = json.loads(json.dumps(EMBEDDED_DEFAULT))
     spec["training"]["validation"] = {}  # not what this test is about
-    spec["eval"]["gate"] = {"minMeanPixelDifference": 250}
+    # Out of reach: a pixel difference of 250, a DINO gain of 2 (cosines), an aesthetic drop of -10.
+    spec["eval"]["gate"] = {"minMeanPixelDifference": 250, "minDinoGain": 2.0, "maxAestheticDrop": -10}
+    # The tiny head replaces the one named here (as the tiny CLIP replaces spec.eval.clip's).
+    spec["eval"]["aesthetic"] = {
+        "enabled": True,
+        "url": "https://example.invalid/h.safetensors",
+        "sha256": "0" * 64,
+    }
     finetune = tmp_path / "finetune.yaml"
     manifest = {"apiVersion": "zthumb.io/v1alpha1", "kind": "LoRAFinetune", "metadata": {"name": "gated"}}
     finetune.write_text(yaml.safe_dump({**manifest, "spec": spec}))
@@ -100,5 +119,7 @@ def test_a_local_run_whose_adapter_fails_the_gate_ends_with_eval_gate_failed(tmp
         -3000:
     ]
     assert "< min 250" in completed.stderr
+    assert "dinoGain" in completed.stderr and "< min 2;" in completed.stderr
+    assert "aestheticDrop" in completed.stderr and "> max -10" in completed.stderr
     report = (tmp_path / "work" / "outputs" / "lora_eval" / "gated" / "report.md").read_text()
     assert "**Quality gate failed** (EvalGateFailed)" in report

@@ -315,6 +315,15 @@ def evaluate(  # noqa: PLR0917 - one option per flag
     clip_config: Annotated[
         Path | None, typer.Option(help="Where spec.eval.clip's config and tokenizer files live.")
     ] = None,
+    dino_model: Annotated[
+        Path | None, typer.Option(help="Where spec.eval.dino's weights live (fetched when missing).")
+    ] = None,
+    dino_config: Annotated[
+        Path | None, typer.Option(help="Where spec.eval.dino's config and image processor files live.")
+    ] = None,
+    aesthetic_model: Annotated[
+        Path | None, typer.Option(help="Where spec.eval.aesthetic's head lives (fetched when missing).")
+    ] = None,
     *,
     evaluation: EvalSpec,
     training: TrainingSpec,
@@ -338,6 +347,9 @@ def evaluate(  # noqa: PLR0917 - one option per flag
         served_scale=served_scale,
         clip_model=clip_model,
         clip_config=clip_config,
+        dino_model=dino_model,
+        dino_config=dino_config,
+        aesthetic_model=aesthetic_model,
         ready_timeout=ready_timeout if settings.eval_ready_timeout is None else settings.eval_ready_timeout,
         api_key=settings.api_key,
         tracking=training.tracking,
@@ -358,16 +370,20 @@ def tiny_model(
     output: Annotated[Path, typer.Argument(help="Directory to write the tiny model into.")],
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
-    """Write the tiny random-weight SDXL (diffusers dir, single file, turbo copy) and the tiny CLIP
-    of the eval's metrics, for demos and tests."""
-    from zthumb_trainer.tiny.tiny_clip import build_tiny_clip
+    """Write the tiny random-weight SDXL (diffusers dir, single file, turbo copy) and the tiny scoring
+    models of the eval's metrics (CLIP, DINOv2, an aesthetic head for the tiny CLIP), for demos and tests."""
+    from zthumb_trainer.eval.aesthetic import save_random_head
+    from zthumb_trainer.tiny.tiny_clip import HEAD_NAME, PROJECTION_DIM, build_tiny_clip
+    from zthumb_trainer.tiny.tiny_dino import build_tiny_dino
     from zthumb_trainer.tiny.tiny_model import build_tiny_model
 
     model = build_tiny_model(output, seed=seed)
-    clip = build_tiny_clip(output)
+    clip, dino = build_tiny_clip(output), build_tiny_dino(output)
+    head = save_random_head(output / HEAD_NAME, PROJECTION_DIM)
     typer.echo(
         f"diffusers: {model.diffusers_dir}\nsingle file: {model.single_file}\nturbo: {model.turbo_dir}\n"
-        f"clip: {clip.weights} + {clip.config_dir}"
+        f"clip: {clip.weights} + {clip.config_dir}\ndino: {dino.weights} + {dino.config_dir}\n"
+        f"aesthetic: {head}"
     )
 
 

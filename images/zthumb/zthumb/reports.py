@@ -94,8 +94,11 @@ def _scale_key(scale: float) -> str:
 
 
 def metrics_rows(report: EvalReport) -> list[dict[str, Any]]:
-    """One row per scale compared: pixel difference vs the reference, latency, CLIP-T and CLIP-I."""
+    """One row per scale compared: pixel difference vs the reference, latency, CLIP-T, CLIP-I, DINO
+    and the aesthetic score."""
     clip = report.clip.by_scale if report.clip else {}
+    dino = report.dino.by_scale if report.dino else {}
+    aesthetic = report.aesthetic.by_scale if report.aesthetic else {}
     rows = []
     for scale in report.scales:
         key = _scale_key(scale)
@@ -115,6 +118,8 @@ def metrics_rows(report: EvalReport) -> list[dict[str, Any]]:
                 "latency_s": round(sum(latencies) / len(latencies), 3) if latencies else None,
                 "clip_t": (clip.get(key) or {}).get("clip_t"),
                 "clip_i": (clip.get(key) or {}).get("clip_i"),
+                "dino": (dino.get(key) or {}).get("dino"),
+                "aesthetic": (aesthetic.get(key) or {}).get("aesthetic"),
             }
         )
     return rows

@@ -31,6 +31,12 @@ def test_no_threshold_means_no_gate() -> None:
         ({"maxLeakage": 0.1}, {"leakage": 0.1}, True),
         ({"maxLeakage": 0.1}, {"leakage": 0.1001}, False),
         ({"maxLeakage": 0.1}, {"clipIGain": 0.5}, False),  # not measured (no leakage prompts, no CLIP)
+        ({"minDinoGain": 0.05}, {"dinoGain": 0.05}, True),
+        ({"minDinoGain": 0.05}, {"dinoGain": 0.0499}, False),
+        ({"minDinoGain": 0.05}, {"clipIGain": 0.5}, False),  # not measured (DINO off)
+        ({"maxAestheticDrop": 0.5}, {"aestheticDrop": 0.5}, True),
+        ({"maxAestheticDrop": 0.5}, {"aestheticDrop": 0.51}, False),
+        ({"maxAestheticDrop": 0.5}, {"aestheticDrop": float("inf")}, False),  # dropped: not measured
     ],
 )
 def test_each_check(gate: dict[str, float], summary: dict[str, object], passed: bool) -> None:
@@ -72,7 +78,10 @@ def test_the_gate_reaches_the_eval_step_as_one_json_option() -> None:
     spec = LoRAFinetuneSpec.model_validate({"eval": {"gate": {"maxClipTDrop": 0.05}}})
     args = eval_step(RunPaths("/data", "r", spec), "http://s").args
     gate = args[args.index("--gate") + 1]
-    assert gate == '{"minClipIGain":null,"maxClipTDrop":0.05,"minMeanPixelDifference":null,"maxLeakage":null}'
+    assert gate == (
+        '{"minClipIGain":null,"maxClipTDrop":0.05,"minMeanPixelDifference":null,"maxLeakage":null,'
+        '"minDinoGain":null,"maxAestheticDrop":null}'
+    )
     assert "--gate" not in eval_step(RunPaths("/data", "r", LoRAFinetuneSpec()), "http://s").args
 
 

@@ -65,6 +65,26 @@ def test_a_failed_gate_restores_the_previous_adapter_and_fails_with_the_numbers(
     assert ("Warning", "EvalGateFailed") in {(t, r) for t, r, _ in h.api.events}
 
 
+def test_a_dino_gain_or_an_aesthetic_drop_out_of_bounds_fails_the_run_from_status_eval_summary() -> None:
+    """The operator judges the numbers it copied into status.evalSummary: dinoGain and aestheticDrop."""
+    spec = {
+        "dataset": {"triggerWord": "z"},
+        "eval": {
+            "dino": {"enabled": True},
+            "aesthetic": {"enabled": True, "url": "https://example.com/h.safetensors", "sha256": "ab" * 32},
+            "gate": {"minDinoGain": 0.05, "maxAestheticDrop": 0.5},
+        },
+    }
+    h = Harness(spec, simulated_eval_summary={"dinoGain": 0.01, "aestheticDrop": 0.7})
+    to_evaluated(h)
+    h.reconcile()
+    st = h.status()
+    assert (st["phase"], st["reason"]) == ("Failed", "EvalGateFailed")
+    assert st["evalSummary"]["dinoGain"] == 0.01 and st["evalSummary"]["aestheticDrop"] == 0.7
+    assert "dinoGain 0.01 < min 0.05; aestheticDrop 0.7 > max 0.5" in st["message"]
+    assert served_env(h)["Z_LORA_PATH"] == "/data/models/lora/old"
+
+
 def test_a_metric_the_evaluation_did_not_measure_fails_the_gate() -> None:
     h = gated({"meanPixelDifference": 9.0})  # e.g. an eval without CLIP
     to_evaluated(h)

@@ -10,17 +10,18 @@ from typing import Any
 
 def write_report(
     reports_dir: Path, run: str, *, gate: dict[str, Any] | None = None, clip: bool = False,
-    leakage: bool = False, curves: bool = False,
+    leakage: bool = False, curves: bool = False, fidelity: bool = False,
 ) -> Path:  # fmt: skip
     """``<reports_dir>/<run>/`` with pairs, summary.json and report.md; ``gate``: spec.eval.gate;
     ``clip``: add a CLIP block (the eval's shape) and a validation grid, as a full report has;
     ``leakage``: a leakage block (two prompts, one seed) with its pictures; ``curves``: a train run
     beside the reports (its summary, a 300-step progress.jsonl, three validation grids), so the
-    report has its training curves."""
+    report has its training curves; ``fidelity``: DINO and aesthetic blocks (the eval's shape)."""
     from PIL import Image
     from zthumb_contract.eval_report import LeakageBlock, LeakagePrompt
     from zthumb_trainer.eval.config import EvalConfig, Sample
     from zthumb_trainer.eval.run import write_report as write
+    from zthumb_trainer.eval.scorers import Scores
 
     config = EvalConfig(
         server_url="http://zthumb.ml.svc:8080", output=reports_dir / run, run_name=run, lora_path=run,
@@ -44,7 +45,8 @@ def write_report(
     ])  # fmt: skip
     write(config, samples, {"backends": [{"name": "full", "model": "/data/models/sdxl", "device": "cpu",
                                           "dtype": "float32"}]}, 3.2,
-          leakage=block if leakage else None, leakage_samples=unasked if leakage else None)  # fmt: skip
+          scores=Scores(leakage=block if leakage else None),
+          leakage_samples=unasked if leakage else None)  # fmt: skip
     directory = reports_dir / run
     if clip:
         summary = json.loads((directory / "summary.json").read_text())
@@ -61,6 +63,17 @@ def write_report(
         Image.new("RGB", (128, 64), (20, 120, 200)).save(directory / "samples" / "step-15.png")
         sample = {"step": 15, "image": "samples/step-15.png", "seconds": 1.5}
         summary["validation"] = {"passes": 1, "secondsPerPass": 1.5, "samples": [sample]}
+        (directory / "summary.json").write_text(json.dumps(summary, indent=2))
+    if fidelity:
+        summary = json.loads((directory / "summary.json").read_text())
+        summary["dino"] = {
+            "model": {"name": "dinov2-small.safetensors"}, "reference_scale": 0.0, "training_images": 8,
+            "by_scale": {"0": {"dino": 0.4123}, "0.8": {"dino": 0.5234}}, "dino_gain": 0.1111,
+        }  # fmt: skip
+        summary["aesthetic"] = {
+            "model": {"name": "laion-aesthetic.safetensors"}, "reference_scale": 0.0,
+            "by_scale": {"0": {"aesthetic": 5.4321}, "0.8": {"aesthetic": 5.1234}}, "aesthetic_drop": 0.3087,
+        }  # fmt: skip
         (directory / "summary.json").write_text(json.dumps(summary, indent=2))
     return directory
 

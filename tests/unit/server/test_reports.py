@@ -32,6 +32,20 @@ def test_a_report_page_shows_the_leakage_per_prompt_with_its_pictures(make_clien
     assert "<td>0.0825</td>" in client.get("/reports/").text  # the index's leakage column
 
 
+def test_a_report_page_shows_dino_and_the_aesthetic_score_per_scale(make_client, tmp_path):
+    root = tmp_path / "reports"
+    write_report(root, "faithful", fidelity=True)
+    write_report(root, "plain")
+    client = make_client(reports_dir=root)
+    html = client.get("/reports/faithful/").text
+    assert "<th>DINO</th>" in html and "<th>aesthetic</th>" in html
+    assert "<td>0.4123</td>" in html and "<td>0.5234</td>" in html  # DINO at 0 and 0.8
+    assert "<td>5.4321</td>" in html and "<td>5.1234</td>" in html  # the aesthetic score at 0 and 0.8
+    assert "DINO gain 0.1111" in html and "Aesthetic drop 0.3087" in html
+    plain = client.get("/reports/plain/").text
+    assert "<th>DINO</th>" not in plain and "Aesthetic drop" not in plain
+
+
 def test_a_report_of_an_older_version_renders_and_a_bad_value_costs_only_itself(make_client, tmp_path):
     """summary.json as versions before the results model wrote it (no leakage, keys this model does
     not know), with a NaN that a broken metric could have left: the page shows the rest."""
@@ -201,7 +215,8 @@ def test_the_scale_sweep_shows_one_table_per_group_with_every_metric(make_client
     assert summary["sweep"]["chart"] == "curves/scales.png"
     summary["sweep"]["groups"]["out_of_distribution"] = {
         "clip_t": {"0": 0.2811, "0.8": 0.2533},
-        "dino": {"0": 0.4, "0.8": 0.6172},
+        "sharpness": {"0": 0.4, "0.8": 0.6172},
+        "dino": {"0": 0.5, "0.8": 0.5123},
     }
     summary["sweep"]["recommended_scale"] = None
     summary["sweep"]["rule"] = "no scale has a positive CLIP-I gain with these limits"
@@ -213,7 +228,8 @@ def test_the_scale_sweep_shows_one_table_per_group_with_every_metric(make_client
     client = make_client(reports_dir=tmp_path / "reports")
     html = client.get("/reports/swept/").text
     assert 'id="sweep-in_distribution"' in html and 'id="sweep-out_of_distribution"' in html
-    assert "<th>dino</th>" in html and "<td>0.6172</td>" in html and "<td>0.2533</td>" in html
+    assert "<th>sharpness</th>" in html and "<td>0.6172</td>" in html and "<td>0.2533</td>" in html
+    assert "<th>DINO (cosine to the training images)</th>" in html and "<td>0.5123</td>" in html
     assert "No recommended scale: no scale has a positive CLIP-I gain" in html
     assert 'src="/reports/swept/files/curves/scales.png"' in html
     assert client.get("/reports/swept/files/curves/scales.png").content.startswith(b"\x89PNG")

@@ -3,12 +3,15 @@ images, score every sample and summarise per scale (``clip_metrics`` computes th
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zthumb_contract.scale_sweep import CLIP_I, CLIP_T, IN_DISTRIBUTION
 
 from zthumb_trainer.eval.clip_metrics import ClipError, ClipScorer, clip_scores, spread
 from zthumb_trainer.eval.config import EvalConfig, Sample
+
+if TYPE_CHECKING:
+    import torch
 
 
 def load_clip(config: EvalConfig) -> ClipScorer | None:
@@ -31,27 +34,55 @@ def load_clip(config: EvalConfig) -> ClipScorer | None:
         raise ClipError(f"spec.eval.clip: {error}") from error
 
 
-def training_images(config: EvalConfig) -> list[Any]:
-    """The prepared dataset's images (the run dir beside the train summary), spread out."""
+def training_images(config: EvalConfig, most: int, metric: str = "CLIP-I") -> list[Any]:
+    """At most ``most`` of the prepared dataset's images (the run dir beside the train summary),
+    spread out; ``metric`` names what needs them in the error."""
     from PIL import Image
 
     from zthumb_trainer.dataset.prepare import DatasetError, load_manifest
 
     if config.train_summary is None:
-        raise ClipError("CLIP-I needs the training images: pass --train-summary (the run dir's summary.json)")
+        raise ClipError(
+            f"{metric} needs the training images: pass --train-summary (the run dir's summary.json)"
+        )
     try:
         dataset = load_manifest(config.train_summary.parent)
     except DatasetError as error:
-        raise ClipError(f"CLIP-I needs the prepared dataset: {error}") from error
-    entries = spread(dataset.entries, config.clip.max_training_images)
+        raise ClipError(f"{metric} needs the prepared dataset: {error}") from error
+    entries = spread(dataset.entries, most)
     return [Image.open(dataset.directory / entry.image).convert("RGB") for entry in entries]
 
 
-def clip_block(config: EvalConfig, scorer: Any, samples: list[Sample]) -> dict[str, Any]:
+def served_key(config: EvalConfig) -> str:
+    """The served scale as the per-scale blocks key it: the last compared scale when not given."""
+    return f"{config.served_scale if config.served_scale is not None else config.scales[-1]:g}"
+
+
+def per_scale(
+    config: EvalConfig, samples: list[Sample], values: list[float], metric: str
+) -> tuple[dict[str, dict[str, float]], float]:
+    """``{scale: {metric: mean}}`` over the in-distribution samples (``spec.eval.prompts``, what the
+    gate judges) of each scale (the shape of every metric's ``by_scale``), and the served scale's
+    mean minus the reference's (the first scale). The other groups' values reach the sweep through
+    each sample's ``scores``."""
+    by_scale: dict[str, dict[str, float]] = {}
+    for scale in config.scales:
+        pairs = zip(samples, values, strict=True)
+        picked = [value for s, value in pairs if s.scale == scale and s.group == IN_DISTRIBUTION]
+        by_scale[f"{scale:g}"] = {metric: round(sum(picked) / len(picked), 4)}
+    served, reference = by_scale[served_key(config)][metric], by_scale[f"{config.scales[0]:g}"][metric]
+    return by_scale, round(served - reference, 4)
+
+
+def clip_block(
+    config: EvalConfig, scorer: Any, samples: list[Sample], embeddings: torch.Tensor | None = None
+) -> dict[str, Any]:
     """The summary's ``clip`` block, of the in-distribution prompts (``spec.eval.prompts``, what the
-    gate judges); every sample's CLIP-T and CLIP-I go into its ``scores`` (the sweep's, per group)."""
-    training = training_images(config)
-    clip_t, clip_i = clip_scores(scorer, [s.image for s in samples], [s.prompt for s in samples], training)
+    gate judges); every sample's CLIP-T and CLIP-I go into its ``scores`` (the sweep's, per group).
+    ``embeddings``: the samples' CLIP image embeddings when already computed."""
+    training = training_images(config, config.clip.max_training_images)
+    images, prompts = [s.image for s in samples], [s.prompt for s in samples]
+    clip_t, clip_i = clip_scores(scorer, images, prompts, training, embeddings)
     by_scale: dict[str, dict[str, float]] = {}
     for scale in config.scales:
         picked = [i for i, s in enumerate(samples) if s.scale == scale and s.group == IN_DISTRIBUTION]
@@ -62,7 +93,7 @@ def clip_block(config: EvalConfig, scorer: Any, samples: list[Sample]) -> dict[s
     for sample, t, i in zip(samples, clip_t, clip_i, strict=True):
         sample.scores |= {CLIP_T: round(t, 4), CLIP_I: round(i, 4)}
     reference = f"{config.scales[0]:g}"
-    served = f"{config.served_scale if config.served_scale is not None else config.scales[-1]:g}"
+    served = served_key(config)
     return {
         "model": {"name": config.clip_model.name if config.clip_model else "", "url": config.clip.url,
                   "sha256": config.clip.sha256},

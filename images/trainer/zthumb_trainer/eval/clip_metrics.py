@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from zthumb_trainer.eval.weights import WeightsError, load_into
+
 BATCH = 16
 
 
@@ -33,7 +35,6 @@ class ClipScorer:
     """CLIP image and text embeddings, L2-normalised, on the CPU (the eval step has no GPU)."""
 
     def __init__(self, weights: Path, config_dir: Path) -> None:
-        from safetensors import safe_open
         from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
         try:
@@ -42,26 +43,10 @@ class ClipScorer:
         except (OSError, ValueError) as error:
             raise ClipError(f"spec.eval.clip: no CLIP config in {config_dir}: {error}") from error
         self.model = CLIPModel(config).eval()
-        # Tensor by tensor into the model's own storage: ViT-L/14 is 1.7 GB in fp32, and the eval
-        # pod's 4 GiB would not hold a second full copy as a state dict.
-        own = self.model.state_dict()
-        with safe_open(str(weights), framework="pt") as file, torch.no_grad():
-            names = set(file.keys())
-            # position_ids are buffers that older checkpoints carry and newer models rebuild.
-            missing = [key for key in own if key not in names and not key.endswith("position_ids")]
-            if missing:
-                raise ClipError(
-                    f"spec.eval.clip: {weights} is not the CLIP model of {config_dir} "
-                    f"({len(missing)} tensors missing, e.g. {missing[:3]})"
-                )
-            for name in names & own.keys():
-                tensor = file.get_tensor(name)
-                if tensor.shape != own[name].shape:
-                    raise ClipError(
-                        f"spec.eval.clip: {weights} does not fit the CLIP config of {config_dir} "
-                        f"({name}: {tuple(tensor.shape)} vs {tuple(own[name].shape)})"
-                    )
-                own[name].copy_(tensor)
+        try:
+            load_into(self.model, weights, f"the CLIP model of {config_dir}")
+        except WeightsError as error:
+            raise ClipError(f"spec.eval.clip: {error}") from error
 
     @torch.no_grad()
     def images(self, images: Sequence[Any]) -> torch.Tensor:
@@ -97,10 +82,16 @@ def spread(items: Sequence[Any], most: int) -> list[Any]:
 
 
 def clip_scores(
-    scorer: ClipScorer, images: Sequence[Any], prompts: Sequence[str], training_images: Sequence[Any]
+    scorer: ClipScorer,
+    images: Sequence[Any],
+    prompts: Sequence[str],
+    training_images: Sequence[Any],
+    image_embeddings: torch.Tensor | None = None,
 ) -> tuple[list[float], list[float]]:
-    """(CLIP-T, CLIP-I) of each generated image: with its prompt, and averaged over the training images."""
-    image_embeddings = scorer.images(images)
+    """(CLIP-T, CLIP-I) of each generated image: with its prompt, and averaged over the training
+    images (``image_embeddings``: the images' own, when the caller already has them)."""
+    if image_embeddings is None:
+        image_embeddings = scorer.images(images)
     unique = list(dict.fromkeys(prompts))
     text_embeddings = scorer.texts(unique)
     by_prompt = {prompt: text_embeddings[index] for index, prompt in enumerate(unique)}

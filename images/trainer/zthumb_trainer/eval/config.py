@@ -30,6 +30,10 @@ class EvalConfig(EvalSpec):
     # Where spec.eval.clip's weights and config files live (fetched here when missing).
     clip_model: Path | None = None
     clip_config: Path | None = None
+    # spec.eval.dino's weights and config files, spec.eval.aesthetic's head (fetched when missing).
+    dino_model: Path | None = None
+    dino_config: Path | None = None
+    aesthetic_model: Path | None = None
     guidance_scale: float | None = None
     negative_prompt: str | None = None
     ready_timeout: float = 600.0

@@ -70,8 +70,8 @@ def write_pairs(samples: list[Sample], staging: Path) -> tuple[list[dict[str, An
             "mean_pixel_difference": {scale_key(s.scale): s.scores[PIXEL_DIFFERENCE] for s in group[1:]},
             "latency_s": {scale_key(s.scale): round(s.latency_s, 3) for s in group},
         }
-        for metric in ("clip_t", "clip_i"):
-            if all(metric in s.scores for s in group):
+        for metric in dict.fromkeys(name for s in group for name in s.scores):  # CLIP-T, CLIP-I, DINO...
+            if metric != PIXEL_DIFFERENCE and all(metric in s.scores for s in group):
                 pair[metric] = {scale_key(s.scale): s.scores[metric] for s in group}
         pairs.append(pair)
         for sample in group:

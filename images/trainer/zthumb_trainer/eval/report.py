@@ -7,9 +7,11 @@ from typing import Any
 
 from zthumb_contract.eval_report import (
     HOLDOUT_RISE_FRACTION,
+    AestheticBlock,
     CaptioningBlock,
     ClipBlock,
     CurvesBlock,
+    DinoBlock,
     EvalReport,
     HoldoutTrend,
     LeakageBlock,
@@ -55,6 +57,7 @@ def render_markdown(report: EvalReport) -> str:
             "",
         ]
     lines += clip_markdown(report.clip)
+    lines += fidelity_markdown(report.dino, report.aesthetic)
     lines += leakage_markdown(report.leakage)
     lines += validation_markdown(report.validation)
     lines += captioning_markdown(report.captioning)
@@ -208,6 +211,42 @@ def clip_markdown(clip: ClipBlock | None) -> list[str]:
         "",
     ]
     return lines
+
+
+def fidelity_markdown(dino: DinoBlock | None, aesthetic: AestheticBlock | None) -> list[str]:
+    """DINO and the aesthetic score per scale, and the served scale's gain and drop."""
+    columns = [(name, block.by_scale, key) for name, block, key in
+               (("DINO", dino, "dino"), ("aesthetic", aesthetic, "aesthetic")) if block]  # fmt: skip
+    if not columns:
+        return []
+    lines = ["## Subject fidelity and aesthetics", ""]
+    if dino:
+        name = dino.model.get("name")
+        lines.append(
+            f"DINO: mean cosine similarity of `{name}` embeddings to {dino.training_images} training "
+            "images (DreamBooth's subject-fidelity metric)."
+        )
+    if aesthetic:
+        name = aesthetic.model.get("name")
+        lines.append(f"Aesthetic: the LAION aesthetic predictor `{name}` (about 1-10, higher is better).")
+    header = " | ".join(name for name, _by_scale, _key in columns)
+    lines += ["", f"| scale | {header} |", f"| --- |{' --- |' * len(columns)}"]
+    for scale in columns[0][1]:
+        values = [(by_scale.get(scale) or {}).get(key) for _name, by_scale, key in columns]
+        cells = " | ".join("–" if value is None else f"{value:.4f}" for value in values)
+        lines.append(f"| {scale} | {cells} |")
+    lines.append("")
+    if dino:
+        lines.append(
+            f"DINO gain {dino.dino_gain:+.4f} (served scale over scale {dino.reference_scale:g}: positive "
+            "means closer to the training subject)."
+        )
+    if aesthetic:
+        lines.append(
+            f"Aesthetic drop {aesthetic.aesthetic_drop:+.4f} (scale {aesthetic.reference_scale:g} minus the "
+            "served scale: positive means the adapter's images score worse)."
+        )
+    return [*lines, ""]
 
 
 def leakage_markdown(leakage: LeakageBlock | None) -> list[str]:

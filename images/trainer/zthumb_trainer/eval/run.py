@@ -36,28 +36,20 @@ from typing import Any
 
 import httpx
 from zthumb_contract import env
-from zthumb_contract.eval_report import EvalReport, LeakageBlock
+from zthumb_contract.eval_report import EvalReport
 from zthumb_contract.gate import evaluate_gate
 from zthumb_contract.scale_sweep import IN_DISTRIBUTION
 
 from zthumb_trainer.atomic import publish_directory, staging_directory
 from zthumb_trainer.dataset.captioning import read_captioning_stats
 from zthumb_trainer.dataset.prepare import dataset_dir
-from zthumb_trainer.eval.clip import clip_block, load_clip
-from zthumb_trainer.eval.clip_metrics import ClipError
 from zthumb_trainer.eval.config import EvalConfig, Sample
 from zthumb_trainer.eval.curves import write_curves
-from zthumb_trainer.eval.leakage import (
-    leakage_block,
-    leakage_by_scale,
-    leakage_requests,
-    save_leakage_pairs,
-    served_scale,
-    similarities,
-)
+from zthumb_trainer.eval.leakage import leakage_requests, save_leakage_pairs
 from zthumb_trainer.eval.prompt_groups import prompt_requests, score_pixel_differences, write_pairs
 from zthumb_trainer.eval.report import render_markdown
 from zthumb_trainer.eval.scale_sweep import sweep_block
+from zthumb_trainer.eval.scorers import ScorerError, Scores, load_scorers, score
 from zthumb_trainer.eval.tracking_report import log_report
 from zthumb_trainer.reporting import PROGRESS_LOG, write_termination_message
 from zthumb_trainer.train.measure import read_training_block
@@ -146,8 +138,8 @@ def run_eval(config: EvalConfig) -> EvalReport:
     if config.served_scale is not None and config.served_scale not in config.scales:
         config = config.model_copy(update={"scales": [*config.scales, config.served_scale]})
     try:
-        scorer = load_clip(config)  # before the server: a bad CLIP spec fails in seconds
-    except ClipError as error:
+        scorers = load_scorers(config)  # before the server: a bad model spec fails in seconds
+    except ScorerError as error:
         raise EvalError(str(error)) from error
     headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
     started = time.monotonic()
@@ -161,22 +153,14 @@ def run_eval(config: EvalConfig) -> EvalReport:
                 for scale in config.scales:
                     samples.append(_sample(client, config, (prompt_index, prompt, seed, scale), group=group))
         # Leakage prompts go out as written: no trigger word is added.
-        requests = leakage_requests(config) if scorer is not None else []
+        requests = leakage_requests(config) if scorers.clip is not None else []
         unasked = [_sample(client, config, request, label="leakage ") for request in requests]
     try:
-        clip = clip_block(config, scorer, samples) if scorer is not None else None
-        leakage, by_scale = None, None
-        if scorer is not None and unasked:
-            similar = similarities(scorer, unasked)
-            leakage = leakage_block(similar, unasked, served_scale(config), config.seeds)
-            by_scale = leakage_by_scale(similar)
-    except ClipError as error:
+        scores = score(config, scorers, samples, unasked)
+    except ScorerError as error:
         raise EvalError(str(error)) from error
     seconds = time.monotonic() - started
-    report = write_report(
-        config, samples, models, seconds, clip=clip, leakage=leakage, leakage_samples=unasked,
-        leakage_by_scale=by_scale,
-    )  # fmt: skip
+    report = write_report(config, samples, models, seconds, scores=scores, leakage_samples=unasked)
     write_termination_message(report.summary().status())
     return report
 
@@ -208,11 +192,10 @@ def write_report(
     models: dict[str, Any],
     seconds: float,
     *,
-    clip: dict[str, Any] | None = None,
-    leakage: LeakageBlock | None = None,
+    scores: Scores | None = None,
     leakage_samples: list[Sample] | None = None,
-    leakage_by_scale: dict[float, float] | None = None,
 ) -> EvalReport:
+    scores = scores or Scores()
     staging = staging_directory(config.output, "tmp")
     reference_scale = config.scales[0]
     score_pixel_differences(samples)
@@ -245,8 +228,10 @@ def write_report(
         "captioning": read_captioning_stats(dataset_dir(config.train_summary.parent))
         if config.train_summary
         else None,
-        "clip": clip,
-        "leakage": leakage,
+        "clip": scores.clip,
+        "leakage": scores.leakage,
+        "dino": scores.dino,
+        "aesthetic": scores.aesthetic,
         "pairs": pairs,
         "validation": (validation := copy_validation_samples(config.train_summary, staging)),
         "curves": write_curves(
@@ -254,10 +239,10 @@ def write_report(
             [(s["step"], staging / s["image"]) for s in (validation or {}).get("samples", [])],
             staging,
         ),
-        "sweep": sweep_block(config, samples, staging, leakage_by_scale),
+        "sweep": sweep_block(config, samples, staging, scores.leakage_by_scale),
     }
-    if leakage is not None and leakage_samples:
-        save_leakage_pairs(leakage_samples, staging, leakage.scale)
+    if scores.leakage is not None and leakage_samples:
+        save_leakage_pairs(leakage_samples, staging, scores.leakage.scale)
     # Through the model: a value it refuses (NaN) is dropped on its own, not written.
     report = EvalReport.from_report(summary) or EvalReport()
     verdict = evaluate_gate(config.gate, report.summary())

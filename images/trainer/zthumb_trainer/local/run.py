@@ -40,7 +40,11 @@ from zthumb_contract.stages import Runner, Success, active_stages, build_steps
 from zthumb_contract.steps import RunPaths, StepDefinition, deploy_env
 
 from zthumb_trainer.tiny.tiny_clip import CONFIG_DIR_NAME as TINY_CLIP_CONFIG
+from zthumb_trainer.tiny.tiny_clip import HEAD_NAME as TINY_HEAD_NAME
+from zthumb_trainer.tiny.tiny_clip import PROJECTION_DIM as TINY_CLIP_WIDTH
 from zthumb_trainer.tiny.tiny_clip import WEIGHTS_NAME as TINY_CLIP_WEIGHTS
+from zthumb_trainer.tiny.tiny_dino import CONFIG_DIR_NAME as TINY_DINO_CONFIG
+from zthumb_trainer.tiny.tiny_dino import WEIGHTS_NAME as TINY_DINO_WEIGHTS
 
 DEFAULT_RUN_NAME = "demo"
 TINY_MAX_RESOLUTION = 256
@@ -81,6 +85,9 @@ EMBEDDED_DEFAULT: dict[str, Any] = {
         "steps": 4,
         "width": 64,
         "height": 64,
+        # DINO with the tiny DINOv2 the runner serves (and the aesthetic head: with_tiny_model turns
+        # it on for the demo, which has no weights to name here).
+        "dino": {"enabled": True},
         # A quality gate the demo passes (its adapter moves pixels by about 13 of 255): the verdict
         # tops the report; the run fails with EvalGateFailed where it does not.
         "gate": {"minMeanPixelDifference": 2.0},
@@ -114,16 +121,38 @@ def load_finetune(path: Path | None) -> tuple[str, LoRAFinetuneSpec]:
     return name, LoRAFinetuneSpec.from_manifest(manifest)
 
 
+@dataclass(frozen=True)
+class TinyScorers:
+    """The SHA256 of the tiny scoring models the runner serves beside the tiny base model."""
+
+    clip: str
+    dino: str
+    aesthetic: str
+    aesthetic_on: bool = False  # the embedded demo: turn the aesthetic head on (it has no default)
+
+
 def with_tiny_model(
-    spec: LoRAFinetuneSpec, model_url: str, sha256: str, clip_sha256: str | None = None
+    spec: LoRAFinetuneSpec, model_url: str, sha256: str, scorers: TinyScorers | None = None
 ) -> LoRAFinetuneSpec:
-    """The spec with the tiny base model (and the tiny CLIP: ``clip_sha256``, served beside it)
-    and sizes a CPU can train in minutes."""
+    """The spec with the tiny base model (and the tiny scoring models of ``scorers``, served beside
+    it, in place of those the spec enables) and sizes a CPU can train in minutes."""
     data = spec.model_dump(by_alias=True)
-    if clip_sha256 is not None and data["eval"]["clip"]["enabled"]:
-        data["eval"]["clip"].update(
-            url=f"{model_url}/{TINY_CLIP_WEIGHTS}", sha256=clip_sha256, path=f"models/{TINY_CLIP_WEIGHTS}",
+    evaluation = data["eval"]
+    if scorers is not None and evaluation["clip"]["enabled"]:
+        evaluation["clip"].update(
+            url=f"{model_url}/{TINY_CLIP_WEIGHTS}", sha256=scorers.clip, path=f"models/{TINY_CLIP_WEIGHTS}",
             configUrl=f"{model_url}/{TINY_CLIP_CONFIG}/", configPath=f"models/{TINY_CLIP_CONFIG}",
+        )  # fmt: skip
+    if scorers is not None and evaluation["dino"]["enabled"]:
+        evaluation["dino"].update(
+            url=f"{model_url}/{TINY_DINO_WEIGHTS}", sha256=scorers.dino, path=f"models/{TINY_DINO_WEIGHTS}",
+            configUrl=f"{model_url}/{TINY_DINO_CONFIG}/", configPath=f"models/{TINY_DINO_CONFIG}",
+        )  # fmt: skip
+    aesthetic_on = scorers is not None and (scorers.aesthetic_on or evaluation["aesthetic"]["enabled"])
+    if scorers is not None and aesthetic_on and evaluation["clip"]["enabled"]:
+        evaluation["aesthetic"].update(
+            enabled=True, url=f"{model_url}/{TINY_HEAD_NAME}", sha256=scorers.aesthetic,
+            path=f"models/{TINY_HEAD_NAME}",
         )  # fmt: skip
     data["baseModel"] = {
         "url": f"{model_url}/tiny_sdxl.safetensors",
@@ -135,7 +164,6 @@ def with_tiny_model(
     data["dataset"]["resolution"] = min(data["dataset"]["resolution"], TINY_MAX_RESOLUTION)
     data["training"]["mixedPrecision"] = "no"
     data["resources"]["gpus"] = 0
-    evaluation = data["eval"]
     evaluation["steps"] = min(evaluation["steps"], TINY_MAX_EVAL_STEPS)
     for side in ("width", "height"):
         evaluation[side] = min(evaluation[side] or TINY_MAX_EVAL_SIZE, TINY_MAX_EVAL_SIZE)
@@ -274,10 +302,12 @@ def check_gate(spec: LoRAFinetuneSpec, summary_path: Path) -> None:
 
 
 def run_local(finetune: Path | None, workdir: Path, tiny: bool = True) -> LocalRunResult:
+    from zthumb_trainer.eval.aesthetic import save_random_head
     from zthumb_trainer.fetch.verified import sha256_of
     from zthumb_trainer.local.http_serve import StaticServer
     from zthumb_trainer.tiny.synthetic_dataset import write_synthetic_dataset
     from zthumb_trainer.tiny.tiny_clip import build_tiny_clip
+    from zthumb_trainer.tiny.tiny_dino import build_tiny_dino
     from zthumb_trainer.tiny.tiny_model import build_tiny_model
 
     started = time.monotonic()
@@ -295,12 +325,15 @@ def run_local(finetune: Path | None, workdir: Path, tiny: bool = True) -> LocalR
 
     tiny_root = workdir / "tiny-model"
     model = build_tiny_model(tiny_root) if tiny else None
-    clip = build_tiny_clip(tiny_root) if model else None
     with StaticServer(tiny_root if model else workdir) as model_server:
-        if model and clip:
-            spec = with_tiny_model(
-                spec, model_server.url, sha256_of(model.single_file), sha256_of(clip.weights)
-            )
+        if model:
+            clip, dino = build_tiny_clip(tiny_root), build_tiny_dino(tiny_root)
+            head = save_random_head(tiny_root / TINY_HEAD_NAME, TINY_CLIP_WIDTH)
+            digests = TinyScorers(
+                sha256_of(clip.weights), sha256_of(dino.weights), sha256_of(head),
+                aesthetic_on=finetune is None,  # the demo; a YAML turns it on itself
+            )  # fmt: skip
+            spec = with_tiny_model(spec, model_server.url, sha256_of(model.single_file), digests)
         paths = RunPaths(data_root=str(workdir), run_name=run_name, spec=spec)
         dataset = Path(paths.dataset)
         if not dataset.exists() and not spec.dataset.source.remote:  # a remote one: prepare fetches it

@@ -21,6 +21,9 @@ COMPLETE_NAME = ".tiny_clip.complete"
 BUILDER_SOURCES = (Path(__file__), Path(tiny_model.__file__))
 BUILDER_PACKAGES = ("torch", "transformers", "safetensors")
 IMAGE_SIDE = 32
+PROJECTION_DIM = 32  # the width of its image embeddings (what the eval's aesthetic head takes)
+# The demo's random aesthetic head for those embeddings (written by eval.aesthetic.save_random_head).
+HEAD_NAME = "tiny_aesthetic.safetensors"
 SEED = 0
 
 
@@ -51,7 +54,7 @@ def build_tiny_clip(root: Path) -> TinyClip:
     config = CLIPConfig(
         text_config={**common, **text},
         vision_config={**common, "image_size": IMAGE_SIDE, "patch_size": 8},
-        projection_dim=32,
+        projection_dim=PROJECTION_DIM,
     )
     torch.manual_seed(SEED)
     model = CLIPModel(config)

@@ -233,16 +233,6 @@ def test_no_gate_no_verdict(tmp_path, monkeypatch):
     assert "Quality gate" not in (tmp_path / "eval" / "report.md").read_text()
 
 
-@pytest.fixture(scope="module")
-def clip_files(tmp_path_factory):
-    from zthumb_trainer.fetch.verified import sha256_of
-    from zthumb_trainer.tiny.tiny_clip import build_tiny_clip
-
-    root = tmp_path_factory.mktemp("clip-source")
-    clip = build_tiny_clip(root)
-    return root, clip, sha256_of(clip.weights)
-
-
 def _clip_config(tmp_path, clip_server, clip_files, sha256=None, **overrides):
     from zthumb_trainer.dataset.prepare import prepare_dataset
 

@@ -7,7 +7,7 @@ import json
 import math
 
 import pytest
-from test_evaluate import _clip_config, _fake_server, clip_files  # noqa: F401 - clip_files is a fixture
+from test_evaluate import _clip_config, _fake_server
 from zthumb_trainer.eval.config import EvalConfig
 from zthumb_trainer.eval.run import run_eval
 from zthumb_trainer.local.http_serve import StaticServer
@@ -15,7 +15,7 @@ from zthumb_trainer.local.http_serve import StaticServer
 PROMPTS = ["a city street", "a bowl of fruit"]
 
 
-def _run(tmp_path, monkeypatch, clip_files, served_scale, seen=None, **overrides):  # noqa: F811
+def _run(tmp_path, monkeypatch, clip_files, served_scale, seen=None, **overrides):
     monkeypatch.setenv("ZTHUMB_TERMINATION_LOG", str(tmp_path / "termination-log"))
     (tmp_path / "termination-log").write_text("")
     with (
@@ -27,14 +27,14 @@ def _run(tmp_path, monkeypatch, clip_files, served_scale, seen=None, **overrides
         return run_eval(EvalConfig(server_url=server.url, **config))
 
 
-def test_an_untouched_image_has_no_leakage(tmp_path, monkeypatch, clip_files):  # noqa: F811
+def test_an_untouched_image_has_no_leakage(tmp_path, monkeypatch, clip_files):
     report = _run(tmp_path, monkeypatch, clip_files, served_scale=0.0)
     assert report.leakage is not None
     assert report.leakage.leakage == pytest.approx(0.0, abs=1e-4)
     assert [p.similarity for p in report.leakage.prompts] == pytest.approx([1.0, 1.0], abs=1e-4)
 
 
-def test_leakage_renders_prompts_as_written_and_reaches_every_output(tmp_path, monkeypatch, clip_files):  # noqa: F811
+def test_leakage_renders_prompts_as_written_and_reaches_every_output(tmp_path, monkeypatch, clip_files):
     seen: list = []
     report = _run(tmp_path, monkeypatch, clip_files, served_scale=0.8, seen=seen,
                   gate={"maxLeakage": 0.0})  # fmt: skip
@@ -68,7 +68,7 @@ def test_leakage_renders_prompts_as_written_and_reaches_every_output(tmp_path, m
     assert "| leakage | max 0 |" in markdown
 
 
-def test_no_leakage_prompts_no_renders(tmp_path, monkeypatch, clip_files):  # noqa: F811
+def test_no_leakage_prompts_no_renders(tmp_path, monkeypatch, clip_files):
     seen: list = []
     report = _run(tmp_path, monkeypatch, clip_files, served_scale=0.8, seen=seen, **{"leakage_prompts": []})
     assert report.leakage is None and len(seen) == report.requests == 4

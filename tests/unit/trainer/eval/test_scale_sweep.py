@@ -10,10 +10,12 @@ import re
 
 import pytest
 from PIL import Image
-from test_evaluate import _clip_config, _fake_server, clip_files  # noqa: F401 - clip_files is a fixture
+from test_evaluate import _clip_config, _fake_server
 from zthumb_contract.scale_sweep import (
+    AESTHETIC,
     CLIP_I,
     CLIP_T,
+    DINO,
     IN_DISTRIBUTION,
     LEAKAGE,
     METRIC_TITLES,
@@ -32,7 +34,7 @@ from zthumb_trainer.local.http_serve import StaticServer
 def test_both_groups_are_rendered_with_the_same_seeds_and_reported_apart(
     tmp_path,
     monkeypatch,
-    clip_files,  # noqa: F811
+    clip_files,
 ):
     monkeypatch.setenv("ZTHUMB_TERMINATION_LOG", str(tmp_path / "termination-log"))
     (tmp_path / "termination-log").write_text("")
@@ -130,6 +132,17 @@ def _samples(metrics: dict[str, float]) -> list[Sample]:
     ]
 
 
+def test_dino_and_the_aesthetic_score_get_titled_panels_after_clip(tmp_path):
+    """The eval's DINO and aesthetic values, per sample, join the sweep of both prompt groups."""
+    metrics = {AESTHETIC: 5.0, DINO: 0.5, PIXEL_DIFFERENCE: 10.0, CLIP_T: 0.3, CLIP_I: 0.6}
+    groups = sweep_groups(_samples(metrics), [0.0, 0.5, 1.0])
+    for group in (IN_DISTRIBUTION, OUT_OF_DISTRIBUTION):
+        assert list(groups[group]) == [PIXEL_DIFFERENCE, CLIP_T, CLIP_I, DINO, AESTHETIC]
+        assert groups[group][AESTHETIC] == {"0": 0.0, "0.5": 2.5, "1": 5.0}
+    panels = draw_scale_chart(groups, None, tmp_path / "scales.png")
+    assert panels[3:] == [METRIC_TITLES[DINO], METRIC_TITLES[AESTHETIC]]
+
+
 def test_a_metric_added_later_gets_its_column_and_its_panel_without_a_change_here(tmp_path):
     """The sweep and the chart iterate what the samples carry: a new score key is one more panel."""
     known = {PIXEL_DIFFERENCE: 10.0, CLIP_T: 0.3, CLIP_I: 0.6}
@@ -139,11 +152,11 @@ def test_a_metric_added_later_gets_its_column_and_its_panel_without_a_change_her
     ]  # fmt: skip
     with Image.open(tmp_path / "four.png") as image:
         assert image.size == (800, 2 * 300)  # 2 x 2 panels, each the size of a training curve
-    groups = sweep_groups(_samples(known | {"dino": 0.7}), [0.0, 0.5, 1.0], leakage=None)
-    assert list(groups[IN_DISTRIBUTION]) == [PIXEL_DIFFERENCE, CLIP_T, CLIP_I, "dino"]
-    assert groups[OUT_OF_DISTRIBUTION]["dino"] == {"0": 0.0, "0.5": 0.35, "1": 0.7}
-    panels = draw_scale_chart(groups, None, tmp_path / "dino.png")
-    assert panels[3] == "dino" and len(panels) == 4  # no leakage; dino instead, titled by its key
+    groups = sweep_groups(_samples(known | {"sharpness": 0.7}), [0.0, 0.5, 1.0], leakage=None)
+    assert list(groups[IN_DISTRIBUTION]) == [PIXEL_DIFFERENCE, CLIP_T, CLIP_I, "sharpness"]
+    assert groups[OUT_OF_DISTRIBUTION]["sharpness"] == {"0": 0.0, "0.5": 0.35, "1": 0.7}
+    panels = draw_scale_chart(groups, None, tmp_path / "sharp.png")
+    assert panels[3] == "sharpness" and len(panels) == 4  # no leakage; sharpness instead, titled by its key
     one = draw_scale_chart({IN_DISTRIBUTION: {CLIP_T: {"0": 0.3, "1": 0.2}}}, None, tmp_path / "one.png")
     assert one == [METRIC_TITLES[CLIP_T]]
     with Image.open(tmp_path / "one.png") as image:

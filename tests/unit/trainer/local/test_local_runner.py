@@ -11,6 +11,7 @@ from zthumb_contract.steps import RunPaths
 from zthumb_trainer.local.run import (
     EMBEDDED_DEFAULT,
     LocalRunError,
+    TinyScorers,
     load_finetune,
     server_env,
     step_env,
@@ -50,6 +51,24 @@ def test_yaml_manifest_and_tiny_overrides(tmp_path):
     spec.training.validation.steps = 50
     small = with_tiny_model(spec, "http://127.0.0.1:1", "ab" * 32).training.validation
     assert (small.width, small.height, small.steps) == (128, 128, 8)
+
+
+def test_the_tiny_scoring_models_replace_those_the_spec_turns_on():
+    """The demo turns DINO on itself and the aesthetic head through TinyScorers (it has no weights to
+    name); a YAML keeps what it says, with the tiny models in place of those it enables."""
+    url, digests = "http://127.0.0.1:1", TinyScorers("c" * 64, "d" * 64, "e" * 64, aesthetic_on=True)
+    _, demo = load_finetune(None)
+    tiny = with_tiny_model(demo, url, "ab" * 32, digests).eval
+    assert (tiny.clip.sha256, tiny.dino.sha256, tiny.aesthetic.sha256) == ("c" * 64, "d" * 64, "e" * 64)
+    assert tiny.dino.enabled and tiny.aesthetic.enabled
+    assert tiny.dino.url == f"{url}/tiny_dino.safetensors"
+    assert tiny.dino.config_path == "models/tiny_dino-config"
+    assert tiny.aesthetic.url == f"{url}/tiny_aesthetic.safetensors"
+    plain = load_finetune(None)[1].model_copy(deep=True)
+    plain.eval.dino.enabled = False
+    yaml_like = with_tiny_model(plain, url, "ab" * 32, TinyScorers("c" * 64, "d" * 64, "e" * 64)).eval
+    assert not yaml_like.dino.enabled and yaml_like.dino.sha256 != "d" * 64  # off: untouched
+    assert not yaml_like.aesthetic.enabled and yaml_like.aesthetic.url is None
 
 
 def test_not_a_finetune_is_refused(tmp_path):
