@@ -18,7 +18,7 @@ from zthumb_contract import env
 from zthumb_contract.spec import BaseModelSpec, DatasetSpec, EvalSpec, TrainingSpec
 from zthumb_contract.steps import FETCH_MODEL_OWN_FIELDS, RENDEZVOUS_PORT, RENDEZVOUS_TIMEOUT_SECONDS
 
-from zthumb_trainer.launch import Rendezvous
+from zthumb_trainer.launch import Rendezvous, relaunch
 from zthumb_trainer.options import spec_options
 from zthumb_trainer.settings import TrainerSettings
 
@@ -209,38 +209,14 @@ def train(  # noqa: PLR0917 - one option per flag
 
 
 def _relaunch_distributed(gpus: int, rendezvous: Rendezvous | None) -> None:
-    """Re-run this very command under torchrun and exit with it: one process per GPU (one on a
-    CPU-only node of a multi-node run: gloo), and with ``rendezvous`` as one node of several."""
-    import subprocess
-
-    import torch
-
-    from zthumb_trainer.launch import processes_per_node, torchrun_argv, wait_for_host
-
-    available = torch.cuda.device_count()
-    if available < gpus:
-        if rendezvous is None:
-            typer.echo(
-                f"warning: --gpus {gpus} but {available} CUDA device(s) visible; one process", err=True
-            )
-            return
-        typer.echo(
-            f"warning: --gpus {gpus} but {available} CUDA device(s) visible; "
-            f"{processes_per_node(gpus, available)} process(es) on this node",
-            err=True,
-        )
-    if rendezvous is not None:
-        try:
-            wait_for_host(rendezvous.master_addr, rendezvous.timeout_seconds)
-        except TimeoutError as error:
-            raise _fail(f"node {rendezvous.node_rank} of {rendezvous.nodes}: {error}") from error
-        typer.echo(
-            f"node {rendezvous.node_rank} of {rendezvous.nodes}: static rendezvous on "
-            f"{rendezvous.master_addr}:{rendezvous.master_port}",
-            err=True,
-        )
-    command = torchrun_argv(sys.argv[1:], processes_per_node(gpus, available), rendezvous)
-    raise typer.Exit(subprocess.call(command))
+    """Exit with torchrun's status when this command relaunched under it (``launch.relaunch``)."""
+    try:
+        status = relaunch(gpus, rendezvous, sys.argv[1:])
+    except TimeoutError as error:
+        assert rendezvous is not None  # only a rendezvous waits for a host
+        raise _fail(f"node {rendezvous.node_rank} of {rendezvous.nodes}: {error}") from error
+    if status is not None:
+        raise typer.Exit(status)
 
 
 @app.command()

@@ -3,12 +3,14 @@ or one node of several with a static rendezvous on node 0 (``spec.resources.node
 
 In a multi-node Job every pod runs the same command line; what differs comes from the pod's env
 (``zthumb_contract.env``): its node rank (``JOB_COMPLETION_INDEX``, set by Kubernetes) and pod
-0's DNS name and port (set by the operator). Pure functions, plus a bounded wait for that name.
+0's DNS name and port (set by the operator). Pure functions, a bounded wait for that name, and
+``relaunch``, which runs torchrun.
 """
 
 from __future__ import annotations
 
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -80,3 +82,33 @@ def wait_for_host(
                     f"{host} did not resolve within {timeout_seconds:.0f}s: {error}"
                 ) from error
         sleep(1.0)
+
+
+def relaunch(gpus: int, rendezvous: Rendezvous | None, argv: Sequence[str]) -> int | None:
+    """Re-run ARGV (this very command) under torchrun and return its exit status: one process per
+    GPU (one on a CPU-only node of a multi-node run: gloo), and with ``rendezvous`` as one node of
+    several. None when there is nothing to launch (fewer GPUs than asked on a single node): the
+    caller trains in its own process. Raises TimeoutError when node 0 never resolves."""
+    # torch only here: the launcher's planning above runs (and is tested) without it.
+    import torch
+
+    available = torch.cuda.device_count()
+    if available < gpus:
+        if rendezvous is None:
+            print(
+                f"warning: --gpus {gpus} but {available} CUDA device(s) visible; one process", file=sys.stderr
+            )
+            return None
+        print(
+            f"warning: --gpus {gpus} but {available} CUDA device(s) visible; "
+            f"{processes_per_node(gpus, available)} process(es) on this node",
+            file=sys.stderr,
+        )
+    if rendezvous is not None:
+        wait_for_host(rendezvous.master_addr, rendezvous.timeout_seconds)
+        print(
+            f"node {rendezvous.node_rank} of {rendezvous.nodes}: static rendezvous on "
+            f"{rendezvous.master_addr}:{rendezvous.master_port}",
+            file=sys.stderr,
+        )
+    return subprocess.call(torchrun_argv(argv, processes_per_node(gpus, available), rendezvous))
