@@ -5,17 +5,17 @@ verifies and loads it the same way. Its captions are gibberish; the code paths a
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from zthumb_trainer.tiny.tiny_model import builder_stamp
+from zthumb_trainer.tiny.tiny_model import builder_stamp, marker_name, publish_build, staged_build
 
 WEIGHTS_NAME = "tiny_blip.safetensors"
 CONFIG_DIR_NAME = "tiny_blip-config"
 # Written last, with the builder's stamp: a build is reused only while this module and the
 # packages that build it are unchanged.
-COMPLETE_NAME = ".tiny_blip.complete"
+NAME = "tiny_blip"  # its staging folder is .tiny_blip.building (tiny_model.staged_build)
+COMPLETE_NAME = marker_name(NAME)
 BUILDER_SOURCES = (Path(__file__),)
 BUILDER_PACKAGES = ("torch", "transformers", "safetensors", "tokenizers")
 IMAGE_SIDE = 32
@@ -49,13 +49,11 @@ def build_tiny_blip(root: Path) -> TinyBlip:
 
     blip = TinyBlip(root / WEIGHTS_NAME, root / CONFIG_DIR_NAME)
     stamp = builder_stamp(SEED, BUILDER_SOURCES, BUILDER_PACKAGES)
-    marker = root / COMPLETE_NAME
-    if marker.exists() and marker.read_text() == stamp:
+    staging = staged_build(root, NAME, stamp)
+    if staging is None:
         return blip
-    staging = root / ".tiny_blip.building"
-    shutil.rmtree(staging, ignore_errors=True)
     config_dir = staging / CONFIG_DIR_NAME
-    config_dir.mkdir(parents=True)
+    config_dir.mkdir()
     vocab = _vocab()
     common = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
     # BLIP's decoder starts from [DEC] and stops at [SEP], as the published checkpoints do.
@@ -74,12 +72,5 @@ def build_tiny_blip(root: Path) -> TinyBlip:
     BertTokenizer(vocab=vocab, bos_token="[DEC]", model_max_length=64).save_pretrained(config_dir)
     # save_model drops the tied copies (the decoder's output embedding), as save_pretrained does.
     save_model(model, str(staging / WEIGHTS_NAME))
-    root.mkdir(parents=True, exist_ok=True)
-    for name in (CONFIG_DIR_NAME, WEIGHTS_NAME):
-        target = root / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        (staging / name).rename(target)
-    shutil.rmtree(staging, ignore_errors=True)
-    marker.write_text(stamp)
+    publish_build(root, NAME, staging, (CONFIG_DIR_NAME, WEIGHTS_NAME), stamp)
     return blip

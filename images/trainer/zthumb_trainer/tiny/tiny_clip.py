@@ -6,18 +6,25 @@ way. Its numbers mean nothing; the code paths are the real ones."""
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from zthumb_trainer.tiny import tiny_model
-from zthumb_trainer.tiny.tiny_model import _vocab, builder_stamp, write_tokenizer
+from zthumb_trainer.tiny.tiny_model import (
+    _vocab,
+    builder_stamp,
+    marker_name,
+    publish_build,
+    staged_build,
+    write_tokenizer,
+)
 
 WEIGHTS_NAME = "tiny_clip.safetensors"
 CONFIG_DIR_NAME = "tiny_clip-config"
 # Written last, with the builder's stamp: a build is reused only while this module, the tokenizer
 # it borrows and the packages that build it are unchanged.
-COMPLETE_NAME = ".tiny_clip.complete"
+NAME = "tiny_clip"  # its staging folder is .tiny_clip.building (tiny_model.staged_build)
+COMPLETE_NAME = marker_name(NAME)
 BUILDER_SOURCES = (Path(__file__), Path(tiny_model.__file__))
 BUILDER_PACKAGES = ("torch", "transformers", "safetensors")
 IMAGE_SIDE = 32
@@ -41,12 +48,10 @@ def build_tiny_clip(root: Path) -> TinyClip:
 
     clip = TinyClip(root / WEIGHTS_NAME, root / CONFIG_DIR_NAME)
     stamp = builder_stamp(SEED, BUILDER_SOURCES, BUILDER_PACKAGES)
-    marker = root / COMPLETE_NAME
-    if marker.exists() and marker.read_text() == stamp:
+    staging = staged_build(root, NAME, stamp)
+    if staging is None:
         return clip
-    staging = root / ".tiny_clip.building"
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / CONFIG_DIR_NAME).mkdir(parents=True)
+    (staging / CONFIG_DIR_NAME).mkdir()
     common = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
     vocab = _vocab()
     text = {"vocab_size": len(vocab), "max_position_embeddings": 77, "pad_token_id": vocab["!"],
@@ -68,12 +73,5 @@ def build_tiny_clip(root: Path) -> TinyClip:
         json.dumps({**json.loads(tokenizer_config.read_text()), "model_max_length": 77})
     )
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(staging / WEIGHTS_NAME))
-    root.mkdir(parents=True, exist_ok=True)
-    for name in (CONFIG_DIR_NAME, WEIGHTS_NAME):
-        target = root / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        (staging / name).rename(target)
-    shutil.rmtree(staging, ignore_errors=True)
-    marker.write_text(stamp)
+    publish_build(root, NAME, staging, (CONFIG_DIR_NAME, WEIGHTS_NAME), stamp)
     return clip

@@ -6,17 +6,17 @@ ones."""
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from zthumb_trainer.tiny.tiny_model import builder_stamp
+from zthumb_trainer.tiny.tiny_model import builder_stamp, marker_name, publish_build, staged_build
 
 WEIGHTS_NAME = "tiny_dino.safetensors"
 CONFIG_DIR_NAME = "tiny_dino-config"
 # Written last, with the builder's stamp: a build is reused only while this module and the packages
 # that build it are unchanged.
-COMPLETE_NAME = ".tiny_dino.complete"
+NAME = "tiny_dino"  # its staging folder is .tiny_dino.building (tiny_model.staged_build)
+COMPLETE_NAME = marker_name(NAME)
 BUILDER_SOURCES = (Path(__file__),)
 BUILDER_PACKAGES = ("torch", "transformers", "safetensors")
 IMAGE_SIDE = 32
@@ -37,12 +37,10 @@ def build_tiny_dino(root: Path) -> TinyDino:
 
     dino = TinyDino(root / WEIGHTS_NAME, root / CONFIG_DIR_NAME)
     stamp = builder_stamp(SEED, BUILDER_SOURCES, BUILDER_PACKAGES)
-    marker = root / COMPLETE_NAME
-    if marker.exists() and marker.read_text() == stamp:
+    staging = staged_build(root, NAME, stamp)
+    if staging is None:
         return dino
-    staging = root / ".tiny_dino.building"
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / CONFIG_DIR_NAME).mkdir(parents=True)
+    (staging / CONFIG_DIR_NAME).mkdir()
     config = Dinov2Config(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
         image_size=IMAGE_SIDE, patch_size=8,
@@ -56,14 +54,5 @@ def build_tiny_dino(root: Path) -> TinyDino:
         image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225], do_convert_rgb=True,
     ).save_pretrained(staging / CONFIG_DIR_NAME)  # fmt: skip
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(staging / WEIGHTS_NAME))
-    root.mkdir(parents=True, exist_ok=True)
-    for name in (CONFIG_DIR_NAME, WEIGHTS_NAME):
-        target = root / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-        (staging / name).rename(target)
-    shutil.rmtree(staging, ignore_errors=True)
-    marker.write_text(stamp)
+    publish_build(root, NAME, staging, (CONFIG_DIR_NAME, WEIGHTS_NAME), stamp)
     return dino

@@ -260,6 +260,38 @@ def builder_stamp(seed: int, sources: Sequence[Path], packages: Sequence[str]) -
     )
 
 
+def marker_name(name: str) -> str:
+    """The file that marks a complete tiny build of NAME, beside it; it holds the builder's stamp."""
+    return f".{name}.complete"
+
+
+def staged_build(root: Path, name: str, stamp: str) -> Path | None:
+    """An empty staging folder for a fresh build of NAME under ROOT, or None while ROOT holds a
+    complete one with this stamp (its marker, written last by ``publish_build``)."""
+    marker = root / marker_name(name)
+    if marker.exists() and marker.read_text() == stamp:
+        return None
+    staging = root / f".{name}.building"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def publish_build(root: Path, name: str, staging: Path, entries: Sequence[str], stamp: str) -> None:
+    """Move ENTRIES from STAGING into ROOT over what is there, then record the stamp: a build
+    stopped half-way has no stamp and is made again."""
+    root.mkdir(parents=True, exist_ok=True)
+    for entry in entries:
+        target = root / entry
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+        (staging / entry).rename(target)
+    shutil.rmtree(staging, ignore_errors=True)
+    (root / marker_name(name)).write_text(stamp)
+
+
 def build_tiny_model(root: Path, seed: int = 0, force: bool = False) -> TinyModel:
     """Write the diffusers dir, the single-file checkpoint and the turbo copy under ``root``.
 
