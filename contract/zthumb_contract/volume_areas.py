@@ -37,6 +37,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from itertools import combinations
 from typing import Any, Literal
 
@@ -190,18 +191,20 @@ def overlap_problems(spec: Mapping[str, Any]) -> Iterator[tuple[PathField, str]]
         )
 
 
+def check_on_volume(field: PathField, value: str) -> str:
+    """Rules 1-3 for one value of ``field`` as a pydantic error (its location is the field)."""
+    problem = path_problem(field, value)
+    if problem is not None:
+        raise PydanticCustomError("volume_path", "{problem}", {"problem": problem})
+    return value
+
+
 def on_volume(name: str) -> AfterValidator:
-    """Rules 1-3 for the path field ``name`` (below ``spec.``) as a pydantic validator: the error's
-    location is the field."""
-    field = FIELDS_BY_NAME[name]
+    """``check_on_volume`` for the path field ``name`` (below ``spec.``) as a pydantic validator.
 
-    def check(value: str) -> str:
-        problem = path_problem(field, value)
-        if problem is not None:
-            raise PydanticCustomError("volume_path", "{problem}", {"problem": problem})
-        return value
-
-    return AfterValidator(check)
+    The check is a module-level function, not a closure: this one runs once, when the spec's
+    classes are defined, and only what runs at validation time can be tested (and mutated)."""
+    return AfterValidator(partial(check_on_volume, FIELDS_BY_NAME[name]))
 
 
 def check_apart(spec: Mapping[str, Any]) -> None:

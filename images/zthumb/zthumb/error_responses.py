@@ -76,11 +76,16 @@ def respond(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+# Where FastAPI found the invalid value: the first item of a validation error's location.
+REQUEST_PARTS = ("body", "query", "path", "header", "cookie")
+
+
 def _field_from_loc(loc: tuple[Any, ...] | list[Any]) -> str | None:
+    """``("body", "loras", 1, "path")`` -> ``loras[1].path``: the request part is dropped, and
+    only as the first item (a body field may be called ``path``)."""
+    parts = list(loc[1:] if loc and loc[0] in REQUEST_PARTS else loc)
     field = ""
-    for part in loc:
-        if part in ("body", "query", "path", "header"):
-            continue
+    for part in parts:
         field += f"[{part}]" if isinstance(part, int) else f".{part}" if field else str(part)
     return field or None
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -37,6 +39,18 @@ def test_rising_means_the_last_pass_is_more_than_the_margin_above_an_earlier_min
     assert (trend.passes, trend.last_step, trend.last_loss) == (len(losses), 10 * len(losses), losses[-1])
 
 
+@pytest.fixture
+def local_zone_far_from_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A process whose local time is UTC+05:45 (a POSIX TZ string: no tz database needed), so a
+    time written in local time instead of UTC cannot pass for it."""
+    monkeypatch.setenv("TZ", "XYZ-5:45")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("local_zone_far_from_utc")
 def test_utc_now_is_the_crd_time_format_in_utc() -> None:
     before = datetime.now(UTC).replace(microsecond=0)
     stamp = utc_now()
@@ -46,6 +60,7 @@ def test_utc_now_is_the_crd_time_format_in_utc() -> None:
     assert before <= parsed <= after
 
 
+@pytest.mark.usefixtures("local_zone_far_from_utc")
 def test_crd_times_are_utc_seconds_both_ways() -> None:
     assert format_time(86400 + 3661.9) == "1970-01-02T01:01:01Z"
     assert parse_time("1970-01-02T01:01:01Z") == 86400 + 3661

@@ -23,6 +23,7 @@ from zthumb_contract.volume_areas import (
     is_within,
     overlaps,
     path_problem,
+    value_at,
 )
 
 
@@ -151,3 +152,25 @@ def test_the_table_names_each_field_once_in_its_own_area() -> None:
     for field in PATH_FIELDS:
         assert field.area in ("models", "datasets")
         assert field.target in ("file", "directory")
+
+
+def test_each_refusal_has_its_error_type_and_says_how_the_paths_meet() -> None:
+    with pytest.raises(ValidationError) as caught:
+        LoRAFinetuneSpec.model_validate({"baseModel": {"configPath": "models"}})
+    assert caught.value.errors()[0]["type"] == "volume_path"
+    with pytest.raises(ValidationError) as caught:
+        LoRAFinetuneSpec.model_validate(
+            {"baseModel": {"path": "models/sd/model.safetensors", "configPath": "models/sd"}}
+        )
+    assert caught.value.errors()[0]["type"] == "volume_paths_overlap"
+    # The later field inside the earlier one, and the earlier inside the later.
+    inside = refusal({"baseModel": {"path": "models/sd", "configPath": "models/sd/config"}})
+    assert inside.startswith("spec.baseModel.configPath: 'models/sd/config' lies inside spec.baseModel.path")
+    assert inside.endswith("no two path fields may share a path or nest, since a directory target is "
+                           "replaced whole and a file target overwritten")  # fmt: skip
+
+
+def test_a_value_that_is_not_a_section_reads_as_absent() -> None:
+    assert value_at({"eval": "clip"}, "eval.clip.path") is None
+    assert value_at({"eval": {"clip": {"path": "models/c"}}}, "eval.clip.path") == "models/c"
+    assert value_at({}, "eval.clip.path") is None

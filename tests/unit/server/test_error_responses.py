@@ -108,3 +108,14 @@ def test_server_and_client_errors_have_one_shape_per_api(client, path, prefix_sh
         error = body["error"] if prefix_shape is OPENAI else body
         assert prefix_shape <= set(error), (path, body)
         assert set(error) - prefix_shape <= {"details"}, (path, body)  # a 422 may list every problem
+
+
+@pytest.mark.parametrize(
+    ("path", "field_of"),
+    [("/generate", lambda b: b["field"]), ("/v1/images/generations", lambda b: b["error"]["param"])],
+)
+def test_an_invalid_adapter_path_names_its_field_in_the_list(client, path, field_of):
+    """A body field called ``path`` is a field, not the request's path: ``loras[1].path``."""
+    answer = client.post(path, json={"prompt": "x", "loras": [{"path": "a.safetensors"}, {"path": ""}]})
+    assert answer.status_code == 422
+    assert field_of(answer.json()) == "loras[1].path"
