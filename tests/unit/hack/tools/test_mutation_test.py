@@ -131,3 +131,23 @@ def test_scores_group_by_module_on_request(mt) -> None:
     status = {"p.a.x_f__mutmut_1": "killed", "p.b.x_f__mutmut_1": "survived"}
     by_module = mt.scores(status, lambda m: str(mt.module_path(m)))
     assert {k: (v.killed, v.total) for k, v in by_module.items()} == {"p/a.py": (1, 1), "p/b.py": (0, 1)}
+
+
+def test_staging_copies_the_package_its_tests_and_the_files_they_read(mt, tmp_path: Path) -> None:
+    stage = tmp_path / "stage"
+    mt.stage_run(stage, [mt.PACKAGES["contract"]], fresh=True)
+    assert (stage / "src/zthumb_contract/steps.py").is_file()
+    assert (stage / "tests/unit/contract/test_step_definitions.py").is_file()
+    # A single test file brings its folder's helpers, not its sibling tests.
+    assert (stage / "tests/unit/trainer/test_cli.py").is_file()
+    assert (stage / "tests/unit/trainer/conftest.py").is_file()
+    assert not (stage / "tests/unit/trainer/test_launch.py").exists()
+    # What the tests read: folders and single files.
+    assert (stage / "crds").is_dir() and (stage / "images/trainer/README.md").is_file()
+
+
+def test_the_operator_runs_without_the_crd_schema_tests(mt) -> None:
+    tests = mt.PACKAGES["operator"].tests
+    assert "tests/unit/operator/test_reconcile.py" in tests
+    assert not [t for t in tests if Path(t).stem.startswith(("test_crd", "test_invalid_paths"))]
+    assert "tests/unit/trainer/test_cli.py" in mt.PACKAGES["contract"].tests
