@@ -151,6 +151,6 @@ def load_config() -> OperatorConfig:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            field = str(err["loc"][0]) if err["loc"] else "?"
+            field = str(err["loc"][0])  # every field is one variable (no model-wide rules)
             lines.append(f"{ENV_PREFIX}{field.upper()}: {err['msg']}")
         raise ConfigError("invalid operator configuration:\n  " + "\n  ".join(lines)) from None

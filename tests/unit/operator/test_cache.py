@@ -79,6 +79,9 @@ def test_only_a_lorafinetune_of_this_group_owns_a_job() -> None:
     assert Cache.owner_run(job("1", api_version="zthumb.io.evil/v1")) is None
     assert Cache.owner_run({}) is None
     assert Cache.owner_run({"metadata": {"ownerReferences": None}}) is None
+    # A reference without an apiVersion (malformed) owns nothing, and is no crash.
+    no_version = {"metadata": {"namespace": "ml", "ownerReferences": [{"kind": "LoRAFinetune", "name": "r"}]}}
+    assert Cache.owner_run(no_version) is None
 
 
 def test_a_job_event_keeps_the_newest_version_and_wakes_its_run() -> None:
