@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from zthumb_contract.eval_spec import EvalGateSpec
 from zthumb_contract.results import EvalSummary
-from zthumb_contract.spec import EvalGateSpec
 
 GATE_FAILED_REASON = "EvalGateFailed"
 

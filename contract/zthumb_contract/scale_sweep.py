@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from pydantic import Field
 
+from zthumb_contract.eval_spec import EvalGateSpec
 from zthumb_contract.results import Results
-from zthumb_contract.spec import EvalGateSpec
 
 IN_DISTRIBUTION = "in_distribution"
 OUT_OF_DISTRIBUTION = "out_of_distribution"

@@ -15,7 +15,9 @@ from typing import Annotated
 
 import typer
 from zthumb_contract import env
-from zthumb_contract.spec import BaseModelSpec, DatasetSpec, EvalSpec, TrainingSpec
+from zthumb_contract.dataset_spec import DatasetSpec
+from zthumb_contract.eval_spec import EvalSpec
+from zthumb_contract.spec import BaseModelSpec, TrainingSpec
 from zthumb_contract.steps import FETCH_MODEL_OWN_FIELDS, RENDEZVOUS_PORT, RENDEZVOUS_TIMEOUT_SECONDS
 
 from zthumb_trainer.launch import Rendezvous, relaunch

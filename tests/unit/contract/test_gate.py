@@ -6,9 +6,10 @@ import json
 
 import pytest
 from pydantic import ValidationError
+from zthumb_contract.eval_spec import EvalGateSpec
 from zthumb_contract.gate import RULES, evaluate_gate
 from zthumb_contract.results import EvalSummary
-from zthumb_contract.spec import EvalGateSpec, LoRAFinetuneSpec
+from zthumb_contract.spec import LoRAFinetuneSpec
 from zthumb_contract.steps import RunPaths, eval_step
 
 

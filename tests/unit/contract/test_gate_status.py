@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 from pydantic_core import PydanticCustomError
+from zthumb_contract.eval_spec import EvalGateSpec
 from zthumb_contract.gate import evaluate_gate
 from zthumb_contract.results import EvalSummary
-from zthumb_contract.spec import EvalGateSpec, LoRAFinetuneSpec
+from zthumb_contract.spec import LoRAFinetuneSpec
 from zthumb_contract.stages import active_stages, build_steps
 from zthumb_contract.volume_areas import check_apart, overlap_problems, value_at
 

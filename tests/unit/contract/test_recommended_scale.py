@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from zthumb_contract.eval_report import EvalReport
+from zthumb_contract.eval_spec import EvalGateSpec
 from zthumb_contract.scale_sweep import (
     CLIP_I,
     CLIP_T,
@@ -15,7 +16,6 @@ from zthumb_contract.scale_sweep import (
     ScaleSweep,
     recommend_scale,
 )
-from zthumb_contract.spec import EvalGateSpec
 
 SCALES = [0.0, 0.4, 0.8, 1.2]
 
@@ -104,7 +104,8 @@ def test_the_recommended_scale_reaches_the_compact_summary():
 
 def test_the_out_of_distribution_prompts_are_bounded_naming_the_field():
     from pydantic import ValidationError
-    from zthumb_contract.spec import DEFAULT_OOD_PROMPTS, EvalSpec, LoRAFinetuneSpec
+    from zthumb_contract.eval_spec import DEFAULT_OOD_PROMPTS, EvalSpec
+    from zthumb_contract.spec import LoRAFinetuneSpec
 
     assert EvalSpec().out_of_distribution_prompts == DEFAULT_OOD_PROMPTS
     # A spec written before the groups: its prompts stay the in-distribution group.

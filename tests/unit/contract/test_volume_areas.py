@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
-from zthumb_contract.spec import ClipSpec, EvalSpec, LoRAFinetuneSpec
+from zthumb_contract.eval_spec import ClipSpec, EvalSpec
+from zthumb_contract.spec import LoRAFinetuneSpec
 from zthumb_contract.steps import RunPaths
 from zthumb_contract.volume_areas import (
     DATASET_CACHE,

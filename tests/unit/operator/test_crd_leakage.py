@@ -11,7 +11,8 @@ import pytest
 from celpy import celtypes
 from lft_helpers import apply_defaults, crd_schema
 from pydantic import ValidationError
-from zthumb_contract.spec import DEFAULT_LEAKAGE_PROMPTS, LoRAFinetuneSpec
+from zthumb_contract.eval_spec import DEFAULT_LEAKAGE_PROMPTS
+from zthumb_contract.spec import LoRAFinetuneSpec
 
 _CEL = celpy.Environment()
 

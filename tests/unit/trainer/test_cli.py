@@ -101,7 +101,8 @@ def test_run_needs_local():
 
 def test_spec_options_round_trip_through_the_step_argv():
     """Every spec.training / spec.eval field is a CLI option, and the argv carries its value."""
-    from zthumb_contract.spec import EvalSpec, TrainingSpec
+    from zthumb_contract.eval_spec import EvalSpec
+    from zthumb_contract.spec import TrainingSpec
 
     spec = LoRAFinetuneSpec.model_validate(
         {"training": {"rank": 7, "alpha": 3.5, "snrGamma": None, "gradientCheckpointing": False,
@@ -182,7 +183,7 @@ def test_leakage_prompts_reach_the_eval_from_the_step_argv_even_when_empty(monke
     """An empty list has no items to repeat: the argv says --no-leakage-prompts, and the eval gets []
     rather than the default prompts."""
     import zthumb_trainer.eval.run as eval_run
-    from zthumb_contract.spec import DEFAULT_LEAKAGE_PROMPTS
+    from zthumb_contract.eval_spec import DEFAULT_LEAKAGE_PROMPTS
 
     seen = []
 

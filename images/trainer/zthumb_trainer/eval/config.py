@@ -9,14 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zthumb_contract.eval_spec import EvalSpec
 from zthumb_contract.scale_sweep import IN_DISTRIBUTION
-from zthumb_contract.spec import EvalSpec
 from zthumb_contract.tracking_spec import TrackingSpec
 
 
 class EvalConfig(EvalSpec):
     """One evaluation: the options of the LoRAFinetune's ``spec.eval`` (declared once, in
-    ``zthumb_contract.spec``), plus the server to ask and where to write."""
+    ``zthumb_contract.eval_spec``), plus the server to ask and where to write."""
 
     server_url: str
     output: Path
