@@ -19,7 +19,8 @@ from pydantic.fields import FieldInfo
 
 from zthumb_contract import env
 from zthumb_contract.dataset_spec import DatasetSourceSpec
-from zthumb_contract.spec import LoRAFinetuneSpec, SecretKeyRef
+from zthumb_contract.spec import LoRAFinetuneSpec
+from zthumb_contract.spec_base import SecretKeyRef
 from zthumb_contract.tracking_spec import MLFLOW_CREDENTIAL_KEYS, TrackingSpec
 from zthumb_contract.volume_areas import DATASET_CACHE, LORA_ROOT, OUTPUTS
 

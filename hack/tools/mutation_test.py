@@ -203,7 +203,8 @@ def write_pyproject(stage: Path, packages: list[Package]) -> None:
         "source_paths": [f"src/{p.name}" for p in packages],
         "only_mutate": [f"src/{p.name}/{f}" for p in packages for f in p.only]
         + [f"src/{p.name}/*" for p in packages if not p.only],
-        "also_copy": sorted({f for p in packages for f in p.read_files}),
+        # Top-level folders only: mutmut copies a listed file without making its folders (3.8.1).
+        "also_copy": sorted({Path(f).parts[0] for p in packages for f in p.read_files}),
         "pytest_add_cli_args_test_selection": tests,
         # No random order (a mutant's tests run in one order every time), no cache folder.
         "pytest_add_cli_args": ["-p", "no:randomly", "-p", "no:cacheprovider"],

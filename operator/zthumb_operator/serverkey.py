@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from zthumb_contract import env as contract_env
-from zthumb_contract.spec import SecretKeyRef
+from zthumb_contract.spec_base import SecretKeyRef
 from zthumb_contract.steps import StepDefinition
 
 # The reason a run fails with when the server's key is not one the eval Job can reference.

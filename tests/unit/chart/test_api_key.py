@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from chart_render import needs_helm, render, render_fails, render_notes
-from zthumb_contract.spec import SecretKeyRef
+from zthumb_contract.spec_base import SecretKeyRef
 from zthumb_operator.serverkey import server_key_ref
 
 REF = {"secretKeyRef": {"name": "zthumb-api-key", "key": "api-key"}}

@@ -14,7 +14,8 @@ import pytest
 from pydantic import BaseModel, Field
 from zthumb_contract import env
 from zthumb_contract.dataset_spec import DatasetSourceSpec
-from zthumb_contract.spec import LoRAFinetuneSpec, SecretKeyRef
+from zthumb_contract.spec import LoRAFinetuneSpec
+from zthumb_contract.spec_base import SecretKeyRef
 from zthumb_contract.steps import (
     TRAINER_COMMAND,
     RunPaths,

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 from lft_helpers import make_run
 from reconcile_harness import Harness
-from zthumb_contract.spec import LoRAFinetuneSpec, SecretKeyRef
+from zthumb_contract.spec import LoRAFinetuneSpec
+from zthumb_contract.spec_base import SecretKeyRef
 from zthumb_contract.stages import build_steps
 from zthumb_operator import builders as b
 from zthumb_operator import conditions, deployments

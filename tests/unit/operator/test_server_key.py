@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from reconcile_harness import Harness, deployment
 from zthumb_contract import env as contract_env
-from zthumb_contract.spec import LoRAFinetuneSpec, SecretKeyRef
+from zthumb_contract.spec import LoRAFinetuneSpec
+from zthumb_contract.spec_base import SecretKeyRef
 from zthumb_contract.stages import build_steps
 from zthumb_operator import builders as b
 from zthumb_operator import deployments, serverkey

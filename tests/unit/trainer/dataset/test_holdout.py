@@ -99,7 +99,7 @@ def test_adding_an_image_keeps_the_prepared_split_of_a_fraction(tmp_path, synthe
 
 def test_the_operators_prepare_step_passes_the_holdout_to_the_cli(tmp_path, synthetic_dataset):
     from typer.testing import CliRunner
-    from zthumb_contract.spec import DatasetSpec
+    from zthumb_contract.dataset_spec import DatasetSpec
     from zthumb_contract.steps import spec_args
     from zthumb_trainer.cli import app
 
