@@ -65,3 +65,12 @@ def test_the_jobs_verdict_outweighs_the_earlier_finish() -> None:
         "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "X", "message": verdict}]}
     }
     assert readers.failure_message(job, pods).startswith(f"{verdict}; node 1 (pod j-1) failed first")
+
+
+def test_a_failure_without_a_message_ends_at_its_exit_code() -> None:
+    pod = failed_pod("p", "0", "2026-01-01T00:00:01Z")
+    del pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"]
+    assert readers.failed_node([pod]) == "node 0 (pod p) failed first: exit code 1"
+    assert (
+        readers.failed_node([failed_pod("p", "0", "t", "  \n")]) == "node 0 (pod p) failed first: exit code 1"
+    )

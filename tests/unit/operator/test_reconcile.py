@@ -397,8 +397,13 @@ def test_service_of_an_earlier_run_with_the_same_name_is_waited_for() -> None:
     h.complete("fetch-model")
     h.reconcile()
     h.complete("prepare-dataset")
-    with pytest.raises(kopf.TemporaryError, match="Service z-style-train belongs to an earlier"):
+    with pytest.raises(kopf.TemporaryError) as waiting:
         h.reconcile()
+    assert str(waiting.value) == (
+        "Service z-style-train belongs to an earlier LoRAFinetune of the same name and is still being "
+        "deleted; waiting for the garbage collector"
+    )
+    assert waiting.value.delay == 5
     assert ("ml", "z-style-train") not in h.api.jobs
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from lft_helpers import make_run
-from reconcile_harness import Harness, deployment
+from reconcile_harness import KEY, Harness, deployment
 from zthumb_contract.spec import LoRAFinetuneSpec
 from zthumb_operator import conditions, deployments
 from zthumb_operator.rollout_states import (
@@ -175,3 +175,21 @@ def test_a_rollout_an_earlier_operator_patched_is_watched_not_patched_again() ->
     assert d["spec"] == before and d["metadata"]["generation"] == 2
     assert conditions.condition_true(h.status()["conditions"], "Deployed")
     assert rollout_state(h.status()) is RolloutState.RELEASED
+
+
+def test_a_run_holds_the_rollout_lock_until_it_is_deployed_or_finished() -> None:
+    h = Harness()
+    rollouts = h.controller.rollouts
+    run = h.controller.runs[KEY]
+    assert rollouts.holds_lock(KEY)  # not deployed yet
+    assert not rollouts.holds_lock(("ml", "gone"))
+    run["status"] = {"phase": "Deploying", "conditions": [{"type": "Deployed", "status": "False"}]}
+    assert rollouts.holds_lock(KEY)
+    run["status"] = {"phase": "Evaluating", "conditions": [{"type": "Deployed", "status": "True"}]}
+    assert not rollouts.holds_lock(KEY)  # deployed: the next run may roll out
+    # Another condition that is True is not the deploy stage's.
+    run["status"] = {"phase": "Deploying", "conditions": [{"type": "Trained", "status": "True"}]}
+    assert rollouts.holds_lock(KEY)
+    for phase in ("Succeeded", "Failed"):
+        run["status"] = {"phase": phase}
+        assert not rollouts.holds_lock(KEY)

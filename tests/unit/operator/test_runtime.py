@@ -49,7 +49,11 @@ def test_startup_wires_the_controller_and_resyncs_until_stopped(monkeypatch: pyt
             await asyncio.sleep(0.005)
         assert len(resyncs) >= 2
         task = memo.resync_task
+        stopped: list[bool] = []
+        queue_stop = memo.controller.stop
+        memo.controller.stop = lambda: (stopped.append(True), queue_stop())
         runtime.stop(memo)
+        assert stopped == [True]  # the work queue's timers and workers are cancelled
         await asyncio.gather(task, return_exceptions=True)
         assert task.cancelled()
         # The API's thread pool is shut down: no new request can start.
