@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -189,3 +190,15 @@ def test_api_errors_become_the_operators_exceptions(api: KubeApi, code: int, err
     # Only a 404 means "not there": any other failure reaches the caller.
     with pytest.raises(error):
         asyncio.run(api.delete_job("ml", "r-train"))
+
+
+def test_requests_run_on_the_apis_own_bounded_thread_pool() -> None:
+    """Not on the event loop's default executor: the pool is sized to the client's connection pool
+    (``api_workers``), and its threads are named for the thread dumps of a stuck operator."""
+    kube = KubeApi(client.ApiClient(client.Configuration(host="http://127.0.0.1:9")), workers=2)
+    try:
+        name = asyncio.run(kube._call("get", "jobs", lambda: threading.current_thread().name))
+        assert name.startswith("kube-api_")
+        assert kube._pool._max_workers == 2
+    finally:
+        kube.close()

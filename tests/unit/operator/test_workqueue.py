@@ -177,3 +177,45 @@ def test_forgetting_a_run_that_never_failed_is_no_error() -> None:
         return None
 
     WorkQueue(reconcile).forget(KEY)
+
+
+def test_a_returned_delay_is_a_timer_not_an_immediate_rerun() -> None:
+    calls: list[tuple[str, str]] = []
+
+    async def reconcile(key):
+        calls.append(key)
+        return 60.0
+
+    async def scenario() -> None:
+        queue = WorkQueue(reconcile)
+        loop = asyncio.get_running_loop()
+        queue.request(KEY)
+        await until(lambda: KEY in queue._timers and not queue._workers)
+        assert calls == [KEY]
+        assert queue._timers[KEY].when() == pytest.approx(loop.time() + 60, abs=5)
+        # Any positive delay waits, even under a second.
+        queue.request(("ml", "soon"), 0.5)
+        assert ("ml", "soon") in queue._timers and ("ml", "soon") not in queue._workers
+        queue.stop()
+
+    asyncio.run(scenario())
+
+
+def test_each_retry_is_logged_with_the_run_and_its_delay(caplog: pytest.LogCaptureFixture) -> None:
+    outcomes: list[BaseException] = [
+        kopf.TemporaryError("Job not created yet", delay=7),
+        RuntimeError("boom"),
+    ]
+
+    async def reconcile(key):
+        raise outcomes.pop(0)
+
+    queue = WorkQueue(reconcile)
+    with caplog.at_level("INFO", logger="zthumb_operator"):
+        asyncio.run(queue.reconcile_safely(KEY))
+        asyncio.run(queue.reconcile_safely(KEY))
+    assert caplog.messages == [
+        "run ml/r: Job not created yet (retry in 7s)",
+        "run ml/r: reconcile failed (attempt 1, retry in 1.0s)",
+    ]
+    assert caplog.records[1].exc_info is not None and "boom" in caplog.text
