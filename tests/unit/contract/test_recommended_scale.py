@@ -116,3 +116,49 @@ def test_the_out_of_distribution_prompts_are_bounded_naming_the_field():
         EvalSpec.model_validate({"outOfDistributionPrompts": ["ok", " "]})
     with pytest.raises(ValidationError, match="at most 16 items"):
         EvalSpec.model_validate({"outOfDistributionPrompts": ["p"] * 17})
+
+
+def test_two_scales_are_a_reference_and_one_candidate():
+    groups = {IN_DISTRIBUTION: {CLIP_T: {"0": 0.3, "0.8": 0.3}, CLIP_I: {"0": 0.5, "0.8": 0.6}}}
+    assert recommend_scale(groups, [0.0, 0.8]).scale == 0.8
+    assert recommend_scale(groups, [0.8]).rule == "one scale only: nothing to compare it with"
+
+
+def test_limits_are_inclusive():
+    # Exactly representable numbers: a drop of 0.25 against a limit of 0.25 passes, and so does
+    # a leakage equal to its limit; a mean pixel difference equal to the least reaches it.
+    groups = {
+        IN_DISTRIBUTION: {CLIP_T: {"0": 0.5, "1": 0.25}, CLIP_I: {"0": 0.5, "1": 0.75}},
+        WITHOUT_TRIGGER: {LEAKAGE: {"0": 0.0, "1": 0.5}},
+    }
+    gate = EvalGateSpec(max_clip_t_drop=0.25, max_leakage=0.5)
+    assert recommend_scale(groups, [0.0, 1.0], gate).scale == 1.0
+    pixels = {IN_DISTRIBUTION: {PIXEL_DIFFERENCE: {"0": 0.0, "0.4": 2.0}}}
+    assert recommend_scale(pixels, [0.0, 0.4]).scale == 0.4  # the default least is 2
+
+
+def test_the_rule_names_the_mean_gain_over_the_groups():
+    ood = _clip([0.3, 0.3, 0.3, 0.3], [0.5, 0.5, 0.5, 0.5])  # no gain out of distribution
+    choice = recommend_scale({IN_DISTRIBUTION: IN, OUT_OF_DISTRIBUTION: ood}, SCALES)
+    # In: +0.05 at 0.4, +0.10 at 0.8; out: 0: the means are 0.025 and 0.05.
+    assert choice.scale == 0.8 and "(+0.0500)" in choice.rule
+
+
+def test_a_scale_missing_from_the_clip_numbers_is_skipped_not_the_end():
+    groups = {IN_DISTRIBUTION: {CLIP_T: {"0": 0.3, "0.4": 0.3, "0.8": 0.3}, CLIP_I: {"0": 0.5, "0.8": 0.6}}}
+    assert recommend_scale(groups, [0.0, 0.4, 0.8]).scale == 0.8
+
+
+@pytest.mark.parametrize(
+    "groups",
+    [
+        {},
+        {OUT_OF_DISTRIBUTION: {PIXEL_DIFFERENCE: {"0": 0.0, "0.4": 9.0}}},
+        {IN_DISTRIBUTION: {CLIP_T: {"0": 0.3, "0.4": 0.3}}},  # CLIP-T without CLIP-I: no CLIP rule
+        {IN_DISTRIBUTION: {CLIP_I: {"0": 0.3, "0.4": 0.4}}},
+    ],
+    ids=["nothing", "pixels-out-of-distribution-only", "clip-t-only", "clip-i-only"],
+)
+def test_without_the_numbers_a_rule_needs_nothing_is_recommended(groups):
+    choice = recommend_scale(groups, [0.0, 0.4])
+    assert choice == type(choice)(None, "without CLIP: no scale reaches a mean pixel difference of 2")

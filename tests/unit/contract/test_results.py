@@ -98,3 +98,19 @@ def test_a_bad_value_in_summary_json_costs_only_its_block() -> None:
     assert report.clip is None and report.mean_latency_s is None
     assert report.leakage is not None and report.leakage.leakage == 0.1 and report.requests == 4
     assert "clipIGain" not in report.summary().status()
+
+
+def test_the_dino_and_aesthetic_numbers_reach_the_compact_summary() -> None:
+    on_disk = json.loads(_report().to_json())
+    on_disk["dino"] = {"by_scale": {"0": {"dino": 0.6}, "0.8": {"dino": 0.7}}, "dino_gain": 0.1}
+    on_disk["aesthetic"] = {
+        "by_scale": {"0": {"aesthetic": 6.0}, "0.8": {"aesthetic": 5.5}},
+        "aesthetic_drop": 0.5,
+    }
+    status = EvalReport.from_report(on_disk).summary().status()
+    assert (status["dinoGain"], status["aestheticDrop"]) == (0.1, 0.5)
+
+
+def test_the_report_file_is_indented_json_for_people_reading_the_volume() -> None:
+    text = _report().to_json()
+    assert text.startswith('{\n  "') and text.endswith("}\n")

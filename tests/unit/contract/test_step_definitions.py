@@ -28,6 +28,7 @@ from zthumb_contract.steps import (
     train_step,
     unset_option,
 )
+from zthumb_contract.tracking_spec import TrackingSpec
 
 SERVER = "http://zthumb.ml.svc:8080"
 
@@ -247,3 +248,21 @@ def test_a_list_whose_name_does_not_end_in_s_keeps_it() -> None:
 
     assert option_name("data", Data.model_fields["data"]) == "data"
     assert spec_args(Data()) == ["--data", "1"]
+
+
+def test_a_list_made_by_a_default_factory_has_its_unset_flag() -> None:
+    class Factory(BaseModel):
+        extras: list[int] = Field(default_factory=lambda: [7])
+
+    info = Factory.model_fields["extras"]
+    assert unset_option("extras", info) == "no_extras"
+    assert spec_args(Factory()) == ["--extra", "7"]
+    assert spec_args(Factory(extras=[])) == ["--no-extras"]
+
+
+def test_eval_gets_the_training_tracking_and_nothing_else_of_training() -> None:
+    paths = _paths({"training": {"tracking": {"mlflow": {"trackingUri": "http://mlflow.ml.svc:5000"}}}})
+    args = eval_step(paths, SERVER).args
+    tracking = args[args.index("--tracking") + 1]
+    assert TrackingSpec.model_validate_json(tracking) == paths.spec.training.tracking
+    assert "--rank" not in args and "--learning-rate" not in args
