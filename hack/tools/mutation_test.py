@@ -22,21 +22,19 @@ runs combined (``--combine .mutation/contract-operator .mutation/operator-<hash>
 from __future__ import annotations
 
 import argparse
-import ast
 import hashlib
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
 import tomllib
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+from mutation_scores import KILLED, NOT_RUN, combine, draw_sample, report, sample_report
 
 ROOT = Path(__file__).resolve().parents[2]
 # Every folder a first-party package is imported from (docs/ARCHITECTURE.md, the PYTHONPATH).
@@ -69,7 +67,10 @@ class Package:
 PACKAGES = {
     # test_cli.py checks that the trainer's README has a row for every training option.
     "contract": Package(
-        "contract", "zthumb_contract", CONTRACT_TESTS, read_files=("crds", "manifests", "images/trainer/README.md")
+        "contract",
+        "zthumb_contract",
+        CONTRACT_TESTS,
+        read_files=("crds", "manifests", "images/trainer/README.md"),
     ),
     "operator": Package("operator", "zthumb_operator", OPERATOR_TESTS),
     # The server's error and adapter modules only: the rest of the server is the models' and
@@ -88,112 +89,8 @@ PACKAGES = {
     ),
 }
 
-# mutmut's exit code per mutant (mutmut/stats.py status_by_exit_code), reduced to three
-# outcomes: a timeout is a kill (the mutant changed behaviour: it did not finish).
-KILLED = frozenset({"killed", "timeout", "caught by type check"})
-NOT_RUN = frozenset({"not checked", "skipped", "check was interrupted by user"})
-
-
-@dataclass
-class Score:
-    killed: int = 0
-    total: int = 0  # mutants that ran
-    not_run: int = 0
-    survivors: list[str] = field(default_factory=list)
-
-    @property
-    def percent(self) -> float:
-        return 100.0 * self.killed / self.total if self.total else 0.0
-
-
-def package_of(mutant: str) -> str:
-    """``zthumb_contract.gate.x_evaluate__mutmut_3`` -> ``zthumb_contract``."""
-    return mutant.split(".", 1)[0]
-
-
-def scores(status_by_mutant: dict[str, str], group: Callable[[str], str] = package_of) -> dict[str, Score]:
-    """The score per top-level package (or per ``group`` of a mutant's name); "no tests",
-    "suspicious" and "segfault" count as survivors."""
-    result: dict[str, Score] = {}
-    for mutant, status in sorted(status_by_mutant.items()):
-        score = result.setdefault(group(mutant), Score())
-        if status in NOT_RUN:
-            score.not_run += 1
-            continue
-        score.total += 1
-        if status in KILLED:
-            score.killed += 1
-        else:
-            score.survivors.append(mutant)
-    return result
-
-
-_HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+\d+(?:,\d+)? @@")
-
-
-def changed_lines(diff: str) -> tuple[list[str], list[str]]:
-    """The removed and the added lines of a unified diff, without their ``-``/``+``."""
-    removed: list[str] = []
-    added: list[str] = []
-    in_hunk = False
-    for line in diff.splitlines():
-        if _HUNK.match(line):
-            in_hunk = True
-        elif in_hunk and line.startswith("-"):
-            removed.append(line[1:])
-        elif in_hunk and line.startswith("+"):
-            added.append(line[1:])
-    return removed, added
-
-
-def function_span(source: str, qualname: str) -> tuple[int, int] | None:
-    """The first and last line of function ``qualname`` (``f`` or ``Class.f``), or None."""
-    nodes: list[ast.AST] = [ast.parse(source)]
-    found: ast.AST | None = None
-    for part in qualname.split("."):
-        found = next(
-            (
-                child
-                for node in nodes
-                for child in ast.iter_child_nodes(node)
-                if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
-                and child.name == part
-            ),
-            None,
-        )
-        if found is None:
-            return None
-        nodes = [found]
-    assert isinstance(found, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
-    return found.lineno, found.end_lineno or found.lineno
-
-
-def mutated_line(source: str, qualname: str, removed: list[str]) -> int | None:
-    """The line of the source that the mutant's first removed line is, searched in its function."""
-    span = function_span(source, qualname)
-    if span is None or not removed:
-        return span[0] if span else None
-    lines = source.splitlines()
-    wanted = removed[0].strip()
-    for number in range(span[0], span[1] + 1):
-        if lines[number - 1].strip() == wanted:
-            return number
-    return span[0]
-
-
-def qualname_of(mutant: str) -> str:
-    """``pkg.mod.xǁClassǁmethod__mutmut_2`` -> ``Class.method``; ``pkg.mod.x_f__mutmut_1`` -> ``f``."""
-    mangled = mutant.rpartition(".")[2].partition("__mutmut_")[0]
-    if "ǁ" in mangled:
-        _, cls, method = mangled.split("ǁ")
-        return f"{cls}.{method}"
-    return mangled.removeprefix("x_")
-
-
-def module_path(mutant: str) -> Path:
-    """``zthumb_contract.gate.x_f__mutmut_1`` -> ``zthumb_contract/gate.py`` (or ``.../__init__.py``)."""
-    module = mutant.rpartition(".")[0]
-    return Path(*module.split(".")).with_suffix(".py")
+# Each package's folder below the repository root (where a survivor's line is looked up).
+ROOTS = {package.name: package.import_root for package in PACKAGES.values()}
 
 
 def write_pyproject(stage: Path, packages: list[Package]) -> None:
@@ -251,9 +148,14 @@ def stage_run(stage: Path, packages: list[Package], fresh: bool) -> None:
 
 
 def run_mutmut(
-    stage: Path, packages: list[Package], max_children: int, time_limit: float
+    stage: Path,
+    packages: list[Package],
+    max_children: int,
+    time_limit: float,
+    mutants: list[str] | None = None,
 ) -> tuple[int, float]:
-    """Runs ``mutmut run`` in the staging folder, killed after ``time_limit`` seconds (what ran is kept)."""
+    """Runs ``mutmut run`` in the staging folder (all its mutants, or ``mutants``), killed after
+    ``time_limit`` seconds (what ran is kept)."""
     mutated = {p.import_root for p in packages}
     env = dict(
         os.environ,
@@ -264,7 +166,7 @@ def run_mutmut(
     started = time.monotonic()
     with (stage / "mutmut.log").open("w") as log:
         process = subprocess.Popen(
-            [str(mutmut), "run", "--max-children", str(max_children)],
+            [str(mutmut), "run", "--max-children", str(max_children), *(mutants or [])],
             cwd=stage,
             env=env,
             stdout=log,
@@ -305,47 +207,6 @@ def collect(stage: Path) -> tuple[dict[str, str], dict[str, str]]:
     return status, diffs
 
 
-def combine(runs: list[dict[str, dict[str, str]]]) -> tuple[dict[str, str], dict[str, str]]:
-    """Several runs' results as one: a mutant any run killed is killed (runs only add tests, so a
-    kill stays a kill); otherwise the status of a run that ran it, else "not checked"."""
-    status: dict[str, str] = {}
-    diffs: dict[str, str] = {}
-    for run in runs:
-        for mutant, outcome in run["status"].items():
-            known = status.get(mutant)
-            if known is None or known in NOT_RUN or (outcome in KILLED and known not in KILLED):
-                status[mutant] = outcome
-        diffs.update(run["diffs"])
-    return status, {m: d for m, d in diffs.items() if status.get(m) not in KILLED}
-
-
-def report(status: dict[str, str], diffs: dict[str, str]) -> str:
-    by_package = scores(status)
-    roots = {p.name: p.import_root for p in PACKAGES.values()}
-    lines = ["| package | killed / ran | score | not run |", "| --- | --- | --- | --- |"]
-    for name, score in by_package.items():
-        ran = f"{score.killed} / {score.total}"
-        lines.append(f"| `{name}` | {ran} | {score.percent:.1f} % | {score.not_run} |")
-    lines += ["", "| module | killed / ran | score | not run |", "| --- | --- | --- | --- |"]
-    for module, score in scores(status, lambda mutant: str(module_path(mutant))).items():
-        ran = f"{score.killed} / {score.total}"
-        lines.append(f"| `{module}` | {ran} | {score.percent:.1f} % | {score.not_run} |")
-    counts = Counter(status.values())
-    lines += ["", "Statuses: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), ""]
-    lines += ["| mutant | where | status | removed | added |", "| --- | --- | --- | --- | --- |"]
-    for name, score in by_package.items():
-        for mutant in score.survivors:
-            relative = module_path(mutant)
-            source = (ROOT / roots[name] / relative).read_text()
-            removed, added = changed_lines(diffs.get(mutant, ""))
-            line = mutated_line(source, qualname_of(mutant), removed)
-            where = f"{roots[name]}/{relative}:{line}"
-            cells = [" / ".join(f"`{x.strip()}`" for x in side) or "-" for side in (removed, added)]
-            short = mutant.rpartition(".")[2]
-            lines.append(f"| `{short}` | {where} | {status[mutant]} | {cells[0]} | {cells[1]} |")
-    return "\n".join(lines) + "\n"
-
-
 def narrowed(names: list[str], only: list[str], tests: list[str]) -> list[Package]:
     """The packages of ``names``, or of the files in ``only`` (repository paths) mutating those
     files alone; ``tests`` replaces their test selection."""
@@ -364,6 +225,15 @@ def narrowed(names: list[str], only: list[str], tests: list[str]) -> list[Packag
     if tests:
         packages = [replace(p, tests=tuple(tests)) for p in packages]
     return packages
+
+
+def combined_report(stages: list[Path]) -> str:
+    """The report of several runs as one (a kill in any is a kill), with their random samples."""
+    runs = [json.loads((stage / "results.json").read_text()) for stage in stages]
+    status, diffs = combine(runs)
+    drawn = sorted({mutant for run in runs for mutant in run.get("sample", [])})
+    text = f"Combined: {', '.join(str(s) for s in stages)}\n\n" + report(status, diffs, ROOT, ROOTS)
+    return text + (f"\nThe random sample of mutants:\n\n{sample_report(status, drawn)}" if drawn else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -386,6 +256,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="keep the staging folder's earlier results")
     parser.add_argument("--report-only", action="store_true", help="only read the staging folder's results")
     parser.add_argument(
+        "--sample",
+        type=int,
+        metavar="N",
+        help="in the staging folder of an earlier run that stopped at its time limit, run N of the "
+        "mutants it left, drawn at random: an estimate of the package's score with its interval",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="which sample --sample draws (default 0)")
+    parser.add_argument(
+        "--stage", type=Path, help="the staging folder to use (default: named after the packages and options)"
+    )
+    parser.add_argument(
         "--combine",
         nargs="+",
         type=Path,
@@ -394,9 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.combine:
-        runs = [json.loads((stage / "results.json").read_text()) for stage in args.combine]
-        status, diffs = combine(runs)
-        print(f"Combined: {', '.join(str(s) for s in args.combine)}\n\n" + report(status, diffs))
+        print(combined_report(args.combine))
         return 0
     names: list[str] = [] if args.only else (args.package or ["contract", "operator"])
     try:
@@ -406,9 +285,20 @@ def main(argv: list[str] | None = None) -> int:
     label = "-".join(names)
     if args.only or args.tests:
         label += "-" + hashlib.sha256(json.dumps([args.only, args.tests]).encode()).hexdigest()[:8]
-    stage = ROOT / ".mutation" / label
+    stage = args.stage or ROOT / ".mutation" / label
     elapsed = 0.0
-    if not args.report_only:
+    sample: list[str] = []
+    if args.sample is not None:
+        if args.sample < 1 or not (stage / "results.json").exists():
+            parser.error("--sample needs a positive N and the staging folder of an earlier run (--stage)")
+        sample = draw_sample(
+            json.loads((stage / "results.json").read_text())["status"], args.sample, args.seed
+        )
+        code, elapsed = run_mutmut(stage, packages, args.max_children, args.time_limit, sample)
+        if code not in (0, -1):
+            print((stage / "mutmut.log").read_text()[-4000:], file=sys.stderr)
+            return 1
+    elif not args.report_only:
         if args.max_children < 1 or args.time_limit <= 0:
             parser.error("--max-children and --time-limit must be positive")
         stage_run(stage, packages, fresh=not args.resume)
@@ -420,10 +310,15 @@ def main(argv: list[str] | None = None) -> int:
         if code == -1:
             limit = f"{args.time_limit:.0f} s"
             print(f"stopped after --time-limit {limit}: the rest is 'not run'", file=sys.stderr)
+    if args.report_only and (stage / "results.json").exists():
+        sample = json.loads((stage / "results.json").read_text()).get("sample", [])
     status, diffs = collect(stage)
-    (stage / "results.json").write_text(json.dumps({"status": status, "diffs": diffs}, indent=1))
+    results = {"status": status, "diffs": diffs, "sample": sample}
+    (stage / "results.json").write_text(json.dumps(results, indent=1))
     took = "results read again" if args.report_only else f"mutmut run took {elapsed:.0f} s"
-    text = f"Packages: {', '.join(names)}; {took}.\n\n" + report(status, diffs)
+    text = f"Packages: {', '.join(names)}; {took}.\n\n" + report(status, diffs, ROOT, ROOTS)
+    if sample:
+        text += f"\nThe random sample of {len(sample)} mutants:\n\n" + sample_report(status, sample)
     (stage / "report.md").write_text(text)
     print(text)
     print(f"written to {stage / 'report.md'} and results.json (for --combine)")
