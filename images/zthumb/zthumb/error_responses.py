@@ -80,9 +80,13 @@ def respond(
 REQUEST_PARTS = ("body", "query", "path", "header", "cookie")
 
 
-def _field_from_loc(loc: tuple[Any, ...] | list[Any]) -> str | None:
-    """``("body", "loras", 1, "path")`` -> ``loras[1].path``: the request part is dropped, and
-    only as the first item (a body field may be called ``path``)."""
+def _field_of(error: Mapping[str, Any]) -> str | None:
+    """The request field of a validation error: ``("body", "loras", 1, "path")`` ->
+    ``loras[1].path``. The request part is dropped, and only as the first item (a body field may be
+    called ``path``); a body that is not JSON has no field (its location is a character offset)."""
+    if error.get("type") == "json_invalid":
+        return None
+    loc = error.get("loc", ())
     parts = list(loc[1:] if loc and loc[0] in REQUEST_PARTS else loc)
     field = ""
     for part in parts:
@@ -116,7 +120,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         errors = exc.errors()
         first = errors[0] if errors else {}
-        field = _field_from_loc(first.get("loc", ()))
+        field = _field_of(first)
         if first.get("type") == "extra_forbidden":
             message = f"unknown field {field!r}"
         elif first.get("type") in ("json_invalid", "model_attributes_type") or field is None:
@@ -125,8 +129,7 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"{field}: {first.get('msg', 'invalid value')}"
         body = error_body("invalid_request", message, field)
         body["details"] = [
-            {"field": _field_from_loc(e.get("loc", ())), "message": e.get("msg"), "type": e.get("type")}
-            for e in errors
+            {"field": _field_of(e), "message": e.get("msg"), "type": e.get("type")} for e in errors
         ]
         return respond(request, 422, body)
 

@@ -12,7 +12,7 @@ import pytest
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from zthumb.error_responses import (
-    _field_from_loc,
+    _field_of,
     error_body,
     http_error_response,
     openai_error_type,
@@ -69,7 +69,13 @@ def test_openai_error_type_per_status(status: int, kind: str) -> None:
     ],
 )
 def test_a_validation_errors_location_is_the_request_field(loc, field) -> None:
-    assert _field_from_loc(loc) == field
+    assert _field_of({"loc": loc, "type": "string_type"}) == field
+
+
+def test_a_body_that_is_not_json_has_no_field() -> None:
+    # pydantic puts the offset of the bad character where a field would be.
+    assert _field_of({"loc": ("body", 1), "type": "json_invalid"}) is None
+    assert _field_of({"type": "missing"}) is None
 
 
 def test_an_error_carries_its_class_code_unless_given_one() -> None:

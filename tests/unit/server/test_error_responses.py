@@ -119,3 +119,27 @@ def test_an_invalid_adapter_path_names_its_field_in_the_list(client, path, field
     answer = client.post(path, json={"prompt": "x", "loras": [{"path": "a.safetensors"}, {"path": ""}]})
     assert answer.status_code == 422
     assert field_of(answer.json()) == "loras[1].path"
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        ({"prompt": "x", "colour": "red"}, "colour", "unknown field 'colour'"),
+        ({"prompt": 5}, "prompt", "prompt: Input should be a valid string"),
+        ({"seed": 1}, "prompt", "prompt: Field required"),
+        (b"{not json", None, "request body is not a valid JSON object: JSON decode error"),
+        ([1, 2], None, "request body is not a valid JSON object: Input should be a valid dictionary"),
+    ],
+    ids=["unknown-field", "wrong-type", "missing", "not-json", "not-an-object"],
+)
+def test_a_validation_error_says_what_is_wrong_with_which_field(client, body, field, message):
+    if isinstance(body, bytes):
+        answer = client.post("/generate", content=body, headers={"content-type": "application/json"})
+    else:
+        answer = client.post("/generate", json=body)
+    assert answer.status_code == 422
+    error = answer.json()
+    assert (error["error"], error["field"]) == ("invalid_request", field)
+    assert error["message"].startswith(message), error["message"]
+    first = error["details"][0]
+    assert first["field"] == field and first["type"] and first["message"]
