@@ -230,36 +230,41 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
         stop_signal.restore()
         bar.close()
 
-    accelerator.wait_for_everyone()
-    clock.finish()
-    train_seconds = time.monotonic() - loss_log.started - validation.seconds
-    validate(config.max_train_steps)  # unless a resumed run has it on disk
-    measure_holdout(config.max_train_steps)
-    tensorboard.close()
-    if loss_value is None and resume is not None:
-        loss_value = resume.state.get("loss")
-    summary = _summary(
-        session, dataset, resumed_from=first_step, loss_log=loss_log, loss_value=loss_value,
-        seconds=time.monotonic() - started, train_seconds=train_seconds,
-    )  # fmt: skip
-    summary["training"] = training_block(clock, device, session.setup_peak_bytes, loss_value)
-    summary["validation"] = validation.summary()
-    summary["holdout"] = holdout.summary()
-    if mlflow_run is not None:
-        summary["tracking"] = mlflow_run.summary()
-    if is_main:
-        if config.export_dir is not None:
-            from zthumb_trainer.export.adapter import AdapterInfo, export_adapter
+    try:  # the last validation, the export, the summary: a failure there fails the MLflow run too
+        accelerator.wait_for_everyone()
+        clock.finish()
+        train_seconds = time.monotonic() - loss_log.started - validation.seconds
+        validate(config.max_train_steps)  # unless a resumed run has it on disk
+        measure_holdout(config.max_train_steps)
+        tensorboard.close()
+        if loss_value is None and resume is not None:
+            loss_value = resume.state.get("loss")
+        summary = _summary(
+            session, dataset, resumed_from=first_step, loss_log=loss_log, loss_value=loss_value,
+            seconds=time.monotonic() - started, train_seconds=train_seconds,
+        )  # fmt: skip
+        summary["training"] = training_block(clock, device, session.setup_peak_bytes, loss_value)
+        summary["validation"] = validation.summary()
+        summary["holdout"] = holdout.summary()
+        if mlflow_run is not None:
+            summary["tracking"] = mlflow_run.summary()
+        if is_main:
+            if config.export_dir is not None:
+                from zthumb_trainer.export.adapter import AdapterInfo, export_adapter
 
-            with ema_applied(session.ema):  # the EMA, when on, is what gets served
-                exported = adapter_state(unwrapped)
-            info = AdapterInfo.of_run(config, dataset.dataset_hash)
-            export_adapter(config.export_dir, exported, lora_configs(unwrapped), info)
-            summary["adapter_dir"] = str(config.export_dir)
-        (config.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        write_termination_message(summary)
-    if mlflow_run is not None:
-        log_run_artifacts(mlflow_run, config.export_dir, config.run_dir / "summary.json")
+                with ema_applied(session.ema):  # the EMA, when on, is what gets served
+                    exported = adapter_state(unwrapped)
+                info = AdapterInfo.of_run(config, dataset.dataset_hash)
+                export_adapter(config.export_dir, exported, lora_configs(unwrapped), info)
+                summary["adapter_dir"] = str(config.export_dir)
+            (config.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            write_termination_message(summary)
+        if mlflow_run is not None:
+            log_run_artifacts(mlflow_run, config.export_dir, config.run_dir / "summary.json")
+    except BaseException:
+        if mlflow_run is not None:
+            mlflow_run.finish("FAILED", timeout=INTERRUPTED_FINISH_SECONDS)
+        raise
     if reporter and loss_value is not None:
         reporter.report(config.max_train_steps, config.max_train_steps, loss_value, 0, force=True)
     return summary

@@ -109,6 +109,21 @@ def test_a_stopped_and_resumed_run_continues_the_same_mlflow_run(mlflow_server, 
         assert _steps(client, run.info.run_id, tag) == [1, 2, 3, 4, 5, 6], tag
 
 
+def test_a_failure_after_the_last_step_fails_the_mlflow_run(mlflow_server, run_dir, tiny_model, monkeypatch):
+    """The export (or the last validation, or the summary) failing after the loop: the MLflow run
+    says FAILED, not RUNNING forever."""
+    from zthumb_trainer.export import adapter
+
+    def full_disk(*args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(adapter, "export_adapter", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        run_training(tiny_config(run_dir, tiny_model, tracking=_tracking(mlflow_server, "export-failed")))
+    _, run = _the_run(mlflow_server, "export-failed")
+    assert run.info.status == "FAILED"
+
+
 class _FakeStatusApi:
     def __init__(self) -> None:
         self.progress: list[dict[str, Any]] = []
