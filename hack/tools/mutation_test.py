@@ -81,6 +81,7 @@ PACKAGES = {
         (
             "tests/unit/server/test_error_rendering.py",
             "tests/unit/server/test_error_responses.py",
+            "tests/unit/server/test_server_backends.py",
             "tests/unit/server/test_server_failures.py",
             "tests/unit/server/test_server_loras.py",
             "tests/unit/server/test_server_units.py",

@@ -1,4 +1,5 @@
-"""Pure builders: Jobs from the shared step definitions, Deployment patches, conditions."""
+"""Pure builders: Jobs from the shared step definitions (the Deployment's patches: test_deployments.py;
+conditions: test_conditions.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from zthumb_contract.spec import LoRAFinetuneSpec
 from zthumb_contract.spec_base import SecretKeyRef
 from zthumb_contract.stages import build_steps
 from zthumb_operator import builders as b
-from zthumb_operator import conditions, deployments
 
 SETTINGS = b.JobSettings(image="registry.example/trainer:1")
 
@@ -247,136 +247,3 @@ def test_eval_job_calls_the_service_url() -> None:
     template = "http://{deployment}.{namespace}.svc.cluster.local:8080"
     args = eval_job_args(Harness({"deploy": {"deployment": "zthumb"}}, eval_server_url_template=template))
     assert args[args.index("--server-url") + 1] == "http://zthumb.ml.svc.cluster.local:8080"
-
-
-# --------------------------------------------------------------------------- Deployment
-
-
-DEPLOYMENT: dict[str, Any] = {
-    "metadata": {"name": "zthumb", "generation": 3, "resourceVersion": "10", "annotations": {}},
-    "spec": {
-        "replicas": 2,
-        "template": {
-            "spec": {
-                "containers": [
-                    {
-                        "name": "zthumb",
-                        "env": [
-                            {"name": "ZTHUMB_BACKEND", "value": "full"},
-                            {"name": "Z_LORA_PATH", "value": "/data/models/lora/old"},
-                        ],
-                    },
-                    {"name": "sidecar", "env": [{"name": "Z_LORA_PATH", "value": "nope"}]},
-                ]
-            }
-        },
-    },
-}
-
-
-def test_env_values_of_the_target_container_only() -> None:
-    assert deployments.lora_env_values(DEPLOYMENT, "zthumb") == {"Z_LORA_PATH": "/data/models/lora/old"}
-    assert deployments.container_env(DEPLOYMENT, "missing") is None
-
-
-def test_deployment_patch_sets_and_deletes_env_by_name() -> None:
-    patch = deployments.deployment_env_patch(
-        "zthumb", {"Z_LORA_PATH": "/data/models/lora/z", "Z_LORA_SCALE": None}
-    )
-    assert patch == {
-        "spec": {
-            "template": {
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "zthumb",
-                            "env": [
-                                {"name": "Z_LORA_PATH", "value": "/data/models/lora/z"},
-                                {"name": "Z_LORA_SCALE", "$patch": "delete"},
-                            ],
-                        }
-                    ]
-                }
-            }
-        }
-    }
-
-
-def test_lock_patch_is_conditional() -> None:
-    patch = deployments.deployment_env_patch("zthumb", {}, lock_owner="run-a", resource_version="10")
-    assert patch == {
-        "metadata": {"annotations": {deployments.ROLLOUT_OWNER_ANNOTATION: "run-a"}, "resourceVersion": "10"}
-    }
-    release = deployments.deployment_env_patch("zthumb", {}, lock_owner=None)
-    assert release == {"metadata": {"annotations": {deployments.ROLLOUT_OWNER_ANNOTATION: None}}}
-
-
-def rollout(**status: Any) -> dict[str, Any]:
-    return {"spec": {"replicas": 2}, "status": status}
-
-
-def test_rollout_progress_like_kubectl_rollout_status() -> None:
-    assert not deployments.rollout_progress(rollout(observedGeneration=3), 4).done
-    assert not deployments.rollout_progress(
-        rollout(observedGeneration=4, updatedReplicas=1, replicas=2), 4
-    ).done
-    assert not deployments.rollout_progress(
-        rollout(observedGeneration=4, updatedReplicas=2, replicas=3, availableReplicas=2), 4
-    ).done
-    assert not deployments.rollout_progress(
-        rollout(observedGeneration=4, updatedReplicas=2, replicas=2, availableReplicas=1), 4
-    ).done
-    assert deployments.rollout_progress(
-        rollout(observedGeneration=4, updatedReplicas=2, replicas=2, availableReplicas=2), 4
-    ).done
-    stuck = rollout(
-        observedGeneration=4,
-        conditions=[
-            {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "x"}
-        ],
-    )
-    assert deployments.rollout_progress(stuck, 4).failed
-
-
-# --------------------------------------------------------------------------- conditions
-
-
-def test_set_condition_keeps_transition_time_when_status_is_unchanged() -> None:
-    conds = conditions.set_condition([], "Ready", "False", "Running", "m1", generation=1, now="T1")
-    conds = conditions.set_condition(conds, "Ready", "False", "Other", "m2", generation=1, now="T2")
-    assert conds == [
-        {
-            "type": "Ready",
-            "status": "False",
-            "reason": "Other",
-            "message": "m2",
-            "lastTransitionTime": "T1",
-            "observedGeneration": 1,
-        }
-    ]
-    conds = conditions.set_condition(conds, "Ready", "True", "Succeeded", "m3", generation=2, now="T3")
-    assert conds[0]["lastTransitionTime"] == "T3"
-    assert conds[0]["observedGeneration"] == 2
-
-
-def test_transition_sets_ready_times_and_generation() -> None:
-    first = conditions.transition(
-        {}, phase="Downloading", reason="Running", message="m", generation=1, now="T1"
-    )
-    assert first["startTime"] == "T1"
-    assert "completionTime" not in first
-    assert conditions.get_condition(first["conditions"], "Ready")["status"] == "False"
-    done = conditions.transition(
-        first,
-        phase="Succeeded",
-        reason="Succeeded",
-        message="ok",
-        generation=1,
-        now="T2",
-        step_conditions={"Evaluated": ("True", "Completed", "ok")},
-    )
-    assert done["completionTime"] == "T2"
-    assert "startTime" not in done
-    assert conditions.condition_true(done["conditions"], "Ready")
-    assert conditions.condition_true(done["conditions"], "Evaluated")
-    assert done["observedGeneration"] == 1
