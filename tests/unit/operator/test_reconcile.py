@@ -239,7 +239,14 @@ def test_rollouts_of_one_deployment_are_serialized() -> None:
     h.reconcile()
     st = h.status()
     assert (st["phase"], st["reason"]) == ("Deploying", "WaitingForRollout")
-    assert "other" in st["message"]
+    assert st["message"] == (
+        "waiting for run other to finish its rollout of deployment zthumb "
+        "(one rollout per Deployment at a time)"
+    )
+    deployed = conditions.get_condition(st["conditions"], "Deployed")
+    assert (deployed["status"], deployed["reason"], deployed["message"]) == (
+        "False", "WaitingForRollout", "run other is rolling out zthumb",
+    )  # fmt: skip
     # the owner finishes: its lock is stale and is taken over
     h.controller.runs[("ml", "other")]["status"] = {"phase": "Succeeded"}
     h.reconcile()
