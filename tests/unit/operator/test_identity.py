@@ -39,6 +39,8 @@ def test_the_three_objects_grant_patch_on_this_runs_status_only(run: dict[str, A
         assert obj["metadata"]["ownerReferences"] == [b.owner_reference(run)]  # deleted with the run
         assert obj["metadata"]["labels"][b.LABEL_RUN] == "z-style"
     assert account["kind"] == "ServiceAccount" and account["automountServiceAccountToken"] is False
+    assert account["apiVersion"] == "v1"
+    assert role["apiVersion"] == binding["apiVersion"] == "rbac.authorization.k8s.io/v1"
     assert role["kind"] == "Role"
     assert role["rules"] == [
         {
@@ -135,9 +137,29 @@ def test_an_identity_of_an_earlier_run_of_the_same_name_is_waited_for() -> None:
     earlier = identity.build_role(make_run())
     earlier["metadata"]["ownerReferences"][0]["uid"] = "uid-of-the-deleted-run"
     h.api.namespaced[("Role", "ml", "z-style-trainer")] = earlier
-    with pytest.raises(kopf.TemporaryError, match="earlier LoRAFinetune"):
+    with pytest.raises(kopf.TemporaryError) as waiting:
         to_train_job(h)
+    assert str(waiting.value) == (
+        "Role z-style-trainer belongs to an earlier LoRAFinetune of the same name and is still being "
+        "deleted; waiting for the garbage collector"
+    )
+    assert waiting.value.delay == 5
     assert "z-style-train" not in h.api.creates
+
+
+def test_an_identity_object_deleted_between_create_and_read_is_tried_again_soon() -> None:
+    h = Harness()
+    conflicting = identity.build_service_account(make_run())
+    h.api.namespaced[("ServiceAccount", "ml", "z-style-trainer")] = conflicting
+
+    async def gone(kind: str, namespace: str, name: str) -> None:
+        return None  # the create saw it; by the read, the garbage collector had removed it
+
+    h.api.get_namespaced = gone  # type: ignore[method-assign]
+    with pytest.raises(kopf.TemporaryError) as retry:
+        to_train_job(h)
+    assert str(retry.value) == "ServiceAccount z-style-trainer vanished while being adopted"
+    assert retry.value.delay == 1
 
 
 def test_someone_elses_object_under_the_identity_name_is_never_adopted() -> None:
@@ -148,5 +170,8 @@ def test_someone_elses_object_under_the_identity_name_is_never_adopted() -> None
     to_train_job(h)
     status = h.status()
     assert status["phase"] == "Failed" and status["reason"] == "InvalidSpec"
-    assert "RoleBinding z-style-trainer already exists and does not belong to this run" in status["message"]
+    assert status["message"].endswith(
+        "RoleBinding z-style-trainer already exists and does not belong to this run; the train pod's "
+        "identity cannot be created (delete that object, or rename the LoRAFinetune)"
+    )
     assert "z-style-train" not in h.api.creates
