@@ -85,8 +85,11 @@ def test_the_last_entry_of_the_name_wins_whatever_its_case() -> None:
             },
             "as optional",
         ),
+        # A reference missing its Secret's name or its key names no Secret the eval pod could use.
+        ({"name": "ZTHUMB_API_KEY", "valueFrom": {"secretKeyRef": {"key": "k"}}}, "from secretKeyRef, not"),
+        ({"name": "ZTHUMB_API_KEY", "valueFrom": {"secretKeyRef": {"name": "s"}}}, "from secretKeyRef, not"),
     ],
-    ids=["literal", "configmap", "optional"],
+    ids=["literal", "configmap", "optional", "ref-without-name", "ref-without-key"],
 )
 def test_a_key_that_is_not_a_plain_secret_reference_is_refused(entry: dict[str, Any], says: str) -> None:
     with pytest.raises(serverkey.ServerKeyError) as error:
@@ -98,9 +101,17 @@ def test_a_key_that_is_not_a_plain_secret_reference_is_refused(entry: dict[str, 
 
 
 def test_a_missing_container_is_named() -> None:
-    with pytest.raises(serverkey.ServerKeyError, match="no container 'zthumb'") as error:
-        serverkey.server_key_ref(server([CHART_KEY_ENV], container="other"), "zthumb")
+    deployment = server([CHART_KEY_ENV], container="other")
+    deployment["metadata"]["name"] = "zthumb-api"
+    with pytest.raises(serverkey.ServerKeyError) as error:
+        serverkey.server_key_ref(deployment, "zthumb")
     assert error.value.reason == serverkey.CONTAINER_NOT_FOUND
+    assert error.value.message == "deployment zthumb-api has no container 'zthumb'"
+
+
+def test_an_env_entry_without_a_name_is_not_the_key() -> None:
+    assert serverkey.server_key_ref(server([{"value": "x"}, CHART_KEY_ENV]), "zthumb") is not None
+    assert serverkey.server_key_ref(server([{"value": "x"}]), "zthumb") is None
 
 
 def test_the_eval_job_gets_the_same_secret_reference(run: dict[str, Any]) -> None:
