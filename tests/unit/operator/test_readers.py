@@ -174,3 +174,25 @@ def test_a_long_termination_message_keeps_its_last_lines_whole() -> None:
     tail = text.split(": ", 2)[-1]
     assert tail.startswith("line ") and tail.endswith("line 0099 of a long torchrun traceback")
     assert len(tail) <= 1000
+
+
+def test_termination_messages_come_oldest_pod_first_and_a_pod_without_a_time_first() -> None:
+    def pod(created: str | None, message: str) -> dict[str, Any]:
+        meta = {"creationTimestamp": created} if created else {}
+        term = {"state": {"terminated": {"exitCode": 1, "message": f" {message} \n"}}}
+        return {"metadata": meta, "status": {"containerStatuses": [term]}}
+
+    pods = [
+        pod("2026-01-01T00:00:09Z", "newest"),
+        pod(None, "unknown"),
+        pod("2026-01-01T00:00:01Z", "oldest"),
+    ]
+    assert readers.terminated_messages(pods) == ["unknown", "oldest", "newest"]
+    assert readers.terminated_messages([{"metadata": None, "status": None}]) == []
+
+
+def test_a_steps_duration_needs_its_start_and_completion() -> None:
+    done = {"status": {"startTime": "2026-01-01T00:00:00Z", "completionTime": "2026-01-01T00:01:30Z"}}
+    assert readers.step_duration_seconds(done) == 90.0
+    assert readers.step_duration_seconds({"status": {"startTime": "2026-01-01T00:00:00Z"}}) is None
+    assert readers.step_duration_seconds({"status": None}) is None

@@ -7,10 +7,12 @@ import asyncio
 import copy
 from typing import Any
 
+import pytest
 from reconcile_harness import KEY, Harness
 from zthumb_contract.spec import LoRAFinetuneSpec
 from zthumb_contract.stages import STAGE, build_steps
 from zthumb_operator import conditions
+from zthumb_operator.jobstages import JobStages
 from zthumb_operator.status import Failed, Outcome, Pass
 
 FAILED_JOB = {
@@ -87,3 +89,22 @@ def test_the_controller_writes_a_failed_outcome_in_the_passs_one_status_patch() 
     assert (trained["status"], trained["reason"]) == ("False", "TrainFailed")
     assert (ready["status"], ready["reason"], ready["message"]) == ("False", "TrainFailed", patch["message"])
     assert [(t, r) for t, r, _ in h.api.events][-1] == ("Warning", "TrainFailed")
+
+
+@pytest.mark.parametrize(
+    ("progress", "percent"),
+    [
+        ({"step": 0, "totalSteps": 1000}, 0),
+        ({"step": 999, "totalSteps": 1000}, 99),  # rounded down: 100 only when done
+        ({"step": 1000, "totalSteps": 1000}, 100),
+        ({"step": 1200, "totalSteps": 1000}, 100),
+        ({"step": 5, "totalSteps": 0}, None),
+        ({"step": "5", "totalSteps": 10}, None),
+        ({}, None),
+    ],
+)
+def test_the_progress_percent_of_the_train_pods_report(progress: dict, percent: int | None) -> None:
+    p = Pass(run={"metadata": {"name": "r"}, "status": {"progress": progress}}, now=0.0)
+    JobStages.progress_percent(p)
+    assert p.status.get("progress", {}).get("percent") == percent
+    assert p.patch == ({"progress": {"percent": percent}} if percent is not None else {})
