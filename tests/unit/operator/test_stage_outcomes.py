@@ -13,7 +13,7 @@ from zthumb_contract.spec import LoRAFinetuneSpec
 from zthumb_contract.stages import STAGE, build_steps
 from zthumb_operator import conditions
 from zthumb_operator.jobstages import JobStages
-from zthumb_operator.status import Failed, Outcome, Pass
+from zthumb_operator.status import Done, Failed, Outcome, Pass
 
 FAILED_JOB = {
     "conditions": [
@@ -108,3 +108,47 @@ def test_the_progress_percent_of_the_train_pods_report(progress: dict, percent: 
     JobStages.progress_percent(p)
     assert p.status.get("progress", {}).get("percent") == percent
     assert p.patch == ({"progress": {"percent": percent}} if percent is not None else {})
+
+
+def test_a_finished_train_job_completes_the_progress_and_names_the_adapter() -> None:
+    h = Harness()
+    to_training(h)
+    h.complete("train")  # 5 s from start to completion
+    outcome, p = drive(h, "train")
+    assert outcome == Done(
+        "Completed",
+        "Job z-style-train completed; adapter exported to /data/models/lora/z-style",
+        "TrainCompleted",
+        duration_seconds=5.0,
+    )
+    # The pod's last report (step 0 here) is replaced: a finished run has no estimate left.
+    assert p.status["progress"] == {
+        "step": 1000,
+        "totalSteps": 1000,
+        "percent": 100,
+        "estimatedRemainingSeconds": 0,
+    }
+    assert p.status["adapterPath"] == "/data/models/lora/z-style"
+
+
+def test_an_eval_pod_that_left_a_log_tail_gets_no_simulated_summary() -> None:
+    h = Harness()  # the harness simulates a summary for eval pods that left no message at all
+    to_training(h)
+    h.complete("train")
+    h.reconcile()
+    h.rollout_done()
+    h.reconcile()
+    h.complete("eval")
+    h.api.pods["z-style-eval"] = [
+        {
+            "metadata": {"name": "z-style-eval-x", "creationTimestamp": "2026-01-01T00:00:04Z"},
+            "status": {
+                "containerStatuses": [{"state": {"terminated": {"exitCode": 0, "message": "a log line"}}}]
+            },
+        }
+    ]
+    outcome, p = drive(h, "eval")
+    assert isinstance(outcome, Done) and outcome.message.endswith(
+        "; report /data/outputs/lora_eval/z-style/report.md"
+    )
+    assert "evalSummary" not in p.status
