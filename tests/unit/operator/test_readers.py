@@ -196,3 +196,13 @@ def test_a_steps_duration_needs_its_start_and_completion() -> None:
     assert readers.step_duration_seconds(done) == 90.0
     assert readers.step_duration_seconds({"status": {"startTime": "2026-01-01T00:00:00Z"}}) is None
     assert readers.step_duration_seconds({"status": None}) is None
+
+
+def test_an_unschedulable_pod_without_reason_or_message_gets_the_defaults() -> None:
+    bare = {"status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False"}]}}
+    state = readers.job_state({"spec": {}}, [bare])
+    assert (state.state, state.reason, state.message, state.since) == (
+        "unschedulable", "Unschedulable", "the pod cannot be scheduled", None,
+    )  # fmt: skip
+    running = {"status": {"phase": "Running", "conditions": [{"type": "PodScheduled", "status": "False"}]}}
+    assert readers.job_state({"spec": {}}, [running]).state == "running"

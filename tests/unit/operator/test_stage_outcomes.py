@@ -152,3 +152,9 @@ def test_an_eval_pod_that_left_a_log_tail_gets_no_simulated_summary() -> None:
         "; report /data/outputs/lora_eval/z-style/report.md"
     )
     assert "evalSummary" not in p.status
+
+
+def test_the_operators_job_deadline_reaches_every_job() -> None:
+    h = Harness(active_deadline_seconds=1234)
+    to_training(h)
+    assert {job["spec"]["activeDeadlineSeconds"] for job in h.api.jobs.values()} == {1234}
