@@ -296,11 +296,12 @@ def main(argv: list[str] | None = None) -> int:
     label = "-".join(names)
     if args.only or args.tests:
         label += "-" + hashlib.sha256(json.dumps([args.only, args.tests]).encode()).hexdigest()[:8]
-    stage = args.stage or ROOT / ".mutation" / label
+    # Absolute: collect() works from inside the staging folder.
+    stage = args.stage.resolve() if args.stage else ROOT / ".mutation" / label
     elapsed = 0.0
     sample: list[str] = []
     if args.sample is not None:
-        earlier = args.sample_from or stage
+        earlier = args.sample_from.resolve() if args.sample_from else stage
         if args.sample < 1 or not (earlier / "results.json").exists():
             parser.error("--sample needs a positive N and the staging folder of an earlier run")
         sample = draw_sample(
