@@ -162,3 +162,15 @@ def test_a_scale_missing_from_the_clip_numbers_is_skipped_not_the_end():
 def test_without_the_numbers_a_rule_needs_nothing_is_recommended(groups):
     choice = recommend_scale(groups, [0.0, 0.4])
     assert choice == type(choice)(None, "without CLIP: no scale reaches a mean pixel difference of 2")
+
+
+def test_a_scale_over_a_limit_does_not_end_the_search():
+    # 0.4 leaks too much; 0.8, further on, is within every limit and gains.
+    groups = {
+        IN_DISTRIBUTION: {
+            CLIP_T: {"0": 0.3, "0.4": 0.3, "0.8": 0.3},
+            CLIP_I: {"0": 0.5, "0.4": 0.6, "0.8": 0.6},
+        },
+        WITHOUT_TRIGGER: {LEAKAGE: {"0": 0.0, "0.4": 0.5, "0.8": 0.05}},
+    }
+    assert recommend_scale(groups, [0.0, 0.4, 0.8]).scale == 0.8
