@@ -91,8 +91,12 @@ def test_static_rendezvous_on_pod_zero_through_the_headless_service() -> None:
     spec = service["spec"]
     assert spec["clusterIP"] == "None" and spec["publishNotReadyAddresses"] is True
     assert spec["selector"] == {b.JOB_NAME_LABEL: "z-style-train"}
-    assert spec["ports"][0]["port"] == RENDEZVOUS_PORT
+    assert spec["ports"] == [
+        {"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT, "protocol": "TCP"}
+    ]
+    assert (service["apiVersion"], service["kind"]) == ("v1", "Service")
     assert service["metadata"]["namespace"] == "ml"
+    assert job["metadata"]["name"] == "z-style-train"
     # Garbage-collected with the run.
     assert service["metadata"]["ownerReferences"] == [b.owner_reference(make_run())]
     assert service["metadata"]["labels"][b.LABEL_STEP] == "train"

@@ -54,6 +54,10 @@ def test_happy_path_through_every_phase() -> None:
     assert st["evalSummary"] == {"requests": 8}
     assert st["reportPath"] == "/data/outputs/lora_eval/z-style/report.md"
     assert st["reportUrl"] == "/reports/z-style/"
+    assert st["message"] == (
+        "adapter /data/models/lora/z-style is served by deployment zthumb; "
+        "report /data/outputs/lora_eval/z-style/report.md"
+    )
     assert st["completionTime"]
     for ctype in ("Ready", "ModelFetched", "DatasetPrepared", "Trained", "Deployed", "Evaluated"):
         assert conditions.condition_true(st["conditions"], ctype), ctype
@@ -269,7 +273,7 @@ def test_deploy_disabled_ends_after_training() -> None:
     to_training(h)
     h.complete("train")
     h.reconcile()
-    assert h.status()["phase"] == "Succeeded"
+    assert (h.status()["phase"], h.status()["message"]) == ("Succeeded", "adapter exported (deploy disabled)")
     assert "z-style-eval" not in h.api.creates
 
 
