@@ -256,3 +256,26 @@ def test_runs_are_checked_again_after_a_restart_with_new_settings() -> None:
     restarted.controller.runs[("ml", "z-style")]["status"] = dict(h.status())
     restarted.reconcile()
     assert restarted.status()["reason"] == admission.REASON
+
+
+def test_each_refusal_says_what_is_allowed_and_where_that_is_set() -> None:
+    config = OperatorConfig(allowed_node_selector_keys=("zthumb.io/pool", "team"), allowed_toleration_keys=())
+    spec = LoRAFinetuneSpec.model_validate(
+        {
+            "resources": {
+                "nodeSelector": {"kubernetes.io/hostname": "n1"},
+                "tolerations": [{"operator": "Exists"}],
+            }
+        }
+    )
+    assert admission.spec_refusals(config, spec) == [
+        "spec.resources.nodeSelector: key 'kubernetes.io/hostname' is not allowed here (allowed keys: "
+        "zthumb.io/pool, team, ZTHUMB_OPERATOR_ALLOWED_NODE_SELECTOR_KEYS)",
+        "spec.resources.tolerations[0].key: '' (every taint) is not allowed here (allowed keys: none, "
+        "ZTHUMB_OPERATOR_ALLOWED_TOLERATION_KEYS)",
+    ]
+    assert admission.secret_refusal("spec.dataset.source.http.tokenSecretRef", "s", {}) == (
+        "spec.dataset.source.http.tokenSecretRef: Secret s is not labelled "
+        f"{admission.SECRET_ALLOW_LABEL}={admission.SECRET_ALLOW_VALUE}, so runs may not use it; an admin "
+        "labels the Secrets that any run in this namespace may send to a host of its choosing"
+    )
