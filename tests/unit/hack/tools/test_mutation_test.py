@@ -23,7 +23,7 @@ def test_the_staging_pyproject_has_the_tests_and_the_packages(mt, tmp_path: Path
     assert "src/zthumb_contract/*" in mutmut["only_mutate"]
     assert "tests/unit/contract" in mutmut["pytest_add_cli_args_test_selection"]
     # mutmut copies folders; a single file read by the tests travels in its top-level folder.
-    assert mutmut["also_copy"] == ["crds", "images", "manifests"]
+    assert mutmut["also_copy"] == ["charts", "crds", "images", "manifests"]
     # The repository's pytest settings travel with it (markers, strictness).
     assert "--strict-markers" in config["tool"]["pytest"]["ini_options"]["addopts"]
 
