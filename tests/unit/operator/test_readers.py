@@ -206,3 +206,18 @@ def test_an_unschedulable_pod_without_reason_or_message_gets_the_defaults() -> N
     )  # fmt: skip
     running = {"status": {"phase": "Running", "conditions": [{"type": "PodScheduled", "status": "False"}]}}
     assert readers.job_state({"spec": {}}, [running]).state == "running"
+
+
+def test_the_newer_job_conditions_count_as_success_and_failure() -> None:
+    """Kubernetes 1.31+ marks a Job SuccessCriteriaMet / FailureTarget before Complete / Failed."""
+
+    def job(kind: str) -> dict[str, Any]:
+        return {"status": {"conditions": [{"type": kind, "status": "True", "reason": kind}]}}
+
+    assert readers.job_state(job("SuccessCriteriaMet")).state == "succeeded"
+    assert readers.job_state(job("FailureTarget")).state == "failed"
+    suspended = readers.job_state({"spec": {"suspend": True}})
+    assert (suspended.reason, suspended.message) == (
+        "Queued",
+        "the Job is suspended until its queue admits it",
+    )

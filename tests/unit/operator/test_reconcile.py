@@ -161,9 +161,33 @@ def test_unschedulable_stays_pending_with_the_scheduler_message_then_fails_at_th
     st = h.status()
     assert st["phase"] == "Pending"
     assert st["reason"] == "Unschedulable"
+    scheduler = "Unschedulable: 0/3 nodes are available: 2 Insufficient nvidia.com/gpu."
+    assert st["message"] == (
+        f"step train: Job z-style-train cannot be scheduled yet ({scheduler}); failing after 600s"
+    )
     cond = conditions.get_condition(st["conditions"], "Scheduled")
-    assert cond["status"] == "False" and "Insufficient nvidia.com/gpu" in cond["message"]
+    assert (cond["status"], cond["reason"], cond["message"]) == ("False", "Unschedulable", scheduler)
+    trained = conditions.get_condition(st["conditions"], "Trained")
+    assert (trained["status"], trained["reason"], trained["message"]) == (
+        "False", "Unschedulable", "Job z-style-train cannot be scheduled",
+    )  # fmt: skip
     assert delay == pytest.approx(600)
+    # Scheduled after all: the condition says so, and the stage runs.
+    h.controller.pods.clear()
+    h.reconcile()
+    st = h.status()
+    cond = conditions.get_condition(st["conditions"], "Scheduled")
+    assert (cond["status"], cond["reason"], cond["message"]) == (
+        "True", "Scheduled", "Job z-style-train has been scheduled",
+    )  # fmt: skip
+    trained = conditions.get_condition(st["conditions"], "Trained")
+    assert (trained["status"], trained["reason"], trained["message"]) == (
+        "False", "Running", "Job z-style-train is running",
+    )  # fmt: skip
+    assert (st["phase"], st["reason"], st["message"]) == (
+        "Training", "Running", "step train: Job z-style-train is running",
+    )  # fmt: skip
+    unschedulable(h, "train", format_time(h.now))
     h.now += 601
     h.reconcile()
     st = h.status()
@@ -200,7 +224,16 @@ def test_kueue_suspended_job_is_pending_queued() -> None:
     h.reconcile()
     st = h.status()
     assert (st["phase"], st["reason"]) == ("Pending", "Queued")
+    assert (
+        st["message"] == "step fetch-model: Job z-style-fetch-model waits for Kueue queue team-a to admit it"
+    )
+    fetched = conditions.get_condition(st["conditions"], "ModelFetched")
+    assert (fetched["status"], fetched["reason"], fetched["message"]) == (
+        "False", "Queued", "Job z-style-fetch-model is suspended",
+    )  # fmt: skip
     assert h.api.jobs[("ml", "z-style-fetch-model")]["spec"]["suspend"] is True
+    created = "created Job z-style-fetch-model for step fetch-model (suspended for Kueue queue team-a)"
+    assert ("Normal", "JobCreated", created) in h.api.events
 
 
 def test_rollout_timeout_restores_the_previous_adapter() -> None:
