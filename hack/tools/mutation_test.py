@@ -65,6 +65,10 @@ class Package:
     only: tuple[str, ...] = ()  # files of the package to mutate; all when empty
     # What the tests open from the repository (folders or files).
     read_files: tuple[str, ...] = ("crds", "manifests")
+    # CPU seconds a mutant's tests get beyond mutmut's estimate, which counts only the tests' call
+    # phase: a fixture that builds a model (every thread's CPU time counts) would otherwise be
+    # stopped, and a stopped run counts as a kill.
+    timeout_constant: float = 1.0
 
 
 PACKAGES = {
@@ -92,6 +96,7 @@ PACKAGES = {
         only=("errors.py", "error_responses.py", "backends/adapters.py"),
         # test_server_units.py checks the backend names against the chart's values schema.
         read_files=("crds", "manifests", "charts/zthumb/values.schema.json"),
+        timeout_constant=300.0,
     ),
 }
 
@@ -108,6 +113,7 @@ def write_pyproject(stage: Path, packages: list[Package]) -> None:
         + [f"src/{p.name}/*" for p in packages if not p.only],
         # Top-level folders only: mutmut copies a listed file without making its folders (3.8.1).
         "also_copy": sorted({Path(f).parts[0] for p in packages for f in p.read_files}),
+        "timeout_constant": max(p.timeout_constant for p in packages),
         "pytest_add_cli_args_test_selection": tests,
         # No random order (a mutant's tests run in one order every time), no cache folder.
         "pytest_add_cli_args": ["-p", "no:randomly", "-p", "no:cacheprovider"],

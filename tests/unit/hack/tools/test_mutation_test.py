@@ -24,6 +24,8 @@ def test_the_staging_pyproject_has_the_tests_and_the_packages(mt, tmp_path: Path
     assert "tests/unit/contract" in mutmut["pytest_add_cli_args_test_selection"]
     # mutmut copies folders; a single file read by the tests travels in its top-level folder.
     assert mutmut["also_copy"] == ["charts", "crds", "images", "manifests"]
+    # The server's tests build models in fixtures, which mutmut's time estimate leaves out.
+    assert mutmut["timeout_constant"] == 300.0
     # The repository's pytest settings travel with it (markers, strictness).
     assert "--strict-markers" in config["tool"]["pytest"]["ini_options"]["addopts"]
 
