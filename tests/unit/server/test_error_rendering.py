@@ -66,6 +66,7 @@ def test_openai_error_type_per_status(status: int, kind: str) -> None:
         (("body",), None),
         ((), None),
         (["body", "size", 0], "size[0]"),
+        (("loras", 0, "path"), "loras[0].path"),  # no request part first: nothing dropped
     ],
 )
 def test_a_validation_errors_location_is_the_request_field(loc, field) -> None:
