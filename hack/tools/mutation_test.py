@@ -18,7 +18,7 @@ A whole run is slow, so a file can be measured again alone after its tests chang
 (``--only operator/zthumb_operator/api.py --tests tests/unit/operator/test_kube_api.py``) and the
 runs combined (``--combine .mutation/contract-operator .mutation/operator-<hash>``). mutmut runs the
 cheapest mutants first, so a run stopped at ``--time-limit`` leaves the expensive ones; ``--sample
-N --sample-from <that run's folder>`` runs N of those, drawn at random (``mutation_scores``), against
+N --sample-from <that run's folder>...`` runs N of those, drawn at random (``mutation_scores``), against
 the tree as it is now, and the report estimates the package's score from them with an interval.
 """
 
@@ -277,10 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="which sample --sample draws (default 0)")
     parser.add_argument(
         "--sample-from",
+        nargs="+",
         type=Path,
         metavar="STAGE",
-        help="draw --sample from this earlier run's staging folder, and run the mutants drawn in a "
-        "fresh staging of the tree as it is now (its tests since then count)",
+        help="draw --sample from what these earlier runs left (none of them ran it), and run the "
+        "mutants drawn in a fresh staging of the tree as it is now (its tests since then count)",
     )
     parser.add_argument(
         "--stage", type=Path, help="the staging folder to use (default: named after the packages and options)"
@@ -309,12 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = 0.0
     sample: list[str] = []
     if args.sample is not None:
-        earlier = args.sample_from.resolve() if args.sample_from else stage
-        if args.sample < 1 or not (earlier / "results.json").exists():
+        earlier = [path.resolve() for path in args.sample_from or [stage]]
+        if args.sample < 1 or not all((path / "results.json").exists() for path in earlier):
             parser.error("--sample needs a positive N and the staging folder of an earlier run")
-        sample = draw_sample(
-            json.loads((earlier / "results.json").read_text())["status"], args.sample, args.seed
-        )
+        status, _ = combine([json.loads((path / "results.json").read_text()) for path in earlier])
+        sample = draw_sample(status, args.sample, args.seed)
         if args.sample_from:  # the same mutants, against the tree as it is now
             stage_run(stage, packages, fresh=not args.resume)
         code, elapsed = run_mutmut(stage, packages, args.max_children, args.time_limit, sample)
