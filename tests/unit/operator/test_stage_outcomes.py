@@ -114,6 +114,8 @@ def test_a_finished_train_job_completes_the_progress_and_names_the_adapter() -> 
     h = Harness()
     to_training(h)
     h.complete("train")  # 5 s from start to completion
+    # The pod's last report: its loss stays, its step and estimate are the finished run's.
+    h.api.runs[KEY]["status"]["progress"] = {"step": 990, "totalSteps": 1000, "loss": 0.12}
     outcome, p = drive(h, "train")
     assert outcome == Done(
         "Completed",
@@ -127,6 +129,7 @@ def test_a_finished_train_job_completes_the_progress_and_names_the_adapter() -> 
         "totalSteps": 1000,
         "percent": 100,
         "estimatedRemainingSeconds": 0,
+        "loss": 0.12,
     }
     assert p.status["adapterPath"] == "/data/models/lora/z-style"
 
@@ -158,3 +161,16 @@ def test_the_operators_job_deadline_reaches_every_job() -> None:
     h = Harness(active_deadline_seconds=1234)
     to_training(h)
     assert {job["spec"]["activeDeadlineSeconds"] for job in h.api.jobs.values()} == {1234}
+
+
+def test_a_condition_carries_the_runs_generation_and_an_unchanged_one_is_not_written_again() -> None:
+    run = {"metadata": {"name": "r", "generation": 3}, "status": {}}
+    p = Pass(run=run, now=0.0)
+    p.condition("Trained", "False", "Running", "Job r-train is running")
+    (written,) = p.patch["conditions"]
+    assert (written["type"], written["status"], written["observedGeneration"]) == ("Trained", "False", 3)
+    again = Pass(run={**run, "status": {"conditions": p.status["conditions"]}}, now=60.0)
+    again.condition("Trained", "False", "Running", "Job r-train is running")
+    assert again.patch == {}
+    again.condition("Trained", "True", "Completed", "done")
+    assert conditions.get_condition(again.patch["conditions"], "Trained")["status"] == "True"
