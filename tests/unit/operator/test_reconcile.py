@@ -8,13 +8,20 @@ import json
 
 import pytest
 from lft_helpers import make_run
+from prometheus_client import REGISTRY
 from reconcile_harness import KEY, Harness
 from zthumb_contract.crd import format_time
 from zthumb_operator import builders as b
 from zthumb_operator import conditions, deployments
 
 
+def train_seconds() -> float:
+    """The train step's observed seconds so far (the step-duration histogram's sum)."""
+    return REGISTRY.get_sample_value("zthumb_operator_step_duration_seconds_sum", {"step": "train"}) or 0.0
+
+
 def test_happy_path_through_every_phase() -> None:
+    train_seconds_before = train_seconds()
     h = Harness()
     h.reconcile()
     assert h.api.creates == ["z-style-fetch-model"]
@@ -58,6 +65,11 @@ def test_happy_path_through_every_phase() -> None:
         "adapter /data/models/lora/z-style is served by deployment zthumb; "
         "report /data/outputs/lora_eval/z-style/report.md"
     )
+    trained = conditions.get_condition(st["conditions"], "Trained")
+    assert (trained["status"], trained["reason"]) == ("True", "Completed")
+    completed = "Job z-style-train completed; adapter exported to /data/models/lora/z-style"
+    assert trained["message"] == completed and ("Normal", "TrainCompleted", completed) in h.api.events
+    assert train_seconds() - train_seconds_before == 5.0  # the harness's Job took 5 s
     assert st["completionTime"]
     for ctype in ("Ready", "ModelFetched", "DatasetPrepared", "Trained", "Deployed", "Evaluated"):
         assert conditions.condition_true(st["conditions"], ctype), ctype
