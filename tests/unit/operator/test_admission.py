@@ -279,3 +279,13 @@ def test_each_refusal_says_what_is_allowed_and_where_that_is_set() -> None:
         f"{admission.SECRET_ALLOW_LABEL}={admission.SECRET_ALLOW_VALUE}, so runs may not use it; an admin "
         "labels the Secrets that any run in this namespace may send to a host of its choosing"
     )
+
+
+def test_a_trainer_image_refusal_names_the_prefixes_and_the_way_out() -> None:
+    config = OperatorConfig(allowed_trainer_images=("registry.example/zthumb/",))
+    spec = LoRAFinetuneSpec.model_validate({"images": {"trainer": "evil.example/miner:1"}})
+    assert admission.spec_refusals(config, spec) == [
+        "spec.images.trainer: image 'evil.example/miner:1' is not allowed here (allowed prefixes: "
+        "registry.example/zthumb/, ZTHUMB_OPERATOR_ALLOWED_TRAINER_IMAGES); leave it unset for the "
+        "operator's trainer image"
+    ]

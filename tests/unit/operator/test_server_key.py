@@ -226,3 +226,20 @@ def test_a_service_url_without_a_server_key_is_still_called() -> None:
     job = h.api.jobs[("ml", "z-style-eval")]
     assert "http://other:9000" in json.dumps(job)
     assert "ZTHUMB_API_KEY" not in {e["name"] for e in job_env(job)}
+
+
+def test_a_refusal_names_the_deployment_or_a_question_mark() -> None:
+    literal = {"name": "ZTHUMB_API_KEY", "value": "s3cret-literal"}
+    deployment = server([literal])
+    deployment["metadata"]["name"] = "zthumb-api"
+    with pytest.raises(serverkey.ServerKeyError) as named:
+        serverkey.server_key_ref(deployment, "zthumb")
+    assert named.value.message.startswith("deployment zthumb-api container 'zthumb' sets ZTHUMB_API_KEY")
+    del deployment["metadata"]["name"]
+    with pytest.raises(serverkey.ServerKeyError) as unnamed:
+        serverkey.server_key_ref(deployment, "zthumb")
+    assert unnamed.value.message.startswith("deployment ? container 'zthumb' sets ZTHUMB_API_KEY")
+    deployment["spec"]["template"]["spec"]["containers"][0]["name"] = "other"
+    with pytest.raises(serverkey.ServerKeyError) as missing:
+        serverkey.server_key_ref(deployment, "zthumb")
+    assert missing.value.message == "deployment ? has no container 'zthumb'"
