@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 
@@ -60,3 +61,19 @@ def test_the_operator_runs_without_the_crd_schema_tests(mt) -> None:
     assert "tests/unit/operator/test_reconcile.py" in tests
     assert not [t for t in tests if Path(t).stem.startswith(("test_crd", "test_invalid_paths"))]
     assert "tests/unit/trainer/test_cli.py" in mt.PACKAGES["contract"].tests
+
+
+def test_a_combined_report_estimates_from_the_last_runs_sample(mt, tmp_path: Path) -> None:
+    old = {f"zthumb_operator.cache.x_f__mutmut_{i}": "killed" for i in range(4)}
+    old |= {f"zthumb_operator.cache.x_g__mutmut_{i}": "not checked" for i in range(4)}
+    old |= {"zthumb_operator.cache.x_h__mutmut_1": "survived"}  # an earlier sample's: counts as ran
+    new = {"zthumb_operator.cache.x_g__mutmut_0": "killed", "zthumb_operator.cache.x_g__mutmut_1": "survived"}
+    for name, status, sample in (("old", old, ["zthumb_operator.cache.x_h__mutmut_1"]),
+                                 ("new", new, list(new))):  # fmt: skip
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(
+            json.dumps({"status": status, "diffs": {}, "sample": sample})
+        )
+    text = mt.combined_report([tmp_path / "old", tmp_path / "new"])
+    # Ran: 4 killed + 1 survived + the sample's 1 of 2; the 2 left at 50 %: (4 + 1 + 1) / 9.
+    assert "| `zthumb_operator` | 1 / 2 | 50.0 % (" in text and "| 66.7 % (" in text
