@@ -66,8 +66,7 @@ class Package:
     # What the tests open from the repository (folders or files).
     read_files: tuple[str, ...] = ("crds", "manifests")
     # CPU seconds a mutant's tests get beyond mutmut's estimate, which counts only the tests' call
-    # phase: a fixture that builds a model (every thread's CPU time counts) would otherwise be
-    # stopped, and a stopped run counts as a kill.
+    # phase: a fixture that loads a model could be stopped, and a stopped run counts as a kill.
     timeout_constant: float = 1.0
 
 
@@ -173,6 +172,10 @@ def run_mutmut(
         os.environ,
         HF_HUB_OFFLINE="1",
         PYTHONPATH=os.pathsep.join(str(ROOT / r) for r in IMPORT_ROOTS if r not in mutated),
+        # mutmut forks each mutant's run from a process that imported the tests (torch among
+        # them): a thread pool started before a fork hangs the child, so one thread each.
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
     )
     mutmut = Path(sys.executable).parent / "mutmut"
     started = time.monotonic()
