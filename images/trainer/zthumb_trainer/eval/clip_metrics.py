@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from zthumb_trainer.eval.weights import WeightsError, load_into
+from zthumb_trainer.eval.weights import build_scorer, embed_images
 
 BATCH = 16
 
@@ -37,24 +37,16 @@ class ClipScorer:
     def __init__(self, weights: Path, config_dir: Path) -> None:
         from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
-        try:
-            config = CLIPConfig.from_pretrained(config_dir)
-            self.processor = CLIPProcessor.from_pretrained(config_dir)
-        except (OSError, ValueError) as error:
-            raise ClipError(f"spec.eval.clip: no CLIP config in {config_dir}: {error}") from error
-        self.model = CLIPModel(config).eval()
-        try:
-            load_into(self.model, weights, f"the CLIP model of {config_dir}")
-        except WeightsError as error:
-            raise ClipError(f"spec.eval.clip: {error}") from error
+        parts = (CLIPConfig, CLIPProcessor, CLIPModel)
+        self.processor, self.model = build_scorer(
+            parts, config_dir, weights, name="CLIP", field="spec.eval.clip", error=ClipError
+        )
 
-    @torch.no_grad()
     def images(self, images: Sequence[Any]) -> torch.Tensor:
-        chunks = []
-        for start in range(0, len(images), BATCH):
-            inputs = self.processor(images=list(images[start : start + BATCH]), return_tensors="pt")
-            chunks.append(_features(self.model.get_image_features(pixel_values=inputs["pixel_values"])))
-        return torch.nn.functional.normalize(torch.cat(chunks), dim=-1)
+        def embed(pixel_values: torch.Tensor) -> torch.Tensor:
+            return _features(self.model.get_image_features(pixel_values=pixel_values))
+
+        return embed_images(self.processor, embed, images, BATCH)
 
     @torch.no_grad()
     def texts(self, texts: Sequence[str]) -> torch.Tensor:

@@ -26,7 +26,7 @@ from zthumb_contract.scale_sweep import DINO
 from zthumb_trainer.eval.clip import per_scale, training_images
 from zthumb_trainer.eval.clip_metrics import ClipError
 from zthumb_trainer.eval.config import EvalConfig, Sample
-from zthumb_trainer.eval.weights import WeightsError, load_into
+from zthumb_trainer.eval.weights import build_scorer, embed_images
 
 BATCH = 16
 FIELD = "spec.eval.dino"
@@ -42,25 +42,18 @@ class DinoScorer:
     def __init__(self, weights: Path, config_dir: Path) -> None:
         from transformers import AutoImageProcessor, Dinov2Config, Dinov2Model
 
-        try:
-            config = Dinov2Config.from_pretrained(config_dir)
-            self.processor = AutoImageProcessor.from_pretrained(config_dir)
-        except (OSError, ValueError) as error:
-            raise DinoError(f"{FIELD}: no DINOv2 config in {config_dir}: {error}") from error
-        self.model = Dinov2Model(config).eval()
-        try:
-            load_into(self.model, weights, f"the DINOv2 model of {config_dir}")
-        except WeightsError as error:
-            raise DinoError(f"{FIELD}: {error}") from error
+        parts = (Dinov2Config, AutoImageProcessor, Dinov2Model)
+        self.processor, self.model = build_scorer(
+            parts, config_dir, weights, name="DINOv2", field=FIELD, error=DinoError
+        )
 
-    @torch.no_grad()
     def images(self, images: Sequence[Any]) -> torch.Tensor:
-        chunks = []
-        for start in range(0, len(images), BATCH):
-            inputs = self.processor(images=list(images[start : start + BATCH]), return_tensors="pt")
-            output = self.model(pixel_values=inputs["pixel_values"])
-            chunks.append(output.last_hidden_state[:, 0])  # the CLS token, after the final layer norm
-        return torch.nn.functional.normalize(torch.cat(chunks), dim=-1)
+        def embed(pixel_values: torch.Tensor) -> torch.Tensor:
+            # The CLS token, after the final layer norm.
+            cls: torch.Tensor = self.model(pixel_values=pixel_values).last_hidden_state[:, 0]
+            return cls
+
+        return embed_images(self.processor, embed, images, BATCH)
 
 
 def dino_similarities(scorer: DinoScorer, images: Sequence[Any], references: Sequence[Any]) -> list[float]:
